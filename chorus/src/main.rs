@@ -1,0 +1,156 @@
+//! The `chorus` binary: parses flags and runs a role. See `lib.rs` for how roles are composed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use chorus::replay::{Projection, replay};
+use chorus::{load_config, prepare_secrets, serve};
+use chorus_core::auth::TokenAuthority;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "chorus", version, about = "Chorus: a Kafka-centric, event-sourced instant-messaging engine")]
+struct Cli {
+    /// TOML config file (see deploy/chorus.example.toml); CHORUS_… variables override it.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs every role in one process on the embedded defaults (nothing to install).
+    Serve {
+        /// Address to listen on [default: 127.0.0.1:8080].
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Data directory [default: ./data].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Prints a user token signed with the configured (or data directory's dev) secret.
+    Token {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Rebuilds projections from the log (with the server stopped).
+    Replay {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "all")]
+        projection: Projection,
+    },
+}
+
+fn environment() -> HashMap<String, String> {
+    std::env::vars().filter(|(name, _)| name.starts_with("CHORUS_")).collect()
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CHORUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    let environment = environment();
+    match cli.command {
+        Command::Serve { listen, data_dir } => {
+            let mut config = load_config(cli.config.as_deref(), &environment, |config| {
+                config.dev_mode = true;
+                if let Some(listen) = listen {
+                    config.listen = listen;
+                }
+                if let Some(data_dir) = data_dir {
+                    config.data_dir = data_dir;
+                }
+            })?;
+            let generated_key = prepare_secrets(&mut config)?;
+            let data_dir = config.data_dir.clone();
+            let mut served = serve(config).await?;
+            let url = served.url();
+            println!("Chorus is listening on {url}");
+            println!("  WebSocket: {}/v1/ws?token=<jwt>", url.replacen("http", "ws", 1));
+            println!(
+                "  Get a token: curl -s -X POST {url}/v1/dev/token -d '{{\"user\":\"alice\"}}'   (or: chorus token --user alice --data-dir {})",
+                data_dir.display()
+            );
+            if generated_key {
+                println!("  Business API key (generated; set CHORUS_API_KEY to choose one): {}", served.api_key);
+            }
+            println!("  Data directory: {}", data_dir.display());
+            let outcome = tokio::select! {
+                _ = shutdown_signal() => Ok(()),
+                (role, error) = served.failed() => Err(anyhow::anyhow!("{role} stopped: {error:#}")),
+            };
+            tracing::info!("shutting down (a second ctrl-c forces exit)");
+            tokio::spawn(async {
+                shutdown_signal().await;
+                std::process::exit(130);
+            });
+            served.shutdown().await?;
+            outcome
+        }
+        Command::Token { user, device, data_dir } => {
+            let mut config = load_config(cli.config.as_deref(), &environment, |config| {
+                config.dev_mode = true;
+                if let Some(data_dir) = data_dir {
+                    config.data_dir = data_dir;
+                }
+            })?;
+            prepare_secrets(&mut config)?;
+            let token = TokenAuthority::new(config.auth.jwt_secret.as_bytes())
+                .issue(&user, device.as_deref(), config.auth.token_ttl_secs)
+                .context("issuing token")?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Replay { data_dir, projection } => {
+            let config = load_config(cli.config.as_deref(), &environment, |config| {
+                config.dev_mode = true;
+                if let Some(data_dir) = data_dir {
+                    config.data_dir = data_dir;
+                }
+            })?;
+            for report in replay(&config, projection, true).await? {
+                println!(
+                    "{}: rebuilt from {} timeline records in {:.2}s",
+                    report.projection, report.records, report.seconds
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

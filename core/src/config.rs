@@ -1,0 +1,299 @@
+//! Configuration: one typed struct, read from an optional TOML file, then overridden by
+//! `CHORUS_…` environment variables (passed in as a map, never read deep in the code), then
+//! validated with errors that name the key.
+//!
+//! Unknown keys are errors (`deny_unknown_fields`), so a typo never silently falls back to a
+//! default. `deploy/chorus.example.toml` lists every key with its default; a test parses it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChorusConfig {
+    /// Where the HTTP/WebSocket server listens.
+    pub listen: SocketAddr,
+    /// Where the embedded log, history store and search indexes live.
+    pub data_dir: PathBuf,
+    /// This node's name, used for presence and acks; unique per process in a cluster.
+    pub node_id: String,
+    /// This cluster's name, stamped on every event as its origin.
+    pub cluster: String,
+    /// Enables `POST /v1/dev/token` and generated secrets. On for `chorus serve`.
+    pub dev_mode: bool,
+    pub log: LogSection,
+    pub auth: AuthSection,
+    pub limits: LimitsSection,
+    pub router: RouterSection,
+    pub projector: ProjectorSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// Partitions per topic when a topic is created.
+    pub partitions: u32,
+    /// Prefix of every topic name (`<prefix>ingress`, `<prefix>timeline`, `<prefix>dead-letter`).
+    pub topic_prefix: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// HS256 secret for user tokens. In dev mode, if empty, one is generated and kept in the data
+    /// directory so `chorus token` and the server agree.
+    pub jwt_secret: String,
+    /// API key of business systems. In dev mode, if empty, one is generated and printed.
+    pub api_key: String,
+    /// Lifetime of tokens issued by the dev route and `chorus token`.
+    pub token_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Largest WebSocket frame accepted; larger closes the connection with code 1009.
+    pub max_frame_bytes: usize,
+    /// Largest message text; larger gets `too_large`.
+    pub max_text_bytes: usize,
+    /// Sustained messages per second per connection (token bucket rate).
+    pub messages_per_second: u32,
+    /// Burst per connection (token bucket size).
+    pub message_burst: u32,
+    /// Sustained messages per second per user, over all their devices.
+    pub user_messages_per_second: u32,
+    /// Burst per user.
+    pub user_message_burst: u32,
+    /// Requests per second per node (WebSocket messages plus HTTP requests).
+    pub node_requests_per_second: u32,
+    /// Open WebSocket connections per node; more get HTTP 503 before the upgrade.
+    pub max_connections: usize,
+    /// Concurrent sessions per user; more get HTTP 429 before the upgrade.
+    pub max_devices_per_user: usize,
+    /// Frames queued for one session before it counts as a slow consumer and is closed
+    /// (close code 1013; the client reconnects and fills the gap from history).
+    pub session_outbox_frames: usize,
+    /// Largest HTTP request body.
+    pub max_http_body_bytes: u64,
+    /// Most events in one `POST /v1/events`.
+    pub max_batch_events: usize,
+    /// Most members in one group event.
+    pub max_group_members: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterSection {
+    /// Client message ids remembered per partition for idempotent retries.
+    pub dedup_window: usize,
+    /// Most ingress records sequenced in one timeline append.
+    pub batch_records: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProjectorSection {
+    /// Most timeline records applied in one history transaction / index commit.
+    pub batch_records: usize,
+    /// How long a read waits for the projections to catch up with the log (read-your-writes).
+    pub read_barrier_ms: u64,
+}
+
+impl Default for ChorusConfig {
+    fn default() -> Self {
+        ChorusConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            node_id: "node-1".into(),
+            cluster: "local".into(),
+            dev_mode: false,
+            log: LogSection::default(),
+            auth: AuthSection::default(),
+            limits: LimitsSection::default(),
+            router: RouterSection::default(),
+            projector: ProjectorSection::default(),
+        }
+    }
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection { partitions: 8, topic_prefix: String::new() }
+    }
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection { jwt_secret: String::new(), api_key: String::new(), token_ttl_secs: 86_400 }
+    }
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_frame_bytes: 64 * 1024,
+            max_text_bytes: 16 * 1024,
+            messages_per_second: 20,
+            message_burst: 40,
+            user_messages_per_second: 50,
+            user_message_burst: 100,
+            node_requests_per_second: 100_000,
+            max_connections: 200_000,
+            max_devices_per_user: 10,
+            session_outbox_frames: 1024,
+            max_http_body_bytes: 4 * 1024 * 1024,
+            max_batch_events: 1000,
+            max_group_members: 10_000,
+        }
+    }
+}
+
+impl Default for RouterSection {
+    fn default() -> Self {
+        RouterSection { dedup_window: 200_000, batch_records: 2048 }
+    }
+}
+
+impl Default for ProjectorSection {
+    fn default() -> Self {
+        ProjectorSection { batch_records: 4096, read_barrier_ms: 3000 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {message}")]
+    File { path: String, message: String },
+    #[error("config key {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.to_owned(), message: message.into() }
+}
+
+impl ChorusConfig {
+    /// Parses TOML text.
+    pub fn from_toml(text: &str, path: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text)
+            .map_err(|error| ConfigError::File { path: path.to_owned(), message: error.to_string() })
+    }
+
+    /// Applies `CHORUS_…` overrides from `environment`. Recognised: `CHORUS_LISTEN`,
+    /// `CHORUS_DATA_DIR`, `CHORUS_NODE_ID`, `CHORUS_CLUSTER`, `CHORUS_PARTITIONS`,
+    /// `CHORUS_TOPIC_PREFIX`, `CHORUS_JWT_SECRET`, `CHORUS_API_KEY`.
+    pub fn apply_env(&mut self, environment: &HashMap<String, String>) -> Result<(), ConfigError> {
+        for (name, value) in environment {
+            match name.as_str() {
+                "CHORUS_LISTEN" => {
+                    self.listen = value.parse().map_err(|_| invalid(name, "not an address"))?;
+                }
+                "CHORUS_DATA_DIR" => self.data_dir = PathBuf::from(value),
+                "CHORUS_NODE_ID" => self.node_id = value.clone(),
+                "CHORUS_CLUSTER" => self.cluster = value.clone(),
+                "CHORUS_PARTITIONS" => {
+                    self.log.partitions = value.parse().map_err(|_| invalid(name, "not a number"))?;
+                }
+                "CHORUS_TOPIC_PREFIX" => self.log.topic_prefix = value.clone(),
+                "CHORUS_JWT_SECRET" => self.auth.jwt_secret = value.clone(),
+                "CHORUS_API_KEY" => self.auth.api_key = value.clone(),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.log.partitions == 0 || self.log.partitions > 1024 {
+            return Err(invalid("log.partitions", "must be 1..=1024"));
+        }
+        crate::ids::validate_user(&self.node_id)
+            .map_err(|_| invalid("node_id", "use ascii letters, digits, '_', '-', '.'"))?;
+        if self.cluster.is_empty() {
+            return Err(invalid("cluster", "must not be empty"));
+        }
+        let limits = &self.limits;
+        let positive = [
+            ("limits.max_frame_bytes", limits.max_frame_bytes),
+            ("limits.max_text_bytes", limits.max_text_bytes),
+            ("limits.messages_per_second", limits.messages_per_second as usize),
+            ("limits.message_burst", limits.message_burst as usize),
+            ("limits.user_messages_per_second", limits.user_messages_per_second as usize),
+            ("limits.user_message_burst", limits.user_message_burst as usize),
+            ("limits.node_requests_per_second", limits.node_requests_per_second as usize),
+            ("limits.max_connections", limits.max_connections),
+            ("limits.max_devices_per_user", limits.max_devices_per_user),
+            ("limits.session_outbox_frames", limits.session_outbox_frames),
+            ("limits.max_batch_events", limits.max_batch_events),
+            ("limits.max_group_members", limits.max_group_members),
+            ("router.dedup_window", self.router.dedup_window),
+            ("router.batch_records", self.router.batch_records),
+            ("projector.batch_records", self.projector.batch_records),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(invalid(key, "must be greater than 0"));
+        }
+        if limits.max_text_bytes > limits.max_frame_bytes {
+            return Err(invalid("limits.max_text_bytes", "must not exceed limits.max_frame_bytes"));
+        }
+        if !self.dev_mode && self.auth.jwt_secret.len() < 16 {
+            return Err(invalid("auth.jwt_secret", "set at least 16 bytes outside dev mode"));
+        }
+        Ok(())
+    }
+
+    /// Topic names with the configured prefix.
+    pub fn topics(&self) -> Topics {
+        Topics::with_prefix(&self.log.topic_prefix)
+    }
+}
+
+/// The names of Chorus's topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    pub ingress: String,
+    pub timeline: String,
+    pub dead_letter: String,
+}
+
+impl Topics {
+    pub fn with_prefix(prefix: &str) -> Self {
+        Topics {
+            ingress: format!("{prefix}ingress"),
+            timeline: format!("{prefix}timeline"),
+            dead_letter: format!("{prefix}dead-letter"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let error = ChorusConfig::from_toml("[limits]\nmax_frame_byte = 1\n", "x.toml").unwrap_err();
+        assert!(error.to_string().contains("max_frame_byte"), "{error}");
+    }
+
+    #[test]
+    fn env_overrides_and_validation() {
+        let mut config = ChorusConfig { dev_mode: true, ..ChorusConfig::default() };
+        let environment = HashMap::from([
+            ("CHORUS_PARTITIONS".to_owned(), "12".to_owned()),
+            ("CHORUS_API_KEY".to_owned(), "k".to_owned()),
+        ]);
+        config.apply_env(&environment).unwrap();
+        assert_eq!(config.log.partitions, 12);
+        assert_eq!(config.auth.api_key, "k");
+        config.validate().unwrap();
+        config.limits.max_text_bytes = config.limits.max_frame_bytes + 1;
+        assert!(config.validate().unwrap_err().to_string().contains("limits.max_text_bytes"));
+        let production = ChorusConfig::default();
+        assert!(production.validate().unwrap_err().to_string().contains("auth.jwt_secret"));
+    }
+}

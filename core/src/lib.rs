@@ -1,0 +1,18 @@
+//! Chorus core: identifiers, configuration, errors, metrics, authentication, validation, and the
+//! ports (event log, presence and node-to-node delivery) with their embedded adapters.
+//!
+//! Stage crates (`ingest`, `router`, `projector`, `search`) depend on this crate and never on
+//! each other.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod frames;
+pub mod http;
+pub mod ids;
+pub mod log;
+pub mod membership;
+pub mod metrics;
+pub mod presence;
+pub mod progress;
+pub mod validate;

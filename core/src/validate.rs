@@ -1,0 +1,134 @@
+//! Checks every ingress event must pass, wherever it enters (WebSocket, HTTP, or a record a
+//! business system produced to the log directly): well-formed ids, sizes within limits, a body
+//! that fits the conversation kind. Membership and ownership are checked later by the sequencer,
+//! which alone knows the conversation's state.
+
+use chorus_schemas::{EventBody, IngressEvent};
+
+use crate::config::LimitsSection;
+use crate::error::{ApiError, ErrorCode};
+use crate::ids::{Conversation, validate_user};
+
+/// Longest client message id.
+pub const MAX_CLIENT_MSG_ID_BYTES: usize = 128;
+/// Longest group title.
+pub const MAX_TITLE_BYTES: usize = 256;
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::BadRequest, message)
+}
+
+/// Validates an ingress event against the limits; returns the parsed conversation.
+pub fn validate_ingress(
+    event: &IngressEvent,
+    limits: &LimitsSection,
+) -> Result<Conversation, ApiError> {
+    let conversation =
+        Conversation::parse(&event.conversation).map_err(|error| bad(error.to_string()))?;
+    validate_user(&event.sender).map_err(|error| bad(error.to_string()))?;
+    if let Some(id) = &event.client_msg_id
+        && (id.is_empty() || id.len() > MAX_CLIENT_MSG_ID_BYTES)
+    {
+        return Err(bad(format!("id must be 1-{MAX_CLIENT_MSG_ID_BYTES} bytes")));
+    }
+    let check_text = |text: &str| -> Result<(), ApiError> {
+        if text.trim().is_empty() {
+            return Err(bad("text must not be empty"));
+        }
+        if text.len() > limits.max_text_bytes {
+            return Err(ApiError::new(
+                ErrorCode::TooLarge,
+                format!("text is {} bytes, the limit is {}", text.len(), limits.max_text_bytes),
+            ));
+        }
+        Ok(())
+    };
+    let check_members = |members: &[String], allow_empty: bool| -> Result<(), ApiError> {
+        if members.is_empty() && !allow_empty {
+            return Err(bad("members must not be empty"));
+        }
+        if members.len() > limits.max_group_members {
+            return Err(ApiError::new(
+                ErrorCode::TooLarge,
+                format!("at most {} members per event", limits.max_group_members),
+            ));
+        }
+        for member in members {
+            validate_user(member).map_err(|error| bad(error.to_string()))?;
+        }
+        Ok(())
+    };
+    let group_only = || -> Result<(), ApiError> {
+        match conversation {
+            Conversation::Group { .. } => Ok(()),
+            Conversation::Direct { .. } => {
+                Err(bad("members of a direct conversation are fixed by its id"))
+            }
+        }
+    };
+    match &event.body {
+        EventBody::MessageSent { text } => check_text(text)?,
+        EventBody::MessageEdited { target_seq, text } => {
+            check_text(text)?;
+            if *target_seq == 0 {
+                return Err(bad("seq must be at least 1"));
+            }
+        }
+        EventBody::MessageRecalled { target_seq } => {
+            if *target_seq == 0 {
+                return Err(bad("seq must be at least 1"));
+            }
+        }
+        EventBody::ConversationCreated { title, members } => {
+            group_only()?;
+            check_members(members, true)?;
+            if title.as_ref().is_some_and(|title| title.len() > MAX_TITLE_BYTES) {
+                return Err(ApiError::new(
+                    ErrorCode::TooLarge,
+                    format!("title longer than {MAX_TITLE_BYTES} bytes"),
+                ));
+            }
+        }
+        EventBody::MembersAdded { members } | EventBody::MembersRemoved { members } => {
+            group_only()?;
+            check_members(members, false)?;
+        }
+        EventBody::ReadCursorMoved { .. } => {}
+    }
+    Ok(conversation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(conversation: &str, body: EventBody) -> IngressEvent {
+        IngressEvent {
+            event_id: "e".into(),
+            conversation: conversation.into(),
+            sender: "alice".into(),
+            client_msg_id: Some("c".into()),
+            ts_ms: 0,
+            origin_cluster: "local".into(),
+            origin_node: None,
+            origin_session: None,
+            trusted: false,
+            body,
+        }
+    }
+
+    #[test]
+    fn sizes_and_shapes() {
+        let limits = LimitsSection::default();
+        let ok = event("dm:alice:bob", EventBody::MessageSent { text: "hi".into() });
+        assert!(validate_ingress(&ok, &limits).is_ok());
+        let big = event("dm:alice:bob", EventBody::MessageSent { text: "x".repeat(16 * 1024 + 1) });
+        assert_eq!(validate_ingress(&big, &limits).unwrap_err().code, ErrorCode::TooLarge);
+        let empty = event("dm:alice:bob", EventBody::MessageSent { text: "  ".into() });
+        assert_eq!(validate_ingress(&empty, &limits).unwrap_err().code, ErrorCode::BadRequest);
+        let dm_members = event("dm:alice:bob", EventBody::MembersAdded { members: vec!["c".into()] });
+        assert_eq!(validate_ingress(&dm_members, &limits).unwrap_err().code, ErrorCode::BadRequest);
+        let bad_id = event("dm:bob:alice", EventBody::MessageSent { text: "hi".into() });
+        assert_eq!(validate_ingress(&bad_id, &limits).unwrap_err().code, ErrorCode::BadRequest);
+    }
+}

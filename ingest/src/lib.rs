@@ -1,0 +1,169 @@
+//! The ingest stage: the edge of Chorus.
+//!
+//! It authenticates (user JWTs, business API keys), validates, rate-limits, and appends every
+//! chat event to `ingress` (key = conversation). It never acks by itself: the router acks after
+//! the sequenced event is durable in `timeline`, through the node bus back to this node's
+//! [`hub::Hub`], which also receives the events to deliver to local sessions.
+//!
+//! Limits (each a config key with a test): frame size (close 1009), text size (`too_large`),
+//! per-connection, per-user and per-node rates (`rate_limited`), connections per node (HTTP 503
+//! before the upgrade), sessions per user (HTTP 429 before the upgrade), per-session outbox
+//! (slow consumers are closed with 1013).
+
+mod http;
+pub mod hub;
+mod session;
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use chorus_core::auth::TokenAuthority;
+use chorus_core::config::ChorusConfig;
+use chorus_core::error::{ApiError, ErrorCode};
+use chorus_core::log::EventLog;
+use chorus_core::membership::Membership;
+use chorus_core::metrics::Metrics;
+use chorus_core::presence::{NodeBus, Presence, PresenceError};
+use chorus_schemas::{IngressEvent, encode_ingress};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::sync::{Semaphore, watch};
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+
+use crate::hub::Hub;
+
+/// What the binary hands the ingest stage.
+pub struct IngestDependencies {
+    pub config: Arc<ChorusConfig>,
+    pub log: Arc<dyn EventLog>,
+    pub presence: Arc<dyn Presence>,
+    pub bus: Arc<dyn NodeBus>,
+    pub membership: Arc<dyn Membership>,
+    pub tokens: Arc<TokenAuthority>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A running ingest node.
+pub struct Ingest {
+    pub config: Arc<ChorusConfig>,
+    log: Arc<dyn EventLog>,
+    presence: Arc<dyn Presence>,
+    bus: Arc<dyn NodeBus>,
+    membership: Arc<dyn Membership>,
+    tokens: Arc<TokenAuthority>,
+    metrics: Arc<Metrics>,
+    /// Local sessions and the node's delivery sink.
+    pub hub: Arc<Hub>,
+    /// One permit per open WebSocket connection (`limits.max_connections`).
+    connection_slots: Arc<Semaphore>,
+    /// Messages per second per user, over all their devices.
+    user_limiter: DefaultKeyedRateLimiter<String>,
+    /// Requests per second for the whole node.
+    node_limiter: DefaultDirectRateLimiter,
+    /// Flips to true when the node shuts down; sessions close with 1001.
+    shutdown: watch::Receiver<bool>,
+    /// The topic names.
+    ingress_topic: String,
+}
+
+fn quota(per_second: u32, burst: u32) -> Quota {
+    let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    Quota::per_second(rate).allow_burst(burst)
+}
+
+impl Ingest {
+    /// Builds the node, attaches its hub to the bus, and returns it. Sessions close when
+    /// `shutdown` turns true.
+    pub async fn start(
+        dependencies: IngestDependencies,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Arc<Ingest>, PresenceError> {
+        let config = dependencies.config;
+        let limits = &config.limits;
+        let hub = Arc::new(Hub::new(limits.session_outbox_frames, dependencies.metrics.clone()));
+        dependencies.bus.attach(&config.node_id, hub.clone()).await?;
+        let ingest = Arc::new(Ingest {
+            log: dependencies.log,
+            presence: dependencies.presence,
+            bus: dependencies.bus,
+            membership: dependencies.membership,
+            tokens: dependencies.tokens,
+            metrics: dependencies.metrics,
+            hub,
+            connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
+            user_limiter: RateLimiter::keyed(quota(
+                limits.user_messages_per_second,
+                limits.user_message_burst,
+            )),
+            node_limiter: RateLimiter::direct(quota(
+                limits.node_requests_per_second,
+                limits.node_requests_per_second,
+            )),
+            shutdown,
+            ingress_topic: config.topics().ingress,
+            config,
+        });
+        let janitor = Arc::downgrade(&ingest);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let Some(ingest) = janitor.upgrade() else {
+                    return;
+                };
+                ingest.user_limiter.retain_recent();
+                ingest.user_limiter.shrink_to_fit();
+            }
+        });
+        Ok(ingest)
+    }
+
+    /// A per-connection limiter (`limits.messages_per_second`, `limits.message_burst`).
+    fn connection_limiter(&self) -> DefaultDirectRateLimiter {
+        let limits = &self.config.limits;
+        RateLimiter::direct(quota(limits.messages_per_second, limits.message_burst))
+    }
+
+    /// Checks the user's and the node's rate.
+    fn check_rates(&self, user: &str) -> Result<(), ApiError> {
+        if self.node_limiter.check().is_err() {
+            self.metrics.reject("rate_limited");
+            return Err(ApiError::new(ErrorCode::RateLimited, "this node is at its request rate"));
+        }
+        if self.user_limiter.check_key(&user.to_owned()).is_err() {
+            self.metrics.reject("rate_limited");
+            return Err(ApiError::new(ErrorCode::RateLimited, "too many messages from this user"));
+        }
+        Ok(())
+    }
+
+    /// Appends events to `ingress`; returns once they are durable.
+    async fn append(&self, events: &[IngressEvent]) -> Result<(), ApiError> {
+        let mut records = Vec::with_capacity(events.len());
+        for event in events {
+            let value = encode_ingress(event)
+                .map_err(|error| ApiError::new(ErrorCode::BadRequest, error.to_string()))?;
+            records.push(chorus_core::log::NewRecord::new(event.conversation.as_bytes(), value));
+        }
+        self.log.append(&self.ingress_topic, records).await.map_err(|error| {
+            tracing::error!(%error, "append to ingress failed");
+            ApiError::new(ErrorCode::Unavailable, "the event log is unavailable; retry with the same id")
+        })?;
+        for event in events {
+            self.metrics.events_in.with_label_values(&[event.body.kind().as_str()]).inc();
+        }
+        Ok(())
+    }
+}
+
+/// The ingest node's routes: `/v1/ws`, `POST /v1/events`, `POST /v1/conversations`, and
+/// `POST /v1/dev/token` in dev mode.
+pub fn routes(ingest: Arc<Ingest>) -> BoxedFilter<(Response,)> {
+    let websocket = session::route(ingest.clone());
+    let business = http::business_events(ingest.clone());
+    let create = http::create_conversation(ingest.clone());
+    let dev_token = http::dev_token(ingest);
+    websocket.or(business).unify().or(create).unify().or(dev_token).unify().boxed()
+}

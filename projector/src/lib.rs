@@ -1,0 +1,282 @@
+//! The projector: builds history and the full-text index from `timeline`.
+//!
+//! Each projection (history, search) is a [`Sink`] with its own consumer group on `timeline`.
+//! A partition is totally ordered, and each sink keeps, per partition, the next offset to apply
+//! *inside its own output* (the history store's transaction, the Tantivy commit payload); it moves
+//! in the same atomic step as the output it describes. On assignment the consumer seeks to that
+//! position, so a crash anywhere replays at most the batch in flight, and replaying records the
+//! sink already has changes nothing. Kafka offset commits are informational.
+//!
+//! A failed apply is retried with backoff on the same batch (the position did not move), so a
+//! store outage delays projections and never skips events. [`rebuild`] replays a partition range
+//! into a fresh sink for `chorus replay`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chorus_core::config::ChorusConfig;
+use chorus_core::log::{EventLog, LogError, Offset, PartitionId, PollEvent, Record, StartFrom};
+use chorus_core::metrics::Metrics;
+use chorus_core::progress::ProjectionProgress;
+use chorus_schemas::{TimelineEvent, decode_timeline};
+use chorus_store::{HistoryStore, SearchIndex};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectorError {
+    #[error("event log: {0}")]
+    Log(#[from] LogError),
+    #[error("{sink} projection: {message}")]
+    Sink { sink: &'static str, message: String },
+}
+
+/// A projection that stores its position with its output.
+#[async_trait]
+pub trait Sink: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    /// Next offset to apply for `partition`.
+    async fn position(&self, partition: PartitionId) -> Result<Offset, ProjectorError>;
+    /// Applies records (all below `next_offset`) and stores `next_offset`, atomically.
+    async fn apply(
+        &self,
+        partition: PartitionId,
+        records: Vec<(Offset, TimelineEvent)>,
+        next_offset: Offset,
+    ) -> Result<(), ProjectorError>;
+}
+
+/// The history projection.
+pub struct HistorySink(pub Arc<dyn HistoryStore>);
+
+#[async_trait]
+impl Sink for HistorySink {
+    fn name(&self) -> &'static str {
+        "history"
+    }
+
+    async fn position(&self, partition: PartitionId) -> Result<Offset, ProjectorError> {
+        self.0.position(partition).await.map_err(|error| ProjectorError::Sink {
+            sink: "history",
+            message: error.to_string(),
+        })
+    }
+
+    async fn apply(
+        &self,
+        partition: PartitionId,
+        records: Vec<(Offset, TimelineEvent)>,
+        next_offset: Offset,
+    ) -> Result<(), ProjectorError> {
+        self.0.apply(partition, &records, next_offset).await.map_err(|error| {
+            ProjectorError::Sink { sink: "history", message: error.to_string() }
+        })
+    }
+}
+
+/// The search projection (Tantivy; its work runs on blocking threads).
+pub struct SearchSink(pub Arc<SearchIndex>);
+
+#[async_trait]
+impl Sink for SearchSink {
+    fn name(&self) -> &'static str {
+        "search"
+    }
+
+    async fn position(&self, partition: PartitionId) -> Result<Offset, ProjectorError> {
+        self.0
+            .position(partition)
+            .map_err(|error| ProjectorError::Sink { sink: "search", message: error.to_string() })
+    }
+
+    async fn apply(
+        &self,
+        partition: PartitionId,
+        records: Vec<(Offset, TimelineEvent)>,
+        next_offset: Offset,
+    ) -> Result<(), ProjectorError> {
+        let index = self.0.clone();
+        tokio::task::spawn_blocking(move || index.apply(partition, &records, next_offset))
+            .await
+            .map_err(|error| ProjectorError::Sink { sink: "search", message: error.to_string() })?
+            .map_err(|error| ProjectorError::Sink { sink: "search", message: error.to_string() })
+    }
+}
+
+/// One projection to run: the sink and where it publishes its progress.
+pub struct Projection {
+    pub sink: Arc<dyn Sink>,
+    pub progress: Arc<ProjectionProgress>,
+}
+
+/// Everything the projector needs.
+pub struct ProjectorContext {
+    pub config: Arc<ChorusConfig>,
+    pub log: Arc<dyn EventLog>,
+    pub projections: Vec<Projection>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Runs every projection until `shutdown` resolves or one fails for good.
+pub async fn run(
+    context: ProjectorContext,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ProjectorError> {
+    let timeline = context.config.topics().timeline;
+    context.log.ensure_topic(&timeline).await?;
+    let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    for projection in context.projections {
+        let log = context.log.clone();
+        let metrics = context.metrics.clone();
+        let topic = timeline.clone();
+        let batch = context.config.projector.batch_records;
+        let stop = stop_receiver.clone();
+        tasks.spawn(run_projection(log, topic, projection, batch, metrics, stop));
+    }
+    tokio::select! {
+        _ = shutdown => {}
+        finished = tasks.join_next() => {
+            let _ = stop_sender.send(true);
+            if let Some(Ok(Err(error))) = finished {
+                return Err(error);
+            }
+        }
+    }
+    let _ = stop_sender.send(true);
+    while let Some(finished) = tasks.join_next().await {
+        if let Ok(Err(error)) = finished {
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+fn decode_batch(sink: &'static str, records: &[Record]) -> Vec<(Offset, TimelineEvent)> {
+    records
+        .iter()
+        .filter_map(|record| match decode_timeline(&record.value) {
+            Ok(event) => Some((record.offset, event)),
+            Err(error) => {
+                tracing::error!(sink, partition = record.partition, offset = record.offset, %error, "undecodable timeline record skipped");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Applies a batch, retrying with backoff while the sink fails (its position does not move).
+async fn apply_with_retry(
+    sink: &dyn Sink,
+    partition: PartitionId,
+    events: Vec<(Offset, TimelineEvent)>,
+    next_offset: Offset,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ProjectorError> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match sink.apply(partition, events.clone(), next_offset).await {
+            Ok(()) => return Ok(()),
+            Err(error) if *stop.borrow() => return Err(error),
+            Err(error) => {
+                tracing::warn!(sink = sink.name(), partition, %error, ?backoff, "projection apply failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn run_projection(
+    log: Arc<dyn EventLog>,
+    topic: String,
+    projection: Projection,
+    batch_records: usize,
+    metrics: Arc<Metrics>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ProjectorError> {
+    let sink = projection.sink;
+    let name = sink.name();
+    let group = format!("chorus-projector-{name}");
+    let mut consumer = log.consumer(&group, &topic, StartFrom::Earliest).await?;
+    loop {
+        let polled = tokio::select! {
+            _ = stop.wait_for(|stopping| *stopping) => return Ok(()),
+            polled = consumer.poll(batch_records, Duration::from_millis(250)) => polled?,
+        };
+        match polled {
+            PollEvent::Assigned(partitions) => {
+                for partition in partitions {
+                    let position = sink.position(partition).await?;
+                    consumer.seek(partition, position)?;
+                    projection.progress.advance(partition, position);
+                    tracing::debug!(sink = name, partition, position, "projection partition assigned");
+                }
+            }
+            PollEvent::Records(records) => {
+                let mut by_partition: BTreeMap<PartitionId, Vec<Record>> = BTreeMap::new();
+                for record in records {
+                    by_partition.entry(record.partition).or_default().push(record);
+                }
+                for (partition, records) in by_partition {
+                    let Some(next_offset) = records.last().map(|record| record.offset + 1) else {
+                        continue;
+                    };
+                    let events = decode_batch(name, &records);
+                    apply_with_retry(sink.as_ref(), partition, events, next_offset, &stop).await?;
+                    let label = partition.to_string();
+                    metrics.projector_position.with_label_values(&[name, label.as_str()]).set(next_offset as i64);
+                    projection.progress.advance(partition, next_offset);
+                    let _ = consumer.commit(&[(partition, next_offset)]).await;
+                    if let Ok(end) = log.end_offset(&topic, partition).await {
+                        let lag = end.saturating_sub(next_offset) as i64;
+                        let consumer_label = format!("projector-{name}");
+                        metrics.consumer_lag.with_label_values(&[consumer_label.as_str(), label.as_str()]).set(lag);
+                    }
+                }
+            }
+            PollEvent::Revoked(_) | PollEvent::Idle => {}
+        }
+    }
+}
+
+/// Replays `timeline` into `sink` for every partition, from the sink's position up to the end
+/// the log had when the rebuild started. `on_progress` receives the number of records applied so
+/// far. Returns the total.
+pub async fn rebuild(
+    log: Arc<dyn EventLog>,
+    topic: &str,
+    sink: Arc<dyn Sink>,
+    batch_records: usize,
+    on_progress: impl Fn(u64),
+) -> Result<u64, ProjectorError> {
+    let partitions = log.partition_count(topic).await?;
+    let mut applied = 0u64;
+    for partition in 0..partitions {
+        let end = log.end_offset(topic, partition).await?;
+        let mut position = sink.position(partition).await?;
+        while position < end {
+            let records = log.read(topic, partition, position, batch_records, Duration::ZERO).await?;
+            let Some(next_offset) = records.last().map(|record| record.offset + 1) else {
+                break;
+            };
+            let events = decode_batch(sink.name(), &records);
+            sink.apply(partition, events, next_offset).await?;
+            applied += records.len() as u64;
+            position = next_offset;
+            on_progress(applied);
+        }
+    }
+    Ok(applied)
+}
+
+/// Total number of records in `topic` (sum of end offsets), for progress bars.
+pub async fn topic_size(log: &dyn EventLog, topic: &str) -> Result<u64, ProjectorError> {
+    let partitions = log.partition_count(topic).await?;
+    let mut total = 0;
+    for partition in 0..partitions {
+        total += log.end_offset(topic, partition).await?;
+    }
+    Ok(total)
+}

@@ -1,0 +1,161 @@
+//! The router: the sequencer and delivery stage.
+//!
+//! It consumes `ingress` in the consumer group `chorus-router`. Each assigned partition gets a
+//! worker that owns the partition's [`state::SequencerState`] and is the single writer of the
+//! same partition of `timeline`:
+//!
+//! 1. on assignment, the state is recovered by folding the partition's whole `timeline`; the
+//!    ingress position to resume from is one past the highest `ingress_offset` found there. The
+//!    checkpoint therefore lives in the sequencer's own output and moves atomically with it: an
+//!    ingress record is sequenced at most once, and exactly once once its timeline append is
+//!    durable. Kafka offset commits of `ingress` are informational;
+//! 2. each batch of ingress records is decoded (undecodable or invalid records from business
+//!    systems go to the dead-letter topic with the reason in a header), decided, and the
+//!    sequenced events are appended to `timeline` in one call;
+//! 3. only after that append returns (the events are durable) are acks sent to senders and
+//!    events delivered to every online session of every member, through presence and the node
+//!    bus. Delivery is at least once; clients fill gaps from history;
+//! 4. a failed timeline append stops the router with an error (crash-only): the state may hold
+//!    events the log lacks, and only recovery from the log is trusted.
+
+pub mod state;
+mod worker;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chorus_core::config::{ChorusConfig, Topics};
+use chorus_core::log::{EventLog, LogError, PartitionId, PollEvent, Record, StartFrom};
+use chorus_core::metrics::Metrics;
+use chorus_core::presence::{NodeBus, Presence};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// The consumer group of routers on `ingress`.
+pub const ROUTER_GROUP: &str = "chorus-router";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("event log: {0}")]
+    Log(#[from] LogError),
+    #[error("partition {partition} worker stopped: {reason}")]
+    Worker { partition: PartitionId, reason: String },
+}
+
+/// Everything the router needs, built once by the binary.
+#[derive(Clone)]
+pub struct RouterContext {
+    pub config: Arc<ChorusConfig>,
+    pub log: Arc<dyn EventLog>,
+    pub presence: Arc<dyn Presence>,
+    pub bus: Arc<dyn NodeBus>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl RouterContext {
+    fn topics(&self) -> Topics {
+        self.config.topics()
+    }
+}
+
+/// A running partition worker.
+struct WorkerHandle {
+    /// Batches of ingress records for the worker; bounded, so a slow worker slows polling.
+    batches: mpsc::Sender<Vec<Record>>,
+    /// The worker task; its result says why it stopped.
+    task: JoinHandle<Result<(), RouterError>>,
+}
+
+/// Runs the router until `shutdown` resolves or a partition worker fails.
+pub async fn run(
+    context: RouterContext,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RouterError> {
+    let topics = context.topics();
+    context.log.ensure_topic(&topics.ingress).await?;
+    context.log.ensure_topic(&topics.timeline).await?;
+    context.log.ensure_topic(&topics.dead_letter).await?;
+    let mut consumer =
+        context.log.consumer(ROUTER_GROUP, &topics.ingress, StartFrom::Earliest).await?;
+    let mut workers: HashMap<PartitionId, WorkerHandle> = HashMap::new();
+    let batch_records = context.config.router.batch_records;
+    tokio::pin!(shutdown);
+    let outcome = loop {
+        if let Some(failed) = finished_worker(&mut workers).await {
+            break Err(failed);
+        }
+        let polled = tokio::select! {
+            _ = &mut shutdown => break Ok(()),
+            polled = consumer.poll(batch_records, Duration::from_millis(250)) => polled,
+        };
+        match polled? {
+            PollEvent::Assigned(partitions) => {
+                for partition in partitions {
+                    let (state, timeline_end) = worker::recover(&context, partition).await?;
+                    let resume = state.next_ingress_offset();
+                    consumer.seek(partition, resume)?;
+                    tracing::debug!(partition, resume, timeline_end, "sequencer partition assigned");
+                    let (batches, receiver) = mpsc::channel(4);
+                    let task = tokio::spawn(worker::run(context.clone(), partition, state, receiver));
+                    workers.insert(partition, WorkerHandle { batches, task });
+                }
+            }
+            PollEvent::Revoked(partitions) => {
+                for partition in partitions {
+                    if let Some(handle) = workers.remove(&partition) {
+                        drain(partition, handle).await?;
+                    }
+                }
+            }
+            PollEvent::Records(records) => {
+                let mut by_partition: HashMap<PartitionId, Vec<Record>> = HashMap::new();
+                for record in records {
+                    by_partition.entry(record.partition).or_default().push(record);
+                }
+                for (partition, batch) in by_partition {
+                    let Some(handle) = workers.get(&partition) else {
+                        continue;
+                    };
+                    let next = batch.last().map(|record| record.offset + 1);
+                    if handle.batches.send(batch).await.is_err() {
+                        // the worker stopped; its result is collected at the top of the loop
+                        continue;
+                    }
+                    if let Some(next) = next {
+                        // informational only: the sequencer's checkpoint is in `timeline`
+                        let _ = consumer.commit(&[(partition, next)]).await;
+                    }
+                }
+            }
+            PollEvent::Idle => {}
+        }
+    };
+    for (partition, handle) in workers.drain() {
+        drain(partition, handle).await?;
+    }
+    outcome
+}
+
+/// Returns the error of a worker that has stopped, if any.
+async fn finished_worker(workers: &mut HashMap<PartitionId, WorkerHandle>) -> Option<RouterError> {
+    let finished = workers.iter().find(|(_, handle)| handle.task.is_finished()).map(|(p, _)| *p)?;
+    let handle = workers.remove(&finished)?;
+    match handle.task.await {
+        Ok(Ok(())) => Some(RouterError::Worker { partition: finished, reason: "exited".into() }),
+        Ok(Err(error)) => Some(error),
+        Err(join_error) => {
+            Some(RouterError::Worker { partition: finished, reason: join_error.to_string() })
+        }
+    }
+}
+
+/// Lets a worker finish the batches it has, then stops it.
+async fn drain(partition: PartitionId, handle: WorkerHandle) -> Result<(), RouterError> {
+    drop(handle.batches);
+    match handle.task.await {
+        Ok(result) => result,
+        Err(join_error) => Err(RouterError::Worker { partition, reason: join_error.to_string() }),
+    }
+}

@@ -1,0 +1,225 @@
+//! One partition's sequencer: recover, then decide → append → ack and deliver, batch by batch.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chorus_core::error::ApiError;
+use chorus_core::frames::{ack_json, event_json, read_json};
+use chorus_core::log::{NewRecord, Offset, PartitionId, Record};
+use chorus_core::presence::{Delivery, Frame};
+use chorus_core::validate::validate_ingress;
+use chorus_schemas::{EventBody, IngressEvent, TimelineEvent, decode_ingress, encode_timeline};
+use tokio::sync::mpsc;
+
+use crate::state::{Decision, SequencerState};
+use crate::{RouterContext, RouterError};
+
+/// How many timeline records one recovery read asks for.
+const RECOVERY_READ: usize = 4096;
+
+/// Rebuilds a partition's state from its `timeline`. Returns the state and the timeline end.
+pub(crate) async fn recover(
+    context: &RouterContext,
+    partition: PartitionId,
+) -> Result<(SequencerState, Offset), RouterError> {
+    let topics = context.config.topics();
+    let mut state = SequencerState::new(context.config.router.dedup_window);
+    let end = context.log.end_offset(&topics.timeline, partition).await?;
+    let mut position = 0;
+    while position < end {
+        let records = context
+            .log
+            .read(&topics.timeline, partition, position, RECOVERY_READ, Duration::ZERO)
+            .await?;
+        let Some(last) = records.last() else {
+            break;
+        };
+        position = last.offset + 1;
+        for record in &records {
+            match chorus_schemas::decode_timeline(&record.value) {
+                Ok(event) => state.apply(&event),
+                Err(error) => {
+                    tracing::error!(partition, offset = record.offset, %error, "undecodable timeline record skipped in recovery");
+                }
+            }
+        }
+    }
+    Ok((state, end))
+}
+
+/// What to tell whom once a batch is durable.
+enum Notice {
+    /// Ack (again) to the sender's session.
+    Ack { node: String, session: String, frame: Frame },
+    /// An error to the sender's session.
+    Error { node: String, session: String, frame: Frame },
+    /// A sequenced event (or read mark) for the conversation's members.
+    Deliver { members: Vec<String>, frame: Frame },
+}
+
+pub(crate) async fn run(
+    context: RouterContext,
+    partition: PartitionId,
+    mut state: SequencerState,
+    mut batches: mpsc::Receiver<Vec<Record>>,
+) -> Result<(), RouterError> {
+    let topics = context.config.topics();
+    let partition_label = partition.to_string();
+    while let Some(batch) = batches.recv().await {
+        let mut timeline_records = Vec::with_capacity(batch.len());
+        let mut dead_letters = Vec::new();
+        let mut notices = Vec::with_capacity(batch.len());
+        for record in batch {
+            if record.offset < state.next_ingress_offset() {
+                continue; // already sequenced before a restart or rebalance
+            }
+            let offset = record.offset;
+            state.handled_through(offset + 1);
+            let event = match decode_ingress(&record.value) {
+                Ok(event) => event,
+                Err(error) => {
+                    dead_letters.push(dead_letter(&record, &topics.ingress, "undecodable", &error.to_string()));
+                    continue;
+                }
+            };
+            let origin = origin_of(&event);
+            if let Err(error) = validate_ingress(&event, &context.config.limits) {
+                context.metrics.reject(error.code.as_str());
+                match origin {
+                    Some((node, session)) => notices.push(error_notice(node, session, &event, &error)),
+                    None => dead_letters.push(dead_letter(&record, &topics.ingress, error.code.as_str(), &error.message)),
+                }
+                continue;
+            }
+            let client_msg_id = event.client_msg_id.clone();
+            let conversation = event.conversation.clone();
+            match state.decide(event, offset) {
+                Decision::Sequence(timeline_event) => {
+                    let value = encode_timeline(&timeline_event).map_err(|error| {
+                        RouterError::Worker { partition, reason: format!("encoding timeline: {error}") }
+                    })?;
+                    timeline_records.push(NewRecord::new(timeline_event.conversation.as_bytes(), value));
+                    notices.extend(sequenced_notices(&state, &timeline_event, origin));
+                }
+                Decision::Duplicate { seq, event_id } => {
+                    if let Some((node, session)) = origin {
+                        let frame = ack_json(client_msg_id.as_deref(), &conversation, seq, &event_id);
+                        notices.push(Notice::Ack { node, session, frame: frame.to_string().into() });
+                    }
+                }
+                Decision::Reject(error) => {
+                    context.metrics.reject(error.code.as_str());
+                    match origin {
+                        Some((node, session)) => notices.push(Notice::Error {
+                            node,
+                            session,
+                            frame: error.ws_frame(client_msg_id.as_deref()).to_string().into(),
+                        }),
+                        None => dead_letters.push(dead_letter(&record, &topics.ingress, error.code.as_str(), &error.message)),
+                    }
+                }
+            }
+        }
+        if !timeline_records.is_empty() {
+            let count = timeline_records.len() as u64;
+            context.log.append_to(&topics.timeline, partition, timeline_records).await?;
+            context.metrics.events_sequenced.inc_by(count);
+        }
+        if !dead_letters.is_empty() {
+            for record in &dead_letters {
+                let reason = record.headers.iter().find(|(name, _)| name == "reason");
+                let reason = reason.map(|(_, value)| String::from_utf8_lossy(value).into_owned()).unwrap_or_default();
+                context.metrics.dead_letters.with_label_values(&[reason.as_str()]).inc();
+            }
+            context.log.append(&topics.dead_letter, dead_letters).await?;
+        }
+        notify(&context, notices).await;
+        let end = context.log.end_offset(&topics.ingress, partition).await.unwrap_or(0);
+        let lag = end.saturating_sub(state.next_ingress_offset());
+        context.metrics.consumer_lag.with_label_values(&["router", partition_label.as_str()]).set(lag as i64);
+    }
+    Ok(())
+}
+
+fn origin_of(event: &IngressEvent) -> Option<(String, String)> {
+    match (&event.origin_node, &event.origin_session) {
+        (Some(node), Some(session)) => Some((node.clone(), session.clone())),
+        _ => None,
+    }
+}
+
+fn error_notice(node: String, session: String, event: &IngressEvent, error: &ApiError) -> Notice {
+    Notice::Error { node, session, frame: error.ws_frame(event.client_msg_id.as_deref()).to_string().into() }
+}
+
+fn dead_letter(record: &Record, source_topic: &str, reason: &str, detail: &str) -> NewRecord {
+    tracing::warn!(partition = record.partition, offset = record.offset, reason, detail, "ingress record dead-lettered");
+    let mut dead = NewRecord::new(record.key.clone(), record.value.clone())
+        .with_header("reason", reason)
+        .with_header("detail", detail)
+        .with_header("source_topic", source_topic)
+        .with_header("source_partition", record.partition.to_string())
+        .with_header("source_offset", record.offset.to_string());
+    dead.headers.extend(record.headers.iter().cloned());
+    dead
+}
+
+fn sequenced_notices(
+    state: &SequencerState,
+    event: &TimelineEvent,
+    origin: Option<(String, String)>,
+) -> Vec<Notice> {
+    let mut notices = Vec::with_capacity(2);
+    let mut members = state.members(&event.conversation);
+    match (&event.body, event.seq) {
+        (EventBody::ReadCursorMoved { seq }, _) => {
+            let frame = read_json(&event.conversation, &event.sender, *seq);
+            notices.push(Notice::Deliver { members, frame: frame.to_string().into() });
+        }
+        (_, Some(seq)) => {
+            if let Some((node, session)) = origin {
+                let frame = ack_json(event.client_msg_id.as_deref(), &event.conversation, seq, &event.event_id);
+                notices.push(Notice::Ack { node, session, frame: frame.to_string().into() });
+            }
+            if let EventBody::MembersRemoved { members: removed } = &event.body {
+                // the removed learn of their removal too
+                members.extend(removed.iter().cloned());
+            }
+            notices.push(Notice::Deliver { members, frame: event_json(event).to_string().into() });
+        }
+        (_, None) => {}
+    }
+    notices
+}
+
+/// Sends acks, errors and deliveries. Presence or bus failures lose only the live delivery; the
+/// events are durable and clients fill the gap from history.
+async fn notify(context: &RouterContext, notices: Vec<Notice>) {
+    for notice in notices {
+        let result = match notice {
+            Notice::Ack { node, session, frame } => {
+                context.metrics.acks.inc();
+                context.bus.send(&node, Delivery::ToSession { session, frame }).await
+            }
+            Notice::Error { node, session, frame } => {
+                context.bus.send(&node, Delivery::ToSession { session, frame }).await
+            }
+            Notice::Deliver { members, frame } => deliver(context, members, frame).await,
+        };
+        if let Err(error) = result {
+            tracing::warn!(%error, "live delivery failed; clients will fill the gap from history");
+        }
+    }
+}
+
+async fn deliver(
+    context: &RouterContext,
+    members: Vec<String>,
+    frame: Frame,
+) -> Result<(), chorus_core::presence::PresenceError> {
+    let by_node: HashMap<String, Vec<String>> = context.presence.nodes_of(&members).await?;
+    for (node, users) in by_node {
+        context.bus.send(&node, Delivery::ToUsers { users, frame: frame.clone() }).await?;
+    }
+    Ok(())
+}

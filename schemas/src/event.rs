@@ -1,0 +1,117 @@
+//! The Rust side of the event schemas.
+//!
+//! An [`IngressEvent`] is what an ingest node or a business system appends to `ingress`; a
+//! [`TimelineEvent`] is what the router's sequencer appends to `timeline` after it has checked it
+//! and given it its per-conversation sequence number. Both carry one [`EventBody`].
+
+use serde::{Deserialize, Serialize};
+
+/// What happened: one variant per Avro record under `schemas/avro/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventBody {
+    /// `chorus.MessageSent`: a new message.
+    MessageSent { text: String },
+    /// `chorus.MessageEdited`: the sender replaces the text of their message `target_seq`.
+    MessageEdited { target_seq: u64, text: String },
+    /// `chorus.MessageRecalled`: the sender withdraws their message `target_seq`.
+    MessageRecalled { target_seq: u64 },
+    /// `chorus.ConversationCreated`: a group comes into being with its first members.
+    ConversationCreated {
+        title: Option<String>,
+        members: Vec<String>,
+    },
+    /// `chorus.MembersAdded`.
+    MembersAdded { members: Vec<String> },
+    /// `chorus.MembersRemoved`.
+    MembersRemoved { members: Vec<String> },
+    /// `chorus.ReadCursorMoved`: the sender has read up to `seq`. Logged, but takes no seq itself.
+    ReadCursorMoved { seq: u64 },
+}
+
+/// The protocol's name for a timeline event's kind (`"message"`, `"edit"`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Message,
+    Edit,
+    Recall,
+    ConversationCreated,
+    MembersAdded,
+    MembersRemoved,
+    Read,
+}
+
+impl EventKind {
+    /// The `kind` string of PROTOCOL.md.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Message => "message",
+            EventKind::Edit => "edit",
+            EventKind::Recall => "recall",
+            EventKind::ConversationCreated => "conversation_created",
+            EventKind::MembersAdded => "members_added",
+            EventKind::MembersRemoved => "members_removed",
+            EventKind::Read => "read",
+        }
+    }
+}
+
+impl EventBody {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            EventBody::MessageSent { .. } => EventKind::Message,
+            EventBody::MessageEdited { .. } => EventKind::Edit,
+            EventBody::MessageRecalled { .. } => EventKind::Recall,
+            EventBody::ConversationCreated { .. } => EventKind::ConversationCreated,
+            EventBody::MembersAdded { .. } => EventKind::MembersAdded,
+            EventBody::MembersRemoved { .. } => EventKind::MembersRemoved,
+            EventBody::ReadCursorMoved { .. } => EventKind::Read,
+        }
+    }
+
+    /// Whether the event takes a sequence number (everything but read cursors).
+    pub fn is_sequenced(&self) -> bool {
+        !matches!(self, EventBody::ReadCursorMoved { .. })
+    }
+}
+
+/// An event as appended to `ingress`, before sequencing. Schema `chorus.IngressEvent`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngressEvent {
+    /// Unique id of this event (a UUIDv7 string), kept through sequencing.
+    pub event_id: String,
+    /// The conversation, also the record key.
+    pub conversation: String,
+    /// The user (or business system) the event is from.
+    pub sender: String,
+    /// The client's message id, for idempotent retries; `None` for events without one.
+    pub client_msg_id: Option<String>,
+    /// When the ingest node accepted it, in milliseconds since the Unix epoch.
+    pub ts_ms: i64,
+    /// The name of the cluster where the event entered Chorus.
+    pub origin_cluster: String,
+    /// The ingest node to send the ack to; `None` for business systems producing directly.
+    pub origin_node: Option<String>,
+    /// The session on `origin_node` to send the ack to.
+    pub origin_session: Option<String>,
+    /// Set for business systems, which may act for any sender and manage any group; user events
+    /// are never trusted.
+    pub trusted: bool,
+    pub body: EventBody,
+}
+
+/// A sequenced event as appended to `timeline`. Schema `chorus.TimelineEvent`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineEvent {
+    pub conversation: String,
+    /// The per-conversation sequence number (1, 2, 3, …); `None` for read cursors.
+    pub seq: Option<u64>,
+    pub event_id: String,
+    pub sender: String,
+    pub ts_ms: i64,
+    pub origin_cluster: String,
+    pub client_msg_id: Option<String>,
+    /// Offset of the `ingress` record (same partition) this event was sequenced from: the
+    /// sequencer's checkpoint lives in its own output.
+    pub ingress_offset: u64,
+    pub body: EventBody,
+}

@@ -1,0 +1,239 @@
+//! The search/history API: what clients read.
+//!
+//! - `GET /v1/conversations`: the caller's conversations with last seq and read cursor;
+//! - `GET /v1/conversations/{id}/events?after_seq&limit`: the timeline, for gap filling;
+//! - `GET /v1/conversations/{id}/messages?after_seq|before_seq&limit`: messages as they stand;
+//! - `GET /v1/search?q&conversation&limit`: full-text search with snippets.
+//!
+//! Every read is scoped to the caller: a conversation the caller is not a member of answers 403
+//! (404 when it does not exist), and search only ever looks in the caller's conversations.
+//!
+//! Reads are consistent with the log (read-your-writes): before answering, a read takes the end
+//! offset of the relevant `timeline` partitions and waits, at most `projector.read_barrier_ms`,
+//! until the projection has applied them. So a client that got an ack or an event finds it in
+//! history. If a projection lags beyond the barrier, the read answers with what it has.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chorus_core::auth::{Claims, TokenAuthority};
+use chorus_core::config::ChorusConfig;
+use chorus_core::error::{ApiError, ErrorCode};
+use chorus_core::frames::event_json;
+use chorus_core::http::{json_response, respond, user_claims};
+use chorus_core::ids::Conversation;
+use chorus_core::log::{EventLog, PartitionId, partition_for_key};
+use chorus_core::progress::ProjectionProgress;
+use chorus_store::history::MessagePage;
+use chorus_store::{HistoryError, HistoryStore, SearchIndex};
+use serde::Deserialize;
+use serde_json::json;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+
+/// Largest page of events or messages.
+const MAX_PAGE: usize = 1000;
+/// Largest number of search hits.
+const MAX_HITS: usize = 100;
+
+/// What the search/history API reads from.
+pub struct SearchApi {
+    pub config: Arc<ChorusConfig>,
+    pub log: Arc<dyn EventLog>,
+    pub history: Arc<dyn HistoryStore>,
+    pub index: Arc<SearchIndex>,
+    pub history_progress: Arc<ProjectionProgress>,
+    pub search_progress: Arc<ProjectionProgress>,
+    pub tokens: Arc<TokenAuthority>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PageQuery {
+    after_seq: Option<u64>,
+    before_seq: Option<u64>,
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SearchQuery {
+    q: String,
+    conversation: Option<String>,
+    limit: Option<usize>,
+}
+
+fn unavailable(error: HistoryError) -> ApiError {
+    tracing::warn!(%error, "history store read failed");
+    ApiError::new(ErrorCode::Unavailable, format!("history is unavailable: {error}"))
+}
+
+impl SearchApi {
+    fn partitions(&self) -> u32 {
+        self.config.log.partitions
+    }
+
+    /// Waits until `progress` has applied everything the log had in `partitions` when called.
+    async fn barrier(&self, progress: &ProjectionProgress, partitions: &BTreeSet<PartitionId>) {
+        let timeline = self.config.topics().timeline;
+        let limit = Duration::from_millis(self.config.projector.read_barrier_ms);
+        for partition in partitions {
+            let Ok(end) = self.log.end_offset(&timeline, *partition).await else {
+                continue;
+            };
+            if !progress.wait_for(*partition, end, limit).await {
+                tracing::debug!(partition, end, "projection behind the read barrier; answering with what it has");
+            }
+        }
+    }
+
+    fn partition_of(&self, conversation: &str) -> PartitionId {
+        partition_for_key(conversation.as_bytes(), self.partitions())
+    }
+
+    /// Checks that `user` may read `conversation_id`.
+    async fn authorize(&self, user: &str, conversation_id: &str) -> Result<(), ApiError> {
+        let conversation = Conversation::parse(conversation_id)
+            .map_err(|error| ApiError::new(ErrorCode::BadRequest, error.to_string()))?;
+        if let Conversation::Direct { .. } = conversation {
+            if conversation.is_direct_member(user) {
+                return Ok(());
+            }
+            return Err(ApiError::new(ErrorCode::Forbidden, "not a member of this conversation"));
+        }
+        if self.history.is_member(conversation_id, user).await.map_err(unavailable)? {
+            return Ok(());
+        }
+        Err(ApiError::new(ErrorCode::Forbidden, "not a member of this conversation"))
+    }
+
+    async fn conversations(&self, claims: Claims) -> Result<Response, ApiError> {
+        let all: BTreeSet<PartitionId> = (0..self.partitions()).collect();
+        self.barrier(&self.history_progress, &all).await;
+        let conversations = self.history.conversations(&claims.sub).await.map_err(unavailable)?;
+        Ok(json_response(200, &json!({"conversations": conversations})))
+    }
+
+    async fn events(&self, claims: Claims, conversation: String, page: PageQuery) -> Result<Response, ApiError> {
+        self.authorize(&claims.sub, &conversation).await?;
+        self.barrier(&self.history_progress, &BTreeSet::from([self.partition_of(&conversation)])).await;
+        let limit = page.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+        let events = self
+            .history
+            .events(&conversation, page.after_seq.unwrap_or(0), limit)
+            .await
+            .map_err(unavailable)?;
+        let events: Vec<_> = events.iter().map(event_json).collect();
+        Ok(json_response(200, &json!({"events": events})))
+    }
+
+    async fn messages(&self, claims: Claims, conversation: String, page: PageQuery) -> Result<Response, ApiError> {
+        self.authorize(&claims.sub, &conversation).await?;
+        self.barrier(&self.history_progress, &BTreeSet::from([self.partition_of(&conversation)])).await;
+        let limit = page.limit.unwrap_or(50).clamp(1, MAX_PAGE);
+        let which = match (page.after_seq, page.before_seq) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::new(ErrorCode::BadRequest, "give after_seq or before_seq, not both"));
+            }
+            (_, Some(before)) => MessagePage::Before(before),
+            (after, None) => MessagePage::After(after.unwrap_or(0)),
+        };
+        let messages = self.history.messages(&conversation, which, limit).await.map_err(unavailable)?;
+        Ok(json_response(200, &json!({"messages": messages})))
+    }
+
+    async fn search(&self, claims: Claims, query: SearchQuery) -> Result<Response, ApiError> {
+        if query.q.trim().is_empty() {
+            return Err(ApiError::new(ErrorCode::BadRequest, "q must not be empty"));
+        }
+        let conversations: Vec<String> = match &query.conversation {
+            Some(conversation) => {
+                self.authorize(&claims.sub, conversation).await?;
+                vec![conversation.clone()]
+            }
+            None => {
+                let all: BTreeSet<PartitionId> = (0..self.partitions()).collect();
+                self.barrier(&self.history_progress, &all).await;
+                self.history
+                    .conversations(&claims.sub)
+                    .await
+                    .map_err(unavailable)?
+                    .into_iter()
+                    .map(|summary| summary.id)
+                    .collect()
+            }
+        };
+        let partitions: BTreeSet<PartitionId> =
+            conversations.iter().map(|conversation| self.partition_of(conversation)).collect();
+        self.barrier(&self.search_progress, &partitions).await;
+        let limit = query.limit.unwrap_or(20).clamp(1, MAX_HITS);
+        let index = self.index.clone();
+        let text = query.q.clone();
+        let hits = tokio::task::spawn_blocking(move || index.search(&text, &conversations, limit))
+            .await
+            .map_err(|error| ApiError::new(ErrorCode::Internal, error.to_string()))?
+            .map_err(|error| match error {
+                chorus_store::SearchError::BadQuery(message) => ApiError::new(ErrorCode::BadRequest, message),
+                other => ApiError::new(ErrorCode::Unavailable, other.to_string()),
+            })?;
+        Ok(json_response(200, &json!({"hits": hits})))
+    }
+}
+
+/// The read routes.
+pub fn routes(api: Arc<SearchApi>) -> BoxedFilter<(Response,)> {
+    let claims = user_claims(api.tokens.clone());
+    let with_api = {
+        let api = api.clone();
+        warp::any().map(move || api.clone())
+    };
+    let list = warp::path!("v1" / "conversations")
+        .and(warp::get())
+        .and(claims.clone())
+        .and(with_api.clone())
+        .then(|claims: Result<Claims, ApiError>, api: Arc<SearchApi>| async move {
+            respond(match claims {
+                Ok(claims) => api.conversations(claims).await,
+                Err(error) => Err(error),
+            })
+        });
+    let events = warp::path!("v1" / "conversations" / String / "events")
+        .and(warp::get())
+        .and(claims.clone())
+        .and(warp::query::<PageQuery>())
+        .and(with_api.clone())
+        .then(|conversation: String, claims: Result<Claims, ApiError>, page: PageQuery, api: Arc<SearchApi>| async move {
+            respond(match claims {
+                Ok(claims) => api.events(claims, decode_path(&conversation), page).await,
+                Err(error) => Err(error),
+            })
+        });
+    let messages = warp::path!("v1" / "conversations" / String / "messages")
+        .and(warp::get())
+        .and(claims.clone())
+        .and(warp::query::<PageQuery>())
+        .and(with_api.clone())
+        .then(|conversation: String, claims: Result<Claims, ApiError>, page: PageQuery, api: Arc<SearchApi>| async move {
+            respond(match claims {
+                Ok(claims) => api.messages(claims, decode_path(&conversation), page).await,
+                Err(error) => Err(error),
+            })
+        });
+    let search = warp::path!("v1" / "search")
+        .and(warp::get())
+        .and(claims)
+        .and(warp::query::<SearchQuery>())
+        .and(with_api)
+        .then(|claims: Result<Claims, ApiError>, query: SearchQuery, api: Arc<SearchApi>| async move {
+            respond(match claims {
+                Ok(claims) => api.search(claims, query).await,
+                Err(error) => Err(error),
+            })
+        });
+    list.or(events).unify().or(messages).unify().or(search).unify().boxed()
+}
+
+/// Percent-decodes a path segment (`dm%3Aalice%3Abob` → `dm:alice:bob`).
+fn decode_path(segment: &str) -> String {
+    percent_encoding::percent_decode_str(segment).decode_utf8_lossy().into_owned()
+}

@@ -1,0 +1,604 @@
+//! The embedded adapter of [`HistoryStore`]: one redb file (e.g. `<data>/history.redb`).
+//!
+//! Tables:
+//! - `events` (conversation, seq) → the sequenced [`TimelineEvent`] as JSON;
+//! - `messages` (conversation, seq) → the message as it stands now (JSON [`StoredMessage`]);
+//! - `conversations` conversation → last seq and title (JSON [`StoredConversation`]);
+//! - `members` (conversation, user) and `user_conversations` (user, conversation), kept as
+//!   mirror images so both "who is in it" and "what is a user in" are range scans;
+//! - `read_cursors` (conversation, user) → the highest seq the user has read;
+//! - `positions` partition → next offset to apply.
+//!
+//! Invariants:
+//! - [`HistoryStore::apply`] is one redb write transaction: the records at or above the stored
+//!   position are applied and the position is raised to `next_offset` in the same commit, so the
+//!   position always describes exactly the data next to it. Records below the position are
+//!   skipped, and the position never moves backwards, so replays change nothing;
+//! - the database is committed with redb's default durability ([`redb::Durability::Immediate`]):
+//!   an acknowledged `apply` survives a crash. A weaker durability would also be correct (the
+//!   projector re-applies from whatever position survived) but buys little with batched applies;
+//! - every table is created in [`EmbeddedHistory::open`], so read transactions never meet a
+//!   missing table;
+//! - all redb work runs on tokio's blocking pool, never on an async worker thread;
+//! - a direct conversation `dm:<a>:<b>` gets its members `a` and `b` on its first event; member
+//!   events addressed to a direct conversation are ignored, so it keeps exactly those two.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chorus_core::log::{Offset, PartitionId};
+use chorus_schemas::{EventBody, TimelineEvent};
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
+
+use crate::history::{ConversationSummary, HistoryError, HistoryStore, MessagePage, MessageView};
+
+const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
+const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+const CONVERSATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("conversations");
+const MEMBERS: TableDefinition<(&str, &str), ()> = TableDefinition::new("members");
+const USER_CONVERSATIONS: TableDefinition<(&str, &str), ()> =
+    TableDefinition::new("user_conversations");
+const READ_CURSORS: TableDefinition<(&str, &str), u64> = TableDefinition::new("read_cursors");
+const POSITIONS: TableDefinition<u32, u64> = TableDefinition::new("positions");
+
+/// The prefix of direct conversation ids, `dm:<a>:<b>`.
+const DIRECT_CONVERSATION_PREFIX: &str = "dm:";
+
+/// A message as stored in `messages`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredMessage {
+    /// The id of the `MessageSent` event, returned to clients to correlate with their sends.
+    event_id: String,
+    /// Who sent it; edits and recalls never change it.
+    sender: String,
+    /// When it was sent; edits and recalls never change it.
+    ts_ms: i64,
+    /// The current text; `None` once recalled.
+    text: Option<String>,
+    /// Whether an edit has replaced the original text.
+    edited: bool,
+    /// Whether the sender has recalled it.
+    recalled: bool,
+}
+
+impl StoredMessage {
+    fn into_view(self, seq: u64) -> MessageView {
+        MessageView {
+            seq,
+            event_id: self.event_id,
+            sender: self.sender,
+            ts: self.ts_ms,
+            text: self.text,
+            edited: self.edited,
+            recalled: self.recalled,
+        }
+    }
+}
+
+/// A conversation as stored in `conversations`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct StoredConversation {
+    /// The highest seq of any sequenced event of the conversation.
+    last_seq: u64,
+    /// The group title from `ConversationCreated`; `None` for direct conversations.
+    title: Option<String>,
+}
+
+/// Everything that can go wrong inside the adapter, before it is mapped to [`HistoryError`].
+#[derive(Debug, thiserror::Error)]
+enum EmbeddedError {
+    #[error("opening the database: {0}")]
+    Database(#[from] redb::DatabaseError),
+    #[error("transaction: {0}")]
+    Transaction(#[from] redb::TransactionError),
+    #[error("table: {0}")]
+    Table(#[from] redb::TableError),
+    #[error("storage: {0}")]
+    Storage(#[from] redb::StorageError),
+    #[error("commit: {0}")]
+    Commit(#[from] redb::CommitError),
+    #[error("encoding a stored record: {0}")]
+    Encoding(#[from] serde_json::Error),
+}
+
+impl From<EmbeddedError> for HistoryError {
+    fn from(error: EmbeddedError) -> Self {
+        match error {
+            EmbeddedError::Database(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                HistoryError::Unavailable("history database is open in another process".into())
+            }
+            other => HistoryError::Storage(other.to_string()),
+        }
+    }
+}
+
+/// The redb-backed history store. Cheap to share (`Arc<EmbeddedHistory>`).
+pub struct EmbeddedHistory {
+    /// The database; an `Arc` so blocking tasks can own a handle.
+    database: Arc<Database>,
+}
+
+impl EmbeddedHistory {
+    /// Opens (creating if missing) the database file at `path` and its tables. Blocks briefly on
+    /// file I/O: call it at start-up.
+    pub fn open(path: &Path) -> Result<Arc<Self>, HistoryError> {
+        let database = Database::create(path).map_err(EmbeddedError::from)?;
+        create_tables(&database)?;
+        debug!(path = %path.display(), "opened embedded history store");
+        Ok(Arc::new(EmbeddedHistory {
+            database: Arc::new(database),
+        }))
+    }
+
+    /// Runs `operation` against the database on tokio's blocking pool.
+    async fn run_blocking<Output, Operation>(
+        &self,
+        operation: Operation,
+    ) -> Result<Output, HistoryError>
+    where
+        Output: Send + 'static,
+        Operation: FnOnce(&Database) -> Result<Output, EmbeddedError> + Send + 'static,
+    {
+        let database = Arc::clone(&self.database);
+        let joined = tokio::task::spawn_blocking(move || operation(&database)).await;
+        match joined {
+            Ok(result) => result.map_err(HistoryError::from),
+            Err(join_error) => Err(HistoryError::Storage(format!(
+                "history task did not complete: {join_error}"
+            ))),
+        }
+    }
+}
+
+fn create_tables(database: &Database) -> Result<(), EmbeddedError> {
+    let transaction = database.begin_write()?;
+    transaction.open_table(EVENTS)?;
+    transaction.open_table(MESSAGES)?;
+    transaction.open_table(CONVERSATIONS)?;
+    transaction.open_table(MEMBERS)?;
+    transaction.open_table(USER_CONVERSATIONS)?;
+    transaction.open_table(READ_CURSORS)?;
+    transaction.open_table(POSITIONS)?;
+    transaction.commit()?;
+    Ok(())
+}
+
+/// `(a, b)` for a direct conversation id `dm:<a>:<b>`, `None` for any other id.
+fn direct_conversation_members(conversation: &str) -> Option<(&str, &str)> {
+    let pair = conversation.strip_prefix(DIRECT_CONVERSATION_PREFIX)?;
+    let (first, second) = pair.split_once(':')?;
+    if first.is_empty() || second.is_empty() {
+        return None;
+    }
+    Some((first, second))
+}
+
+/// Applies one batch in one write transaction (see the module invariants).
+fn apply_batch(
+    database: &Database,
+    partition: PartitionId,
+    records: &[(Offset, TimelineEvent)],
+    next_offset: Offset,
+) -> Result<(), EmbeddedError> {
+    let transaction = database.begin_write()?;
+    let changed = {
+        let mut positions = transaction.open_table(POSITIONS)?;
+        let position = positions
+            .get(partition)?
+            .map(|stored| stored.value())
+            .unwrap_or(0);
+        let pending_records: Vec<&TimelineEvent> = records
+            .iter()
+            .filter(|(offset, _)| *offset >= position)
+            .map(|(_, event)| event)
+            .collect();
+        if pending_records.is_empty() && next_offset <= position {
+            false
+        } else {
+            let mut tables = WriteTables::open(&transaction)?;
+            for event in pending_records {
+                tables.apply_event(event)?;
+            }
+            positions.insert(partition, next_offset.max(position))?;
+            true
+        }
+    };
+    if !changed {
+        transaction.abort()?;
+        return Ok(());
+    }
+    transaction.commit()?;
+    Ok(())
+}
+
+/// The tables an apply writes, opened once per transaction.
+struct WriteTables<'transaction> {
+    /// Sequenced events, for `events`.
+    events: Table<'transaction, (&'static str, u64), &'static [u8]>,
+    /// Current message states, for `messages`.
+    messages: Table<'transaction, (&'static str, u64), &'static [u8]>,
+    /// Last seq and title per conversation, for `conversations`.
+    conversations: Table<'transaction, &'static str, &'static [u8]>,
+    /// Membership by conversation, for `members` and `is_member`.
+    members: Table<'transaction, (&'static str, &'static str), ()>,
+    /// Membership by user, for `conversations`.
+    user_conversations: Table<'transaction, (&'static str, &'static str), ()>,
+    /// Read cursors, for `conversations`.
+    read_cursors: Table<'transaction, (&'static str, &'static str), u64>,
+}
+
+impl<'transaction> WriteTables<'transaction> {
+    fn open(transaction: &'transaction WriteTransaction) -> Result<Self, EmbeddedError> {
+        Ok(WriteTables {
+            events: transaction.open_table(EVENTS)?,
+            messages: transaction.open_table(MESSAGES)?,
+            conversations: transaction.open_table(CONVERSATIONS)?,
+            members: transaction.open_table(MEMBERS)?,
+            user_conversations: transaction.open_table(USER_CONVERSATIONS)?,
+            read_cursors: transaction.open_table(READ_CURSORS)?,
+        })
+    }
+
+    fn apply_event(&mut self, event: &TimelineEvent) -> Result<(), EmbeddedError> {
+        let conversation = event.conversation.as_str();
+        if let Some((first, second)) = direct_conversation_members(conversation) {
+            self.add_member(conversation, first)?;
+            self.add_member(conversation, second)?;
+        }
+        if let EventBody::ReadCursorMoved { seq: read_seq } = &event.body {
+            return self.move_read_cursor(conversation, &event.sender, *read_seq);
+        }
+        let Some(seq) = event.seq else {
+            warn!(
+                conversation,
+                event_id = %event.event_id,
+                "sequenced timeline event without a seq; skipped"
+            );
+            return Ok(());
+        };
+        self.events
+            .insert((conversation, seq), serde_json::to_vec(event)?.as_slice())?;
+        self.record_conversation_seq(conversation, seq, &event.body)?;
+        match &event.body {
+            EventBody::MessageSent { text } => {
+                let message = StoredMessage {
+                    event_id: event.event_id.clone(),
+                    sender: event.sender.clone(),
+                    ts_ms: event.ts_ms,
+                    text: Some(text.clone()),
+                    edited: false,
+                    recalled: false,
+                };
+                self.messages.insert(
+                    (conversation, seq),
+                    serde_json::to_vec(&message)?.as_slice(),
+                )?;
+            }
+            EventBody::MessageEdited { target_seq, text } => {
+                self.update_message(conversation, *target_seq, |message| {
+                    message.text = Some(text.clone());
+                    message.edited = true;
+                })?;
+            }
+            EventBody::MessageRecalled { target_seq } => {
+                self.update_message(conversation, *target_seq, |message| {
+                    message.text = None;
+                    message.recalled = true;
+                })?;
+            }
+            EventBody::ConversationCreated { members, .. } => {
+                if direct_conversation_members(conversation).is_none() {
+                    for member in members {
+                        self.add_member(conversation, member)?;
+                    }
+                }
+            }
+            EventBody::MembersAdded { members } => {
+                if direct_conversation_members(conversation).is_none() {
+                    for member in members {
+                        self.add_member(conversation, member)?;
+                    }
+                }
+            }
+            EventBody::MembersRemoved { members } => {
+                if direct_conversation_members(conversation).is_none() {
+                    for member in members {
+                        self.remove_member(conversation, member)?;
+                    }
+                }
+            }
+            // Handled above: read cursors take no seq.
+            EventBody::ReadCursorMoved { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Raises the conversation's last seq, and sets its title when it is created.
+    fn record_conversation_seq(
+        &mut self,
+        conversation: &str,
+        seq: u64,
+        body: &EventBody,
+    ) -> Result<(), EmbeddedError> {
+        let mut stored = match self.conversations.get(conversation)? {
+            Some(bytes) => serde_json::from_slice::<StoredConversation>(bytes.value())?,
+            None => StoredConversation::default(),
+        };
+        stored.last_seq = stored.last_seq.max(seq);
+        if let EventBody::ConversationCreated { title, .. } = body {
+            stored.title = title.clone();
+        }
+        self.conversations
+            .insert(conversation, serde_json::to_vec(&stored)?.as_slice())?;
+        Ok(())
+    }
+
+    /// Applies `change` to a live message; edits and recalls of unknown or recalled messages
+    /// are ignored.
+    fn update_message(
+        &mut self,
+        conversation: &str,
+        target_seq: u64,
+        change: impl FnOnce(&mut StoredMessage),
+    ) -> Result<(), EmbeddedError> {
+        let stored = match self.messages.get((conversation, target_seq))? {
+            Some(bytes) => serde_json::from_slice::<StoredMessage>(bytes.value())?,
+            None => {
+                debug!(
+                    conversation,
+                    target_seq, "edit or recall of an unknown message; ignored"
+                );
+                return Ok(());
+            }
+        };
+        if stored.recalled {
+            debug!(
+                conversation,
+                target_seq, "edit or recall of a recalled message; ignored"
+            );
+            return Ok(());
+        }
+        let mut updated = stored;
+        change(&mut updated);
+        self.messages.insert(
+            (conversation, target_seq),
+            serde_json::to_vec(&updated)?.as_slice(),
+        )?;
+        Ok(())
+    }
+
+    fn add_member(&mut self, conversation: &str, user: &str) -> Result<(), EmbeddedError> {
+        if self.members.get((conversation, user))?.is_some() {
+            return Ok(());
+        }
+        self.members.insert((conversation, user), ())?;
+        self.user_conversations.insert((user, conversation), ())?;
+        Ok(())
+    }
+
+    fn remove_member(&mut self, conversation: &str, user: &str) -> Result<(), EmbeddedError> {
+        self.members.remove((conversation, user))?;
+        self.user_conversations.remove((user, conversation))?;
+        Ok(())
+    }
+
+    /// Moves the cursor forward only: a late, lower cursor never undoes a later read.
+    fn move_read_cursor(
+        &mut self,
+        conversation: &str,
+        user: &str,
+        read_seq: u64,
+    ) -> Result<(), EmbeddedError> {
+        let current = self
+            .read_cursors
+            .get((conversation, user))?
+            .map(|stored| stored.value());
+        if current.is_some_and(|current| current >= read_seq) {
+            return Ok(());
+        }
+        self.read_cursors.insert((conversation, user), read_seq)?;
+        Ok(())
+    }
+}
+
+fn read_position(database: &Database, partition: PartitionId) -> Result<Offset, EmbeddedError> {
+    let transaction = database.begin_read()?;
+    let positions = transaction.open_table(POSITIONS)?;
+    Ok(positions
+        .get(partition)?
+        .map(|stored| stored.value())
+        .unwrap_or(0))
+}
+
+fn read_events(
+    database: &Database,
+    conversation: &str,
+    after_seq: u64,
+    limit: usize,
+) -> Result<Vec<TimelineEvent>, EmbeddedError> {
+    let Some(first_seq) = after_seq.checked_add(1) else {
+        return Ok(Vec::new());
+    };
+    let transaction = database.begin_read()?;
+    let events = transaction.open_table(EVENTS)?;
+    let mut found = Vec::new();
+    for entry in events
+        .range((conversation, first_seq)..=(conversation, u64::MAX))?
+        .take(limit)
+    {
+        let (_, bytes) = entry?;
+        found.push(serde_json::from_slice(bytes.value())?);
+    }
+    Ok(found)
+}
+
+fn read_messages(
+    database: &Database,
+    conversation: &str,
+    page: MessagePage,
+    limit: usize,
+) -> Result<Vec<MessageView>, EmbeddedError> {
+    let transaction = database.begin_read()?;
+    let messages = transaction.open_table(MESSAGES)?;
+    let mut views = Vec::new();
+    match page {
+        MessagePage::After(after_seq) => {
+            let Some(first_seq) = after_seq.checked_add(1) else {
+                return Ok(views);
+            };
+            let range = messages.range((conversation, first_seq)..=(conversation, u64::MAX))?;
+            for entry in range.take(limit) {
+                let (key, bytes) = entry?;
+                let stored: StoredMessage = serde_json::from_slice(bytes.value())?;
+                views.push(stored.into_view(key.value().1));
+            }
+        }
+        MessagePage::Before(before_seq) => {
+            let range = messages.range((conversation, 0)..(conversation, before_seq))?;
+            for entry in range.rev().take(limit) {
+                let (key, bytes) = entry?;
+                let stored: StoredMessage = serde_json::from_slice(bytes.value())?;
+                views.push(stored.into_view(key.value().1));
+            }
+            views.reverse();
+        }
+    }
+    Ok(views)
+}
+
+fn read_conversations(
+    database: &Database,
+    user: &str,
+) -> Result<Vec<ConversationSummary>, EmbeddedError> {
+    let transaction = database.begin_read()?;
+    let user_conversations = transaction.open_table(USER_CONVERSATIONS)?;
+    let conversations = transaction.open_table(CONVERSATIONS)?;
+    let read_cursors = transaction.open_table(READ_CURSORS)?;
+    let mut summaries = Vec::new();
+    for entry in user_conversations.range((user, "")..)? {
+        let (key, _) = entry?;
+        let (member, conversation) = key.value();
+        if member != user {
+            break;
+        }
+        let stored = match conversations.get(conversation)? {
+            Some(bytes) => serde_json::from_slice::<StoredConversation>(bytes.value())?,
+            None => StoredConversation::default(),
+        };
+        let read_seq = read_cursors
+            .get((conversation, user))?
+            .map(|stored| stored.value())
+            .unwrap_or(0);
+        summaries.push(ConversationSummary {
+            id: conversation.to_owned(),
+            last_seq: stored.last_seq,
+            read_seq,
+            title: stored.title,
+        });
+    }
+    Ok(summaries)
+}
+
+fn read_is_member(
+    database: &Database,
+    conversation: &str,
+    user: &str,
+) -> Result<bool, EmbeddedError> {
+    let transaction = database.begin_read()?;
+    let members = transaction.open_table(MEMBERS)?;
+    Ok(members.get((conversation, user))?.is_some())
+}
+
+fn read_members(database: &Database, conversation: &str) -> Result<Vec<String>, EmbeddedError> {
+    let transaction = database.begin_read()?;
+    let members = transaction.open_table(MEMBERS)?;
+    let mut found = Vec::new();
+    for entry in members.range((conversation, "")..)? {
+        let (key, _) = entry?;
+        let (member_of, user) = key.value();
+        if member_of != conversation {
+            break;
+        }
+        found.push(user.to_owned());
+    }
+    Ok(found)
+}
+
+#[async_trait]
+impl HistoryStore for EmbeddedHistory {
+    async fn apply(
+        &self,
+        partition: PartitionId,
+        records: &[(Offset, TimelineEvent)],
+        next_offset: Offset,
+    ) -> Result<(), HistoryError> {
+        let records = records.to_vec();
+        self.run_blocking(move |database| apply_batch(database, partition, &records, next_offset))
+            .await
+    }
+
+    async fn position(&self, partition: PartitionId) -> Result<Offset, HistoryError> {
+        self.run_blocking(move |database| read_position(database, partition))
+            .await
+    }
+
+    async fn events(
+        &self,
+        conversation: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<TimelineEvent>, HistoryError> {
+        let conversation = conversation.to_owned();
+        self.run_blocking(move |database| read_events(database, &conversation, after_seq, limit))
+            .await
+    }
+
+    async fn messages(
+        &self,
+        conversation: &str,
+        page: MessagePage,
+        limit: usize,
+    ) -> Result<Vec<MessageView>, HistoryError> {
+        let conversation = conversation.to_owned();
+        self.run_blocking(move |database| read_messages(database, &conversation, page, limit))
+            .await
+    }
+
+    async fn conversations(&self, user: &str) -> Result<Vec<ConversationSummary>, HistoryError> {
+        let user = user.to_owned();
+        self.run_blocking(move |database| read_conversations(database, &user))
+            .await
+    }
+
+    async fn is_member(&self, conversation: &str, user: &str) -> Result<bool, HistoryError> {
+        let conversation = conversation.to_owned();
+        let user = user.to_owned();
+        self.run_blocking(move |database| read_is_member(database, &conversation, &user))
+            .await
+    }
+
+    async fn members(&self, conversation: &str) -> Result<Vec<String>, HistoryError> {
+        let conversation = conversation.to_owned();
+        self.run_blocking(move |database| read_members(database, &conversation))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_conversation_ids_are_parsed() {
+        assert_eq!(
+            direct_conversation_members("dm:alice:bob"),
+            Some(("alice", "bob"))
+        );
+        assert_eq!(direct_conversation_members("dm:alice"), None);
+        assert_eq!(direct_conversation_members("dm::bob"), None);
+        assert_eq!(direct_conversation_members("g:team"), None);
+    }
+}

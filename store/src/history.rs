@@ -1,0 +1,106 @@
+//! The history port: what the projector writes and the search/history API reads.
+//!
+//! Contract (every adapter; checked by [`conformance`], which the embedded adapter passes in
+//! `store/tests/history_conformance.rs` and the ClickHouse adapter must pass too):
+//! - [`HistoryStore::apply`] applies a batch of timeline records of one partition and stores the
+//!   partition's new position in one atomic step; records with an offset below the stored
+//!   position are skipped and the position never moves backwards, so replays (of the same batch,
+//!   an overlapping one or an older one) change nothing; partitions' positions are independent;
+//! - `events` returns the timeline (sequenced events only, never read cursors) in seq order;
+//! - `messages` returns the messages (`message_sent` events only) as they stand now: an edit
+//!   replaces the text and sets `edited`; a recall clears the text and sets `recalled`, keeping
+//!   the seq (and `edited`); edits and recalls of unknown or recalled messages are ignored;
+//! - `conversations` lists the conversations the user is currently a member of, sorted by id,
+//!   with the highest seq of any sequenced event and the user's read cursor, which only moves
+//!   forward;
+//! - membership: a group's members come from `conversation_created` (exactly its listed
+//!   members: a user creating a group lists themself; a business system does not), `members_added` and `members_removed`; a direct conversation `dm:<a>:<b>` has exactly
+//!   `a` and `b` as members from its first event on.
+
+pub mod conformance;
+
+use async_trait::async_trait;
+use chorus_core::log::{Offset, PartitionId};
+use chorus_schemas::TimelineEvent;
+use serde::Serialize;
+
+/// A message as it stands now (`GET /v1/conversations/{id}/messages`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MessageView {
+    pub seq: u64,
+    pub event_id: String,
+    pub sender: String,
+    pub ts: i64,
+    /// `None` once recalled.
+    pub text: Option<String>,
+    pub edited: bool,
+    pub recalled: bool,
+}
+
+/// One entry of `GET /v1/conversations`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConversationSummary {
+    pub id: String,
+    pub last_seq: u64,
+    /// The caller's read cursor, 0 if they have not read anything.
+    pub read_seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("history store: {0}")]
+    Storage(String),
+    #[error("history store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Which page of messages to return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessagePage {
+    /// The first `limit` messages with seq `> after_seq`, ascending.
+    After(u64),
+    /// The last `limit` messages with seq `< before_seq`, returned ascending.
+    Before(u64),
+}
+
+#[async_trait]
+pub trait HistoryStore: Send + Sync + 'static {
+    /// Applies `records` (offset, event) of `partition`, all with offset `< next_offset`, and
+    /// stores `next_offset` as the partition's position, atomically.
+    async fn apply(
+        &self,
+        partition: PartitionId,
+        records: &[(Offset, TimelineEvent)],
+        next_offset: Offset,
+    ) -> Result<(), HistoryError>;
+
+    /// The partition's position: the next offset to apply (0 when nothing was applied).
+    async fn position(&self, partition: PartitionId) -> Result<Offset, HistoryError>;
+
+    /// Sequenced events with seq `> after_seq`, ascending, at most `limit`.
+    async fn events(
+        &self,
+        conversation: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<TimelineEvent>, HistoryError>;
+
+    /// Messages as they stand now, per [`MessagePage`], at most `limit`, ascending by seq.
+    async fn messages(
+        &self,
+        conversation: &str,
+        page: MessagePage,
+        limit: usize,
+    ) -> Result<Vec<MessageView>, HistoryError>;
+
+    /// The conversations `user` is a member of, with last seq and the user's read cursor.
+    async fn conversations(&self, user: &str) -> Result<Vec<ConversationSummary>, HistoryError>;
+
+    /// Whether `user` is a member of `conversation` (false for unknown conversations).
+    async fn is_member(&self, conversation: &str, user: &str) -> Result<bool, HistoryError>;
+
+    /// The members of `conversation` (empty when unknown).
+    async fn members(&self, conversation: &str) -> Result<Vec<String>, HistoryError>;
+}

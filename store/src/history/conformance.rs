@@ -1,0 +1,709 @@
+//! The conformance suite of the history port: every [`HistoryStore`] adapter must pass it.
+//!
+//! Each check takes a *fresh* store (nothing applied, every position 0), drives it only through
+//! the port, and panics (like `assert!`) when the contract of [`crate::history`] is broken; store
+//! errors are returned. [`run_all`] runs every check, each on a store from the caller's factory.
+//! Nothing here knows about a particular backend, so the embedded (redb) adapter and the
+//! ClickHouse adapter are held to the same contract.
+//!
+//! Atomicity of `apply` under a crash cannot be observed through the port; what is checked is its
+//! visible half: the position moves with the data, replays change nothing, and records below the
+//! position are skipped.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use chorus_core::log::{Offset, PartitionId};
+use chorus_schemas::{EventBody, TimelineEvent};
+
+use super::{ConversationSummary, HistoryError, HistoryStore, MessagePage, MessageView};
+
+/// More than any check stores, so that "everything" reads are never truncated.
+const READ_ALL: usize = 1_000;
+
+/// Runs every check, each on a fresh store made by `new_store`.
+pub async fn run_all<NewStore, StoreFuture>(mut new_store: NewStore) -> Result<(), HistoryError>
+where
+    NewStore: FnMut() -> StoreFuture,
+    StoreFuture: Future<Output = Result<Arc<dyn HistoryStore>, HistoryError>>,
+{
+    apply_is_atomic_with_position_and_idempotent(new_store().await?.as_ref()).await?;
+    events_are_the_sequenced_timeline_in_order(new_store().await?.as_ref()).await?;
+    messages_reflect_edits_and_recalls(new_store().await?.as_ref()).await?;
+    message_pages_are_ascending_windows(new_store().await?.as_ref()).await?;
+    conversations_list_memberships_with_read_cursors(new_store().await?.as_ref()).await?;
+    group_membership_follows_member_events(new_store().await?.as_ref()).await?;
+    direct_conversations_have_exactly_their_two_members(new_store().await?.as_ref()).await?;
+    Ok(())
+}
+
+/// Writes timeline records the way the router does: offsets increase per partition, each
+/// conversation's sequenced events take seq 1, 2, 3, …, read cursors take none.
+struct TimelineWriter {
+    /// The offset the next record gets.
+    next_offset: Offset,
+    /// The last seq given per conversation.
+    last_seq: HashMap<String, u64>,
+    /// Records written since the last [`TimelineWriter::take_batch`].
+    pending: Vec<(Offset, TimelineEvent)>,
+}
+
+impl TimelineWriter {
+    fn new() -> Self {
+        TimelineWriter {
+            next_offset: 0,
+            last_seq: HashMap::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, conversation: &str, sender: &str, body: EventBody) -> TimelineEvent {
+        let seq = body.is_sequenced().then(|| {
+            let last_seq = self.last_seq.entry(conversation.to_owned()).or_insert(0);
+            *last_seq += 1;
+            *last_seq
+        });
+        let offset = self.next_offset;
+        self.next_offset += 1;
+        let event = TimelineEvent {
+            conversation: conversation.to_owned(),
+            seq,
+            event_id: format!("event-{conversation}-{offset}"),
+            sender: sender.to_owned(),
+            ts_ms: 1_700_000_000_000 + offset as i64 * 1_000,
+            origin_cluster: "conformance".to_owned(),
+            client_msg_id: Some(format!("client-{offset}")),
+            ingress_offset: offset,
+            body,
+        };
+        self.pending.push((offset, event.clone()));
+        event
+    }
+
+    /// The records written since the last call, and the offset after them.
+    fn take_batch(&mut self) -> (Vec<(Offset, TimelineEvent)>, Offset) {
+        (std::mem::take(&mut self.pending), self.next_offset)
+    }
+
+    /// Applies the pending records to `partition` as one batch.
+    async fn apply_to(
+        &mut self,
+        store: &dyn HistoryStore,
+        partition: PartitionId,
+    ) -> Result<(), HistoryError> {
+        let (records, next_offset) = self.take_batch();
+        store.apply(partition, &records, next_offset).await
+    }
+}
+
+fn sent(text: &str) -> EventBody {
+    EventBody::MessageSent {
+        text: text.to_owned(),
+    }
+}
+
+fn edited(target_seq: u64, text: &str) -> EventBody {
+    EventBody::MessageEdited {
+        target_seq,
+        text: text.to_owned(),
+    }
+}
+
+fn recalled(target_seq: u64) -> EventBody {
+    EventBody::MessageRecalled { target_seq }
+}
+
+fn created(title: Option<&str>, members: &[&str]) -> EventBody {
+    EventBody::ConversationCreated {
+        title: title.map(str::to_owned),
+        members: members.iter().map(|member| (*member).to_owned()).collect(),
+    }
+}
+
+fn added(members: &[&str]) -> EventBody {
+    EventBody::MembersAdded {
+        members: members.iter().map(|member| (*member).to_owned()).collect(),
+    }
+}
+
+fn removed(members: &[&str]) -> EventBody {
+    EventBody::MembersRemoved {
+        members: members.iter().map(|member| (*member).to_owned()).collect(),
+    }
+}
+
+fn read_up_to(seq: u64) -> EventBody {
+    EventBody::ReadCursorMoved { seq }
+}
+
+/// The view of a message that `sent_event` created, as it stands when untouched.
+fn fresh_view(sent_event: &TimelineEvent, text: &str) -> MessageView {
+    MessageView {
+        seq: sent_event.seq.unwrap_or_default(),
+        event_id: sent_event.event_id.clone(),
+        sender: sent_event.sender.clone(),
+        ts: sent_event.ts_ms,
+        text: Some(text.to_owned()),
+        edited: false,
+        recalled: false,
+    }
+}
+
+fn seqs(views: &[MessageView]) -> Vec<u64> {
+    views.iter().map(|view| view.seq).collect()
+}
+
+async fn sorted_members(
+    store: &dyn HistoryStore,
+    conversation: &str,
+) -> Result<Vec<String>, HistoryError> {
+    let mut members = store.members(conversation).await?;
+    members.sort();
+    Ok(members)
+}
+
+/// Everything the port can tell about some conversations and users, to compare before/after.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    /// `events` of each conversation.
+    events: Vec<Vec<TimelineEvent>>,
+    /// `messages` of each conversation.
+    messages: Vec<Vec<MessageView>>,
+    /// Sorted `members` of each conversation.
+    members: Vec<Vec<String>>,
+    /// `conversations` of each user.
+    conversations: Vec<Vec<ConversationSummary>>,
+}
+
+impl Snapshot {
+    async fn take(
+        store: &dyn HistoryStore,
+        conversations: &[&str],
+        users: &[&str],
+    ) -> Result<Snapshot, HistoryError> {
+        let mut snapshot = Snapshot {
+            events: Vec::new(),
+            messages: Vec::new(),
+            members: Vec::new(),
+            conversations: Vec::new(),
+        };
+        for conversation in conversations {
+            snapshot
+                .events
+                .push(store.events(conversation, 0, READ_ALL).await?);
+            let messages = store
+                .messages(conversation, MessagePage::After(0), READ_ALL)
+                .await?;
+            snapshot.messages.push(messages);
+            snapshot
+                .members
+                .push(sorted_members(store, conversation).await?);
+        }
+        for user in users {
+            snapshot
+                .conversations
+                .push(store.conversations(user).await?);
+        }
+        Ok(snapshot)
+    }
+}
+
+/// `apply` stores the position with the data; same, overlapping and older batches change
+/// nothing; records below the position are skipped; partitions are independent.
+pub async fn apply_is_atomic_with_position_and_idempotent(
+    store: &dyn HistoryStore,
+) -> Result<(), HistoryError> {
+    assert_eq!(
+        store.position(0).await?,
+        0,
+        "a fresh store starts partition 0 at 0"
+    );
+    assert_eq!(
+        store.position(5).await?,
+        0,
+        "a fresh store starts partition 5 at 0"
+    );
+
+    let conversations = ["g:team"];
+    let users = ["alice", "bob"];
+    let mut timeline = TimelineWriter::new();
+    timeline.push("g:team", "alice", created(Some("Team"), &["alice", "bob"]));
+    timeline.push("g:team", "alice", sent("hello"));
+    timeline.push("g:team", "alice", edited(2, "hello, edited"));
+    timeline.push("g:team", "bob", read_up_to(2));
+    let (first_batch, first_next_offset) = timeline.take_batch();
+    store.apply(0, &first_batch, first_next_offset).await?;
+    assert_eq!(
+        store.position(0).await?,
+        4,
+        "the position is the batch's next offset"
+    );
+    let after_first = Snapshot::take(store, &conversations, &users).await?;
+    assert_eq!(
+        after_first.events[0].len(),
+        3,
+        "three sequenced events: {after_first:?}"
+    );
+
+    store.apply(0, &first_batch, first_next_offset).await?;
+    assert_eq!(
+        Snapshot::take(store, &conversations, &users).await?,
+        after_first,
+        "replaying the same batch changes nothing"
+    );
+    assert_eq!(store.position(0).await?, 4);
+
+    let reply = timeline.push("g:team", "bob", sent("hi"));
+    let (second_batch, second_next_offset) = timeline.take_batch();
+    let overlapping: Vec<(Offset, TimelineEvent)> = first_batch[1..]
+        .iter()
+        .chain(second_batch.iter())
+        .cloned()
+        .collect();
+    store.apply(0, &overlapping, second_next_offset).await?;
+    assert_eq!(store.position(0).await?, 5);
+    let messages = store
+        .messages("g:team", MessagePage::After(0), READ_ALL)
+        .await?;
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert_eq!(
+        (messages[0].text.as_deref(), messages[0].edited),
+        (Some("hello, edited"), true),
+        "a replayed send below the position must not undo the edit that followed it"
+    );
+    assert_eq!(messages[1], fresh_view(&reply, "hi"));
+    assert_eq!(store.events("g:team", 0, READ_ALL).await?.len(), 4);
+
+    let after_second = Snapshot::take(store, &conversations, &users).await?;
+    store.apply(0, &first_batch, first_next_offset).await?;
+    assert_eq!(
+        Snapshot::take(store, &conversations, &users).await?,
+        after_second,
+        "replaying an older batch changes nothing"
+    );
+    assert_eq!(
+        store.position(0).await?,
+        5,
+        "the position never moves backwards"
+    );
+
+    let mut below_position = TimelineWriter::new();
+    below_position.next_offset = 3;
+    below_position.last_seq.insert("g:team".to_owned(), 40);
+    below_position.push("g:team", "alice", sent("never applied"));
+    let (stale_records, _) = below_position.take_batch();
+    store.apply(0, &stale_records, 6).await?;
+    assert_eq!(
+        Snapshot::take(store, &conversations, &users).await?,
+        after_second,
+        "a record with an offset below the position is skipped, even if it is new"
+    );
+    assert_eq!(store.position(0).await?, 6);
+
+    store.apply(0, &[], 10).await?;
+    assert_eq!(
+        store.position(0).await?,
+        10,
+        "an empty batch still moves the position (gaps)"
+    );
+
+    assert_eq!(
+        store.position(1).await?,
+        0,
+        "partition 1 is untouched by partition 0"
+    );
+    let mut other_partition = TimelineWriter::new();
+    other_partition.push("g:other", "carol", created(None, &["carol"]));
+    other_partition.push("g:other", "carol", sent("elsewhere"));
+    other_partition.apply_to(store, 1).await?;
+    assert_eq!(store.position(1).await?, 2);
+    assert_eq!(
+        store.position(0).await?,
+        10,
+        "partition 0 is untouched by partition 1"
+    );
+    assert_eq!(store.events("g:other", 0, READ_ALL).await?.len(), 2);
+    Ok(())
+}
+
+/// `events` returns every sequenced event (never read cursors), ascending by seq, paged by
+/// `after_seq` and `limit`, and only the conversation asked for.
+pub async fn events_are_the_sequenced_timeline_in_order(
+    store: &dyn HistoryStore,
+) -> Result<(), HistoryError> {
+    let mut timeline = TimelineWriter::new();
+    let mut expected = Vec::new();
+    expected.push(timeline.push("g:log", "alice", created(Some("Log"), &["alice", "bob"])));
+    timeline.push("g:lo", "zed", created(None, &["zed"]));
+    timeline.push("g:log2", "zed", created(None, &["zed"]));
+    for index in 0..5 {
+        expected.push(timeline.push("g:log", "alice", sent(&format!("first {index}"))));
+    }
+    timeline.push("g:log", "bob", read_up_to(3));
+    timeline.apply_to(store, 0).await?;
+
+    expected.push(timeline.push("g:log", "alice", added(&["carol"])));
+    timeline.push("g:lo", "zed", sent("not in g:log"));
+    for index in 0..5 {
+        expected.push(timeline.push("g:log", "bob", sent(&format!("second {index}"))));
+    }
+    expected.push(timeline.push("g:log", "alice", edited(2, "first 0, edited")));
+    expected.push(timeline.push("g:log", "bob", recalled(8)));
+    timeline.push("g:log", "carol", read_up_to(12));
+    expected.push(timeline.push("g:log", "alice", removed(&["carol"])));
+    timeline.push("g:log2", "zed", sent("not in g:log either"));
+    timeline.apply_to(store, 0).await?;
+
+    let expected_seqs: Vec<u64> = (1..=15).collect();
+    let actual_seqs: Vec<Option<u64>> = expected.iter().map(|event| event.seq).collect();
+    assert_eq!(
+        actual_seqs,
+        expected_seqs.iter().copied().map(Some).collect::<Vec<_>>()
+    );
+
+    let all = store.events("g:log", 0, READ_ALL).await?;
+    assert_eq!(
+        all, expected,
+        "every sequenced event, as written, in seq order"
+    );
+
+    let page = store.events("g:log", 3, 4).await?;
+    assert_eq!(page, expected[3..7], "events after seq 3, at most 4");
+    let page = store.events("g:log", 9, 4).await?;
+    assert_eq!(
+        page,
+        expected[9..13],
+        "numeric (not lexicographic) seq order past 9"
+    );
+    let tail = store.events("g:log", 13, READ_ALL).await?;
+    assert_eq!(tail, expected[13..], "the last page is short");
+    assert!(
+        store.events("g:log", 15, READ_ALL).await?.is_empty(),
+        "nothing after the last seq"
+    );
+    assert!(store.events("g:log", u64::MAX, READ_ALL).await?.is_empty());
+    assert!(
+        store.events("g:log", 0, 0).await?.is_empty(),
+        "limit 0 returns nothing"
+    );
+    assert!(store.events("g:unknown", 0, READ_ALL).await?.is_empty());
+    assert_eq!(
+        store.events("g:lo", 0, READ_ALL).await?.len(),
+        2,
+        "g:lo keeps to itself"
+    );
+    assert_eq!(
+        store.events("g:log2", 0, READ_ALL).await?.len(),
+        2,
+        "g:log2 keeps to itself"
+    );
+    Ok(())
+}
+
+/// `messages` holds only sent messages, with edits and recalls applied; edits and recalls of
+/// unknown or recalled messages are ignored, within a batch and across batches.
+pub async fn messages_reflect_edits_and_recalls(
+    store: &dyn HistoryStore,
+) -> Result<(), HistoryError> {
+    let mut timeline = TimelineWriter::new();
+    timeline.push("g:chat", "alice", created(Some("Chat"), &["alice", "bob"]));
+    let one = timeline.push("g:chat", "alice", sent("one"));
+    let two = timeline.push("g:chat", "bob", sent("two"));
+    timeline.apply_to(store, 0).await?;
+
+    let three = timeline.push("g:chat", "alice", sent("three"));
+    timeline.push("g:chat", "alice", edited(2, "one, edited"));
+    timeline.push("g:chat", "bob", recalled(3));
+    timeline.push("g:chat", "bob", edited(3, "edit after recall"));
+    timeline.push("g:chat", "alice", edited(99, "edit of an unknown message"));
+    timeline.push("g:chat", "alice", recalled(98));
+    timeline.push("g:chat", "alice", edited(4, "three, edited"));
+    timeline.apply_to(store, 0).await?;
+    timeline.push("g:chat", "alice", recalled(4));
+    timeline.push("g:chat", "alice", added(&["carol"]));
+    timeline.apply_to(store, 0).await?;
+
+    let expected = vec![
+        MessageView {
+            text: Some("one, edited".to_owned()),
+            edited: true,
+            ..fresh_view(&one, "one")
+        },
+        MessageView {
+            text: None,
+            recalled: true,
+            ..fresh_view(&two, "two")
+        },
+        MessageView {
+            text: None,
+            edited: true,
+            recalled: true,
+            ..fresh_view(&three, "three")
+        },
+    ];
+    let messages = store
+        .messages("g:chat", MessagePage::After(0), READ_ALL)
+        .await?;
+    assert_eq!(
+        messages, expected,
+        "sender, ts and event id stay the original's; only message_sent events are messages"
+    );
+    assert_eq!(
+        store
+            .messages("g:chat", MessagePage::Before(u64::MAX), READ_ALL)
+            .await?,
+        expected
+    );
+    assert!(
+        store
+            .messages("g:unknown", MessagePage::After(0), READ_ALL)
+            .await?
+            .is_empty()
+    );
+    Ok(())
+}
+
+/// `After(n)` is the first `limit` messages above `n`; `Before(n)` the last `limit` below `n`;
+/// both ascending, both skipping non-message seqs.
+pub async fn message_pages_are_ascending_windows(
+    store: &dyn HistoryStore,
+) -> Result<(), HistoryError> {
+    let mut timeline = TimelineWriter::new();
+    timeline.push("g:pages", "alice", created(None, &["alice", "bob"]));
+    for index in 1..=5 {
+        timeline.push("g:pages", "alice", sent(&format!("m{index}")));
+    }
+    timeline.push("g:pages", "alice", added(&["carol"]));
+    for index in 6..=12 {
+        timeline.push("g:pages", "bob", sent(&format!("m{index}")));
+    }
+    timeline.push("g:pages2", "bob", sent("another conversation"));
+    timeline.apply_to(store, 0).await?;
+
+    let page = |page: MessagePage, limit: usize| async move {
+        store
+            .messages("g:pages", page, limit)
+            .await
+            .map(|views| seqs(&views))
+    };
+    let all = store
+        .messages("g:pages", MessagePage::After(0), READ_ALL)
+        .await?;
+    assert_eq!(seqs(&all), vec![2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14]);
+    let texts: Vec<String> = all.iter().filter_map(|view| view.text.clone()).collect();
+    let expected_texts: Vec<String> = (1..=12).map(|index| format!("m{index}")).collect();
+    assert_eq!(texts, expected_texts);
+
+    assert_eq!(page(MessagePage::After(0), 5).await?, vec![2, 3, 4, 5, 6]);
+    assert_eq!(page(MessagePage::After(6), 3).await?, vec![8, 9, 10]);
+    assert_eq!(
+        page(MessagePage::After(5), 2).await?,
+        vec![6, 8],
+        "skips the member event"
+    );
+    assert_eq!(page(MessagePage::After(12), 5).await?, vec![13, 14]);
+    assert_eq!(page(MessagePage::After(14), 5).await?, Vec::<u64>::new());
+    assert_eq!(
+        page(MessagePage::After(u64::MAX), 5).await?,
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        page(MessagePage::After(0), 0).await?,
+        Vec::<u64>::new(),
+        "limit 0"
+    );
+
+    assert_eq!(
+        page(MessagePage::Before(u64::MAX), 3).await?,
+        vec![12, 13, 14]
+    );
+    assert_eq!(page(MessagePage::Before(15), 3).await?, vec![12, 13, 14]);
+    assert_eq!(
+        page(MessagePage::Before(14), 3).await?,
+        vec![11, 12, 13],
+        "exclusive bound"
+    );
+    assert_eq!(page(MessagePage::Before(9), 3).await?, vec![5, 6, 8]);
+    assert_eq!(
+        page(MessagePage::Before(4), 10).await?,
+        vec![2, 3],
+        "a short first page"
+    );
+    assert_eq!(page(MessagePage::Before(2), 10).await?, Vec::<u64>::new());
+    assert_eq!(page(MessagePage::Before(0), 10).await?, Vec::<u64>::new());
+    assert_eq!(
+        page(MessagePage::Before(u64::MAX), 0).await?,
+        Vec::<u64>::new(),
+        "limit 0"
+    );
+    Ok(())
+}
+
+/// `conversations` lists the user's current conversations sorted by id, with the highest seq
+/// and the user's own read cursor, which only moves forward.
+pub async fn conversations_list_memberships_with_read_cursors(
+    store: &dyn HistoryStore,
+) -> Result<(), HistoryError> {
+    let mut timeline = TimelineWriter::new();
+    timeline.push("g:b", "alice", created(Some("Bee"), &["alice", "bob"]));
+    timeline.push("g:b", "bob", sent("b1"));
+    timeline.push("g:b", "alice", sent("b2"));
+    timeline.push("g:a", "alice", created(Some("Ay"), &["alice", "carol"]));
+    timeline.push("dm:alice:bob", "bob", sent("hi alice"));
+    timeline.push("g:b", "alice", read_up_to(3));
+    timeline.apply_to(store, 0).await?;
+    timeline.push("g:b", "alice", read_up_to(2));
+    timeline.push("dm:alice:bob", "bob", read_up_to(1));
+    timeline.push("g:a", "carol", sent("a1"));
+    timeline.push("g:a", "carol", added(&["dave"]));
+    timeline.apply_to(store, 0).await?;
+
+    let summary =
+        |id: &str, last_seq: u64, read_seq: u64, title: Option<&str>| ConversationSummary {
+            id: id.to_owned(),
+            last_seq,
+            read_seq,
+            title: title.map(str::to_owned),
+        };
+    assert_eq!(
+        store.conversations("alice").await?,
+        vec![
+            summary("dm:alice:bob", 1, 0, None),
+            summary("g:a", 3, 0, Some("Ay")),
+            summary("g:b", 3, 3, Some("Bee")),
+        ],
+        "sorted by id; last_seq counts member events; a lower cursor never moves it back"
+    );
+    assert_eq!(
+        store.conversations("bob").await?,
+        vec![
+            summary("dm:alice:bob", 1, 1, None),
+            summary("g:b", 3, 0, Some("Bee"))
+        ],
+        "read cursors are per user"
+    );
+    assert_eq!(
+        store.conversations("dave").await?,
+        vec![summary("g:a", 3, 0, Some("Ay"))]
+    );
+    assert!(store.conversations("nobody").await?.is_empty());
+
+    timeline.push("g:a", "carol", removed(&["alice"]));
+    timeline.push("g:b", "alice", read_up_to(3));
+    timeline.apply_to(store, 0).await?;
+    assert_eq!(
+        store.conversations("alice").await?,
+        vec![
+            summary("dm:alice:bob", 1, 0, None),
+            summary("g:b", 3, 3, Some("Bee"))
+        ],
+        "a removed member no longer lists the conversation"
+    );
+    assert_eq!(
+        store.conversations("carol").await?,
+        vec![summary("g:a", 4, 0, Some("Ay"))]
+    );
+    Ok(())
+}
+
+/// A group's members: the listed members of its creation, then additions and removals. The
+/// creating sender is a member only if listed (business systems create groups they are not in).
+pub async fn group_membership_follows_member_events(
+    store: &dyn HistoryStore,
+) -> Result<(), HistoryError> {
+    assert!(
+        store.members("g:club").await?.is_empty(),
+        "unknown conversations have no members"
+    );
+    assert!(!store.is_member("g:club", "alice").await?);
+
+    let mut timeline = TimelineWriter::new();
+    timeline.push("g:club", "alice", created(Some("Club"), &["alice", "bob", "carol"]));
+    timeline.push("g:club2", "zed", created(None, &["yan"]));
+    timeline.apply_to(store, 0).await?;
+    assert_eq!(
+        sorted_members(store, "g:club").await?,
+        ["alice", "bob", "carol"],
+        "the listed members"
+    );
+    for member in ["alice", "bob", "carol"] {
+        assert!(
+            store.is_member("g:club", member).await?,
+            "{member} is a member"
+        );
+    }
+    assert!(
+        !store.is_member("g:club", "zed").await?,
+        "g:club2's members stay in g:club2"
+    );
+    assert_eq!(
+        sorted_members(store, "g:club2").await?,
+        ["yan"],
+        "a creator who is not listed (a business system) is not a member"
+    );
+
+    timeline.push("g:club", "alice", added(&["dave", "erin"]));
+    timeline.push("g:club", "alice", removed(&["bob", "nobody"]));
+    timeline.apply_to(store, 0).await?;
+    assert_eq!(
+        sorted_members(store, "g:club").await?,
+        ["alice", "carol", "dave", "erin"]
+    );
+    assert!(!store.is_member("g:club", "bob").await?, "bob was removed");
+    assert!(!store.is_member("g:club", "nobody").await?);
+
+    timeline.push("g:club", "carol", added(&["bob"]));
+    timeline.push("g:club", "carol", removed(&["alice"]));
+    timeline.apply_to(store, 0).await?;
+    assert_eq!(
+        sorted_members(store, "g:club").await?,
+        ["bob", "carol", "dave", "erin"]
+    );
+    assert!(store.is_member("g:club", "bob").await?, "bob is back");
+    assert!(
+        !store.is_member("g:club", "alice").await?,
+        "even the creator can leave"
+    );
+    Ok(())
+}
+
+/// `dm:<a>:<b>` has exactly `a` and `b` as members once it has an event, and none before.
+pub async fn direct_conversations_have_exactly_their_two_members(
+    store: &dyn HistoryStore,
+) -> Result<(), HistoryError> {
+    assert!(
+        !store.is_member("dm:alice:bob", "alice").await?,
+        "no members before any event"
+    );
+    assert!(store.members("dm:alice:bob").await?.is_empty());
+
+    let mut timeline = TimelineWriter::new();
+    timeline.push("dm:alice:bob", "bob", sent("hello"));
+    timeline.apply_to(store, 0).await?;
+    assert_eq!(
+        sorted_members(store, "dm:alice:bob").await?,
+        ["alice", "bob"]
+    );
+    assert!(
+        store.is_member("dm:alice:bob", "alice").await?,
+        "the receiver is a member"
+    );
+    assert!(
+        store.is_member("dm:alice:bob", "bob").await?,
+        "the sender is a member"
+    );
+    assert!(!store.is_member("dm:alice:bob", "carol").await?);
+
+    timeline.push("dm:alice:bob", "alice", sent("hi bob"));
+    timeline.apply_to(store, 0).await?;
+    assert_eq!(
+        sorted_members(store, "dm:alice:bob").await?,
+        ["alice", "bob"]
+    );
+    let bobs = store.conversations("bob").await?;
+    let ids: Vec<&str> = bobs.iter().map(|summary| summary.id.as_str()).collect();
+    assert_eq!(ids, ["dm:alice:bob"]);
+    assert_eq!(bobs[0].last_seq, 2);
+    Ok(())
+}

@@ -1,0 +1,630 @@
+//! Full-text search over messages: one Tantivy index per timeline partition, under `<dir>/p<N>/`.
+//!
+//! Invariants:
+//! - one document per live message, keyed by `conversation\u{1f}seq`: a send adds it, an edit
+//!   replaces it (keeping the original sender and time), a recall deletes it; edits of unknown or
+//!   recalled messages are ignored, as in the history store, so a recalled message never comes
+//!   back into search;
+//! - the partition's position ("next offset to apply") is the payload of the index's last commit,
+//!   so it is atomic with the documents it describes; [`SearchIndex::apply`] skips records below
+//!   it, never moves it backwards, and a send upserts by key, so replays change nothing;
+//! - after every commit the partition's reader is reloaded (readers use `ReloadPolicy::Manual`),
+//!   so searches see every applied batch and the committed searcher is the truth edits consult;
+//! - a conversation's documents live in the index of `partition_for_key(conversation)`, which
+//!   holds when `partitions` equals the timeline topic's partition count and the projector
+//!   applies partition `p` of the timeline to index `p`;
+//! - every text goes through the "chorus" analyzer ([`crate::tokenizer`]) when indexed and when
+//!   queried;
+//! - search results only ever come from the conversations the caller passed in.
+//!
+//! [`SearchIndex::apply`] and [`SearchIndex::search`] block (disk I/O, CPU): run them on a
+//! blocking thread.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chorus_core::log::{Offset, PartitionId, partition_for_key};
+use chorus_schemas::{EventBody, TimelineEvent};
+use parking_lot::Mutex;
+use serde::Serialize;
+use tantivy::collector::TopDocs;
+use tantivy::directory::MmapDirectory;
+use tantivy::indexer::IndexWriterOptions;
+use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, TermQuery};
+use tantivy::schema::{
+    Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions,
+    Value,
+};
+use tantivy::snippet::SnippetGenerator;
+use tantivy::tokenizer::TokenizerManager;
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term};
+use tracing::{debug, warn};
+
+use crate::tokenizer::{CHORUS_TOKENIZER_NAME, register_chorus_tokenizer};
+
+/// One search result (`GET /v1/search`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SearchHit {
+    pub conversation: String,
+    pub seq: u64,
+    pub sender: String,
+    pub ts: i64,
+    /// The text around the best match, HTML-escaped (`&`, `<`, `>`, `"`, `'`), with the matched
+    /// terms wrapped in `<b>`…`</b>`, the only markup; the start of the text when nothing is
+    /// highlighted.
+    pub snippet: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("search index: {0}")]
+    Index(String),
+    #[error("bad query: {0}")]
+    BadQuery(String),
+}
+
+impl From<tantivy::TantivyError> for SearchError {
+    fn from(error: tantivy::TantivyError) -> Self {
+        SearchError::Index(error.to_string())
+    }
+}
+
+/// The writers' memory budget, shared by all partitions.
+const TOTAL_WRITER_MEMORY_BYTES: usize = 200_000_000;
+/// Tantivy's minimum memory budget per indexing thread.
+const MIN_WRITER_MEMORY_BYTES: usize = 15_000_000;
+/// Separates conversation and seq in a document key (a control character no id contains).
+const KEY_SEPARATOR: char = '\u{1f}';
+/// The longest snippet, in characters.
+const SNIPPET_MAX_CHARS: usize = 150;
+/// The most hits one search returns, whatever the caller asks (bounds the collectors' memory).
+pub const MAX_SEARCH_HITS: usize = 1_000;
+
+/// The schema's fields.
+#[derive(Debug, Clone, Copy)]
+struct MessageFields {
+    /// `conversation\u{1f}seq`, untokenized: the handle to delete or replace one message.
+    key: Field,
+    /// The conversation id, untokenized: the scope filter, and returned in hits.
+    conversation: Field,
+    /// The message's seq, returned in hits.
+    seq: Field,
+    /// The sender, returned in hits (kept through edits).
+    sender: Field,
+    /// When the message was sent (ms since the epoch), returned in hits (kept through edits).
+    ts: Field,
+    /// The current text, analysed by the "chorus" tokenizer with positions; stored for snippets.
+    text: Field,
+}
+
+impl MessageFields {
+    fn build_schema() -> (Schema, MessageFields) {
+        let mut builder = Schema::builder();
+        let text_indexing = TextFieldIndexing::default()
+            .set_tokenizer(CHORUS_TOKENIZER_NAME)
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions);
+        let fields = MessageFields {
+            key: builder.add_text_field("key", STRING),
+            conversation: builder.add_text_field("conversation", STRING | STORED),
+            seq: builder.add_u64_field("seq", INDEXED | STORED),
+            sender: builder.add_text_field("sender", STRING | STORED),
+            ts: builder.add_i64_field("ts", STORED),
+            text: builder.add_text_field(
+                "text",
+                TextOptions::default()
+                    .set_indexing_options(text_indexing)
+                    .set_stored(),
+            ),
+        };
+        (builder.build(), fields)
+    }
+}
+
+fn message_key(conversation: &str, seq: u64) -> String {
+    format!("{conversation}{KEY_SEPARATOR}{seq}")
+}
+
+/// One partition's index.
+struct PartitionIndex {
+    /// Reloaded after every commit; searches and edit look-ups read through it.
+    reader: IndexReader,
+    /// The only writer; the lock makes each apply one batch-then-commit step.
+    writer: Mutex<IndexWriter>,
+    /// The payload of the last commit, mirrored so `position` never waits for a running apply.
+    position: AtomicU64,
+}
+
+/// The original sender and time of a message, kept when an edit replaces its document.
+#[derive(Debug, Clone)]
+struct MessageOrigin {
+    /// The message's sender.
+    sender: String,
+    /// When the message was sent.
+    ts: i64,
+}
+
+/// What a batch has done to a key so far (not yet visible to the committed searcher).
+#[derive(Debug, Clone)]
+enum PendingMessage {
+    Live(MessageOrigin),
+    Recalled,
+}
+
+/// One hit with its score, before merging partitions.
+struct ScoredHit {
+    /// BM25 score within its partition.
+    score: f32,
+    /// The hit as returned.
+    hit: SearchHit,
+}
+
+/// The search index of all partitions. Send + Sync: share it as `Arc<SearchIndex>`.
+pub struct SearchIndex {
+    /// Indexed by partition id.
+    partitions: Vec<PartitionIndex>,
+    /// The schema's fields (the same in every partition).
+    fields: MessageFields,
+    /// Parses user queries on the text field with the chorus analyzer, AND by default.
+    query_parser: QueryParser,
+}
+
+impl SearchIndex {
+    /// Opens (creating if missing) one index per partition under `dir/p<N>/`, with the writers'
+    /// memory budget split between partitions.
+    pub fn open(dir: &Path, partitions: u32) -> Result<Arc<Self>, SearchError> {
+        if partitions == 0 {
+            return Err(SearchError::Index(
+                "the partition count must be positive".into(),
+            ));
+        }
+        let (schema, fields) = MessageFields::build_schema();
+        let tokenizer_manager = TokenizerManager::default();
+        register_chorus_tokenizer(&tokenizer_manager);
+        let per_partition_budget =
+            (TOTAL_WRITER_MEMORY_BYTES / partitions as usize).max(MIN_WRITER_MEMORY_BYTES);
+        let mut partition_indexes = Vec::with_capacity(partitions as usize);
+        for partition in 0..partitions {
+            let partition_dir = dir.join(format!("p{partition}"));
+            partition_indexes.push(open_partition(
+                &partition_dir,
+                &schema,
+                &tokenizer_manager,
+                per_partition_budget,
+            )?);
+        }
+        let mut query_parser = QueryParser::new(schema, vec![fields.text], tokenizer_manager);
+        query_parser.set_conjunction_by_default();
+        debug!(dir = %dir.display(), partitions, "opened search index");
+        Ok(Arc::new(SearchIndex {
+            partitions: partition_indexes,
+            fields,
+            query_parser,
+        }))
+    }
+
+    /// The partition's position: the next offset to apply (0 for a fresh index).
+    pub fn position(&self, partition: PartitionId) -> Result<Offset, SearchError> {
+        Ok(self.partition(partition)?.position.load(Ordering::Acquire))
+    }
+
+    /// Every partition's position, by partition id.
+    pub fn positions(&self) -> Vec<Offset> {
+        self.partitions
+            .iter()
+            .map(|index| index.position.load(Ordering::Acquire))
+            .collect()
+    }
+
+    /// The number of searchable documents (live messages) over all partitions.
+    pub fn document_count(&self) -> u64 {
+        self.partitions
+            .iter()
+            .map(|index| index.reader.searcher().num_docs())
+            .sum()
+    }
+
+    /// Applies `records` of `partition` (skipping offsets below its position) and commits them
+    /// with `next_offset` as the new position. Blocking.
+    pub fn apply(
+        &self,
+        partition: PartitionId,
+        records: &[(Offset, TimelineEvent)],
+        next_offset: Offset,
+    ) -> Result<(), SearchError> {
+        let partition_index = self.partition(partition)?;
+        let mut writer = partition_index.writer.lock();
+        let position = partition_index.position.load(Ordering::Acquire);
+        let pending_records: Vec<&TimelineEvent> = records
+            .iter()
+            .filter(|(offset, _)| *offset >= position)
+            .map(|(_, event)| event)
+            .collect();
+        if pending_records.is_empty() && next_offset <= position {
+            return Ok(());
+        }
+        let new_position = next_offset.max(position);
+        let written = self
+            .write_batch(
+                &writer,
+                &partition_index.reader.searcher(),
+                &pending_records,
+            )
+            .and_then(|()| commit_with_position(&mut writer, new_position));
+        if let Err(error) = written {
+            if let Err(rollback_error) = writer.rollback() {
+                warn!(partition, %rollback_error, "rolling back a failed search batch");
+            }
+            return Err(error);
+        }
+        partition_index
+            .position
+            .store(new_position, Ordering::Release);
+        partition_index.reader.reload()?;
+        Ok(())
+    }
+
+    /// Adds, replaces and deletes the documents of a batch (uncommitted).
+    fn write_batch(
+        &self,
+        writer: &IndexWriter,
+        committed: &Searcher,
+        events: &[&TimelineEvent],
+    ) -> Result<(), SearchError> {
+        let mut pending: HashMap<String, PendingMessage> = HashMap::new();
+        for event in events {
+            let conversation = event.conversation.as_str();
+            match &event.body {
+                EventBody::MessageSent { text } => {
+                    let Some(seq) = event.seq else {
+                        warn!(conversation, event_id = %event.event_id, "message without a seq");
+                        continue;
+                    };
+                    let origin = MessageOrigin {
+                        sender: event.sender.clone(),
+                        ts: event.ts_ms,
+                    };
+                    let key = message_key(conversation, seq);
+                    self.replace_document(writer, &key, conversation, seq, &origin, text)?;
+                    pending.insert(key, PendingMessage::Live(origin));
+                }
+                EventBody::MessageEdited { target_seq, text } => {
+                    let key = message_key(conversation, *target_seq);
+                    let origin = match pending.get(&key) {
+                        Some(PendingMessage::Live(origin)) => Some(origin.clone()),
+                        Some(PendingMessage::Recalled) => None,
+                        None => self.committed_origin(committed, &key)?,
+                    };
+                    let Some(origin) = origin else {
+                        debug!(
+                            conversation,
+                            target_seq, "edit of an unknown or recalled message"
+                        );
+                        continue;
+                    };
+                    self.replace_document(writer, &key, conversation, *target_seq, &origin, text)?;
+                    pending.insert(key, PendingMessage::Live(origin));
+                }
+                EventBody::MessageRecalled { target_seq } => {
+                    let key = message_key(conversation, *target_seq);
+                    writer.delete_term(Term::from_field_text(self.fields.key, &key));
+                    pending.insert(key, PendingMessage::Recalled);
+                }
+                EventBody::ConversationCreated { .. }
+                | EventBody::MembersAdded { .. }
+                | EventBody::MembersRemoved { .. }
+                | EventBody::ReadCursorMoved { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes any document under `key` and adds the message's current one.
+    fn replace_document(
+        &self,
+        writer: &IndexWriter,
+        key: &str,
+        conversation: &str,
+        seq: u64,
+        origin: &MessageOrigin,
+        text: &str,
+    ) -> Result<(), SearchError> {
+        writer.delete_term(Term::from_field_text(self.fields.key, key));
+        let mut document = TantivyDocument::default();
+        document.add_text(self.fields.key, key);
+        document.add_text(self.fields.conversation, conversation);
+        document.add_u64(self.fields.seq, seq);
+        document.add_text(self.fields.sender, &origin.sender);
+        document.add_i64(self.fields.ts, origin.ts);
+        document.add_text(self.fields.text, text);
+        writer.add_document(document)?;
+        Ok(())
+    }
+
+    /// The sender and time of the committed, live document under `key`.
+    fn committed_origin(
+        &self,
+        committed: &Searcher,
+        key: &str,
+    ) -> Result<Option<MessageOrigin>, SearchError> {
+        let key_query = TermQuery::new(
+            Term::from_field_text(self.fields.key, key),
+            IndexRecordOption::Basic,
+        );
+        let found = committed.search(&key_query, &TopDocs::with_limit(1).order_by_score())?;
+        let Some((_, address)) = found.into_iter().next() else {
+            return Ok(None);
+        };
+        let document: TantivyDocument = committed.doc(address)?;
+        let sender = document
+            .get_first(self.fields.sender)
+            .and_then(|value| value.as_str());
+        let ts = document
+            .get_first(self.fields.ts)
+            .and_then(|value| value.as_i64());
+        match (sender, ts) {
+            (Some(sender), Some(ts)) => Ok(Some(MessageOrigin {
+                sender: sender.to_owned(),
+                ts,
+            })),
+            _ => Err(SearchError::Index(format!(
+                "document {key:?} lacks its sender or ts"
+            ))),
+        }
+    }
+
+    /// The best `limit` (at most [`MAX_SEARCH_HITS`]) messages matching `query` in
+    /// `conversations`, best first. The query is parsed leniently with AND as the default
+    /// operator; quotes make phrases, `-` excludes, and `:` is plain text (no field syntax).
+    /// Scores come from each partition's own statistics. Blocking.
+    pub fn search(
+        &self,
+        query: &str,
+        conversations: &[String],
+        limit: usize,
+    ) -> Result<Vec<SearchHit>, SearchError> {
+        if query.trim().is_empty() {
+            return Err(SearchError::BadQuery("the query is empty".into()));
+        }
+        if conversations.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = limit.min(MAX_SEARCH_HITS);
+        let (text_query, parse_errors) = self
+            .query_parser
+            .parse_query_lenient(&escape_field_separators(query));
+        if !parse_errors.is_empty() {
+            debug!(query, errors = ?parse_errors, "parts of a search query were ignored");
+        }
+        let partition_count = self.partitions.len() as u32;
+        let mut conversations_by_partition: BTreeMap<PartitionId, Vec<&str>> = BTreeMap::new();
+        for conversation in conversations {
+            let partition = partition_for_key(conversation.as_bytes(), partition_count);
+            conversations_by_partition
+                .entry(partition)
+                .or_default()
+                .push(conversation);
+        }
+        let mut scored_hits = Vec::new();
+        for (partition, partition_conversations) in conversations_by_partition {
+            let searcher = self.partition(partition)?.reader.searcher();
+            scored_hits.extend(self.search_partition(
+                &searcher,
+                text_query.as_ref(),
+                &partition_conversations,
+                limit,
+            )?);
+        }
+        scored_hits.sort_by(|left, right| {
+            right
+                .score
+                .total_cmp(&left.score)
+                .then_with(|| right.hit.ts.cmp(&left.hit.ts))
+                .then_with(|| left.hit.conversation.cmp(&right.hit.conversation))
+                .then_with(|| right.hit.seq.cmp(&left.hit.seq))
+        });
+        scored_hits.truncate(limit);
+        Ok(scored_hits.into_iter().map(|scored| scored.hit).collect())
+    }
+
+    /// The best `limit` matches of `text_query` among `conversations` of one partition.
+    fn search_partition(
+        &self,
+        searcher: &Searcher,
+        text_query: &dyn Query,
+        conversations: &[&str],
+        limit: usize,
+    ) -> Result<Vec<ScoredHit>, SearchError> {
+        let conversation_clauses: Vec<(Occur, Box<dyn Query>)> = conversations
+            .iter()
+            .map(|conversation| {
+                let term = Term::from_field_text(self.fields.conversation, conversation);
+                let clause: Box<dyn Query> =
+                    Box::new(TermQuery::new(term, IndexRecordOption::Basic));
+                (Occur::Should, clause)
+            })
+            .collect();
+        let scoped_query = BooleanQuery::new(vec![
+            (Occur::Must, text_query.box_clone()),
+            (
+                Occur::Must,
+                Box::new(BooleanQuery::new(conversation_clauses)),
+            ),
+        ]);
+        let top_documents =
+            searcher.search(&scoped_query, &TopDocs::with_limit(limit).order_by_score())?;
+        if top_documents.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut snippet_generator =
+            SnippetGenerator::create(searcher, text_query, self.fields.text)?;
+        snippet_generator.set_max_num_chars(SNIPPET_MAX_CHARS);
+        let mut hits = Vec::with_capacity(top_documents.len());
+        for (score, address) in top_documents {
+            let document: TantivyDocument = searcher.doc(address)?;
+            let hit = self.hit_from_document(&document, &snippet_generator)?;
+            hits.push(ScoredHit { score, hit });
+        }
+        Ok(hits)
+    }
+
+    fn hit_from_document(
+        &self,
+        document: &TantivyDocument,
+        snippet_generator: &SnippetGenerator,
+    ) -> Result<SearchHit, SearchError> {
+        let text_of = |field: Field| document.get_first(field).and_then(|value| value.as_str());
+        let conversation = text_of(self.fields.conversation);
+        let sender = text_of(self.fields.sender);
+        let seq = document
+            .get_first(self.fields.seq)
+            .and_then(|value| value.as_u64());
+        let ts = document
+            .get_first(self.fields.ts)
+            .and_then(|value| value.as_i64());
+        let (Some(conversation), Some(sender), Some(seq), Some(ts)) =
+            (conversation, sender, seq, ts)
+        else {
+            return Err(SearchError::Index(
+                "a message document lacks a stored field".into(),
+            ));
+        };
+        let snippet = snippet_generator.snippet_from_doc(document);
+        let snippet = if snippet.is_empty() {
+            plain_snippet(text_of(self.fields.text).unwrap_or_default())
+        } else {
+            snippet.to_html()
+        };
+        Ok(SearchHit {
+            conversation: conversation.to_owned(),
+            seq,
+            sender: sender.to_owned(),
+            ts,
+            snippet,
+        })
+    }
+
+    fn partition(&self, partition: PartitionId) -> Result<&PartitionIndex, SearchError> {
+        self.partitions.get(partition as usize).ok_or_else(|| {
+            SearchError::Index(format!(
+                "partition {partition} out of range ({} partitions)",
+                self.partitions.len()
+            ))
+        })
+    }
+}
+
+fn open_partition(
+    partition_dir: &Path,
+    schema: &Schema,
+    tokenizer_manager: &TokenizerManager,
+    writer_memory_bytes: usize,
+) -> Result<PartitionIndex, SearchError> {
+    std::fs::create_dir_all(partition_dir).map_err(|error| {
+        SearchError::Index(format!("creating {}: {error}", partition_dir.display()))
+    })?;
+    let directory = MmapDirectory::open(partition_dir).map_err(|error| {
+        SearchError::Index(format!("opening {}: {error}", partition_dir.display()))
+    })?;
+    let mut index = Index::open_or_create(directory, schema.clone())?;
+    index.set_tokenizers(tokenizer_manager.clone());
+    let position = match index.load_metas()?.payload {
+        Some(payload) => payload.parse::<Offset>().map_err(|error| {
+            SearchError::Index(format!(
+                "bad position {payload:?} in {}: {error}",
+                partition_dir.display()
+            ))
+        })?,
+        None => 0,
+    };
+    let writer_options = IndexWriterOptions::builder()
+        .memory_budget_per_thread(writer_memory_bytes)
+        .num_worker_threads(1)
+        .num_merge_threads(1)
+        .build();
+    let writer = index.writer_with_options(writer_options)?;
+    let reader = index
+        .reader_builder()
+        .reload_policy(ReloadPolicy::Manual)
+        .try_into()?;
+    Ok(PartitionIndex {
+        reader,
+        writer: Mutex::new(writer),
+        position: AtomicU64::new(position),
+    })
+}
+
+/// Commits the writer's pending operations with `position` as the commit payload.
+fn commit_with_position(writer: &mut IndexWriter, position: Offset) -> Result<(), SearchError> {
+    let mut prepared = writer.prepare_commit()?;
+    prepared.set_payload(&position.to_string());
+    prepared.commit()?;
+    Ok(())
+}
+
+/// Escapes every `:` of a user query, so "at 10:30" or "note: x" are searched as text instead of
+/// naming fields (which the lenient parser would drop, losing the terms). Quotes, `-`, `+` and
+/// parentheses keep their query-syntax meaning.
+fn escape_field_separators(query: &str) -> String {
+    let mut escaped = String::with_capacity(query.len() + 4);
+    let mut after_backslash = false;
+    for character in query.chars() {
+        if character == ':' && !after_backslash {
+            escaped.push('\\');
+        }
+        after_backslash = character == '\\' && !after_backslash;
+        escaped.push(character);
+    }
+    escaped
+}
+
+/// A snippet without highlights: the start of the text, escaped like highlighted snippets.
+fn plain_snippet(text: &str) -> String {
+    let mut snippet = String::new();
+    for character in text.chars().take(SNIPPET_MAX_CHARS) {
+        match character {
+            '"' => snippet.push_str("&quot;"),
+            '&' => snippet.push_str("&amp;"),
+            '\'' => snippet.push_str("&#x27;"),
+            '<' => snippet.push_str("&lt;"),
+            '>' => snippet.push_str("&gt;"),
+            other => snippet.push(other),
+        }
+    }
+    snippet
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_snippets_are_escaped_and_bounded() {
+        assert_eq!(
+            plain_snippet("a <b> & 'c' \"d\""),
+            "a &lt;b&gt; &amp; &#x27;c&#x27; &quot;d&quot;"
+        );
+        assert_eq!(plain_snippet(&"x".repeat(500)).len(), SNIPPET_MAX_CHARS);
+    }
+
+    #[test]
+    fn colons_are_escaped_once() {
+        assert_eq!(escape_field_separators("at 10:30"), "at 10\\:30");
+        assert_eq!(escape_field_separators("a:b"), "a\\:b");
+        assert_eq!(
+            escape_field_separators("already\\:escaped"),
+            "already\\:escaped"
+        );
+        assert_eq!(
+            escape_field_separators("backslash\\\\:"),
+            "backslash\\\\\\:"
+        );
+        assert_eq!(escape_field_separators("北京"), "北京");
+    }
+
+    #[test]
+    fn keys_join_conversation_and_seq() {
+        assert_eq!(message_key("g:team", 42), "g:team\u{1f}42");
+    }
+}

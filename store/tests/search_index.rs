@@ -1,0 +1,524 @@
+//! The search index: multilingual matching, edits and recalls, scoping, replays and positions.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use chorus_core::log::partition_for_key;
+use chorus_schemas::{EventBody, TimelineEvent};
+use chorus_store::search_index::{SearchError, SearchHit, SearchIndex};
+use tempfile::TempDir;
+
+const BASE_TS: i64 = 1_700_000_000_000;
+
+fn event(conversation: &str, seq: u64, sender: &str, body: EventBody) -> TimelineEvent {
+    TimelineEvent {
+        conversation: conversation.to_owned(),
+        seq: body.is_sequenced().then_some(seq),
+        event_id: format!("event-{conversation}-{seq}"),
+        sender: sender.to_owned(),
+        ts_ms: BASE_TS + seq as i64,
+        origin_cluster: "test".to_owned(),
+        client_msg_id: None,
+        ingress_offset: 0,
+        body,
+    }
+}
+
+fn sent(conversation: &str, seq: u64, sender: &str, text: &str) -> TimelineEvent {
+    event(
+        conversation,
+        seq,
+        sender,
+        EventBody::MessageSent {
+            text: text.to_owned(),
+        },
+    )
+}
+
+fn edited(
+    conversation: &str,
+    seq: u64,
+    sender: &str,
+    target_seq: u64,
+    text: &str,
+) -> TimelineEvent {
+    event(
+        conversation,
+        seq,
+        sender,
+        EventBody::MessageEdited {
+            target_seq,
+            text: text.to_owned(),
+        },
+    )
+}
+
+fn recalled(conversation: &str, seq: u64, sender: &str, target_seq: u64) -> TimelineEvent {
+    event(
+        conversation,
+        seq,
+        sender,
+        EventBody::MessageRecalled { target_seq },
+    )
+}
+
+/// An index in a temporary directory, fed the way the projector feeds it: each event goes to
+/// its conversation's partition, with increasing offsets per partition.
+struct Fixture {
+    /// Keeps the index files alive.
+    directory: TempDir,
+    index: Arc<SearchIndex>,
+    partitions: u32,
+    /// The next offset per partition.
+    next_offsets: Vec<u64>,
+}
+
+impl Fixture {
+    fn new(partitions: u32) -> Fixture {
+        let directory = tempfile::tempdir().unwrap();
+        let index = SearchIndex::open(directory.path(), partitions).unwrap();
+        Fixture {
+            directory,
+            index,
+            partitions,
+            next_offsets: vec![0; partitions as usize],
+        }
+    }
+
+    fn partition_of(&self, conversation: &str) -> u32 {
+        partition_for_key(conversation.as_bytes(), self.partitions)
+    }
+
+    /// Appends `events` to their partitions' logs and applies one batch per partition; returns
+    /// the batches as applied.
+    fn apply(
+        &mut self,
+        events: Vec<TimelineEvent>,
+    ) -> BTreeMap<u32, (Vec<(u64, TimelineEvent)>, u64)> {
+        let mut batches: BTreeMap<u32, (Vec<(u64, TimelineEvent)>, u64)> = BTreeMap::new();
+        for event in events {
+            let partition = self.partition_of(&event.conversation);
+            let offset = self.next_offsets[partition as usize];
+            self.next_offsets[partition as usize] += 1;
+            let batch = batches.entry(partition).or_default();
+            batch.0.push((offset, event));
+            batch.1 = offset + 1;
+        }
+        for (partition, (records, next_offset)) in &batches {
+            self.index.apply(*partition, records, *next_offset).unwrap();
+        }
+        batches
+    }
+
+    fn search(&self, query: &str, conversations: &[&str]) -> Vec<SearchHit> {
+        let conversations: Vec<String> = conversations.iter().map(|id| (*id).to_owned()).collect();
+        self.index.search(query, &conversations, 50).unwrap()
+    }
+
+    fn found(&self, query: &str, conversations: &[&str]) -> Vec<(String, u64)> {
+        self.search(query, conversations)
+            .into_iter()
+            .map(|hit| (hit.conversation, hit.seq))
+            .collect()
+    }
+}
+
+fn hit(conversation: &str, seq: u64) -> (String, u64) {
+    (conversation.to_owned(), seq)
+}
+
+#[test]
+fn chinese_words_match_only_the_message_containing_them() {
+    let mut fixture = Fixture::new(2);
+    fixture.apply(vec![
+        sent("g:cn", 1, "alice", "今天我们去北京开会"),
+        sent("g:cn", 2, "bob", "明天下雨"),
+    ]);
+    assert_eq!(fixture.found("北京", &["g:cn"]), [hit("g:cn", 1)]);
+    assert_eq!(fixture.found("开会", &["g:cn"]), [hit("g:cn", 1)]);
+    assert_eq!(fixture.found("下雨", &["g:cn"]), [hit("g:cn", 2)]);
+    assert!(
+        fixture.found("北京 下雨", &["g:cn"]).is_empty(),
+        "terms are ANDed"
+    );
+    let hits = fixture.search("北京", &["g:cn"]);
+    assert!(
+        hits[0].snippet.contains("<b>北京</b>"),
+        "{:?}",
+        hits[0].snippet
+    );
+    assert_eq!(
+        (hits[0].sender.as_str(), hits[0].ts),
+        ("alice", BASE_TS + 1)
+    );
+}
+
+#[test]
+fn chinese_multi_token_words_match_as_phrases() {
+    let mut fixture = Fixture::new(2);
+    fixture.apply(vec![
+        sent("g:cn", 1, "alice", "我在北京大学读书"),
+        sent("g:cn", 2, "bob", "大学在北京"),
+    ]);
+    assert_eq!(fixture.found("北京大学", &["g:cn"]), [hit("g:cn", 1)]);
+    assert_eq!(
+        fixture.found("北京开会", &["g:cn"]),
+        [],
+        "phrase parts must be adjacent"
+    );
+}
+
+#[test]
+fn english_is_stemmed_and_case_insensitive() {
+    let mut fixture = Fixture::new(2);
+    fixture.apply(vec![
+        sent("g:en", 1, "alice", "We have a meeting tomorrow"),
+        sent("g:en", 2, "bob", "Lunch later?"),
+    ]);
+    assert_eq!(fixture.found("meetings", &["g:en"]), [hit("g:en", 1)]);
+    assert_eq!(fixture.found("MEETING", &["g:en"]), [hit("g:en", 1)]);
+    assert_eq!(fixture.found("lunch", &["g:en"]), [hit("g:en", 2)]);
+    let hits = fixture.search("meetings", &["g:en"]);
+    assert_eq!(hits[0].snippet, "We have a <b>meeting</b> tomorrow");
+}
+
+#[test]
+fn english_quoted_phrases_need_adjacent_words() {
+    let mut fixture = Fixture::new(2);
+    fixture.apply(vec![
+        sent("g:en", 1, "alice", "the team meeting is at noon"),
+        sent("g:en", 2, "bob", "a meeting of the team"),
+    ]);
+    assert_eq!(
+        fixture.found("\"team meetings\"", &["g:en"]),
+        [hit("g:en", 1)]
+    );
+    let mut both = fixture.found("team meeting", &["g:en"]);
+    both.sort();
+    assert_eq!(both, [hit("g:en", 1), hit("g:en", 2)]);
+}
+
+#[test]
+fn japanese_is_found_by_kanji_words_and_kana_bigrams() {
+    let mut fixture = Fixture::new(2);
+    fixture.apply(vec![
+        sent("g:ja", 1, "alice", "東京で会議をします"),
+        sent("g:ja", 2, "bob", "明日は雨です"),
+    ]);
+    assert_eq!(fixture.found("会議", &["g:ja"]), [hit("g:ja", 1)]);
+    assert_eq!(fixture.found("します", &["g:ja"]), [hit("g:ja", 1)]);
+    assert_eq!(fixture.found("東京", &["g:ja"]), [hit("g:ja", 1)]);
+    assert_eq!(fixture.found("会議をします", &["g:ja"]), [hit("g:ja", 1)]);
+    assert_eq!(fixture.found("です", &["g:ja"]), [hit("g:ja", 2)]);
+}
+
+#[test]
+fn korean_is_found_by_bigrams() {
+    let mut fixture = Fixture::new(2);
+    fixture.apply(vec![
+        sent("g:ko", 1, "alice", "오늘 회의가 있습니다"),
+        sent("g:ko", 2, "bob", "내일 비가 옵니다"),
+    ]);
+    assert_eq!(fixture.found("회의", &["g:ko"]), [hit("g:ko", 1)]);
+    assert_eq!(fixture.found("회의가", &["g:ko"]), [hit("g:ko", 1)]);
+    assert_eq!(fixture.found("내일", &["g:ko"]), [hit("g:ko", 2)]);
+    assert!(fixture.found("점심", &["g:ko"]).is_empty());
+}
+
+#[test]
+fn an_edit_replaces_the_text_and_keeps_sender_and_time() {
+    let mut fixture = Fixture::new(2);
+    fixture.apply(vec![sent("g:e", 1, "alice", "original apple")]);
+    fixture.apply(vec![edited("g:e", 2, "alice", 1, "replacement banana")]);
+    assert!(
+        fixture.found("apple", &["g:e"]).is_empty(),
+        "the old text is gone"
+    );
+    let hits = fixture.search("banana", &["g:e"]);
+    assert_eq!(hits.len(), 1);
+    assert_eq!(
+        (hits[0].seq, hits[0].sender.as_str(), hits[0].ts),
+        (1, "alice", BASE_TS + 1)
+    );
+    assert_eq!(fixture.index.document_count(), 1);
+
+    fixture.apply(vec![
+        sent("g:e", 3, "bob", "first cherry"),
+        edited("g:e", 4, "bob", 3, "second cherry"),
+        edited("g:e", 5, "bob", 3, "third date"),
+    ]);
+    let hits = fixture.search("date", &["g:e"]);
+    assert_eq!(hits.len(), 1, "edits within one batch chain: {hits:?}");
+    assert_eq!(
+        (hits[0].seq, hits[0].sender.as_str(), hits[0].ts),
+        (3, "bob", BASE_TS + 3)
+    );
+    assert!(fixture.found("cherry", &["g:e"]).is_empty());
+    assert_eq!(fixture.index.document_count(), 2);
+}
+
+#[test]
+fn a_recall_removes_the_message_for_good() {
+    let mut fixture = Fixture::new(2);
+    fixture.apply(vec![
+        sent("g:r", 1, "alice", "secret plans"),
+        sent("g:r", 2, "bob", "plans"),
+    ]);
+    fixture.apply(vec![recalled("g:r", 3, "alice", 1)]);
+    assert_eq!(fixture.found("secret", &["g:r"]), []);
+    assert_eq!(fixture.found("plans", &["g:r"]), [hit("g:r", 2)]);
+    fixture.apply(vec![edited("g:r", 4, "alice", 1, "secret plans again")]);
+    assert_eq!(
+        fixture.found("secret", &["g:r"]),
+        [],
+        "an edit never revives a recalled message"
+    );
+
+    fixture.apply(vec![
+        sent("g:r", 5, "bob", "fleeting words"),
+        recalled("g:r", 6, "bob", 5),
+        edited("g:r", 7, "bob", 5, "fleeting words edited"),
+        edited("g:r", 8, "bob", 99, "fleeting edit of nothing"),
+    ]);
+    assert_eq!(
+        fixture.found("fleeting", &["g:r"]),
+        [],
+        "within one batch too"
+    );
+    assert_eq!(fixture.index.document_count(), 1);
+}
+
+#[test]
+fn results_only_come_from_the_given_conversations() {
+    let mut fixture = Fixture::new(8);
+    let conversations = ["g:a", "g:b", "dm:alice:bob", "g:c", "g:d", "g:e"];
+    let events = conversations
+        .iter()
+        .map(|conversation| sent(conversation, 1, "alice", "shared words"))
+        .collect();
+    fixture.apply(events);
+    let partitions: std::collections::BTreeSet<u32> = conversations
+        .iter()
+        .map(|conversation| fixture.partition_of(conversation))
+        .collect();
+    assert!(
+        partitions.len() > 1,
+        "the conversations span partitions: {partitions:?}"
+    );
+
+    assert_eq!(fixture.found("shared", &["g:a"]), [hit("g:a", 1)]);
+    assert_eq!(
+        fixture.found("shared", &["dm:alice:bob"]),
+        [hit("dm:alice:bob", 1)]
+    );
+    assert!(
+        fixture.found("shared", &[]).is_empty(),
+        "no conversations, no hits"
+    );
+    assert!(fixture.found("shared", &["g:unknown"]).is_empty());
+    let mut all = fixture.found("shared", &conversations);
+    all.sort();
+    let mut expected: Vec<(String, u64)> = conversations.iter().map(|id| hit(id, 1)).collect();
+    expected.sort();
+    assert_eq!(all, expected, "hits are merged across partitions");
+    let scoped = fixture.found("shared conversation:g:b", &["g:a"]);
+    assert!(
+        scoped.is_empty(),
+        "a field clause in the query cannot widen the scope: {scoped:?}"
+    );
+}
+
+#[test]
+fn the_limit_applies_after_merging_partitions() {
+    let mut fixture = Fixture::new(4);
+    let events = (0..6)
+        .map(|index| sent(&format!("g:{index}"), 1, "alice", "budget review"))
+        .collect();
+    fixture.apply(events);
+    let all: Vec<String> = (0..6).map(|index| format!("g:{index}")).collect();
+    assert_eq!(fixture.index.search("budget", &all, 2).unwrap().len(), 2);
+    assert_eq!(fixture.index.search("budget", &all, 100).unwrap().len(), 6);
+    assert!(fixture.index.search("budget", &all, 0).unwrap().is_empty());
+}
+
+#[test]
+fn replaying_batches_changes_nothing() {
+    let mut fixture = Fixture::new(2);
+    let batches = fixture.apply(vec![
+        sent("g:p", 1, "alice", "alpha"),
+        sent("g:p", 2, "alice", "beta"),
+        edited("g:p", 3, "alice", 1, "alpha edited"),
+    ]);
+    let partition = fixture.partition_of("g:p");
+    let (records, next_offset) = &batches[&partition];
+    assert_eq!(fixture.index.position(partition).unwrap(), 3);
+    assert_eq!(fixture.index.document_count(), 2);
+
+    fixture
+        .index
+        .apply(partition, records, *next_offset)
+        .unwrap();
+    assert_eq!(fixture.index.document_count(), 2, "the same batch again");
+    fixture.index.apply(partition, &records[..1], 1).unwrap();
+    assert_eq!(fixture.index.document_count(), 2, "an older batch");
+    assert_eq!(
+        fixture.index.position(partition).unwrap(),
+        3,
+        "the position never goes back"
+    );
+    assert_eq!(
+        fixture.found("edited", &["g:p"]),
+        [hit("g:p", 1)],
+        "the replayed send did not undo the edit"
+    );
+
+    let later = sent("g:p", 4, "alice", "gamma");
+    let overlapping: Vec<(u64, TimelineEvent)> =
+        records.iter().cloned().chain([(3, later)]).collect();
+    fixture.index.apply(partition, &overlapping, 4).unwrap();
+    assert_eq!(
+        fixture.index.document_count(),
+        3,
+        "only the new record counts"
+    );
+    assert_eq!(fixture.index.position(partition).unwrap(), 4);
+
+    fixture.index.apply(partition, &[], 9).unwrap();
+    assert_eq!(
+        fixture.index.position(partition).unwrap(),
+        9,
+        "an empty batch moves the position"
+    );
+    let mut positions = vec![0; 2];
+    positions[partition as usize] = 9;
+    assert_eq!(fixture.index.positions(), positions);
+}
+
+#[test]
+fn positions_and_documents_survive_reopening() {
+    let mut fixture = Fixture::new(3);
+    fixture.apply(vec![
+        sent("g:x", 1, "alice", "persistent note"),
+        sent("g:y", 1, "bob", "another persistent note"),
+        sent("g:x", 2, "alice", "third"),
+    ]);
+    let positions = fixture.index.positions();
+    let Fixture {
+        directory, index, ..
+    } = fixture;
+    drop(index);
+    let reopened = reopen(directory.path(), 3);
+    assert_eq!(reopened.positions(), positions);
+    assert_eq!(reopened.document_count(), 3);
+    let conversations = vec!["g:x".to_owned(), "g:y".to_owned()];
+    assert_eq!(
+        reopened
+            .search("persistent", &conversations, 10)
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+fn reopen(path: &Path, partitions: u32) -> Arc<SearchIndex> {
+    SearchIndex::open(path, partitions).unwrap()
+}
+
+#[test]
+fn empty_queries_are_rejected_and_odd_ones_are_tolerated() {
+    let mut fixture = Fixture::new(2);
+    fixture.apply(vec![sent(
+        "g:q",
+        1,
+        "alice",
+        "colon: \"quoted\" (parens) meeting",
+    )]);
+    let conversations = vec!["g:q".to_owned()];
+    for empty in ["", "   ", "\t\n"] {
+        let result = fixture.index.search(empty, &conversations, 10);
+        assert!(
+            matches!(result, Err(SearchError::BadQuery(_))),
+            "{empty:?}: {result:?}"
+        );
+    }
+    for odd in [
+        "\"unterminated",
+        "text:",
+        "a:b:c",
+        "(((",
+        "-",
+        "meeting AND",
+        "sender:alice",
+        "*",
+        "!!!",
+    ] {
+        let result = fixture.index.search(odd, &conversations, 10);
+        assert!(result.is_ok(), "{odd:?}: {result:?}");
+    }
+    assert_eq!(fixture.found("colon: meeting", &["g:q"]), [hit("g:q", 1)]);
+    assert_eq!(
+        fixture.found("text:meeting", &["g:q"]),
+        [],
+        "no field syntax: text:meeting is a phrase"
+    );
+    fixture.apply(vec![sent("g:q", 2, "bob", "standup at 10:30 sharp")]);
+    assert_eq!(fixture.found("standup 10:30", &["g:q"]), [hit("g:q", 2)]);
+    assert_eq!(
+        fixture.found("standup 10:45", &["g:q"]),
+        [],
+        "the time is not dropped from the query"
+    );
+}
+
+#[test]
+fn snippets_escape_the_text_around_highlights() {
+    let mut fixture = Fixture::new(2);
+    fixture.apply(vec![sent(
+        "g:s",
+        1,
+        "alice",
+        "<script>x</script> & the meeting",
+    )]);
+    let hits = fixture.search("meeting", &["g:s"]);
+    assert_eq!(
+        hits[0].snippet,
+        "&lt;script&gt;x&lt;/script&gt; &amp; the <b>meeting</b>"
+    );
+}
+
+#[test]
+fn the_index_is_shareable_across_threads() {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<SearchIndex>();
+
+    let mut fixture = Fixture::new(2);
+    fixture.apply(vec![sent("g:t", 1, "alice", "threads")]);
+    let index = Arc::clone(&fixture.index);
+    let searcher = std::thread::spawn(move || {
+        index
+            .search("threads", &["g:t".to_owned()], 5)
+            .unwrap()
+            .len()
+    });
+    assert_eq!(searcher.join().unwrap(), 1);
+}
+
+#[test]
+fn huge_limits_are_capped() {
+    let mut fixture = Fixture::new(2);
+    fixture.apply(vec![sent("g:l", 1, "alice", "limitless")]);
+    let hits = fixture
+        .index
+        .search("limitless", &["g:l".to_owned()], usize::MAX)
+        .unwrap();
+    assert_eq!(hits.len(), 1);
+}
+
+#[test]
+fn unknown_partitions_are_errors() {
+    let fixture = Fixture::new(2);
+    assert!(fixture.index.apply(2, &[], 1).is_err());
+    assert!(fixture.index.position(7).is_err());
+    assert!(SearchIndex::open(fixture.directory.path(), 0).is_err());
+}

@@ -43,7 +43,9 @@ pub struct DataLayout {
 
 impl DataLayout {
     pub fn new(root: &Path) -> Self {
-        DataLayout { root: root.to_path_buf() }
+        DataLayout {
+            root: root.to_path_buf(),
+        }
     }
     pub fn log(&self) -> PathBuf {
         self.root.join("log")
@@ -77,7 +79,11 @@ impl DataLayout {
 }
 
 fn random_hex() -> String {
-    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
 }
 
 /// Fills in dev-mode secrets: the JWT secret is kept in the data directory (so `chorus token`
@@ -130,7 +136,10 @@ struct HistoryMembership(Arc<dyn HistoryStore>);
 #[async_trait]
 impl Membership for HistoryMembership {
     async fn members(&self, conversation: &str) -> Result<Vec<String>, String> {
-        self.0.members(conversation).await.map_err(|error| error.to_string())
+        self.0
+            .members(conversation)
+            .await
+            .map_err(|error| error.to_string())
     }
 }
 
@@ -219,14 +228,25 @@ pub async fn serve(config: ChorusConfig) -> anyhow::Result<Served> {
     };
     let router_stop = stopped(shutdown_receiver.clone());
     tasks.spawn(async move {
-        ("router", chorus_router::run(router_context, router_stop).await.map_err(anyhow::Error::from))
+        (
+            "router",
+            chorus_router::run(router_context, router_stop)
+                .await
+                .map_err(anyhow::Error::from),
+        )
     });
     let projector_context = ProjectorContext {
         config: config.clone(),
         log: log.clone(),
         projections: vec![
-            Projection { sink: Arc::new(HistorySink(history)), progress: history_progress },
-            Projection { sink: Arc::new(SearchSink(index)), progress: search_progress },
+            Projection {
+                sink: Arc::new(HistorySink(history)),
+                progress: history_progress,
+            },
+            Projection {
+                sink: Arc::new(SearchSink(index)),
+                progress: search_progress,
+            },
         ],
         metrics: metrics.clone(),
     };
@@ -250,7 +270,11 @@ pub async fn serve(config: ChorusConfig) -> anyhow::Result<Served> {
     let addr = listener.local_addr()?;
     let server_stop = stopped(shutdown_receiver);
     tasks.spawn(async move {
-        warp::serve(routes).incoming(listener).graceful(server_stop).run().await;
+        warp::serve(routes)
+            .incoming(listener)
+            .graceful(server_stop)
+            .run()
+            .await;
         ("http", Ok(()))
     });
     Ok(Served {

@@ -11,7 +11,11 @@ use chorus_core::auth::TokenAuthority;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "chorus", version, about = "Chorus: a Kafka-centric, event-sourced instant-messaging engine")]
+#[command(
+    name = "chorus",
+    version,
+    about = "Chorus: a Kafka-centric, event-sourced instant-messaging engine"
+)]
 struct Cli {
     /// TOML config file (see deploy/chorus.example.toml); CHORUS_… variables override it.
     #[arg(long, global = true)]
@@ -50,13 +54,18 @@ enum Command {
 }
 
 fn environment() -> HashMap<String, String> {
-    std::env::vars().filter(|(name, _)| name.starts_with("CHORUS_")).collect()
+    std::env::vars()
+        .filter(|(name, _)| name.starts_with("CHORUS_"))
+        .collect()
 }
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CHORUS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 #[tokio::main]
@@ -80,13 +89,19 @@ async fn main() -> anyhow::Result<()> {
             let mut served = serve(config).await?;
             let url = served.url();
             println!("Chorus is listening on {url}");
-            println!("  WebSocket: {}/v1/ws?token=<jwt>", url.replacen("http", "ws", 1));
+            println!(
+                "  WebSocket: {}/v1/ws?token=<jwt>",
+                url.replacen("http", "ws", 1)
+            );
             println!(
                 "  Get a token: curl -s -X POST {url}/v1/dev/token -d '{{\"user\":\"alice\"}}'   (or: chorus token --user alice --data-dir {})",
                 data_dir.display()
             );
             if generated_key {
-                println!("  Business API key (generated; set CHORUS_API_KEY to choose one): {}", served.api_key);
+                println!(
+                    "  Business API key (generated; set CHORUS_API_KEY to choose one): {}",
+                    served.api_key
+                );
             }
             println!("  Data directory: {}", data_dir.display());
             let outcome = tokio::select! {
@@ -101,7 +116,11 @@ async fn main() -> anyhow::Result<()> {
             served.shutdown().await?;
             outcome
         }
-        Command::Token { user, device, data_dir } => {
+        Command::Token {
+            user,
+            device,
+            data_dir,
+        } => {
             let mut config = load_config(cli.config.as_deref(), &environment, |config| {
                 config.dev_mode = true;
                 if let Some(data_dir) = data_dir {
@@ -115,7 +134,10 @@ async fn main() -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
-        Command::Replay { data_dir, projection } => {
+        Command::Replay {
+            data_dir,
+            projection,
+        } => {
             let config = load_config(cli.config.as_deref(), &environment, |config| {
                 config.dev_mode = true;
                 if let Some(data_dir) = data_dir {
@@ -137,13 +159,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = terminate.recv() => {}

@@ -40,7 +40,11 @@ fn remove_path(path: &Path) -> std::io::Result<()> {
     if !path.exists() {
         return Ok(());
     }
-    if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) }
+    if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    }
 }
 
 /// Moves `rebuilt` into `live`'s place.
@@ -87,22 +91,36 @@ pub async fn replay(
             "history" => Arc::new(HistorySink(EmbeddedHistory::open(&rebuilt)?)),
             _ => Arc::new(SearchSink(SearchIndex::open(&rebuilt, partitions)?)),
         };
-        let bar = if show_progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
+        let bar = if show_progress {
+            ProgressBar::new(total)
+        } else {
+            ProgressBar::hidden()
+        };
         bar.set_style(
-            ProgressStyle::with_template("{prefix:>8} [{bar:40}] {pos}/{len} events {per_sec} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{prefix:>8} [{bar:40}] {pos}/{len} events {per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         bar.set_prefix(*name);
         let started = Instant::now();
-        let records = rebuild(log.clone(), &timeline, sink.clone(), config.projector.batch_records, |done| {
-            bar.set_position(done)
-        })
+        let records = rebuild(
+            log.clone(),
+            &timeline,
+            sink.clone(),
+            config.projector.batch_records,
+            |done| bar.set_position(done),
+        )
         .await?;
         bar.finish();
         drop(sink); // closes the rebuilt store before it is moved
         swap_in(&rebuilt, &live)?;
-        reports.push(ReplayReport { projection: name, records, seconds: started.elapsed().as_secs_f64() });
+        reports.push(ReplayReport {
+            projection: name,
+            records,
+            seconds: started.elapsed().as_secs_f64(),
+        });
     }
     embedded_log.close().await;
     Ok(reports)

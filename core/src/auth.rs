@@ -87,7 +87,9 @@ pub fn check_api_key(configured: &str, presented: &str) -> Result<(), AuthError>
     let difference = configured
         .bytes()
         .zip(presented.bytes())
-        .fold(0u8, |accumulator, (left, right)| accumulator | (left ^ right));
+        .fold(0u8, |accumulator, (left, right)| {
+            accumulator | (left ^ right)
+        });
     if same_length && difference == 0 && !configured.is_empty() {
         Ok(())
     } else {
@@ -96,7 +98,10 @@ pub fn check_api_key(configured: &str, presented: &str) -> Result<(), AuthError>
 }
 
 pub fn unix_seconds() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0)
 }
 
 pub fn unix_millis() -> i64 {
@@ -122,11 +127,17 @@ mod tests {
     #[test]
     fn rejects_forged_and_expired() {
         let authority = TokenAuthority::new(b"secret");
-        let forged = TokenAuthority::new(b"other").issue("alice", None, 60).unwrap();
+        let forged = TokenAuthority::new(b"other")
+            .issue("alice", None, 60)
+            .unwrap();
         assert!(authority.verify(&forged).is_err());
         let expired = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
-            &Claims { sub: "alice".into(), exp: unix_seconds() - 10, device: None },
+            &Claims {
+                sub: "alice".into(),
+                exp: unix_seconds() - 10,
+                device: None,
+            },
             &EncodingKey::from_secret(b"secret"),
         )
         .unwrap();

@@ -121,13 +121,20 @@ impl Default for ChorusConfig {
 
 impl Default for LogSection {
     fn default() -> Self {
-        LogSection { partitions: 8, topic_prefix: String::new() }
+        LogSection {
+            partitions: 8,
+            topic_prefix: String::new(),
+        }
     }
 }
 
 impl Default for AuthSection {
     fn default() -> Self {
-        AuthSection { jwt_secret: String::new(), api_key: String::new(), token_ttl_secs: 86_400 }
+        AuthSection {
+            jwt_secret: String::new(),
+            api_key: String::new(),
+            token_ttl_secs: 86_400,
+        }
     }
 }
 
@@ -153,13 +160,19 @@ impl Default for LimitsSection {
 
 impl Default for RouterSection {
     fn default() -> Self {
-        RouterSection { dedup_window: 200_000, batch_records: 2048 }
+        RouterSection {
+            dedup_window: 200_000,
+            batch_records: 2048,
+        }
     }
 }
 
 impl Default for ProjectorSection {
     fn default() -> Self {
-        ProjectorSection { batch_records: 4096, read_barrier_ms: 3000 }
+        ProjectorSection {
+            batch_records: 4096,
+            read_barrier_ms: 3000,
+        }
     }
 }
 
@@ -172,14 +185,19 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.to_owned(), message: message.into() }
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.into(),
+    }
 }
 
 impl ChorusConfig {
     /// Parses TOML text.
     pub fn from_toml(text: &str, path: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text)
-            .map_err(|error| ConfigError::File { path: path.to_owned(), message: error.to_string() })
+        toml::from_str(text).map_err(|error| ConfigError::File {
+            path: path.to_owned(),
+            message: error.to_string(),
+        })
     }
 
     /// Applies `CHORUS_…` overrides from `environment`. Recognised: `CHORUS_LISTEN`,
@@ -195,7 +213,8 @@ impl ChorusConfig {
                 "CHORUS_NODE_ID" => self.node_id = value.clone(),
                 "CHORUS_CLUSTER" => self.cluster = value.clone(),
                 "CHORUS_PARTITIONS" => {
-                    self.log.partitions = value.parse().map_err(|_| invalid(name, "not a number"))?;
+                    self.log.partitions =
+                        value.parse().map_err(|_| invalid(name, "not a number"))?;
                 }
                 "CHORUS_TOPIC_PREFIX" => self.log.topic_prefix = value.clone(),
                 "CHORUS_JWT_SECRET" => self.auth.jwt_secret = value.clone(),
@@ -220,11 +239,23 @@ impl ChorusConfig {
         let positive = [
             ("limits.max_frame_bytes", limits.max_frame_bytes),
             ("limits.max_text_bytes", limits.max_text_bytes),
-            ("limits.messages_per_second", limits.messages_per_second as usize),
+            (
+                "limits.messages_per_second",
+                limits.messages_per_second as usize,
+            ),
             ("limits.message_burst", limits.message_burst as usize),
-            ("limits.user_messages_per_second", limits.user_messages_per_second as usize),
-            ("limits.user_message_burst", limits.user_message_burst as usize),
-            ("limits.node_requests_per_second", limits.node_requests_per_second as usize),
+            (
+                "limits.user_messages_per_second",
+                limits.user_messages_per_second as usize,
+            ),
+            (
+                "limits.user_message_burst",
+                limits.user_message_burst as usize,
+            ),
+            (
+                "limits.node_requests_per_second",
+                limits.node_requests_per_second as usize,
+            ),
             ("limits.max_connections", limits.max_connections),
             ("limits.max_devices_per_user", limits.max_devices_per_user),
             ("limits.session_outbox_frames", limits.session_outbox_frames),
@@ -238,10 +269,16 @@ impl ChorusConfig {
             return Err(invalid(key, "must be greater than 0"));
         }
         if limits.max_text_bytes > limits.max_frame_bytes {
-            return Err(invalid("limits.max_text_bytes", "must not exceed limits.max_frame_bytes"));
+            return Err(invalid(
+                "limits.max_text_bytes",
+                "must not exceed limits.max_frame_bytes",
+            ));
         }
         if !self.dev_mode && self.auth.jwt_secret.len() < 16 {
-            return Err(invalid("auth.jwt_secret", "set at least 16 bytes outside dev mode"));
+            return Err(invalid(
+                "auth.jwt_secret",
+                "set at least 16 bytes outside dev mode",
+            ));
         }
         Ok(())
     }
@@ -276,13 +313,17 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected_with_their_name() {
-        let error = ChorusConfig::from_toml("[limits]\nmax_frame_byte = 1\n", "x.toml").unwrap_err();
+        let error =
+            ChorusConfig::from_toml("[limits]\nmax_frame_byte = 1\n", "x.toml").unwrap_err();
         assert!(error.to_string().contains("max_frame_byte"), "{error}");
     }
 
     #[test]
     fn env_overrides_and_validation() {
-        let mut config = ChorusConfig { dev_mode: true, ..ChorusConfig::default() };
+        let mut config = ChorusConfig {
+            dev_mode: true,
+            ..ChorusConfig::default()
+        };
         let environment = HashMap::from([
             ("CHORUS_PARTITIONS".to_owned(), "12".to_owned()),
             ("CHORUS_API_KEY".to_owned(), "k".to_owned()),
@@ -292,8 +333,20 @@ mod tests {
         assert_eq!(config.auth.api_key, "k");
         config.validate().unwrap();
         config.limits.max_text_bytes = config.limits.max_frame_bytes + 1;
-        assert!(config.validate().unwrap_err().to_string().contains("limits.max_text_bytes"));
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("limits.max_text_bytes")
+        );
         let production = ChorusConfig::default();
-        assert!(production.validate().unwrap_err().to_string().contains("auth.jwt_secret"));
+        assert!(
+            production
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("auth.jwt_secret")
+        );
     }
 }

@@ -57,7 +57,12 @@ pub fn read_json(conversation: &str, user: &str, seq: u64) -> Value {
 }
 
 /// The `ack` frame.
-pub fn ack_json(client_msg_id: Option<&str>, conversation: &str, seq: u64, event_id: &str) -> Value {
+pub fn ack_json(
+    client_msg_id: Option<&str>,
+    conversation: &str,
+    seq: u64,
+    event_id: &str,
+) -> Value {
     json!({
         "type": "ack",
         "id": client_msg_id,

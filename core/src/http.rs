@@ -85,10 +85,16 @@ pub fn api_key(
 pub fn json_body<T: serde::de::DeserializeOwned + Send>(
     limit: u64,
 ) -> impl Filter<Extract = (Result<T, ApiError>,), Error = warp::Rejection> + Clone {
-    warp::body::content_length_limit(limit).and(warp::body::bytes()).map(|body: bytes::Bytes| {
-        serde_json::from_slice::<T>(&body)
-            .map_err(|error| ApiError::new(ErrorCode::BadRequest, format!("malformed json body: {error}")))
-    })
+    warp::body::content_length_limit(limit)
+        .and(warp::body::bytes())
+        .map(|body: bytes::Bytes| {
+            serde_json::from_slice::<T>(&body).map_err(|error| {
+                ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!("malformed json body: {error}"),
+                )
+            })
+        })
 }
 
 /// Maps warp's own rejections (no route, wrong method, bad body) to the JSON error shape.
@@ -100,10 +106,16 @@ pub async fn recover(rejection: warp::Rejection) -> Result<Response, std::conver
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
         ApiError::new(ErrorCode::TooLarge, "request body too large")
     } else if let Some(body_error) = rejection.find::<warp::filters::body::BodyDeserializeError>() {
-        ApiError::new(ErrorCode::BadRequest, format!("malformed json body: {body_error}"))
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!("malformed json body: {body_error}"),
+        )
     } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
         ApiError::new(ErrorCode::BadRequest, "invalid query string")
-    } else if rejection.find::<warp::reject::UnsupportedMediaType>().is_some() {
+    } else if rejection
+        .find::<warp::reject::UnsupportedMediaType>()
+        .is_some()
+    {
         ApiError::new(ErrorCode::BadRequest, "expected a json body")
     } else {
         ApiError::new(ErrorCode::BadRequest, format!("bad request: {rejection:?}"))
@@ -117,8 +129,14 @@ mod tests {
 
     #[test]
     fn bearer_from_header_or_query() {
-        assert_eq!(bearer_token(Some("Bearer abc"), None).as_deref(), Some("abc"));
-        assert_eq!(bearer_token(None, Some("a=1&token=xyz")).as_deref(), Some("xyz"));
+        assert_eq!(
+            bearer_token(Some("Bearer abc"), None).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            bearer_token(None, Some("a=1&token=xyz")).as_deref(),
+            Some("xyz")
+        );
         assert_eq!(bearer_token(Some("Basic x"), None), None);
     }
 }

@@ -31,12 +31,18 @@ pub const MAX_ID_BYTES: usize = 64;
 fn is_valid_user(user: &str) -> bool {
     !user.is_empty()
         && user.len() <= MAX_ID_BYTES
-        && user.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"_-.@".contains(&byte))
+        && user
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"_-.@".contains(&byte))
 }
 
 /// Checks a user id.
 pub fn validate_user(user: &str) -> Result<(), IdError> {
-    if is_valid_user(user) { Ok(()) } else { Err(IdError::User(user.to_owned())) }
+    if is_valid_user(user) {
+        Ok(())
+    } else {
+        Err(IdError::User(user.to_owned()))
+    }
 }
 
 impl Conversation {
@@ -47,23 +53,34 @@ impl Conversation {
             if !is_valid_user(first) || !is_valid_user(second) || first >= second {
                 return Err(invalid());
             }
-            return Ok(Conversation::Direct { first: first.to_owned(), second: second.to_owned() });
+            return Ok(Conversation::Direct {
+                first: first.to_owned(),
+                second: second.to_owned(),
+            });
         }
         if let Some(name) = id.strip_prefix("g:") {
             let valid = !name.is_empty()
                 && name.len() <= MAX_ID_BYTES
-                && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"_-.".contains(&byte));
+                && name
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || b"_-.".contains(&byte));
             if !valid {
                 return Err(invalid());
             }
-            return Ok(Conversation::Group { name: name.to_owned() });
+            return Ok(Conversation::Group {
+                name: name.to_owned(),
+            });
         }
         Err(invalid())
     }
 
     /// The direct conversation between two users (in either order).
     pub fn direct(user_a: &str, user_b: &str) -> String {
-        if user_a <= user_b { format!("dm:{user_a}:{user_b}") } else { format!("dm:{user_b}:{user_a}") }
+        if user_a <= user_b {
+            format!("dm:{user_a}:{user_b}")
+        } else {
+            format!("dm:{user_b}:{user_a}")
+        }
     }
 
     /// For a direct conversation, whether `user` is one of its two members.
@@ -89,10 +106,21 @@ mod tests {
     fn parses_and_rejects() {
         assert_eq!(
             Conversation::parse("dm:alice:bob").unwrap(),
-            Conversation::Direct { first: "alice".into(), second: "bob".into() }
+            Conversation::Direct {
+                first: "alice".into(),
+                second: "bob".into()
+            }
         );
         assert_eq!(Conversation::parse("g:team").unwrap().to_string(), "g:team");
-        for bad in ["dm:bob:alice", "dm:alice:alice", "dm:alice", "g:", "x:y", "g:a b", "dm:a:b:c"] {
+        for bad in [
+            "dm:bob:alice",
+            "dm:alice:alice",
+            "dm:alice",
+            "g:",
+            "x:y",
+            "g:a b",
+            "dm:a:b:c",
+        ] {
             assert!(Conversation::parse(bad).is_err(), "{bad} must be rejected");
         }
         assert_eq!(Conversation::direct("bob", "alice"), "dm:alice:bob");

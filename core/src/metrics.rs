@@ -28,8 +28,8 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new_custom(Some("chorus".into()), None)
-            .expect("a fixed prefix is valid");
+        let registry =
+            Registry::new_custom(Some("chorus".into()), None).expect("a fixed prefix is valid");
         let connections = IntGauge::new("connections", "open websocket sessions").expect("valid");
         let events_in = IntCounterVec::new(
             Opts::new("events_in_total", "events appended to ingress, by kind"),
@@ -48,12 +48,18 @@ impl Metrics {
         )
         .expect("valid");
         let dead_letters = IntCounterVec::new(
-            Opts::new("dead_letters_total", "records written to the dead-letter topic"),
+            Opts::new(
+                "dead_letters_total",
+                "records written to the dead-letter topic",
+            ),
             &["reason"],
         )
         .expect("valid");
         let consumer_lag = IntGaugeVec::new(
-            Opts::new("consumer_lag", "records between position and end of partition"),
+            Opts::new(
+                "consumer_lag",
+                "records between position and end of partition",
+            ),
             &["consumer", "partition"],
         )
         .expect("valid");
@@ -93,7 +99,10 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
         let encoder = prometheus::TextEncoder::new();
-        if encoder.encode(&self.registry.gather(), &mut buffer).is_err() {
+        if encoder
+            .encode(&self.registry.gather(), &mut buffer)
+            .is_err()
+        {
             return String::new();
         }
         String::from_utf8(buffer).unwrap_or_default()

@@ -40,15 +40,21 @@ pub enum PresenceError {
 #[async_trait]
 pub trait Presence: Send + Sync + 'static {
     /// Records that `session` of `user` is open on `node`.
-    async fn session_opened(&self, user: &str, session: &str, node: &str)
-    -> Result<(), PresenceError>;
+    async fn session_opened(
+        &self,
+        user: &str,
+        session: &str,
+        node: &str,
+    ) -> Result<(), PresenceError>;
     /// Removes a session.
     async fn session_closed(&self, user: &str, session: &str) -> Result<(), PresenceError>;
     /// How many sessions `user` has open, over all nodes.
     async fn session_count(&self, user: &str) -> Result<usize, PresenceError>;
     /// For each node holding at least one of `users`, the users it holds.
-    async fn nodes_of(&self, users: &[String])
-    -> Result<HashMap<String, Vec<String>>, PresenceError>;
+    async fn nodes_of(
+        &self,
+        users: &[String],
+    ) -> Result<HashMap<String, Vec<String>>, PresenceError>;
 }
 
 #[async_trait]
@@ -151,12 +157,21 @@ mod tests {
         presence.session_opened("alice", "s2", "n2").await.unwrap();
         presence.session_opened("bob", "s3", "n1").await.unwrap();
         assert_eq!(presence.session_count("alice").await.unwrap(), 2);
-        let nodes = presence.nodes_of(&["alice".into(), "bob".into(), "carol".into()]).await.unwrap();
+        let nodes = presence
+            .nodes_of(&["alice".into(), "bob".into(), "carol".into()])
+            .await
+            .unwrap();
         let mut n1 = nodes["n1"].clone();
         n1.sort();
         assert_eq!(n1, vec!["alice".to_owned(), "bob".to_owned()]);
         assert_eq!(nodes["n2"], vec!["alice".to_owned()]);
         presence.session_closed("alice", "s2").await.unwrap();
-        assert!(!presence.nodes_of(&["alice".into()]).await.unwrap().contains_key("n2"));
+        assert!(
+            !presence
+                .nodes_of(&["alice".into()])
+                .await
+                .unwrap()
+                .contains_key("n2")
+        );
     }
 }

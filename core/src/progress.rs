@@ -37,7 +37,9 @@ impl ProjectionProgress {
     }
 
     pub fn position(&self, partition: PartitionId) -> Offset {
-        self.partitions.get(partition as usize).map_or(0, |sender| *sender.borrow())
+        self.partitions
+            .get(partition as usize)
+            .map_or(0, |sender| *sender.borrow())
     }
 
     /// Waits until `partition` has reached `target`, at most `limit`. Returns whether it did.

@@ -38,7 +38,11 @@ pub fn validate_ingress(
         if text.len() > limits.max_text_bytes {
             return Err(ApiError::new(
                 ErrorCode::TooLarge,
-                format!("text is {} bytes, the limit is {}", text.len(), limits.max_text_bytes),
+                format!(
+                    "text is {} bytes, the limit is {}",
+                    text.len(),
+                    limits.max_text_bytes
+                ),
             ));
         }
         Ok(())
@@ -82,7 +86,10 @@ pub fn validate_ingress(
         EventBody::ConversationCreated { title, members } => {
             group_only()?;
             check_members(members, true)?;
-            if title.as_ref().is_some_and(|title| title.len() > MAX_TITLE_BYTES) {
+            if title
+                .as_ref()
+                .is_some_and(|title| title.len() > MAX_TITLE_BYTES)
+            {
                 return Err(ApiError::new(
                     ErrorCode::TooLarge,
                     format!("title longer than {MAX_TITLE_BYTES} bytes"),
@@ -122,13 +129,35 @@ mod tests {
         let limits = LimitsSection::default();
         let ok = event("dm:alice:bob", EventBody::MessageSent { text: "hi".into() });
         assert!(validate_ingress(&ok, &limits).is_ok());
-        let big = event("dm:alice:bob", EventBody::MessageSent { text: "x".repeat(16 * 1024 + 1) });
-        assert_eq!(validate_ingress(&big, &limits).unwrap_err().code, ErrorCode::TooLarge);
+        let big = event(
+            "dm:alice:bob",
+            EventBody::MessageSent {
+                text: "x".repeat(16 * 1024 + 1),
+            },
+        );
+        assert_eq!(
+            validate_ingress(&big, &limits).unwrap_err().code,
+            ErrorCode::TooLarge
+        );
         let empty = event("dm:alice:bob", EventBody::MessageSent { text: "  ".into() });
-        assert_eq!(validate_ingress(&empty, &limits).unwrap_err().code, ErrorCode::BadRequest);
-        let dm_members = event("dm:alice:bob", EventBody::MembersAdded { members: vec!["c".into()] });
-        assert_eq!(validate_ingress(&dm_members, &limits).unwrap_err().code, ErrorCode::BadRequest);
+        assert_eq!(
+            validate_ingress(&empty, &limits).unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+        let dm_members = event(
+            "dm:alice:bob",
+            EventBody::MembersAdded {
+                members: vec!["c".into()],
+            },
+        );
+        assert_eq!(
+            validate_ingress(&dm_members, &limits).unwrap_err().code,
+            ErrorCode::BadRequest
+        );
         let bad_id = event("dm:bob:alice", EventBody::MessageSent { text: "hi".into() });
-        assert_eq!(validate_ingress(&bad_id, &limits).unwrap_err().code, ErrorCode::BadRequest);
+        assert_eq!(
+            validate_ingress(&bad_id, &limits).unwrap_err().code,
+            ErrorCode::BadRequest
+        );
     }
 }

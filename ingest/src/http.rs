@@ -27,10 +27,28 @@ const OUTCOME_WAIT: Duration = Duration::from_secs(15);
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 enum BusinessEvent {
-    Send { id: String, conversation: String, sender: String, text: String },
-    CreateGroup { id: String, conversation: String, members: Vec<String>, title: Option<String> },
-    AddMembers { id: String, conversation: String, members: Vec<String> },
-    RemoveMembers { id: String, conversation: String, members: Vec<String> },
+    Send {
+        id: String,
+        conversation: String,
+        sender: String,
+        text: String,
+    },
+    CreateGroup {
+        id: String,
+        conversation: String,
+        members: Vec<String>,
+        title: Option<String>,
+    },
+    AddMembers {
+        id: String,
+        conversation: String,
+        members: Vec<String>,
+    },
+    RemoveMembers {
+        id: String,
+        conversation: String,
+        members: Vec<String>,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,12 +88,24 @@ fn outcome_from_frame(frame: &str) -> Outcome {
             event_id: value["event_id"].as_str().unwrap_or_default().to_owned(),
         };
     }
-    let code = value["code"].as_str().and_then(ErrorCode::from_str_code).unwrap_or(ErrorCode::Internal);
-    Outcome::Failed(ApiError::new(code, value["message"].as_str().unwrap_or_default()))
+    let code = value["code"]
+        .as_str()
+        .and_then(ErrorCode::from_str_code)
+        .unwrap_or(ErrorCode::Internal);
+    Outcome::Failed(ApiError::new(
+        code,
+        value["message"].as_str().unwrap_or_default(),
+    ))
 }
 
 impl Ingest {
-    fn new_event(&self, conversation: String, sender: String, id: String, body: EventBody) -> IngressEvent {
+    fn new_event(
+        &self,
+        conversation: String,
+        sender: String,
+        id: String,
+        body: EventBody,
+    ) -> IngressEvent {
         IngressEvent {
             event_id: uuid::Uuid::now_v7().to_string(),
             conversation,
@@ -94,20 +124,28 @@ impl Ingest {
     async fn write_and_wait(&self, events: Vec<IngressEvent>) -> Vec<Outcome> {
         let waiters: Vec<_> = events
             .iter()
-            .map(|event| self.hub.wait_for(event.origin_session.as_deref().unwrap_or_default()))
+            .map(|event| {
+                self.hub
+                    .wait_for(event.origin_session.as_deref().unwrap_or_default())
+            })
             .collect();
         if let Err(error) = self.append(&events).await {
             for event in &events {
-                self.hub.forget_waiter(event.origin_session.as_deref().unwrap_or_default());
+                self.hub
+                    .forget_waiter(event.origin_session.as_deref().unwrap_or_default());
             }
-            return events.iter().map(|_| Outcome::Failed(error.clone())).collect();
+            return events
+                .iter()
+                .map(|_| Outcome::Failed(error.clone()))
+                .collect();
         }
         let mut outcomes = Vec::with_capacity(events.len());
         for (event, waiter) in events.iter().zip(waiters) {
             let outcome = match tokio::time::timeout(OUTCOME_WAIT, waiter).await {
                 Ok(Ok(frame)) => outcome_from_frame(&frame),
                 _ => {
-                    self.hub.forget_waiter(event.origin_session.as_deref().unwrap_or_default());
+                    self.hub
+                        .forget_waiter(event.origin_session.as_deref().unwrap_or_default());
                     Outcome::Failed(ApiError::new(
                         ErrorCode::Unavailable,
                         "the event is durable but was not sequenced in time; retry with the same id",
@@ -129,7 +167,10 @@ impl Ingest {
         }
         if self.node_limiter.check().is_err() {
             self.metrics.reject("rate_limited");
-            return Err(ApiError::new(ErrorCode::RateLimited, "this node is at its request rate"));
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                "this node is at its request rate",
+            ));
         }
         let mut results: Vec<Value> = Vec::with_capacity(batch.events.len());
         let mut accepted = Vec::new();
@@ -154,11 +195,16 @@ impl Ingest {
                 }
             }
         }
-        let ids: Vec<Option<String>> = accepted.iter().map(|event| event.client_msg_id.clone()).collect();
+        let ids: Vec<Option<String>> = accepted
+            .iter()
+            .map(|event| event.client_msg_id.clone())
+            .collect();
         let outcomes = self.write_and_wait(accepted).await;
         for ((slot, id), outcome) in accepted_slots.into_iter().zip(ids).zip(outcomes) {
             results[slot] = match outcome {
-                Outcome::Acked { seq, event_id } => json!({"id": id, "seq": seq, "event_id": event_id}),
+                Outcome::Acked { seq, event_id } => {
+                    json!({"id": id, "seq": seq, "event_id": event_id})
+                }
                 Outcome::Failed(error) => json!({"id": id, "error": error.http_body()["error"]}),
             };
         }
@@ -167,25 +213,54 @@ impl Ingest {
 
     fn business_ingress(&self, event: BusinessEvent) -> IngressEvent {
         let (conversation, sender, id, body) = match event {
-            BusinessEvent::Send { id, conversation, sender, text } => {
-                (conversation, sender, id, EventBody::MessageSent { text })
-            }
-            BusinessEvent::CreateGroup { id, conversation, members, title } => {
-                (conversation, "system".to_owned(), id, EventBody::ConversationCreated { title, members })
-            }
-            BusinessEvent::AddMembers { id, conversation, members } => {
-                (conversation, "system".to_owned(), id, EventBody::MembersAdded { members })
-            }
-            BusinessEvent::RemoveMembers { id, conversation, members } => {
-                (conversation, "system".to_owned(), id, EventBody::MembersRemoved { members })
-            }
+            BusinessEvent::Send {
+                id,
+                conversation,
+                sender,
+                text,
+            } => (conversation, sender, id, EventBody::MessageSent { text }),
+            BusinessEvent::CreateGroup {
+                id,
+                conversation,
+                members,
+                title,
+            } => (
+                conversation,
+                "system".to_owned(),
+                id,
+                EventBody::ConversationCreated { title, members },
+            ),
+            BusinessEvent::AddMembers {
+                id,
+                conversation,
+                members,
+            } => (
+                conversation,
+                "system".to_owned(),
+                id,
+                EventBody::MembersAdded { members },
+            ),
+            BusinessEvent::RemoveMembers {
+                id,
+                conversation,
+                members,
+            } => (
+                conversation,
+                "system".to_owned(),
+                id,
+                EventBody::MembersRemoved { members },
+            ),
         };
         let mut ingress = self.new_event(conversation, sender, id, body);
         ingress.trusted = true;
         ingress
     }
 
-    async fn create_group(&self, claims: Claims, request: CreateConversation) -> Result<Response, ApiError> {
+    async fn create_group(
+        &self,
+        claims: Claims,
+        request: CreateConversation,
+    ) -> Result<Response, ApiError> {
         self.check_rates(&claims.sub)?;
         let mut members = request.members;
         if !members.contains(&claims.sub) {
@@ -196,20 +271,26 @@ impl Ingest {
             request.id.clone(),
             claims.sub,
             id,
-            EventBody::ConversationCreated { title: request.title, members },
+            EventBody::ConversationCreated {
+                title: request.title,
+                members,
+            },
         );
         validate_ingress(&event, &self.config.limits)?;
         match self.write_and_wait(vec![event]).await.pop() {
-            Some(Outcome::Acked { seq, event_id }) => {
-                Ok(json_response(201, &json!({"id": request.id, "seq": seq, "event_id": event_id})))
-            }
+            Some(Outcome::Acked { seq, event_id }) => Ok(json_response(
+                201,
+                &json!({"id": request.id, "seq": seq, "event_id": event_id}),
+            )),
             Some(Outcome::Failed(error)) => Err(error),
             None => Err(ApiError::new(ErrorCode::Internal, "no outcome")),
         }
     }
 }
 
-fn with_ingest(ingest: Arc<Ingest>) -> impl Filter<Extract = (Arc<Ingest>,), Error = std::convert::Infallible> + Clone {
+fn with_ingest(
+    ingest: Arc<Ingest>,
+) -> impl Filter<Extract = (Arc<Ingest>,), Error = std::convert::Infallible> + Clone {
     warp::any().map(move || ingest.clone())
 }
 
@@ -218,14 +299,20 @@ pub(crate) fn business_events(ingest: Arc<Ingest>) -> BoxedFilter<(Response,)> {
     warp::path!("v1" / "events")
         .and(warp::post())
         .and(api_key(key))
-        .and(json_body::<BusinessBatch>(ingest.config.limits.max_http_body_bytes))
+        .and(json_body::<BusinessBatch>(
+            ingest.config.limits.max_http_body_bytes,
+        ))
         .and(with_ingest(ingest))
-        .then(|authorized: Result<(), ApiError>, batch: Result<BusinessBatch, ApiError>, ingest: Arc<Ingest>| async move {
-            respond(match (authorized, batch) {
-                (Err(error), _) | (Ok(()), Err(error)) => Err(error),
-                (Ok(()), Ok(batch)) => ingest.business_batch(batch).await,
-            })
-        })
+        .then(
+            |authorized: Result<(), ApiError>,
+             batch: Result<BusinessBatch, ApiError>,
+             ingest: Arc<Ingest>| async move {
+                respond(match (authorized, batch) {
+                    (Err(error), _) | (Ok(()), Err(error)) => Err(error),
+                    (Ok(()), Ok(batch)) => ingest.business_batch(batch).await,
+                })
+            },
+        )
         .boxed()
 }
 
@@ -233,14 +320,20 @@ pub(crate) fn create_conversation(ingest: Arc<Ingest>) -> BoxedFilter<(Response,
     warp::path!("v1" / "conversations")
         .and(warp::post())
         .and(user_claims(ingest.tokens.clone()))
-        .and(json_body::<CreateConversation>(ingest.config.limits.max_http_body_bytes))
+        .and(json_body::<CreateConversation>(
+            ingest.config.limits.max_http_body_bytes,
+        ))
         .and(with_ingest(ingest))
-        .then(|claims: Result<Claims, ApiError>, request: Result<CreateConversation, ApiError>, ingest: Arc<Ingest>| async move {
-            respond(match (claims, request) {
-                (Err(error), _) | (Ok(_), Err(error)) => Err(error),
-                (Ok(claims), Ok(request)) => ingest.create_group(claims, request).await,
-            })
-        })
+        .then(
+            |claims: Result<Claims, ApiError>,
+             request: Result<CreateConversation, ApiError>,
+             ingest: Arc<Ingest>| async move {
+                respond(match (claims, request) {
+                    (Err(error), _) | (Ok(_), Err(error)) => Err(error),
+                    (Ok(claims), Ok(request)) => ingest.create_group(claims, request).await,
+                })
+            },
+        )
         .boxed()
 }
 
@@ -249,16 +342,29 @@ pub(crate) fn dev_token(ingest: Arc<Ingest>) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(json_body::<DevTokenRequest>(4096))
         .and(with_ingest(ingest))
-        .map(|request: Result<DevTokenRequest, ApiError>, ingest: Arc<Ingest>| {
-            respond(if !ingest.config.dev_mode {
-                Err(ApiError::new(ErrorCode::NotFound, "dev tokens are off (dev mode is off)"))
-            } else {
-                request.and_then(|request| ingest
-                    .tokens
-                    .issue(&request.user, request.device.as_deref(), ingest.config.auth.token_ttl_secs)
-                    .map(|token| json_response(200, &json!({"token": token})))
-                    .map_err(|error| ApiError::new(ErrorCode::BadRequest, error.to_string())))
-            })
-        })
+        .map(
+            |request: Result<DevTokenRequest, ApiError>, ingest: Arc<Ingest>| {
+                respond(if !ingest.config.dev_mode {
+                    Err(ApiError::new(
+                        ErrorCode::NotFound,
+                        "dev tokens are off (dev mode is off)",
+                    ))
+                } else {
+                    request.and_then(|request| {
+                        ingest
+                            .tokens
+                            .issue(
+                                &request.user,
+                                request.device.as_deref(),
+                                ingest.config.auth.token_ttl_secs,
+                            )
+                            .map(|token| json_response(200, &json!({"token": token})))
+                            .map_err(|error| {
+                                ApiError::new(ErrorCode::BadRequest, error.to_string())
+                            })
+                    })
+                })
+            },
+        )
         .boxed()
 }

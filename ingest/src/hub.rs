@@ -84,11 +84,22 @@ impl Hub {
     pub fn register(&self, user: &str, session: Arc<str>) -> SessionRegistration {
         let (sender, receiver) = mpsc::channel(self.outbox_frames);
         let slow = Arc::new(SlowFlag::default());
-        let slot = SessionSlot { id: session.clone(), outbox: sender, slow: slow.clone() };
-        self.sessions.write().entry(user.to_owned()).or_default().push(slot);
+        let slot = SessionSlot {
+            id: session.clone(),
+            outbox: sender,
+            slow: slow.clone(),
+        };
+        self.sessions
+            .write()
+            .entry(user.to_owned())
+            .or_default()
+            .push(slot);
         self.session_users.write().insert(session, user.to_owned());
         self.metrics.connections.inc();
-        SessionRegistration { outbox: receiver, slow }
+        SessionRegistration {
+            outbox: receiver,
+            slow,
+        }
     }
 
     pub fn unregister(&self, user: &str, session: &str) {
@@ -113,7 +124,9 @@ impl Hub {
     /// Registers an HTTP request waiting for the outcome delivered to `pseudo_session`.
     pub fn wait_for(&self, pseudo_session: &str) -> oneshot::Receiver<Frame> {
         let (sender, receiver) = oneshot::channel();
-        self.waiters.lock().insert(pseudo_session.to_owned(), sender);
+        self.waiters
+            .lock()
+            .insert(pseudo_session.to_owned(), sender);
         receiver
     }
 
@@ -154,7 +167,11 @@ impl DeliverySink for Hub {
                     return; // the session has gone; the client retries and gets the ack again
                 };
                 let sessions = self.sessions.read();
-                let slot = sessions.get(&user).into_iter().flatten().find(|slot| *slot.id == *session);
+                let slot = sessions
+                    .get(&user)
+                    .into_iter()
+                    .flatten()
+                    .find(|slot| *slot.id == *session);
                 if let Some(slot) = slot {
                     self.push(slot, &frame);
                 }
@@ -173,11 +190,17 @@ mod tests {
         let mut phone = hub.register("bob", "s1".into());
         let mut laptop = hub.register("bob", "s2".into());
         let frame: Frame = "{}".into();
-        hub.deliver(Delivery::ToUsers { users: vec!["bob".into()], frame: frame.clone() });
+        hub.deliver(Delivery::ToUsers {
+            users: vec!["bob".into()],
+            frame: frame.clone(),
+        });
         assert_eq!(phone.outbox.recv().await.unwrap(), frame);
         assert_eq!(laptop.outbox.recv().await.unwrap(), frame);
         for _ in 0..3 {
-            hub.deliver(Delivery::ToSession { session: "s1".into(), frame: frame.clone() });
+            hub.deliver(Delivery::ToSession {
+                session: "s1".into(),
+                frame: frame.clone(),
+            });
         }
         phone.slow.raised().await; // the third frame overflowed the outbox of 2
         hub.unregister("bob", "s1");
@@ -189,7 +212,10 @@ mod tests {
     async fn waiters_receive_their_outcome() {
         let hub = Hub::new(2, Arc::new(Metrics::new()));
         let waiter = hub.wait_for("http-1");
-        hub.deliver(Delivery::ToSession { session: "http-1".into(), frame: "{\"ok\":1}".into() });
+        hub.deliver(Delivery::ToSession {
+            session: "http-1".into(),
+            frame: "{\"ok\":1}".into(),
+        });
         assert_eq!(&*waiter.await.unwrap(), "{\"ok\":1}");
     }
 }

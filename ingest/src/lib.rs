@@ -82,8 +82,14 @@ impl Ingest {
     ) -> Result<Arc<Ingest>, PresenceError> {
         let config = dependencies.config;
         let limits = &config.limits;
-        let hub = Arc::new(Hub::new(limits.session_outbox_frames, dependencies.metrics.clone()));
-        dependencies.bus.attach(&config.node_id, hub.clone()).await?;
+        let hub = Arc::new(Hub::new(
+            limits.session_outbox_frames,
+            dependencies.metrics.clone(),
+        ));
+        dependencies
+            .bus
+            .attach(&config.node_id, hub.clone())
+            .await?;
         let ingest = Arc::new(Ingest {
             log: dependencies.log,
             presence: dependencies.presence,
@@ -130,11 +136,17 @@ impl Ingest {
     fn check_rates(&self, user: &str) -> Result<(), ApiError> {
         if self.node_limiter.check().is_err() {
             self.metrics.reject("rate_limited");
-            return Err(ApiError::new(ErrorCode::RateLimited, "this node is at its request rate"));
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                "this node is at its request rate",
+            ));
         }
         if self.user_limiter.check_key(&user.to_owned()).is_err() {
             self.metrics.reject("rate_limited");
-            return Err(ApiError::new(ErrorCode::RateLimited, "too many messages from this user"));
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                "too many messages from this user",
+            ));
         }
         Ok(())
     }
@@ -145,14 +157,26 @@ impl Ingest {
         for event in events {
             let value = encode_ingress(event)
                 .map_err(|error| ApiError::new(ErrorCode::BadRequest, error.to_string()))?;
-            records.push(chorus_core::log::NewRecord::new(event.conversation.as_bytes(), value));
+            records.push(chorus_core::log::NewRecord::new(
+                event.conversation.as_bytes(),
+                value,
+            ));
         }
-        self.log.append(&self.ingress_topic, records).await.map_err(|error| {
-            tracing::error!(%error, "append to ingress failed");
-            ApiError::new(ErrorCode::Unavailable, "the event log is unavailable; retry with the same id")
-        })?;
+        self.log
+            .append(&self.ingress_topic, records)
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "append to ingress failed");
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the event log is unavailable; retry with the same id",
+                )
+            })?;
         for event in events {
-            self.metrics.events_in.with_label_values(&[event.body.kind().as_str()]).inc();
+            self.metrics
+                .events_in
+                .with_label_values(&[event.body.kind().as_str()])
+                .inc();
         }
         Ok(())
     }
@@ -165,5 +189,12 @@ pub fn routes(ingest: Arc<Ingest>) -> BoxedFilter<(Response,)> {
     let business = http::business_events(ingest.clone());
     let create = http::create_conversation(ingest.clone());
     let dev_token = http::dev_token(ingest);
-    websocket.or(business).unify().or(create).unify().or(dev_token).unify().boxed()
+    websocket
+        .or(business)
+        .unify()
+        .or(create)
+        .unify()
+        .or(dev_token)
+        .unify()
+        .boxed()
 }

@@ -39,11 +39,29 @@ const CLOSE_GOING_AWAY: u16 = 1001;
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ClientFrame {
-    Send { id: String, conversation: String, text: String },
-    Edit { id: String, conversation: String, seq: u64, text: String },
-    Recall { id: String, conversation: String, seq: u64 },
-    Read { conversation: String, seq: u64 },
-    Typing { conversation: String },
+    Send {
+        id: String,
+        conversation: String,
+        text: String,
+    },
+    Edit {
+        id: String,
+        conversation: String,
+        seq: u64,
+        text: String,
+    },
+    Recall {
+        id: String,
+        conversation: String,
+        seq: u64,
+    },
+    Read {
+        conversation: String,
+        seq: u64,
+    },
+    Typing {
+        conversation: String,
+    },
     Ping,
 }
 
@@ -54,27 +72,40 @@ pub(crate) fn route(ingest: Arc<Ingest>) -> BoxedFilter<(Response,)> {
         .and(user_claims(tokens))
         .and(warp::ws())
         .and(warp::any().map(move || ingest.clone()))
-        .then(|claims: Result<Claims, ApiError>, upgrade: Ws, ingest: Arc<Ingest>| async move {
-            let metrics = ingest.metrics.clone();
-            let result = match claims {
-                Ok(claims) => upgrade_session(ingest, claims, upgrade).await,
-                Err(error) => Err(error),
-            };
-            result.unwrap_or_else(|error| {
-                metrics.reject(error.code.as_str());
-                error_response(&error)
-            })
-        })
+        .then(
+            |claims: Result<Claims, ApiError>, upgrade: Ws, ingest: Arc<Ingest>| async move {
+                let metrics = ingest.metrics.clone();
+                let result = match claims {
+                    Ok(claims) => upgrade_session(ingest, claims, upgrade).await,
+                    Err(error) => Err(error),
+                };
+                result.unwrap_or_else(|error| {
+                    metrics.reject(error.code.as_str());
+                    error_response(&error)
+                })
+            },
+        )
         .boxed()
 }
 
 /// Checks the limits that apply before the upgrade, then upgrades.
-async fn upgrade_session(ingest: Arc<Ingest>, claims: Claims, upgrade: Ws) -> Result<Response, ApiError> {
+async fn upgrade_session(
+    ingest: Arc<Ingest>,
+    claims: Claims,
+    upgrade: Ws,
+) -> Result<Response, ApiError> {
     let Ok(permit) = ingest.connection_slots.clone().try_acquire_owned() else {
         ingest.metrics.reject("max_connections");
-        return Err(ApiError::new(ErrorCode::Unavailable, "this node is at its connection limit"));
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "this node is at its connection limit",
+        ));
     };
-    let open = ingest.presence.session_count(&claims.sub).await.unwrap_or(0);
+    let open = ingest
+        .presence
+        .session_count(&claims.sub)
+        .await
+        .unwrap_or(0);
     if open >= ingest.config.limits.max_devices_per_user {
         ingest.metrics.reject("max_devices");
         return Err(ApiError::new(
@@ -101,15 +132,29 @@ struct Session {
     limiter: DefaultDirectRateLimiter,
 }
 
-async fn run_session(ingest: Arc<Ingest>, claims: Claims, socket: WebSocket, permit: OwnedSemaphorePermit) {
+async fn run_session(
+    ingest: Arc<Ingest>,
+    claims: Claims,
+    socket: WebSocket,
+    permit: OwnedSemaphorePermit,
+) {
     let session_id: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
     let user = claims.sub;
     let mut registration = ingest.hub.register(&user, session_id.clone());
-    if let Err(error) = ingest.presence.session_opened(&user, &session_id, &ingest.config.node_id).await {
+    if let Err(error) = ingest
+        .presence
+        .session_opened(&user, &session_id, &ingest.config.node_id)
+        .await
+    {
         tracing::warn!(%error, user, "presence unavailable; live delivery to this session may lag");
     }
     tracing::debug!(user, session = %session_id, device = ?claims.device, "session opened");
-    let session = Session { limiter: ingest.connection_limiter(), ingest: ingest.clone(), user: user.clone(), id: session_id.clone() };
+    let session = Session {
+        limiter: ingest.connection_limiter(),
+        ingest: ingest.clone(),
+        user: user.clone(),
+        id: session_id.clone(),
+    };
     let (mut socket_out, mut socket_in) = socket.split();
     let welcome = json!({"type": "welcome", "user": user, "session": &*session_id}).to_string();
     let mut shutdown = ingest.shutdown.clone();
@@ -185,7 +230,10 @@ impl Session {
             Ok(value) => value,
             Err(error) => {
                 self.ingest.metrics.reject("bad_request");
-                return Some(ApiError::new(ErrorCode::BadRequest, format!("malformed json: {error}")).ws_frame(None));
+                return Some(
+                    ApiError::new(ErrorCode::BadRequest, format!("malformed json: {error}"))
+                        .ws_frame(None),
+                );
             }
         };
         let client_msg_id = value.get("id").and_then(Value::as_str).map(str::to_owned);
@@ -193,7 +241,10 @@ impl Session {
             Ok(frame) => frame,
             Err(error) => {
                 self.ingest.metrics.reject("bad_request");
-                return Some(ApiError::new(ErrorCode::BadRequest, format!("bad frame: {error}")).ws_frame(client_msg_id.as_deref()));
+                return Some(
+                    ApiError::new(ErrorCode::BadRequest, format!("bad frame: {error}"))
+                        .ws_frame(client_msg_id.as_deref()),
+                );
             }
         };
         if matches!(frame, ClientFrame::Ping) {
@@ -210,7 +261,10 @@ impl Session {
 
     fn check_rate(&self) -> Result<(), ApiError> {
         if self.limiter.check().is_err() {
-            return Err(ApiError::new(ErrorCode::RateLimited, "too many messages on this connection"));
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                "too many messages on this connection",
+            ));
         }
         self.ingest.check_rates(&self.user)
     }
@@ -218,14 +272,36 @@ impl Session {
     async fn dispatch(&self, frame: ClientFrame) -> Result<(), ApiError> {
         self.check_rate()?;
         let (conversation, client_msg_id, body) = match frame {
-            ClientFrame::Send { id, conversation, text } => (conversation, Some(id), EventBody::MessageSent { text }),
-            ClientFrame::Edit { id, conversation, seq, text } => {
-                (conversation, Some(id), EventBody::MessageEdited { target_seq: seq, text })
+            ClientFrame::Send {
+                id,
+                conversation,
+                text,
+            } => (conversation, Some(id), EventBody::MessageSent { text }),
+            ClientFrame::Edit {
+                id,
+                conversation,
+                seq,
+                text,
+            } => (
+                conversation,
+                Some(id),
+                EventBody::MessageEdited {
+                    target_seq: seq,
+                    text,
+                },
+            ),
+            ClientFrame::Recall {
+                id,
+                conversation,
+                seq,
+            } => (
+                conversation,
+                Some(id),
+                EventBody::MessageRecalled { target_seq: seq },
+            ),
+            ClientFrame::Read { conversation, seq } => {
+                (conversation, None, EventBody::ReadCursorMoved { seq })
             }
-            ClientFrame::Recall { id, conversation, seq } => {
-                (conversation, Some(id), EventBody::MessageRecalled { target_seq: seq })
-            }
-            ClientFrame::Read { conversation, seq } => (conversation, None, EventBody::ReadCursorMoved { seq }),
             ClientFrame::Typing { conversation } => return self.typing(&conversation).await,
             ClientFrame::Ping => return Ok(()),
         };
@@ -252,20 +328,46 @@ impl Session {
             .map_err(|error| ApiError::new(ErrorCode::BadRequest, error.to_string()))?;
         let members = match conversation {
             Conversation::Direct { first, second } => vec![first, second],
-            Conversation::Group { .. } => self.ingest.membership.members(conversation_id).await.map_err(|error| {
-                ApiError::new(ErrorCode::Unavailable, format!("membership unavailable: {error}"))
-            })?,
+            Conversation::Group { .. } => self
+                .ingest
+                .membership
+                .members(conversation_id)
+                .await
+                .map_err(|error| {
+                    ApiError::new(
+                        ErrorCode::Unavailable,
+                        format!("membership unavailable: {error}"),
+                    )
+                })?,
         };
         if !members.contains(&self.user) {
-            return Err(ApiError::new(ErrorCode::Forbidden, "not a member of this conversation"));
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "not a member of this conversation",
+            ));
         }
-        let others: Vec<String> = members.into_iter().filter(|member| member != &self.user).collect();
-        let frame: chorus_core::presence::Frame = typing_json(conversation_id, &self.user).to_string().into();
-        let by_node = self.ingest.presence.nodes_of(&others).await.map_err(|error| {
-            ApiError::new(ErrorCode::Unavailable, format!("presence unavailable: {error}"))
-        })?;
+        let others: Vec<String> = members
+            .into_iter()
+            .filter(|member| member != &self.user)
+            .collect();
+        let frame: chorus_core::presence::Frame =
+            typing_json(conversation_id, &self.user).to_string().into();
+        let by_node = self
+            .ingest
+            .presence
+            .nodes_of(&others)
+            .await
+            .map_err(|error| {
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!("presence unavailable: {error}"),
+                )
+            })?;
         for (node, users) in by_node {
-            let delivery = Delivery::ToUsers { users, frame: frame.clone() };
+            let delivery = Delivery::ToUsers {
+                users,
+                frame: frame.clone(),
+            };
             if let Err(error) = self.ingest.bus.send(&node, delivery).await {
                 tracing::debug!(%error, node, "typing delivery failed");
             }

@@ -57,10 +57,13 @@ impl Sink for HistorySink {
     }
 
     async fn position(&self, partition: PartitionId) -> Result<Offset, ProjectorError> {
-        self.0.position(partition).await.map_err(|error| ProjectorError::Sink {
-            sink: "history",
-            message: error.to_string(),
-        })
+        self.0
+            .position(partition)
+            .await
+            .map_err(|error| ProjectorError::Sink {
+                sink: "history",
+                message: error.to_string(),
+            })
     }
 
     async fn apply(
@@ -69,9 +72,13 @@ impl Sink for HistorySink {
         records: Vec<(Offset, TimelineEvent)>,
         next_offset: Offset,
     ) -> Result<(), ProjectorError> {
-        self.0.apply(partition, &records, next_offset).await.map_err(|error| {
-            ProjectorError::Sink { sink: "history", message: error.to_string() }
-        })
+        self.0
+            .apply(partition, &records, next_offset)
+            .await
+            .map_err(|error| ProjectorError::Sink {
+                sink: "history",
+                message: error.to_string(),
+            })
     }
 }
 
@@ -87,7 +94,10 @@ impl Sink for SearchSink {
     async fn position(&self, partition: PartitionId) -> Result<Offset, ProjectorError> {
         self.0
             .position(partition)
-            .map_err(|error| ProjectorError::Sink { sink: "search", message: error.to_string() })
+            .map_err(|error| ProjectorError::Sink {
+                sink: "search",
+                message: error.to_string(),
+            })
     }
 
     async fn apply(
@@ -99,8 +109,14 @@ impl Sink for SearchSink {
         let index = self.0.clone();
         tokio::task::spawn_blocking(move || index.apply(partition, &records, next_offset))
             .await
-            .map_err(|error| ProjectorError::Sink { sink: "search", message: error.to_string() })?
-            .map_err(|error| ProjectorError::Sink { sink: "search", message: error.to_string() })
+            .map_err(|error| ProjectorError::Sink {
+                sink: "search",
+                message: error.to_string(),
+            })?
+            .map_err(|error| ProjectorError::Sink {
+                sink: "search",
+                message: error.to_string(),
+            })
     }
 }
 
@@ -211,13 +227,21 @@ async fn run_projection(
                     let position = sink.position(partition).await?;
                     consumer.seek(partition, position)?;
                     projection.progress.advance(partition, position);
-                    tracing::debug!(sink = name, partition, position, "projection partition assigned");
+                    tracing::debug!(
+                        sink = name,
+                        partition,
+                        position,
+                        "projection partition assigned"
+                    );
                 }
             }
             PollEvent::Records(records) => {
                 let mut by_partition: BTreeMap<PartitionId, Vec<Record>> = BTreeMap::new();
                 for record in records {
-                    by_partition.entry(record.partition).or_default().push(record);
+                    by_partition
+                        .entry(record.partition)
+                        .or_default()
+                        .push(record);
                 }
                 for (partition, records) in by_partition {
                     let Some(next_offset) = records.last().map(|record| record.offset + 1) else {
@@ -226,13 +250,19 @@ async fn run_projection(
                     let events = decode_batch(name, &records);
                     apply_with_retry(sink.as_ref(), partition, events, next_offset, &stop).await?;
                     let label = partition.to_string();
-                    metrics.projector_position.with_label_values(&[name, label.as_str()]).set(next_offset as i64);
+                    metrics
+                        .projector_position
+                        .with_label_values(&[name, label.as_str()])
+                        .set(next_offset as i64);
                     projection.progress.advance(partition, next_offset);
                     let _ = consumer.commit(&[(partition, next_offset)]).await;
                     if let Ok(end) = log.end_offset(&topic, partition).await {
                         let lag = end.saturating_sub(next_offset) as i64;
                         let consumer_label = format!("projector-{name}");
-                        metrics.consumer_lag.with_label_values(&[consumer_label.as_str(), label.as_str()]).set(lag);
+                        metrics
+                            .consumer_lag
+                            .with_label_values(&[consumer_label.as_str(), label.as_str()])
+                            .set(lag);
                     }
                 }
             }
@@ -257,7 +287,9 @@ pub async fn rebuild(
         let end = log.end_offset(topic, partition).await?;
         let mut position = sink.position(partition).await?;
         while position < end {
-            let records = log.read(topic, partition, position, batch_records, Duration::ZERO).await?;
+            let records = log
+                .read(topic, partition, position, batch_records, Duration::ZERO)
+                .await?;
             let Some(next_offset) = records.last().map(|record| record.offset + 1) else {
                 break;
             };

@@ -41,7 +41,10 @@ pub enum RouterError {
     #[error("event log: {0}")]
     Log(#[from] LogError),
     #[error("partition {partition} worker stopped: {reason}")]
-    Worker { partition: PartitionId, reason: String },
+    Worker {
+        partition: PartitionId,
+        reason: String,
+    },
 }
 
 /// Everything the router needs, built once by the binary.
@@ -77,8 +80,10 @@ pub async fn run(
     context.log.ensure_topic(&topics.ingress).await?;
     context.log.ensure_topic(&topics.timeline).await?;
     context.log.ensure_topic(&topics.dead_letter).await?;
-    let mut consumer =
-        context.log.consumer(ROUTER_GROUP, &topics.ingress, StartFrom::Earliest).await?;
+    let mut consumer = context
+        .log
+        .consumer(ROUTER_GROUP, &topics.ingress, StartFrom::Earliest)
+        .await?;
     let mut workers: HashMap<PartitionId, WorkerHandle> = HashMap::new();
     let batch_records = context.config.router.batch_records;
     tokio::pin!(shutdown);
@@ -96,9 +101,15 @@ pub async fn run(
                     let (state, timeline_end) = worker::recover(&context, partition).await?;
                     let resume = state.next_ingress_offset();
                     consumer.seek(partition, resume)?;
-                    tracing::debug!(partition, resume, timeline_end, "sequencer partition assigned");
+                    tracing::debug!(
+                        partition,
+                        resume,
+                        timeline_end,
+                        "sequencer partition assigned"
+                    );
                     let (batches, receiver) = mpsc::channel(4);
-                    let task = tokio::spawn(worker::run(context.clone(), partition, state, receiver));
+                    let task =
+                        tokio::spawn(worker::run(context.clone(), partition, state, receiver));
                     workers.insert(partition, WorkerHandle { batches, task });
                 }
             }
@@ -112,7 +123,10 @@ pub async fn run(
             PollEvent::Records(records) => {
                 let mut by_partition: HashMap<PartitionId, Vec<Record>> = HashMap::new();
                 for record in records {
-                    by_partition.entry(record.partition).or_default().push(record);
+                    by_partition
+                        .entry(record.partition)
+                        .or_default()
+                        .push(record);
                 }
                 for (partition, batch) in by_partition {
                     let Some(handle) = workers.get(&partition) else {
@@ -140,14 +154,21 @@ pub async fn run(
 
 /// Returns the error of a worker that has stopped, if any.
 async fn finished_worker(workers: &mut HashMap<PartitionId, WorkerHandle>) -> Option<RouterError> {
-    let finished = workers.iter().find(|(_, handle)| handle.task.is_finished()).map(|(p, _)| *p)?;
+    let finished = workers
+        .iter()
+        .find(|(_, handle)| handle.task.is_finished())
+        .map(|(p, _)| *p)?;
     let handle = workers.remove(&finished)?;
     match handle.task.await {
-        Ok(Ok(())) => Some(RouterError::Worker { partition: finished, reason: "exited".into() }),
+        Ok(Ok(())) => Some(RouterError::Worker {
+            partition: finished,
+            reason: "exited".into(),
+        }),
         Ok(Err(error)) => Some(error),
-        Err(join_error) => {
-            Some(RouterError::Worker { partition: finished, reason: join_error.to_string() })
-        }
+        Err(join_error) => Some(RouterError::Worker {
+            partition: finished,
+            reason: join_error.to_string(),
+        }),
     }
 }
 
@@ -156,6 +177,9 @@ async fn drain(partition: PartitionId, handle: WorkerHandle) -> Result<(), Route
     drop(handle.batches);
     match handle.task.await {
         Ok(result) => result,
-        Err(join_error) => Err(RouterError::Worker { partition, reason: join_error.to_string() }),
+        Err(join_error) => Err(RouterError::Worker {
+            partition,
+            reason: join_error.to_string(),
+        }),
     }
 }

@@ -104,7 +104,9 @@ impl SequencerState {
     }
 
     pub fn last_seq(&self, conversation: &str) -> u64 {
-        self.conversations.get(conversation).map_or(0, |state| state.last_seq)
+        self.conversations
+            .get(conversation)
+            .map_or(0, |state| state.last_seq)
     }
 
     /// The members of a conversation as of the state.
@@ -150,7 +152,10 @@ impl SequencerState {
             EventBody::MessageSent { .. } => self.intern(&event.sender),
             _ => NOT_A_MESSAGE,
         };
-        let state = self.conversations.entry(event.conversation.clone()).or_default();
+        let state = self
+            .conversations
+            .entry(event.conversation.clone())
+            .or_default();
         state.last_seq = state.last_seq.max(seq);
         let index = (seq - 1) as usize;
         if state.senders.len() <= index {
@@ -159,7 +164,10 @@ impl SequencerState {
         state.senders[index] = sender_index;
         match &event.body {
             EventBody::MessageRecalled { target_seq } => {
-                if let Some(slot) = state.senders.get_mut((*target_seq as usize).wrapping_sub(1)) {
+                if let Some(slot) = state
+                    .senders
+                    .get_mut((*target_seq as usize).wrapping_sub(1))
+                {
                     *slot |= RECALLED_BIT;
                 }
             }
@@ -200,13 +208,19 @@ impl SequencerState {
                 client_msg_id: client_msg_id.clone(),
             };
             if let Some((seq, event_id)) = self.dedup.get(&key) {
-                return Decision::Duplicate { seq: *seq, event_id: event_id.clone() };
+                return Decision::Duplicate {
+                    seq: *seq,
+                    event_id: event_id.clone(),
+                };
             }
         }
         if let Err(error) = self.check(&event) {
             return Decision::Reject(error);
         }
-        let seq = event.body.is_sequenced().then(|| self.last_seq(&event.conversation) + 1);
+        let seq = event
+            .body
+            .is_sequenced()
+            .then(|| self.last_seq(&event.conversation) + 1);
         let timeline = TimelineEvent {
             conversation: event.conversation,
             seq,
@@ -273,12 +287,21 @@ impl SequencerState {
                     return Err(ApiError::new(ErrorCode::NotFound, "no such message"));
                 };
                 if slot == NOT_A_MESSAGE {
-                    return Err(ApiError::new(ErrorCode::BadRequest, "that seq is not a message"));
+                    return Err(ApiError::new(
+                        ErrorCode::BadRequest,
+                        "that seq is not a message",
+                    ));
                 }
                 if slot & RECALLED_BIT != 0 {
-                    return Err(ApiError::new(ErrorCode::NotFound, "that message was recalled"));
+                    return Err(ApiError::new(
+                        ErrorCode::NotFound,
+                        "that message was recalled",
+                    ));
                 }
-                let own = self.interned.get(&event.sender).is_some_and(|index| *index == slot);
+                let own = self
+                    .interned
+                    .get(&event.sender)
+                    .is_some_and(|index| *index == slot);
                 if !own {
                     return forbidden("only the sender may change a message");
                 }
@@ -289,7 +312,10 @@ impl SequencerState {
                     return forbidden("not a member of this conversation");
                 }
                 if *seq > self.last_seq(&event.conversation) {
-                    return Err(ApiError::new(ErrorCode::BadRequest, "seq is beyond the last event"));
+                    return Err(ApiError::new(
+                        ErrorCode::BadRequest,
+                        "seq is beyond the last event",
+                    ));
                 }
                 Ok(())
             }
@@ -345,7 +371,10 @@ mod tests {
     fn direct_conversation_seqs_are_contiguous_and_members_only() {
         let mut state = SequencerState::new(100);
         for (offset, expected) in (0..5).zip(1..) {
-            let decision = state.decide(ingress("dm:alice:bob", "alice", &format!("c{offset}"), text("hi")), offset);
+            let decision = state.decide(
+                ingress("dm:alice:bob", "alice", &format!("c{offset}"), text("hi")),
+                offset,
+            );
             assert_eq!(seq_of(&decision), Some(expected));
         }
         let outsider = state.decide(ingress("dm:alice:bob", "carol", "x", text("hi")), 5);
@@ -358,21 +387,39 @@ mod tests {
     fn retried_id_gets_the_original_outcome() {
         let mut state = SequencerState::new(100);
         let first = state.decide(ingress("dm:alice:bob", "alice", "c1", text("hi")), 0);
-        let Decision::Sequence(event) = first else { panic!("sequenced") };
+        let Decision::Sequence(event) = first else {
+            panic!("sequenced")
+        };
         let retry = state.decide(ingress("dm:alice:bob", "alice", "c1", text("hi")), 1);
-        assert_eq!(retry, Decision::Duplicate { seq: 1, event_id: event.event_id });
+        assert_eq!(
+            retry,
+            Decision::Duplicate {
+                seq: 1,
+                event_id: event.event_id
+            }
+        );
         // the same id from the other member is a different message
-        assert_eq!(seq_of(&state.decide(ingress("dm:alice:bob", "bob", "c1", text("yo")), 2)), Some(2));
+        assert_eq!(
+            seq_of(&state.decide(ingress("dm:alice:bob", "bob", "c1", text("yo")), 2)),
+            Some(2)
+        );
     }
 
     #[test]
     fn dedup_window_is_bounded() {
         let mut state = SequencerState::new(2);
         for offset in 0..3 {
-            state.decide(ingress("dm:alice:bob", "alice", &format!("c{offset}"), text("hi")), offset);
+            state.decide(
+                ingress("dm:alice:bob", "alice", &format!("c{offset}"), text("hi")),
+                offset,
+            );
         }
         let evicted = state.decide(ingress("dm:alice:bob", "alice", "c0", text("hi")), 3);
-        assert_eq!(seq_of(&evicted), Some(4), "the oldest id fell out of the window");
+        assert_eq!(
+            seq_of(&evicted),
+            Some(4),
+            "the oldest id fell out of the window"
+        );
     }
 
     #[test]
@@ -384,22 +431,46 @@ mod tests {
             title: Some("Team".into()),
             members: vec!["alice".into(), "bob".into()],
         };
-        assert_eq!(seq_of(&state.decide(ingress("g:team", "alice", "c", create.clone()), 1)), Some(1));
+        assert_eq!(
+            seq_of(&state.decide(ingress("g:team", "alice", "c", create.clone()), 1)),
+            Some(1)
+        );
         let again = state.decide(ingress("g:team", "bob", "c2", create), 2);
         assert_eq!(code_of(&again), Some(ErrorCode::BadRequest));
         let outsider = state.decide(ingress("g:team", "carol", "m1", text("hi")), 3);
         assert_eq!(code_of(&outsider), Some(ErrorCode::Forbidden));
         let by_member = state.decide(
-            ingress("g:team", "bob", "a1", EventBody::MembersAdded { members: vec!["carol".into()] }),
+            ingress(
+                "g:team",
+                "bob",
+                "a1",
+                EventBody::MembersAdded {
+                    members: vec!["carol".into()],
+                },
+            ),
             4,
         );
-        assert_eq!(code_of(&by_member), Some(ErrorCode::Forbidden), "bob is not the owner");
+        assert_eq!(
+            code_of(&by_member),
+            Some(ErrorCode::Forbidden),
+            "bob is not the owner"
+        );
         let by_owner = state.decide(
-            ingress("g:team", "alice", "a2", EventBody::MembersAdded { members: vec!["carol".into()] }),
+            ingress(
+                "g:team",
+                "alice",
+                "a2",
+                EventBody::MembersAdded {
+                    members: vec!["carol".into()],
+                },
+            ),
             5,
         );
         assert_eq!(seq_of(&by_owner), Some(2));
-        assert_eq!(seq_of(&state.decide(ingress("g:team", "carol", "m2", text("hi")), 6)), Some(3));
+        assert_eq!(
+            seq_of(&state.decide(ingress("g:team", "carol", "m2", text("hi")), 6)),
+            Some(3)
+        );
         let mut trusted = ingress("g:team", "system", "s1", text("announcement"));
         trusted.trusted = true;
         assert_eq!(seq_of(&state.decide(trusted, 7)), Some(4));
@@ -410,32 +481,71 @@ mod tests {
         let mut state = SequencerState::new(100);
         state.decide(ingress("dm:alice:bob", "alice", "c1", text("hi")), 0);
         let by_bob = state.decide(
-            ingress("dm:alice:bob", "bob", "e1", EventBody::MessageEdited { target_seq: 1, text: "x".into() }),
+            ingress(
+                "dm:alice:bob",
+                "bob",
+                "e1",
+                EventBody::MessageEdited {
+                    target_seq: 1,
+                    text: "x".into(),
+                },
+            ),
             1,
         );
         assert_eq!(code_of(&by_bob), Some(ErrorCode::Forbidden));
         let edit = state.decide(
-            ingress("dm:alice:bob", "alice", "e2", EventBody::MessageEdited { target_seq: 1, text: "x".into() }),
+            ingress(
+                "dm:alice:bob",
+                "alice",
+                "e2",
+                EventBody::MessageEdited {
+                    target_seq: 1,
+                    text: "x".into(),
+                },
+            ),
             2,
         );
         assert_eq!(seq_of(&edit), Some(2));
         let edit_an_edit = state.decide(
-            ingress("dm:alice:bob", "alice", "e3", EventBody::MessageRecalled { target_seq: 2 }),
+            ingress(
+                "dm:alice:bob",
+                "alice",
+                "e3",
+                EventBody::MessageRecalled { target_seq: 2 },
+            ),
             3,
         );
         assert_eq!(code_of(&edit_an_edit), Some(ErrorCode::BadRequest));
         let recall = state.decide(
-            ingress("dm:alice:bob", "alice", "r1", EventBody::MessageRecalled { target_seq: 1 }),
+            ingress(
+                "dm:alice:bob",
+                "alice",
+                "r1",
+                EventBody::MessageRecalled { target_seq: 1 },
+            ),
             4,
         );
         assert_eq!(seq_of(&recall), Some(3));
         let edit_recalled = state.decide(
-            ingress("dm:alice:bob", "alice", "e4", EventBody::MessageEdited { target_seq: 1, text: "y".into() }),
+            ingress(
+                "dm:alice:bob",
+                "alice",
+                "e4",
+                EventBody::MessageEdited {
+                    target_seq: 1,
+                    text: "y".into(),
+                },
+            ),
             5,
         );
         assert_eq!(code_of(&edit_recalled), Some(ErrorCode::NotFound));
         let missing = state.decide(
-            ingress("dm:alice:bob", "alice", "e5", EventBody::MessageRecalled { target_seq: 99 }),
+            ingress(
+                "dm:alice:bob",
+                "alice",
+                "e5",
+                EventBody::MessageRecalled { target_seq: 99 },
+            ),
             6,
         );
         assert_eq!(code_of(&missing), Some(ErrorCode::NotFound));
@@ -445,7 +555,12 @@ mod tests {
     fn read_cursors_take_no_seq() {
         let mut state = SequencerState::new(100);
         state.decide(ingress("dm:alice:bob", "alice", "c1", text("hi")), 0);
-        let mut read = ingress("dm:alice:bob", "bob", "r", EventBody::ReadCursorMoved { seq: 1 });
+        let mut read = ingress(
+            "dm:alice:bob",
+            "bob",
+            "r",
+            EventBody::ReadCursorMoved { seq: 1 },
+        );
         read.client_msg_id = None;
         let decision = state.decide(read, 1);
         assert!(matches!(&decision, Decision::Sequence(event) if event.seq.is_none()));
@@ -457,7 +572,10 @@ mod tests {
     fn recovery_from_the_timeline_rebuilds_the_same_state() {
         let mut live = SequencerState::new(100);
         let mut timeline = Vec::new();
-        let create = EventBody::ConversationCreated { title: None, members: vec!["alice".into(), "bob".into()] };
+        let create = EventBody::ConversationCreated {
+            title: None,
+            members: vec!["alice".into(), "bob".into()],
+        };
         for (offset, event) in [
             ingress("g:t", "alice", "c", create),
             ingress("g:t", "alice", "m1", text("one")),

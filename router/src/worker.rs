@@ -29,7 +29,13 @@ pub(crate) async fn recover(
     while position < end {
         let records = context
             .log
-            .read(&topics.timeline, partition, position, RECOVERY_READ, Duration::ZERO)
+            .read(
+                &topics.timeline,
+                partition,
+                position,
+                RECOVERY_READ,
+                Duration::ZERO,
+            )
             .await?;
         let Some(last) = records.last() else {
             break;
@@ -50,9 +56,17 @@ pub(crate) async fn recover(
 /// What to tell whom once a batch is durable.
 enum Notice {
     /// Ack (again) to the sender's session.
-    Ack { node: String, session: String, frame: Frame },
+    Ack {
+        node: String,
+        session: String,
+        frame: Frame,
+    },
     /// An error to the sender's session.
-    Error { node: String, session: String, frame: Frame },
+    Error {
+        node: String,
+        session: String,
+        frame: Frame,
+    },
     /// A sequenced event (or read mark) for the conversation's members.
     Deliver { members: Vec<String>, frame: Frame },
 }
@@ -78,7 +92,12 @@ pub(crate) async fn run(
             let event = match decode_ingress(&record.value) {
                 Ok(event) => event,
                 Err(error) => {
-                    dead_letters.push(dead_letter(&record, &topics.ingress, "undecodable", &error.to_string()));
+                    dead_letters.push(dead_letter(
+                        &record,
+                        &topics.ingress,
+                        "undecodable",
+                        &error.to_string(),
+                    ));
                     continue;
                 }
             };
@@ -86,8 +105,15 @@ pub(crate) async fn run(
             if let Err(error) = validate_ingress(&event, &context.config.limits) {
                 context.metrics.reject(error.code.as_str());
                 match origin {
-                    Some((node, session)) => notices.push(error_notice(node, session, &event, &error)),
-                    None => dead_letters.push(dead_letter(&record, &topics.ingress, error.code.as_str(), &error.message)),
+                    Some((node, session)) => {
+                        notices.push(error_notice(node, session, &event, &error))
+                    }
+                    None => dead_letters.push(dead_letter(
+                        &record,
+                        &topics.ingress,
+                        error.code.as_str(),
+                        &error.message,
+                    )),
                 }
                 continue;
             }
@@ -95,16 +121,26 @@ pub(crate) async fn run(
             let conversation = event.conversation.clone();
             match state.decide(event, offset) {
                 Decision::Sequence(timeline_event) => {
-                    let value = encode_timeline(&timeline_event).map_err(|error| {
-                        RouterError::Worker { partition, reason: format!("encoding timeline: {error}") }
-                    })?;
-                    timeline_records.push(NewRecord::new(timeline_event.conversation.as_bytes(), value));
+                    let value =
+                        encode_timeline(&timeline_event).map_err(|error| RouterError::Worker {
+                            partition,
+                            reason: format!("encoding timeline: {error}"),
+                        })?;
+                    timeline_records.push(NewRecord::new(
+                        timeline_event.conversation.as_bytes(),
+                        value,
+                    ));
                     notices.extend(sequenced_notices(&state, &timeline_event, origin));
                 }
                 Decision::Duplicate { seq, event_id } => {
                     if let Some((node, session)) = origin {
-                        let frame = ack_json(client_msg_id.as_deref(), &conversation, seq, &event_id);
-                        notices.push(Notice::Ack { node, session, frame: frame.to_string().into() });
+                        let frame =
+                            ack_json(client_msg_id.as_deref(), &conversation, seq, &event_id);
+                        notices.push(Notice::Ack {
+                            node,
+                            session,
+                            frame: frame.to_string().into(),
+                        });
                     }
                 }
                 Decision::Reject(error) => {
@@ -115,28 +151,53 @@ pub(crate) async fn run(
                             session,
                             frame: error.ws_frame(client_msg_id.as_deref()).to_string().into(),
                         }),
-                        None => dead_letters.push(dead_letter(&record, &topics.ingress, error.code.as_str(), &error.message)),
+                        None => dead_letters.push(dead_letter(
+                            &record,
+                            &topics.ingress,
+                            error.code.as_str(),
+                            &error.message,
+                        )),
                     }
                 }
             }
         }
         if !timeline_records.is_empty() {
             let count = timeline_records.len() as u64;
-            context.log.append_to(&topics.timeline, partition, timeline_records).await?;
+            context
+                .log
+                .append_to(&topics.timeline, partition, timeline_records)
+                .await?;
             context.metrics.events_sequenced.inc_by(count);
         }
         if !dead_letters.is_empty() {
             for record in &dead_letters {
                 let reason = record.headers.iter().find(|(name, _)| name == "reason");
-                let reason = reason.map(|(_, value)| String::from_utf8_lossy(value).into_owned()).unwrap_or_default();
-                context.metrics.dead_letters.with_label_values(&[reason.as_str()]).inc();
+                let reason = reason
+                    .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+                    .unwrap_or_default();
+                context
+                    .metrics
+                    .dead_letters
+                    .with_label_values(&[reason.as_str()])
+                    .inc();
             }
-            context.log.append(&topics.dead_letter, dead_letters).await?;
+            context
+                .log
+                .append(&topics.dead_letter, dead_letters)
+                .await?;
         }
         notify(&context, notices).await;
-        let end = context.log.end_offset(&topics.ingress, partition).await.unwrap_or(0);
+        let end = context
+            .log
+            .end_offset(&topics.ingress, partition)
+            .await
+            .unwrap_or(0);
         let lag = end.saturating_sub(state.next_ingress_offset());
-        context.metrics.consumer_lag.with_label_values(&["router", partition_label.as_str()]).set(lag as i64);
+        context
+            .metrics
+            .consumer_lag
+            .with_label_values(&["router", partition_label.as_str()])
+            .set(lag as i64);
     }
     Ok(())
 }
@@ -149,11 +210,24 @@ fn origin_of(event: &IngressEvent) -> Option<(String, String)> {
 }
 
 fn error_notice(node: String, session: String, event: &IngressEvent, error: &ApiError) -> Notice {
-    Notice::Error { node, session, frame: error.ws_frame(event.client_msg_id.as_deref()).to_string().into() }
+    Notice::Error {
+        node,
+        session,
+        frame: error
+            .ws_frame(event.client_msg_id.as_deref())
+            .to_string()
+            .into(),
+    }
 }
 
 fn dead_letter(record: &Record, source_topic: &str, reason: &str, detail: &str) -> NewRecord {
-    tracing::warn!(partition = record.partition, offset = record.offset, reason, detail, "ingress record dead-lettered");
+    tracing::warn!(
+        partition = record.partition,
+        offset = record.offset,
+        reason,
+        detail,
+        "ingress record dead-lettered"
+    );
     let mut dead = NewRecord::new(record.key.clone(), record.value.clone())
         .with_header("reason", reason)
         .with_header("detail", detail)
@@ -174,18 +248,33 @@ fn sequenced_notices(
     match (&event.body, event.seq) {
         (EventBody::ReadCursorMoved { seq }, _) => {
             let frame = read_json(&event.conversation, &event.sender, *seq);
-            notices.push(Notice::Deliver { members, frame: frame.to_string().into() });
+            notices.push(Notice::Deliver {
+                members,
+                frame: frame.to_string().into(),
+            });
         }
         (_, Some(seq)) => {
             if let Some((node, session)) = origin {
-                let frame = ack_json(event.client_msg_id.as_deref(), &event.conversation, seq, &event.event_id);
-                notices.push(Notice::Ack { node, session, frame: frame.to_string().into() });
+                let frame = ack_json(
+                    event.client_msg_id.as_deref(),
+                    &event.conversation,
+                    seq,
+                    &event.event_id,
+                );
+                notices.push(Notice::Ack {
+                    node,
+                    session,
+                    frame: frame.to_string().into(),
+                });
             }
             if let EventBody::MembersRemoved { members: removed } = &event.body {
                 // the removed learn of their removal too
                 members.extend(removed.iter().cloned());
             }
-            notices.push(Notice::Deliver { members, frame: event_json(event).to_string().into() });
+            notices.push(Notice::Deliver {
+                members,
+                frame: event_json(event).to_string().into(),
+            });
         }
         (_, None) => {}
     }
@@ -197,12 +286,26 @@ fn sequenced_notices(
 async fn notify(context: &RouterContext, notices: Vec<Notice>) {
     for notice in notices {
         let result = match notice {
-            Notice::Ack { node, session, frame } => {
+            Notice::Ack {
+                node,
+                session,
+                frame,
+            } => {
                 context.metrics.acks.inc();
-                context.bus.send(&node, Delivery::ToSession { session, frame }).await
+                context
+                    .bus
+                    .send(&node, Delivery::ToSession { session, frame })
+                    .await
             }
-            Notice::Error { node, session, frame } => {
-                context.bus.send(&node, Delivery::ToSession { session, frame }).await
+            Notice::Error {
+                node,
+                session,
+                frame,
+            } => {
+                context
+                    .bus
+                    .send(&node, Delivery::ToSession { session, frame })
+                    .await
             }
             Notice::Deliver { members, frame } => deliver(context, members, frame).await,
         };
@@ -219,7 +322,16 @@ async fn deliver(
 ) -> Result<(), chorus_core::presence::PresenceError> {
     let by_node: HashMap<String, Vec<String>> = context.presence.nodes_of(&members).await?;
     for (node, users) in by_node {
-        context.bus.send(&node, Delivery::ToUsers { users, frame: frame.clone() }).await?;
+        context
+            .bus
+            .send(
+                &node,
+                Delivery::ToUsers {
+                    users,
+                    frame: frame.clone(),
+                },
+            )
+            .await?;
     }
     Ok(())
 }

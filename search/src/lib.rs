@@ -65,7 +65,10 @@ struct SearchQuery {
 
 fn unavailable(error: HistoryError) -> ApiError {
     tracing::warn!(%error, "history store read failed");
-    ApiError::new(ErrorCode::Unavailable, format!("history is unavailable: {error}"))
+    ApiError::new(
+        ErrorCode::Unavailable,
+        format!("history is unavailable: {error}"),
+    )
 }
 
 impl SearchApi {
@@ -82,7 +85,11 @@ impl SearchApi {
                 continue;
             };
             if !progress.wait_for(*partition, end, limit).await {
-                tracing::debug!(partition, end, "projection behind the read barrier; answering with what it has");
+                tracing::debug!(
+                    partition,
+                    end,
+                    "projection behind the read barrier; answering with what it has"
+                );
             }
         }
     }
@@ -99,24 +106,48 @@ impl SearchApi {
             if conversation.is_direct_member(user) {
                 return Ok(());
             }
-            return Err(ApiError::new(ErrorCode::Forbidden, "not a member of this conversation"));
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "not a member of this conversation",
+            ));
         }
-        if self.history.is_member(conversation_id, user).await.map_err(unavailable)? {
+        if self
+            .history
+            .is_member(conversation_id, user)
+            .await
+            .map_err(unavailable)?
+        {
             return Ok(());
         }
-        Err(ApiError::new(ErrorCode::Forbidden, "not a member of this conversation"))
+        Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "not a member of this conversation",
+        ))
     }
 
     async fn conversations(&self, claims: Claims) -> Result<Response, ApiError> {
         let all: BTreeSet<PartitionId> = (0..self.partitions()).collect();
         self.barrier(&self.history_progress, &all).await;
-        let conversations = self.history.conversations(&claims.sub).await.map_err(unavailable)?;
+        let conversations = self
+            .history
+            .conversations(&claims.sub)
+            .await
+            .map_err(unavailable)?;
         Ok(json_response(200, &json!({"conversations": conversations})))
     }
 
-    async fn events(&self, claims: Claims, conversation: String, page: PageQuery) -> Result<Response, ApiError> {
+    async fn events(
+        &self,
+        claims: Claims,
+        conversation: String,
+        page: PageQuery,
+    ) -> Result<Response, ApiError> {
         self.authorize(&claims.sub, &conversation).await?;
-        self.barrier(&self.history_progress, &BTreeSet::from([self.partition_of(&conversation)])).await;
+        self.barrier(
+            &self.history_progress,
+            &BTreeSet::from([self.partition_of(&conversation)]),
+        )
+        .await;
         let limit = page.limit.unwrap_or(100).clamp(1, MAX_PAGE);
         let events = self
             .history
@@ -127,18 +158,34 @@ impl SearchApi {
         Ok(json_response(200, &json!({"events": events})))
     }
 
-    async fn messages(&self, claims: Claims, conversation: String, page: PageQuery) -> Result<Response, ApiError> {
+    async fn messages(
+        &self,
+        claims: Claims,
+        conversation: String,
+        page: PageQuery,
+    ) -> Result<Response, ApiError> {
         self.authorize(&claims.sub, &conversation).await?;
-        self.barrier(&self.history_progress, &BTreeSet::from([self.partition_of(&conversation)])).await;
+        self.barrier(
+            &self.history_progress,
+            &BTreeSet::from([self.partition_of(&conversation)]),
+        )
+        .await;
         let limit = page.limit.unwrap_or(50).clamp(1, MAX_PAGE);
         let which = match (page.after_seq, page.before_seq) {
             (Some(_), Some(_)) => {
-                return Err(ApiError::new(ErrorCode::BadRequest, "give after_seq or before_seq, not both"));
+                return Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    "give after_seq or before_seq, not both",
+                ));
             }
             (_, Some(before)) => MessagePage::Before(before),
             (after, None) => MessagePage::After(after.unwrap_or(0)),
         };
-        let messages = self.history.messages(&conversation, which, limit).await.map_err(unavailable)?;
+        let messages = self
+            .history
+            .messages(&conversation, which, limit)
+            .await
+            .map_err(unavailable)?;
         Ok(json_response(200, &json!({"messages": messages})))
     }
 
@@ -163,8 +210,10 @@ impl SearchApi {
                     .collect()
             }
         };
-        let partitions: BTreeSet<PartitionId> =
-            conversations.iter().map(|conversation| self.partition_of(conversation)).collect();
+        let partitions: BTreeSet<PartitionId> = conversations
+            .iter()
+            .map(|conversation| self.partition_of(conversation))
+            .collect();
         self.barrier(&self.search_progress, &partitions).await;
         let limit = query.limit.unwrap_or(20).clamp(1, MAX_HITS);
         let index = self.index.clone();
@@ -173,7 +222,9 @@ impl SearchApi {
             .await
             .map_err(|error| ApiError::new(ErrorCode::Internal, error.to_string()))?
             .map_err(|error| match error {
-                chorus_store::SearchError::BadQuery(message) => ApiError::new(ErrorCode::BadRequest, message),
+                chorus_store::SearchError::BadQuery(message) => {
+                    ApiError::new(ErrorCode::BadRequest, message)
+                }
                 other => ApiError::new(ErrorCode::Unavailable, other.to_string()),
             })?;
         Ok(json_response(200, &json!({"hits": hits})))
@@ -191,49 +242,71 @@ pub fn routes(api: Arc<SearchApi>) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(claims.clone())
         .and(with_api.clone())
-        .then(|claims: Result<Claims, ApiError>, api: Arc<SearchApi>| async move {
-            respond(match claims {
-                Ok(claims) => api.conversations(claims).await,
-                Err(error) => Err(error),
-            })
-        });
+        .then(
+            |claims: Result<Claims, ApiError>, api: Arc<SearchApi>| async move {
+                respond(match claims {
+                    Ok(claims) => api.conversations(claims).await,
+                    Err(error) => Err(error),
+                })
+            },
+        );
     let events = warp::path!("v1" / "conversations" / String / "events")
         .and(warp::get())
         .and(claims.clone())
         .and(warp::query::<PageQuery>())
         .and(with_api.clone())
-        .then(|conversation: String, claims: Result<Claims, ApiError>, page: PageQuery, api: Arc<SearchApi>| async move {
-            respond(match claims {
-                Ok(claims) => api.events(claims, decode_path(&conversation), page).await,
-                Err(error) => Err(error),
-            })
-        });
+        .then(
+            |conversation: String,
+             claims: Result<Claims, ApiError>,
+             page: PageQuery,
+             api: Arc<SearchApi>| async move {
+                respond(match claims {
+                    Ok(claims) => api.events(claims, decode_path(&conversation), page).await,
+                    Err(error) => Err(error),
+                })
+            },
+        );
     let messages = warp::path!("v1" / "conversations" / String / "messages")
         .and(warp::get())
         .and(claims.clone())
         .and(warp::query::<PageQuery>())
         .and(with_api.clone())
-        .then(|conversation: String, claims: Result<Claims, ApiError>, page: PageQuery, api: Arc<SearchApi>| async move {
-            respond(match claims {
-                Ok(claims) => api.messages(claims, decode_path(&conversation), page).await,
-                Err(error) => Err(error),
-            })
-        });
+        .then(
+            |conversation: String,
+             claims: Result<Claims, ApiError>,
+             page: PageQuery,
+             api: Arc<SearchApi>| async move {
+                respond(match claims {
+                    Ok(claims) => api.messages(claims, decode_path(&conversation), page).await,
+                    Err(error) => Err(error),
+                })
+            },
+        );
     let search = warp::path!("v1" / "search")
         .and(warp::get())
         .and(claims)
         .and(warp::query::<SearchQuery>())
         .and(with_api)
-        .then(|claims: Result<Claims, ApiError>, query: SearchQuery, api: Arc<SearchApi>| async move {
-            respond(match claims {
-                Ok(claims) => api.search(claims, query).await,
-                Err(error) => Err(error),
-            })
-        });
-    list.or(events).unify().or(messages).unify().or(search).unify().boxed()
+        .then(
+            |claims: Result<Claims, ApiError>, query: SearchQuery, api: Arc<SearchApi>| async move {
+                respond(match claims {
+                    Ok(claims) => api.search(claims, query).await,
+                    Err(error) => Err(error),
+                })
+            },
+        );
+    list.or(events)
+        .unify()
+        .or(messages)
+        .unify()
+        .or(search)
+        .unify()
+        .boxed()
 }
 
 /// Percent-decodes a path segment (`dm%3Aalice%3Abob` → `dm:alice:bob`).
 fn decode_path(segment: &str) -> String {
-    percent_encoding::percent_decode_str(segment).decode_utf8_lossy().into_owned()
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8_lossy()
+        .into_owned()
 }

@@ -52,7 +52,11 @@ impl TestServer {
     pub async fn start_with(adjust: impl FnOnce(&mut ChorusConfig)) -> anyhow::Result<TestServer> {
         let data_dir = tempfile::tempdir()?;
         let served = Self::serve_in(data_dir.path(), adjust).await?;
-        Ok(TestServer { served, http: reqwest::Client::new(), data_dir })
+        Ok(TestServer {
+            served,
+            http: reqwest::Client::new(),
+            data_dir,
+        })
     }
 
     /// Starts a server on an existing data directory.
@@ -74,13 +78,18 @@ impl TestServer {
     }
 
     pub fn api(&self) -> Api {
-        Api { base: self.url(), http: self.http.clone() }
+        Api {
+            base: self.url(),
+            http: self.http.clone(),
+        }
     }
 }
 
 /// Signs a token for `user` with the test secret.
 pub fn token(user: &str, device: Option<&str>) -> String {
-    TokenAuthority::new(JWT_SECRET.as_bytes()).issue(user, device, 3600).expect("valid user")
+    TokenAuthority::new(JWT_SECRET.as_bytes())
+        .issue(user, device, 3600)
+        .expect("valid user")
 }
 
 /// HTTP calls against a server.
@@ -92,7 +101,10 @@ pub struct Api {
 
 impl Api {
     pub fn new(base: &str) -> Api {
-        Api { base: base.to_owned(), http: reqwest::Client::new() }
+        Api {
+            base: base.to_owned(),
+            http: reqwest::Client::new(),
+        }
     }
 
     /// GET with a user token; returns (status, body).
@@ -108,7 +120,12 @@ impl Api {
     }
 
     /// POST JSON with a bearer credential; returns (status, body).
-    pub async fn post(&self, bearer: &str, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+    pub async fn post(
+        &self,
+        bearer: &str,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<(u16, Value)> {
         let response = self
             .http
             .post(format!("{}{path}", self.base))
@@ -122,18 +139,26 @@ impl Api {
 
     /// Business events with the test API key; returns the `results`.
     pub async fn business(&self, events: Value) -> anyhow::Result<Vec<Value>> {
-        let (status, body) = self.post(API_KEY, "/v1/events", &json!({ "events": events })).await?;
+        let (status, body) = self
+            .post(API_KEY, "/v1/events", &json!({ "events": events }))
+            .await?;
         if status != 200 {
             bail!("POST /v1/events answered {status}: {body}");
         }
         Ok(body["results"].as_array().cloned().unwrap_or_default())
     }
 
-    pub async fn events(&self, user: &str, conversation: &str, after_seq: u64) -> anyhow::Result<Vec<Value>> {
+    pub async fn events(
+        &self,
+        user: &str,
+        conversation: &str,
+        after_seq: u64,
+    ) -> anyhow::Result<Vec<Value>> {
         let mut all = Vec::new();
         let mut after = after_seq;
         loop {
-            let path = format!("/v1/conversations/{conversation}/events?after_seq={after}&limit=1000");
+            let path =
+                format!("/v1/conversations/{conversation}/events?after_seq={after}&limit=1000");
             let (status, body) = self.get(user, &path).await?;
             if status != 200 {
                 bail!("GET {path} answered {status}: {body}");
@@ -150,7 +175,8 @@ impl Api {
         let mut all = Vec::new();
         let mut after = 0;
         loop {
-            let path = format!("/v1/conversations/{conversation}/messages?after_seq={after}&limit=1000");
+            let path =
+                format!("/v1/conversations/{conversation}/messages?after_seq={after}&limit=1000");
             let (status, body) = self.get(user, &path).await?;
             if status != 200 {
                 bail!("GET {path} answered {status}: {body}");
@@ -165,7 +191,9 @@ impl Api {
 
     pub async fn search(&self, user: &str, query: &str) -> anyhow::Result<Vec<Value>> {
         let encoded: String = url_encode(query);
-        let (status, body) = self.get(user, &format!("/v1/search?q={encoded}&limit=100")).await?;
+        let (status, body) = self
+            .get(user, &format!("/v1/search?q={encoded}&limit=100"))
+            .await?;
         if status != 200 {
             bail!("search answered {status}: {body}");
         }
@@ -177,7 +205,9 @@ impl Api {
 pub fn url_encode(text: &str) -> String {
     text.bytes()
         .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (byte as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (byte as char).to_string()
+            }
             _ => format!("%{byte:02X}"),
         })
         .collect()
@@ -196,8 +226,14 @@ impl Client {
     /// Connects as `user` (optionally naming the device) and waits for `welcome`.
     pub async fn connect(ws_url: &str, user: &str, device: Option<&str>) -> anyhow::Result<Client> {
         let url = format!("{ws_url}?token={}", token(user, device));
-        let (stream, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await??;
-        let mut client = Client { user: user.to_owned(), session: String::new(), stream, backlog: Vec::new() };
+        let (stream, _) =
+            tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await??;
+        let mut client = Client {
+            user: user.to_owned(),
+            session: String::new(),
+            stream,
+            backlog: Vec::new(),
+        };
         let welcome = client.expect(|frame| frame["type"] == "welcome").await?;
         assert_eq!(welcome["user"], user);
         client.session = welcome["session"].as_str().unwrap_or_default().to_owned();
@@ -214,14 +250,26 @@ impl Client {
     }
 
     /// Sends a message and returns its ack (or the error frame as `Err`).
-    pub async fn send_message(&mut self, id: &str, conversation: &str, text: &str) -> anyhow::Result<Value> {
-        self.send_json(json!({"type": "send", "id": id, "conversation": conversation, "text": text})).await?;
+    pub async fn send_message(
+        &mut self,
+        id: &str,
+        conversation: &str,
+        text: &str,
+    ) -> anyhow::Result<Value> {
+        self.send_json(
+            json!({"type": "send", "id": id, "conversation": conversation, "text": text}),
+        )
+        .await?;
         self.outcome(id).await
     }
 
     /// Waits for the ack or error frame of client message `id`.
     pub async fn outcome(&mut self, id: &str) -> anyhow::Result<Value> {
-        let frame = self.expect(|frame| (frame["type"] == "ack" || frame["type"] == "error") && frame["id"] == id).await?;
+        let frame = self
+            .expect(|frame| {
+                (frame["type"] == "ack" || frame["type"] == "error") && frame["id"] == id
+            })
+            .await?;
         if frame["type"] == "error" {
             return Err(anyhow!("error frame: {frame}"));
         }
@@ -246,8 +294,16 @@ impl Client {
         loop {
             let message = tokio::time::timeout_at(deadline, self.stream.next())
                 .await
-                .map_err(|_| anyhow!("{}: no matching frame within {WAIT:?}; backlog {:?}", self.user, self.backlog))?;
-            let Some(message) = message else { bail!("{}: connection closed", self.user) };
+                .map_err(|_| {
+                    anyhow!(
+                        "{}: no matching frame within {WAIT:?}; backlog {:?}",
+                        self.user,
+                        self.backlog
+                    )
+                })?;
+            let Some(message) = message else {
+                bail!("{}: connection closed", self.user)
+            };
             let message = message?;
             let Message::Text(text) = message else {
                 if let Message::Close(close) = message {
@@ -268,7 +324,12 @@ impl Client {
         let mut events = Vec::with_capacity(count);
         while events.len() < count {
             let conversation = conversation.to_owned();
-            events.push(self.expect(move |frame| frame["type"] == "event" && frame["conversation"] == conversation).await?);
+            events.push(
+                self.expect(move |frame| {
+                    frame["type"] == "event" && frame["conversation"] == conversation
+                })
+                .await?,
+            );
         }
         Ok(events)
     }
@@ -300,12 +361,22 @@ pub struct ChildServer {
 
 impl ChildServer {
     /// Starts `chorus serve` on a free port with `data_dir` and waits for its "listening" line.
-    pub async fn start(data_dir: &Path) -> anyhow::Result<ChildServer> {
+    /// `config_toml`, if given, is written beside the data directory and passed as `--config`.
+    pub async fn start(data_dir: &Path, config_toml: Option<&str>) -> anyhow::Result<ChildServer> {
         let binary = chorus_binary();
         if !binary.exists() {
-            bail!("{} is missing: build it first (cargo build --bin chorus)", binary.display());
+            bail!(
+                "{} is missing: build it first (cargo build --bin chorus)",
+                binary.display()
+            );
         }
-        let mut child = tokio::process::Command::new(&binary)
+        let mut command = tokio::process::Command::new(&binary);
+        if let Some(config_toml) = config_toml {
+            let path = data_dir.with_extension("toml");
+            std::fs::write(&path, config_toml)?;
+            command.arg("--config").arg(path);
+        }
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("CHORUS_JWT_SECRET", JWT_SECRET)

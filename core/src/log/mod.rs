@@ -37,7 +37,11 @@ pub struct NewRecord {
 
 impl NewRecord {
     pub fn new(key: impl Into<Vec<u8>>, value: Vec<u8>) -> Self {
-        NewRecord { key: key.into(), value, headers: Vec::new() }
+        NewRecord {
+            key: key.into(),
+            value,
+            headers: Vec::new(),
+        }
     }
 
     pub fn with_header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
@@ -60,7 +64,10 @@ pub struct Record {
 
 impl Record {
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_slice())
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_slice())
     }
 }
 
@@ -92,9 +99,15 @@ pub enum LogError {
     #[error("unknown topic {0}")]
     UnknownTopic(String),
     #[error("partition {partition} out of range for topic {topic}")]
-    BadPartition { topic: String, partition: PartitionId },
+    BadPartition {
+        topic: String,
+        partition: PartitionId,
+    },
     #[error("partition {partition} of topic {topic} is not assigned to this consumer")]
-    NotAssigned { topic: String, partition: PartitionId },
+    NotAssigned {
+        topic: String,
+        partition: PartitionId,
+    },
     #[error("log storage: {0}")]
     Io(#[from] std::io::Error),
     #[error("corrupt log: {0}")]

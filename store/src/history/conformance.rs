@@ -619,7 +619,11 @@ pub async fn group_membership_follows_member_events(
     assert!(!store.is_member("g:club", "alice").await?);
 
     let mut timeline = TimelineWriter::new();
-    timeline.push("g:club", "alice", created(Some("Club"), &["alice", "bob", "carol"]));
+    timeline.push(
+        "g:club",
+        "alice",
+        created(Some("Club"), &["alice", "bob", "carol"]),
+    );
     timeline.push("g:club2", "zed", created(None, &["yan"]));
     timeline.apply_to(store, 0).await?;
     assert_eq!(

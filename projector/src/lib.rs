@@ -11,14 +11,15 @@
 //! store outage delays projections and never skips events. [`rebuild`] replays a partition range
 //! into a fresh sink for `chorus replay`.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chorus_core::config::ChorusConfig;
-use chorus_core::log::{EventLog, LogError, Offset, PartitionId, PollEvent, Record, StartFrom};
+use chorus_core::log::{
+    EventLog, LogError, Offset, PartitionId, PollEvent, Record, StartFrom, by_partition,
+};
 use chorus_core::metrics::Metrics;
 use chorus_core::progress::ProjectionProgress;
 use chorus_schemas::{TimelineEvent, decode_timeline};
@@ -236,14 +237,7 @@ async fn run_projection(
                 }
             }
             PollEvent::Records(records) => {
-                let mut by_partition: BTreeMap<PartitionId, Vec<Record>> = BTreeMap::new();
-                for record in records {
-                    by_partition
-                        .entry(record.partition)
-                        .or_default()
-                        .push(record);
-                }
-                for (partition, records) in by_partition {
+                for (partition, records) in by_partition(records) {
                     let Some(next_offset) = records.last().map(|record| record.offset + 1) else {
                         continue;
                     };

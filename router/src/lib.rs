@@ -27,7 +27,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chorus_core::config::{ChorusConfig, Topics};
-use chorus_core::log::{EventLog, LogError, PartitionId, PollEvent, Record, StartFrom};
+use chorus_core::log::{
+    EventLog, LogError, PartitionId, PollEvent, Record, StartFrom, by_partition,
+};
 use chorus_core::metrics::Metrics;
 use chorus_core::presence::{NodeBus, Presence};
 use tokio::sync::mpsc;
@@ -121,14 +123,7 @@ pub async fn run(
                 }
             }
             PollEvent::Records(records) => {
-                let mut by_partition: HashMap<PartitionId, Vec<Record>> = HashMap::new();
-                for record in records {
-                    by_partition
-                        .entry(record.partition)
-                        .or_default()
-                        .push(record);
-                }
-                for (partition, batch) in by_partition {
+                for (partition, batch) in by_partition(records) {
                     let Some(handle) = workers.get(&partition) else {
                         continue;
                     };

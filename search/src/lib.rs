@@ -250,35 +250,23 @@ pub fn routes(api: Arc<SearchApi>) -> BoxedFilter<(Response,)> {
                 })
             },
         );
-    let events = warp::path!("v1" / "conversations" / String / "events")
+    let conversation_reads = warp::path!("v1" / "conversations" / String / String)
         .and(warp::get())
         .and(claims.clone())
         .and(warp::query::<PageQuery>())
         .and(with_api.clone())
         .then(
             |conversation: String,
+             what: String,
              claims: Result<Claims, ApiError>,
              page: PageQuery,
              api: Arc<SearchApi>| async move {
-                respond(match claims {
-                    Ok(claims) => api.events(claims, decode_path(&conversation), page).await,
-                    Err(error) => Err(error),
-                })
-            },
-        );
-    let messages = warp::path!("v1" / "conversations" / String / "messages")
-        .and(warp::get())
-        .and(claims.clone())
-        .and(warp::query::<PageQuery>())
-        .and(with_api.clone())
-        .then(
-            |conversation: String,
-             claims: Result<Claims, ApiError>,
-             page: PageQuery,
-             api: Arc<SearchApi>| async move {
-                respond(match claims {
-                    Ok(claims) => api.messages(claims, decode_path(&conversation), page).await,
-                    Err(error) => Err(error),
+                let conversation = decode_path(&conversation);
+                respond(match (claims, what.as_str()) {
+                    (Err(error), _) => Err(error),
+                    (Ok(claims), "events") => api.events(claims, conversation, page).await,
+                    (Ok(claims), "messages") => api.messages(claims, conversation, page).await,
+                    (Ok(_), _) => Err(ApiError::new(ErrorCode::NotFound, "no such endpoint")),
                 })
             },
         );
@@ -295,9 +283,7 @@ pub fn routes(api: Arc<SearchApi>) -> BoxedFilter<(Response,)> {
                 })
             },
         );
-    list.or(events)
-        .unify()
-        .or(messages)
+    list.or(conversation_reads)
         .unify()
         .or(search)
         .unify()

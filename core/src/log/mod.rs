@@ -192,6 +192,15 @@ pub trait Consumer: Send {
     fn assignment(&self) -> Vec<PartitionId>;
 }
 
+/// Splits a batch of records by partition, keeping offset order within each.
+pub fn by_partition(records: Vec<Record>) -> std::collections::BTreeMap<PartitionId, Vec<Record>> {
+    let mut grouped: std::collections::BTreeMap<PartitionId, Vec<Record>> = Default::default();
+    for record in records {
+        grouped.entry(record.partition).or_default().push(record);
+    }
+    grouped
+}
+
 /// Kafka's default (Java client) partitioner: `murmur2(key) & 0x7fffffff % partitions`.
 pub fn partition_for_key(key: &[u8], partitions: u32) -> PartitionId {
     (murmur2(key) & 0x7fff_ffff) % partitions

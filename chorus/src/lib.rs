@@ -86,6 +86,18 @@ fn random_hex() -> String {
     )
 }
 
+/// Writes a file only its owner may read.
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    options.open(path)?.write_all(contents.as_bytes())
+}
+
 /// Fills in dev-mode secrets: the JWT secret is kept in the data directory (so `chorus token`
 /// and the server agree across restarts); a missing API key is generated. Returns whether the
 /// API key was generated (to print it).
@@ -98,7 +110,7 @@ pub fn prepare_secrets(config: &mut ChorusConfig) -> anyhow::Result<bool> {
             Ok(secret) if !secret.trim().is_empty() => secret.trim().to_owned(),
             _ => {
                 let secret = random_hex();
-                std::fs::write(&path, &secret)
+                write_private(&path, &secret)
                     .with_context(|| format!("writing {}", path.display()))?;
                 secret
             }
@@ -111,19 +123,33 @@ pub fn prepare_secrets(config: &mut ChorusConfig) -> anyhow::Result<bool> {
     Ok(generated)
 }
 
-/// Loads the config: file (optional), then environment overrides, then validation.
+/// Loads the config: file (optional), then the role's dev-mode default (applied only when the file
+/// does not set `dev_mode`), then `adjust` (command-line flags), then environment overrides
+/// (`CHORUS_DEV_MODE` among them).
 pub fn load_config(
     path: Option<&Path>,
     environment: &HashMap<String, String>,
+    role_dev_mode: bool,
     adjust: impl FnOnce(&mut ChorusConfig),
 ) -> anyhow::Result<ChorusConfig> {
     let mut config = match path {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading config {}", path.display()))?;
-            ChorusConfig::from_toml(&text, &path.display().to_string())?
+            let mut config = ChorusConfig::from_toml(&text, &path.display().to_string())?;
+            let sets_dev_mode = text
+                .parse::<toml::Table>()
+                .map(|table| table.contains_key("dev_mode"))
+                .unwrap_or(false);
+            if !sets_dev_mode {
+                config.dev_mode = role_dev_mode;
+            }
+            config
         }
-        None => ChorusConfig::default(),
+        None => ChorusConfig {
+            dev_mode: role_dev_mode,
+            ..ChorusConfig::default()
+        },
     };
     adjust(&mut config);
     config.apply_env(environment)?;
@@ -307,6 +333,11 @@ fn operations(metrics: Arc<Metrics>) -> warp::filters::BoxedFilter<(warp::reply:
 impl Served {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The event log this node runs on.
+    pub fn log(&self) -> Arc<dyn EventLog> {
+        self.log.clone()
     }
 
     /// Resolves when a role stops by itself (an error); returns which and why.

@@ -75,8 +75,7 @@ async fn main() -> anyhow::Result<()> {
     let environment = environment();
     match cli.command {
         Command::Serve { listen, data_dir } => {
-            let mut config = load_config(cli.config.as_deref(), &environment, |config| {
-                config.dev_mode = true;
+            let mut config = load_config(cli.config.as_deref(), &environment, true, |config| {
                 if let Some(listen) = listen {
                     config.listen = listen;
                 }
@@ -121,8 +120,7 @@ async fn main() -> anyhow::Result<()> {
             device,
             data_dir,
         } => {
-            let mut config = load_config(cli.config.as_deref(), &environment, |config| {
-                config.dev_mode = true;
+            let mut config = load_config(cli.config.as_deref(), &environment, true, |config| {
                 if let Some(data_dir) = data_dir {
                     config.data_dir = data_dir;
                 }
@@ -138,8 +136,7 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
             projection,
         } => {
-            let config = load_config(cli.config.as_deref(), &environment, |config| {
-                config.dev_mode = true;
+            let config = load_config(cli.config.as_deref(), &environment, true, |config| {
                 if let Some(data_dir) = data_dir {
                     config.data_dir = data_dir;
                 }

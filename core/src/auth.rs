@@ -11,6 +11,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::validate_user;
 
+/// The sender name business systems act under; no user token may carry it.
+pub const SYSTEM_SENDER: &str = "system";
+
+fn validate_token_user(user: &str) -> Result<(), AuthError> {
+    validate_user(user).map_err(|error| AuthError::Invalid(error.to_string()))?;
+    if user == SYSTEM_SENDER {
+        return Err(AuthError::Invalid(format!(
+            "{SYSTEM_SENDER:?} is reserved for business systems"
+        )));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     /// The user id.
@@ -62,7 +75,7 @@ impl TokenAuthority {
         device: Option<&str>,
         ttl_secs: u64,
     ) -> Result<String, AuthError> {
-        validate_user(user).map_err(|error| AuthError::Invalid(error.to_string()))?;
+        validate_token_user(user)?;
         let claims = Claims {
             sub: user.to_owned(),
             exp: unix_seconds() + ttl_secs,
@@ -76,7 +89,7 @@ impl TokenAuthority {
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding_key, &self.validation)
             .map_err(|error| AuthError::Invalid(error.to_string()))?;
-        validate_user(&data.claims.sub).map_err(|error| AuthError::Invalid(error.to_string()))?;
+        validate_token_user(&data.claims.sub)?;
         Ok(data.claims)
     }
 }
@@ -143,6 +156,10 @@ mod tests {
         .unwrap();
         assert!(authority.verify(&expired).is_err());
         assert!(authority.verify("not.a.jwt").is_err());
+        assert!(
+            authority.issue(SYSTEM_SENDER, None, 60).is_err(),
+            "reserved for business systems"
+        );
     }
 
     #[test]

@@ -22,7 +22,8 @@ pub struct ChorusConfig {
     pub node_id: String,
     /// This cluster's name, stamped on every event as its origin.
     pub cluster: String,
-    /// Enables `POST /v1/dev/token` and generated secrets. On for `chorus serve`.
+    /// Enables `POST /v1/dev/token` and generated secrets. When the file leaves it unset, the
+    /// role decides: on for `chorus serve`, off for the distributed roles.
     pub dev_mode: bool,
     pub log: LogSection,
     pub auth: AuthSection,
@@ -202,7 +203,7 @@ impl ChorusConfig {
 
     /// Applies `CHORUS_…` overrides from `environment`. Recognised: `CHORUS_LISTEN`,
     /// `CHORUS_DATA_DIR`, `CHORUS_NODE_ID`, `CHORUS_CLUSTER`, `CHORUS_PARTITIONS`,
-    /// `CHORUS_TOPIC_PREFIX`, `CHORUS_JWT_SECRET`, `CHORUS_API_KEY`.
+    /// `CHORUS_TOPIC_PREFIX`, `CHORUS_JWT_SECRET`, `CHORUS_API_KEY`, `CHORUS_DEV_MODE`.
     pub fn apply_env(&mut self, environment: &HashMap<String, String>) -> Result<(), ConfigError> {
         for (name, value) in environment {
             match name.as_str() {
@@ -217,6 +218,9 @@ impl ChorusConfig {
                         value.parse().map_err(|_| invalid(name, "not a number"))?;
                 }
                 "CHORUS_TOPIC_PREFIX" => self.log.topic_prefix = value.clone(),
+                "CHORUS_DEV_MODE" => {
+                    self.dev_mode = value.parse().map_err(|_| invalid(name, "true or false"))?;
+                }
                 "CHORUS_JWT_SECRET" => self.auth.jwt_secret = value.clone(),
                 "CHORUS_API_KEY" => self.auth.api_key = value.clone(),
                 _ => {}

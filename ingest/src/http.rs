@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chorus_core::auth::{Claims, unix_millis};
+use chorus_core::auth::{Claims, SYSTEM_SENDER, unix_millis};
 use chorus_core::error::{ApiError, ErrorCode};
 use chorus_core::http::{api_key, json_body, json_response, respond, user_claims};
 use chorus_core::validate::validate_ingress;
@@ -20,7 +20,7 @@ use warp::reply::Response;
 
 use crate::Ingest;
 
-/// How long an HTTP write waits for the router's outcome.
+/// How long an HTTP write waits for the router's outcomes, for the whole request.
 const OUTCOME_WAIT: Duration = Duration::from_secs(15);
 
 /// One item of `POST /v1/events`.
@@ -140,8 +140,9 @@ impl Ingest {
                 .collect();
         }
         let mut outcomes = Vec::with_capacity(events.len());
+        let deadline = tokio::time::Instant::now() + OUTCOME_WAIT;
         for (event, waiter) in events.iter().zip(waiters) {
-            let outcome = match tokio::time::timeout(OUTCOME_WAIT, waiter).await {
+            let outcome = match tokio::time::timeout_at(deadline, waiter).await {
                 Ok(Ok(frame)) => outcome_from_frame(&frame),
                 _ => {
                     self.hub
@@ -226,7 +227,7 @@ impl Ingest {
                 title,
             } => (
                 conversation,
-                "system".to_owned(),
+                SYSTEM_SENDER.to_owned(),
                 id,
                 EventBody::ConversationCreated { title, members },
             ),
@@ -236,7 +237,7 @@ impl Ingest {
                 members,
             } => (
                 conversation,
-                "system".to_owned(),
+                SYSTEM_SENDER.to_owned(),
                 id,
                 EventBody::MembersAdded { members },
             ),
@@ -246,7 +247,7 @@ impl Ingest {
                 members,
             } => (
                 conversation,
-                "system".to_owned(),
+                SYSTEM_SENDER.to_owned(),
                 id,
                 EventBody::MembersRemoved { members },
             ),

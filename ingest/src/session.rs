@@ -174,8 +174,15 @@ async fn run_session(
                             if message.is_close() {
                                 break;
                             }
+                            if message.is_binary() {
+                                let error = ApiError::new(ErrorCode::BadRequest, "frames are json text, not binary");
+                                if socket_out.send(Message::text(error.ws_frame(None).to_string())).await.is_err() {
+                                    break;
+                                }
+                                continue;
+                            }
                             let Ok(text) = message.to_str() else {
-                                continue; // pings are answered by the library; binary is ignored
+                                continue; // pings and pongs are handled by the library
                             };
                             if let Some(reply) = session.handle(text).await
                                 && socket_out.send(Message::text(reply.to_string())).await.is_err()

@@ -8,7 +8,8 @@
 //! sink already has changes nothing. Kafka offset commits are informational.
 //!
 //! A failed apply is retried with backoff on the same batch (the position did not move), so a
-//! store outage delays projections and never skips events. [`rebuild`] replays a partition range
+//! store outage delays projections and never skips events. An undecodable timeline record stops
+//! the projection instead of skipping it. [`rebuild`] replays a partition range
 //! into a fresh sink for `chorus replay`.
 
 use std::future::Future;
@@ -170,15 +171,25 @@ pub async fn run(
     Ok(())
 }
 
-fn decode_batch(sink: &'static str, records: &[Record]) -> Vec<(Offset, TimelineEvent)> {
+/// Decodes a batch. An undecodable timeline record stops the projection rather than moving its
+/// position past an event it never applied (the router wrote it, so this means a binary older
+/// than the data: upgrade and it resumes where it stopped).
+fn decode_batch(
+    sink: &'static str,
+    records: &[Record],
+) -> Result<Vec<(Offset, TimelineEvent)>, ProjectorError> {
     records
         .iter()
-        .filter_map(|record| match decode_timeline(&record.value) {
-            Ok(event) => Some((record.offset, event)),
-            Err(error) => {
-                tracing::error!(sink, partition = record.partition, offset = record.offset, %error, "undecodable timeline record skipped");
-                None
-            }
+        .map(|record| {
+            decode_timeline(&record.value)
+                .map(|event| (record.offset, event))
+                .map_err(|error| ProjectorError::Sink {
+                    sink,
+                    message: format!(
+                        "timeline partition {} offset {} cannot be decoded: {error}",
+                        record.partition, record.offset
+                    ),
+                })
         })
         .collect()
 }
@@ -241,7 +252,7 @@ async fn run_projection(
                     let Some(next_offset) = records.last().map(|record| record.offset + 1) else {
                         continue;
                     };
-                    let events = decode_batch(name, &records);
+                    let events = decode_batch(name, &records)?;
                     apply_with_retry(sink.as_ref(), partition, events, next_offset, &stop).await?;
                     let label = partition.to_string();
                     metrics
@@ -287,7 +298,7 @@ pub async fn rebuild(
             let Some(next_offset) = records.last().map(|record| record.offset + 1) else {
                 break;
             };
-            let events = decode_batch(sink.name(), &records);
+            let events = decode_batch(sink.name(), &records)?;
             sink.apply(partition, events, next_offset).await?;
             applied += records.len() as u64;
             position = next_offset;

@@ -42,12 +42,18 @@ pub(crate) async fn recover(
         };
         position = last.offset + 1;
         for record in &records {
-            match chorus_schemas::decode_timeline(&record.value) {
-                Ok(event) => state.apply(&event),
-                Err(error) => {
-                    tracing::error!(partition, offset = record.offset, %error, "undecodable timeline record skipped in recovery");
+            // An undecodable record here would make the state (last seq, dedup window, resume
+            // point) come out short and seqs be reused: refuse the partition instead.
+            let event = chorus_schemas::decode_timeline(&record.value).map_err(|error| {
+                RouterError::Worker {
+                    partition,
+                    reason: format!(
+                        "timeline offset {} cannot be decoded ({error}); is this binary older than the data?",
+                        record.offset
+                    ),
                 }
-            }
+            })?;
+            state.apply(&event);
         }
     }
     Ok((state, end))
@@ -161,14 +167,9 @@ pub(crate) async fn run(
                 }
             }
         }
-        if !timeline_records.is_empty() {
-            let count = timeline_records.len() as u64;
-            context
-                .log
-                .append_to(&topics.timeline, partition, timeline_records)
-                .await?;
-            context.metrics.events_sequenced.inc_by(count);
-        }
+        // Dead letters first: the resume point comes from the timeline, so a crash after the
+        // timeline append and before this one would lose them; this order makes them at least
+        // once (a restart may repeat some; `source_partition`/`source_offset` identify them).
         if !dead_letters.is_empty() {
             for record in &dead_letters {
                 let reason = record.headers.iter().find(|(name, _)| name == "reason");
@@ -185,6 +186,14 @@ pub(crate) async fn run(
                 .log
                 .append(&topics.dead_letter, dead_letters)
                 .await?;
+        }
+        if !timeline_records.is_empty() {
+            let count = timeline_records.len() as u64;
+            context
+                .log
+                .append_to(&topics.timeline, partition, timeline_records)
+                .await?;
+            context.metrics.events_sequenced.inc_by(count);
         }
         notify(&context, notices).await;
         let end = context

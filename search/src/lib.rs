@@ -5,8 +5,9 @@
 //! - `GET /v1/conversations/{id}/messages?after_seq|before_seq&limit`: messages as they stand;
 //! - `GET /v1/search?q&conversation&limit`: full-text search with snippets.
 //!
-//! Every read is scoped to the caller: a conversation the caller is not a member of answers 403
-//! (404 when it does not exist), and search only ever looks in the caller's conversations.
+//! Every read is scoped to the caller: a conversation the caller is not a member of answers 403,
+//! whether or not it exists (so non-members learn nothing about it), and search only ever looks
+//! in the caller's conversations.
 //!
 //! Reads are consistent with the log (read-your-writes): before answering, a read takes the end
 //! offset of the relevant `timeline` partitions and waits, at most `projector.read_barrier_ms`,
@@ -76,14 +77,17 @@ impl SearchApi {
         self.config.log.partitions
     }
 
-    /// Waits until `progress` has applied everything the log had in `partitions` when called.
+    /// Waits until `progress` has applied everything the log had in `partitions` when called,
+    /// at most `projector.read_barrier_ms` in all.
     async fn barrier(&self, progress: &ProjectionProgress, partitions: &BTreeSet<PartitionId>) {
         let timeline = self.config.topics().timeline;
-        let limit = Duration::from_millis(self.config.projector.read_barrier_ms);
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(self.config.projector.read_barrier_ms);
         for partition in partitions {
             let Ok(end) = self.log.end_offset(&timeline, *partition).await else {
                 continue;
             };
+            let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
             if !progress.wait_for(*partition, end, limit).await {
                 tracing::debug!(
                     partition,
@@ -125,6 +129,15 @@ impl SearchApi {
         ))
     }
 
+    /// Waits for the history projection of the conversation's partition, then authorizes: a
+    /// member just added may read at once, a member just removed may not.
+    async fn consistent_authorize(&self, user: &str, conversation: &str) -> Result<(), ApiError> {
+        let partition = self.partition_of(conversation);
+        self.barrier(&self.history_progress, &BTreeSet::from([partition]))
+            .await;
+        self.authorize(user, conversation).await
+    }
+
     async fn conversations(&self, claims: Claims) -> Result<Response, ApiError> {
         let all: BTreeSet<PartitionId> = (0..self.partitions()).collect();
         self.barrier(&self.history_progress, &all).await;
@@ -142,12 +155,8 @@ impl SearchApi {
         conversation: String,
         page: PageQuery,
     ) -> Result<Response, ApiError> {
-        self.authorize(&claims.sub, &conversation).await?;
-        self.barrier(
-            &self.history_progress,
-            &BTreeSet::from([self.partition_of(&conversation)]),
-        )
-        .await;
+        self.consistent_authorize(&claims.sub, &conversation)
+            .await?;
         let limit = page.limit.unwrap_or(100).clamp(1, MAX_PAGE);
         let events = self
             .history
@@ -164,12 +173,8 @@ impl SearchApi {
         conversation: String,
         page: PageQuery,
     ) -> Result<Response, ApiError> {
-        self.authorize(&claims.sub, &conversation).await?;
-        self.barrier(
-            &self.history_progress,
-            &BTreeSet::from([self.partition_of(&conversation)]),
-        )
-        .await;
+        self.consistent_authorize(&claims.sub, &conversation)
+            .await?;
         let limit = page.limit.unwrap_or(50).clamp(1, MAX_PAGE);
         let which = match (page.after_seq, page.before_seq) {
             (Some(_), Some(_)) => {
@@ -195,7 +200,7 @@ impl SearchApi {
         }
         let conversations: Vec<String> = match &query.conversation {
             Some(conversation) => {
-                self.authorize(&claims.sub, conversation).await?;
+                self.consistent_authorize(&claims.sub, conversation).await?;
                 vec![conversation.clone()]
             }
             None => {

@@ -261,3 +261,28 @@ async fn bad_http_requests_get_json_errors() -> anyhow::Result<()> {
     assert_eq!(status, 400);
     server.served.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_frames_get_an_error_and_dev_tokens_are_off_outside_dev_mode() -> anyhow::Result<()>
+{
+    let server = TestServer::start_with(|config| config.dev_mode = false).await?;
+    let (status, body) = server
+        .api()
+        .post("", "/v1/dev/token", &json!({"user": "alice"}))
+        .await?;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let mut alice = Client::connect(&server.ws_url(), "alice", None).await?;
+    alice.send_raw(Message::binary(vec![1, 2, 3])).await?;
+    let error = alice.expect(|frame| frame["type"] == "error").await?;
+    assert_eq!(error["code"], "bad_request");
+    assert_eq!(
+        alice
+            .send_message("m", "dm:alice:bob", "still fine")
+            .await?["seq"],
+        1
+    );
+    server.served.shutdown().await
+}

@@ -121,6 +121,27 @@ async fn groups_are_members_only_for_writes_reads_and_search() -> anyhow::Result
     assert_eq!(conversations["conversations"][0]["id"], "g:team");
     assert_eq!(conversations["conversations"][0]["last_seq"], 4);
 
+    // removed members can neither read nor write any more
+    let results = api.business(json!([{"type": "remove_members", "id": "rm-m", "conversation": "g:team", "members": ["mallory"]}])).await?;
+    assert_eq!(results[0]["seq"], 5, "{results:?}");
+    let removal = mallory
+        .expect(|frame| frame["type"] == "event" && frame["kind"] == "members_removed")
+        .await?;
+    assert_eq!(
+        removal["members"],
+        json!(["mallory"]),
+        "the removed member learns of it"
+    );
+    let (status, _) = api
+        .get("mallory", "/v1/conversations/g:team/events?after_seq=0")
+        .await?;
+    assert_eq!(status, 403, "read access ends with membership");
+    let refused = mallory
+        .send_message("x3", "g:team", "still here?")
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("forbidden"), "{refused}");
+
     // a user creates a group through the API and owns it
     let (status, body) = api
         .post(

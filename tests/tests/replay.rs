@@ -1,6 +1,11 @@
 //! `chorus replay` rebuilds projections from the log with the same content.
 
+use chorus::DataLayout;
 use chorus::replay::{Projection, replay};
+use chorus_core::log::EventLog;
+use chorus_core::log::embedded::{EmbeddedLog, EmbeddedLogConfig};
+use chorus_store::embedded::EmbeddedHistory;
+use chorus_store::{HistoryStore, SearchIndex};
 use chorus_tests::{Api, Client, TestServer, test_config};
 use serde_json::{Value, json};
 
@@ -69,14 +74,42 @@ async fn replay_rebuilds_identical_projections() -> anyhow::Result<()> {
     let data_dir = server.data_dir.path().to_path_buf();
     server.served.shutdown().await?;
 
+    // wipe the live projections: what the restarted server answers can only come from the replay
+    let layout = DataLayout::new(&data_dir);
+    std::fs::remove_file(layout.history())?;
+    std::fs::remove_dir_all(layout.search())?;
     let reports = replay(&test_config(&data_dir), Projection::All, false).await?;
     assert_eq!(reports.len(), 2);
-    for report in &reports {
-        assert!(
-            report.records >= 84,
-            "{report:?} replayed every timeline record"
+
+    // the rebuilt stores are in place and positioned at the end of every timeline partition
+    let log = EmbeddedLog::open(EmbeddedLogConfig::new(layout.log()))?;
+    let history = EmbeddedHistory::open(&layout.history())?;
+    let index = SearchIndex::open(&layout.search(), 8)?;
+    let mut total = 0;
+    for partition in 0..8 {
+        let end = log.end_offset("timeline", partition).await?;
+        total += end;
+        assert_eq!(
+            history.position(partition).await?,
+            end,
+            "history position of partition {partition}"
+        );
+        assert_eq!(
+            index.position(partition)?,
+            end,
+            "search position of partition {partition}"
         );
     }
+    assert!(
+        reports.iter().all(|report| report.records == total),
+        "{reports:?} replayed all {total} records"
+    );
+    let ops = history
+        .messages("g:ops", chorus_store::history::MessagePage::After(0), 100)
+        .await?;
+    assert_eq!(ops.len(), 40);
+    log.close().await;
+    drop((log, history, index));
 
     let restarted = TestServer::serve_in(&data_dir, |_| {}).await?;
     let after = snapshot(&Api::new(&restarted.url())).await?;

@@ -10,6 +10,8 @@
 
 pub mod replay;
 
+use replay::{Projection, ReplayReport};
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::net::SocketAddr;
@@ -20,20 +22,22 @@ use anyhow::Context;
 use async_trait::async_trait;
 use chorus_core::auth::TokenAuthority;
 use chorus_core::config::ChorusConfig;
+use chorus_core::error::{ApiError, ErrorCode};
 use chorus_core::log::EventLog;
 use chorus_core::log::embedded::{EmbeddedLog, EmbeddedLogConfig};
 use chorus_core::membership::Membership;
 use chorus_core::metrics::Metrics;
 use chorus_core::presence::{LocalBus, LocalPresence, NodeBus, Presence};
 use chorus_core::progress::ProjectionProgress;
+use chorus_core::swap::Swap;
 use chorus_ingest::{Ingest, IngestDependencies};
-use chorus_projector::{HistorySink, Projection, ProjectorContext, SearchSink};
+use chorus_projector::{HistorySink, ProjectionRun, ProjectorContext, SearchSink};
 use chorus_router::RouterContext;
 use chorus_search::SearchApi;
 use chorus_store::embedded::EmbeddedHistory;
 use chorus_store::{HistoryStore, SearchIndex};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
 use warp::Filter;
 
 /// Where each store lives under the data directory.
@@ -61,6 +65,28 @@ impl DataLayout {
     }
     fn dev_secret(&self) -> PathBuf {
         self.root.join("dev-jwt-secret")
+    }
+    fn dev_api_key(&self) -> PathBuf {
+        self.root.join("dev-api-key")
+    }
+    /// Where a running node records its URL, so `chorus replay` can ask it.
+    fn running_file(&self) -> PathBuf {
+        self.root.join("serve.json")
+    }
+
+    /// The URL of the node running on this data directory, if one recorded it.
+    pub fn running_url(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.running_file()).ok()?;
+        let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+        value["url"].as_str().map(str::to_owned)
+    }
+
+    /// Whether a process holds the data directory's lock.
+    pub fn in_use(&self) -> bool {
+        let Ok(file) = File::create(self.lock()) else {
+            return false;
+        };
+        file.try_lock().is_err()
     }
 
     /// Takes the data directory's lock: one process at a time. Held while the file is open.
@@ -98,9 +124,9 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     options.open(path)?.write_all(contents.as_bytes())
 }
 
-/// Fills in dev-mode secrets: the JWT secret is kept in the data directory (so `chorus token`
-/// and the server agree across restarts); a missing API key is generated. Returns whether the
-/// API key was generated (to print it).
+/// Fills in dev-mode secrets: the JWT secret and the API key, when not configured, are generated
+/// once and kept in the data directory (owner-only), so `chorus token`, `chorus replay` and the
+/// server agree across restarts. Returns whether the API key is a generated one (to print it).
 pub fn prepare_secrets(config: &mut ChorusConfig) -> anyhow::Result<bool> {
     if config.auth.jwt_secret.is_empty() && config.dev_mode {
         let layout = DataLayout::new(&config.data_dir);
@@ -118,7 +144,16 @@ pub fn prepare_secrets(config: &mut ChorusConfig) -> anyhow::Result<bool> {
     }
     let generated = config.auth.api_key.is_empty() && config.dev_mode;
     if generated {
-        config.auth.api_key = random_hex();
+        let path = DataLayout::new(&config.data_dir).dev_api_key();
+        config.auth.api_key = match std::fs::read_to_string(&path) {
+            Ok(key) if !key.trim().is_empty() => key.trim().to_owned(),
+            _ => {
+                let key = random_hex();
+                write_private(&path, &key)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                key
+            }
+        };
     }
     Ok(generated)
 }
@@ -156,13 +191,14 @@ pub fn load_config(
     Ok(config)
 }
 
-/// Membership for typing indicators, read from the history projection.
-struct HistoryMembership(Arc<dyn HistoryStore>);
+/// Membership for typing indicators, read from the (swappable) history projection.
+struct HistoryMembership(Arc<Swap<dyn HistoryStore>>);
 
 #[async_trait]
 impl Membership for HistoryMembership {
     async fn members(&self, conversation: &str) -> Result<Vec<String>, String> {
         self.0
+            .get()
             .members(conversation)
             .await
             .map_err(|error| error.to_string())
@@ -183,12 +219,136 @@ pub struct Served {
     tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
     /// The embedded log, closed last.
     log: Arc<EmbeddedLog>,
+    /// Where the running node's URL is recorded (removed on shutdown).
+    running_file: PathBuf,
     /// The data directory lock, released last.
     _lock: File,
 }
 
 async fn stopped(mut receiver: watch::Receiver<bool>) {
     let _ = receiver.wait_for(|stopping| *stopping).await;
+}
+
+/// The projections of a node: the stores (swappable, for live replays) and their progress.
+struct Projections {
+    config: Arc<ChorusConfig>,
+    log: Arc<dyn EventLog>,
+    metrics: Arc<Metrics>,
+    history: Arc<Swap<dyn HistoryStore>>,
+    index: Arc<Swap<SearchIndex>>,
+    history_progress: Arc<ProjectionProgress>,
+    search_progress: Arc<ProjectionProgress>,
+}
+
+/// A live replay asked for through `POST /v1/admin/replay`.
+struct ReplayRequest {
+    projection: Projection,
+    reply: oneshot::Sender<anyhow::Result<Vec<ReplayReport>>>,
+}
+
+impl Projections {
+    fn projector_context(&self) -> ProjectorContext {
+        ProjectorContext {
+            config: self.config.clone(),
+            log: self.log.clone(),
+            projections: vec![
+                ProjectionRun {
+                    sink: Arc::new(HistorySink(self.history.get())),
+                    progress: self.history_progress.clone(),
+                },
+                ProjectionRun {
+                    sink: Arc::new(SearchSink(self.index.get())),
+                    progress: self.search_progress.clone(),
+                },
+            ],
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    fn start_projector(
+        &self,
+    ) -> (
+        watch::Sender<bool>,
+        JoinHandle<Result<(), chorus_projector::ProjectorError>>,
+    ) {
+        let (stop, stop_receiver) = watch::channel(false);
+        let context = self.projector_context();
+        (
+            stop,
+            tokio::spawn(chorus_projector::run(context, stopped(stop_receiver))),
+        )
+    }
+
+    /// Rebuilds while the running projector keeps the live stores current, then stops it, catches
+    /// up, installs, switches readers over and restarts it (see `replay`'s module docs).
+    async fn live_replay(
+        &self,
+        projection: Projection,
+        projector: &mut (
+            watch::Sender<bool>,
+            JoinHandle<Result<(), chorus_projector::ProjectorError>>,
+        ),
+    ) -> anyhow::Result<Vec<ReplayReport>> {
+        let mut rebuilt = Vec::new();
+        for kind in projection.kinds() {
+            rebuilt.push(replay::rebuild_fresh(&self.config, &self.log, *kind, false).await?);
+        }
+        let _ = projector.0.send(true);
+        (&mut projector.1).await??;
+        let mut reports = Vec::new();
+        let outcome = async {
+            let layout = DataLayout::new(&self.config.data_dir);
+            for mut store in rebuilt {
+                replay::catch_up(&self.config, &self.log, &mut store, |_| {}).await?;
+                reports.push(store.report());
+                let kind = store.kind;
+                drop(store); // Tantivy works by path: close the rebuilt store, move it, reopen it
+                replay::install(&self.config, kind)?;
+                match kind {
+                    replay::Kind::History => {
+                        self.history
+                            .replace(EmbeddedHistory::open(&layout.history())?);
+                    }
+                    replay::Kind::Search => {
+                        let partitions = self.config.log.partitions;
+                        self.index
+                            .replace(SearchIndex::open(&layout.search(), partitions)?);
+                    }
+                }
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        *projector = self.start_projector();
+        outcome.map(|()| reports)
+    }
+}
+
+/// Runs the projector, and performs live replays between runs. Ends with the projector.
+async fn supervise_projector(
+    projections: Projections,
+    mut requests: mpsc::Receiver<ReplayRequest>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut projector = projections.start_projector();
+    let mut shutdown_signal = std::pin::pin!(stopped(shutdown));
+    loop {
+        tokio::select! {
+            finished = &mut projector.1 => return Ok(finished??),
+            _ = &mut shutdown_signal => {
+                let _ = projector.0.send(true);
+                return Ok((&mut projector.1).await??);
+            }
+            Some(request) = requests.recv() => {
+                tracing::info!(projection = ?request.projection, "live replay started");
+                let outcome = projections.live_replay(request.projection, &mut projector).await;
+                if let Err(error) = &outcome {
+                    tracing::error!(%error, "live replay failed; the live projections are unchanged");
+                }
+                let _ = request.reply.send(outcome);
+            }
+        }
+    }
 }
 
 /// Starts every role on the embedded adapters. The config must already have its secrets
@@ -212,10 +372,19 @@ pub async fn serve(config: ChorusConfig) -> anyhow::Result<Served> {
             config.log.partitions
         );
     }
-    let history: Arc<dyn HistoryStore> = EmbeddedHistory::open(&layout.history())?;
-    let index = SearchIndex::open(&layout.search(), config.log.partitions)?;
-    let history_progress = Arc::new(ProjectionProgress::new(config.log.partitions));
-    let search_progress = Arc::new(ProjectionProgress::new(config.log.partitions));
+    let history_store: Arc<dyn HistoryStore> = EmbeddedHistory::open(&layout.history())?;
+    let projections = Projections {
+        config: config.clone(),
+        log: log.clone(),
+        metrics: metrics.clone(),
+        history: Arc::new(Swap::new(history_store)),
+        index: Arc::new(Swap::new(SearchIndex::open(
+            &layout.search(),
+            config.log.partitions,
+        )?)),
+        history_progress: Arc::new(ProjectionProgress::new(config.log.partitions)),
+        search_progress: Arc::new(ProjectionProgress::new(config.log.partitions)),
+    };
     let presence: Arc<dyn Presence> = Arc::new(LocalPresence::default());
     let bus: Arc<dyn NodeBus> = Arc::new(LocalBus::default());
     let tokens = Arc::new(TokenAuthority::new(config.auth.jwt_secret.as_bytes()));
@@ -227,7 +396,7 @@ pub async fn serve(config: ChorusConfig) -> anyhow::Result<Served> {
             log: log.clone(),
             presence: presence.clone(),
             bus: bus.clone(),
-            membership: Arc::new(HistoryMembership(history.clone())),
+            membership: Arc::new(HistoryMembership(projections.history.clone())),
             tokens: tokens.clone(),
             metrics: metrics.clone(),
         },
@@ -237,10 +406,10 @@ pub async fn serve(config: ChorusConfig) -> anyhow::Result<Served> {
     let search_api = Arc::new(SearchApi {
         config: config.clone(),
         log: log.clone(),
-        history: history.clone(),
-        index: index.clone(),
-        history_progress: history_progress.clone(),
-        search_progress: search_progress.clone(),
+        history: projections.history.clone(),
+        index: projections.index.clone(),
+        history_progress: projections.history_progress.clone(),
+        search_progress: projections.search_progress.clone(),
         tokens,
     });
 
@@ -261,28 +430,19 @@ pub async fn serve(config: ChorusConfig) -> anyhow::Result<Served> {
                 .map_err(anyhow::Error::from),
         )
     });
-    let projector_context = ProjectorContext {
-        config: config.clone(),
-        log: log.clone(),
-        projections: vec![
-            Projection {
-                sink: Arc::new(HistorySink(history)),
-                progress: history_progress,
-            },
-            Projection {
-                sink: Arc::new(SearchSink(index)),
-                progress: search_progress,
-            },
-        ],
-        metrics: metrics.clone(),
-    };
-    let projector_stop = stopped(shutdown_receiver.clone());
+    let (replay_requests, replay_receiver) = mpsc::channel(1);
+    let projector_shutdown = shutdown_receiver.clone();
     tasks.spawn(async move {
-        let result = chorus_projector::run(projector_context, projector_stop).await;
-        ("projector", result.map_err(anyhow::Error::from))
+        (
+            "projector",
+            supervise_projector(projections, replay_receiver, projector_shutdown).await,
+        )
     });
 
+    let api_key: Arc<str> = config.auth.api_key.as_str().into();
     let routes = operations(metrics.clone())
+        .or(admin_replay(api_key, replay_requests))
+        .unify()
         .or(chorus_ingest::routes(ingest))
         .unify()
         .or(chorus_search::routes(search_api))
@@ -303,6 +463,11 @@ pub async fn serve(config: ChorusConfig) -> anyhow::Result<Served> {
             .await;
         ("http", Ok(()))
     });
+    let running_file = layout.running_file();
+    std::fs::write(
+        &running_file,
+        serde_json::json!({"url": format!("http://{addr}")}).to_string(),
+    )?;
     Ok(Served {
         addr,
         api_key: config.auth.api_key.clone(),
@@ -310,8 +475,65 @@ pub async fn serve(config: ChorusConfig) -> anyhow::Result<Served> {
         shutdown,
         tasks,
         log: embedded_log,
+        running_file,
         _lock: lock,
     })
+}
+
+#[derive(serde::Deserialize)]
+struct AdminReplay {
+    projection: Projection,
+}
+
+/// `POST /v1/admin/replay` (business API key): rebuilds projections on the running node.
+fn admin_replay(
+    api_key: Arc<str>,
+    requests: mpsc::Sender<ReplayRequest>,
+) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
+    warp::path!("v1" / "admin" / "replay")
+        .and(warp::post())
+        .and(chorus_core::http::api_key(api_key))
+        .and(chorus_core::http::json_body::<AdminReplay>(4096))
+        .then(
+            move |authorized: Result<(), ApiError>, body: Result<AdminReplay, ApiError>| {
+                let requests = requests.clone();
+                async move {
+                    let outcome = async {
+                        authorized?;
+                        let body = body?;
+                        let (reply, answer) = oneshot::channel();
+                        let unavailable = |_| {
+                            ApiError::new(ErrorCode::Unavailable, "the projector is not running")
+                        };
+                        requests
+                            .send(ReplayRequest {
+                                projection: body.projection,
+                                reply,
+                            })
+                            .await
+                            .map_err(unavailable)?;
+                        let reports = answer
+                            .await
+                            .map_err(|_| {
+                                ApiError::new(ErrorCode::Unavailable, "the projector stopped")
+                            })?
+                            .map_err(|error| {
+                                ApiError::new(
+                                    ErrorCode::Internal,
+                                    format!("replay failed: {error:#}"),
+                                )
+                            })?;
+                        Ok(chorus_core::http::json_response(
+                            200,
+                            &serde_json::json!({"reports": reports}),
+                        ))
+                    }
+                    .await;
+                    chorus_core::http::respond(outcome)
+                }
+            },
+        )
+        .boxed()
 }
 
 /// `GET /health` and `GET /metrics`.
@@ -368,6 +590,7 @@ impl Served {
             }
         }
         self.log.close().await;
+        let _ = std::fs::remove_file(&self.running_file);
         first_error.map_or(Ok(()), Err)
     }
 }

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use chorus::replay::{Projection, replay};
+use chorus::DataLayout;
+use chorus::replay::{Projection, replay, replay_live};
 use chorus::{load_config, prepare_secrets, serve};
 use chorus_core::auth::TokenAuthority;
 use clap::{Parser, Subcommand};
@@ -44,7 +45,8 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
-    /// Rebuilds projections from the log (with the server stopped).
+    /// Rebuilds projections from the log (by itself when the server is stopped, or by asking
+    /// the node running on the data directory).
     Replay {
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -141,7 +143,15 @@ async fn main() -> anyhow::Result<()> {
                     config.data_dir = data_dir;
                 }
             })?;
-            for report in replay(&config, projection, true).await? {
+            let mut config = config;
+            prepare_secrets(&mut config)?;
+            let reports = if DataLayout::new(&config.data_dir).in_use() {
+                println!("the data directory is in use: asking the running node to rebuild");
+                replay_live(&config, projection).await?
+            } else {
+                replay(&config, projection, true).await?
+            };
+            for report in reports {
                 println!(
                     "{}: rebuilt from {} timeline records in {:.2}s",
                     report.projection, report.records, report.seconds

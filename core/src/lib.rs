@@ -15,4 +15,5 @@ pub mod membership;
 pub mod metrics;
 pub mod presence;
 pub mod progress;
+pub mod swap;
 pub mod validate;

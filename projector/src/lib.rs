@@ -123,7 +123,7 @@ impl Sink for SearchSink {
 }
 
 /// One projection to run: the sink and where it publishes its progress.
-pub struct Projection {
+pub struct ProjectionRun {
     pub sink: Arc<dyn Sink>,
     pub progress: Arc<ProjectionProgress>,
 }
@@ -132,7 +132,7 @@ pub struct Projection {
 pub struct ProjectorContext {
     pub config: Arc<ChorusConfig>,
     pub log: Arc<dyn EventLog>,
-    pub projections: Vec<Projection>,
+    pub projections: Vec<ProjectionRun>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -219,7 +219,7 @@ async fn apply_with_retry(
 async fn run_projection(
     log: Arc<dyn EventLog>,
     topic: String,
-    projection: Projection,
+    projection: ProjectionRun,
     batch_records: usize,
     metrics: Arc<Metrics>,
     mut stop: tokio::sync::watch::Receiver<bool>,

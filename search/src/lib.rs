@@ -26,6 +26,7 @@ use chorus_core::http::{json_response, respond, user_claims};
 use chorus_core::ids::Conversation;
 use chorus_core::log::{EventLog, PartitionId, partition_for_key};
 use chorus_core::progress::ProjectionProgress;
+use chorus_core::swap::Swap;
 use chorus_store::history::MessagePage;
 use chorus_store::{HistoryError, HistoryStore, SearchIndex};
 use serde::Deserialize;
@@ -43,8 +44,10 @@ const MAX_HITS: usize = 100;
 pub struct SearchApi {
     pub config: Arc<ChorusConfig>,
     pub log: Arc<dyn EventLog>,
-    pub history: Arc<dyn HistoryStore>,
-    pub index: Arc<SearchIndex>,
+    /// The history store; replaced when a live replay switches in a rebuilt one.
+    pub history: Arc<Swap<dyn HistoryStore>>,
+    /// The search index; replaced likewise.
+    pub index: Arc<Swap<SearchIndex>>,
     pub history_progress: Arc<ProjectionProgress>,
     pub search_progress: Arc<ProjectionProgress>,
     pub tokens: Arc<TokenAuthority>,
@@ -117,6 +120,7 @@ impl SearchApi {
         }
         if self
             .history
+            .get()
             .is_member(conversation_id, user)
             .await
             .map_err(unavailable)?
@@ -143,6 +147,7 @@ impl SearchApi {
         self.barrier(&self.history_progress, &all).await;
         let conversations = self
             .history
+            .get()
             .conversations(&claims.sub)
             .await
             .map_err(unavailable)?;
@@ -160,6 +165,7 @@ impl SearchApi {
         let limit = page.limit.unwrap_or(100).clamp(1, MAX_PAGE);
         let events = self
             .history
+            .get()
             .events(&conversation, page.after_seq.unwrap_or(0), limit)
             .await
             .map_err(unavailable)?;
@@ -188,6 +194,7 @@ impl SearchApi {
         };
         let messages = self
             .history
+            .get()
             .messages(&conversation, which, limit)
             .await
             .map_err(unavailable)?;
@@ -207,6 +214,7 @@ impl SearchApi {
                 let all: BTreeSet<PartitionId> = (0..self.partitions()).collect();
                 self.barrier(&self.history_progress, &all).await;
                 self.history
+                    .get()
                     .conversations(&claims.sub)
                     .await
                     .map_err(unavailable)?
@@ -221,7 +229,7 @@ impl SearchApi {
             .collect();
         self.barrier(&self.search_progress, &partitions).await;
         let limit = query.limit.unwrap_or(20).clamp(1, MAX_HITS);
-        let index = self.index.clone();
+        let index = self.index.get();
         let text = query.q.clone();
         let hits = tokio::task::spawn_blocking(move || index.search(&text, &conversations, limit))
             .await

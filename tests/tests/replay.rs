@@ -6,7 +6,7 @@ use chorus_core::log::EventLog;
 use chorus_core::log::embedded::{EmbeddedLog, EmbeddedLogConfig};
 use chorus_store::embedded::EmbeddedHistory;
 use chorus_store::{HistoryStore, SearchIndex};
-use chorus_tests::{Api, Client, TestServer, test_config};
+use chorus_tests::{API_KEY, Api, Client, TestServer, chorus_binary, test_config};
 use serde_json::{Value, json};
 
 /// Everything the read API says for a few users and queries.
@@ -40,9 +40,8 @@ async fn snapshot(api: &Api) -> anyhow::Result<Value> {
     Ok(Value::Object(snapshot))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_rebuilds_identical_projections() -> anyhow::Result<()> {
-    let server = TestServer::start().await?;
+/// Groups, direct messages, an edit, a recall, a read mark and a removal.
+async fn write_history(server: &TestServer) -> anyhow::Result<()> {
     let api = server.api();
     api.business(json!([{"type": "create_group", "id": "g1", "conversation": "g:ops", "members": ["alice", "bob", "carol"], "title": "Ops"}])).await?;
     let mut alice = Client::connect(&server.ws_url(), "alice", None).await?;
@@ -70,6 +69,14 @@ async fn replay_rebuilds_identical_projections() -> anyhow::Result<()> {
     bob.send_json(json!({"type": "read", "conversation": "g:ops", "seq": 10}))
         .await?;
     api.business(json!([{"type": "remove_members", "id": "rm", "conversation": "g:ops", "members": ["carol"]}])).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_rebuilds_identical_projections() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let api = server.api();
+    write_history(&server).await?;
     let before = snapshot(&api).await?;
     let data_dir = server.data_dir.path().to_path_buf();
     server.served.shutdown().await?;
@@ -122,4 +129,51 @@ async fn replay_rebuilds_identical_projections() -> anyhow::Result<()> {
         Some(40)
     );
     restarted.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_against_a_running_node_switches_it_to_rebuilt_projections() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let api = server.api();
+    write_history(&server).await?;
+    let before = snapshot(&api).await?;
+
+    // the server holds the data directory, so the CLI asks it to rebuild
+    let output = tokio::process::Command::new(chorus_binary())
+        .args(["replay", "--projection", "all", "--data-dir"])
+        .arg(server.data_dir.path())
+        .env("CHORUS_API_KEY", API_KEY)
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("asking the running node"), "{stdout}");
+    assert!(
+        stdout.contains("history: rebuilt from") && stdout.contains("search: rebuilt from"),
+        "{stdout}"
+    );
+    assert!(
+        !server.data_dir.path().join("history.rebuild").exists(),
+        "the rebuilt store was installed"
+    );
+
+    assert_eq!(
+        before,
+        snapshot(&api).await?,
+        "the running node answers as before"
+    );
+    // the restarted projector goes on from the rebuilt stores
+    let mut carol = Client::connect(&server.ws_url(), "carol", None).await?;
+    let ack = carol
+        .send_message("late", "dm:bob:carol", "a postscript about the zeppelin")
+        .await?;
+    assert_eq!(ack["seq"], 1);
+    let hits = api.search("bob", "zeppelin").await?;
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(api.messages("bob", "dm:bob:carol").await?.len(), 1);
+    server.served.shutdown().await
 }

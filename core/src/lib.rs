@@ -5,6 +5,7 @@
 //! each other.
 
 pub mod auth;
+pub mod breaker;
 pub mod config;
 pub mod error;
 pub mod frames;

@@ -24,6 +24,10 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     /// Next offset each projection will apply, per partition.
     pub projector_position: IntGaugeVec,
+    /// Circuit breaker state per breaker: 0 closed, 1 half-open, 2 open.
+    pub breaker_state: IntGaugeVec,
+    /// Circuit breaker state changes, by breaker and new state.
+    pub breaker_transitions: IntCounterVec,
 }
 
 impl Metrics {
@@ -68,6 +72,19 @@ impl Metrics {
             &["projection", "partition"],
         )
         .expect("valid");
+        let breaker_state = IntGaugeVec::new(
+            Opts::new(
+                "breaker_state",
+                "circuit breaker state: 0 closed, 1 half-open, 2 open",
+            ),
+            &["breaker"],
+        )
+        .expect("valid");
+        let breaker_transitions = IntCounterVec::new(
+            Opts::new("breaker_transitions_total", "circuit breaker state changes"),
+            &["breaker", "state"],
+        )
+        .expect("valid");
         for collector in [
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(events_in.clone()),
@@ -78,6 +95,8 @@ impl Metrics {
             Box::new(dead_letters.clone()),
             Box::new(consumer_lag.clone()),
             Box::new(projector_position.clone()),
+            Box::new(breaker_state.clone()),
+            Box::new(breaker_transitions.clone()),
         ] {
             registry.register(collector).expect("names are unique");
         }
@@ -92,6 +111,8 @@ impl Metrics {
             dead_letters,
             consumer_lag,
             projector_position,
+            breaker_state,
+            breaker_transitions,
         }
     }
 

@@ -50,11 +50,16 @@ pub trait Presence: Send + Sync + 'static {
     async fn session_closed(&self, user: &str, session: &str) -> Result<(), PresenceError>;
     /// How many sessions `user` has open, over all nodes.
     async fn session_count(&self, user: &str) -> Result<usize, PresenceError>;
-    /// For each node holding at least one of `users`, the users it holds.
+    /// For each live node holding at least one of `users`, the users it holds.
     async fn nodes_of(
         &self,
         users: &[String],
     ) -> Result<HashMap<String, Vec<String>>, PresenceError>;
+    /// Tells presence that `node` is alive. Nodes call it periodically; the sessions of a node
+    /// that stops calling it are dropped once its liveness expires (distributed adapters).
+    async fn heartbeat(&self, _node: &str) -> Result<(), PresenceError> {
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -146,9 +151,156 @@ impl NodeBus for LocalBus {
     }
 }
 
+/// The presence and bus port conformance suite: every adapter must pass it.
+pub mod conformance {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use parking_lot::Mutex;
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    /// Collects deliveries for a test.
+    #[derive(Default)]
+    pub struct CollectingSink {
+        /// Everything delivered, in order.
+        pub received: Mutex<Vec<Delivery>>,
+        /// Woken on each delivery.
+        pub arrived: Notify,
+    }
+
+    impl DeliverySink for CollectingSink {
+        fn deliver(&self, delivery: Delivery) {
+            self.received.lock().push(delivery);
+            self.arrived.notify_waiters();
+        }
+    }
+
+    impl CollectingSink {
+        /// Waits (bounded) until `count` deliveries arrived.
+        pub async fn wait_for(&self, count: usize) -> Vec<Delivery> {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let notified = self.arrived.notified();
+                if self.received.lock().len() >= count {
+                    return self.received.lock().clone();
+                }
+                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    panic!(
+                        "only {} of {count} deliveries arrived",
+                        self.received.lock().len()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Sessions are grouped by node; closing a session removes it; counts follow.
+    /// `prefix` keeps the user names of concurrent runs apart.
+    pub async fn sessions_group_by_node(presence: &dyn Presence, prefix: &str) {
+        let alice = format!("{prefix}alice");
+        let bob = format!("{prefix}bob");
+        let node_one = format!("{prefix}n1");
+        let node_two = format!("{prefix}n2");
+        for node in [&node_one, &node_two] {
+            presence.heartbeat(node).await.expect("heartbeat");
+        }
+        presence
+            .session_opened(&alice, "s1", &node_one)
+            .await
+            .expect("open");
+        presence
+            .session_opened(&alice, "s2", &node_two)
+            .await
+            .expect("open");
+        presence
+            .session_opened(&bob, "s3", &node_one)
+            .await
+            .expect("open");
+        assert_eq!(presence.session_count(&alice).await.expect("count"), 2);
+        let nobody = format!("{prefix}nobody");
+        let nodes = presence
+            .nodes_of(&[alice.clone(), bob.clone(), nobody])
+            .await
+            .expect("lookup");
+        assert_eq!(nodes.len(), 2, "{nodes:?}");
+        let mut on_one = nodes[&node_one].clone();
+        on_one.sort();
+        assert_eq!(on_one, vec![alice.clone(), bob.clone()]);
+        assert_eq!(nodes[&node_two], vec![alice.clone()]);
+        presence.session_closed(&alice, "s2").await.expect("close");
+        assert_eq!(presence.session_count(&alice).await.expect("count"), 1);
+        let nodes = presence
+            .nodes_of(std::slice::from_ref(&alice))
+            .await
+            .expect("lookup");
+        assert!(!nodes.contains_key(&node_two), "{nodes:?}");
+        presence.session_closed(&alice, "s1").await.expect("close");
+        presence.session_closed(&bob, "s3").await.expect("close");
+        assert!(
+            presence
+                .nodes_of(&[alice, bob])
+                .await
+                .expect("lookup")
+                .is_empty()
+        );
+    }
+
+    /// A delivery sent to a node reaches the sink attached for it, and only that one.
+    pub async fn deliveries_reach_the_attached_node(bus: &dyn NodeBus, prefix: &str) {
+        let sink_one = Arc::new(CollectingSink::default());
+        let sink_two = Arc::new(CollectingSink::default());
+        let node_one = format!("{prefix}n1");
+        let node_two = format!("{prefix}n2");
+        bus.attach(&node_one, sink_one.clone())
+            .await
+            .expect("attach");
+        bus.attach(&node_two, sink_two.clone())
+            .await
+            .expect("attach");
+        let to_users = Delivery::ToUsers {
+            users: vec!["bob".into()],
+            frame: "{\"n\":1}".into(),
+        };
+        let to_session = Delivery::ToSession {
+            session: "s9".into(),
+            frame: "{\"n\":2}".into(),
+        };
+        bus.send(&node_one, to_users.clone()).await.expect("send");
+        bus.send(&node_one, to_session.clone()).await.expect("send");
+        assert_eq!(
+            sink_one.wait_for(2).await,
+            vec![to_users, to_session],
+            "in order"
+        );
+        bus.send(
+            &node_two,
+            Delivery::ToUsers {
+                users: vec![],
+                frame: "{}".into(),
+            },
+        )
+        .await
+        .expect("send");
+        sink_two.wait_for(1).await;
+        assert_eq!(
+            sink_one.received.lock().len(),
+            2,
+            "node one got nothing of node two's"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn local_adapters_pass_the_conformance_suite() {
+        conformance::sessions_group_by_node(&LocalPresence::default(), "").await;
+        conformance::deliveries_reach_the_attached_node(&LocalBus::default(), "").await;
+    }
 
     #[tokio::test]
     async fn presence_groups_users_by_node() {

@@ -1,0 +1,312 @@
+//! Redis adapters of the presence and node-to-node delivery ports.
+//!
+//! Keys (all under `key_prefix`, default `chorus:`):
+//! - `sessions:<user>`: hash session id → node id, one field per open session;
+//! - `node:<node>`: the node's liveness, refreshed by [`Presence::heartbeat`] with a TTL
+//!   (`node_ttl`); a node that dies stops refreshing it, and once it expires the node's sessions
+//!   are ignored by lookups and removed from the hashes as lookups meet them;
+//! - channel `deliver:<node>`: deliveries for that node, JSON-encoded [`Delivery`] values.
+//!
+//! Every command goes through one circuit breaker ([`chorus_core::breaker::Breaker`], named
+//! `redis`): while Redis fails, calls fail fast with [`PresenceError::Unavailable`] and callers
+//! degrade (ingest keeps accepting and acking; live delivery is best effort and clients fill gaps
+//! from history). The subscription of an attached node reconnects by itself.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chorus_core::breaker::{Breaker, BreakerError};
+use chorus_core::metrics::Metrics;
+use chorus_core::presence::{Delivery, DeliverySink, NodeBus, Presence, PresenceError};
+use futures_util::StreamExt;
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+/// How to reach Redis and how presence ages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://127.0.0.1:6379/0`.
+    pub url: String,
+    /// Prefix of every key and channel.
+    pub key_prefix: String,
+    /// How long a node counts as alive after its last heartbeat.
+    pub node_ttl: Duration,
+    /// Consecutive failures that open the breaker.
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before a trial call.
+    pub breaker_open_for: Duration,
+}
+
+impl RedisConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisConfig {
+            url: url.into(),
+            key_prefix: "chorus:".into(),
+            node_ttl: Duration::from_secs(15),
+            breaker_failures: 3,
+            breaker_open_for: Duration::from_secs(2),
+        }
+    }
+}
+
+fn unavailable(error: impl std::fmt::Display) -> PresenceError {
+    PresenceError::Unavailable(error.to_string())
+}
+
+/// The Redis connection shared by presence and the bus.
+pub struct RedisShared {
+    config: RedisConfig,
+    /// For the subscriptions (one connection each).
+    client: redis::Client,
+    /// Multiplexed, reconnecting connection for commands.
+    commands: ConnectionManager,
+    /// Guards every command.
+    breaker: Breaker,
+}
+
+impl RedisShared {
+    /// Connects (the first connection must succeed; later outages are handled by the breaker).
+    pub async fn connect(
+        config: RedisConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, PresenceError> {
+        let client = redis::Client::open(config.url.as_str()).map_err(unavailable)?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let commands = client
+            .get_connection_manager_with_config(manager_config)
+            .await
+            .map_err(unavailable)?;
+        let breaker = Breaker::new(
+            "redis",
+            config.breaker_failures,
+            config.breaker_open_for,
+            metrics,
+        );
+        Ok(Arc::new(RedisShared {
+            config,
+            client,
+            commands,
+            breaker,
+        }))
+    }
+
+    fn key(&self, parts: &[&str]) -> String {
+        let mut key = self.config.key_prefix.clone();
+        key.push_str(&parts.join(":"));
+        key
+    }
+
+    /// Runs one Redis call through the breaker.
+    async fn guarded<T>(
+        &self,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, PresenceError> {
+        self.breaker.call(call).await.map_err(|error| match error {
+            BreakerError::Open(name) => PresenceError::Unavailable(format!("{name} circuit open")),
+            BreakerError::Inner(error) => unavailable(error),
+        })
+    }
+
+    /// Which of `nodes` are alive.
+    async fn alive(&self, nodes: &HashSet<String>) -> Result<HashSet<String>, PresenceError> {
+        if nodes.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let ordered: Vec<&String> = nodes.iter().collect();
+        let keys: Vec<String> = ordered
+            .iter()
+            .map(|node| self.key(&["node", node]))
+            .collect();
+        let mut connection = self.commands.clone();
+        let flags: Vec<Option<String>> = self.guarded(connection.mget(keys)).await?;
+        Ok(ordered
+            .into_iter()
+            .zip(flags)
+            .filter(|(_, flag)| flag.is_some())
+            .map(|(node, _)| node.clone())
+            .collect())
+    }
+
+    /// Sessions per user: (user, session, node).
+    async fn sessions_of(
+        &self,
+        users: &[String],
+    ) -> Result<Vec<(String, String, String)>, PresenceError> {
+        let mut pipeline = redis::pipe();
+        for user in users {
+            pipeline.hgetall(self.key(&["sessions", user]));
+        }
+        let mut connection = self.commands.clone();
+        let maps: Vec<HashMap<String, String>> =
+            self.guarded(pipeline.query_async(&mut connection)).await?;
+        Ok(users
+            .iter()
+            .zip(maps)
+            .flat_map(|(user, sessions)| {
+                sessions
+                    .into_iter()
+                    .map(move |(session, node)| (user.clone(), session, node))
+            })
+            .collect())
+    }
+
+    /// Drops sessions of dead nodes from their hashes (best effort).
+    async fn forget_dead(&self, dead: &[(String, String)]) {
+        if dead.is_empty() {
+            return;
+        }
+        let mut pipeline = redis::pipe();
+        for (user, session) in dead {
+            pipeline
+                .hdel(self.key(&["sessions", user]), session)
+                .ignore();
+        }
+        let mut connection = self.commands.clone();
+        if let Err(error) = self
+            .guarded(pipeline.query_async::<()>(&mut connection))
+            .await
+        {
+            tracing::debug!(%error, "could not drop sessions of dead nodes");
+        }
+    }
+
+    /// Live sessions of `users`: (user, session, node), sessions of dead nodes dropped.
+    async fn live_sessions(
+        &self,
+        users: &[String],
+    ) -> Result<Vec<(String, String, String)>, PresenceError> {
+        let sessions = self.sessions_of(users).await?;
+        let nodes: HashSet<String> = sessions.iter().map(|(_, _, node)| node.clone()).collect();
+        let alive = self.alive(&nodes).await?;
+        let (live, dead): (Vec<_>, Vec<_>) = sessions
+            .into_iter()
+            .partition(|(_, _, node)| alive.contains(node));
+        let dead: Vec<(String, String)> = dead
+            .into_iter()
+            .map(|(user, session, _)| (user, session))
+            .collect();
+        self.forget_dead(&dead).await;
+        Ok(live)
+    }
+}
+
+/// Presence in Redis.
+pub struct RedisPresence(pub Arc<RedisShared>);
+
+#[async_trait]
+impl Presence for RedisPresence {
+    async fn session_opened(
+        &self,
+        user: &str,
+        session: &str,
+        node: &str,
+    ) -> Result<(), PresenceError> {
+        let shared = &self.0;
+        let mut connection = shared.commands.clone();
+        let ttl = shared.config.node_ttl.as_secs().max(1);
+        let mut pipeline = redis::pipe();
+        pipeline
+            .hset(shared.key(&["sessions", user]), session, node)
+            .ignore()
+            .set_ex(shared.key(&["node", node]), 1, ttl)
+            .ignore();
+        shared
+            .guarded(pipeline.query_async::<()>(&mut connection))
+            .await
+    }
+
+    async fn session_closed(&self, user: &str, session: &str) -> Result<(), PresenceError> {
+        let shared = &self.0;
+        let mut connection = shared.commands.clone();
+        shared
+            .guarded(connection.hdel::<_, _, ()>(shared.key(&["sessions", user]), session))
+            .await
+    }
+
+    async fn session_count(&self, user: &str) -> Result<usize, PresenceError> {
+        Ok(self.0.live_sessions(&[user.to_owned()]).await?.len())
+    }
+
+    async fn nodes_of(
+        &self,
+        users: &[String],
+    ) -> Result<HashMap<String, Vec<String>>, PresenceError> {
+        let mut by_node: HashMap<String, HashSet<String>> = HashMap::new();
+        for (user, _, node) in self.0.live_sessions(users).await? {
+            by_node.entry(node).or_default().insert(user);
+        }
+        Ok(by_node
+            .into_iter()
+            .map(|(node, users)| (node, users.into_iter().collect()))
+            .collect())
+    }
+
+    async fn heartbeat(&self, node: &str) -> Result<(), PresenceError> {
+        let shared = &self.0;
+        let mut connection = shared.commands.clone();
+        let ttl = shared.config.node_ttl.as_secs().max(1);
+        shared
+            .guarded(connection.set_ex::<_, _, ()>(shared.key(&["node", node]), 1, ttl))
+            .await
+    }
+}
+
+/// Node-to-node delivery over Redis pub/sub, a channel per node.
+pub struct RedisBus(pub Arc<RedisShared>);
+
+#[async_trait]
+impl NodeBus for RedisBus {
+    async fn attach(&self, node: &str, sink: Arc<dyn DeliverySink>) -> Result<(), PresenceError> {
+        let shared = self.0.clone();
+        let channel = shared.key(&["deliver", node]);
+        let mut pubsub = shared
+            .client
+            .get_async_pubsub()
+            .await
+            .map_err(unavailable)?;
+        pubsub.subscribe(&channel).await.map_err(unavailable)?;
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let mut messages = pubsub.into_on_message();
+                while let Some(message) = messages.next().await {
+                    backoff = Duration::from_millis(100);
+                    let Ok(payload) = message.get_payload::<String>() else {
+                        continue;
+                    };
+                    match serde_json::from_str::<Delivery>(&payload) {
+                        Ok(delivery) => sink.deliver(delivery),
+                        Err(error) => tracing::warn!(%error, "undecodable delivery ignored"),
+                    }
+                }
+                tracing::warn!(channel, "delivery subscription lost; resubscribing");
+                pubsub = loop {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    let Ok(mut fresh) = shared.client.get_async_pubsub().await else {
+                        continue;
+                    };
+                    if fresh.subscribe(&channel).await.is_ok() {
+                        break fresh;
+                    }
+                };
+            }
+        });
+        Ok(())
+    }
+
+    async fn send(&self, node: &str, delivery: Delivery) -> Result<(), PresenceError> {
+        let shared = &self.0;
+        let payload = serde_json::to_string(&delivery).map_err(unavailable)?;
+        let mut connection = shared.commands.clone();
+        shared
+            .guarded(connection.publish::<_, _, ()>(shared.key(&["deliver", node]), payload))
+            .await
+    }
+}

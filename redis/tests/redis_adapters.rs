@@ -1,0 +1,216 @@
+//! The Redis presence and bus adapters against a real redis-server (`CHORUS_REDIS_URL`, started
+//! by `scripts/test`). In CI a missing server fails these tests; elsewhere they are skipped with
+//! a notice.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chorus_core::metrics::Metrics;
+use chorus_core::presence::{Presence, PresenceError, conformance};
+use chorus_redis::{RedisBus, RedisConfig, RedisPresence, RedisShared};
+
+fn redis_url() -> Option<String> {
+    match std::env::var("CHORUS_REDIS_URL") {
+        Ok(url) => Some(url),
+        Err(_) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CHORUS_REDIS_URL is not set: scripts/test starts redis-server; CI never skips")
+        }
+        Err(_) => {
+            eprintln!(
+                "skipped: CHORUS_REDIS_URL is not set (run ./scripts/test to start redis-server)"
+            );
+            None
+        }
+    }
+}
+
+fn unique_prefix() -> String {
+    format!("t{}-", uuid::Uuid::new_v4().simple())
+}
+
+async fn shared(url: &str, adjust: impl FnOnce(&mut RedisConfig)) -> Arc<RedisShared> {
+    let mut config = RedisConfig::new(url);
+    adjust(&mut config);
+    RedisShared::connect(config, Arc::new(Metrics::new()))
+        .await
+        .expect("redis reachable")
+}
+
+#[tokio::test]
+async fn redis_presence_passes_the_conformance_suite() {
+    let Some(url) = redis_url() else { return };
+    let presence = RedisPresence(shared(&url, |_| {}).await);
+    conformance::sessions_group_by_node(&presence, &unique_prefix()).await;
+}
+
+#[tokio::test]
+async fn redis_bus_passes_the_conformance_suite() {
+    let Some(url) = redis_url() else { return };
+    let bus = RedisBus(shared(&url, |_| {}).await);
+    conformance::deliveries_reach_the_attached_node(&bus, &unique_prefix()).await;
+}
+
+#[tokio::test]
+async fn sessions_of_a_dead_node_disappear_when_its_liveness_expires() {
+    let Some(url) = redis_url() else { return };
+    let presence =
+        RedisPresence(shared(&url, |config| config.node_ttl = Duration::from_secs(1)).await);
+    let prefix = unique_prefix();
+    let (alice, live_node, dead_node) = (
+        format!("{prefix}alice"),
+        format!("{prefix}live"),
+        format!("{prefix}dead"),
+    );
+    presence
+        .session_opened(&alice, "on-live", &live_node)
+        .await
+        .unwrap();
+    presence
+        .session_opened(&alice, "on-dead", &dead_node)
+        .await
+        .unwrap();
+    assert_eq!(presence.session_count(&alice).await.unwrap(), 2);
+    // the live node keeps heartbeating; the dead one has stopped: wait for its TTL to run out
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        presence.heartbeat(&live_node).await.unwrap();
+        let nodes = presence
+            .nodes_of(std::slice::from_ref(&alice))
+            .await
+            .unwrap();
+        if !nodes.contains_key(&dead_node) {
+            assert!(
+                nodes.contains_key(&live_node),
+                "the live node keeps its session"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dead node never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(presence.session_count(&alice).await.unwrap(), 1);
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(format!("chorus:sessions:{alice}"))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(
+        fields,
+        vec!["on-live".to_owned()],
+        "the dead node's session was cleaned up"
+    );
+}
+
+/// A redis-server of the test's own, so it can be stopped and restarted.
+struct OwnRedis {
+    /// The server process; killed to simulate an outage.
+    child: tokio::process::Child,
+}
+
+impl OwnRedis {
+    async fn start(port: u16) -> OwnRedis {
+        let child = tokio::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server is installed (scripts/services/redis installs it)");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        OwnRedis { child }
+    }
+
+    async fn stop(mut self) {
+        self.child.kill().await.expect("kill");
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn the_breaker_opens_during_an_outage_and_closes_after_it() {
+    let Some(_) = redis_url() else { return };
+    let port = free_port();
+    let server = OwnRedis::start(port).await;
+    let metrics = Arc::new(Metrics::new());
+    let mut config = RedisConfig::new(format!("redis://127.0.0.1:{port}/0"));
+    config.breaker_open_for = Duration::from_millis(500);
+    let presence = RedisPresence(RedisShared::connect(config, metrics.clone()).await.unwrap());
+    presence.heartbeat("n1").await.unwrap();
+    server.stop().await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let outcome = presence.heartbeat("n1").await;
+        assert!(
+            matches!(outcome, Err(PresenceError::Unavailable(_))),
+            "{outcome:?}"
+        );
+        if metrics
+            .render()
+            .contains("chorus_breaker_state{breaker=\"redis\"} 2")
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the breaker never opened"
+        );
+    }
+    let rejected = presence.heartbeat("n1").await.unwrap_err();
+    assert!(
+        rejected.to_string().contains("circuit open"),
+        "fails fast while open: {rejected}"
+    );
+
+    let restarted = OwnRedis::start(port).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while presence.heartbeat("n1").await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = metrics.render();
+    assert!(
+        text.contains("chorus_breaker_state{breaker=\"redis\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("chorus_breaker_transitions_total{breaker=\"redis\",state=\"open\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("chorus_breaker_transitions_total{breaker=\"redis\",state=\"closed\"}"),
+        "{text}"
+    );
+    restarted.stop().await;
+}

@@ -17,6 +17,7 @@ use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -257,7 +258,10 @@ impl Projections {
                     progress: self.history_progress.clone(),
                 },
                 ProjectionRun {
-                    sink: Arc::new(SearchSink(self.index.get())),
+                    sink: Arc::new(SearchSink(
+                        self.index.get(),
+                        Duration::from_millis(self.config.projector.search_commit_interval_ms),
+                    )),
                     progress: self.search_progress.clone(),
                 },
             ],

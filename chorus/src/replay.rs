@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chorus_core::config::ChorusConfig;
@@ -98,7 +98,7 @@ impl Rebuilt {
     fn sink(&self) -> Option<Arc<dyn Sink>> {
         match (&self.history, &self.index) {
             (Some(history), _) => Some(Arc::new(HistorySink(history.clone()))),
-            (_, Some(index)) => Some(Arc::new(SearchSink(index.clone()))),
+            (_, Some(index)) => Some(Arc::new(SearchSink(index.clone(), Duration::ZERO))),
             _ => None,
         }
     }

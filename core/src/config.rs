@@ -101,6 +101,8 @@ pub struct ProjectorSection {
     pub batch_records: usize,
     /// How long a read waits for the projections to catch up with the log (read-your-writes).
     pub read_barrier_ms: u64,
+    /// Longest wait before polled records are committed to the search index (batching by time).
+    pub search_commit_interval_ms: u64,
 }
 
 impl Default for ChorusConfig {
@@ -173,6 +175,7 @@ impl Default for ProjectorSection {
         ProjectorSection {
             batch_records: 4096,
             read_barrier_ms: 3000,
+            search_commit_interval_ms: 250,
         }
     }
 }

@@ -12,9 +12,10 @@
 //! the projection instead of skipping it. [`rebuild`] replays a partition range
 //! into a fresh sink for `chorus replay`.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chorus_core::config::ChorusConfig;
@@ -25,6 +26,9 @@ use chorus_core::metrics::Metrics;
 use chorus_core::progress::ProjectionProgress;
 use chorus_schemas::{TimelineEvent, decode_timeline};
 use chorus_store::{HistoryStore, SearchIndex};
+
+/// Longest single wait for records, so stop requests and due batches are noticed.
+const MAX_POLL_WAIT: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectorError {
@@ -40,6 +44,11 @@ pub trait Sink: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Next offset to apply for `partition`.
     async fn position(&self, partition: PartitionId) -> Result<Offset, ProjectorError>;
+    /// How long polled records may wait to be applied together: sinks whose apply is costly
+    /// (a Tantivy commit) batch by time as well as by size.
+    fn apply_interval(&self) -> Duration {
+        Duration::ZERO
+    }
     /// Applies records (all below `next_offset`) and stores `next_offset`, atomically.
     async fn apply(
         &self,
@@ -84,13 +93,18 @@ impl Sink for HistorySink {
     }
 }
 
-/// The search projection (Tantivy; its work runs on blocking threads).
-pub struct SearchSink(pub Arc<SearchIndex>);
+/// The search projection (Tantivy; its work runs on blocking threads). Commits at most once per
+/// `interval` (each commit syncs several files), so search trails history by up to that long.
+pub struct SearchSink(pub Arc<SearchIndex>, pub Duration);
 
 #[async_trait]
 impl Sink for SearchSink {
     fn name(&self) -> &'static str {
         "search"
+    }
+
+    fn apply_interval(&self) -> Duration {
+        self.1
     }
 
     async fn position(&self, partition: PartitionId) -> Result<Offset, ProjectorError> {
@@ -216,6 +230,58 @@ async fn apply_with_retry(
     }
 }
 
+/// Records polled but not yet applied, per partition, and when they started waiting.
+struct Pending {
+    records: BTreeMap<PartitionId, Vec<Record>>,
+    count: usize,
+    since: Option<Instant>,
+}
+
+impl Pending {
+    fn due(&self, interval: Duration, batch_records: usize) -> bool {
+        self.count >= batch_records || self.since.is_some_and(|since| since.elapsed() >= interval)
+    }
+}
+
+/// Applies everything pending, partition by partition, then publishes the new positions.
+async fn flush(
+    pending: &mut Pending,
+    projection: &ProjectionRun,
+    consumer: &mut Box<dyn chorus_core::log::Consumer>,
+    log: &Arc<dyn EventLog>,
+    topic: &str,
+    metrics: &Metrics,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ProjectorError> {
+    let sink = &projection.sink;
+    let name = sink.name();
+    pending.count = 0;
+    pending.since = None;
+    for (partition, records) in std::mem::take(&mut pending.records) {
+        let Some(next_offset) = records.last().map(|record| record.offset + 1) else {
+            continue;
+        };
+        let events = decode_batch(name, &records)?;
+        apply_with_retry(sink.as_ref(), partition, events, next_offset, stop).await?;
+        let label = partition.to_string();
+        metrics
+            .projector_position
+            .with_label_values(&[name, label.as_str()])
+            .set(next_offset as i64);
+        projection.progress.advance(partition, next_offset);
+        let _ = consumer.commit(&[(partition, next_offset)]).await;
+        if let Ok(end) = log.end_offset(topic, partition).await {
+            let lag = end.saturating_sub(next_offset) as i64;
+            let consumer_label = format!("projector-{name}");
+            metrics
+                .consumer_lag
+                .with_label_values(&[consumer_label.as_str(), label.as_str()])
+                .set(lag);
+        }
+    }
+    Ok(())
+}
+
 async fn run_projection(
     log: Arc<dyn EventLog>,
     topic: String,
@@ -224,19 +290,41 @@ async fn run_projection(
     metrics: Arc<Metrics>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), ProjectorError> {
-    let sink = projection.sink;
-    let name = sink.name();
+    let name = projection.sink.name();
+    let interval = projection.sink.apply_interval();
     let group = format!("chorus-projector-{name}");
     let mut consumer = log.consumer(&group, &topic, StartFrom::Earliest).await?;
+    let mut pending = Pending {
+        records: BTreeMap::new(),
+        count: 0,
+        since: None,
+    };
     loop {
+        let wait = match pending.since {
+            Some(since) => interval.saturating_sub(since.elapsed()).min(MAX_POLL_WAIT),
+            None => MAX_POLL_WAIT,
+        };
+        let room = batch_records.saturating_sub(pending.count).max(1);
         let polled = tokio::select! {
-            _ = stop.wait_for(|stopping| *stopping) => return Ok(()),
-            polled = consumer.poll(batch_records, Duration::from_millis(250)) => polled?,
+            _ = stop.wait_for(|stopping| *stopping) => None,
+            polled = consumer.poll(room, wait) => Some(polled?),
+        };
+        let Some(polled) = polled else {
+            return flush(
+                &mut pending,
+                &projection,
+                &mut consumer,
+                &log,
+                &topic,
+                &metrics,
+                &stop,
+            )
+            .await;
         };
         match polled {
             PollEvent::Assigned(partitions) => {
                 for partition in partitions {
-                    let position = sink.position(partition).await?;
+                    let position = projection.sink.position(partition).await?;
                     consumer.seek(partition, position)?;
                     projection.progress.advance(partition, position);
                     tracing::debug!(
@@ -248,30 +336,43 @@ async fn run_projection(
                 }
             }
             PollEvent::Records(records) => {
+                pending.count += records.len();
+                pending.since.get_or_insert_with(Instant::now);
                 for (partition, records) in by_partition(records) {
-                    let Some(next_offset) = records.last().map(|record| record.offset + 1) else {
-                        continue;
-                    };
-                    let events = decode_batch(name, &records)?;
-                    apply_with_retry(sink.as_ref(), partition, events, next_offset, &stop).await?;
-                    let label = partition.to_string();
-                    metrics
-                        .projector_position
-                        .with_label_values(&[name, label.as_str()])
-                        .set(next_offset as i64);
-                    projection.progress.advance(partition, next_offset);
-                    let _ = consumer.commit(&[(partition, next_offset)]).await;
-                    if let Ok(end) = log.end_offset(&topic, partition).await {
-                        let lag = end.saturating_sub(next_offset) as i64;
-                        let consumer_label = format!("projector-{name}");
-                        metrics
-                            .consumer_lag
-                            .with_label_values(&[consumer_label.as_str(), label.as_str()])
-                            .set(lag);
-                    }
+                    pending
+                        .records
+                        .entry(partition)
+                        .or_default()
+                        .extend(records);
                 }
             }
-            PollEvent::Revoked(_) | PollEvent::Idle => {}
+            PollEvent::Revoked(partitions) => {
+                // finish the revoked partitions' work before they move (the others wait)
+                flush(
+                    &mut pending,
+                    &projection,
+                    &mut consumer,
+                    &log,
+                    &topic,
+                    &metrics,
+                    &stop,
+                )
+                .await?;
+                tracing::debug!(sink = name, ?partitions, "projection partitions revoked");
+            }
+            PollEvent::Idle => {}
+        }
+        if pending.due(interval, batch_records) {
+            flush(
+                &mut pending,
+                &projection,
+                &mut consumer,
+                &log,
+                &topic,
+                &metrics,
+                &stop,
+            )
+            .await?;
         }
     }
 }

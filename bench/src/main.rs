@@ -7,6 +7,18 @@
 //! (send → the peer's `event`), the acknowledged sends per second, and errors by code, and prints
 //! one JSON object. `--url` measures an already running server instead (its limits apply).
 //!
+//! `chorus-bench idle --sessions 10000` starts the `chorus` binary (beside this one) as a child
+//! process, opens that many authenticated sessions spread over several 127.0.0.x source addresses
+//! (so the count can pass one address's ephemeral ports; it raises the open-file limit where it
+//! may), waits until every `welcome` arrived, and reports the server's resident memory per idle
+//! session (RSS after minus RSS before, over the session count).
+//!
+//! `chorus-bench idle --sessions 10000` starts the `chorus` binary (beside this one) as a child
+//! process, opens that many authenticated sessions spread over several 127.0.0.x source addresses
+//! (so the count can pass one address's ephemeral ports; it raises the open-file limit where it
+//! may), waits until every `welcome` arrived, and reports the server's resident memory per idle
+//! session (RSS after minus RSS before, over the session count).
+//!
 //! A tool, not a test: nothing asserts timings.
 
 use std::collections::HashMap;
@@ -55,6 +67,14 @@ enum Scenario {
         )]
         jwt_secret: String,
     },
+    /// Idle sessions: server memory per authenticated session.
+    Idle {
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        /// Source addresses 127.0.0.2 … to spread the client sockets over.
+        #[arg(long, default_value_t = 4)]
+        source_addresses: u8,
+    },
 }
 
 /// What every session records, merged at the end.
@@ -94,16 +114,119 @@ fn take(sent_at: &Mutex<HashMap<String, (Instant, u8)>>, id: &str) -> Option<Ins
     Some(started)
 }
 
+/// Raises this process's open-file limit as far as it may (children inherit it).
+fn raise_open_files() -> u64 {
+    const WANTED: u64 = 1 << 20;
+    if rlimit::setrlimit(rlimit::Resource::NOFILE, WANTED, WANTED).is_ok() {
+        return WANTED;
+    }
+    rlimit::increase_nofile_limit(WANTED).unwrap_or(0)
+}
+
+/// Resident memory of a process, in bytes.
+fn resident_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?;
+    Ok(kib * 1024)
+}
+
+async fn idle(sessions: usize, source_addresses: u8) -> anyhow::Result<()> {
+    let open_files = raise_open_files();
+    let data_dir = tempfile::tempdir()?;
+    let secret = "chorus-bench-secret-0123456789";
+    let binary = std::env::current_exe()?.with_file_name("chorus");
+    let mut child = tokio::process::Command::new(&binary)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir.path())
+        .env("CHORUS_JWT_SECRET", secret)
+        .env("CHORUS_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "starting {} (cargo build --release --bin chorus)",
+                binary.display()
+            )
+        })?;
+    let pid = child.id().context("server pid")?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let url = loop {
+        let line = lines.next_line().await?.context("server exited")?;
+        if let Some(url) = line.strip_prefix("Chorus is listening on ") {
+            break url.trim().to_owned();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let server: std::net::SocketAddr = url.trim_start_matches("http://").parse()?;
+    let authority = TokenAuthority::new(secret.as_bytes());
+    // one warm-up session, so state built once is not counted per session
+    let token = authority.issue("warmup", None, 3600)?;
+    let (warm, _) =
+        tokio_tungstenite::connect_async(format!("ws://{server}/v1/ws?token={token}")).await?;
+    let before = resident_bytes(pid)?;
+    let started = Instant::now();
+    let mut sockets = Vec::with_capacity(sessions);
+    for index in 0..sessions {
+        let offset = (index % usize::from(source_addresses.max(1))) as u8;
+        let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + offset);
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind((source, 0).into())?;
+        let stream = socket
+            .connect(server)
+            .await
+            .with_context(|| format!("session {index}"))?;
+        let token = authority.issue(&format!("idle{index}"), None, 3600)?;
+        let (mut websocket, _) =
+            tokio_tungstenite::client_async(format!("ws://{server}/v1/ws?token={token}"), stream)
+                .await?;
+        let welcome = websocket.next().await.context("welcome")??;
+        anyhow::ensure!(
+            welcome.to_text().unwrap_or_default().contains("welcome"),
+            "no welcome"
+        );
+        sockets.push(websocket);
+    }
+    let connect_seconds = started.elapsed().as_secs_f64();
+    let after = resident_bytes(pid)?;
+    let per_session = after.saturating_sub(before) as f64 / sessions as f64;
+    let report = json!({
+        "scenario": "idle", "sessions": sessions, "source_addresses": source_addresses,
+        "open_file_limit": open_files, "connect_seconds": connect_seconds,
+        "server_rss_before_bytes": before, "server_rss_after_bytes": after,
+        "server_bytes_per_session": per_session,
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    drop((sockets, warm));
+    child.kill().await?;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Scenario::Dm {
-        sessions,
-        in_flight,
-        seconds,
-        payload,
-        url,
-        jwt_secret,
-    } = Cli::parse().scenario;
+    let (sessions, in_flight, seconds, payload, url, jwt_secret) = match Cli::parse().scenario {
+        Scenario::Idle {
+            sessions,
+            source_addresses,
+        } => return idle(sessions, source_addresses).await,
+        Scenario::Dm {
+            sessions,
+            in_flight,
+            seconds,
+            payload,
+            url,
+            jwt_secret,
+        } => (sessions, in_flight, seconds, payload, url, jwt_secret),
+    };
     let data_dir = tempfile::tempdir()?;
     let (base, served) = match url {
         Some(url) => (url, None),

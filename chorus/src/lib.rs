@@ -447,24 +447,21 @@ pub async fn serve(config: ChorusConfig) -> anyhow::Result<Served> {
     let routes = operations(metrics.clone())
         .or(admin_replay(api_key, replay_requests))
         .unify()
-        .or(chorus_ingest::routes(ingest))
+        .or(chorus_ingest::routes(ingest.clone()))
         .unify()
         .or(chorus_search::routes(search_api))
         .unify()
         .recover(chorus_core::http::recover)
         .unify()
-        .with(warp::trace::request());
+        .with(warp::trace::request())
+        .map(warp::Reply::into_response)
+        .boxed();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let server_stop = stopped(shutdown_receiver);
     tasks.spawn(async move {
-        warp::serve(routes)
-            .incoming(listener)
-            .graceful(server_stop)
-            .run()
-            .await;
+        chorus_ingest::server::serve(listener, ingest, routes, shutdown_receiver).await;
         ("http", Ok(()))
     });
     let running_file = layout.running_file();

@@ -12,6 +12,7 @@
 
 mod http;
 pub mod hub;
+pub mod server;
 mod session;
 
 use std::num::NonZeroU32;
@@ -182,19 +183,11 @@ impl Ingest {
     }
 }
 
-/// The ingest node's routes: `/v1/ws`, `POST /v1/events`, `POST /v1/conversations`, and
-/// `POST /v1/dev/token` in dev mode.
+/// The ingest node's HTTP routes: `POST /v1/events`, `POST /v1/conversations`, and
+/// `POST /v1/dev/token` in dev mode. (`/v1/ws` is served by [`server::serve`] itself.)
 pub fn routes(ingest: Arc<Ingest>) -> BoxedFilter<(Response,)> {
-    let websocket = session::route(ingest.clone());
     let business = http::business_events(ingest.clone());
     let create = http::create_conversation(ingest.clone());
     let dev_token = http::dev_token(ingest);
-    websocket
-        .or(business)
-        .unify()
-        .or(create)
-        .unify()
-        .or(dev_token)
-        .unify()
-        .boxed()
+    business.or(create).unify().or(dev_token).unify().boxed()
 }

@@ -1,5 +1,10 @@
 //! One WebSocket session: `GET /v1/ws`.
 //!
+//! The upgrade is done here rather than by warp, to give each connection small buffers: the
+//! library default reserves 128 KiB of read buffer per connection up front, which alone would be
+//! sixteen times the memory budget of an idle session. Reads start with `READ_BUFFER_BYTES` and
+//! grow only for connections that send large frames.
+//!
 //! Before the upgrade: the token is checked (401), the node's connection limit (503) and the
 //! user's session limit (429). After it: a `welcome` frame, then one loop that reads client
 //! frames, writes frames from the session's outbox, and closes on shutdown (1001), on a slow
@@ -12,19 +17,24 @@ use std::sync::Arc;
 use chorus_core::auth::{Claims, unix_millis};
 use chorus_core::error::{ApiError, ErrorCode};
 use chorus_core::frames::typing_json;
-use chorus_core::http::{error_response, user_claims};
+use chorus_core::http::{bearer_token, error_response};
 use chorus_core::ids::Conversation;
 use chorus_core::presence::Delivery;
 use chorus_core::validate::validate_ingress;
 use chorus_schemas::{EventBody, IngressEvent};
 use futures_util::{SinkExt, StreamExt};
 use governor::DefaultDirectRateLimiter;
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::OwnedSemaphorePermit;
-use warp::Filter;
-use warp::filters::BoxedFilter;
-use warp::filters::ws::{Message, WebSocket, Ws};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use warp::reply::Response;
 
 use crate::Ingest;
@@ -65,60 +75,128 @@ enum ClientFrame {
     Ping,
 }
 
-pub(crate) fn route(ingest: Arc<Ingest>) -> BoxedFilter<(Response,)> {
-    let tokens = ingest.tokens.clone();
-    warp::path!("v1" / "ws")
-        .and(warp::get())
-        .and(user_claims(tokens))
-        .and(warp::ws())
-        .and(warp::any().map(move || ingest.clone()))
-        .then(
-            |claims: Result<Claims, ApiError>, upgrade: Ws, ingest: Arc<Ingest>| async move {
-                let metrics = ingest.metrics.clone();
-                let result = match claims {
-                    Ok(claims) => upgrade_session(ingest, claims, upgrade).await,
-                    Err(error) => Err(error),
-                };
-                result.unwrap_or_else(|error| {
-                    metrics.reject(error.code.as_str());
-                    error_response(&error)
-                })
-            },
-        )
-        .boxed()
+/// First allocation of a connection's read buffer (it grows for large frames).
+const READ_BUFFER_BYTES: usize = 2 * 1024;
+/// Bytes written before a flush.
+const WRITE_BUFFER_BYTES: usize = 4 * 1024;
+
+/// The socket of an upgraded session.
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Whether a request asks to upgrade to a WebSocket.
+pub(crate) fn is_websocket_upgrade<B>(request: &hyper::Request<B>) -> bool {
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+    };
+    header("connection")
+        .to_ascii_lowercase()
+        .contains("upgrade")
+        && header("upgrade").eq_ignore_ascii_case("websocket")
 }
 
-/// Checks the limits that apply before the upgrade, then upgrades.
-async fn upgrade_session(
+fn bad_handshake(message: &str) -> Response {
+    error_response(&ApiError::new(ErrorCode::BadRequest, message))
+}
+
+/// `GET /v1/ws`: checks the token (401), the node's connection limit (503) and the user's
+/// session limit (429) before the upgrade, then answers 101 and runs the session.
+pub(crate) async fn upgrade(
     ingest: Arc<Ingest>,
-    claims: Claims,
-    upgrade: Ws,
-) -> Result<Response, ApiError> {
-    let Ok(permit) = ingest.connection_slots.clone().try_acquire_owned() else {
-        ingest.metrics.reject("max_connections");
-        return Err(ApiError::new(
-            ErrorCode::Unavailable,
-            "this node is at its connection limit",
+    mut request: hyper::Request<hyper::body::Incoming>,
+) -> Response {
+    let result = async {
+        if request.method() != hyper::Method::GET {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "websocket upgrades use GET",
+            ));
+        }
+        let version = request
+            .headers()
+            .get("sec-websocket-version")
+            .and_then(|v| v.to_str().ok());
+        if version != Some("13") {
+            return Ok(bad_handshake("sec-websocket-version must be 13"));
+        }
+        let Some(key) = request.headers().get("sec-websocket-key").cloned() else {
+            return Ok(bad_handshake("sec-websocket-key is missing"));
+        };
+        let authorization = request
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        let token = bearer_token(authorization, request.uri().query())
+            .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "missing bearer token"))?;
+        let claims = ingest
+            .tokens
+            .verify(&token)
+            .map_err(|error| ApiError::new(ErrorCode::Unauthorized, error.to_string()))?;
+        let Ok(permit) = ingest.connection_slots.clone().try_acquire_owned() else {
+            ingest.metrics.reject("max_connections");
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "this node is at its connection limit",
+            ));
+        };
+        let open = ingest
+            .presence
+            .session_count(&claims.sub)
+            .await
+            .unwrap_or(0);
+        if open >= ingest.config.limits.max_devices_per_user {
+            ingest.metrics.reject("max_devices");
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                format!("{} already has the maximum of {open} sessions", claims.sub),
+            ));
+        }
+        let upgraded = hyper::upgrade::on(&mut request);
+        let max_frame = ingest.config.limits.max_frame_bytes;
+        let config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER_BYTES)
+            .write_buffer_size(WRITE_BUFFER_BYTES)
+            .max_frame_size(Some(max_frame))
+            .max_message_size(Some(max_frame));
+        let session_ingest = ingest.clone();
+        tokio::spawn(async move {
+            match upgraded.await {
+                Ok(upgraded) => {
+                    let socket = WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        Some(config),
+                    )
+                    .await;
+                    run_session(session_ingest, claims, socket, permit).await;
+                }
+                Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
+            }
+        });
+        let mut response = warp::Reply::into_response(warp::reply::with_status(
+            warp::reply(),
+            warp::http::StatusCode::SWITCHING_PROTOCOLS,
         ));
-    };
-    let open = ingest
-        .presence
-        .session_count(&claims.sub)
-        .await
-        .unwrap_or(0);
-    if open >= ingest.config.limits.max_devices_per_user {
-        ingest.metrics.reject("max_devices");
-        return Err(ApiError::new(
-            ErrorCode::RateLimited,
-            format!("{} already has the maximum of {open} sessions", claims.sub),
-        ));
+        let headers = response.headers_mut();
+        headers.insert(
+            "connection",
+            warp::http::HeaderValue::from_static("upgrade"),
+        );
+        headers.insert("upgrade", warp::http::HeaderValue::from_static("websocket"));
+        let accept = derive_accept_key(key.as_bytes());
+        if let Ok(value) = warp::http::HeaderValue::from_str(&accept) {
+            headers.insert("sec-websocket-accept", value);
+        }
+        Ok(response)
     }
-    let max_frame = ingest.config.limits.max_frame_bytes;
-    let reply = upgrade
-        .max_frame_size(max_frame)
-        .max_message_size(max_frame)
-        .on_upgrade(move |socket| run_session(ingest, claims, socket, permit));
-    Ok(warp::Reply::into_response(reply))
+    .await;
+    result.unwrap_or_else(|error| {
+        ingest.metrics.reject(error.code.as_str());
+        error_response(&error)
+    })
 }
 
 /// The state of one session's loop.
@@ -135,7 +213,7 @@ struct Session {
 async fn run_session(
     ingest: Arc<Ingest>,
     claims: Claims,
-    socket: WebSocket,
+    socket: Socket,
     permit: OwnedSemaphorePermit,
 ) {
     let session_id: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
@@ -181,23 +259,23 @@ async fn run_session(
                                 }
                                 continue;
                             }
-                            let Ok(text) = message.to_str() else {
+                            let Message::Text(text) = message else {
                                 continue; // pings and pongs are handled by the library
                             };
-                            if let Some(reply) = session.handle(text).await
+                            if let Some(reply) = session.handle(text.as_str()).await
                                 && socket_out.send(Message::text(reply.to_string())).await.is_err()
                             {
                                 break;
                             }
                         }
+                        Some(Err(WsError::Capacity(error))) => {
+                            tracing::debug!(%error, "frame over the limit");
+                            ingest.metrics.reject("frame_too_large");
+                            close = Some((CLOSE_TOO_BIG, "frame too large"));
+                            break;
+                        }
                         Some(Err(error)) => {
-                            let text = error.to_string();
-                            if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big") {
-                                ingest.metrics.reject("frame_too_large");
-                                close = Some((CLOSE_TOO_BIG, "frame too large"));
-                            } else {
-                                tracing::debug!(%error, "websocket read failed");
-                            }
+                            tracing::debug!(%error, "websocket read failed");
                             break;
                         }
                         None => break,
@@ -215,7 +293,11 @@ async fn run_session(
         }
     }
     if let Some((code, reason)) = close {
-        let _ = socket_out.send(Message::close_with(code, reason)).await;
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        let _ = socket_out.send(Message::Close(Some(frame))).await;
     }
     let _ = socket_out.close().await;
     ingest.hub.unregister(&user, &session_id);

@@ -36,6 +36,13 @@ pub fn test_config(data_dir: &Path) -> ChorusConfig {
     config
 }
 
+/// Raises the message rate limits, for tests that send more than a burst and are not about
+/// rate limiting.
+pub fn generous_limits(config: &mut ChorusConfig) {
+    config.limits.message_burst = 10_000;
+    config.limits.user_message_burst = 10_000;
+}
+
 /// An in-process `chorus serve` with its own data directory.
 pub struct TestServer {
     pub served: Served,

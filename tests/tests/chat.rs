@@ -1,7 +1,7 @@
 //! End-to-end chat over the embedded default: a real server on 127.0.0.1:0, real WebSocket
 //! clients, real HTTP.
 
-use chorus_tests::{API_KEY, Client, TestServer, token};
+use chorus_tests::{API_KEY, Client, TestServer, generous_limits, token};
 use serde_json::{Value, json};
 
 fn seqs(frames: &[Value]) -> Vec<u64> {
@@ -213,7 +213,7 @@ async fn a_retried_client_message_id_is_one_message_with_the_same_ack() -> anyho
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gap_fill_after_reconnect_returns_exactly_the_missed_events() -> anyhow::Result<()> {
-    let server = TestServer::start().await?;
+    let server = TestServer::start_with(generous_limits).await?;
     let url = server.ws_url();
     let mut alice = Client::connect(&url, "alice", None).await?;
     let mut bob = Client::connect(&url, "bob", None).await?;

@@ -6,7 +6,7 @@ use chorus_core::log::EventLog;
 use chorus_core::log::embedded::{EmbeddedLog, EmbeddedLogConfig};
 use chorus_store::embedded::EmbeddedHistory;
 use chorus_store::{HistoryStore, SearchIndex};
-use chorus_tests::{API_KEY, Api, Client, TestServer, chorus_binary, test_config};
+use chorus_tests::{API_KEY, Api, Client, TestServer, chorus_binary, generous_limits, test_config};
 use serde_json::{Value, json};
 
 /// Everything the read API says for a few users and queries.
@@ -74,7 +74,7 @@ async fn write_history(server: &TestServer) -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_rebuilds_identical_projections() -> anyhow::Result<()> {
-    let server = TestServer::start().await?;
+    let server = TestServer::start_with(generous_limits).await?;
     let api = server.api();
     write_history(&server).await?;
     let before = snapshot(&api).await?;
@@ -118,7 +118,7 @@ async fn replay_rebuilds_identical_projections() -> anyhow::Result<()> {
     log.close().await;
     drop((log, history, index));
 
-    let restarted = TestServer::serve_in(&data_dir, |_| {}).await?;
+    let restarted = TestServer::serve_in(&data_dir, generous_limits).await?;
     let after = snapshot(&Api::new(&restarted.url())).await?;
     assert_eq!(
         before, after,
@@ -133,7 +133,7 @@ async fn replay_rebuilds_identical_projections() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_against_a_running_node_switches_it_to_rebuilt_projections() -> anyhow::Result<()> {
-    let server = TestServer::start().await?;
+    let server = TestServer::start_with(generous_limits).await?;
     let api = server.api();
     write_history(&server).await?;
     let before = snapshot(&api).await?;

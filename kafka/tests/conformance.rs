@@ -1,0 +1,274 @@
+//! The Kafka adapter against the port's conformance suite, on a real broker.
+//!
+//! Start one with `scripts/services/kafka start` and export the `CHORUS_KAFKA_BOOTSTRAP` it
+//! prints. Without that variable every test is skipped with a notice, except under `CI=true`,
+//! where a missing broker is a failure.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use chorus_core::log::EventLog;
+use chorus_core::log::conformance::{self, Harness, OpenLog};
+use chorus_kafka::{KafkaLog, KafkaLogConfig};
+use futures_util::FutureExt;
+
+/// The broker's bootstrap address, or `None` (after a notice) when tests should be skipped.
+fn bootstrap(test: &str) -> Option<String> {
+    match std::env::var("CHORUS_KAFKA_BOOTSTRAP") {
+        Ok(bootstrap) if !bootstrap.trim().is_empty() => Some(bootstrap),
+        _ if std::env::var("CI").is_ok_and(|ci| ci == "true") => panic!(
+            "CHORUS_KAFKA_BOOTSTRAP is not set but CI=true: start a broker with \
+             `scripts/services/kafka start` and export the address it prints"
+        ),
+        _ => {
+            eprintln!(
+                "skipping {test}: CHORUS_KAFKA_BOOTSTRAP is not set \
+                 (run `scripts/services/kafka start` and export what it prints)"
+            );
+            None
+        }
+    }
+}
+
+/// A harness whose `open` connects a new [`KafkaLog`] to the same broker (a "restart").
+fn harness(bootstrap: String, test: &str) -> Harness {
+    let open: OpenLog = Arc::new(move || {
+        let config = KafkaLogConfig {
+            bootstrap: bootstrap.clone(),
+            partitions: 4,
+            replication_factor: 1,
+            client_id: "chorus-conformance".to_owned(),
+            session_timeout_ms: 6000,
+            extra: Vec::new(),
+        };
+        async move { KafkaLog::new(config).expect("create the Kafka log") as Arc<dyn EventLog> }
+            .boxed()
+    });
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos());
+    Harness {
+        open,
+        topic_prefix: format!("conformance-{test}-{nanos:x}"),
+    }
+}
+
+macro_rules! conformance_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let Some(bootstrap) = bootstrap(stringify!($name)) else {
+                    return;
+                };
+                conformance::$name(&harness(bootstrap, stringify!($name))).await;
+            }
+        )*
+    };
+}
+
+conformance_tests!(
+    append_then_read_in_order,
+    same_key_same_partition,
+    append_to_explicit_partition,
+    unknown_topic_and_bad_partition_are_errors,
+    read_from_offset_and_wait_for_new_records,
+    end_offset_moves_past_appended,
+    durable_across_reopen,
+    group_members_split_partitions_exclusively,
+    member_leaving_hands_partitions_over,
+    committed_offsets_resume_after_rejoin,
+    start_from_earliest_and_latest,
+    concurrent_appenders_lose_nothing,
+);
+
+/// Adapter-specific: `seek` right after `Assigned` (before librdkafka fetches) and later both
+/// move the position; seeking an unassigned partition is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seek_moves_the_position() {
+    use chorus_core::log::{Consumer, LogError, NewRecord, PollEvent, Record, StartFrom};
+    use std::time::Duration;
+
+    let Some(bootstrap) = bootstrap("seek_moves_the_position") else {
+        return;
+    };
+    let harness = harness(bootstrap, "seek");
+    let log = (harness.open)().await;
+    let topic = format!("{}-topic", harness.topic_prefix);
+    let partitions = log.ensure_topic(&topic).await.expect("ensure_topic");
+    let offsets = log
+        .append_to(
+            &topic,
+            0,
+            (0..5)
+                .map(|index| NewRecord::new("k", format!("v{index}").into_bytes()))
+                .collect(),
+        )
+        .await
+        .expect("append_to");
+    let mut consumer = log
+        .consumer(
+            &format!("{}-group", harness.topic_prefix),
+            &topic,
+            StartFrom::Earliest,
+        )
+        .await
+        .expect("consumer");
+
+    async fn next_records(consumer: &mut dyn Consumer, count: usize) -> Vec<Record> {
+        let mut records = Vec::new();
+        let collect = async {
+            while records.len() < count {
+                match consumer
+                    .poll(100, Duration::from_millis(200))
+                    .await
+                    .expect("poll")
+                {
+                    PollEvent::Records(batch) => records.extend(batch),
+                    PollEvent::Idle => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), collect)
+            .await
+            .expect("records in time");
+        records
+    }
+
+    let assigned = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let PollEvent::Assigned(partitions) = consumer
+                .poll(100, Duration::from_millis(200))
+                .await
+                .expect("poll")
+            {
+                break partitions;
+            }
+        }
+    })
+    .await
+    .expect("assigned in time");
+    assert_eq!(assigned.len(), partitions as usize);
+    consumer
+        .seek(0, offsets[3])
+        .expect("seek right after Assigned");
+    let records = next_records(consumer.as_mut(), 2).await;
+    let seen: Vec<u64> = records.iter().map(|record| record.offset).collect();
+    assert_eq!(seen, vec![offsets[3], offsets[4]]);
+
+    consumer.seek(0, offsets[1]).expect("seek back");
+    let records = next_records(consumer.as_mut(), 4).await;
+    let seen: Vec<u64> = records.iter().map(|record| record.offset).collect();
+    assert_eq!(seen, offsets[1..].to_vec());
+    assert!(matches!(
+        consumer.seek(partitions, 0),
+        Err(LogError::NotAssigned { .. })
+    ));
+}
+
+/// Adapter-specific: after `Revoked`, the member may still commit the revoked partitions until
+/// its next poll (the unassign is deferred to that poll), and the next holder resumes there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revoked_partitions_can_be_committed_before_the_next_poll() {
+    use chorus_core::log::{NewRecord, PollEvent, StartFrom};
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    let Some(bootstrap) = bootstrap("revoked_partitions_can_be_committed_before_the_next_poll")
+    else {
+        return;
+    };
+    let harness = harness(bootstrap, "revoke-commit");
+    let log = (harness.open)().await;
+    let topic = format!("{}-topic", harness.topic_prefix);
+    let group = format!("{}-group", harness.topic_prefix);
+    let partitions = log.ensure_topic(&topic).await.expect("ensure_topic");
+    let mut offsets = Vec::new();
+    for partition in 0..partitions {
+        let records = (0..4)
+            .map(|index| NewRecord::new("k", format!("p{partition}-{index}").into_bytes()))
+            .collect();
+        offsets.push(
+            log.append_to(&topic, partition, records)
+                .await
+                .expect("append_to"),
+        );
+    }
+    let poll = Duration::from_millis(200);
+    let mut first = log
+        .consumer(&group, &topic, StartFrom::Earliest)
+        .await
+        .expect("first member");
+    let mut held = BTreeSet::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while held.len() < partitions as usize {
+            if let PollEvent::Assigned(assigned) = first.poll(100, poll).await.expect("poll") {
+                held.extend(assigned);
+            }
+        }
+    })
+    .await
+    .expect("first member holds everything");
+
+    let mut second = log
+        .consumer(&group, &topic, StartFrom::Earliest)
+        .await
+        .expect("second member");
+    let (revoked, second_held) = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut revoked: Option<Vec<u32>> = None;
+        let mut second_held: BTreeSet<u32> = BTreeSet::new();
+        let mut second_records = Vec::new();
+        loop {
+            if revoked.is_none() {
+                if let PollEvent::Revoked(partitions) = first.poll(100, poll).await.expect("poll") {
+                    // Commit a revoked partition before polling again.
+                    let partition = partitions[0];
+                    first
+                        .commit(&[(partition, offsets[partition as usize][2])])
+                        .await
+                        .expect("commit a just-revoked partition");
+                    revoked = Some(partitions);
+                }
+            } else {
+                first.poll(100, poll).await.expect("poll");
+            }
+            match second.poll(100, poll).await.expect("poll") {
+                PollEvent::Assigned(assigned) => second_held.extend(assigned),
+                PollEvent::Records(records) => second_records.extend(records),
+                _ => {}
+            }
+            if let Some(revoked) = &revoked {
+                let partition = revoked[0];
+                let resumed: Vec<_> = second_records
+                    .iter()
+                    .filter(|record| record.partition == partition)
+                    .collect();
+                if resumed.len() >= 2 {
+                    assert_eq!(
+                        resumed[0].offset, offsets[partition as usize][2],
+                        "the next holder resumes at the offset committed after Revoked"
+                    );
+                    return (revoked.clone(), second_held);
+                }
+            }
+        }
+    })
+    .await
+    .expect("handover in time");
+    assert!(
+        revoked
+            .iter()
+            .all(|partition| second_held.contains(partition))
+    );
+    assert_eq!(
+        log.committed(&group, &topic, revoked[0])
+            .await
+            .expect("committed"),
+        Some(offsets[revoked[0] as usize][2])
+    );
+    assert!(
+        first.commit(&[(revoked[0], 0)]).await.is_err(),
+        "after the next poll the partition is no longer this member's"
+    );
+}

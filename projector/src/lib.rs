@@ -230,56 +230,61 @@ async fn apply_with_retry(
     }
 }
 
-/// Records polled but not yet applied, per partition, and when they started waiting.
-struct Pending {
-    records: BTreeMap<PartitionId, Vec<Record>>,
-    count: usize,
-    since: Option<Instant>,
+/// One projection's consumer loop: records polled but not yet applied wait in `pending` until
+/// the batch is full or the sink's apply interval has passed.
+struct Runner {
+    projection: ProjectionRun,
+    consumer: Box<dyn chorus_core::log::Consumer>,
+    log: Arc<dyn EventLog>,
+    topic: String,
+    metrics: Arc<Metrics>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    /// Polled records per partition, not yet applied.
+    pending: BTreeMap<PartitionId, Vec<Record>>,
+    /// How many records `pending` holds.
+    pending_count: usize,
+    /// When the oldest pending record was polled.
+    pending_since: Option<Instant>,
 }
 
-impl Pending {
+impl Runner {
     fn due(&self, interval: Duration, batch_records: usize) -> bool {
-        self.count >= batch_records || self.since.is_some_and(|since| since.elapsed() >= interval)
+        self.pending_count >= batch_records
+            || self
+                .pending_since
+                .is_some_and(|since| since.elapsed() >= interval)
     }
-}
 
-/// Applies everything pending, partition by partition, then publishes the new positions.
-async fn flush(
-    pending: &mut Pending,
-    projection: &ProjectionRun,
-    consumer: &mut Box<dyn chorus_core::log::Consumer>,
-    log: &Arc<dyn EventLog>,
-    topic: &str,
-    metrics: &Metrics,
-    stop: &tokio::sync::watch::Receiver<bool>,
-) -> Result<(), ProjectorError> {
-    let sink = &projection.sink;
-    let name = sink.name();
-    pending.count = 0;
-    pending.since = None;
-    for (partition, records) in std::mem::take(&mut pending.records) {
-        let Some(next_offset) = records.last().map(|record| record.offset + 1) else {
-            continue;
-        };
-        let events = decode_batch(name, &records)?;
-        apply_with_retry(sink.as_ref(), partition, events, next_offset, stop).await?;
-        let label = partition.to_string();
-        metrics
-            .projector_position
-            .with_label_values(&[name, label.as_str()])
-            .set(next_offset as i64);
-        projection.progress.advance(partition, next_offset);
-        let _ = consumer.commit(&[(partition, next_offset)]).await;
-        if let Ok(end) = log.end_offset(topic, partition).await {
-            let lag = end.saturating_sub(next_offset) as i64;
-            let consumer_label = format!("projector-{name}");
-            metrics
-                .consumer_lag
-                .with_label_values(&[consumer_label.as_str(), label.as_str()])
-                .set(lag);
+    /// Applies everything pending, partition by partition, then publishes the new positions.
+    async fn flush(&mut self) -> Result<(), ProjectorError> {
+        let sink = self.projection.sink.clone();
+        let name = sink.name();
+        self.pending_count = 0;
+        self.pending_since = None;
+        for (partition, records) in std::mem::take(&mut self.pending) {
+            let Some(next_offset) = records.last().map(|record| record.offset + 1) else {
+                continue;
+            };
+            let events = decode_batch(name, &records)?;
+            apply_with_retry(sink.as_ref(), partition, events, next_offset, &self.stop).await?;
+            let label = partition.to_string();
+            self.metrics
+                .projector_position
+                .with_label_values(&[name, label.as_str()])
+                .set(next_offset as i64);
+            self.projection.progress.advance(partition, next_offset);
+            let _ = self.consumer.commit(&[(partition, next_offset)]).await;
+            if let Ok(end) = self.log.end_offset(&self.topic, partition).await {
+                let lag = end.saturating_sub(next_offset) as i64;
+                let consumer_label = format!("projector-{name}");
+                self.metrics
+                    .consumer_lag
+                    .with_label_values(&[consumer_label.as_str(), label.as_str()])
+                    .set(lag);
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 async fn run_projection(
@@ -288,45 +293,43 @@ async fn run_projection(
     projection: ProjectionRun,
     batch_records: usize,
     metrics: Arc<Metrics>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), ProjectorError> {
     let name = projection.sink.name();
     let interval = projection.sink.apply_interval();
     let group = format!("chorus-projector-{name}");
-    let mut consumer = log.consumer(&group, &topic, StartFrom::Earliest).await?;
-    let mut pending = Pending {
-        records: BTreeMap::new(),
-        count: 0,
-        since: None,
+    let consumer = log.consumer(&group, &topic, StartFrom::Earliest).await?;
+    let mut runner = Runner {
+        projection,
+        consumer,
+        log,
+        topic,
+        metrics,
+        stop,
+        pending: BTreeMap::new(),
+        pending_count: 0,
+        pending_since: None,
     };
     loop {
-        let wait = match pending.since {
+        let wait = match runner.pending_since {
             Some(since) => interval.saturating_sub(since.elapsed()).min(MAX_POLL_WAIT),
             None => MAX_POLL_WAIT,
         };
-        let room = batch_records.saturating_sub(pending.count).max(1);
+        let room = batch_records.saturating_sub(runner.pending_count).max(1);
+        let mut stop = runner.stop.clone();
         let polled = tokio::select! {
             _ = stop.wait_for(|stopping| *stopping) => None,
-            polled = consumer.poll(room, wait) => Some(polled?),
+            polled = runner.consumer.poll(room, wait) => Some(polled?),
         };
         let Some(polled) = polled else {
-            return flush(
-                &mut pending,
-                &projection,
-                &mut consumer,
-                &log,
-                &topic,
-                &metrics,
-                &stop,
-            )
-            .await;
+            return runner.flush().await;
         };
         match polled {
             PollEvent::Assigned(partitions) => {
                 for partition in partitions {
-                    let position = projection.sink.position(partition).await?;
-                    consumer.seek(partition, position)?;
-                    projection.progress.advance(partition, position);
+                    let position = runner.projection.sink.position(partition).await?;
+                    runner.consumer.seek(partition, position)?;
+                    runner.projection.progress.advance(partition, position);
                     tracing::debug!(
                         sink = name,
                         partition,
@@ -336,43 +339,21 @@ async fn run_projection(
                 }
             }
             PollEvent::Records(records) => {
-                pending.count += records.len();
-                pending.since.get_or_insert_with(Instant::now);
+                runner.pending_count += records.len();
+                runner.pending_since.get_or_insert_with(Instant::now);
                 for (partition, records) in by_partition(records) {
-                    pending
-                        .records
-                        .entry(partition)
-                        .or_default()
-                        .extend(records);
+                    runner.pending.entry(partition).or_default().extend(records);
                 }
             }
             PollEvent::Revoked(partitions) => {
                 // finish the revoked partitions' work before they move (the others wait)
-                flush(
-                    &mut pending,
-                    &projection,
-                    &mut consumer,
-                    &log,
-                    &topic,
-                    &metrics,
-                    &stop,
-                )
-                .await?;
+                runner.flush().await?;
                 tracing::debug!(sink = name, ?partitions, "projection partitions revoked");
             }
             PollEvent::Idle => {}
         }
-        if pending.due(interval, batch_records) {
-            flush(
-                &mut pending,
-                &projection,
-                &mut consumer,
-                &log,
-                &topic,
-                &metrics,
-                &stop,
-            )
-            .await?;
+        if runner.due(interval, batch_records) {
+            runner.flush().await?;
         }
     }
 }

@@ -9,6 +9,7 @@
 //! router and the projector (each finishes its batch in flight), then close the log.
 
 pub mod replay;
+pub mod roles;
 
 use replay::{Projection, ReplayReport};
 
@@ -226,7 +227,7 @@ pub struct Served {
     _lock: File,
 }
 
-async fn stopped(mut receiver: watch::Receiver<bool>) {
+pub(crate) async fn stopped(mut receiver: watch::Receiver<bool>) {
     let _ = receiver.wait_for(|stopping| *stopping).await;
 }
 
@@ -538,7 +539,9 @@ fn admin_replay(
 }
 
 /// `GET /health` and `GET /metrics`.
-fn operations(metrics: Arc<Metrics>) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
+pub(crate) fn operations(
+    metrics: Arc<Metrics>,
+) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
     let health = warp::path!("health")
         .and(warp::get())
         .map(|| chorus_core::http::json_response(200, &serde_json::json!({"status": "ok"})));

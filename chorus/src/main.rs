@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use chorus::DataLayout;
 use chorus::replay::{Projection, replay, replay_live};
+use chorus::roles::{self, Role};
 use chorus::{load_config, prepare_secrets, serve};
 use chorus_core::auth::TokenAuthority;
 use clap::{Parser, Subcommand};
@@ -33,6 +34,23 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
         /// Data directory [default: ./data].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Runs an ingest node (WebSocket and business HTTP) on Kafka and Redis.
+    Ingest {
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Runs a router (sequencer and delivery) on Kafka and Redis.
+    Router {
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Runs a search node (history/search API over its own projections) on Kafka.
+    Search {
+        #[arg(long)]
+        listen: Option<SocketAddr>,
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
@@ -117,6 +135,36 @@ async fn main() -> anyhow::Result<()> {
             served.shutdown().await?;
             outcome
         }
+        Command::Ingest { listen } => {
+            run_role(
+                Role::Ingest,
+                cli.config.as_deref(),
+                &environment,
+                listen,
+                None,
+            )
+            .await
+        }
+        Command::Router { listen } => {
+            run_role(
+                Role::Router,
+                cli.config.as_deref(),
+                &environment,
+                listen,
+                None,
+            )
+            .await
+        }
+        Command::Search { listen, data_dir } => {
+            run_role(
+                Role::Search,
+                cli.config.as_deref(),
+                &environment,
+                listen,
+                data_dir,
+            )
+            .await
+        }
         Command::Token {
             user,
             device,
@@ -160,6 +208,32 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn run_role(
+    role: Role,
+    config_path: Option<&std::path::Path>,
+    environment: &HashMap<String, String>,
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let mut config = load_config(config_path, environment, false, |config| {
+        if let Some(listen) = listen {
+            config.listen = listen;
+        }
+        if let Some(data_dir) = data_dir {
+            config.data_dir = data_dir;
+        }
+    })?;
+    prepare_secrets(&mut config)?;
+    let mut running = roles::start(role, config).await?;
+    println!("Chorus {role:?} is listening on http://{}", running.addr);
+    let outcome = tokio::select! {
+        _ = shutdown_signal() => Ok(()),
+        (task, error) = running.failed() => Err(anyhow::anyhow!("{task} stopped: {error:#}")),
+    };
+    running.shutdown().await?;
+    outcome
 }
 
 async fn shutdown_signal() {

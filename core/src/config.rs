@@ -30,6 +30,38 @@ pub struct ChorusConfig {
     pub limits: LimitsSection,
     pub router: RouterSection,
     pub projector: ProjectorSection,
+    pub kafka: KafkaSection,
+    pub redis: RedisSection,
+}
+
+/// The distributed event log. An empty `bootstrap` means the embedded log (`chorus serve`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSection {
+    /// `bootstrap.servers`, e.g. `127.0.0.1:9092`.
+    pub bootstrap: String,
+    /// Replication factor of the topics Chorus creates.
+    pub replication_factor: i16,
+    /// Consumer group session timeout; rebalance drains finish well inside it.
+    pub session_timeout_ms: u32,
+}
+
+impl Default for KafkaSection {
+    fn default() -> Self {
+        KafkaSection {
+            bootstrap: String::new(),
+            replication_factor: 1,
+            session_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Distributed presence and node-to-node delivery. An empty `url` means in-process.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSection {
+    /// `redis://host:port/db`.
+    pub url: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -118,6 +150,8 @@ impl Default for ChorusConfig {
             limits: LimitsSection::default(),
             router: RouterSection::default(),
             projector: ProjectorSection::default(),
+            kafka: KafkaSection::default(),
+            redis: RedisSection::default(),
         }
     }
 }
@@ -206,7 +240,8 @@ impl ChorusConfig {
 
     /// Applies `CHORUS_…` overrides from `environment`. Recognised: `CHORUS_LISTEN`,
     /// `CHORUS_DATA_DIR`, `CHORUS_NODE_ID`, `CHORUS_CLUSTER`, `CHORUS_PARTITIONS`,
-    /// `CHORUS_TOPIC_PREFIX`, `CHORUS_JWT_SECRET`, `CHORUS_API_KEY`, `CHORUS_DEV_MODE`.
+    /// `CHORUS_TOPIC_PREFIX`, `CHORUS_JWT_SECRET`, `CHORUS_API_KEY`, `CHORUS_DEV_MODE`,
+    /// `CHORUS_KAFKA_BOOTSTRAP`, `CHORUS_REDIS_URL`.
     pub fn apply_env(&mut self, environment: &HashMap<String, String>) -> Result<(), ConfigError> {
         for (name, value) in environment {
             match name.as_str() {
@@ -221,6 +256,8 @@ impl ChorusConfig {
                         value.parse().map_err(|_| invalid(name, "not a number"))?;
                 }
                 "CHORUS_TOPIC_PREFIX" => self.log.topic_prefix = value.clone(),
+                "CHORUS_KAFKA_BOOTSTRAP" => self.kafka.bootstrap = value.clone(),
+                "CHORUS_REDIS_URL" => self.redis.url = value.clone(),
                 "CHORUS_DEV_MODE" => {
                     self.dev_mode = value.parse().map_err(|_| invalid(name, "true or false"))?;
                 }

@@ -370,6 +370,23 @@ impl ChildServer {
     /// Starts `chorus serve` on a free port with `data_dir` and waits for its "listening" line.
     /// `config_toml`, if given, is written beside the data directory and passed as `--config`.
     pub async fn start(data_dir: &Path, config_toml: Option<&str>) -> anyhow::Result<ChildServer> {
+        let mut arguments = Vec::new();
+        if let Some(config_toml) = config_toml {
+            let path = data_dir.with_extension("toml");
+            std::fs::write(&path, config_toml)?;
+            arguments.extend(["--config".to_owned(), path.display().to_string()]);
+        }
+        arguments.extend(["serve", "--listen", "127.0.0.1:0", "--data-dir"].map(str::to_owned));
+        arguments.push(data_dir.display().to_string());
+        Self::spawn(&arguments, &[]).await
+    }
+
+    /// Runs `chorus <arguments>` with the test secrets and `environment`, and waits for its
+    /// "… is listening on <url>" line.
+    pub async fn spawn(
+        arguments: &[String],
+        environment: &[(&str, String)],
+    ) -> anyhow::Result<ChildServer> {
         let binary = chorus_binary();
         if !binary.exists() {
             bail!(
@@ -378,31 +395,29 @@ impl ChildServer {
             );
         }
         let mut command = tokio::process::Command::new(&binary);
-        if let Some(config_toml) = config_toml {
-            let path = data_dir.with_extension("toml");
-            std::fs::write(&path, config_toml)?;
-            command.arg("--config").arg(path);
-        }
-        let mut child = command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
+        command
+            .args(arguments)
             .env("CHORUS_JWT_SECRET", JWT_SECRET)
             .env("CHORUS_API_KEY", API_KEY)
             .env("CHORUS_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        for (name, value) in environment {
+            command.env(name, value);
+        }
+        let mut child = command
             .spawn()
             .with_context(|| format!("spawning {}", binary.display()))?;
         let stdout = child.stdout.take().context("stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        let url = tokio::time::timeout(WAIT, async {
+        let url = tokio::time::timeout(WAIT * 2, async {
             while let Some(line) = lines.next_line().await? {
-                if let Some(url) = line.strip_prefix("Chorus is listening on ") {
+                if let Some((_, url)) = line.split_once(" is listening on ") {
                     return Ok::<_, anyhow::Error>(url.trim().to_owned());
                 }
             }
-            bail!("chorus serve exited before listening")
+            bail!("chorus {arguments:?} exited before listening")
         })
         .await??;
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });

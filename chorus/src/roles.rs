@@ -1,0 +1,288 @@
+//! The distributed roles: `chorus ingest`, `chorus router`, `chorus search`, each its own process
+//! on Apache Kafka (`[kafka] bootstrap`) and Redis (`[redis] url`).
+//!
+//! - **ingest**: the edge (WebSocket sessions, business HTTP API); appends to `ingress`, registers
+//!   sessions in Redis presence, receives acks and events on its node channel, and keeps its node
+//!   alive in presence with heartbeats.
+//! - **router**: the sequencer and delivery, scaled by the `chorus-router` consumer group.
+//! - **search**: the history/search API over projections it builds itself from `timeline` (its
+//!   own history store and Tantivy indexes under its data directory) until history moves to
+//!   ClickHouse (issue 4), when projectors and search nodes separate.
+//!
+//! Every role serves `/health` and `/metrics`. Dev mode is off unless configured.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chorus_core::auth::TokenAuthority;
+use chorus_core::config::ChorusConfig;
+use chorus_core::log::EventLog;
+use chorus_core::membership::Membership;
+use chorus_core::metrics::Metrics;
+use chorus_core::presence::{NodeBus, Presence};
+use chorus_core::progress::ProjectionProgress;
+use chorus_core::swap::Swap;
+use chorus_ingest::{Ingest, IngestDependencies};
+use chorus_kafka::{KafkaLog, KafkaLogConfig};
+use chorus_projector::{HistorySink, ProjectionRun, ProjectorContext, SearchSink};
+use chorus_redis::{RedisBus, RedisConfig, RedisPresence, RedisShared};
+use chorus_router::RouterContext;
+use chorus_search::SearchApi;
+use chorus_store::embedded::EmbeddedHistory;
+use chorus_store::{HistoryStore, SearchIndex};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use warp::Filter;
+
+use crate::{DataLayout, operations, stopped};
+
+/// Which distributed role to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Ingest,
+    Router,
+    Search,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Ingest => "ingest",
+            Role::Router => "router",
+            Role::Search => "search",
+        }
+    }
+}
+
+/// A running role.
+pub struct RunningRole {
+    pub addr: std::net::SocketAddr,
+    /// Tells every task to stop.
+    shutdown: watch::Sender<bool>,
+    /// The role's tasks, each yielding its name and result.
+    tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+}
+
+impl RunningRole {
+    /// Resolves when a task stops by itself; returns which and why.
+    pub async fn failed(&mut self) -> (String, anyhow::Error) {
+        match self.tasks.join_next().await {
+            Some(Ok((name, Ok(())))) => (name.to_owned(), anyhow::anyhow!("stopped")),
+            Some(Ok((name, Err(error)))) => (name.to_owned(), error),
+            Some(Err(join_error)) => ("task".to_owned(), anyhow::anyhow!(join_error)),
+            None => ("all".to_owned(), anyhow::anyhow!("no task running")),
+        }
+    }
+
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        while let Some(finished) = self.tasks.join_next().await {
+            if let Ok((name, Err(error))) = finished {
+                return Err(error.context(name));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Typing in distributed ingest nodes: only direct conversations (whose members are in their
+/// id) until the membership view is shared (issue 4); group typing answers `unavailable`.
+struct NoGroupMembership;
+
+#[async_trait]
+impl Membership for NoGroupMembership {
+    async fn members(&self, _conversation: &str) -> Result<Vec<String>, String> {
+        Err("group membership is not available on this ingest node".into())
+    }
+}
+
+async fn open_kafka(config: &ChorusConfig) -> anyhow::Result<Arc<dyn EventLog>> {
+    anyhow::ensure!(
+        !config.kafka.bootstrap.is_empty(),
+        "kafka.bootstrap is required for the distributed roles"
+    );
+    let mut kafka = KafkaLogConfig::new(config.kafka.bootstrap.clone());
+    kafka.partitions = config.log.partitions;
+    kafka.replication_factor = config.kafka.replication_factor;
+    kafka.session_timeout_ms = config.kafka.session_timeout_ms;
+    kafka.client_id = format!("chorus-{}", config.node_id);
+    let log: Arc<dyn EventLog> = KafkaLog::new(kafka)?;
+    let topics = config.topics();
+    for topic in [&topics.ingress, &topics.timeline, &topics.dead_letter] {
+        log.ensure_topic(topic)
+            .await
+            .with_context(|| format!("creating topic {topic}"))?;
+    }
+    Ok(log)
+}
+
+async fn open_redis(
+    config: &ChorusConfig,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<(Arc<dyn Presence>, Arc<dyn NodeBus>)> {
+    anyhow::ensure!(
+        !config.redis.url.is_empty(),
+        "redis.url is required for the distributed roles"
+    );
+    let shared = RedisShared::connect(RedisConfig::new(config.redis.url.clone()), metrics).await?;
+    Ok((
+        Arc::new(RedisPresence(shared.clone())),
+        Arc::new(RedisBus(shared)),
+    ))
+}
+
+/// Starts a distributed role. The config must have its secrets and be valid.
+pub async fn start(role: Role, config: ChorusConfig) -> anyhow::Result<RunningRole> {
+    config.validate()?;
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::new());
+    let log = open_kafka(&config).await?;
+    let tokens = Arc::new(TokenAuthority::new(config.auth.jwt_secret.as_bytes()));
+    let (shutdown, shutdown_receiver) = watch::channel(false);
+    let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let role_name = role.name();
+    match role {
+        Role::Router => {
+            let (presence, bus) = open_redis(&config, metrics.clone()).await?;
+            let context = RouterContext {
+                config: config.clone(),
+                log,
+                presence,
+                bus,
+                metrics: metrics.clone(),
+            };
+            let stop = stopped(shutdown_receiver.clone());
+            tasks.spawn(async move {
+                (
+                    "router",
+                    chorus_router::run(context, stop)
+                        .await
+                        .map_err(anyhow::Error::from),
+                )
+            });
+            let routes = operations(metrics.clone())
+                .recover(chorus_core::http::recover)
+                .unify();
+            let stop = stopped(shutdown_receiver);
+            tasks.spawn(async move {
+                warp::serve(routes)
+                    .incoming(listener)
+                    .graceful(stop)
+                    .run()
+                    .await;
+                ("http", Ok(()))
+            });
+        }
+        Role::Ingest => {
+            let (presence, bus) = open_redis(&config, metrics.clone()).await?;
+            let ingest = Ingest::start(
+                IngestDependencies {
+                    config: config.clone(),
+                    log,
+                    presence: presence.clone(),
+                    bus,
+                    membership: Arc::new(NoGroupMembership),
+                    tokens,
+                    metrics: metrics.clone(),
+                },
+                shutdown_receiver.clone(),
+            )
+            .await?;
+            let node = config.node_id.clone();
+            let heartbeat_stop = stopped(shutdown_receiver.clone());
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                tokio::pin!(heartbeat_stop);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            if let Err(error) = presence.heartbeat(&node).await {
+                                tracing::warn!(%error, "presence heartbeat failed");
+                            }
+                        }
+                        _ = &mut heartbeat_stop => return ("heartbeat", Ok(())),
+                    }
+                }
+            });
+            let routes = operations(metrics.clone())
+                .or(chorus_ingest::routes(ingest.clone()))
+                .unify()
+                .recover(chorus_core::http::recover)
+                .unify()
+                .map(warp::Reply::into_response)
+                .boxed();
+            tasks.spawn(async move {
+                chorus_ingest::server::serve(listener, ingest, routes, shutdown_receiver).await;
+                ("http", Ok(()))
+            });
+        }
+        Role::Search => {
+            let layout = DataLayout::new(&config.data_dir);
+            std::fs::create_dir_all(&layout.root)?;
+            let history: Arc<dyn HistoryStore> = EmbeddedHistory::open(&layout.history())?;
+            let index = SearchIndex::open(&layout.search(), config.log.partitions)?;
+            let history_progress = Arc::new(ProjectionProgress::new(config.log.partitions));
+            let search_progress = Arc::new(ProjectionProgress::new(config.log.partitions));
+            let interval = Duration::from_millis(config.projector.search_commit_interval_ms);
+            let projector = ProjectorContext {
+                config: config.clone(),
+                log: log.clone(),
+                projections: vec![
+                    ProjectionRun {
+                        sink: Arc::new(HistorySink(history.clone())),
+                        progress: history_progress.clone(),
+                    },
+                    ProjectionRun {
+                        sink: Arc::new(SearchSink(index.clone(), interval)),
+                        progress: search_progress.clone(),
+                    },
+                ],
+                metrics: metrics.clone(),
+            };
+            let stop = stopped(shutdown_receiver.clone());
+            tasks.spawn(async move {
+                (
+                    "projector",
+                    chorus_projector::run(projector, stop)
+                        .await
+                        .map_err(anyhow::Error::from),
+                )
+            });
+            let api = Arc::new(SearchApi {
+                config: config.clone(),
+                log,
+                history: Arc::new(Swap::new(history)),
+                index: Arc::new(Swap::new(index)),
+                history_progress,
+                search_progress,
+                tokens,
+            });
+            let routes = operations(metrics.clone())
+                .or(chorus_search::routes(api))
+                .unify()
+                .recover(chorus_core::http::recover)
+                .unify();
+            let stop = stopped(shutdown_receiver);
+            tasks.spawn(async move {
+                warp::serve(routes)
+                    .incoming(listener)
+                    .graceful(stop)
+                    .run()
+                    .await;
+                ("http", Ok(()))
+            });
+        }
+    }
+    tracing::info!(role = role_name, %addr, "role started");
+    Ok(RunningRole {
+        addr,
+        shutdown,
+        tasks,
+    })
+}

@@ -1,0 +1,115 @@
+//! The distributed roles as separate processes on a real Kafka broker and redis-server
+//! (`CHORUS_KAFKA_BOOTSTRAP`, `CHORUS_REDIS_URL`, started by `scripts/test`): two ingest nodes,
+//! a router and a search node. In CI missing services fail this test; elsewhere it is skipped.
+
+use chorus_tests::{Api, ChildServer, Client};
+use serde_json::json;
+
+fn services() -> Option<(String, String)> {
+    let kafka = std::env::var("CHORUS_KAFKA_BOOTSTRAP").ok();
+    let redis = std::env::var("CHORUS_REDIS_URL").ok();
+    match (kafka, redis) {
+        (Some(kafka), Some(redis)) => Some((kafka, redis)),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!(
+                "CHORUS_KAFKA_BOOTSTRAP and CHORUS_REDIS_URL must be set in CI (scripts/test starts both)"
+            )
+        }
+        _ => {
+            eprintln!(
+                "skipped: CHORUS_KAFKA_BOOTSTRAP / CHORUS_REDIS_URL not set (run ./scripts/test)"
+            );
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_on_two_ingest_nodes_chat_through_kafka_and_redis() -> anyhow::Result<()> {
+    let Some((kafka, redis)) = services() else {
+        return Ok(());
+    };
+    let run = format!("c{}", std::process::id());
+    let data = tempfile::tempdir()?;
+    let common = |node: &str| {
+        vec![
+            ("CHORUS_KAFKA_BOOTSTRAP", kafka.clone()),
+            ("CHORUS_REDIS_URL", redis.clone()),
+            ("CHORUS_TOPIC_PREFIX", format!("{run}.")),
+            ("CHORUS_NODE_ID", format!("{run}-{node}")),
+        ]
+    };
+    let role = |name: &str| {
+        vec![
+            name.to_owned(),
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ]
+    };
+    let _router = ChildServer::spawn(&role("router"), &common("router")).await?;
+    let node_one = ChildServer::spawn(&role("ingest"), &common("n1")).await?;
+    let node_two = ChildServer::spawn(&role("ingest"), &common("n2")).await?;
+    let mut search_args = role("search");
+    search_args.extend(["--data-dir".to_owned(), data.path().display().to_string()]);
+    let search = ChildServer::spawn(&search_args, &common("search")).await?;
+
+    let alice_id = format!("{run}alice");
+    let bob_id = format!("{run}bob");
+    let conversation = if alice_id < bob_id {
+        format!("dm:{alice_id}:{bob_id}")
+    } else {
+        format!("dm:{bob_id}:{alice_id}")
+    };
+    let mut alice = Client::connect(&node_one.ws_url(), &alice_id, None).await?;
+    let mut bob = Client::connect(&node_two.ws_url(), &bob_id, None).await?;
+
+    let ack = alice
+        .send_message("m1", &conversation, "hello across nodes")
+        .await?;
+    assert_eq!(ack["seq"], 1);
+    let event = bob
+        .expect(|frame| frame["type"] == "event" && frame["seq"] == 1)
+        .await?;
+    assert_eq!(
+        event["text"], "hello across nodes",
+        "delivered to the other node through Redis"
+    );
+    let ack = bob.send_message("b1", &conversation, "hi back").await?;
+    assert_eq!(ack["seq"], 2);
+    let event = alice
+        .expect(|frame| frame["type"] == "event" && frame["seq"] == 2)
+        .await?;
+    assert_eq!(event["sender"], bob_id.as_str());
+    assert_eq!(
+        alice
+            .send_message("m1", &conversation, "hello across nodes")
+            .await?["seq"],
+        1,
+        "a retry gets the original ack"
+    );
+
+    let results = Api::new(&node_two.url)
+        .business(
+            json!([{"type": "create_group", "id": "g", "conversation": format!("g:{run}"),
+                          "members": [alice_id, bob_id], "title": "Cluster"}]),
+        )
+        .await?;
+    assert_eq!(results[0]["seq"], 1, "{results:?}");
+    alice
+        .expect(|frame| frame["kind"] == "conversation_created")
+        .await?;
+
+    let history = Api::new(&search.url)
+        .events(&alice_id, &conversation, 0)
+        .await?;
+    let texts: Vec<&str> = history
+        .iter()
+        .filter_map(|event| event["text"].as_str())
+        .collect();
+    assert_eq!(
+        texts,
+        vec!["hello across nodes", "hi back"],
+        "the search node's history has both, once"
+    );
+    Ok(())
+}

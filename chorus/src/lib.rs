@@ -232,23 +232,45 @@ pub(crate) async fn stopped(mut receiver: watch::Receiver<bool>) {
 }
 
 /// The projections of a node: the stores (swappable, for live replays) and their progress.
-struct Projections {
-    config: Arc<ChorusConfig>,
-    log: Arc<dyn EventLog>,
-    metrics: Arc<Metrics>,
-    history: Arc<Swap<dyn HistoryStore>>,
-    index: Arc<Swap<SearchIndex>>,
-    history_progress: Arc<ProjectionProgress>,
-    search_progress: Arc<ProjectionProgress>,
+pub(crate) struct Projections {
+    pub(crate) config: Arc<ChorusConfig>,
+    pub(crate) log: Arc<dyn EventLog>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) history: Arc<Swap<dyn HistoryStore>>,
+    pub(crate) index: Arc<Swap<SearchIndex>>,
+    pub(crate) history_progress: Arc<ProjectionProgress>,
+    pub(crate) search_progress: Arc<ProjectionProgress>,
 }
 
 /// A live replay asked for through `POST /v1/admin/replay`.
-struct ReplayRequest {
+pub(crate) struct ReplayRequest {
     projection: Projection,
     reply: oneshot::Sender<anyhow::Result<Vec<ReplayReport>>>,
 }
 
 impl Projections {
+    /// Opens the history store and search index under the data directory.
+    pub(crate) fn open(
+        config: Arc<ChorusConfig>,
+        log: Arc<dyn EventLog>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let layout = DataLayout::new(&config.data_dir);
+        std::fs::create_dir_all(&layout.root)?;
+        let history: Arc<dyn HistoryStore> = EmbeddedHistory::open(&layout.history())?;
+        let index = SearchIndex::open(&layout.search(), config.log.partitions)?;
+        let partitions = config.log.partitions;
+        Ok(Projections {
+            config,
+            log,
+            metrics,
+            history: Arc::new(Swap::new(history)),
+            index: Arc::new(Swap::new(index)),
+            history_progress: Arc::new(ProjectionProgress::new(partitions)),
+            search_progress: Arc::new(ProjectionProgress::new(partitions)),
+        })
+    }
+
     fn projector_context(&self) -> ProjectorContext {
         ProjectorContext {
             config: self.config.clone(),
@@ -330,7 +352,7 @@ impl Projections {
 }
 
 /// Runs the projector, and performs live replays between runs. Ends with the projector.
-async fn supervise_projector(
+pub(crate) async fn supervise_projector(
     projections: Projections,
     mut requests: mpsc::Receiver<ReplayRequest>,
     shutdown: watch::Receiver<bool>,
@@ -377,19 +399,7 @@ pub async fn serve(config: ChorusConfig) -> anyhow::Result<Served> {
             config.log.partitions
         );
     }
-    let history_store: Arc<dyn HistoryStore> = EmbeddedHistory::open(&layout.history())?;
-    let projections = Projections {
-        config: config.clone(),
-        log: log.clone(),
-        metrics: metrics.clone(),
-        history: Arc::new(Swap::new(history_store)),
-        index: Arc::new(Swap::new(SearchIndex::open(
-            &layout.search(),
-            config.log.partitions,
-        )?)),
-        history_progress: Arc::new(ProjectionProgress::new(config.log.partitions)),
-        search_progress: Arc::new(ProjectionProgress::new(config.log.partitions)),
-    };
+    let projections = Projections::open(config.clone(), log.clone(), metrics.clone())?;
     let presence: Arc<dyn Presence> = Arc::new(LocalPresence::default());
     let bus: Arc<dyn NodeBus> = Arc::new(LocalBus::default());
     let tokens = Arc::new(TokenAuthority::new(config.auth.jwt_secret.as_bytes()));
@@ -488,7 +498,7 @@ struct AdminReplay {
 }
 
 /// `POST /v1/admin/replay` (business API key): rebuilds projections on the running node.
-fn admin_replay(
+pub(crate) fn admin_replay(
     api_key: Arc<str>,
     requests: mpsc::Sender<ReplayRequest>,
 ) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {

@@ -7,7 +7,8 @@
 //! - **router**: the sequencer and delivery, scaled by the `chorus-router` consumer group.
 //! - **search**: the history/search API over projections it builds itself from `timeline` (its
 //!   own history store and Tantivy indexes under its data directory) until history moves to
-//!   ClickHouse (issue 4), when projectors and search nodes separate.
+//!   ClickHouse (issue 4), when projectors and search nodes separate. `POST /v1/admin/replay`
+//!   rebuilds its projections from the topics while it serves, then switches over.
 //!
 //! Every role serves `/health` and `/metrics`. Dev mode is off unless configured.
 
@@ -22,21 +23,16 @@ use chorus_core::log::EventLog;
 use chorus_core::membership::Membership;
 use chorus_core::metrics::Metrics;
 use chorus_core::presence::{NodeBus, Presence};
-use chorus_core::progress::ProjectionProgress;
-use chorus_core::swap::Swap;
 use chorus_ingest::{Ingest, IngestDependencies};
 use chorus_kafka::{KafkaLog, KafkaLogConfig};
-use chorus_projector::{HistorySink, ProjectionRun, ProjectorContext, SearchSink};
 use chorus_redis::{RedisBus, RedisConfig, RedisPresence, RedisShared};
 use chorus_router::RouterContext;
 use chorus_search::SearchApi;
-use chorus_store::embedded::EmbeddedHistory;
-use chorus_store::{HistoryStore, SearchIndex};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use warp::Filter;
 
-use crate::{DataLayout, operations, stopped};
+use crate::{Projections, admin_replay, operations, stopped, supervise_projector};
 
 /// Which distributed role to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,47 +219,28 @@ pub async fn start(role: Role, config: ChorusConfig) -> anyhow::Result<RunningRo
             });
         }
         Role::Search => {
-            let layout = DataLayout::new(&config.data_dir);
-            std::fs::create_dir_all(&layout.root)?;
-            let history: Arc<dyn HistoryStore> = EmbeddedHistory::open(&layout.history())?;
-            let index = SearchIndex::open(&layout.search(), config.log.partitions)?;
-            let history_progress = Arc::new(ProjectionProgress::new(config.log.partitions));
-            let search_progress = Arc::new(ProjectionProgress::new(config.log.partitions));
-            let interval = Duration::from_millis(config.projector.search_commit_interval_ms);
-            let projector = ProjectorContext {
-                config: config.clone(),
-                log: log.clone(),
-                projections: vec![
-                    ProjectionRun {
-                        sink: Arc::new(HistorySink(history.clone())),
-                        progress: history_progress.clone(),
-                    },
-                    ProjectionRun {
-                        sink: Arc::new(SearchSink(index.clone(), interval)),
-                        progress: search_progress.clone(),
-                    },
-                ],
-                metrics: metrics.clone(),
-            };
-            let stop = stopped(shutdown_receiver.clone());
-            tasks.spawn(async move {
-                (
-                    "projector",
-                    chorus_projector::run(projector, stop)
-                        .await
-                        .map_err(anyhow::Error::from),
-                )
-            });
+            let projections = Projections::open(config.clone(), log.clone(), metrics.clone())?;
             let api = Arc::new(SearchApi {
                 config: config.clone(),
                 log,
-                history: Arc::new(Swap::new(history)),
-                index: Arc::new(Swap::new(index)),
-                history_progress,
-                search_progress,
+                history: projections.history.clone(),
+                index: projections.index.clone(),
+                history_progress: projections.history_progress.clone(),
+                search_progress: projections.search_progress.clone(),
                 tokens,
             });
+            let (replay_requests, replay_receiver) = mpsc::channel(1);
+            let projector_shutdown = shutdown_receiver.clone();
+            tasks.spawn(async move {
+                (
+                    "projector",
+                    supervise_projector(projections, replay_receiver, projector_shutdown).await,
+                )
+            });
+            let api_key: Arc<str> = config.auth.api_key.as_str().into();
             let routes = operations(metrics.clone())
+                .or(admin_replay(api_key, replay_requests))
+                .unify()
                 .or(chorus_search::routes(api))
                 .unify()
                 .recover(chorus_core::http::recover)

@@ -2,7 +2,7 @@
 //! (`CHORUS_KAFKA_BOOTSTRAP`, `CHORUS_REDIS_URL`, started by `scripts/test`): two ingest nodes,
 //! a router and a search node. In CI missing services fail this test; elsewhere it is skipped.
 
-use chorus_tests::{Api, ChildServer, Client};
+use chorus_tests::{API_KEY, Api, ChildServer, Client};
 use serde_json::json;
 
 fn services() -> Option<(String, String)> {

@@ -1,11 +1,10 @@
 //! One partition's sequencer: recover, then decide → append → ack and deliver, batch by batch.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use chorus_core::error::ApiError;
 use chorus_core::frames::{ack_json, event_json, read_json};
-use chorus_core::log::{NewRecord, Offset, PartitionId, Record};
+use chorus_core::log::{CATCH_UP_WAIT, NewRecord, Offset, PartitionId, Record};
 use chorus_core::presence::{Delivery, Frame};
 use chorus_core::validate::validate_ingress;
 use chorus_schemas::{EventBody, IngressEvent, TimelineEvent, decode_ingress, encode_timeline};
@@ -34,7 +33,7 @@ pub(crate) async fn recover(
                 partition,
                 position,
                 RECOVERY_READ,
-                Duration::ZERO,
+                CATCH_UP_WAIT,
             )
             .await?;
         let Some(last) = records.last() else {

@@ -111,5 +111,32 @@ async fn users_on_two_ingest_nodes_chat_through_kafka_and_redis() -> anyhow::Res
         vec!["hello across nodes", "hi back"],
         "the search node's history has both, once"
     );
+    let search_api = Api::new(&search.url);
+    let hits = search_api.search(&bob_id, "nodes").await?;
+    assert_eq!(hits.len(), 1, "{hits:?}");
+
+    // replay on Kafka: the search node rebuilds its projections from the topics and switches over
+    let (status, body) = search_api
+        .post(API_KEY, "/v1/admin/replay", &json!({"projection": "all"}))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    let reports = body["reports"].as_array().cloned().unwrap_or_default();
+    assert_eq!(reports.len(), 2, "{body}");
+    assert!(
+        reports
+            .iter()
+            .all(|report| report["records"].as_u64() >= Some(3)),
+        "{body}"
+    );
+    assert_eq!(
+        search_api.events(&alice_id, &conversation, 0).await?,
+        history,
+        "the rebuilt history equals the old"
+    );
+    assert_eq!(
+        search_api.search(&bob_id, "nodes").await?,
+        hits,
+        "the rebuilt index answers the same"
+    );
     Ok(())
 }

@@ -192,6 +192,11 @@ pub trait Consumer: Send {
     fn assignment(&self) -> Vec<PartitionId>;
 }
 
+/// How long a catch-up read (recovery, rebuild) waits for records known to exist below the end
+/// offset. A remote log answers a fetch well within it; an empty read after it means the rest of
+/// the range holds no records (Kafka: transaction markers), so the catch-up is complete.
+pub const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
+
 /// Splits a batch of records by partition, keeping offset order within each.
 pub fn by_partition(records: Vec<Record>) -> std::collections::BTreeMap<PartitionId, Vec<Record>> {
     let mut grouped: std::collections::BTreeMap<PartitionId, Vec<Record>> = Default::default();

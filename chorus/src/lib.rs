@@ -271,6 +271,37 @@ impl Projections {
         })
     }
 
+    /// The read API over these projections.
+    pub(crate) fn search_api(&self, tokens: Arc<TokenAuthority>) -> Arc<SearchApi> {
+        Arc::new(SearchApi {
+            config: self.config.clone(),
+            log: self.log.clone(),
+            history: self.history.clone(),
+            index: self.index.clone(),
+            history_progress: self.history_progress.clone(),
+            search_progress: self.search_progress.clone(),
+            tokens,
+        })
+    }
+
+    /// Runs the projector under its supervisor in `tasks` and returns the
+    /// `POST /v1/admin/replay` route that asks it for live replays.
+    pub(crate) fn spawn_supervised(
+        self,
+        tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
+        shutdown: watch::Receiver<bool>,
+    ) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
+        let api_key: Arc<str> = self.config.auth.api_key.as_str().into();
+        let (replay_requests, replay_receiver) = mpsc::channel(1);
+        tasks.spawn(async move {
+            (
+                "projector",
+                supervise_projector(self, replay_receiver, shutdown).await,
+            )
+        });
+        admin_replay(api_key, replay_requests)
+    }
+
     fn projector_context(&self) -> ProjectorContext {
         ProjectorContext {
             config: self.config.clone(),
@@ -352,7 +383,7 @@ impl Projections {
 }
 
 /// Runs the projector, and performs live replays between runs. Ends with the projector.
-pub(crate) async fn supervise_projector(
+async fn supervise_projector(
     projections: Projections,
     mut requests: mpsc::Receiver<ReplayRequest>,
     shutdown: watch::Receiver<bool>,
@@ -418,15 +449,7 @@ pub async fn serve(config: ChorusConfig) -> anyhow::Result<Served> {
         shutdown_receiver.clone(),
     )
     .await?;
-    let search_api = Arc::new(SearchApi {
-        config: config.clone(),
-        log: log.clone(),
-        history: projections.history.clone(),
-        index: projections.index.clone(),
-        history_progress: projections.history_progress.clone(),
-        search_progress: projections.search_progress.clone(),
-        tokens,
-    });
+    let search_api = projections.search_api(tokens);
 
     let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
     let router_context = RouterContext {
@@ -445,18 +468,9 @@ pub async fn serve(config: ChorusConfig) -> anyhow::Result<Served> {
                 .map_err(anyhow::Error::from),
         )
     });
-    let (replay_requests, replay_receiver) = mpsc::channel(1);
-    let projector_shutdown = shutdown_receiver.clone();
-    tasks.spawn(async move {
-        (
-            "projector",
-            supervise_projector(projections, replay_receiver, projector_shutdown).await,
-        )
-    });
-
-    let api_key: Arc<str> = config.auth.api_key.as_str().into();
+    let admin = projections.spawn_supervised(&mut tasks, shutdown_receiver.clone());
     let routes = operations(metrics.clone())
-        .or(admin_replay(api_key, replay_requests))
+        .or(admin)
         .unify()
         .or(chorus_ingest::routes(ingest.clone()))
         .unify()
@@ -498,7 +512,7 @@ struct AdminReplay {
 }
 
 /// `POST /v1/admin/replay` (business API key): rebuilds projections on the running node.
-pub(crate) fn admin_replay(
+fn admin_replay(
     api_key: Arc<str>,
     requests: mpsc::Sender<ReplayRequest>,
 ) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {

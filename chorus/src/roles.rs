@@ -27,12 +27,11 @@ use chorus_ingest::{Ingest, IngestDependencies};
 use chorus_kafka::{KafkaLog, KafkaLogConfig};
 use chorus_redis::{RedisBus, RedisConfig, RedisPresence, RedisShared};
 use chorus_router::RouterContext;
-use chorus_search::SearchApi;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use warp::Filter;
 
-use crate::{Projections, admin_replay, operations, stopped, supervise_projector};
+use crate::{Projections, operations, stopped};
 
 /// Which distributed role to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +128,23 @@ async fn open_redis(
     ))
 }
 
+/// Serves plain HTTP routes (no WebSocket) until shutdown.
+fn spawn_http(
+    tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
+    listener: tokio::net::TcpListener,
+    routes: warp::filters::BoxedFilter<(warp::reply::Response,)>,
+    shutdown: watch::Receiver<bool>,
+) {
+    tasks.spawn(async move {
+        warp::serve(routes)
+            .incoming(listener)
+            .graceful(stopped(shutdown))
+            .run()
+            .await;
+        ("http", Ok(()))
+    });
+}
+
 /// Starts a distributed role. The config must have its secrets and be valid.
 pub async fn start(role: Role, config: ChorusConfig) -> anyhow::Result<RunningRole> {
     config.validate()?;
@@ -164,16 +180,9 @@ pub async fn start(role: Role, config: ChorusConfig) -> anyhow::Result<RunningRo
             });
             let routes = operations(metrics.clone())
                 .recover(chorus_core::http::recover)
-                .unify();
-            let stop = stopped(shutdown_receiver);
-            tasks.spawn(async move {
-                warp::serve(routes)
-                    .incoming(listener)
-                    .graceful(stop)
-                    .run()
-                    .await;
-                ("http", Ok(()))
-            });
+                .unify()
+                .boxed();
+            spawn_http(&mut tasks, listener, routes, shutdown_receiver);
         }
         Role::Ingest => {
             let (presence, bus) = open_redis(&config, metrics.clone()).await?;
@@ -219,41 +228,18 @@ pub async fn start(role: Role, config: ChorusConfig) -> anyhow::Result<RunningRo
             });
         }
         Role::Search => {
-            let projections = Projections::open(config.clone(), log.clone(), metrics.clone())?;
-            let api = Arc::new(SearchApi {
-                config: config.clone(),
-                log,
-                history: projections.history.clone(),
-                index: projections.index.clone(),
-                history_progress: projections.history_progress.clone(),
-                search_progress: projections.search_progress.clone(),
-                tokens,
-            });
-            let (replay_requests, replay_receiver) = mpsc::channel(1);
-            let projector_shutdown = shutdown_receiver.clone();
-            tasks.spawn(async move {
-                (
-                    "projector",
-                    supervise_projector(projections, replay_receiver, projector_shutdown).await,
-                )
-            });
-            let api_key: Arc<str> = config.auth.api_key.as_str().into();
+            let projections = Projections::open(config.clone(), log, metrics.clone())?;
+            let api = projections.search_api(tokens);
+            let admin = projections.spawn_supervised(&mut tasks, shutdown_receiver.clone());
             let routes = operations(metrics.clone())
-                .or(admin_replay(api_key, replay_requests))
+                .or(admin)
                 .unify()
                 .or(chorus_search::routes(api))
                 .unify()
                 .recover(chorus_core::http::recover)
-                .unify();
-            let stop = stopped(shutdown_receiver);
-            tasks.spawn(async move {
-                warp::serve(routes)
-                    .incoming(listener)
-                    .graceful(stop)
-                    .run()
-                    .await;
-                ("http", Ok(()))
-            });
+                .unify()
+                .boxed();
+            spawn_http(&mut tasks, listener, routes, shutdown_receiver);
         }
     }
     tracing::info!(role = role_name, %addr, "role started");

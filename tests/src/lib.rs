@@ -434,3 +434,40 @@ impl ChildServer {
         Ok(())
     }
 }
+
+/// The real Kafka broker and redis-server that `scripts/test` started, as
+/// `(CHORUS_KAFKA_BOOTSTRAP, CHORUS_REDIS_URL)`. Without them a test is skipped with a notice,
+/// except in CI (`CI=true`), where that is a failure.
+pub fn distributed_services() -> Option<(String, String)> {
+    let kafka = std::env::var("CHORUS_KAFKA_BOOTSTRAP").ok();
+    let redis = std::env::var("CHORUS_REDIS_URL").ok();
+    match (kafka, redis) {
+        (Some(kafka), Some(redis)) => Some((kafka, redis)),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!(
+                "CHORUS_KAFKA_BOOTSTRAP and CHORUS_REDIS_URL must be set in CI (scripts/test starts both)"
+            )
+        }
+        _ => {
+            eprintln!(
+                "skipped: CHORUS_KAFKA_BOOTSTRAP / CHORUS_REDIS_URL not set (run ./scripts/test)"
+            );
+            None
+        }
+    }
+}
+
+/// The environment of one distributed role process: the services, a topic prefix private to
+/// the test run, and the node's name.
+pub fn role_environment(
+    services: &(String, String),
+    run: &str,
+    node: &str,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("CHORUS_KAFKA_BOOTSTRAP", services.0.clone()),
+        ("CHORUS_REDIS_URL", services.1.clone()),
+        ("CHORUS_TOPIC_PREFIX", format!("{run}.")),
+        ("CHORUS_NODE_ID", format!("{run}-{node}")),
+    ]
+}

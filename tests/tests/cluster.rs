@@ -2,43 +2,17 @@
 //! (`CHORUS_KAFKA_BOOTSTRAP`, `CHORUS_REDIS_URL`, started by `scripts/test`): two ingest nodes,
 //! a router and a search node. In CI missing services fail this test; elsewhere it is skipped.
 
-use chorus_tests::{API_KEY, Api, ChildServer, Client};
+use chorus_tests::{API_KEY, Api, ChildServer, Client, distributed_services, role_environment};
 use serde_json::json;
-
-fn services() -> Option<(String, String)> {
-    let kafka = std::env::var("CHORUS_KAFKA_BOOTSTRAP").ok();
-    let redis = std::env::var("CHORUS_REDIS_URL").ok();
-    match (kafka, redis) {
-        (Some(kafka), Some(redis)) => Some((kafka, redis)),
-        _ if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!(
-                "CHORUS_KAFKA_BOOTSTRAP and CHORUS_REDIS_URL must be set in CI (scripts/test starts both)"
-            )
-        }
-        _ => {
-            eprintln!(
-                "skipped: CHORUS_KAFKA_BOOTSTRAP / CHORUS_REDIS_URL not set (run ./scripts/test)"
-            );
-            None
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_on_two_ingest_nodes_chat_through_kafka_and_redis() -> anyhow::Result<()> {
-    let Some((kafka, redis)) = services() else {
+    let Some(services) = distributed_services() else {
         return Ok(());
     };
     let run = format!("c{}", std::process::id());
     let data = tempfile::tempdir()?;
-    let common = |node: &str| {
-        vec![
-            ("CHORUS_KAFKA_BOOTSTRAP", kafka.clone()),
-            ("CHORUS_REDIS_URL", redis.clone()),
-            ("CHORUS_TOPIC_PREFIX", format!("{run}.")),
-            ("CHORUS_NODE_ID", format!("{run}-{node}")),
-        ]
-    };
+    let common = |node: &str| role_environment(&services, &run, node);
     let role = |name: &str| {
         vec![
             name.to_owned(),
@@ -144,21 +118,14 @@ async fn users_on_two_ingest_nodes_chat_through_kafka_and_redis() -> anyhow::Res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_killed_with_kill_9_is_replaced_and_seqs_continue_without_holes()
 -> anyhow::Result<()> {
-    let Some((kafka, redis)) = services() else {
+    let Some(services) = distributed_services() else {
         return Ok(());
     };
     let run = format!("k{}", std::process::id());
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("chorus.toml");
     std::fs::write(&config, "[kafka]\nsession_timeout_ms = 6000\n")?;
-    let environment = |node: &str| {
-        vec![
-            ("CHORUS_KAFKA_BOOTSTRAP", kafka.clone()),
-            ("CHORUS_REDIS_URL", redis.clone()),
-            ("CHORUS_TOPIC_PREFIX", format!("{run}.")),
-            ("CHORUS_NODE_ID", format!("{run}-{node}")),
-        ]
-    };
+    let environment = |node: &str| role_environment(&services, &run, node);
     let role = |name: &str| {
         vec![
             "--config".to_owned(),

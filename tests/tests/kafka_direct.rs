@@ -5,42 +5,16 @@
 
 use std::process::Stdio;
 
-use chorus_tests::{ChildServer, Client};
-
-fn services() -> Option<(String, String)> {
-    let kafka = std::env::var("CHORUS_KAFKA_BOOTSTRAP").ok();
-    let redis = std::env::var("CHORUS_REDIS_URL").ok();
-    match (kafka, redis) {
-        (Some(kafka), Some(redis)) => Some((kafka, redis)),
-        _ if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!(
-                "CHORUS_KAFKA_BOOTSTRAP and CHORUS_REDIS_URL must be set in CI (scripts/test starts both)"
-            )
-        }
-        _ => {
-            eprintln!(
-                "skipped: CHORUS_KAFKA_BOOTSTRAP / CHORUS_REDIS_URL not set (run ./scripts/test)"
-            );
-            None
-        }
-    }
-}
+use chorus_tests::{ChildServer, Client, distributed_services, role_environment};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_produced_by_a_standard_client_are_sequenced_or_dead_lettered() -> anyhow::Result<()>
 {
-    let Some((kafka, redis)) = services() else {
+    let Some(services) = distributed_services() else {
         return Ok(());
     };
     let run = format!("d{}", std::process::id());
-    let environment = |node: &str| {
-        vec![
-            ("CHORUS_KAFKA_BOOTSTRAP", kafka.clone()),
-            ("CHORUS_REDIS_URL", redis.clone()),
-            ("CHORUS_TOPIC_PREFIX", format!("{run}.")),
-            ("CHORUS_NODE_ID", format!("{run}-{node}")),
-        ]
-    };
+    let environment = |node: &str| role_environment(&services, &run, node);
     let role = |name: &str| {
         vec![
             name.to_owned(),
@@ -57,7 +31,13 @@ async fn records_produced_by_a_standard_client_are_sequenced_or_dead_lettered() 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/direct_producer.py");
     let schemas = concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas/avro");
     let output = tokio::process::Command::new("python3")
-        .args([script, schemas, &kafka, &format!("{run}."), &conversation])
+        .args([
+            script,
+            schemas,
+            &services.0,
+            &format!("{run}."),
+            &conversation,
+        ])
         .stderr(Stdio::inherit())
         .output()
         .await?;

@@ -19,6 +19,9 @@ use warp::reply::Response;
 use crate::Ingest;
 use crate::session::{is_websocket_upgrade, upgrade};
 
+/// Pause after a failed accept.
+const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
 async fn stopping(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stopping| *stopping).await;
 }
@@ -39,8 +42,10 @@ pub async fn serve(
         let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(error) => {
-                // e.g. out of file descriptors: refuse this one, keep serving the others
+                // e.g. out of file descriptors: keep serving the open connections, and pause
+                // before accepting again so a persistent error does not spin
                 tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                 continue;
             }
         };

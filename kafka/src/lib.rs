@@ -46,8 +46,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use chorus_core::log::{
-    Consumer, EventLog, LogError, NewRecord, Offset, PartitionId, PollEvent, Record, StartFrom,
-    partition_for_key,
+    CATCH_UP_WAIT, Consumer, EventLog, FencedWriter, LogError, NewRecord, Offset, PartitionId,
+    PollEvent, Record, StartFrom, partition_for_key,
 };
 use futures_util::FutureExt;
 use parking_lot::Mutex;
@@ -126,7 +126,7 @@ struct Inner {
     /// A group-less consumer for metadata and watermark queries.
     meta: BaseConsumer,
     partitions: Mutex<HashMap<String, u32>>,
-    readers: Mutex<Vec<Arc<StreamConsumer>>>,
+    readers: Mutex<Vec<Arc<StreamConsumer<ReaderContext>>>>,
     reader_group: String,
 }
 
@@ -329,66 +329,19 @@ impl Inner {
         Ok(count)
     }
 
-    /// Enqueues every record, then awaits every delivery report.
     async fn produce(
         self: &Arc<Self>,
         topic: &str,
         records: Vec<(PartitionId, NewRecord)>,
     ) -> Result<Vec<(PartitionId, Offset)>, LogError> {
-        let mut deliveries: Vec<DeliveryFuture> = Vec::with_capacity(records.len());
-        for (partition, record) in &records {
-            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-            for (name, value) in &record.headers {
-                headers = headers.insert(Header {
-                    key: name,
-                    value: Some(value.as_slice()),
-                });
-            }
-            let mut future_record = FutureRecord::to(topic)
-                .partition(*partition as i32)
-                .key(record.key.as_slice())
-                .payload(record.value.as_slice())
-                .headers(headers);
-            let mut backoff = Duration::from_millis(1);
-            loop {
-                match self.producer.send_result(future_record) {
-                    Ok(delivery) => {
-                        deliveries.push(delivery);
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        future_record = back;
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_millis(50));
-                    }
-                    Err((error, _)) => return Err(produce_error(topic, error)),
-                }
-            }
-        }
-        let results = futures_util::future::join_all(deliveries).await;
-        let mut placements = Vec::with_capacity(results.len());
-        for result in results {
-            match result {
-                Ok(Ok(delivery)) if delivery.offset >= 0 && delivery.partition >= 0 => {
-                    placements.push((delivery.partition as PartitionId, delivery.offset as Offset))
-                }
-                Ok(Ok(delivery)) => {
-                    return Err(LogError::Backend(format!(
-                        "produce to {topic}: delivered without an offset ({delivery:?})"
-                    )));
-                }
-                Ok(Err((error, _))) => return Err(produce_error(topic, error)),
-                Err(_) => return Err(LogError::Closed),
-            }
-        }
-        Ok(placements)
+        produce_with(&self.producer, topic, records).await
     }
 
-    fn take_reader(&self) -> Result<Arc<StreamConsumer>, LogError> {
+    fn take_reader(&self) -> Result<Arc<StreamConsumer<ReaderContext>>, LogError> {
         if let Some(reader) = self.readers.lock().pop() {
             return Ok(reader);
         }
-        let reader: StreamConsumer = self
+        let reader: StreamConsumer<ReaderContext> = self
             .config
             .client_config("reader")
             .set("group.id", &self.reader_group)
@@ -398,13 +351,14 @@ impl Inner {
             .set("isolation.level", "read_committed")
             .set("allow.auto.create.topics", "false")
             .set("fetch.wait.max.ms", "100")
-            .set("enable.partition.eof", "false")
-            .create()
+            // end-of-partition events tell `read_range` that only markers are left
+            .set("enable.partition.eof", "true")
+            .create_with_context(ReaderContext)
             .map_err(backend)?;
         Ok(Arc::new(reader))
     }
 
-    fn return_reader(&self, reader: Arc<StreamConsumer>) {
+    fn return_reader(&self, reader: Arc<StreamConsumer<ReaderContext>>) {
         if reader.unassign().is_err() {
             return;
         }
@@ -433,9 +387,25 @@ impl Inner {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Record>, LogError> {
+        let (records, _) = self.fetch(topic, partition, from, max, wait, false).await?;
+        Ok(records)
+    }
+
+    /// Reads up to `max` records from `from`, waiting up to `wait` for the first. With
+    /// `stop_at_end`, returns as soon as the reader reaches the partition's end (the LSO under
+    /// read_committed) without a record; the flag says whether that happened.
+    async fn fetch(
+        self: &Arc<Self>,
+        topic: &str,
+        partition: PartitionId,
+        from: Offset,
+        max: usize,
+        wait: Duration,
+        stop_at_end: bool,
+    ) -> Result<(Vec<Record>, bool), LogError> {
         self.check_partition(topic, partition).await?;
         if max == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         }
         let reader = self.take_reader()?;
         let mut assignment = TopicPartitionList::new();
@@ -446,6 +416,7 @@ impl Inner {
         let deadline = tokio::time::Instant::now() + wait;
         let mut records: Vec<Record> = Vec::new();
         let mut outcome = Ok(());
+        let mut reached_end = false;
         let accept = |message: &BorrowedMessage<'_>, records: &mut Vec<Record>| {
             if message.topic() == topic
                 && message.partition() == partition as i32
@@ -461,6 +432,12 @@ impl Inner {
             match tokio::time::timeout_at(deadline, reader.recv()).await {
                 Err(_) => break,
                 Ok(Ok(message)) => accept(&message, &mut records),
+                Ok(Err(KafkaError::PartitionEOF(eof))) if eof == partition as i32 => {
+                    if stop_at_end {
+                        reached_end = true;
+                        break;
+                    }
+                }
                 Ok(Err(error)) => {
                     if is_fatal_read_error(&error) {
                         outcome = Err(backend(error));
@@ -478,8 +455,231 @@ impl Inner {
         }
         records.truncate(max);
         self.return_reader(reader);
-        outcome.map(|()| records)
+        outcome.map(|()| (records, reached_end))
     }
+}
+
+/// Enqueues every record on `producer`, then awaits every delivery report.
+async fn produce_with(
+    producer: &FutureProducer,
+    topic: &str,
+    records: Vec<(PartitionId, NewRecord)>,
+) -> Result<Vec<(PartitionId, Offset)>, LogError> {
+    let mut deliveries: Vec<DeliveryFuture> = Vec::with_capacity(records.len());
+    for (partition, record) in &records {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (name, value) in &record.headers {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value.as_slice()),
+            });
+        }
+        let mut future_record = FutureRecord::to(topic)
+            .partition(*partition as i32)
+            .key(record.key.as_slice())
+            .payload(record.value.as_slice())
+            .headers(headers);
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            match producer.send_result(future_record) {
+                Ok(delivery) => {
+                    deliveries.push(delivery);
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    future_record = back;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(50));
+                }
+                Err((error, _)) => return Err(produce_error(topic, error)),
+            }
+        }
+    }
+    let results = futures_util::future::join_all(deliveries).await;
+    let mut placements = Vec::with_capacity(results.len());
+    for result in results {
+        match result {
+            Ok(Ok(delivery)) if delivery.offset >= 0 && delivery.partition >= 0 => {
+                placements.push((delivery.partition as PartitionId, delivery.offset as Offset))
+            }
+            Ok(Ok(delivery)) => {
+                return Err(LogError::Backend(format!(
+                    "produce to {topic}: delivered without an offset ({delivery:?})"
+                )));
+            }
+            Ok(Err((error, _))) => return Err(produce_error(topic, error)),
+            Err(_) => return Err(LogError::Closed),
+        }
+    }
+    Ok(placements)
+}
+
+/// The context of plain readers: end-of-partition notices that reach the client's error
+/// callback (after a reader went back to the pool) are expected, not errors.
+struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF)
+        {
+            tracing::trace!(reason, "reader reached a partition end");
+        } else {
+            tracing::error!(%error, reason, "librdkafka reader error");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
+/// `transaction.timeout.ms` (and `message.timeout.ms`) of fenced writers: how long an open
+/// transaction of a writer that died unseen holds back read_committed readers, unless a successor
+/// fences it first.
+const TRANSACTION_TIMEOUT_MS: &str = "30000";
+/// Longest `init_transactions`, `commit_transaction` or `abort_transaction` may take.
+const TRANSACTION_REQUEST: Duration = Duration::from_secs(30);
+
+/// A partition's single writer: one transactional producer, one transaction per append.
+struct KafkaFencedWriter {
+    /// For last-stable-offset queries.
+    inner: Arc<Inner>,
+    /// `None` only while being dropped.
+    producer: Option<Arc<FutureProducer>>,
+    topic: String,
+    partition: PartitionId,
+}
+
+impl KafkaFencedWriter {
+    fn producer(&self) -> Result<Arc<FutureProducer>, LogError> {
+        self.producer.clone().ok_or(LogError::Closed)
+    }
+
+    /// `Fenced` if the producer failed fatally because a newer writer took its id (librdkafka
+    /// then purges its queue, so the produce errors themselves only say "purged").
+    fn fenced(&self, producer: &FutureProducer) -> Option<LogError> {
+        let (code, reason) = producer.client().fatal_error()?;
+        tracing::warn!(?code, reason, topic = %self.topic, partition = self.partition, "fenced writer failed");
+        is_fencing_code(code).then(|| LogError::Fenced {
+            topic: self.topic.clone(),
+            partition: self.partition,
+        })
+    }
+
+    async fn await_visible(&self, end: Offset) -> Result<(), LogError> {
+        let deadline = tokio::time::Instant::now() + TRANSACTION_REQUEST;
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            let stable = self.inner.end_offset(&self.topic, self.partition).await?;
+            if stable >= end {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(LogError::Backend(format!(
+                    "{}/{}: committed records below {end} still not visible (LSO {stable})",
+                    self.topic, self.partition
+                )));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    async fn abort(&self, producer: Arc<FutureProducer>) {
+        let aborted =
+            tokio::task::spawn_blocking(move || producer.abort_transaction(TRANSACTION_REQUEST))
+                .await;
+        if let Ok(Err(error)) = aborted {
+            tracing::warn!(%error, topic = %self.topic, partition = self.partition, "abort failed");
+        }
+    }
+}
+
+#[async_trait]
+impl FencedWriter for KafkaFencedWriter {
+    async fn append(&mut self, records: Vec<NewRecord>) -> Result<Vec<Offset>, LogError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let producer = self.producer()?;
+        let (topic, partition) = (self.topic.as_str(), self.partition);
+        producer
+            .begin_transaction()
+            .map_err(|error| transaction_error(topic, partition, error))?;
+        let placed = records
+            .into_iter()
+            .map(|record| (partition, record))
+            .collect();
+        let offsets: Vec<Offset> = match produce_with(&producer, topic, placed).await {
+            Ok(placements) => placements.into_iter().map(|(_, offset)| offset).collect(),
+            Err(error) => {
+                if let Some(fenced) = self.fenced(&producer) {
+                    return Err(fenced);
+                }
+                self.abort(Arc::clone(&producer)).await;
+                return Err(error);
+            }
+        };
+        let committing = Arc::clone(&producer);
+        let committed =
+            tokio::task::spawn_blocking(move || committing.commit_transaction(TRANSACTION_REQUEST))
+                .await
+                .map_err(join_error)?;
+        if let Err(error) = committed {
+            if let Some(fenced) = self.fenced(&producer) {
+                return Err(fenced);
+            }
+            let requires_abort =
+                matches!(&error, KafkaError::Transaction(inner) if inner.txn_requires_abort());
+            if requires_abort {
+                self.abort(producer).await;
+            }
+            return Err(transaction_error(topic, partition, error));
+        }
+        // The coordinator writes commit markers after answering the commit: wait until the
+        // last stable offset passes the records, so they are visible when this returns (an ack
+        // sent now is followed by reads that find the event).
+        if let Some(last) = offsets.last() {
+            self.await_visible(last + 1).await?;
+        }
+        Ok(offsets)
+    }
+
+    fn partition(&self) -> PartitionId {
+        self.partition
+    }
+}
+
+impl Drop for KafkaFencedWriter {
+    fn drop(&mut self) {
+        // Destroying a producer waits for its threads: not on an async worker.
+        if let Some(producer) = self.producer.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn_blocking(move || drop(producer));
+        }
+    }
+}
+
+/// Maps a transactional error: a newer writer's epoch shows up as fencing.
+fn transaction_error(topic: &str, partition: PartitionId, error: KafkaError) -> LogError {
+    if error.rdkafka_error_code().is_some_and(is_fencing_code) {
+        LogError::Fenced {
+            topic: topic.to_owned(),
+            partition,
+        }
+    } else {
+        LogError::Backend(format!("transaction on {topic}/{partition}: {error}"))
+    }
+}
+
+fn is_fencing_code(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::Fenced
+            | RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::InvalidProducerIdMapping
+    )
 }
 
 fn is_fatal_read_error(error: &KafkaError) -> bool {
@@ -633,6 +833,71 @@ impl EventLog for KafkaLog {
         wait: Duration,
     ) -> Result<Vec<Record>, LogError> {
         self.inner.read(topic, partition, from, max, wait).await
+    }
+
+    /// Stops at the partition end (an end-of-partition event under read_committed) instead of
+    /// waiting: the tail of a partition written in transactions is a commit marker, not a record.
+    async fn read_range(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        from: Offset,
+        end: Offset,
+        max: usize,
+    ) -> Result<Vec<Record>, LogError> {
+        if from >= end {
+            return Ok(Vec::new());
+        }
+        let (mut records, reached_end) = self
+            .inner
+            .fetch(topic, partition, from, max, CATCH_UP_WAIT, true)
+            .await?;
+        if records.is_empty() && !reached_end {
+            return Err(LogError::Backend(format!(
+                "no record of {topic}/{partition} in [{from}, {end}) and no partition end within {CATCH_UP_WAIT:?}"
+            )));
+        }
+        records.retain(|record| record.offset < end);
+        Ok(records)
+    }
+
+    /// A transactional producer with `transactional.id` `chorus-writer-<topic>-<partition>`, the
+    /// same in every process (topic names carry the deployment's prefix): `init_transactions`
+    /// bumps the producer epoch, which fences the previous holder of the id (in any process) and
+    /// aborts its open transaction.
+    async fn fenced_writer(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+    ) -> Result<Box<dyn FencedWriter>, LogError> {
+        self.inner.check_partition(topic, partition).await?;
+        let config = &self.inner.config;
+        let producer: FutureProducer = config
+            .client_config(&format!("writer-{partition}"))
+            .set(
+                "transactional.id",
+                format!("chorus-writer-{topic}-{partition}"),
+            )
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "1")
+            .set("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS)
+            .set("message.timeout.ms", TRANSACTION_TIMEOUT_MS)
+            .set("compression.type", "none")
+            .create()
+            .map_err(backend)?;
+        let producer = Arc::new(producer);
+        let initializing = Arc::clone(&producer);
+        tokio::task::spawn_blocking(move || initializing.init_transactions(TRANSACTION_REQUEST))
+            .await
+            .map_err(join_error)?
+            .map_err(|error| transaction_error(topic, partition, error))?;
+        Ok(Box::new(KafkaFencedWriter {
+            inner: Arc::clone(&self.inner),
+            producer: Some(producer),
+            topic: topic.to_owned(),
+            partition,
+        }))
     }
 
     /// The last stable offset (read_committed high watermark).

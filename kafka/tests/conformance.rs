@@ -80,6 +80,8 @@ conformance_tests!(
     committed_offsets_resume_after_rejoin,
     start_from_earliest_and_latest,
     concurrent_appenders_lose_nothing,
+    fenced_writer_excludes_its_predecessor,
+    read_range_stops_at_the_end,
 );
 
 /// Adapter-specific: `seek` right after `Assigned` (before librdkafka fetches) and later both

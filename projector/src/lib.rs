@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chorus_core::config::ChorusConfig;
 use chorus_core::log::{
-    CATCH_UP_WAIT, EventLog, LogError, Offset, PartitionId, PollEvent, Record, StartFrom,
-    by_partition,
+    EventLog, LogError, Offset, PartitionId, PollEvent, Record, StartFrom, by_partition,
 };
 use chorus_core::metrics::Metrics;
 use chorus_core::progress::ProjectionProgress;
@@ -376,7 +375,7 @@ pub async fn rebuild(
         let mut position = sink.position(partition).await?;
         while position < end {
             let records = log
-                .read(topic, partition, position, batch_records, CATCH_UP_WAIT)
+                .read_range(topic, partition, position, end, batch_records)
                 .await?;
             let Some(next_offset) = records.last().map(|record| record.offset + 1) else {
                 break;

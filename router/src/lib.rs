@@ -4,11 +4,15 @@
 //! worker that owns the partition's [`state::SequencerState`] and is the single writer of the
 //! same partition of `timeline`:
 //!
-//! 1. on assignment, the state is recovered by folding the partition's whole `timeline`; the
-//!    ingress position to resume from is one past the highest `ingress_offset` found there. The
-//!    checkpoint therefore lives in the sequencer's own output and moves atomically with it: an
-//!    ingress record is sequenced at most once, and exactly once once its timeline append is
-//!    durable. Kafka offset commits of `ingress` are informational;
+//! 1. on assignment, the worker first opens the partition's **fenced writer** of `timeline`
+//!    (Kafka: a transactional producer whose `transactional.id` names the partition), which
+//!    fences any earlier owner — a zombie router that lost the partition but still runs can no
+//!    longer append, and its open transaction is aborted. Then the state is recovered by folding
+//!    the partition's whole `timeline`; the ingress position to resume from is one past the
+//!    highest `ingress_offset` found there. The checkpoint therefore lives in the sequencer's own
+//!    output and moves atomically with it (each batch is one transaction): an ingress record is
+//!    sequenced at most once, and exactly once once its timeline append is committed. Kafka
+//!    offset commits of `ingress` are informational;
 //! 2. each batch of ingress records is decoded (undecodable or invalid records from business
 //!    systems go to the dead-letter topic with the reason in a header), decided, and the
 //!    sequenced events are appended to `timeline` in one call;
@@ -16,7 +20,8 @@
 //!    events delivered to every online session of every member, through presence and the node
 //!    bus. Delivery is at least once; clients fill gaps from history;
 //! 4. a failed timeline append stops the router with an error (crash-only): the state may hold
-//!    events the log lacks, and only recovery from the log is trusted.
+//!    events the log lacks, and only recovery from the log is trusted. A fenced append means
+//!    another router owns the partition: nothing of the batch is acknowledged.
 
 pub mod state;
 mod worker;
@@ -100,6 +105,11 @@ pub async fn run(
         match polled? {
             PollEvent::Assigned(partitions) => {
                 for partition in partitions {
+                    // Fence any earlier owner first, then recover what it left.
+                    let writer = context
+                        .log
+                        .fenced_writer(&topics.timeline, partition)
+                        .await?;
                     let (state, timeline_end) = worker::recover(&context, partition).await?;
                     let resume = state.next_ingress_offset();
                     consumer.seek(partition, resume)?;
@@ -110,8 +120,13 @@ pub async fn run(
                         "sequencer partition assigned"
                     );
                     let (batches, receiver) = mpsc::channel(4);
-                    let task =
-                        tokio::spawn(worker::run(context.clone(), partition, state, receiver));
+                    let task = tokio::spawn(worker::run(
+                        context.clone(),
+                        partition,
+                        state,
+                        writer,
+                        receiver,
+                    ));
                     workers.insert(partition, WorkerHandle { batches, task });
                 }
             }

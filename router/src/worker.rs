@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use chorus_core::error::ApiError;
 use chorus_core::frames::{ack_json, event_json, read_json};
-use chorus_core::log::{CATCH_UP_WAIT, NewRecord, Offset, PartitionId, Record};
+use chorus_core::log::{FencedWriter, NewRecord, Offset, PartitionId, Record};
 use chorus_core::presence::{Delivery, Frame};
 use chorus_core::validate::validate_ingress;
 use chorus_schemas::{EventBody, IngressEvent, TimelineEvent, decode_ingress, encode_timeline};
@@ -17,6 +17,8 @@ use crate::{RouterContext, RouterError};
 const RECOVERY_READ: usize = 4096;
 
 /// Rebuilds a partition's state from its `timeline`. Returns the state and the timeline end.
+/// Call it only once this worker's fenced writer is open, so no earlier owner can still add to
+/// the timeline behind the recovered state.
 pub(crate) async fn recover(
     context: &RouterContext,
     partition: PartitionId,
@@ -28,13 +30,7 @@ pub(crate) async fn recover(
     while position < end {
         let records = context
             .log
-            .read(
-                &topics.timeline,
-                partition,
-                position,
-                RECOVERY_READ,
-                CATCH_UP_WAIT,
-            )
+            .read_range(&topics.timeline, partition, position, end, RECOVERY_READ)
             .await?;
         let Some(last) = records.last() else {
             break;
@@ -80,6 +76,7 @@ pub(crate) async fn run(
     context: RouterContext,
     partition: PartitionId,
     mut state: SequencerState,
+    mut writer: Box<dyn FencedWriter>,
     mut batches: mpsc::Receiver<Vec<Record>>,
 ) -> Result<(), RouterError> {
     let topics = context.config.topics();
@@ -188,10 +185,7 @@ pub(crate) async fn run(
         }
         if !timeline_records.is_empty() {
             let count = timeline_records.len() as u64;
-            context
-                .log
-                .append_to(&topics.timeline, partition, timeline_records)
-                .await?;
+            writer.append(timeline_records).await?;
             context.metrics.events_sequenced.inc_by(count);
         }
         notify(&context, notices).await;

@@ -28,8 +28,8 @@ use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
 use super::{
-    Consumer, EventLog, LogError, NewRecord, Offset, PartitionId, PollEvent, Record, StartFrom,
-    partition_for_key,
+    Consumer, EventLog, FencedWriter, LogError, NewRecord, Offset, PartitionId, PollEvent, Record,
+    StartFrom, partition_for_key,
 };
 
 /// Opens (or reopens) the log under test; see the module docs.
@@ -67,6 +67,129 @@ pub async fn run_all(harness: &Harness) {
     committed_offsets_resume_after_rejoin(harness).await;
     start_from_earliest_and_latest(harness).await;
     concurrent_appenders_lose_nothing(harness).await;
+    fenced_writer_excludes_its_predecessor(harness).await;
+    read_range_stops_at_the_end(harness).await;
+}
+
+/// A fenced writer appends in order and its records read back like any others; opening a second
+/// writer of the same partition fences the
+/// first: its appends fail with [`LogError::Fenced`] and add nothing, while the new writer and
+/// writers of other partitions carry on. (Each writer is independent of the handle that opened
+/// it; Kafka: its own transactional producer, exactly as in another process.)
+pub async fn fenced_writer_excludes_its_predecessor(harness: &Harness) {
+    let log = (harness.open)().await;
+    let topic = new_topic(harness, &log, "fenced").await;
+    let partitions = log.partition_count(&topic).await.expect("partition_count");
+    let record = |label: &str| NewRecord::new("fenced-key", label.as_bytes().to_vec());
+
+    let mut first: Box<dyn FencedWriter> = log.fenced_writer(&topic, 0).await.expect("open");
+    assert_eq!(first.partition(), 0);
+    let mut neighbour = log
+        .fenced_writer(&topic, partitions - 1)
+        .await
+        .expect("open a writer of another partition");
+    let offsets = first
+        .append(vec![record("one"), record("two")])
+        .await
+        .expect("append while current");
+    assert_strictly_increasing(&offsets, "offsets of a fenced writer");
+    let end = log.end_offset(&topic, 0).await.expect("end_offset");
+
+    let mut second = log
+        .fenced_writer(&topic, 0)
+        .await
+        .expect("open a successor");
+    // the successor sees everything its predecessor got durable
+    let seen = log
+        .read_range(&topic, 0, 0, end, 10)
+        .await
+        .expect("read_range");
+    let values: Vec<&[u8]> = seen.iter().map(|r| r.value.as_slice()).collect();
+    assert_eq!(values, vec![b"one".as_slice(), b"two".as_slice()]);
+
+    match first.append(vec![record("zombie")]).await {
+        Err(LogError::Fenced {
+            topic: fenced_topic,
+            partition,
+        }) => {
+            assert_eq!(fenced_topic, topic);
+            assert_eq!(partition, 0);
+        }
+        other => panic!("a fenced writer's append must fail with Fenced, got {other:?}"),
+    }
+    second
+        .append(vec![record("three")])
+        .await
+        .expect("the successor appends");
+    if partitions > 1 {
+        neighbour
+            .append(vec![record("elsewhere")])
+            .await
+            .expect("a writer of another partition is not fenced");
+    }
+    assert!(
+        matches!(
+            first.append(vec![record("zombie-again")]).await,
+            Err(LogError::Fenced { .. })
+        ),
+        "a fenced writer stays fenced"
+    );
+    let all = read_exactly(&log, &topic, 0, 0, 3).await;
+    let values: Vec<&[u8]> = all.iter().map(|r| r.value.as_slice()).collect();
+    assert_eq!(
+        values,
+        vec![b"one".as_slice(), b"two".as_slice(), b"three".as_slice()],
+        "nothing of the fenced writer after the fence is visible"
+    );
+}
+
+/// `read_range` returns the records below the end it is given, in order, and an empty answer
+/// once none is left, promptly, also after writes by fenced writers (Kafka: transaction markers
+/// follow the last record).
+pub async fn read_range_stops_at_the_end(harness: &Harness) {
+    let log = (harness.open)().await;
+    let topic = new_topic(harness, &log, "range").await;
+    let mut writer = log.fenced_writer(&topic, 0).await.expect("open");
+    for batch in 0..3 {
+        let records = (0..4)
+            .map(|index| NewRecord::new("k", format!("{batch}-{index}").into_bytes()))
+            .collect();
+        writer.append(records).await.expect("append");
+    }
+    let end = log.end_offset(&topic, 0).await.expect("end_offset");
+    let started = Instant::now();
+    let mut position = 0;
+    let mut values = Vec::new();
+    loop {
+        let batch = log
+            .read_range(&topic, 0, position, end, 5)
+            .await
+            .expect("read_range");
+        assert!(batch.len() <= 5, "read_range returned more than max");
+        let Some(last) = batch.last() else { break };
+        assert!(
+            batch
+                .iter()
+                .all(|record| record.offset >= position && record.offset < end)
+        );
+        position = last.offset + 1;
+        values.extend(batch.into_iter().map(|record| record.value));
+    }
+    let expected: Vec<Vec<u8>> = (0..3)
+        .flat_map(|batch| (0..4).map(move |index| format!("{batch}-{index}").into_bytes()))
+        .collect();
+    assert_eq!(values, expected);
+    assert!(
+        started.elapsed() < super::CATCH_UP_WAIT,
+        "read_range must know the range is exhausted, not wait it out ({:?})",
+        started.elapsed()
+    );
+    assert!(
+        log.read_range(&topic, 0, end, end, 5)
+            .await
+            .expect("empty range")
+            .is_empty()
+    );
 }
 
 /// Records of one key come back from their partition in append order, with offsets strictly

@@ -14,6 +14,15 @@
 //! - a consumer group assigns each partition of a topic to at most one member at a time; a member
 //!   learns of revocations before another member is given the partition (embedded), or through
 //!   the broker's rebalance protocol (Kafka).
+//! - a **fenced writer** ([`EventLog::fenced_writer`]) is the single writer of one partition:
+//!   opening one fences every writer opened before it for the same topic and partition, in any
+//!   process sharing the log. Once the open returns, a fenced writer's appends fail with
+//!   [`LogError::Fenced`], and whatever it appended is either visible to a reader that starts
+//!   after the open, or never visible. This is how a zombie (a sequencer that lost its partition
+//!   but does not know it yet) is kept from writing over its successor (Kafka: transactions with
+//!   one `transactional.id` per partition; embedded: an epoch per partition);
+//! - [`EventLog::read_range`] answers a catch-up read (recovery, rebuild) without guessing: an
+//!   empty answer means no record is left below the given end.
 
 pub mod conformance;
 pub mod embedded;
@@ -116,6 +125,11 @@ pub enum LogError {
     Closed,
     #[error("log backend: {0}")]
     Backend(String),
+    #[error("writer of partition {partition} of topic {topic} was fenced by a newer writer")]
+    Fenced {
+        topic: String,
+        partition: PartitionId,
+    },
 }
 
 /// The event-log port. Cheap to share (`Arc<dyn EventLog>`).
@@ -155,6 +169,37 @@ pub trait EventLog: Send + Sync + 'static {
         wait: Duration,
     ) -> Result<Vec<Record>, LogError>;
 
+    /// Reads up to `max` records with offsets in `[from, end)`, where `end` came from
+    /// [`EventLog::end_offset`]: records known to exist. An empty answer means no record is left
+    /// in the range (Kafka: only transaction markers or aborted records remain); an adapter that
+    /// cannot tell within [`CATCH_UP_WAIT`] returns an error rather than an empty answer.
+    async fn read_range(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        from: Offset,
+        end: Offset,
+        max: usize,
+    ) -> Result<Vec<Record>, LogError> {
+        if from >= end {
+            return Ok(Vec::new());
+        }
+        let mut records = self
+            .read(topic, partition, from, max, CATCH_UP_WAIT)
+            .await?;
+        records.retain(|record| record.offset < end);
+        Ok(records)
+    }
+
+    /// Opens the single writer of one partition, fencing every writer opened before it for the
+    /// same topic and partition (see the module docs). Open it *before* reading the partition to
+    /// recover state from it: everything a fenced writer got durable is then visible to the read.
+    async fn fenced_writer(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+    ) -> Result<Box<dyn FencedWriter>, LogError>;
+
     /// The offset the next appended record of this partition will have (one past the last).
     async fn end_offset(&self, topic: &str, partition: PartitionId) -> Result<Offset, LogError>;
 
@@ -190,6 +235,19 @@ pub trait Consumer: Send {
 
     /// The partitions currently assigned to this member.
     fn assignment(&self) -> Vec<PartitionId>;
+}
+
+/// The single writer of one partition; see [`EventLog::fenced_writer`].
+#[async_trait]
+pub trait FencedWriter: Send + Sync {
+    /// Appends records to the writer's partition and returns their offsets once they are durable
+    /// and visible to readers (within [`EventLog::end_offset`]). Fails with [`LogError::Fenced`] once a newer writer was opened;
+    /// after any error, whether the records became visible is unknown (Kafka: none did;
+    /// embedded: at most a prefix, after a crash), so the owner must recover from the log.
+    async fn append(&mut self, records: Vec<NewRecord>) -> Result<Vec<Offset>, LogError>;
+
+    /// The partition this writer owns.
+    fn partition(&self) -> PartitionId;
 }
 
 /// How long a catch-up read (recovery, rebuild) waits for records known to exist below the end

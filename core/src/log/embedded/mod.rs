@@ -106,7 +106,9 @@ use self::group::{CommittedOffsetsFile, EmbeddedConsumer, GroupCoordinator};
 use self::partition::{PartitionLimits, PartitionLog};
 pub use self::writer::WriterStats;
 use self::writer::{AppendRequest, WriterShared, failed_log_error, spawn_writer};
-use super::{Consumer, EventLog, LogError, NewRecord, Offset, PartitionId, Record, StartFrom};
+use super::{
+    Consumer, EventLog, FencedWriter, LogError, NewRecord, Offset, PartitionId, Record, StartFrom,
+};
 
 /// Partitions of a new topic unless configured otherwise.
 pub const DEFAULT_PARTITIONS: u32 = 8;
@@ -576,6 +578,26 @@ impl EventLog for EmbeddedLog {
         Ok(self.shared.partition(topic, partition)?.end_offset())
     }
 
+    async fn fenced_writer(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+    ) -> Result<Box<dyn FencedWriter>, LogError> {
+        let partition_log = self.shared.partition(topic, partition)?;
+        let epoch = {
+            let mut current = partition_log.fence.lock().await;
+            *current += 1;
+            *current
+        };
+        Ok(Box::new(EmbeddedFencedWriter {
+            shared: Arc::clone(&self.shared),
+            partition_log,
+            topic: topic.to_owned(),
+            partition,
+            epoch,
+        }))
+    }
+
     async fn committed(
         &self,
         group: &str,
@@ -597,5 +619,41 @@ impl EventLog for EmbeddedLog {
         let consumer =
             EmbeddedConsumer::join(Arc::clone(&self.shared), topic_log, group_state, start);
         Ok(Box::new(consumer))
+    }
+}
+
+/// A fenced writer of the embedded log: appends only while its epoch is the partition's current
+/// one, holding the partition's fence lock across the append.
+struct EmbeddedFencedWriter {
+    shared: Arc<LogShared>,
+    partition_log: Arc<PartitionLog>,
+    topic: String,
+    partition: PartitionId,
+    epoch: u64,
+}
+
+#[async_trait]
+impl FencedWriter for EmbeddedFencedWriter {
+    async fn append(&mut self, records: Vec<NewRecord>) -> Result<Vec<Offset>, LogError> {
+        let current = self.partition_log.fence.lock().await;
+        if *current != self.epoch {
+            return Err(LogError::Fenced {
+                topic: self.topic.clone(),
+                partition: self.partition,
+            });
+        }
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut offsets = self
+            .shared
+            .submit(vec![(Arc::clone(&self.partition_log), records)])
+            .await?;
+        drop(current);
+        Ok(offsets.pop().unwrap_or_default())
+    }
+
+    fn partition(&self) -> PartitionId {
+        self.partition
     }
 }

@@ -457,6 +457,7 @@ pub async fn serve(config: ChorusConfig) -> anyhow::Result<Served> {
         log: log.clone(),
         presence,
         bus,
+        fallback: None,
         metrics: metrics.clone(),
     };
     let router_stop = stopped(shutdown_receiver.clone());

@@ -54,6 +54,13 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Runs a projector (history and search projections, `/v1/admin/replay`) on Kafka.
+    Projector {
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Prints a user token signed with the configured (or data directory's dev) secret.
     Token {
         #[arg(long)]
@@ -152,6 +159,16 @@ async fn main() -> anyhow::Result<()> {
                 &environment,
                 listen,
                 None,
+            )
+            .await
+        }
+        Command::Projector { listen, data_dir } => {
+            run_role(
+                Role::Projector,
+                cli.config.as_deref(),
+                &environment,
+                listen,
+                data_dir,
             )
             .await
         }

@@ -1,14 +1,18 @@
-//! The distributed roles: `chorus ingest`, `chorus router`, `chorus search`, each its own process
-//! on Apache Kafka (`[kafka] bootstrap`) and Redis (`[redis] url`).
+//! The distributed roles: `chorus ingest`, `chorus router`, `chorus projector`, `chorus search`,
+//! each its own process on Apache Kafka (`[kafka] bootstrap`) and Redis (`[redis] url`).
 //!
 //! - **ingest**: the edge (WebSocket sessions, business HTTP API); appends to `ingress`, registers
-//!   sessions in Redis presence, receives acks and events on its node channel, and keeps its node
-//!   alive in presence with heartbeats.
-//! - **router**: the sequencer and delivery, scaled by the `chorus-router` consumer group.
+//!   sessions in Redis presence (again whenever presence lost them, see
+//!   [`chorus_ingest::Ingest::keep_presence`]), receives acks and events on its node channel, and
+//!   tails the broadcast path (`deliveries`) used while Redis is down.
+//! - **router**: the sequencer and delivery, scaled by the `<prefix>chorus-router` consumer group;
+//!   one fenced transactional writer per owned `timeline` partition.
+//! - **projector**: the projections (history store, Tantivy indexes) under its data directory,
+//!   with `POST /v1/admin/replay`; the history projection moves to ClickHouse in issue 4.
 //! - **search**: the history/search API over projections it builds itself from `timeline` (its
-//!   own history store and Tantivy indexes under its data directory) until history moves to
-//!   ClickHouse (issue 4), when projectors and search nodes separate. `POST /v1/admin/replay`
-//!   rebuilds its projections from the topics while it serves, then switches over.
+//!   own history store and Tantivy indexes under its data directory), so its reads are local
+//!   and consistent; each search node is a replica that consumes every partition.
+//!   `POST /v1/admin/replay` rebuilds its projections from the topics while it serves.
 //!
 //! Every role serves `/health` and `/metrics`. Dev mode is off unless configured.
 
@@ -18,6 +22,7 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use chorus_core::auth::TokenAuthority;
+use chorus_core::broadcast::BroadcastBus;
 use chorus_core::config::ChorusConfig;
 use chorus_core::log::EventLog;
 use chorus_core::membership::Membership;
@@ -38,6 +43,7 @@ use crate::{Projections, operations, stopped};
 pub enum Role {
     Ingest,
     Router,
+    Projector,
     Search,
 }
 
@@ -46,6 +52,7 @@ impl Role {
         match self {
             Role::Ingest => "ingest",
             Role::Router => "router",
+            Role::Projector => "projector",
             Role::Search => "search",
         }
     }
@@ -121,7 +128,11 @@ async fn open_redis(
         !config.redis.url.is_empty(),
         "redis.url is required for the distributed roles"
     );
-    let shared = RedisShared::connect(RedisConfig::new(config.redis.url.clone()), metrics).await?;
+    let mut redis = RedisConfig::new(config.redis.url.clone());
+    redis.node_ttl = Duration::from_millis(config.redis.node_ttl_ms);
+    // by one node_ttl after Redis lost its data, every live node has re-registered its sessions
+    redis.rebuild_window = redis.node_ttl;
+    let shared = RedisShared::connect(redis, metrics).await?;
     Ok((
         Arc::new(RedisPresence(shared.clone())),
         Arc::new(RedisBus(shared)),
@@ -162,11 +173,13 @@ pub async fn start(role: Role, config: ChorusConfig) -> anyhow::Result<RunningRo
     match role {
         Role::Router => {
             let (presence, bus) = open_redis(&config, metrics.clone()).await?;
+            let fallback = BroadcastBus::open(log.clone(), &config.topics().deliveries).await?;
             let context = RouterContext {
                 config: config.clone(),
                 log,
                 presence,
                 bus,
+                fallback: Some(fallback),
                 metrics: metrics.clone(),
             };
             let stop = stopped(shutdown_receiver.clone());
@@ -186,11 +199,12 @@ pub async fn start(role: Role, config: ChorusConfig) -> anyhow::Result<RunningRo
         }
         Role::Ingest => {
             let (presence, bus) = open_redis(&config, metrics.clone()).await?;
+            let broadcast = BroadcastBus::open(log.clone(), &config.topics().deliveries).await?;
             let ingest = Ingest::start(
                 IngestDependencies {
                     config: config.clone(),
                     log,
-                    presence: presence.clone(),
+                    presence,
                     bus,
                     membership: Arc::new(NoGroupMembership),
                     tokens,
@@ -199,21 +213,22 @@ pub async fn start(role: Role, config: ChorusConfig) -> anyhow::Result<RunningRo
                 shutdown_receiver.clone(),
             )
             .await?;
-            let node = config.node_id.clone();
-            let heartbeat_stop = stopped(shutdown_receiver.clone());
+            // the broadcast path: deliveries the router could not target while Redis was down
+            let tail = broadcast
+                .attach(&config.node_id, ingest.hub.clone())
+                .await?;
+            let tail_stop = stopped(shutdown_receiver.clone());
             tasks.spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(5));
-                tokio::pin!(heartbeat_stop);
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => {
-                            if let Err(error) = presence.heartbeat(&node).await {
-                                tracing::warn!(%error, "presence heartbeat failed");
-                            }
-                        }
-                        _ = &mut heartbeat_stop => return ("heartbeat", Ok(())),
-                    }
-                }
+                tail_stop.await;
+                tail.abort();
+                ("broadcast", Ok(()))
+            });
+            let heartbeat = Duration::from_millis(config.redis.heartbeat_ms);
+            let presence_stop = stopped(shutdown_receiver.clone());
+            let keeper = ingest.clone();
+            tasks.spawn(async move {
+                keeper.keep_presence(heartbeat, presence_stop).await;
+                ("presence", Ok(()))
             });
             let routes = operations(metrics.clone())
                 .or(chorus_ingest::routes(ingest.clone()))
@@ -226,6 +241,17 @@ pub async fn start(role: Role, config: ChorusConfig) -> anyhow::Result<RunningRo
                 chorus_ingest::server::serve(listener, ingest, routes, shutdown_receiver).await;
                 ("http", Ok(()))
             });
+        }
+        Role::Projector => {
+            let projections = Projections::open(config.clone(), log, metrics.clone())?;
+            let admin = projections.spawn_supervised(&mut tasks, shutdown_receiver.clone());
+            let routes = operations(metrics.clone())
+                .or(admin)
+                .unify()
+                .recover(chorus_core::http::recover)
+                .unify()
+                .boxed();
+            spawn_http(&mut tasks, listener, routes, shutdown_receiver);
         }
         Role::Search => {
             let projections = Projections::open(config.clone(), log, metrics.clone())?;

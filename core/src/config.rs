@@ -57,11 +57,26 @@ impl Default for KafkaSection {
 }
 
 /// Distributed presence and node-to-node delivery. An empty `url` means in-process.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSection {
     /// `redis://host:port/db`.
     pub url: String,
+    /// How often an ingest node refreshes its liveness (and notices that presence lost its
+    /// sessions, e.g. after a Redis restart, and registers them again).
+    pub heartbeat_ms: u64,
+    /// How long a node counts as alive after its last heartbeat; its sessions are ignored after.
+    pub node_ttl_ms: u64,
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        RedisSection {
+            url: String::new(),
+            heartbeat_ms: 5_000,
+            node_ttl_ms: 15_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -312,6 +327,12 @@ impl ChorusConfig {
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(invalid(key, "must be greater than 0"));
         }
+        if self.redis.heartbeat_ms == 0 || self.redis.heartbeat_ms * 2 > self.redis.node_ttl_ms {
+            return Err(invalid(
+                "redis.heartbeat_ms",
+                "must be greater than 0 and at most half of redis.node_ttl_ms",
+            ));
+        }
         if limits.max_text_bytes > limits.max_frame_bytes {
             return Err(invalid(
                 "limits.max_text_bytes",
@@ -339,6 +360,8 @@ pub struct Topics {
     pub ingress: String,
     pub timeline: String,
     pub dead_letter: String,
+    /// The broadcast delivery path, used while presence or the node bus is down.
+    pub deliveries: String,
 }
 
 impl Topics {
@@ -347,6 +370,7 @@ impl Topics {
             ingress: format!("{prefix}ingress"),
             timeline: format!("{prefix}timeline"),
             dead_letter: format!("{prefix}dead-letter"),
+            deliveries: format!("{prefix}deliveries"),
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod breaker;
+pub mod broadcast;
 pub mod config;
 pub mod error;
 pub mod frames;

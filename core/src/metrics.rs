@@ -28,6 +28,11 @@ pub struct Metrics {
     pub breaker_state: IntGaugeVec,
     /// Circuit breaker state changes, by breaker and new state.
     pub breaker_transitions: IntCounterVec,
+    /// Deliveries and acks sent over the broadcast path because presence or the node bus was
+    /// unavailable, by kind (`targeted` to a known node, `broadcast` to every node).
+    pub degraded_deliveries: IntCounterVec,
+    /// Times an ingest node registered its sessions again because presence had lost them.
+    pub presence_reregistrations: IntCounter,
 }
 
 impl Metrics {
@@ -85,6 +90,19 @@ impl Metrics {
             &["breaker", "state"],
         )
         .expect("valid");
+        let degraded_deliveries = IntCounterVec::new(
+            Opts::new(
+                "degraded_deliveries_total",
+                "deliveries sent over the broadcast path while presence or the bus was down",
+            ),
+            &["kind"],
+        )
+        .expect("valid");
+        let presence_reregistrations = IntCounter::new(
+            "presence_reregistrations_total",
+            "times this node registered its sessions again after presence lost them",
+        )
+        .expect("valid");
         for collector in [
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(events_in.clone()),
@@ -97,6 +115,8 @@ impl Metrics {
             Box::new(projector_position.clone()),
             Box::new(breaker_state.clone()),
             Box::new(breaker_transitions.clone()),
+            Box::new(degraded_deliveries.clone()),
+            Box::new(presence_reregistrations.clone()),
         ] {
             registry.register(collector).expect("names are unique");
         }
@@ -113,6 +133,8 @@ impl Metrics {
             projector_position,
             breaker_state,
             breaker_transitions,
+            degraded_deliveries,
+            presence_reregistrations,
         }
     }
 

@@ -57,8 +57,11 @@ pub trait Presence: Send + Sync + 'static {
     ) -> Result<HashMap<String, Vec<String>>, PresenceError>;
     /// Tells presence that `node` is alive. Nodes call it periodically; the sessions of a node
     /// that stops calling it are dropped once its liveness expires (distributed adapters).
-    async fn heartbeat(&self, _node: &str) -> Result<(), PresenceError> {
-        Ok(())
+    /// Returns whether presence still knew the node: `false` means its session entries may be
+    /// gone (its liveness expired, or the backend restarted empty), and the node must register
+    /// its sessions again.
+    async fn heartbeat(&self, _node: &str) -> Result<bool, PresenceError> {
+        Ok(true)
     }
 }
 
@@ -66,8 +69,10 @@ pub trait Presence: Send + Sync + 'static {
 pub trait NodeBus: Send + Sync + 'static {
     /// Makes `sink` receive the deliveries addressed to `node`.
     async fn attach(&self, node: &str, sink: Arc<dyn DeliverySink>) -> Result<(), PresenceError>;
-    /// Sends a delivery to one node. A node that is gone drops it (at-least-once is restored by
-    /// the client's gap filling).
+    /// Sends a delivery to one node. Fails with [`PresenceError::Unavailable`] when the bus
+    /// knows nobody received it (no node attached under that name: gone, or re-attaching after
+    /// an outage), so the caller may take another path; a node that dies after receiving it
+    /// loses it (at-least-once is restored by the client's gap filling).
     async fn send(&self, node: &str, delivery: Delivery) -> Result<(), PresenceError>;
 }
 
@@ -144,10 +149,15 @@ impl NodeBus for LocalBus {
 
     async fn send(&self, node: &str, delivery: Delivery) -> Result<(), PresenceError> {
         let sink = self.sinks.read().get(node).cloned();
-        if let Some(sink) = sink {
-            sink.deliver(delivery);
+        match sink {
+            Some(sink) => {
+                sink.deliver(delivery);
+                Ok(())
+            }
+            None => Err(PresenceError::Unavailable(format!(
+                "no node {node} is attached"
+            ))),
         }
-        Ok(())
     }
 }
 
@@ -288,6 +298,19 @@ pub mod conformance {
             sink_one.received.lock().len(),
             2,
             "node one got nothing of node two's"
+        );
+        let unheard = bus
+            .send(
+                &format!("{prefix}nobody"),
+                Delivery::ToUsers {
+                    users: vec![],
+                    frame: "{}".into(),
+                },
+            )
+            .await;
+        assert!(
+            matches!(unheard, Err(PresenceError::Unavailable(_))),
+            "a delivery no node can receive is reported: {unheard:?}"
         );
     }
 }

@@ -117,6 +117,15 @@ impl Hub {
     }
 
     /// Number of open sessions on this node.
+    /// Every local session as (user, session id).
+    pub fn sessions(&self) -> Vec<(String, Arc<str>)> {
+        self.session_users
+            .read()
+            .iter()
+            .map(|(session, user)| (user.clone(), session.clone()))
+            .collect()
+    }
+
     pub fn session_count(&self) -> usize {
         self.session_users.read().len()
     }

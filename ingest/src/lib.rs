@@ -17,6 +17,7 @@ mod session;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chorus_core::auth::TokenAuthority;
 use chorus_core::config::ChorusConfig;
@@ -66,6 +67,8 @@ pub struct Ingest {
     shutdown: watch::Receiver<bool>,
     /// The topic names.
     ingress_topic: String,
+    /// Set when presence may lack some of this node's sessions (a registration failed).
+    presence_stale: AtomicBool,
 }
 
 fn quota(per_second: u32, burst: u32) -> Quota {
@@ -110,6 +113,7 @@ impl Ingest {
             )),
             shutdown,
             ingress_topic: config.topics().ingress,
+            presence_stale: AtomicBool::new(false),
             config,
         });
         let janitor = Arc::downgrade(&ingest);
@@ -125,6 +129,71 @@ impl Ingest {
             }
         });
         Ok(ingest)
+    }
+
+    /// Keeps this node's presence true until `stop` resolves: a heartbeat every `interval`, and
+    /// every local session registered again whenever presence may have lost them — it did not
+    /// know the node any more (Redis restarted empty, or the node's liveness expired), the
+    /// previous heartbeat failed, or a session could not be registered.
+    pub async fn keep_presence(
+        self: Arc<Self>,
+        interval: std::time::Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        let node = self.config.node_id.clone();
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = &mut stop => return,
+            }
+            match self.presence.heartbeat(&node).await {
+                Ok(known) => {
+                    let stale = self.presence_stale.swap(false, Ordering::AcqRel);
+                    if !known || failing || stale {
+                        self.register_sessions_again().await;
+                    }
+                    failing = false;
+                }
+                Err(error) => {
+                    if !failing {
+                        tracing::warn!(%error, "presence heartbeat failed");
+                    }
+                    failing = true;
+                }
+            }
+        }
+    }
+
+    async fn register_sessions_again(&self) {
+        use futures_util::StreamExt;
+        let sessions = self.hub.sessions();
+        let count = sessions.len();
+        if count == 0 {
+            return;
+        }
+        let failures = futures_util::stream::iter(sessions)
+            .map(|(user, session)| {
+                let presence = self.presence.clone();
+                let node = self.config.node_id.clone();
+                async move { presence.session_opened(&user, &session, &node).await }
+            })
+            .buffer_unordered(32)
+            .filter(|outcome| std::future::ready(outcome.is_err()))
+            .count()
+            .await;
+        if failures > 0 {
+            self.presence_stale.store(true, Ordering::Release);
+        }
+        self.metrics.presence_reregistrations.inc();
+        tracing::info!(
+            sessions = count,
+            failures,
+            "registered this node's sessions with presence again"
+        );
     }
 
     /// A per-connection limiter (`limits.messages_per_second`, `limits.message_burst`).

@@ -13,6 +13,7 @@
 //! their order. A bad frame gets an `error` frame and the session goes on.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use chorus_core::auth::{Claims, unix_millis};
 use chorus_core::error::{ApiError, ErrorCode};
@@ -224,6 +225,8 @@ async fn run_session(
         .session_opened(&user, &session_id, &ingest.config.node_id)
         .await
     {
+        // registered again by `Ingest::keep_presence` once presence answers
+        ingest.presence_stale.store(true, Ordering::Release);
         tracing::warn!(%error, user, "presence unavailable; live delivery to this session may lag");
     }
     tracing::debug!(user, session = %session_id, device = ?claims.device, "session opened");

@@ -1340,6 +1340,27 @@ impl Consumer for KafkaConsumer {
     fn assignment(&self) -> Vec<PartitionId> {
         self.held.iter().copied().collect()
     }
+
+    /// The first record received but not returned yet, else librdkafka's position, which moves
+    /// past transaction markers as the consumer reads on.
+    fn position(&self, partition: PartitionId) -> Option<Offset> {
+        if !self.held.contains(&partition) || self.pending_seeks.contains_key(&partition) {
+            return None;
+        }
+        if let Some(record) = self
+            .pending
+            .iter()
+            .find(|record| record.partition == partition)
+        {
+            return Some(record.offset);
+        }
+        let positions = self.client().position().ok()?;
+        let element = positions.find_partition(&self.topic, partition as i32)?;
+        match element.offset() {
+            KafkaOffset::Offset(offset) if offset >= 0 => Some(offset as Offset),
+            _ => None,
+        }
+    }
 }
 
 impl Drop for KafkaConsumer {

@@ -165,7 +165,18 @@ pub async fn run(
         let topic = timeline.clone();
         let batch = context.config.projector.batch_records;
         let stop = stop_receiver.clone();
-        tasks.spawn(run_projection(log, topic, projection, batch, metrics, stop));
+        // Every sink today is local to its node (the embedded history store, Tantivy), so each
+        // node consumes every partition in a group of its own. A sink shared by many nodes
+        // (ClickHouse) will share one group instead.
+        let group = format!(
+            "{}chorus-projector-{}.{}",
+            context.config.log.topic_prefix,
+            projection.sink.name(),
+            context.config.node_id
+        );
+        tasks.spawn(run_projection(
+            log, topic, group, projection, batch, metrics, stop,
+        ));
     }
     tokio::select! {
         _ = shutdown => {}
@@ -255,6 +266,21 @@ impl Runner {
                 .is_some_and(|since| since.elapsed() >= interval)
     }
 
+    /// With nothing pending for a partition, everything below the consumer's position is in
+    /// the projection: publish that to readers waiting for it (the stored position stays at
+    /// the last record; what lies between is Kafka transaction markers, skipped again on
+    /// resume).
+    fn note_covered(&self) {
+        for partition in self.consumer.assignment() {
+            if self.pending.contains_key(&partition) {
+                continue;
+            }
+            if let Some(position) = self.consumer.position(partition) {
+                self.projection.progress.advance(partition, position);
+            }
+        }
+    }
+
     /// Applies everything pending, partition by partition, then publishes the new positions.
     async fn flush(&mut self) -> Result<(), ProjectorError> {
         let sink = self.projection.sink.clone();
@@ -290,6 +316,7 @@ impl Runner {
 async fn run_projection(
     log: Arc<dyn EventLog>,
     topic: String,
+    group: String,
     projection: ProjectionRun,
     batch_records: usize,
     metrics: Arc<Metrics>,
@@ -297,7 +324,6 @@ async fn run_projection(
 ) -> Result<(), ProjectorError> {
     let name = projection.sink.name();
     let interval = projection.sink.apply_interval();
-    let group = format!("chorus-projector-{name}");
     let consumer = log.consumer(&group, &topic, StartFrom::Earliest).await?;
     let mut runner = Runner {
         projection,
@@ -350,10 +376,11 @@ async fn run_projection(
                 runner.flush().await?;
                 tracing::debug!(sink = name, ?partitions, "projection partitions revoked");
             }
-            PollEvent::Idle => {}
+            PollEvent::Idle => runner.note_covered(),
         }
         if runner.due(interval, batch_records) {
             runner.flush().await?;
+            runner.note_covered();
         }
     }
 }

@@ -5,7 +5,13 @@
 //! - `node:<node>`: the node's liveness, refreshed by [`Presence::heartbeat`] with a TTL
 //!   (`node_ttl`); a node that dies stops refreshing it, and once it expires the node's sessions
 //!   are ignored by lookups and removed from the hashes as lookups meet them;
-//! - channel `deliver:<node>`: deliveries for that node, JSON-encoded [`Delivery`] values.
+//! - channel `deliver:<node>`: deliveries for that node, JSON-encoded [`Delivery`] values. A
+//!   publish nobody received (the node is gone, or still subscribing again after an outage) is
+//!   reported as unavailable, so the router sends it over the broadcast path instead.
+//!
+//! - `presence:epoch` / `presence:rebuilding`: detect a Redis that lost its data; for one
+//!   `rebuild_window` after, lookups report presence as unavailable so the router broadcasts while
+//!   nodes register their sessions again (see `RedisShared::rebuilding`).
 //!
 //! Every command goes through one circuit breaker ([`chorus_core::breaker::Breaker`], named
 //! `redis`): while Redis fails, calls fail fast with [`PresenceError::Unavailable`] and callers
@@ -33,6 +39,9 @@ pub struct RedisConfig {
     pub key_prefix: String,
     /// How long a node counts as alive after its last heartbeat.
     pub node_ttl: Duration,
+    /// How long lookups report presence as unavailable after Redis is found empty (see
+    /// `RedisShared::rebuilding`); at least the ingest heartbeat interval. Zero disables it.
+    pub rebuild_window: Duration,
     /// Consecutive failures that open the breaker.
     pub breaker_failures: u32,
     /// How long the breaker stays open before a trial call.
@@ -45,6 +54,7 @@ impl RedisConfig {
             url: url.into(),
             key_prefix: "chorus:".into(),
             node_ttl: Duration::from_secs(15),
+            rebuild_window: Duration::from_secs(15),
             breaker_failures: 3,
             breaker_open_for: Duration::from_secs(2),
         }
@@ -111,6 +121,44 @@ impl RedisShared {
             BreakerError::Open(name) => PresenceError::Unavailable(format!("{name} circuit open")),
             BreakerError::Inner(error) => unavailable(error),
         })
+    }
+
+    /// Whether presence may be incomplete because Redis lost its data (a restart without
+    /// persistence, a failover to an empty replica): the permanent `presence:epoch` key is
+    /// missing. The first lookup to notice recreates it and opens a `presence:rebuilding` window
+    /// of `rebuild_window` (by then every live node has heartbeated, noticed, and registered its
+    /// sessions again); lookups inside the window report it. A brand-new Redis looks the same
+    /// and gets the same window: conservative, and the broadcast path carries it.
+    async fn rebuilding(&self) -> Result<bool, PresenceError> {
+        if self.config.rebuild_window.is_zero() {
+            return Ok(false);
+        }
+        let epoch = self.key(&["presence", "epoch"]);
+        let window = self.key(&["presence", "rebuilding"]);
+        let mut connection = self.commands.clone();
+        let (created, open): (Option<String>, bool) = self
+            .guarded(
+                redis::pipe()
+                    .cmd("SET")
+                    .arg(&epoch)
+                    .arg(1)
+                    .arg("NX")
+                    .exists(&window)
+                    .query_async(&mut connection),
+            )
+            .await?;
+        if created.is_some() {
+            let ttl_ms = self.config.rebuild_window.as_millis().max(1) as u64;
+            let mut connection = self.commands.clone();
+            self.guarded(connection.pset_ex::<_, _, ()>(&window, 1, ttl_ms))
+                .await?;
+            tracing::warn!(
+                window_ms = ttl_ms,
+                "presence was empty (Redis lost its data?): broadcasting until nodes registered again"
+            );
+            return Ok(true);
+        }
+        Ok(open)
     }
 
     /// Which of `nodes` are alive.
@@ -233,10 +281,17 @@ impl Presence for RedisPresence {
         Ok(self.0.live_sessions(&[user.to_owned()]).await?.len())
     }
 
+    /// Fails while presence is being rebuilt (see [`RedisShared::rebuilding`]): an answer then
+    /// could leave out sessions not registered again yet, and the caller broadcasts instead.
     async fn nodes_of(
         &self,
         users: &[String],
     ) -> Result<HashMap<String, Vec<String>>, PresenceError> {
+        if self.0.rebuilding().await? {
+            return Err(PresenceError::Unavailable(
+                "presence is being rebuilt after Redis lost its data".into(),
+            ));
+        }
         let mut by_node: HashMap<String, HashSet<String>> = HashMap::new();
         for (user, _, node) in self.0.live_sessions(users).await? {
             by_node.entry(node).or_default().insert(user);
@@ -247,13 +302,21 @@ impl Presence for RedisPresence {
             .collect())
     }
 
-    async fn heartbeat(&self, node: &str) -> Result<(), PresenceError> {
+    /// `SET node:<node> 1 EX ttl GET`: refreshes liveness and tells whether the key was still
+    /// there (a Redis restarted without its data, or an expired node, answers nil).
+    async fn heartbeat(&self, node: &str) -> Result<bool, PresenceError> {
         let shared = &self.0;
         let mut connection = shared.commands.clone();
         let ttl = shared.config.node_ttl.as_secs().max(1);
-        shared
-            .guarded(connection.set_ex::<_, _, ()>(shared.key(&["node", node]), 1, ttl))
-            .await
+        let mut command = redis::cmd("SET");
+        command
+            .arg(shared.key(&["node", node]))
+            .arg(1)
+            .arg("EX")
+            .arg(ttl)
+            .arg("GET");
+        let previous: Option<String> = shared.guarded(command.query_async(&mut connection)).await?;
+        Ok(previous.is_some())
     }
 }
 
@@ -288,7 +351,7 @@ impl NodeBus for RedisBus {
                 tracing::warn!(channel, "delivery subscription lost; resubscribing");
                 pubsub = loop {
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                     let Ok(mut fresh) = shared.client.get_async_pubsub().await else {
                         continue;
                     };
@@ -301,12 +364,20 @@ impl NodeBus for RedisBus {
         Ok(())
     }
 
+    /// Fails when nobody listens on the node's channel (the node is gone, or is subscribing
+    /// again after an outage), so the caller can take another path instead of losing it.
     async fn send(&self, node: &str, delivery: Delivery) -> Result<(), PresenceError> {
         let shared = &self.0;
         let payload = serde_json::to_string(&delivery).map_err(unavailable)?;
         let mut connection = shared.commands.clone();
-        shared
-            .guarded(connection.publish::<_, _, ()>(shared.key(&["deliver", node]), payload))
-            .await
+        let receivers: i64 = shared
+            .guarded(connection.publish(shared.key(&["deliver", node]), payload))
+            .await?;
+        if receivers == 0 {
+            return Err(PresenceError::Unavailable(format!(
+                "no subscriber on the channel of node {node}"
+            )));
+        }
+        Ok(())
     }
 }

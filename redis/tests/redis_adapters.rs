@@ -29,8 +29,11 @@ fn unique_prefix() -> String {
     format!("t{}-", uuid::Uuid::new_v4().simple())
 }
 
+/// A connection to the shared server; without the rebuild window (its own test below), since
+/// other tests and processes share the server's `presence:` keys.
 async fn shared(url: &str, adjust: impl FnOnce(&mut RedisConfig)) -> Arc<RedisShared> {
     let mut config = RedisConfig::new(url);
+    config.rebuild_window = Duration::ZERO;
     adjust(&mut config);
     RedisShared::connect(config, Arc::new(Metrics::new()))
         .await
@@ -107,6 +110,76 @@ async fn sessions_of_a_dead_node_disappear_when_its_liveness_expires() {
     );
 }
 
+/// After Redis comes back without its data, lookups report presence as unavailable for the
+/// rebuild window (so the router broadcasts while nodes register again), then answer again.
+#[tokio::test]
+async fn lookups_report_a_rebuild_after_redis_lost_its_data() {
+    let Some(_) = redis_url() else { return };
+    let port = free_port();
+    let server = OwnRedis::start(port).await;
+    let mut config = RedisConfig::new(format!("redis://127.0.0.1:{port}/0"));
+    config.rebuild_window = Duration::from_millis(800);
+    config.breaker_open_for = Duration::from_millis(200);
+    let presence = RedisPresence(
+        RedisShared::connect(config, Arc::new(Metrics::new()))
+            .await
+            .unwrap(),
+    );
+    let users = vec!["alice".to_owned()];
+    presence.session_opened("alice", "s1", "n1").await.unwrap();
+    let first = presence.nodes_of(&users).await;
+    assert!(
+        matches!(&first, Err(PresenceError::Unavailable(reason)) if reason.contains("rebuilt")),
+        "a Redis without the epoch key may be missing sessions: {first:?}"
+    );
+    let answered = |outcome: &Result<_, PresenceError>| outcome.is_ok();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let settled = loop {
+        let outcome = presence.nodes_of(&users).await;
+        if answered(&outcome) {
+            break outcome.unwrap();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{outcome:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        settled.get("n1"),
+        Some(&users),
+        "after the window, lookups answer"
+    );
+
+    server.stop().await;
+    let _restarted = OwnRedis::start(port).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match presence.nodes_of(&users).await {
+            Err(PresenceError::Unavailable(reason)) if reason.contains("rebuilt") => break,
+            Err(_) => {} // connection errors and the open breaker while Redis comes back
+            Ok(answer) => panic!("an emptied Redis answered as if complete: {answer:?}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no rebuild reported"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    presence.session_opened("alice", "s1", "n1").await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let rebuilt = loop {
+        let outcome = presence.nodes_of(&users).await;
+        if answered(&outcome) {
+            break outcome.unwrap();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{outcome:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        rebuilt.get("n1"),
+        Some(&users),
+        "the re-registered session is found"
+    );
+}
+
 /// A redis-server of the test's own, so it can be stopped and restarted.
 struct OwnRedis {
     /// The server process; killed to simulate an outage.
@@ -166,7 +239,11 @@ async fn the_breaker_opens_during_an_outage_and_closes_after_it() {
     let mut config = RedisConfig::new(format!("redis://127.0.0.1:{port}/0"));
     config.breaker_open_for = Duration::from_millis(500);
     let presence = RedisPresence(RedisShared::connect(config, metrics.clone()).await.unwrap());
-    presence.heartbeat("n1").await.unwrap();
+    assert!(
+        !presence.heartbeat("n1").await.unwrap(),
+        "a fresh server did not know n1"
+    );
+    assert!(presence.heartbeat("n1").await.unwrap(), "now it does");
     server.stop().await;
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -195,10 +272,17 @@ async fn the_breaker_opens_during_an_outage_and_closes_after_it() {
 
     let restarted = OwnRedis::start(port).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while presence.heartbeat("n1").await.is_err() {
+    let known = loop {
+        if let Ok(known) = presence.heartbeat("n1").await {
+            break known;
+        }
         assert!(tokio::time::Instant::now() < deadline, "never recovered");
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
+    assert!(
+        !known,
+        "the restarted server lost n1: the node is told to register its sessions again"
+    );
     let text = metrics.render();
     assert!(
         text.contains("chorus_breaker_state{breaker=\"redis\"} 0"),

@@ -18,7 +18,10 @@
 //!    sequenced events are appended to `timeline` in one call;
 //! 3. only after that append returns (the events are durable) are acks sent to senders and
 //!    events delivered to every online session of every member, through presence and the node
-//!    bus. Delivery is at least once; clients fill gaps from history;
+//!    bus. While presence or the bus fails (Redis down, breaker open), acks go to their node
+//!    and events to every node over the broadcast path ([`BroadcastBus`], a `deliveries` topic
+//!    each ingest node tails and filters locally); targeted delivery resumes as soon as they
+//!    answer again. Live delivery is best effort; clients fill gaps from history;
 //! 4. a failed timeline append stops the router with an error (crash-only): the state may hold
 //!    events the log lacks, and only recovery from the log is trusted. A fenced append means
 //!    another router owns the partition: nothing of the batch is acknowledged.
@@ -31,6 +34,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chorus_core::broadcast::BroadcastBus;
 use chorus_core::config::{ChorusConfig, Topics};
 use chorus_core::log::{
     EventLog, LogError, PartitionId, PollEvent, Record, StartFrom, by_partition,
@@ -40,8 +44,11 @@ use chorus_core::presence::{NodeBus, Presence};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-/// The consumer group of routers on `ingress`.
-pub const ROUTER_GROUP: &str = "chorus-router";
+/// The consumer group of routers on `ingress`: `<topic prefix>chorus-router`, so deployments
+/// that share a Kafka cluster under different prefixes never share a group.
+pub fn router_group(config: &ChorusConfig) -> String {
+    format!("{}chorus-router", config.log.topic_prefix)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
@@ -61,6 +68,9 @@ pub struct RouterContext {
     pub log: Arc<dyn EventLog>,
     pub presence: Arc<dyn Presence>,
     pub bus: Arc<dyn NodeBus>,
+    /// The broadcast path for deliveries and acks while presence or the bus is unavailable
+    /// (distributed roles); `None` where both are in-process and cannot fail.
+    pub fallback: Option<Arc<BroadcastBus>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -89,7 +99,11 @@ pub async fn run(
     context.log.ensure_topic(&topics.dead_letter).await?;
     let mut consumer = context
         .log
-        .consumer(ROUTER_GROUP, &topics.ingress, StartFrom::Earliest)
+        .consumer(
+            &router_group(&context.config),
+            &topics.ingress,
+            StartFrom::Earliest,
+        )
         .await?;
     let mut workers: HashMap<PartitionId, WorkerHandle> = HashMap::new();
     let batch_records = context.config.router.batch_records;

@@ -1,7 +1,6 @@
 //! One partition's sequencer: recover, then decide → append → ack and deliver, batch by batch.
 
-use std::collections::HashMap;
-
+use chorus_core::broadcast::EVERY_NODE;
 use chorus_core::error::ApiError;
 use chorus_core::frames::{ack_json, event_json, read_json};
 use chorus_core::log::{FencedWriter, NewRecord, Offset, PartitionId, Record};
@@ -283,57 +282,109 @@ fn sequenced_notices(
     notices
 }
 
-/// Sends acks, errors and deliveries. Presence or bus failures lose only the live delivery; the
-/// events are durable and clients fill the gap from history.
+/// Sends acks, errors and deliveries: targeted through presence and the node bus, and over the
+/// broadcast path what they could not take (one append for the whole batch). A failure loses
+/// only the live delivery; the events are durable and clients fill the gap from history.
 async fn notify(context: &RouterContext, notices: Vec<Notice>) {
+    let mut degraded: Vec<(String, Delivery)> = Vec::new();
     for notice in notices {
-        let result = match notice {
+        match notice {
             Notice::Ack {
                 node,
                 session,
                 frame,
             } => {
                 context.metrics.acks.inc();
-                context
-                    .bus
-                    .send(&node, Delivery::ToSession { session, frame })
-                    .await
+                send(
+                    context,
+                    node,
+                    Delivery::ToSession { session, frame },
+                    &mut degraded,
+                )
+                .await;
             }
             Notice::Error {
                 node,
                 session,
                 frame,
             } => {
-                context
-                    .bus
-                    .send(&node, Delivery::ToSession { session, frame })
-                    .await
+                send(
+                    context,
+                    node,
+                    Delivery::ToSession { session, frame },
+                    &mut degraded,
+                )
+                .await
             }
-            Notice::Deliver { members, frame } => deliver(context, members, frame).await,
-        };
-        if let Err(error) = result {
-            tracing::warn!(%error, "live delivery failed; clients will fill the gap from history");
+            Notice::Deliver { members, frame } => {
+                deliver(context, members, frame, &mut degraded).await
+            }
         }
+    }
+    if degraded.is_empty() {
+        return;
+    }
+    let Some(fallback) = &context.fallback else {
+        return;
+    };
+    for (node, _) in &degraded {
+        let kind = if node == EVERY_NODE {
+            "broadcast"
+        } else {
+            "targeted"
+        };
+        context
+            .metrics
+            .degraded_deliveries
+            .with_label_values(&[kind])
+            .inc();
+    }
+    if let Err(error) = fallback.publish(degraded).await {
+        tracing::warn!(%error, "broadcast delivery failed; clients will fill the gap from history");
     }
 }
 
+/// Sends one delivery to its node, or queues it for the broadcast path.
+async fn send(
+    context: &RouterContext,
+    node: String,
+    delivery: Delivery,
+    degraded: &mut Vec<(String, Delivery)>,
+) {
+    if let Err(error) = context.bus.send(&node, delivery.clone()).await {
+        tracing::debug!(%error, node, "node bus unavailable; delivery goes over the broadcast path");
+        degraded.push((node, delivery));
+    }
+}
+
+/// Delivers a frame to every online member: to the nodes presence names, or, when presence is
+/// unavailable, to every node, each of which hands it to whichever members it holds.
 async fn deliver(
     context: &RouterContext,
     members: Vec<String>,
     frame: Frame,
-) -> Result<(), chorus_core::presence::PresenceError> {
-    let by_node: HashMap<String, Vec<String>> = context.presence.nodes_of(&members).await?;
-    for (node, users) in by_node {
-        context
-            .bus
-            .send(
-                &node,
-                Delivery::ToUsers {
+    degraded: &mut Vec<(String, Delivery)>,
+) {
+    match context.presence.nodes_of(&members).await {
+        Ok(by_node) => {
+            tracing::debug!(?members, ?by_node, "targeted delivery");
+            for (node, users) in by_node {
+                let delivery = Delivery::ToUsers {
                     users,
                     frame: frame.clone(),
+                };
+                send(context, node, delivery, degraded).await;
+            }
+        }
+        Err(error) => {
+            tracing::debug!(%error, "presence unavailable; delivery goes to every node");
+            degraded.push((
+                EVERY_NODE.to_owned(),
+                Delivery::ToUsers {
+                    users: members,
+                    frame,
                 },
-            )
-            .await?;
+            ));
+        }
     }
-    Ok(())
 }

@@ -469,5 +469,294 @@ pub fn role_environment(
         ("CHORUS_REDIS_URL", services.1.clone()),
         ("CHORUS_TOPIC_PREFIX", format!("{run}.")),
         ("CHORUS_NODE_ID", format!("{run}-{node}")),
+        (
+            "CHORUS_LOG",
+            std::env::var("CHORUS_TEST_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+        ),
     ]
+}
+
+/// A user who keeps talking through failures the way a real client does: it resends a message
+/// with the same client id until it is acknowledged, reconnects (with backoff) when its node
+/// goes away, and remembers every `event` it received live, so a test can tell live deliveries
+/// from gap fills.
+pub struct Participant {
+    pub user: String,
+    /// Where to (re)connect; a test may point it at a restarted node.
+    pub node: std::sync::Arc<parking_lot::Mutex<String>>,
+    client: Option<Client>,
+    /// Seqs of the `event` frames received live, per conversation.
+    pub live: std::collections::HashMap<String, std::collections::BTreeSet<u64>>,
+    /// The seq each acknowledged client message id got.
+    pub acked: std::collections::BTreeMap<String, u64>,
+    /// Connections opened after the first.
+    pub reconnects: usize,
+    /// Sends repeated after a lost connection or a missing ack.
+    pub resends: usize,
+}
+
+/// How long a participant waits for an ack before resending (longer than a router takeover:
+/// the consumer group's session timeout plus recovery).
+pub const ACK_PATIENCE: Duration = Duration::from_secs(20);
+/// How long a participant keeps trying to get one message acknowledged before the test fails.
+pub const SEND_DEADLINE: Duration = Duration::from_secs(180);
+
+impl Participant {
+    pub fn new(user: &str, node: std::sync::Arc<parking_lot::Mutex<String>>) -> Participant {
+        Participant {
+            user: user.to_owned(),
+            node,
+            client: None,
+            live: Default::default(),
+            acked: Default::default(),
+            reconnects: 0,
+            resends: 0,
+        }
+    }
+
+    /// Connects now (the test's starting point); later connections happen on demand.
+    pub async fn connect(&mut self) -> anyhow::Result<()> {
+        let url = self.node.lock().clone();
+        self.client = Some(Client::connect(&url, &self.user, None).await?);
+        Ok(())
+    }
+
+    /// Sends a message and returns its seq, resending with the same id until it is acknowledged.
+    /// An error frame other than `unavailable` or `rate_limited` fails the send.
+    pub async fn send(&mut self, id: &str, conversation: &str, text: &str) -> anyhow::Result<u64> {
+        let deadline = tokio::time::Instant::now() + SEND_DEADLINE;
+        let frame = json!({"type": "send", "id": id, "conversation": conversation, "text": text});
+        let mut attempt = 0u32;
+        loop {
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "{}: {id} was not acknowledged within {SEND_DEADLINE:?}",
+                    self.user
+                );
+            }
+            if attempt > 0 {
+                self.resends += 1;
+                // a client's retry backoff; the condition (an ack) is awaited below
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(10)))).await;
+            }
+            attempt += 1;
+            if self.client.is_none() {
+                let url = self.node.lock().clone();
+                match Client::connect(&url, &self.user, None).await {
+                    Ok(client) => {
+                        self.client = Some(client);
+                        self.reconnects += 1;
+                    }
+                    Err(_) => continue,
+                }
+            }
+            let Some(client) = self.client.as_mut() else {
+                continue;
+            };
+            if client.send_json(frame.clone()).await.is_err() {
+                self.client = None;
+                continue;
+            }
+            match self.await_outcome(id, ACK_PATIENCE).await {
+                Outcome::Acked(seq) => {
+                    self.acked.insert(id.to_owned(), seq);
+                    return Ok(seq);
+                }
+                Outcome::Retry => {}
+                Outcome::Lost => self.client = None,
+                Outcome::Refused(error) => bail!("{}: {id} refused: {error}", self.user),
+            }
+        }
+    }
+
+    /// Reads frames until the outcome of `id` arrives, recording events on the way.
+    async fn await_outcome(&mut self, id: &str, patience: Duration) -> Outcome {
+        let until = tokio::time::Instant::now() + patience;
+        loop {
+            let Some(client) = self.client.as_mut() else {
+                return Outcome::Lost;
+            };
+            let frame = match client.next_frame(until).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Outcome::Retry, // patience ran out: resend
+                Err(_) => return Outcome::Lost,
+            };
+            match frame["type"].as_str() {
+                Some("event") => self.record(&frame),
+                Some("ack") if frame["id"] == id => {
+                    return match frame["seq"].as_u64() {
+                        Some(seq) => Outcome::Acked(seq),
+                        None => Outcome::Refused(format!("ack without seq: {frame}")),
+                    };
+                }
+                Some("error") if frame["id"] == id => {
+                    let code = frame["code"].as_str().unwrap_or_default();
+                    if code == "unavailable" || code == "rate_limited" {
+                        return Outcome::Retry;
+                    }
+                    return Outcome::Refused(frame.to_string());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Reads whatever arrives within `patience`, recording events (used after the last send).
+    pub async fn drain(&mut self, patience: Duration) {
+        let until = tokio::time::Instant::now() + patience;
+        while let Some(client) = self.client.as_mut() {
+            match client.next_frame(until).await {
+                Ok(Some(frame)) if frame["type"] == "event" => self.record(&frame),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return,
+            }
+        }
+    }
+
+    fn record(&mut self, frame: &Value) {
+        if let (Some(conversation), Some(seq)) =
+            (frame["conversation"].as_str(), frame["seq"].as_u64())
+        {
+            self.live
+                .entry(conversation.to_owned())
+                .or_default()
+                .insert(seq);
+        }
+    }
+}
+
+enum Outcome {
+    Acked(u64),
+    /// No answer in time, or a transient refusal: resend on the same connection.
+    Retry,
+    /// The connection is gone: reconnect, then resend.
+    Lost,
+    Refused(String),
+}
+
+impl Client {
+    /// The next frame (backlog first) arriving before `until`; `None` when the time is up.
+    pub async fn next_frame(
+        &mut self,
+        until: tokio::time::Instant,
+    ) -> anyhow::Result<Option<Value>> {
+        if !self.backlog.is_empty() {
+            return Ok(Some(self.backlog.remove(0)));
+        }
+        loop {
+            let message = match tokio::time::timeout_at(until, self.stream.next()).await {
+                Err(_) => return Ok(None),
+                Ok(None) => bail!("{}: connection closed", self.user),
+                Ok(Some(message)) => message?,
+            };
+            match message {
+                Message::Text(text) => return Ok(Some(serde_json::from_str(&text)?)),
+                Message::Close(close) => bail!("{}: closed by server: {close:?}", self.user),
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Participant {
+    /// Reads frames until the event `seq` of `conversation` was received live, or `patience`
+    /// runs out (then fails).
+    pub async fn await_live(
+        &mut self,
+        conversation: &str,
+        seq: u64,
+        patience: Duration,
+    ) -> anyhow::Result<()> {
+        let until = tokio::time::Instant::now() + patience;
+        loop {
+            if self
+                .live
+                .get(conversation)
+                .is_some_and(|seqs| seqs.contains(&seq))
+            {
+                return Ok(());
+            }
+            let Some(client) = self.client.as_mut() else {
+                bail!("{}: not connected", self.user);
+            };
+            match client.next_frame(until).await? {
+                Some(frame) if frame["type"] == "event" => self.record(&frame),
+                Some(_) => {}
+                None => bail!(
+                    "{}: event {seq} of {conversation} did not arrive live within {patience:?}",
+                    self.user
+                ),
+            }
+        }
+    }
+}
+
+/// A redis-server of the test's own on `port` (no persistence), so a test can stop it and start
+/// an empty one again without disturbing other tests.
+pub struct OwnRedis {
+    child: tokio::process::Child,
+}
+
+impl OwnRedis {
+    pub async fn start(port: u16) -> anyhow::Result<OwnRedis> {
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("redis-server is installed (scripts/services/redis installs it)")?;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if tokio::time::Instant::now() >= deadline {
+                bail!("redis-server on port {port} did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(OwnRedis { child })
+    }
+
+    /// `kill -9`: the data is gone with it.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; good enough for a test's own server).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The value of one Prometheus sample in a `/metrics` text, e.g.
+/// `metric(text, "chorus_breaker_transitions_total", &[("breaker", "redis"), ("state", "open")])`;
+/// 0 when absent. Labels must all match (order-independent).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((series_name, rest)) => (series_name, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if series_name != name {
+                return None;
+            }
+            let matches = labels
+                .iter()
+                .all(|(key, value)| series_labels.contains(&format!("{key}=\"{value}\"")));
+            matches.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// `GET <base>/metrics` as text.
+pub async fn metrics_text(base: &str) -> anyhow::Result<String> {
+    Ok(reqwest::get(format!("{base}/metrics"))
+        .await?
+        .text()
+        .await?)
 }

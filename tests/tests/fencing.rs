@@ -76,6 +76,7 @@ async fn a_fenced_router_appends_and_acknowledges_nothing_more() -> anyhow::Resu
         log: Arc::clone(&log),
         presence: Arc::new(LocalPresence::default()),
         bus,
+        fallback: None,
         metrics: Arc::new(Metrics::new()),
     };
     let router = tokio::spawn(chorus_router::run(context, std::future::pending()));

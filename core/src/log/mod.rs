@@ -235,6 +235,12 @@ pub trait Consumer: Send {
 
     /// The partitions currently assigned to this member.
     fn assignment(&self) -> Vec<PartitionId>;
+
+    /// The next offset this member reads in an assigned partition: one past the last record
+    /// returned, or further once the adapter knows the records in between are not the
+    /// application's (Kafka: transaction markers). `None` when not assigned or not known yet.
+    /// A consumer that applied everything it was given has covered the log up to here.
+    fn position(&self, partition: PartitionId) -> Option<Offset>;
 }
 
 /// The single writer of one partition; see [`EventLog::fenced_writer`].

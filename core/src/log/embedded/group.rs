@@ -531,6 +531,10 @@ impl Consumer for EmbeddedConsumer {
     fn assignment(&self) -> Vec<PartitionId> {
         self.positions.keys().copied().collect()
     }
+
+    fn position(&self, partition: PartitionId) -> Option<Offset> {
+        self.positions.get(&partition).copied()
+    }
 }
 
 impl Drop for EmbeddedConsumer {

@@ -1,0 +1,549 @@
+//! The distributed roles as processes under faults, on the real Kafka broker and redis-server
+//! that `scripts/test` starts (`CHORUS_KAFKA_BOOTSTRAP`, `CHORUS_REDIS_URL`). In CI missing
+//! services fail these tests; elsewhere they are skipped.
+//!
+//! - Two ingest nodes, two routers, a projector and a search node carry 2,000 messages (1:1 and a
+//!   group of five spread over both nodes) while a router and an ingest node are `kill -9`ed and
+//!   restarted. Clients behave as real ones: resend with the same id until acked, reconnect, fill
+//!   gaps from `/events`. Afterwards every acknowledged message is in history and in `timeline`
+//!   exactly once, seqs are contiguous, and every member got every event live or by gap fill.
+//! - Redis is stopped mid-run and started again empty: acks and events keep flowing over the
+//!   broadcast path, targeted delivery resumes once the ingest nodes registered their sessions
+//!   again, nothing acknowledged is lost, and `/metrics` shows the breaker's transitions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use chorus_core::log::EventLog;
+use chorus_kafka::{KafkaLog, KafkaLogConfig};
+use chorus_tests::{
+    Api, ChildServer, OwnRedis, Participant, distributed_services, free_port, metric, metrics_text,
+    role_environment,
+};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+/// A run's processes share one config file and one topic prefix.
+struct Cluster {
+    services: (String, String),
+    run: String,
+    config: std::path::PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn new(services: (String, String), run: String, config_toml: &str) -> anyhow::Result<Cluster> {
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("chorus.toml");
+        std::fs::write(&config, config_toml)?;
+        Ok(Cluster {
+            services,
+            run,
+            config,
+            dir,
+        })
+    }
+
+    /// Starts `chorus <role>` as node `node`, on `port` if given (a restart keeps its address).
+    async fn spawn(
+        &self,
+        role: &str,
+        node: &str,
+        port: Option<u16>,
+    ) -> anyhow::Result<ChildServer> {
+        let mut arguments = vec![
+            "--config".to_owned(),
+            self.config.display().to_string(),
+            role.to_owned(),
+            "--listen".to_owned(),
+            format!("127.0.0.1:{}", port.unwrap_or(0)),
+        ];
+        if role == "search" || role == "projector" {
+            let data = self.dir.path().join(node);
+            arguments.extend(["--data-dir".to_owned(), data.display().to_string()]);
+        }
+        let environment = role_environment(&self.services, &self.run, node);
+        ChildServer::spawn(&arguments, &environment)
+            .await
+            .with_context(|| format!("starting {role} {node}"))
+    }
+
+    fn user(&self, name: &str) -> String {
+        format!("{}{name}", self.run)
+    }
+}
+
+fn port_of(server: &ChildServer) -> anyhow::Result<u16> {
+    let port = server.url.rsplit(':').next().context("port in url")?;
+    Ok(port.trim_end_matches('/').parse()?)
+}
+
+fn direct(a: &str, b: &str) -> String {
+    if a < b {
+        format!("dm:{a}:{b}")
+    } else {
+        format!("dm:{b}:{a}")
+    }
+}
+
+/// Every event of a conversation from the search node's history, read as `user`.
+async fn history(api: &Api, user: &str, conversation: &str) -> anyhow::Result<Vec<Value>> {
+    api.events(user, conversation, 0).await
+}
+
+/// Checks a conversation's history: seqs 1..=n without holes, each client message id once;
+/// returns client message id → seq.
+fn check_history(conversation: &str, events: &[Value]) -> anyhow::Result<BTreeMap<String, u64>> {
+    let seqs: Vec<u64> = events
+        .iter()
+        .filter_map(|event| event["seq"].as_u64())
+        .collect();
+    let expected: Vec<u64> = (1..=events.len() as u64).collect();
+    ensure!(
+        seqs == expected,
+        "{conversation}: seqs are not 1..={}: {seqs:?}",
+        events.len()
+    );
+    let mut ids = BTreeMap::new();
+    for event in events {
+        if let (Some(id), Some(seq)) = (event["client_msg_id"].as_str(), event["seq"].as_u64())
+            && ids.insert(id.to_owned(), seq).is_some()
+        {
+            bail!("{conversation}: client message id {id} appears twice in history");
+        }
+    }
+    Ok(ids)
+}
+
+/// The sequenced events of `conversations` as the `timeline` topic holds them (read_committed):
+/// conversation → [(seq, client message id)].
+async fn timeline(
+    bootstrap: &str,
+    topic: &str,
+    conversations: &BTreeSet<String>,
+) -> anyhow::Result<BTreeMap<String, Vec<(u64, Option<String>)>>> {
+    let log: Arc<dyn EventLog> = KafkaLog::new(KafkaLogConfig::new(bootstrap))?;
+    let mut found: BTreeMap<String, Vec<(u64, Option<String>)>> = BTreeMap::new();
+    for partition in 0..log.partition_count(topic).await? {
+        let end = log.end_offset(topic, partition).await?;
+        let mut position = 0;
+        loop {
+            let records = log
+                .read_range(topic, partition, position, end, 1000)
+                .await?;
+            let Some(last) = records.last() else { break };
+            position = last.offset + 1;
+            for record in records {
+                let event = chorus_schemas::decode_timeline(&record.value)?;
+                if conversations.contains(&event.conversation)
+                    && let Some(seq) = event.seq
+                {
+                    found
+                        .entry(event.conversation.clone())
+                        .or_default()
+                        .push((seq, event.client_msg_id.clone()));
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_a_router_and_an_ingest_node_loses_and_duplicates_nothing() -> anyhow::Result<()>
+{
+    let Some(services) = distributed_services() else {
+        return Ok(());
+    };
+    let bootstrap = services.0.clone();
+    let cluster = Cluster::new(
+        services,
+        format!("x{}", std::process::id()),
+        "[kafka]\nsession_timeout_ms = 6000\n[log]\npartitions = 4\n",
+    )?;
+    let first_router = cluster.spawn("router", "r1", None).await?;
+    let _second_router = cluster.spawn("router", "r2", None).await?;
+    let node_one = cluster.spawn("ingest", "n1", None).await?;
+    let node_two = cluster.spawn("ingest", "n2", None).await?;
+    let projector = cluster.spawn("projector", "p1", None).await?;
+    let search = cluster.spawn("search", "s1", None).await?;
+    let node_two_port = port_of(&node_two)?;
+
+    let names = ["alice", "bob", "carol", "dave", "erin"];
+    let users: Vec<String> = names.iter().map(|name| cluster.user(name)).collect();
+    let group = format!("g:{}", cluster.run);
+    let dm = direct(&users[0], &users[1]);
+    let created = Api::new(&node_one.url)
+        .business(
+            json!([{"type": "create_group", "id": "g", "conversation": group,
+                          "members": users, "title": "Faults"}]),
+        )
+        .await?;
+    ensure!(created[0]["seq"] == 1, "group created: {created:?}");
+
+    // alice and carol on node 1; bob, dave and erin on node 2
+    let url_one = Arc::new(Mutex::new(node_one.ws_url()));
+    let url_two = Arc::new(Mutex::new(node_two.ws_url()));
+    let on_node_two = |index: usize| matches!(index, 1 | 3 | 4);
+    let (progress, watch_progress) = watch::channel(0usize);
+    let progress = Arc::new(progress);
+    let mut talkers = Vec::new();
+    for (index, user) in users.iter().enumerate() {
+        let node = if on_node_two(index) {
+            &url_two
+        } else {
+            &url_one
+        };
+        let mut participant = Participant::new(user, node.clone());
+        participant.connect().await?;
+        // 400 messages each: alice and bob half 1:1, half in the group
+        let plan: Vec<(String, String)> = (0..400)
+            .map(|n| {
+                let to_dm = index < 2 && n % 2 == 0;
+                let conversation = if to_dm { dm.clone() } else { group.clone() };
+                (format!("{}-{n}", names[index]), conversation)
+            })
+            .collect();
+        let progress = progress.clone();
+        talkers.push(tokio::spawn(async move {
+            for (id, conversation) in plan {
+                participant
+                    .send(&id, &conversation, &format!("message {id}"))
+                    .await?;
+                progress.send_modify(|acked| *acked += 1);
+            }
+            Ok::<_, anyhow::Error>(participant)
+        }));
+    }
+
+    let reached = |watch: &watch::Receiver<usize>, count: usize| {
+        let mut watch = watch.clone();
+        async move {
+            tokio::time::timeout(
+                Duration::from_secs(180),
+                watch.wait_for(|acked| *acked >= count),
+            )
+            .await
+            .with_context(|| format!("the stream stalled before {count} acks"))?
+            .map(|_| ())
+            .context("progress channel")
+        }
+    };
+    let started = std::time::Instant::now();
+    reached(&watch_progress, 400).await?;
+    eprintln!("400 acked after {:?}", started.elapsed());
+    first_router.kill().await?;
+    // the other router takes the partitions over (after the session timeout) and the stream goes on
+    reached(&watch_progress, 800).await?;
+    eprintln!("800 acked after {:?}", started.elapsed());
+    let _restarted_router = cluster.spawn("router", "r1", None).await?;
+    reached(&watch_progress, 1000).await?;
+    eprintln!("1000 acked after {:?}", started.elapsed());
+    node_two.kill().await?;
+    let restarted_node = cluster.spawn("ingest", "n2", Some(node_two_port)).await?;
+    *url_two.lock() = restarted_node.ws_url();
+
+    let mut participants = Vec::new();
+    for talker in talkers {
+        participants.push(talker.await??);
+    }
+    eprintln!("all acked after {:?}", started.elapsed());
+    let acked_total: usize = participants.iter().map(|p| p.acked.len()).sum();
+    assert_eq!(acked_total, 2000, "every message was acknowledged");
+
+    // history: contiguous seqs, every acknowledged message exactly once at its acked seq
+    let api = Api::new(&search.url);
+    let dm_history = history(&api, &users[0], &dm).await?;
+    let group_history = history(&api, &users[0], &group).await?;
+    let mut in_history = check_history(&dm, &dm_history)?;
+    in_history.extend(check_history(&group, &group_history)?);
+    for participant in &participants {
+        for (id, seq) in &participant.acked {
+            assert_eq!(
+                in_history.get(id),
+                Some(seq),
+                "{id} acked with seq {seq} is in history once, at that seq"
+            );
+        }
+    }
+    assert_eq!(dm_history.len(), 400, "400 direct messages, nothing more");
+    assert_eq!(
+        group_history.len(),
+        1 + 1600,
+        "the creation and 1,600 group messages"
+    );
+
+    // timeline: the same, read straight from Kafka with read_committed
+    let conversations: BTreeSet<String> = [dm.clone(), group.clone()].into();
+    let topic = format!("{}.timeline", cluster.run);
+    let sequenced = timeline(&bootstrap, &topic, &conversations).await?;
+    for (conversation, events) in &sequenced {
+        let seqs: Vec<u64> = events.iter().map(|(seq, _)| *seq).collect();
+        let expected: Vec<u64> = (1..=events.len() as u64).collect();
+        assert_eq!(
+            seqs, expected,
+            "{conversation}: timeline seqs are contiguous, each once"
+        );
+        let mut ids = BTreeSet::new();
+        for (seq, id) in events {
+            if let Some(id) = id {
+                assert!(ids.insert(id.clone()), "{id} is in timeline twice");
+                assert_eq!(
+                    in_history.get(id),
+                    Some(seq),
+                    "timeline and history agree on {id}"
+                );
+            }
+        }
+    }
+    assert_eq!(sequenced[&dm].len(), 400);
+    assert_eq!(sequenced[&group].len(), 1601);
+
+    // every member got every event: live, or by filling the gap from /events
+    let mut report = Vec::new();
+    for mut participant in participants {
+        participant.drain(Duration::from_millis(500)).await;
+        let index = users
+            .iter()
+            .position(|u| *u == participant.user)
+            .unwrap_or(0);
+        let mut member_of = vec![(group.clone(), group_history.len() as u64)];
+        if index < 2 {
+            member_of.push((dm.clone(), dm_history.len() as u64));
+        }
+        for (conversation, last) in member_of {
+            let live = participant
+                .live
+                .get(&conversation)
+                .cloned()
+                .unwrap_or_default();
+            let mut have = live.clone();
+            let mut after = 0;
+            // gap filling as a client does: from each hole on, through the history API
+            for seq in 1..=last {
+                if have.contains(&seq) || seq <= after {
+                    continue;
+                }
+                for event in api
+                    .events(&participant.user, &conversation, seq - 1)
+                    .await?
+                {
+                    if let Some(filled) = event["seq"].as_u64() {
+                        have.insert(filled);
+                        after = after.max(filled);
+                    }
+                }
+            }
+            let expected: BTreeSet<u64> = (1..=last).collect();
+            assert_eq!(
+                have, expected,
+                "{} has every event of {conversation}",
+                participant.user
+            );
+            report.push(format!(
+                "{} {conversation}: {} live, {} filled; {} reconnects, {} resends",
+                participant.user,
+                live.len(),
+                last as usize - live.len(),
+                participant.reconnects,
+                participant.resends
+            ));
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+
+    // the projector role projected the same timeline as the search node
+    let position = |text: &str| {
+        (0..4)
+            .map(|partition| {
+                metric(
+                    text,
+                    "chorus_projector_position",
+                    &[
+                        ("projection", "history"),
+                        ("partition", &partition.to_string()),
+                    ],
+                )
+            })
+            .collect::<Vec<f64>>()
+    };
+    let target = position(&metrics_text(&search.url).await?);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let projected = position(&metrics_text(&projector.url).await?);
+        if projected == target {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the projector stayed at {projected:?}, the search node is at {target:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(target.iter().sum::<f64>() >= 2001.0, "{target:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_outage_degrades_delivery_to_broadcast_and_loses_nothing() -> anyhow::Result<()> {
+    let Some(services) = distributed_services() else {
+        return Ok(());
+    };
+    let port = free_port()?;
+    let redis = OwnRedis::start(port).await?;
+    let services = (services.0, format!("redis://127.0.0.1:{port}/0"));
+    let cluster = Cluster::new(
+        services,
+        format!("o{}", std::process::id()),
+        "[log]\npartitions = 2\n[redis]\nheartbeat_ms = 300\nnode_ttl_ms = 3000\n",
+    )?;
+    let router = cluster.spawn("router", "r1", None).await?;
+    let node_one = cluster.spawn("ingest", "n1", None).await?;
+    let node_two = cluster.spawn("ingest", "n2", None).await?;
+    let search = cluster.spawn("search", "s1", None).await?;
+    let alice_id = cluster.user("alice");
+    let bob_id = cluster.user("bob");
+    let dm = direct(&alice_id, &bob_id);
+    let mut alice = Participant::new(&alice_id, Arc::new(Mutex::new(node_one.ws_url())));
+    let mut bob = Participant::new(&bob_id, Arc::new(Mutex::new(node_two.ws_url())));
+    alice.connect().await?;
+    bob.connect().await?;
+    let breaker = |text: &str, state: &str| {
+        metric(
+            text,
+            "chorus_breaker_transitions_total",
+            &[("breaker", "redis"), ("state", state)],
+        )
+    };
+    let mut talk = Talk {
+        router: router.url.clone(),
+        dm: dm.clone(),
+        alice,
+        bob,
+        sent: 0,
+    };
+
+    // 1. targeted (a fresh Redis counts as possibly incomplete for a moment: broadcast first)
+    talk.until_targeted("targeted").await?;
+
+    // 2. Redis down: acks and events go over the broadcast path, and still arrive
+    redis.stop().await?;
+    for _ in 0..10 {
+        ensure!(
+            talk.once("degraded").await?,
+            "while Redis is down, events go to every node"
+        );
+    }
+    let router_metrics = metrics_text(&router.url).await?;
+    assert!(
+        metric(
+            &router_metrics,
+            "chorus_degraded_deliveries_total",
+            &[("kind", "targeted")]
+        ) >= 10.0,
+        "acks went to their node over the broadcast path: {router_metrics}"
+    );
+    assert!(
+        breaker(&router_metrics, "open") >= 1.0,
+        "the router's breaker opened: {router_metrics}"
+    );
+
+    // 3. Redis back, empty: the breaker closes, the ingest nodes register their sessions
+    // again, and delivery is targeted again
+    let _redis = OwnRedis::start(port).await?;
+    talk.until_targeted("targeted-again").await?;
+    let router_metrics = metrics_text(&router.url).await?;
+    assert!(
+        breaker(&router_metrics, "closed") >= 1.0,
+        "{router_metrics}"
+    );
+    assert_eq!(
+        metric(
+            &router_metrics,
+            "chorus_breaker_state",
+            &[("breaker", "redis")]
+        ),
+        0.0,
+        "closed again: {router_metrics}"
+    );
+    for node in [&node_one, &node_two] {
+        let text = metrics_text(&node.url).await?;
+        assert!(
+            metric(&text, "chorus_presence_reregistrations_total", &[]) >= 1.0,
+            "{} registered its session again: {text}",
+            node.url
+        );
+    }
+
+    // nothing acknowledged was lost
+    let events = history(&Api::new(&search.url), &alice_id, &dm).await?;
+    let in_history = check_history(&dm, &events)?;
+    let alice = &talk.alice;
+    for (id, seq) in &alice.acked {
+        assert_eq!(
+            in_history.get(id),
+            Some(seq),
+            "{id} is in history at its seq"
+        );
+    }
+    assert_eq!(
+        events.len(),
+        alice.acked.len(),
+        "history holds exactly what was acked"
+    );
+    Ok(())
+}
+
+/// How long the outage test waits for one delivery or one change of delivery path.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Alice talks to bob through the router whose metrics tell how each delivery went.
+struct Talk {
+    router: String,
+    dm: String,
+    alice: Participant,
+    bob: Participant,
+    sent: usize,
+}
+
+fn broadcasts(text: &str) -> f64 {
+    metric(
+        text,
+        "chorus_degraded_deliveries_total",
+        &[("kind", "broadcast")],
+    )
+}
+
+impl Talk {
+    /// Sends one message, waits until bob has it live, and tells whether it went to every node.
+    async fn once(&mut self, label: &str) -> anyhow::Result<bool> {
+        self.sent += 1;
+        let before = broadcasts(&metrics_text(&self.router).await?);
+        let id = format!("{label}-{}", self.sent);
+        let seq = self.alice.send(&id, &self.dm, label).await?;
+        self.bob.await_live(&self.dm, seq, PATIENCE).await?;
+        let after = broadcasts(&metrics_text(&self.router).await?);
+        Ok(after > before)
+    }
+
+    /// Sends until one message goes targeted (presence answers), then ten that all must.
+    async fn until_targeted(&mut self, label: &str) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while self.once(label).await? {
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{label}: delivery never became targeted"
+            );
+        }
+        for _ in 0..10 {
+            ensure!(
+                !self.once(label).await?,
+                "{label}: a delivery was broadcast"
+            );
+        }
+        Ok(())
+    }
+}

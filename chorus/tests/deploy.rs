@@ -8,7 +8,7 @@ use chorus_core::config::ChorusConfig;
 use serde_yaml_ng::Value;
 
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
-const ROLES: [&str; 3] = ["ingest", "router", "search"];
+const ROLES: [&str; 4] = ["ingest", "router", "projector", "search"];
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(format!("{DEPLOY}/{path}"))
@@ -74,6 +74,7 @@ fn docker_compose_references_resolve() {
         "router",
         "ingest-1",
         "ingest-2",
+        "projector",
         "search",
     ] {
         assert!(names.contains(required), "service {required} missing");

@@ -258,8 +258,8 @@ impl Projections {
         let layout = DataLayout::new(&config.data_dir);
         std::fs::create_dir_all(&layout.root)?;
         let history: Arc<dyn HistoryStore> = EmbeddedHistory::open(&layout.history())?;
-        let index = SearchIndex::open(&layout.search(), config.log.partitions)?;
-        let partitions = config.log.partitions;
+        let index = SearchIndex::open(&layout.search(), config.partitions())?;
+        let partitions = config.partitions();
         Ok(Projections {
             config,
             log,
@@ -368,7 +368,7 @@ impl Projections {
                             .replace(EmbeddedHistory::open(&layout.history())?);
                     }
                     replay::Kind::Search => {
-                        let partitions = self.config.log.partitions;
+                        let partitions = self.config.partitions();
                         self.index
                             .replace(SearchIndex::open(&layout.search(), partitions)?);
                     }
@@ -418,16 +418,16 @@ pub async fn serve(config: ChorusConfig) -> anyhow::Result<Served> {
     let lock = layout.lock_exclusive()?;
     let metrics = Arc::new(Metrics::new());
     let mut log_config = EmbeddedLogConfig::new(layout.log());
-    log_config.partitions = config.log.partitions;
+    log_config.partitions = config.partitions();
     let embedded_log = EmbeddedLog::open(log_config)?;
     let log: Arc<dyn EventLog> = embedded_log.clone();
     let topics = config.topics();
     for topic in [&topics.ingress, &topics.timeline, &topics.dead_letter] {
         let partitions = log.ensure_topic(topic).await?;
         anyhow::ensure!(
-            partitions == config.log.partitions,
+            partitions == config.partitions(),
             "topic {topic} has {partitions} partitions but log.partitions is {}; partitions cannot change",
-            config.log.partitions
+            config.partitions()
         );
     }
     let projections = Projections::open(config.clone(), log.clone(), metrics.clone())?;

@@ -212,7 +212,7 @@ pub async fn replay(
     let layout = DataLayout::new(&config.data_dir);
     let _lock = layout.lock_exclusive()?;
     let mut log_config = EmbeddedLogConfig::new(layout.log());
-    log_config.partitions = config.log.partitions;
+    log_config.partitions = config.partitions();
     let embedded_log = EmbeddedLog::open(log_config)?;
     let log: Arc<dyn EventLog> = embedded_log.clone();
     log.ensure_topic(&config.topics().timeline).await?;

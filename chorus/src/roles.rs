@@ -106,7 +106,7 @@ async fn open_kafka(config: &ChorusConfig) -> anyhow::Result<Arc<dyn EventLog>> 
         "kafka.bootstrap is required for the distributed roles"
     );
     let mut kafka = KafkaLogConfig::new(config.kafka.bootstrap.clone());
-    kafka.partitions = config.log.partitions;
+    kafka.partitions = config.partitions();
     kafka.replication_factor = config.kafka.replication_factor;
     kafka.session_timeout_ms = config.kafka.session_timeout_ms;
     kafka.client_id = format!("chorus-{}", config.node_id);
@@ -157,7 +157,11 @@ fn spawn_http(
 }
 
 /// Starts a distributed role. The config must have its secrets and be valid.
-pub async fn start(role: Role, config: ChorusConfig) -> anyhow::Result<RunningRole> {
+pub async fn start(role: Role, mut config: ChorusConfig) -> anyhow::Result<RunningRole> {
+    config
+        .log
+        .partitions
+        .get_or_insert(chorus_core::config::DISTRIBUTED_PARTITIONS);
     config.validate()?;
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());

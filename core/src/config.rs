@@ -79,11 +79,17 @@ impl Default for RedisSection {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// Partitions per topic of the embedded log when `log.partitions` is unset.
+pub const EMBEDDED_PARTITIONS: u32 = 8;
+/// Partitions per topic on Kafka when `log.partitions` is unset.
+pub const DISTRIBUTED_PARTITIONS: u32 = 12;
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSection {
-    /// Partitions per topic when a topic is created.
-    pub partitions: u32,
+    /// Partitions per topic when a topic is created; unset: 8 for `chorus serve` (embedded log),
+    /// 12 for the distributed roles (Kafka). Read it through [`ChorusConfig::partitions`].
+    pub partitions: Option<u32>,
     /// Prefix of every topic name (`<prefix>ingress`, `<prefix>timeline`, `<prefix>dead-letter`).
     pub topic_prefix: String,
 }
@@ -167,15 +173,6 @@ impl Default for ChorusConfig {
             projector: ProjectorSection::default(),
             kafka: KafkaSection::default(),
             redis: RedisSection::default(),
-        }
-    }
-}
-
-impl Default for LogSection {
-    fn default() -> Self {
-        LogSection {
-            partitions: 8,
-            topic_prefix: String::new(),
         }
     }
 }
@@ -268,7 +265,7 @@ impl ChorusConfig {
                 "CHORUS_CLUSTER" => self.cluster = value.clone(),
                 "CHORUS_PARTITIONS" => {
                     self.log.partitions =
-                        value.parse().map_err(|_| invalid(name, "not a number"))?;
+                        Some(value.parse().map_err(|_| invalid(name, "not a number"))?);
                 }
                 "CHORUS_TOPIC_PREFIX" => self.log.topic_prefix = value.clone(),
                 "CHORUS_KAFKA_BOOTSTRAP" => self.kafka.bootstrap = value.clone(),
@@ -286,7 +283,11 @@ impl ChorusConfig {
 
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.log.partitions == 0 || self.log.partitions > 1024 {
+        if self
+            .log
+            .partitions
+            .is_some_and(|count| count == 0 || count > 1024)
+        {
             return Err(invalid("log.partitions", "must be 1..=1024"));
         }
         crate::ids::validate_user(&self.node_id)
@@ -348,6 +349,11 @@ impl ChorusConfig {
         Ok(())
     }
 
+    /// Partitions per topic: the configured count, else the embedded default.
+    pub fn partitions(&self) -> u32 {
+        self.log.partitions.unwrap_or(EMBEDDED_PARTITIONS)
+    }
+
     /// Topic names with the configured prefix.
     pub fn topics(&self) -> Topics {
         Topics::with_prefix(&self.log.topic_prefix)
@@ -397,7 +403,7 @@ mod tests {
             ("CHORUS_API_KEY".to_owned(), "k".to_owned()),
         ]);
         config.apply_env(&environment).unwrap();
-        assert_eq!(config.log.partitions, 12);
+        assert_eq!(config.partitions(), 12);
         assert_eq!(config.auth.api_key, "k");
         config.validate().unwrap();
         config.limits.max_text_bytes = config.limits.max_frame_bytes + 1;

@@ -74,6 +74,19 @@ pub trait NodeBus: Send + Sync + 'static {
     /// an outage), so the caller may take another path; a node that dies after receiving it
     /// loses it (at-least-once is restored by the client's gap filling).
     async fn send(&self, node: &str, delivery: Delivery) -> Result<(), PresenceError>;
+
+    /// Sends many deliveries, each to its node, keeping their order per node; returns those not
+    /// known to be received (as [`NodeBus::send`] would have failed them), in input order.
+    /// Adapters with round trips override it to pay one for the whole batch.
+    async fn send_many(&self, deliveries: Vec<(String, Delivery)>) -> Vec<(String, Delivery)> {
+        let mut failed = Vec::new();
+        for (node, delivery) in deliveries {
+            if self.send(&node, delivery.clone()).await.is_err() {
+                failed.push((node, delivery));
+            }
+        }
+        failed
+    }
 }
 
 /// In-process presence: a map guarded by a lock. The embedded default's adapter.
@@ -281,7 +294,7 @@ pub mod conformance {
         bus.send(&node_one, to_session.clone()).await.expect("send");
         assert_eq!(
             sink_one.wait_for(2).await,
-            vec![to_users, to_session],
+            vec![to_users.clone(), to_session.clone()],
             "in order"
         );
         bus.send(
@@ -298,6 +311,22 @@ pub mod conformance {
             sink_one.received.lock().len(),
             2,
             "node one got nothing of node two's"
+        );
+        let batch = vec![
+            (node_two.clone(), to_session.clone()),
+            (format!("{prefix}nobody"), to_session.clone()),
+            (node_two.clone(), to_users.clone()),
+        ];
+        let failed = bus.send_many(batch).await;
+        assert_eq!(
+            failed,
+            vec![(format!("{prefix}nobody"), to_session.clone())],
+            "send_many reports exactly what nobody received"
+        );
+        assert_eq!(
+            sink_two.wait_for(3).await[1..],
+            [to_session.clone(), to_users.clone()],
+            "send_many keeps the order per node"
         );
         let unheard = bus
             .send(

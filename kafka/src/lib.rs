@@ -89,11 +89,11 @@ pub struct KafkaLogConfig {
 }
 
 impl KafkaLogConfig {
-    /// Defaults for a broker at `bootstrap`: 8 partitions, replication 1, 10 s sessions.
+    /// Defaults for a broker at `bootstrap`: 12 partitions, replication 1, 10 s sessions.
     pub fn new(bootstrap: impl Into<String>) -> Self {
         KafkaLogConfig {
             bootstrap: bootstrap.into(),
-            partitions: 8,
+            partitions: 12,
             replication_factor: 1,
             client_id: "chorus".to_owned(),
             session_timeout_ms: 10_000,
@@ -619,6 +619,7 @@ impl FencedWriter for KafkaFencedWriter {
                 return Err(error);
             }
         };
+        let produced = std::time::Instant::now();
         let committing = Arc::clone(&producer);
         let committed =
             tokio::task::spawn_blocking(move || committing.commit_transaction(TRANSACTION_REQUEST))
@@ -638,9 +639,16 @@ impl FencedWriter for KafkaFencedWriter {
         // The coordinator writes commit markers after answering the commit: wait until the
         // last stable offset passes the records, so they are visible when this returns (an ack
         // sent now is followed by reads that find the event).
+        let committed_at = std::time::Instant::now();
         if let Some(last) = offsets.last() {
             self.await_visible(last + 1).await?;
         }
+        tracing::trace!(
+            partition,
+            commit = ?committed_at.duration_since(produced),
+            visible = ?committed_at.elapsed(),
+            "transaction committed"
+        );
         Ok(offsets)
     }
 

@@ -364,6 +364,35 @@ impl NodeBus for RedisBus {
         Ok(())
     }
 
+    /// One pipelined round trip of PUBLISHes; a delivery fails when nobody received it, all
+    /// of them when the pipeline fails.
+    async fn send_many(&self, deliveries: Vec<(String, Delivery)>) -> Vec<(String, Delivery)> {
+        if deliveries.is_empty() {
+            return deliveries;
+        }
+        let shared = &self.0;
+        let mut pipeline = redis::pipe();
+        for (node, delivery) in &deliveries {
+            match serde_json::to_string(delivery) {
+                Ok(payload) => pipeline.publish(shared.key(&["deliver", node]), payload),
+                Err(_) => return deliveries,
+            };
+        }
+        let mut connection = shared.commands.clone();
+        match shared
+            .guarded(pipeline.query_async::<Vec<i64>>(&mut connection))
+            .await
+        {
+            Ok(receivers) if receivers.len() == deliveries.len() => deliveries
+                .into_iter()
+                .zip(receivers)
+                .filter(|(_, received)| *received == 0)
+                .map(|(delivery, _)| delivery)
+                .collect(),
+            Ok(_) | Err(_) => deliveries,
+        }
+    }
+
     /// Fails when nobody listens on the node's channel (the node is gone, or is subscribing
     /// again after an outage), so the caller can take another path instead of losing it.
     async fn send(&self, node: &str, delivery: Delivery) -> Result<(), PresenceError> {

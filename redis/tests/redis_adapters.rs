@@ -132,16 +132,7 @@ async fn lookups_report_a_rebuild_after_redis_lost_its_data() {
         matches!(&first, Err(PresenceError::Unavailable(reason)) if reason.contains("rebuilt")),
         "a Redis without the epoch key may be missing sessions: {first:?}"
     );
-    let answered = |outcome: &Result<_, PresenceError>| outcome.is_ok();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let settled = loop {
-        let outcome = presence.nodes_of(&users).await;
-        if answered(&outcome) {
-            break outcome.unwrap();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{outcome:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let settled = answer_after_the_window(&presence, &users).await;
     assert_eq!(
         settled.get("n1"),
         Some(&users),
@@ -164,20 +155,27 @@ async fn lookups_report_a_rebuild_after_redis_lost_its_data() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     presence.session_opened("alice", "s1", "n1").await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let rebuilt = loop {
-        let outcome = presence.nodes_of(&users).await;
-        if answered(&outcome) {
-            break outcome.unwrap();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{outcome:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let rebuilt = answer_after_the_window(&presence, &users).await;
     assert_eq!(
         rebuilt.get("n1"),
         Some(&users),
         "the re-registered session is found"
     );
+}
+
+/// Polls `nodes_of` until the rebuild window has passed and it answers.
+async fn answer_after_the_window(
+    presence: &RedisPresence,
+    users: &[String],
+) -> std::collections::HashMap<String, Vec<String>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match presence.nodes_of(users).await {
+            Ok(answer) => return answer,
+            Err(error) => assert!(tokio::time::Instant::now() < deadline, "{error}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A redis-server of the test's own, so it can be stopped and restarted.

@@ -24,7 +24,10 @@
 //!    answer again. Live delivery is best effort; clients fill gaps from history;
 //! 4. a failed timeline append stops the router with an error (crash-only): the state may hold
 //!    events the log lacks, and only recovery from the log is trusted. A fenced append means
-//!    another router owns the partition: nothing of the batch is acknowledged.
+//!    another router owns the partition: nothing of the batch is acknowledged;
+//! 5. on revocation and shutdown the worker finishes the batches it was given (explicit drain),
+//!    bounded by half the consumer group's session timeout, so the next owner is not kept
+//!    waiting; past that the worker is aborted, which loses nothing (see `drain`).
 
 pub mod state;
 mod worker;
@@ -107,6 +110,7 @@ pub async fn run(
         .await?;
     let mut workers: HashMap<PartitionId, WorkerHandle> = HashMap::new();
     let batch_records = context.config.router.batch_records;
+    let drain_limit = Duration::from_millis(u64::from(context.config.kafka.session_timeout_ms) / 2);
     tokio::pin!(shutdown);
     let outcome = loop {
         if let Some(failed) = finished_worker(&mut workers).await {
@@ -147,7 +151,7 @@ pub async fn run(
             PollEvent::Revoked(partitions) => {
                 for partition in partitions {
                     if let Some(handle) = workers.remove(&partition) {
-                        drain(partition, handle).await?;
+                        drain(partition, handle, drain_limit).await?;
                     }
                 }
             }
@@ -171,7 +175,7 @@ pub async fn run(
         }
     };
     for (partition, handle) in workers.drain() {
-        drain(partition, handle).await?;
+        drain(partition, handle, drain_limit).await?;
     }
     outcome
 }
@@ -196,14 +200,27 @@ async fn finished_worker(workers: &mut HashMap<PartitionId, WorkerHandle>) -> Op
     }
 }
 
-/// Lets a worker finish the batches it has, then stops it.
-async fn drain(partition: PartitionId, handle: WorkerHandle) -> Result<(), RouterError> {
+/// Lets a worker finish the batches it has, then stops it; bounded by `limit` (half the
+/// consumer group's session timeout), after which the worker is aborted. Aborting is safe: what
+/// it had not acknowledged is sequenced again by the next owner, whose fenced writer aborts any
+/// transaction left open.
+async fn drain(
+    partition: PartitionId,
+    handle: WorkerHandle,
+    limit: Duration,
+) -> Result<(), RouterError> {
     drop(handle.batches);
-    match handle.task.await {
-        Ok(result) => result,
-        Err(join_error) => Err(RouterError::Worker {
+    let mut task = handle.task;
+    match tokio::time::timeout(limit, &mut task).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join_error)) => Err(RouterError::Worker {
             partition,
             reason: join_error.to_string(),
         }),
+        Err(_) => {
+            tracing::warn!(partition, ?limit, "worker did not drain in time; aborted");
+            task.abort();
+            Ok(())
+        }
     }
 }

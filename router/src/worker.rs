@@ -1,5 +1,7 @@
 //! One partition's sequencer: recover, then decide → append → ack and deliver, batch by batch.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
 use chorus_core::broadcast::EVERY_NODE;
 use chorus_core::error::ApiError;
 use chorus_core::frames::{ack_json, event_json, read_json};
@@ -184,10 +186,15 @@ pub(crate) async fn run(
         }
         if !timeline_records.is_empty() {
             let count = timeline_records.len() as u64;
+            let appending = std::time::Instant::now();
             writer.append(timeline_records).await?;
+            tracing::trace!(partition, count, elapsed = ?appending.elapsed(), "timeline batch appended");
             context.metrics.events_sequenced.inc_by(count);
         }
+        let notifying = std::time::Instant::now();
+        let notice_count = notices.len();
         notify(&context, notices).await;
+        tracing::trace!(partition, notice_count, elapsed = ?notifying.elapsed(), "batch notified");
         let end = context
             .log
             .end_offset(&topics.ingress, partition)
@@ -282,10 +289,42 @@ fn sequenced_notices(
     notices
 }
 
-/// Sends acks, errors and deliveries: targeted through presence and the node bus, and over the
-/// broadcast path what they could not take (one append for the whole batch). A failure loses
-/// only the live delivery; the events are durable and clients fill the gap from history.
+/// Sends acks, errors and deliveries: targeted through presence (one lookup for the whole
+/// batch) and the node bus (one `send_many`), and over the broadcast path whatever they could
+/// not take (one append). A failure loses only the live delivery; the events are durable and
+/// clients fill the gap from history.
 async fn notify(context: &RouterContext, notices: Vec<Notice>) {
+    let recipients: BTreeSet<&String> = notices
+        .iter()
+        .filter_map(|notice| match notice {
+            Notice::Deliver { members, .. } => Some(members),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    // user → the live nodes holding a session of theirs; `None` when presence cannot tell
+    let located: Option<HashMap<String, Vec<String>>> = if recipients.is_empty() {
+        Some(HashMap::new())
+    } else {
+        let users: Vec<String> = recipients.into_iter().cloned().collect();
+        match context.presence.nodes_of(&users).await {
+            Ok(by_node) => {
+                tracing::trace!(?by_node, "presence lookup");
+                let mut located: HashMap<String, Vec<String>> = HashMap::new();
+                for (node, users) in by_node {
+                    for user in users {
+                        located.entry(user).or_default().push(node.clone());
+                    }
+                }
+                Some(located)
+            }
+            Err(error) => {
+                tracing::debug!(%error, "presence unavailable; deliveries go to every node");
+                None
+            }
+        }
+    };
+    let mut targeted: Vec<(String, Delivery)> = Vec::with_capacity(notices.len() * 2);
     let mut degraded: Vec<(String, Delivery)> = Vec::new();
     for notice in notices {
         match notice {
@@ -295,32 +334,47 @@ async fn notify(context: &RouterContext, notices: Vec<Notice>) {
                 frame,
             } => {
                 context.metrics.acks.inc();
-                send(
-                    context,
-                    node,
-                    Delivery::ToSession { session, frame },
-                    &mut degraded,
-                )
-                .await;
+                targeted.push((node, Delivery::ToSession { session, frame }));
             }
             Notice::Error {
                 node,
                 session,
                 frame,
-            } => {
-                send(
-                    context,
-                    node,
-                    Delivery::ToSession { session, frame },
-                    &mut degraded,
-                )
-                .await
-            }
-            Notice::Deliver { members, frame } => {
-                deliver(context, members, frame, &mut degraded).await
-            }
+            } => targeted.push((node, Delivery::ToSession { session, frame })),
+            Notice::Deliver { members, frame } => match &located {
+                Some(located) => {
+                    let mut by_node: BTreeMap<&String, Vec<String>> = BTreeMap::new();
+                    for member in &members {
+                        for node in located.get(member).into_iter().flatten() {
+                            by_node.entry(node).or_default().push(member.clone());
+                        }
+                    }
+                    for (node, users) in by_node {
+                        let delivery = Delivery::ToUsers {
+                            users,
+                            frame: frame.clone(),
+                        };
+                        targeted.push((node.clone(), delivery));
+                    }
+                }
+                None => degraded.push((
+                    EVERY_NODE.to_owned(),
+                    Delivery::ToUsers {
+                        users: members,
+                        frame,
+                    },
+                )),
+            },
         }
     }
+    let unreceived = context.bus.send_many(targeted).await;
+    if !unreceived.is_empty() {
+        tracing::debug!(
+            count = unreceived.len(),
+            "node bus could not deliver; those go over the broadcast path"
+        );
+    }
+    degraded.extend(unreceived);
     if degraded.is_empty() {
         return;
     }
@@ -341,50 +395,5 @@ async fn notify(context: &RouterContext, notices: Vec<Notice>) {
     }
     if let Err(error) = fallback.publish(degraded).await {
         tracing::warn!(%error, "broadcast delivery failed; clients will fill the gap from history");
-    }
-}
-
-/// Sends one delivery to its node, or queues it for the broadcast path.
-async fn send(
-    context: &RouterContext,
-    node: String,
-    delivery: Delivery,
-    degraded: &mut Vec<(String, Delivery)>,
-) {
-    if let Err(error) = context.bus.send(&node, delivery.clone()).await {
-        tracing::debug!(%error, node, "node bus unavailable; delivery goes over the broadcast path");
-        degraded.push((node, delivery));
-    }
-}
-
-/// Delivers a frame to every online member: to the nodes presence names, or, when presence is
-/// unavailable, to every node, each of which hands it to whichever members it holds.
-async fn deliver(
-    context: &RouterContext,
-    members: Vec<String>,
-    frame: Frame,
-    degraded: &mut Vec<(String, Delivery)>,
-) {
-    match context.presence.nodes_of(&members).await {
-        Ok(by_node) => {
-            tracing::debug!(?members, ?by_node, "targeted delivery");
-            for (node, users) in by_node {
-                let delivery = Delivery::ToUsers {
-                    users,
-                    frame: frame.clone(),
-                };
-                send(context, node, delivery, degraded).await;
-            }
-        }
-        Err(error) => {
-            tracing::debug!(%error, "presence unavailable; delivery goes to every node");
-            degraded.push((
-                EVERY_NODE.to_owned(),
-                Delivery::ToUsers {
-                    users: members,
-                    frame,
-                },
-            ));
-        }
     }
 }

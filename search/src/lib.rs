@@ -77,7 +77,7 @@ fn unavailable(error: HistoryError) -> ApiError {
 
 impl SearchApi {
     fn partitions(&self) -> u32 {
-        self.config.log.partitions
+        self.config.partitions()
     }
 
     /// Waits until `progress` has applied everything the log had in `partitions` when called,

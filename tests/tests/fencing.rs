@@ -61,7 +61,7 @@ async fn a_fenced_router_appends_and_acknowledges_nothing_more() -> anyhow::Resu
     let run = format!("f{}", std::process::id());
     let mut config = ChorusConfig::default();
     config.log.topic_prefix = format!("{run}.");
-    config.log.partitions = 2;
+    config.log.partitions = Some(2);
     let config = Arc::new(config);
     let topics = config.topics();
     let mut kafka = KafkaLogConfig::new(bootstrap);

@@ -1,0 +1,642 @@
+//! The ClickHouse adapter of the history port ([`chorus_store::history::HistoryStore`]), on the
+//! `clickhouse` crate (HTTP, RowBinary).
+//!
+//! Invariants (checked by the port's conformance suite against the real ClickHouse engine in
+//! `tests/history_conformance.rs`, next to the embedded adapter's run of the same suite):
+//! - **Schema**: versioned migrations under `migrations/` (`NNNN_name.sql`, applied in order at
+//!   [`ClickHouseHistory::open`], each recorded in `schema_migrations`; a version is applied
+//!   once). The database is created if missing.
+//! - **One row per timeline record**, keyed by its log position `(partition, offset)` in a
+//!   `ReplacingMergeTree`: a replayed record replaces itself. Every read uses `FINAL` or an
+//!   aggregate that is indifferent to duplicates, so no duplicate is ever visible, merged or not.
+//! - **Derived state is resolved at query time**: messages with their edits and recalls,
+//!   membership (the latest change per user and conversation, kept in `members`), last seq,
+//!   titles and read cursors (the maximum, so cursors only move forward).
+//! - **Position**: `apply` skips records below the stored position, inserts the batch's rows
+//!   (one INSERT into `events`, one into `members`), then stores the new position (`max`, so it
+//!   never moves backwards). A crash between the row inserts and the position insert replays the
+//!   batch on restart, which replaces rows with themselves: resume is exact.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use async_trait::async_trait;
+use chorus_core::log::{Offset, PartitionId};
+use chorus_schemas::{EventBody, TimelineEvent};
+use chorus_store::history::{
+    ConversationSummary, HistoryError, HistoryStore, MessagePage, MessageView,
+};
+use clickhouse::{Client, Row, RowOwned, RowWrite};
+use serde::{Deserialize, Serialize};
+
+/// The migrations, in order; the number is the schema version each one brings.
+const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("../migrations/0001_history.sql"))];
+
+/// Where the history lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClickHouseConfig {
+    /// `http://host:8123`.
+    pub url: String,
+    pub user: String,
+    pub password: String,
+    pub database: String,
+}
+
+impl ClickHouseConfig {
+    pub fn new(url: impl Into<String>, database: impl Into<String>) -> Self {
+        ClickHouseConfig {
+            url: url.into(),
+            user: String::new(),
+            password: String::new(),
+            database: database.into(),
+        }
+    }
+}
+
+/// The history store in ClickHouse. Cheap to share behind an `Arc`.
+pub struct ClickHouseHistory {
+    client: Client,
+}
+
+fn storage(error: clickhouse::error::Error) -> HistoryError {
+    match error {
+        clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut => {
+            HistoryError::Unavailable(error.to_string())
+        }
+        other => HistoryError::Storage(other.to_string()),
+    }
+}
+
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+struct EventRow {
+    partition: u32,
+    offset: u64,
+    conversation: String,
+    seq: u64,
+    event_id: String,
+    kind: String,
+    sender: String,
+    ts_ms: i64,
+    origin_cluster: String,
+    client_msg_id: Option<String>,
+    ingress_offset: u64,
+    text: String,
+    target_seq: u64,
+    title: Option<String>,
+    members: Vec<String>,
+    read_seq: u64,
+}
+
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+struct MemberRow {
+    user: String,
+    conversation: String,
+    seq: u64,
+    present: u8,
+}
+
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+struct PositionRow {
+    partition: u32,
+    next_offset: u64,
+}
+
+/// The columns of [`EventRow`], in order, for `SELECT`s.
+const EVENT_COLUMNS: &str = "partition, offset, conversation, seq, event_id, kind, sender, ts_ms, \
+     origin_cluster, client_msg_id, ingress_offset, text, target_seq, title, members, read_seq";
+
+/// `(a, b)` for a direct conversation id `dm:<a>:<b>`, `None` for any other id.
+fn direct_members(conversation: &str) -> Option<(&str, &str)> {
+    let pair = conversation.strip_prefix("dm:")?;
+    let (first, second) = pair.split_once(':')?;
+    if first.is_empty() || second.is_empty() {
+        return None;
+    }
+    Some((first, second))
+}
+
+impl EventRow {
+    fn from_event(partition: PartitionId, offset: Offset, event: &TimelineEvent) -> EventRow {
+        let mut row = EventRow {
+            partition,
+            offset,
+            conversation: event.conversation.clone(),
+            seq: event.seq.unwrap_or(0),
+            event_id: event.event_id.clone(),
+            kind: event.body.kind().as_str().to_owned(),
+            sender: event.sender.clone(),
+            ts_ms: event.ts_ms,
+            origin_cluster: event.origin_cluster.clone(),
+            client_msg_id: event.client_msg_id.clone(),
+            ingress_offset: event.ingress_offset,
+            text: String::new(),
+            target_seq: 0,
+            title: None,
+            members: Vec::new(),
+            read_seq: 0,
+        };
+        match &event.body {
+            EventBody::MessageSent { text } => row.text = text.clone(),
+            EventBody::MessageEdited { target_seq, text } => {
+                row.target_seq = *target_seq;
+                row.text = text.clone();
+            }
+            EventBody::MessageRecalled { target_seq } => row.target_seq = *target_seq,
+            EventBody::ConversationCreated { title, members } => {
+                row.title = title.clone();
+                row.members = members.clone();
+            }
+            EventBody::MembersAdded { members } | EventBody::MembersRemoved { members } => {
+                row.members = members.clone()
+            }
+            EventBody::ReadCursorMoved { seq } => row.read_seq = *seq,
+        }
+        row
+    }
+
+    fn into_event(self) -> Result<TimelineEvent, HistoryError> {
+        let body = match self.kind.as_str() {
+            "message" => EventBody::MessageSent { text: self.text },
+            "edit" => EventBody::MessageEdited {
+                target_seq: self.target_seq,
+                text: self.text,
+            },
+            "recall" => EventBody::MessageRecalled {
+                target_seq: self.target_seq,
+            },
+            "conversation_created" => EventBody::ConversationCreated {
+                title: self.title,
+                members: self.members,
+            },
+            "members_added" => EventBody::MembersAdded {
+                members: self.members,
+            },
+            "members_removed" => EventBody::MembersRemoved {
+                members: self.members,
+            },
+            "read" => EventBody::ReadCursorMoved { seq: self.read_seq },
+            other => {
+                return Err(HistoryError::Storage(format!(
+                    "unknown event kind {other:?} at {}/{}",
+                    self.partition, self.offset
+                )));
+            }
+        };
+        Ok(TimelineEvent {
+            conversation: self.conversation,
+            seq: (self.seq > 0).then_some(self.seq),
+            event_id: self.event_id,
+            sender: self.sender,
+            ts_ms: self.ts_ms,
+            origin_cluster: self.origin_cluster,
+            client_msg_id: self.client_msg_id,
+            ingress_offset: self.ingress_offset,
+            body,
+        })
+    }
+}
+
+/// The membership changes an event makes: (user, present).
+fn membership_changes(event: &TimelineEvent) -> Vec<(String, bool)> {
+    if let Some((first, second)) = direct_members(&event.conversation) {
+        return vec![(first.to_owned(), true), (second.to_owned(), true)];
+    }
+    match &event.body {
+        EventBody::ConversationCreated { members, .. } | EventBody::MembersAdded { members } => {
+            members
+                .iter()
+                .map(|member| (member.clone(), true))
+                .collect()
+        }
+        EventBody::MembersRemoved { members } => members
+            .iter()
+            .map(|member| (member.clone(), false))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Splits a migration file into statements (`;` at the end of a line; `--` comments dropped).
+fn statements(sql: &str) -> Vec<String> {
+    let mut statements = Vec::new();
+    let mut current = String::new();
+    for line in sql.lines() {
+        let line = line.split("--").next().unwrap_or_default().trim_end();
+        if line.trim().is_empty() {
+            continue;
+        }
+        current.push_str(line);
+        current.push('\n');
+        if line.ends_with(';') {
+            statements.push(current.trim().trim_end_matches(';').to_owned());
+            current.clear();
+        }
+    }
+    if !current.trim().is_empty() {
+        statements.push(current.trim().to_owned());
+    }
+    statements
+}
+
+impl ClickHouseHistory {
+    /// Connects, creates the database if needed and applies pending migrations.
+    pub async fn open(config: &ClickHouseConfig) -> Result<ClickHouseHistory, HistoryError> {
+        let mut server = Client::default().with_url(&config.url);
+        if !config.user.is_empty() {
+            server = server.with_user(&config.user);
+        }
+        if !config.password.is_empty() {
+            server = server.with_password(&config.password);
+        }
+        server
+            .query(&format!(
+                "CREATE DATABASE IF NOT EXISTS {}",
+                quote_identifier(&config.database)
+            ))
+            .execute()
+            .await
+            .map_err(storage)?;
+        let client = server.with_database(&config.database);
+        let history = ClickHouseHistory { client };
+        history.migrate().await?;
+        Ok(history)
+    }
+
+    async fn migrate(&self) -> Result<(), HistoryError> {
+        self.client
+            .query(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, applied_ms Int64) \
+                 ENGINE = MergeTree ORDER BY version",
+            )
+            .execute()
+            .await
+            .map_err(storage)?;
+        let applied: BTreeSet<u32> = self
+            .client
+            .query("SELECT DISTINCT version FROM schema_migrations")
+            .fetch_all::<u32>()
+            .await
+            .map_err(storage)?
+            .into_iter()
+            .collect();
+        for (version, sql) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            for statement in statements(sql) {
+                self.client
+                    .query(&statement)
+                    .execute()
+                    .await
+                    .map_err(storage)?;
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_millis() as i64);
+            self.client
+                .query("INSERT INTO schema_migrations (version, applied_ms) VALUES (?, ?)")
+                .bind(*version)
+                .bind(now)
+                .execute()
+                .await
+                .map_err(storage)?;
+            tracing::info!(version, "history schema migrated");
+        }
+        Ok(())
+    }
+
+    /// The schema version in place.
+    pub async fn schema_version(&self) -> Result<u32, HistoryError> {
+        self.client
+            .query("SELECT max(version) FROM schema_migrations")
+            .fetch_one::<u32>()
+            .await
+            .map_err(storage)
+    }
+
+    async fn insert_rows<T: RowOwned + RowWrite>(
+        &self,
+        table: &str,
+        rows: &[T],
+    ) -> Result<(), HistoryError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut insert = self.client.insert::<T>(table).await.map_err(storage)?;
+        for row in rows {
+            insert.write(row).await.map_err(storage)?;
+        }
+        insert.end().await.map_err(storage)
+    }
+
+    /// The current members of a conversation (only `user`, when given), sorted.
+    async fn member_state(
+        &self,
+        conversation: &str,
+        user: Option<&str>,
+    ) -> Result<Vec<String>, HistoryError> {
+        let rows = match user {
+            Some(user) => self
+                .client
+                .query(
+                    "SELECT user FROM members WHERE conversation = ? AND user = ? \
+                     GROUP BY user HAVING argMax(present, seq) = 1",
+                )
+                .bind(conversation)
+                .bind(user),
+            None => self
+                .client
+                .query(
+                    "SELECT user FROM members WHERE conversation = ? \
+                     GROUP BY user HAVING argMax(present, seq) = 1 ORDER BY user",
+                )
+                .bind(conversation),
+        };
+        rows.fetch_all::<String>().await.map_err(storage)
+    }
+}
+
+/// Backquotes an identifier for DDL (database names come from configuration).
+fn quote_identifier(name: &str) -> String {
+    format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
+}
+
+#[async_trait]
+impl HistoryStore for ClickHouseHistory {
+    async fn apply(
+        &self,
+        partition: PartitionId,
+        records: &[(Offset, TimelineEvent)],
+        next_offset: Offset,
+    ) -> Result<(), HistoryError> {
+        let position = self.position(partition).await?;
+        let pending: Vec<&(Offset, TimelineEvent)> = records
+            .iter()
+            .filter(|(offset, _)| *offset >= position)
+            .collect();
+        if pending.is_empty() && next_offset <= position {
+            return Ok(());
+        }
+        let events: Vec<EventRow> = pending
+            .iter()
+            .map(|(offset, event)| EventRow::from_event(partition, *offset, event))
+            .collect();
+        let members: Vec<MemberRow> = pending
+            .iter()
+            .flat_map(|(_, event)| {
+                membership_changes(event)
+                    .into_iter()
+                    .map(|(user, present)| MemberRow {
+                        user,
+                        conversation: event.conversation.clone(),
+                        seq: event.seq.unwrap_or(0),
+                        present: u8::from(present),
+                    })
+            })
+            .collect();
+        self.insert_rows("events", &events).await?;
+        self.insert_rows("members", &members).await?;
+        self.insert_rows(
+            "positions",
+            &[PositionRow {
+                partition,
+                next_offset: next_offset.max(position),
+            }],
+        )
+        .await
+    }
+
+    async fn position(&self, partition: PartitionId) -> Result<Offset, HistoryError> {
+        self.client
+            .query("SELECT max(next_offset) FROM positions WHERE partition = ?")
+            .bind(partition)
+            .fetch_one::<u64>()
+            .await
+            .map_err(storage)
+    }
+
+    async fn events(
+        &self,
+        conversation: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<TimelineEvent>, HistoryError> {
+        let rows = self
+            .client
+            .query(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events FINAL \
+                 WHERE conversation = ? AND seq > ? ORDER BY seq LIMIT ?"
+            ))
+            .bind(conversation)
+            .bind(after_seq)
+            .bind(limit as u64)
+            .fetch_all::<EventRow>()
+            .await
+            .map_err(storage)?;
+        rows.into_iter().map(EventRow::into_event).collect()
+    }
+
+    async fn messages(
+        &self,
+        conversation: &str,
+        page: MessagePage,
+        limit: usize,
+    ) -> Result<Vec<MessageView>, HistoryError> {
+        let query = match page {
+            MessagePage::After(after) => self
+                .client
+                .query(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM events FINAL WHERE conversation = ? \
+                     AND kind = 'message' AND seq > ? ORDER BY seq LIMIT ?"
+                ))
+                .bind(conversation)
+                .bind(after),
+            MessagePage::Before(before) => self
+                .client
+                .query(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM events FINAL WHERE conversation = ? \
+                     AND kind = 'message' AND seq < ? ORDER BY seq DESC LIMIT ?"
+                ))
+                .bind(conversation)
+                .bind(before),
+        };
+        let mut messages = query
+            .bind(limit as u64)
+            .fetch_all::<EventRow>()
+            .await
+            .map_err(storage)?;
+        messages.sort_by_key(|row| row.seq);
+        let Some((first, last)) = messages
+            .first()
+            .zip(messages.last())
+            .map(|(first, last)| (first.seq, last.seq))
+        else {
+            return Ok(Vec::new());
+        };
+        // edits and recalls of these messages, in the order they were sequenced
+        let changes = self
+            .client
+            .query(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events FINAL WHERE conversation = ? \
+                 AND kind IN ('edit', 'recall') AND target_seq BETWEEN ? AND ? ORDER BY seq"
+            ))
+            .bind(conversation)
+            .bind(first)
+            .bind(last)
+            .fetch_all::<EventRow>()
+            .await
+            .map_err(storage)?;
+        let mut views: BTreeMap<u64, MessageView> = messages
+            .into_iter()
+            .map(|row| {
+                let view = MessageView {
+                    seq: row.seq,
+                    event_id: row.event_id,
+                    sender: row.sender,
+                    ts: row.ts_ms,
+                    text: Some(row.text),
+                    edited: false,
+                    recalled: false,
+                };
+                (view.seq, view)
+            })
+            .collect();
+        for change in changes {
+            let Some(view) = views.get_mut(&change.target_seq) else {
+                continue;
+            };
+            if view.recalled {
+                continue; // a recalled message stays recalled
+            }
+            if change.kind == "edit" {
+                view.text = Some(change.text);
+                view.edited = true;
+            } else {
+                view.text = None;
+                view.recalled = true;
+            }
+        }
+        Ok(views.into_values().collect())
+    }
+
+    async fn conversations(&self, user: &str) -> Result<Vec<ConversationSummary>, HistoryError> {
+        let joined: Vec<String> = self
+            .client
+            .query(
+                "SELECT conversation FROM members WHERE user = ? \
+                 GROUP BY conversation HAVING argMax(present, seq) = 1 ORDER BY conversation",
+            )
+            .bind(user)
+            .fetch_all::<String>()
+            .await
+            .map_err(storage)?;
+        if joined.is_empty() {
+            return Ok(Vec::new());
+        }
+        #[derive(Row, Deserialize)]
+        struct Summary {
+            conversation: String,
+            last_seq: u64,
+            read_seq: u64,
+            title: Option<String>,
+        }
+        let summaries = self
+            .client
+            .query(
+                "SELECT conversation, max(seq) AS last_seq, \
+                 maxIf(read_seq, kind = 'read' AND sender = ?) AS read_seq, \
+                 anyIf(title, kind = 'conversation_created') AS title \
+                 FROM events WHERE has(?, conversation) GROUP BY conversation",
+            )
+            .bind(user)
+            .bind(&joined)
+            .fetch_all::<Summary>()
+            .await
+            .map_err(storage)?;
+        let mut by_id: HashMap<String, Summary> = summaries
+            .into_iter()
+            .map(|summary| (summary.conversation.clone(), summary))
+            .collect();
+        Ok(joined
+            .into_iter()
+            .map(|id| {
+                let summary = by_id.remove(&id);
+                ConversationSummary {
+                    last_seq: summary.as_ref().map_or(0, |s| s.last_seq),
+                    read_seq: summary.as_ref().map_or(0, |s| s.read_seq),
+                    title: summary.and_then(|s| s.title),
+                    id,
+                }
+            })
+            .collect())
+    }
+
+    async fn is_member(&self, conversation: &str, user: &str) -> Result<bool, HistoryError> {
+        Ok(!self
+            .member_state(conversation, Some(user))
+            .await?
+            .is_empty())
+    }
+
+    async fn members(&self, conversation: &str) -> Result<Vec<String>, HistoryError> {
+        self.member_state(conversation, None).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migration_files_split_into_statements() {
+        let sql = "-- a comment\nCREATE TABLE a (x UInt8) ENGINE = Log;\n\n-- b\nCREATE TABLE b (\n  y UInt8 -- trailing\n) ENGINE = Log;\n";
+        assert_eq!(
+            statements(sql),
+            vec![
+                "CREATE TABLE a (x UInt8) ENGINE = Log".to_owned(),
+                "CREATE TABLE b (\n  y UInt8\n) ENGINE = Log".to_owned(),
+            ]
+        );
+        for (_, migration) in MIGRATIONS {
+            assert!(!statements(migration).is_empty());
+        }
+    }
+
+    #[test]
+    fn events_round_trip_through_rows() {
+        let bodies = vec![
+            EventBody::MessageSent { text: "hi".into() },
+            EventBody::MessageEdited {
+                target_seq: 1,
+                text: "hello".into(),
+            },
+            EventBody::MessageRecalled { target_seq: 1 },
+            EventBody::ConversationCreated {
+                title: Some("t".into()),
+                members: vec!["a".into(), "b".into()],
+            },
+            EventBody::MembersAdded {
+                members: vec!["c".into()],
+            },
+            EventBody::MembersRemoved {
+                members: vec!["a".into()],
+            },
+            EventBody::ReadCursorMoved { seq: 4 },
+        ];
+        for (index, body) in bodies.into_iter().enumerate() {
+            let read = matches!(body, EventBody::ReadCursorMoved { .. });
+            let event = TimelineEvent {
+                conversation: "g:1".into(),
+                seq: (!read).then_some(index as u64 + 1),
+                event_id: format!("e{index}"),
+                sender: "a".into(),
+                ts_ms: 7,
+                origin_cluster: "local".into(),
+                client_msg_id: Some("m".into()),
+                ingress_offset: 9,
+                body,
+            };
+            let row = EventRow::from_event(2, index as u64, &event);
+            assert_eq!(row.into_event().unwrap(), event);
+        }
+    }
+}

@@ -19,8 +19,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
 use async_trait::async_trait;
+use chorus_core::breaker::{Breaker, BreakerError};
 use chorus_core::log::{Offset, PartitionId};
+use chorus_core::metrics::Metrics;
 use chorus_schemas::{EventBody, TimelineEvent};
 use chorus_store::history::{
     ConversationSummary, HistoryError, HistoryStore, MessagePage, MessageView,
@@ -39,6 +45,12 @@ pub struct ClickHouseConfig {
     pub user: String,
     pub password: String,
     pub database: String,
+    /// Longest one call may take before it counts as a failure.
+    pub request_timeout: Duration,
+    /// Consecutive failures that open the breaker.
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before a trial call.
+    pub breaker_open_for: Duration,
 }
 
 impl ClickHouseConfig {
@@ -48,6 +60,9 @@ impl ClickHouseConfig {
             user: String::new(),
             password: String::new(),
             database: database.into(),
+            request_timeout: Duration::from_secs(10),
+            breaker_failures: 3,
+            breaker_open_for: Duration::from_secs(2),
         }
     }
 }
@@ -55,14 +70,62 @@ impl ClickHouseConfig {
 /// The history store in ClickHouse. Cheap to share behind an `Arc`.
 pub struct ClickHouseHistory {
     client: Client,
+    guard: Guard,
+}
+
+/// Every ClickHouse call goes through a circuit breaker (`chorus_breaker_state{breaker=
+/// "clickhouse"}`) and is bounded in time: while ClickHouse fails, calls fail fast with
+/// [`HistoryError::Unavailable`] (the API answers 503 `unavailable`; the projector keeps its
+/// position and retries with backoff). Only transport failures and timeouts count against the
+/// breaker; a query ClickHouse refuses is an answer, not an outage.
+struct Guard {
+    breaker: Breaker,
+    timeout: Duration,
+}
+
+impl Guard {
+    async fn run<T>(
+        &self,
+        call: impl Future<Output = clickhouse::error::Result<T>>,
+    ) -> Result<T, HistoryError> {
+        let bounded = async {
+            match tokio::time::timeout(self.timeout, call).await {
+                Err(_) => Err(clickhouse::error::Error::TimedOut),
+                Ok(Err(error)) if is_outage(&error) => Err(error),
+                Ok(answer) => Ok(answer),
+            }
+        };
+        match self.breaker.call(bounded).await {
+            Ok(answer) => answer.map_err(storage),
+            Err(BreakerError::Open(name)) => Err(HistoryError::Unavailable(format!(
+                "{name} circuit open: ClickHouse is failing, calls are paused"
+            ))),
+            Err(BreakerError::Inner(error)) => Err(storage(error)),
+        }
+    }
+}
+
+/// Runs a ClickHouse call through a [`Guard`].
+trait Through<T>: Future<Output = clickhouse::error::Result<T>> + Sized {
+    fn through(self, guard: &Guard) -> impl Future<Output = Result<T, HistoryError>> {
+        guard.run(self)
+    }
+}
+
+impl<T, F: Future<Output = clickhouse::error::Result<T>>> Through<T> for F {}
+
+fn is_outage(error: &clickhouse::error::Error) -> bool {
+    matches!(
+        error,
+        clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut
+    )
 }
 
 fn storage(error: clickhouse::error::Error) -> HistoryError {
-    match error {
-        clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut => {
-            HistoryError::Unavailable(error.to_string())
-        }
-        other => HistoryError::Storage(other.to_string()),
+    if is_outage(&error) {
+        HistoryError::Unavailable(error.to_string())
+    } else {
+        HistoryError::Storage(error.to_string())
     }
 }
 
@@ -239,7 +302,10 @@ fn statements(sql: &str) -> Vec<String> {
 
 impl ClickHouseHistory {
     /// Connects, creates the database if needed and applies pending migrations.
-    pub async fn open(config: &ClickHouseConfig) -> Result<ClickHouseHistory, HistoryError> {
+    pub async fn open(
+        config: &ClickHouseConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<ClickHouseHistory, HistoryError> {
         let mut server = Client::default().with_url(&config.url);
         if !config.user.is_empty() {
             server = server.with_user(&config.user);
@@ -247,16 +313,25 @@ impl ClickHouseHistory {
         if !config.password.is_empty() {
             server = server.with_password(&config.password);
         }
+        let guard = Guard {
+            breaker: Breaker::new(
+                "clickhouse",
+                config.breaker_failures,
+                config.breaker_open_for,
+                metrics,
+            ),
+            timeout: config.request_timeout,
+        };
         server
             .query(&format!(
                 "CREATE DATABASE IF NOT EXISTS {}",
                 quote_identifier(&config.database)
             ))
             .execute()
-            .await
-            .map_err(storage)?;
+            .through(&guard)
+            .await?;
         let client = server.with_database(&config.database);
-        let history = ClickHouseHistory { client };
+        let history = ClickHouseHistory { client, guard };
         history.migrate().await?;
         Ok(history)
     }
@@ -268,14 +343,14 @@ impl ClickHouseHistory {
                  ENGINE = MergeTree ORDER BY version",
             )
             .execute()
-            .await
-            .map_err(storage)?;
+            .through(&self.guard)
+            .await?;
         let applied: BTreeSet<u32> = self
             .client
             .query("SELECT DISTINCT version FROM schema_migrations")
             .fetch_all::<u32>()
-            .await
-            .map_err(storage)?
+            .through(&self.guard)
+            .await?
             .into_iter()
             .collect();
         for (version, sql) in MIGRATIONS {
@@ -286,8 +361,8 @@ impl ClickHouseHistory {
                 self.client
                     .query(&statement)
                     .execute()
-                    .await
-                    .map_err(storage)?;
+                    .through(&self.guard)
+                    .await?;
             }
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -297,8 +372,8 @@ impl ClickHouseHistory {
                 .bind(*version)
                 .bind(now)
                 .execute()
-                .await
-                .map_err(storage)?;
+                .through(&self.guard)
+                .await?;
             tracing::info!(version, "history schema migrated");
         }
         Ok(())
@@ -309,8 +384,8 @@ impl ClickHouseHistory {
         self.client
             .query("SELECT max(version) FROM schema_migrations")
             .fetch_one::<u32>()
+            .through(&self.guard)
             .await
-            .map_err(storage)
     }
 
     async fn insert_rows<T: RowOwned + RowWrite>(
@@ -321,11 +396,11 @@ impl ClickHouseHistory {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut insert = self.client.insert::<T>(table).await.map_err(storage)?;
+        let mut insert = self.client.insert::<T>(table).through(&self.guard).await?;
         for row in rows {
-            insert.write(row).await.map_err(storage)?;
+            insert.write(row).through(&self.guard).await?;
         }
-        insert.end().await.map_err(storage)
+        insert.end().through(&self.guard).await
     }
 
     /// The current members of a conversation (only `user`, when given), sorted.
@@ -351,7 +426,7 @@ impl ClickHouseHistory {
                 )
                 .bind(conversation),
         };
-        rows.fetch_all::<String>().await.map_err(storage)
+        rows.fetch_all::<String>().through(&self.guard).await
     }
 }
 
@@ -410,8 +485,8 @@ impl HistoryStore for ClickHouseHistory {
             .query("SELECT max(next_offset) FROM positions WHERE partition = ?")
             .bind(partition)
             .fetch_one::<u64>()
+            .through(&self.guard)
             .await
-            .map_err(storage)
     }
 
     async fn events(
@@ -430,8 +505,8 @@ impl HistoryStore for ClickHouseHistory {
             .bind(after_seq)
             .bind(limit as u64)
             .fetch_all::<EventRow>()
-            .await
-            .map_err(storage)?;
+            .through(&self.guard)
+            .await?;
         rows.into_iter().map(EventRow::into_event).collect()
     }
 
@@ -462,8 +537,8 @@ impl HistoryStore for ClickHouseHistory {
         let mut messages = query
             .bind(limit as u64)
             .fetch_all::<EventRow>()
-            .await
-            .map_err(storage)?;
+            .through(&self.guard)
+            .await?;
         messages.sort_by_key(|row| row.seq);
         let Some((first, last)) = messages
             .first()
@@ -483,8 +558,8 @@ impl HistoryStore for ClickHouseHistory {
             .bind(first)
             .bind(last)
             .fetch_all::<EventRow>()
-            .await
-            .map_err(storage)?;
+            .through(&self.guard)
+            .await?;
         let mut views: BTreeMap<u64, MessageView> = messages
             .into_iter()
             .map(|row| {
@@ -527,8 +602,8 @@ impl HistoryStore for ClickHouseHistory {
             )
             .bind(user)
             .fetch_all::<String>()
-            .await
-            .map_err(storage)?;
+            .through(&self.guard)
+            .await?;
         if joined.is_empty() {
             return Ok(Vec::new());
         }
@@ -550,8 +625,8 @@ impl HistoryStore for ClickHouseHistory {
             .bind(user)
             .bind(&joined)
             .fetch_all::<Summary>()
-            .await
-            .map_err(storage)?;
+            .through(&self.guard)
+            .await?;
         let mut by_id: HashMap<String, Summary> = summaries
             .into_iter()
             .map(|summary| (summary.conversation.clone(), summary))

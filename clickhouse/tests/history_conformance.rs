@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use chorus_clickhouse::{ClickHouseConfig, ClickHouseHistory};
+use chorus_core::metrics::Metrics;
 use chorus_store::history::{HistoryStore, conformance};
 
 fn clickhouse_url() -> Option<String> {
@@ -33,7 +34,7 @@ macro_rules! conformance_tests {
             #[tokio::test]
             async fn $name() {
                 let Some(url) = clickhouse_url() else { return };
-                let store = ClickHouseHistory::open(&fresh_config(&url)).await.expect("open");
+                let store = ClickHouseHistory::open(&fresh_config(&url), Arc::new(Metrics::new())).await.expect("open");
                 conformance::$name(&store as &dyn HistoryStore).await.expect("store error");
             }
         )*
@@ -54,7 +55,9 @@ conformance_tests!(
 async fn migrations_apply_once_and_survive_reopening() {
     let Some(url) = clickhouse_url() else { return };
     let config = fresh_config(&url);
-    let first = ClickHouseHistory::open(&config).await.expect("open");
+    let first = ClickHouseHistory::open(&config, Arc::new(Metrics::new()))
+        .await
+        .expect("open");
     assert_eq!(first.schema_version().await.expect("version"), 1);
     let event = chorus_schemas::TimelineEvent {
         conversation: "dm:a:b".into(),
@@ -73,8 +76,11 @@ async fn migrations_apply_once_and_survive_reopening() {
         .apply(0, &[(0, event.clone())], 1)
         .await
         .expect("apply");
-    let again: Arc<dyn HistoryStore> =
-        Arc::new(ClickHouseHistory::open(&config).await.expect("reopen"));
+    let again: Arc<dyn HistoryStore> = Arc::new(
+        ClickHouseHistory::open(&config, Arc::new(Metrics::new()))
+            .await
+            .expect("reopen"),
+    );
     assert_eq!(
         again.events("dm:a:b", 0, 10).await.expect("events"),
         vec![event]

@@ -30,6 +30,7 @@ use chorus_core::metrics::Metrics;
 use chorus_schemas::{EventBody, TimelineEvent};
 use chorus_store::history::{
     ConversationSummary, HistoryError, HistoryStore, MessagePage, MessageView,
+    direct_conversation_members,
 };
 use clickhouse::{Client, Row, RowOwned, RowWrite};
 use serde::{Deserialize, Serialize};
@@ -167,16 +168,6 @@ struct PositionRow {
 const EVENT_COLUMNS: &str = "partition, offset, conversation, seq, event_id, kind, sender, ts_ms, \
      origin_cluster, client_msg_id, ingress_offset, text, target_seq, title, members, read_seq";
 
-/// `(a, b)` for a direct conversation id `dm:<a>:<b>`, `None` for any other id.
-fn direct_members(conversation: &str) -> Option<(&str, &str)> {
-    let pair = conversation.strip_prefix("dm:")?;
-    let (first, second) = pair.split_once(':')?;
-    if first.is_empty() || second.is_empty() {
-        return None;
-    }
-    Some((first, second))
-}
-
 impl EventRow {
     fn from_event(partition: PartitionId, offset: Offset, event: &TimelineEvent) -> EventRow {
         let mut row = EventRow {
@@ -260,7 +251,7 @@ impl EventRow {
 
 /// The membership changes an event makes: (user, present).
 fn membership_changes(event: &TimelineEvent) -> Vec<(String, bool)> {
-    if let Some((first, second)) = direct_members(&event.conversation) {
+    if let Some((first, second)) = direct_conversation_members(&event.conversation) {
         return vec![(first.to_owned(), true), (second.to_owned(), true)];
     }
     match &event.body {

@@ -33,7 +33,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, Wr
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
-use crate::history::{ConversationSummary, HistoryError, HistoryStore, MessagePage, MessageView};
+use crate::history::{
+    ConversationSummary, HistoryError, HistoryStore, MessagePage, MessageView,
+    direct_conversation_members,
+};
 
 const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
@@ -43,9 +46,6 @@ const USER_CONVERSATIONS: TableDefinition<(&str, &str), ()> =
     TableDefinition::new("user_conversations");
 const READ_CURSORS: TableDefinition<(&str, &str), u64> = TableDefinition::new("read_cursors");
 const POSITIONS: TableDefinition<u32, u64> = TableDefinition::new("positions");
-
-/// The prefix of direct conversation ids, `dm:<a>:<b>`.
-const DIRECT_CONVERSATION_PREFIX: &str = "dm:";
 
 /// A message as stored in `messages`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -164,16 +164,6 @@ fn create_tables(database: &Database) -> Result<(), EmbeddedError> {
     transaction.open_table(POSITIONS)?;
     transaction.commit()?;
     Ok(())
-}
-
-/// `(a, b)` for a direct conversation id `dm:<a>:<b>`, `None` for any other id.
-fn direct_conversation_members(conversation: &str) -> Option<(&str, &str)> {
-    let pair = conversation.strip_prefix(DIRECT_CONVERSATION_PREFIX)?;
-    let (first, second) = pair.split_once(':')?;
-    if first.is_empty() || second.is_empty() {
-        return None;
-    }
-    Some((first, second))
 }
 
 /// Applies one batch in one write transaction (see the module invariants).

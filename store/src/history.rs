@@ -24,6 +24,17 @@ use chorus_core::log::{Offset, PartitionId};
 use chorus_schemas::TimelineEvent;
 use serde::Serialize;
 
+/// `(a, b)` for a direct conversation id `dm:<a>:<b>`, `None` for any other id: the two members
+/// a direct conversation has from its first event on (every adapter applies this rule).
+pub fn direct_conversation_members(conversation: &str) -> Option<(&str, &str)> {
+    let pair = conversation.strip_prefix("dm:")?;
+    let (first, second) = pair.split_once(':')?;
+    if first.is_empty() || second.is_empty() {
+        return None;
+    }
+    Some((first, second))
+}
+
 /// A message as it stands now (`GET /v1/conversations/{id}/messages`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MessageView {

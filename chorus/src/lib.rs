@@ -194,7 +194,7 @@ pub fn load_config(
 }
 
 /// Membership for typing indicators, read from the (swappable) history projection.
-struct HistoryMembership(Arc<Swap<dyn HistoryStore>>);
+pub(crate) struct HistoryMembership(pub(crate) Arc<Swap<dyn HistoryStore>>);
 
 #[async_trait]
 impl Membership for HistoryMembership {
@@ -240,6 +240,11 @@ pub(crate) struct Projections {
     pub(crate) index: Arc<Swap<SearchIndex>>,
     pub(crate) history_progress: Arc<ProjectionProgress>,
     pub(crate) search_progress: Arc<ProjectionProgress>,
+    /// The history lives in ClickHouse, shared by every node (`[clickhouse] url`).
+    pub(crate) history_shared: bool,
+    /// Whether this node projects the history, and the search index.
+    pub(crate) run_history: bool,
+    pub(crate) run_search: bool,
 }
 
 /// A live replay asked for through `POST /v1/admin/replay`.
@@ -258,6 +263,32 @@ impl Projections {
         let layout = DataLayout::new(&config.data_dir);
         std::fs::create_dir_all(&layout.root)?;
         let history: Arc<dyn HistoryStore> = EmbeddedHistory::open(&layout.history())?;
+        Self::assemble(config, log, metrics, history, false, (true, true))
+    }
+
+    /// Projections around a history shared with other nodes (ClickHouse); `runs` says which of
+    /// (history, search) this node projects. A node that reads the shared history without
+    /// projecting it follows its stored positions (see [`Projections::follow_shared_history`]).
+    pub(crate) fn shared(
+        config: Arc<ChorusConfig>,
+        log: Arc<dyn EventLog>,
+        metrics: Arc<Metrics>,
+        history: Arc<dyn HistoryStore>,
+        runs: (bool, bool),
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        Self::assemble(config, log, metrics, history, true, runs)
+    }
+
+    fn assemble(
+        config: Arc<ChorusConfig>,
+        log: Arc<dyn EventLog>,
+        metrics: Arc<Metrics>,
+        history: Arc<dyn HistoryStore>,
+        history_shared: bool,
+        (run_history, run_search): (bool, bool),
+    ) -> anyhow::Result<Self> {
+        let layout = DataLayout::new(&config.data_dir);
         let index = SearchIndex::open(&layout.search(), config.partitions())?;
         let partitions = config.partitions();
         Ok(Projections {
@@ -268,7 +299,42 @@ impl Projections {
             index: Arc::new(Swap::new(index)),
             history_progress: Arc::new(ProjectionProgress::new(partitions)),
             search_progress: Arc::new(ProjectionProgress::new(partitions)),
+            history_shared,
+            run_history,
+            run_search,
         })
+    }
+
+    /// Publishes the shared history's stored positions to this node's readers (its read
+    /// barrier), every 100 ms until shutdown: the node reads a history another node projects.
+    pub(crate) fn follow_shared_history(
+        &self,
+        tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let history = self.history.clone();
+        let progress = self.history_progress.clone();
+        let partitions = self.config.partitions();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let mut stop = std::pin::pin!(stopped(shutdown));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = &mut stop => return ("history follower", Ok(())),
+                }
+                let store = history.get();
+                for partition in 0..partitions {
+                    match store.position(partition).await {
+                        Ok(position) => progress.advance(partition, position),
+                        Err(error) => {
+                            tracing::debug!(%error, "shared history position unavailable");
+                            break;
+                        }
+                    }
+                }
+            }
+        });
     }
 
     /// The read API over these projections.
@@ -306,19 +372,24 @@ impl Projections {
         ProjectorContext {
             config: self.config.clone(),
             log: self.log.clone(),
-            projections: vec![
-                ProjectionRun {
+            projections: [
+                self.run_history.then(|| ProjectionRun {
                     sink: Arc::new(HistorySink(self.history.get())),
                     progress: self.history_progress.clone(),
-                },
-                ProjectionRun {
+                    shared: self.history_shared,
+                }),
+                self.run_search.then(|| ProjectionRun {
                     sink: Arc::new(SearchSink(
                         self.index.get(),
                         Duration::from_millis(self.config.projector.search_commit_interval_ms),
                     )),
                     progress: self.search_progress.clone(),
-                },
-            ],
+                    shared: false,
+                }),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
             metrics: self.metrics.clone(),
         }
     }
@@ -347,8 +418,24 @@ impl Projections {
             JoinHandle<Result<(), chorus_projector::ProjectorError>>,
         ),
     ) -> anyhow::Result<Vec<ReplayReport>> {
+        let mut kinds: Vec<replay::Kind> = projection.kinds().to_vec();
+        if self.history_shared || !self.run_history {
+            anyhow::ensure!(
+                projection != Projection::History,
+                "this node does not keep a history of its own (it is in ClickHouse): replay `search`"
+            );
+            kinds.retain(|kind| *kind != replay::Kind::History);
+        }
+        if !self.run_search {
+            anyhow::ensure!(
+                projection != Projection::Search,
+                "this node keeps no search index: replay it on a search node"
+            );
+            kinds.retain(|kind| *kind != replay::Kind::Search);
+        }
+        anyhow::ensure!(!kinds.is_empty(), "this node keeps nothing to rebuild");
         let mut rebuilt = Vec::new();
-        for kind in projection.kinds() {
+        for kind in &kinds {
             rebuilt.push(replay::rebuild_fresh(&self.config, &self.log, *kind, false).await?);
         }
         let _ = projector.0.send(true);

@@ -7,12 +7,16 @@
 //!   tails the broadcast path (`deliveries`) used while Redis is down.
 //! - **router**: the sequencer and delivery, scaled by the `<prefix>chorus-router` consumer group;
 //!   one fenced transactional writer per owned `timeline` partition.
-//! - **projector**: the projections (history store, Tantivy indexes) under its data directory,
-//!   with `POST /v1/admin/replay`; the history projection moves to ClickHouse in issue 4.
-//! - **search**: the history/search API over projections it builds itself from `timeline` (its
-//!   own history store and Tantivy indexes under its data directory), so its reads are local
-//!   and consistent; each search node is a replica that consumes every partition.
-//!   `POST /v1/admin/replay` rebuilds its projections from the topics while it serves.
+//! - **projector**: with `[clickhouse] url`, projects the history into ClickHouse (projectors
+//!   share one consumer group, so they split the partitions); without it, builds both
+//!   projections under its data directory. `POST /v1/admin/replay` rebuilds what it keeps.
+//! - **search**: the history/search API. With ClickHouse it reads the shared history (its read
+//!   barrier follows the positions the projector stores there) and keeps its own Tantivy index,
+//!   built from `timeline` (each search node is a replica consuming every partition); without
+//!   it, it also builds its own history store. `POST /v1/admin/replay` rebuilds its index (and
+//!   its own history, if it keeps one) while it serves.
+//! - Ingest nodes check group membership for typing against the shared history when there is
+//!   one.
 //!
 //! Every role serves `/health` and `/metrics`. Dev mode is off unless configured.
 
@@ -21,6 +25,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use chorus_clickhouse::{ClickHouseConfig, ClickHouseHistory};
 use chorus_core::auth::TokenAuthority;
 use chorus_core::broadcast::BroadcastBus;
 use chorus_core::config::ChorusConfig;
@@ -28,6 +33,7 @@ use chorus_core::log::EventLog;
 use chorus_core::membership::Membership;
 use chorus_core::metrics::Metrics;
 use chorus_core::presence::{NodeBus, Presence};
+use chorus_core::swap::Swap;
 use chorus_ingest::{Ingest, IngestDependencies};
 use chorus_kafka::{KafkaLog, KafkaLogConfig};
 use chorus_redis::{RedisBus, RedisConfig, RedisPresence, RedisShared};
@@ -36,7 +42,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use warp::Filter;
 
-use crate::{Projections, operations, stopped};
+use crate::{HistoryMembership, Projections, operations, stopped};
 
 /// Which distributed role to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,8 +95,8 @@ impl RunningRole {
     }
 }
 
-/// Typing in distributed ingest nodes: only direct conversations (whose members are in their
-/// id) until the membership view is shared (issue 4); group typing answers `unavailable`.
+/// Typing in distributed ingest nodes without ClickHouse: only direct conversations (whose
+/// members are in their id); group typing answers `unavailable`, as no membership view is shared.
 struct NoGroupMembership;
 
 #[async_trait]
@@ -118,6 +124,24 @@ async fn open_kafka(config: &ChorusConfig) -> anyhow::Result<Arc<dyn EventLog>> 
             .with_context(|| format!("creating topic {topic}"))?;
     }
     Ok(log)
+}
+
+/// The shared history in ClickHouse, when `[clickhouse] url` is set.
+async fn open_clickhouse(
+    config: &ChorusConfig,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Option<Arc<dyn chorus_store::HistoryStore>>> {
+    let section = &config.clickhouse;
+    if section.url.is_empty() {
+        return Ok(None);
+    }
+    let mut clickhouse = ClickHouseConfig::new(section.url.clone(), section.database.clone());
+    clickhouse.user = section.user.clone();
+    clickhouse.password = section.password.clone();
+    let history = ClickHouseHistory::open(&clickhouse, metrics.clone())
+        .await
+        .with_context(|| format!("opening the history in ClickHouse at {}", section.url))?;
+    Ok(Some(Arc::new(history)))
 }
 
 async fn open_redis(
@@ -204,13 +228,18 @@ pub async fn start(role: Role, mut config: ChorusConfig) -> anyhow::Result<Runni
         Role::Ingest => {
             let (presence, bus) = open_redis(&config, metrics.clone()).await?;
             let broadcast = BroadcastBus::open(log.clone(), &config.topics().deliveries).await?;
+            // group typing checks membership in the shared history when there is one
+            let membership: Arc<dyn Membership> = match open_clickhouse(&config, &metrics).await? {
+                Some(history) => Arc::new(HistoryMembership(Arc::new(Swap::new(history)))),
+                None => Arc::new(NoGroupMembership),
+            };
             let ingest = Ingest::start(
                 IngestDependencies {
                     config: config.clone(),
                     log,
                     presence,
                     bus,
-                    membership: Arc::new(NoGroupMembership),
+                    membership,
                     tokens,
                     metrics: metrics.clone(),
                 },
@@ -247,7 +276,17 @@ pub async fn start(role: Role, mut config: ChorusConfig) -> anyhow::Result<Runni
             });
         }
         Role::Projector => {
-            let projections = Projections::open(config.clone(), log, metrics.clone())?;
+            // with ClickHouse, the projector writes the shared history; search nodes index
+            let projections = match open_clickhouse(&config, &metrics).await? {
+                Some(history) => Projections::shared(
+                    config.clone(),
+                    log,
+                    metrics.clone(),
+                    history,
+                    (true, false),
+                )?,
+                None => Projections::open(config.clone(), log, metrics.clone())?,
+            };
             let admin = projections.spawn_supervised(&mut tasks, shutdown_receiver.clone());
             let routes = operations(metrics.clone())
                 .or(admin)
@@ -258,7 +297,21 @@ pub async fn start(role: Role, mut config: ChorusConfig) -> anyhow::Result<Runni
             spawn_http(&mut tasks, listener, routes, shutdown_receiver);
         }
         Role::Search => {
-            let projections = Projections::open(config.clone(), log, metrics.clone())?;
+            // with ClickHouse, a search node reads the shared history and keeps its own index
+            let projections = match open_clickhouse(&config, &metrics).await? {
+                Some(history) => {
+                    let projections = Projections::shared(
+                        config.clone(),
+                        log,
+                        metrics.clone(),
+                        history,
+                        (false, true),
+                    )?;
+                    projections.follow_shared_history(&mut tasks, shutdown_receiver.clone());
+                    projections
+                }
+                None => Projections::open(config.clone(), log, metrics.clone())?,
+            };
             let api = projections.search_api(tokens);
             let admin = projections.spawn_supervised(&mut tasks, shutdown_receiver.clone());
             let routes = operations(metrics.clone())

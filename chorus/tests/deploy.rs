@@ -16,7 +16,7 @@ fn read(path: &str) -> String {
 }
 
 /// The host of `kafka.bootstrap` and of `redis.url`.
-fn service_hosts(config: &ChorusConfig) -> [String; 2] {
+fn service_hosts(config: &ChorusConfig) -> [String; 3] {
     let kafka = config
         .kafka
         .bootstrap
@@ -32,7 +32,15 @@ fn service_hosts(config: &ChorusConfig) -> [String; 2] {
         .next()
         .unwrap_or_default()
         .to_owned();
-    [kafka, redis]
+    let clickhouse = config
+        .clickhouse
+        .url
+        .trim_start_matches("http://")
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    [kafka, redis, clickhouse]
 }
 
 fn strings(value: &Value) -> Vec<String> {

@@ -32,6 +32,7 @@ pub struct ChorusConfig {
     pub projector: ProjectorSection,
     pub kafka: KafkaSection,
     pub redis: RedisSection,
+    pub clickhouse: ClickHouseSection,
 }
 
 /// The distributed event log. An empty `bootstrap` means the embedded log (`chorus serve`).
@@ -52,6 +53,29 @@ impl Default for KafkaSection {
             bootstrap: String::new(),
             replication_factor: 1,
             session_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// History in ClickHouse (distributed roles). An empty `url` means each node keeps its own
+/// embedded history store.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseSection {
+    /// `http://host:8123` (the HTTP interface).
+    pub url: String,
+    pub user: String,
+    pub password: String,
+    pub database: String,
+}
+
+impl Default for ClickHouseSection {
+    fn default() -> Self {
+        ClickHouseSection {
+            url: String::new(),
+            user: String::new(),
+            password: String::new(),
+            database: "chorus".into(),
         }
     }
 }
@@ -173,6 +197,7 @@ impl Default for ChorusConfig {
             projector: ProjectorSection::default(),
             kafka: KafkaSection::default(),
             redis: RedisSection::default(),
+            clickhouse: ClickHouseSection::default(),
         }
     }
 }
@@ -253,7 +278,8 @@ impl ChorusConfig {
     /// Applies `CHORUS_…` overrides from `environment`. Recognised: `CHORUS_LISTEN`,
     /// `CHORUS_DATA_DIR`, `CHORUS_NODE_ID`, `CHORUS_CLUSTER`, `CHORUS_PARTITIONS`,
     /// `CHORUS_TOPIC_PREFIX`, `CHORUS_JWT_SECRET`, `CHORUS_API_KEY`, `CHORUS_DEV_MODE`,
-    /// `CHORUS_KAFKA_BOOTSTRAP`, `CHORUS_REDIS_URL`.
+    /// `CHORUS_KAFKA_BOOTSTRAP`, `CHORUS_REDIS_URL`, `CHORUS_CLICKHOUSE_URL`,
+    /// `CHORUS_CLICKHOUSE_DATABASE`, `CHORUS_CLICKHOUSE_PASSWORD`.
     pub fn apply_env(&mut self, environment: &HashMap<String, String>) -> Result<(), ConfigError> {
         for (name, value) in environment {
             match name.as_str() {
@@ -270,6 +296,9 @@ impl ChorusConfig {
                 "CHORUS_TOPIC_PREFIX" => self.log.topic_prefix = value.clone(),
                 "CHORUS_KAFKA_BOOTSTRAP" => self.kafka.bootstrap = value.clone(),
                 "CHORUS_REDIS_URL" => self.redis.url = value.clone(),
+                "CHORUS_CLICKHOUSE_URL" => self.clickhouse.url = value.clone(),
+                "CHORUS_CLICKHOUSE_DATABASE" => self.clickhouse.database = value.clone(),
+                "CHORUS_CLICKHOUSE_PASSWORD" => self.clickhouse.password = value.clone(),
                 "CHORUS_DEV_MODE" => {
                     self.dev_mode = value.parse().map_err(|_| invalid(name, "true or false"))?;
                 }

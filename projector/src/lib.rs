@@ -140,6 +140,12 @@ impl Sink for SearchSink {
 pub struct ProjectionRun {
     pub sink: Arc<dyn Sink>,
     pub progress: Arc<ProjectionProgress>,
+    /// The sink's store is shared by many nodes (ClickHouse): the nodes projecting into it share
+    /// one consumer group, and the stored position also covers offsets without records (Kafka
+    /// transaction markers), so readers elsewhere, who only see the stored position, find their
+    /// read barriers met. A local sink (embedded history, Tantivy) is projected by every node
+    /// in a group of its own.
+    pub shared: bool,
 }
 
 /// Everything the projector needs.
@@ -165,15 +171,22 @@ pub async fn run(
         let topic = timeline.clone();
         let batch = context.config.projector.batch_records;
         let stop = stop_receiver.clone();
-        // Every sink today is local to its node (the embedded history store, Tantivy), so each
-        // node consumes every partition in a group of its own. A sink shared by many nodes
-        // (ClickHouse) will share one group instead.
-        let group = format!(
-            "{}chorus-projector-{}.{}",
-            context.config.log.topic_prefix,
-            projection.sink.name(),
-            context.config.node_id
-        );
+        // A local sink is every node's own (a group per node, every partition); a shared one is
+        // split over the nodes projecting into it.
+        let group = if projection.shared {
+            format!(
+                "{}chorus-projector-{}",
+                context.config.log.topic_prefix,
+                projection.sink.name()
+            )
+        } else {
+            format!(
+                "{}chorus-projector-{}.{}",
+                context.config.log.topic_prefix,
+                projection.sink.name(),
+                context.config.node_id
+            )
+        };
         tasks.spawn(run_projection(
             log, topic, group, projection, batch, metrics, stop,
         ));
@@ -270,15 +283,23 @@ impl Runner {
     /// the projection: publish that to readers waiting for it (the stored position stays at
     /// the last record; what lies between is Kafka transaction markers, skipped again on
     /// resume).
-    fn note_covered(&self) {
+    /// A shared sink also stores it (see [`ProjectionRun::shared`]).
+    async fn note_covered(&mut self) -> Result<(), ProjectorError> {
         for partition in self.consumer.assignment() {
             if self.pending.contains_key(&partition) {
                 continue;
             }
-            if let Some(position) = self.consumer.position(partition) {
-                self.projection.progress.advance(partition, position);
+            let Some(position) = self.consumer.position(partition) else {
+                continue;
+            };
+            if self.projection.shared && position > self.projection.progress.position(partition) {
+                let sink = self.projection.sink.clone();
+                apply_with_retry(sink.as_ref(), partition, Vec::new(), position, &self.stop)
+                    .await?;
             }
+            self.projection.progress.advance(partition, position);
         }
+        Ok(())
     }
 
     /// Applies everything pending, partition by partition, then publishes the new positions.
@@ -376,11 +397,11 @@ async fn run_projection(
                 runner.flush().await?;
                 tracing::debug!(sink = name, ?partitions, "projection partitions revoked");
             }
-            PollEvent::Idle => runner.note_covered(),
+            PollEvent::Idle => runner.note_covered().await?,
         }
         if runner.due(interval, batch_records) {
             runner.flush().await?;
-            runner.note_covered();
+            runner.note_covered().await?;
         }
     }
 }

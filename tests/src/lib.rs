@@ -458,7 +458,9 @@ pub fn distributed_services() -> Option<(String, String)> {
 }
 
 /// The environment of one distributed role process: the services, a topic prefix private to
-/// the test run, and the node's name.
+/// the test run, and the node's name. History stays in each node's own store (an empty
+/// `CHORUS_CLICKHOUSE_URL` overrides the one `scripts/test` exports) unless the test adds a
+/// ClickHouse URL after these.
 pub fn role_environment(
     services: &(String, String),
     run: &str,
@@ -469,6 +471,7 @@ pub fn role_environment(
         ("CHORUS_REDIS_URL", services.1.clone()),
         ("CHORUS_TOPIC_PREFIX", format!("{run}.")),
         ("CHORUS_NODE_ID", format!("{run}-{node}")),
+        ("CHORUS_CLICKHOUSE_URL", String::new()),
         (
             "CHORUS_LOG",
             std::env::var("CHORUS_TEST_CHILD_LOG").unwrap_or_else(|_| "warn".into()),

@@ -1,0 +1,220 @@
+//! The projector writing history into the real ClickHouse engine, `kill -9`ed mid-run and
+//! restarted: afterwards ClickHouse holds exactly what the embedded store holds for the same log.
+//!
+//! 10,000 events (messages, edits and recalls over 20 conversations) are produced straight to
+//! `ingress` and sequenced by a router process; a projector process (`[clickhouse] url`) writes
+//! them to a database of this run. It is killed with `kill -9` while it is part way, started
+//! again, and left to finish. The same `timeline` is then rebuilt into an embedded (redb) store
+//! in-process, and every read the history port offers is compared between the two.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use chorus_clickhouse::{ClickHouseConfig, ClickHouseHistory};
+use chorus_core::log::{EventLog, NewRecord};
+use chorus_core::metrics::Metrics;
+use chorus_kafka::{KafkaLog, KafkaLogConfig};
+use chorus_projector::{HistorySink, Sink};
+use chorus_schemas::{EventBody, IngressEvent, encode_ingress};
+use chorus_store::EmbeddedHistory;
+use chorus_store::history::{HistoryStore, MessagePage};
+use chorus_tests::{ChildServer, distributed_services, metric, metrics_text, role_environment};
+
+const CONVERSATIONS: usize = 20;
+const EVENTS_PER_CONVERSATION: u64 = 500;
+const PARTITIONS: u32 = 4;
+
+/// The k-th (1-based) event of a conversation: a message, or every 10th an edit of the message
+/// before it, or every odd 25th a recall of the message two before. All are valid, so the
+/// router gives event k the seq k.
+fn body(k: u64) -> EventBody {
+    if k.is_multiple_of(10) {
+        EventBody::MessageEdited {
+            target_seq: k - 1,
+            text: format!("edited {}", k - 1),
+        }
+    } else if k.is_multiple_of(25) {
+        EventBody::MessageRecalled { target_seq: k - 2 }
+    } else {
+        EventBody::MessageSent {
+            text: format!("message {k} 你好"),
+        }
+    }
+}
+
+fn ingress(run: &str, conversation: usize, k: u64) -> anyhow::Result<NewRecord> {
+    let id = format!("{run}-{conversation}-{k}");
+    let event = IngressEvent {
+        event_id: id.clone(),
+        conversation: format!("dm:{run}u{conversation}:{run}v{conversation}"),
+        sender: format!("{run}u{conversation}"),
+        client_msg_id: Some(id),
+        ts_ms: k as i64,
+        origin_cluster: "local".into(),
+        origin_node: None,
+        origin_session: None,
+        trusted: true,
+        body: body(k),
+    };
+    Ok(NewRecord::new(
+        event.conversation.as_bytes(),
+        encode_ingress(&event)?,
+    ))
+}
+
+async fn projected(projector: &ChildServer) -> anyhow::Result<f64> {
+    let text = metrics_text(&projector.url).await?;
+    Ok(metric(
+        &text,
+        "chorus_projector_position",
+        &[("projection", "history")],
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projector_killed_mid_run_leaves_clickhouse_equal_to_the_embedded_store()
+-> anyhow::Result<()> {
+    let Some(services) = distributed_services() else {
+        return Ok(());
+    };
+    let clickhouse = std::env::var("CHORUS_CLICKHOUSE_URL")
+        .context("CHORUS_CLICKHOUSE_URL: scripts/test starts ClickHouse")?;
+    let run = format!("h{}", std::process::id());
+    let database = format!("chorus_{run}");
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("chorus.toml");
+    std::fs::write(
+        &config,
+        format!("[log]\npartitions = {PARTITIONS}\n[projector]\nbatch_records = 200\n"),
+    )?;
+    let arguments = |role: &str| {
+        let mut arguments = vec![
+            "--config".to_owned(),
+            config.display().to_string(),
+            role.to_owned(),
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ];
+        if role == "projector" {
+            arguments.extend([
+                "--data-dir".to_owned(),
+                dir.path().join(role).display().to_string(),
+            ]);
+        }
+        arguments
+    };
+    let environment = |node: &str| {
+        let mut environment = role_environment(&services, &run, node);
+        environment.push(("CHORUS_CLICKHOUSE_URL", clickhouse.clone()));
+        environment.push(("CHORUS_CLICKHOUSE_DATABASE", database.clone()));
+        environment
+    };
+    let _router = ChildServer::spawn(&arguments("router"), &environment("r1")).await?;
+
+    let mut kafka = KafkaLogConfig::new(services.0.clone());
+    kafka.partitions = PARTITIONS;
+    let log: Arc<dyn EventLog> = KafkaLog::new(kafka)?;
+    let ingress_topic = format!("{run}.ingress");
+    let timeline = format!("{run}.timeline");
+    log.ensure_topic(&ingress_topic).await?;
+    for k in 1..=EVENTS_PER_CONVERSATION {
+        let batch = (0..CONVERSATIONS)
+            .map(|conversation| ingress(&run, conversation, k))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        log.append(&ingress_topic, batch).await?;
+    }
+    let total = CONVERSATIONS as u64 * EVENTS_PER_CONVERSATION;
+
+    let projector = ChildServer::spawn(&arguments("projector"), &environment("p1")).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let at_kill = loop {
+        let position = projected(&projector).await?;
+        if position >= 500.0 {
+            break position;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the projector made no progress"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    projector.kill().await?;
+    ensure!(
+        at_kill < total as f64,
+        "the projector was killed part way ({at_kill} of {total})"
+    );
+    eprintln!("projector killed at {at_kill} of {total} events");
+    let restarted = ChildServer::spawn(&arguments("projector"), &environment("p1")).await?;
+
+    // wait until the router sequenced everything and the projector stored it all
+    let store = ClickHouseHistory::open(
+        &ClickHouseConfig::new(clickhouse.clone(), database.clone()),
+        Arc::new(Metrics::new()),
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let mut done = true;
+        let mut sequenced = 0;
+        for partition in 0..PARTITIONS {
+            let end = log.end_offset(&timeline, partition).await?;
+            sequenced += end;
+            done &= store.position(partition).await? >= end && end > 0;
+        }
+        if done && sequenced >= total {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "not all {total} events reached ClickHouse ({sequenced} timeline offsets)"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ensure!(
+        projected(&restarted).await? > 0.0,
+        "the restarted projector worked"
+    );
+
+    // the same log, rebuilt into the embedded store
+    let reference_dir = tempfile::tempdir()?;
+    let reference = EmbeddedHistory::open(&reference_dir.path().join("history.redb"))?;
+    let sink: Arc<dyn Sink> = Arc::new(HistorySink(reference.clone()));
+    let rebuilt = chorus_projector::rebuild(log.clone(), &timeline, sink, 1000, |_| {}).await?;
+    assert_eq!(rebuilt, total, "every event is in the timeline once");
+
+    for conversation in 0..CONVERSATIONS {
+        let id = format!("dm:{run}u{conversation}:{run}v{conversation}");
+        let events = store.events(&id, 0, 10_000).await?;
+        assert_eq!(
+            events.len() as u64,
+            EVENTS_PER_CONVERSATION,
+            "{id}: no duplicates"
+        );
+        assert_eq!(
+            events,
+            reference.events(&id, 0, 10_000).await?,
+            "{id}: events"
+        );
+        let messages = store.messages(&id, MessagePage::After(0), 10_000).await?;
+        assert_eq!(
+            messages,
+            reference
+                .messages(&id, MessagePage::After(0), 10_000)
+                .await?,
+            "{id}: messages with edits and recalls"
+        );
+        assert!(messages.iter().any(|message| message.edited));
+        assert!(messages.iter().any(|message| message.recalled));
+        assert_eq!(store.members(&id).await?, reference.members(&id).await?);
+        let user = format!("{run}u{conversation}");
+        assert_eq!(
+            store.conversations(&user).await?,
+            reference.conversations(&user).await?
+        );
+    }
+    for partition in 0..PARTITIONS {
+        assert!(store.position(partition).await? >= reference.position(partition).await?);
+    }
+    Ok(())
+}

@@ -763,3 +763,47 @@ pub async fn metrics_text(base: &str) -> anyhow::Result<String> {
         .text()
         .await?)
 }
+
+/// The ClickHouse test harness (`scripts/services/clickhouse_http.py`, the real engine through
+/// chdb) as a child process of the test's own, on `port` with its data in `data`, so a test can
+/// stop it and start it again without disturbing other tests. Killed on drop.
+pub struct OwnClickHouse {
+    child: tokio::process::Child,
+}
+
+impl OwnClickHouse {
+    pub async fn start(port: u16, data: &Path) -> anyhow::Result<OwnClickHouse> {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/services/clickhouse_http.py"
+        );
+        let mut child = tokio::process::Command::new("python3")
+            .arg(script)
+            .args(["--port", &port.to_string(), "--data"])
+            .arg(data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("python3 runs the harness (scripts/services/clickhouse installs chdb)")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        tokio::time::timeout(WAIT * 4, async {
+            while let Some(line) = lines.next_line().await? {
+                if line.contains("listening on") {
+                    return Ok(());
+                }
+            }
+            bail!("the ClickHouse harness exited before listening")
+        })
+        .await??;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(OwnClickHouse { child })
+    }
+
+    /// `kill -9`; the data folder stays.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+}

@@ -33,7 +33,9 @@ use chorus_core::presence::{LocalBus, LocalPresence, NodeBus, Presence};
 use chorus_core::progress::ProjectionProgress;
 use chorus_core::swap::Swap;
 use chorus_ingest::{Ingest, IngestDependencies};
-use chorus_projector::{HistorySink, ProjectionRun, ProjectorContext, SearchSink};
+use chorus_projector::{
+    BatchedHistorySink, HistorySink, ProjectionRun, ProjectorContext, SearchSink,
+};
 use chorus_router::RouterContext;
 use chorus_search::SearchApi;
 use chorus_store::embedded::EmbeddedHistory;
@@ -374,7 +376,15 @@ impl Projections {
             log: self.log.clone(),
             projections: [
                 self.run_history.then(|| ProjectionRun {
-                    sink: Arc::new(HistorySink(self.history.get())),
+                    sink: if self.history_shared {
+                        // ClickHouse: fewer, larger inserts
+                        Arc::new(BatchedHistorySink(
+                            self.history.get(),
+                            Duration::from_millis(self.config.clickhouse.insert_interval_ms),
+                        ))
+                    } else {
+                        Arc::new(HistorySink(self.history.get()))
+                    },
                     progress: self.history_progress.clone(),
                     shared: self.history_shared,
                 }),

@@ -20,6 +20,7 @@
 //!
 //! Every role serves `/health` and `/metrics`. Dev mode is off unless configured.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ use chorus_clickhouse::{ClickHouseConfig, ClickHouseHistory};
 use chorus_core::auth::TokenAuthority;
 use chorus_core::broadcast::BroadcastBus;
 use chorus_core::config::ChorusConfig;
+use chorus_core::error::{ApiError, ErrorCode};
 use chorus_core::log::EventLog;
 use chorus_core::membership::Membership;
 use chorus_core::metrics::Metrics;
@@ -126,11 +128,64 @@ async fn open_kafka(config: &ChorusConfig) -> anyhow::Result<Arc<dyn EventLog>> 
     Ok(log)
 }
 
+/// `GET /v1/admin/analytics?from_ms=&to_ms=&limit=` (business API key): message counts per day
+/// and the most active conversations and senders over `[from_ms, to_ms)` (default: the last
+/// 30 days; limit 10, at most 1000). Answers 404 `not_found` on a node without ClickHouse.
+fn analytics_route(
+    api_key: Arc<str>,
+    history: Option<Arc<ClickHouseHistory>>,
+) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
+    warp::path!("v1" / "admin" / "analytics")
+        .and(warp::get())
+        .and(chorus_core::http::api_key(api_key))
+        .and(warp::query::<HashMap<String, String>>())
+        .then(
+            move |authorized: Result<(), ApiError>, query: HashMap<String, String>| {
+                let history = history.clone();
+                async move {
+                    chorus_core::http::respond(
+                        async {
+                            authorized?;
+                            let history = history.ok_or_else(|| {
+                                ApiError::new(
+                                    ErrorCode::NotFound,
+                                    "analytics need the history in ClickHouse ([clickhouse] url)",
+                                )
+                            })?;
+                            let number = |name: &str, default: i64| -> Result<i64, ApiError> {
+                                query.get(name).map_or(Ok(default), |value| {
+                                    value.parse().map_err(|_| {
+                                        ApiError::new(
+                                            ErrorCode::BadRequest,
+                                            format!("{name} must be an integer"),
+                                        )
+                                    })
+                                })
+                            };
+                            let now = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |elapsed| elapsed.as_millis() as i64);
+                            let to_ms = number("to_ms", now + 1)?;
+                            let from_ms = number("from_ms", to_ms - 30 * 86_400_000)?;
+                            let limit = number("limit", 10)?.clamp(1, 1000) as usize;
+                            let report = history.analytics(from_ms, to_ms, limit).await.map_err(
+                                |error| ApiError::new(ErrorCode::Unavailable, error.to_string()),
+                            )?;
+                            Ok(chorus_core::http::json_response(200, &report))
+                        }
+                        .await,
+                    )
+                }
+            },
+        )
+        .boxed()
+}
+
 /// The shared history in ClickHouse, when `[clickhouse] url` is set.
 async fn open_clickhouse(
     config: &ChorusConfig,
     metrics: &Arc<Metrics>,
-) -> anyhow::Result<Option<Arc<dyn chorus_store::HistoryStore>>> {
+) -> anyhow::Result<Option<Arc<ClickHouseHistory>>> {
     let section = &config.clickhouse;
     if section.url.is_empty() {
         return Ok(None);
@@ -230,7 +285,10 @@ pub async fn start(role: Role, mut config: ChorusConfig) -> anyhow::Result<Runni
             let broadcast = BroadcastBus::open(log.clone(), &config.topics().deliveries).await?;
             // group typing checks membership in the shared history when there is one
             let membership: Arc<dyn Membership> = match open_clickhouse(&config, &metrics).await? {
-                Some(history) => Arc::new(HistoryMembership(Arc::new(Swap::new(history)))),
+                Some(history) => {
+                    let history: Arc<dyn chorus_store::HistoryStore> = history;
+                    Arc::new(HistoryMembership(Arc::new(Swap::new(history))))
+                }
                 None => Arc::new(NoGroupMembership),
             };
             let ingest = Ingest::start(
@@ -298,7 +356,10 @@ pub async fn start(role: Role, mut config: ChorusConfig) -> anyhow::Result<Runni
         }
         Role::Search => {
             // with ClickHouse, a search node reads the shared history and keeps its own index
-            let projections = match open_clickhouse(&config, &metrics).await? {
+            let clickhouse = open_clickhouse(&config, &metrics).await?;
+            let analytics =
+                analytics_route(config.auth.api_key.as_str().into(), clickhouse.clone());
+            let projections = match clickhouse {
                 Some(history) => {
                     let projections = Projections::shared(
                         config.clone(),
@@ -316,6 +377,8 @@ pub async fn start(role: Role, mut config: ChorusConfig) -> anyhow::Result<Runni
             let admin = projections.spawn_supervised(&mut tasks, shutdown_receiver.clone());
             let routes = operations(metrics.clone())
                 .or(admin)
+                .unify()
+                .or(analytics)
                 .unify()
                 .or(chorus_search::routes(api))
                 .unify()

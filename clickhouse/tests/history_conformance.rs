@@ -87,3 +87,95 @@ async fn migrations_apply_once_and_survive_reopening() {
     );
     assert_eq!(again.position(0).await.expect("position"), 1);
 }
+
+/// What only ClickHouse answers: message counts per day, conversation and sender over a range.
+#[tokio::test]
+async fn analytics_count_messages_per_day_conversation_and_sender() {
+    use chorus_clickhouse::{DayCount, KeyCount};
+    use chorus_schemas::{EventBody, TimelineEvent};
+    let Some(url) = clickhouse_url() else { return };
+    let store = ClickHouseHistory::open(&fresh_config(&url), Arc::new(Metrics::new()))
+        .await
+        .expect("open");
+    const DAY: i64 = 86_400_000;
+    let day_one = 20_000 * DAY; // 2024-10-04 UTC
+    let event =
+        |conversation: &str, seq: u64, sender: &str, ts_ms: i64, body: EventBody| TimelineEvent {
+            conversation: conversation.into(),
+            seq: Some(seq),
+            event_id: format!("{conversation}-{seq}"),
+            sender: sender.into(),
+            ts_ms,
+            origin_cluster: "local".into(),
+            client_msg_id: None,
+            ingress_offset: seq,
+            body,
+        };
+    let text = |t: &str| EventBody::MessageSent { text: t.into() };
+    let records = vec![
+        event("dm:a:b", 1, "a", day_one, text("1")),
+        event("dm:a:b", 2, "b", day_one + 1000, text("2")),
+        event("dm:a:b", 3, "a", day_one + DAY, text("3")),
+        event(
+            "dm:a:b",
+            4,
+            "a",
+            day_one + DAY,
+            EventBody::MessageRecalled { target_seq: 3 },
+        ),
+        event("dm:a:c", 1, "a", day_one + DAY + 5, text("4")),
+        event(
+            "dm:a:c",
+            2,
+            "c",
+            day_one + 3 * DAY,
+            text("outside the range"),
+        ),
+    ];
+    let indexed: Vec<_> = records
+        .into_iter()
+        .enumerate()
+        .map(|(offset, event)| (offset as u64, event))
+        .collect();
+    store
+        .apply(0, &indexed, indexed.len() as u64)
+        .await
+        .expect("apply");
+    // a replay changes no count
+    store
+        .apply(0, &indexed, indexed.len() as u64)
+        .await
+        .expect("replay");
+    let report = store
+        .analytics(day_one, day_one + 2 * DAY, 1)
+        .await
+        .expect("analytics");
+    assert_eq!(report.messages, 4);
+    assert_eq!(
+        report.per_day,
+        vec![
+            DayCount {
+                day: "2024-10-04".into(),
+                messages: 2
+            },
+            DayCount {
+                day: "2024-10-05".into(),
+                messages: 2
+            },
+        ]
+    );
+    assert_eq!(
+        report.top_conversations,
+        vec![KeyCount {
+            key: "dm:a:b".into(),
+            messages: 3
+        }]
+    );
+    assert_eq!(
+        report.top_senders,
+        vec![KeyCount {
+            key: "a".into(),
+            messages: 3
+        }]
+    );
+}

@@ -67,6 +67,9 @@ pub struct ClickHouseSection {
     pub user: String,
     pub password: String,
     pub database: String,
+    /// The projector batches history inserts by time (this long at most) as well as by size
+    /// (`projector.batch_records`): ClickHouse prefers fewer, larger inserts.
+    pub insert_interval_ms: u64,
 }
 
 impl Default for ClickHouseSection {
@@ -76,6 +79,7 @@ impl Default for ClickHouseSection {
             user: String::new(),
             password: String::new(),
             database: "chorus".into(),
+            insert_interval_ms: 250,
         }
     }
 }

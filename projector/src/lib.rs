@@ -61,6 +61,37 @@ pub trait Sink: Send + Sync + 'static {
 /// The history projection.
 pub struct HistorySink(pub Arc<dyn HistoryStore>);
 
+/// The history projection into a store that wants fewer, larger writes (ClickHouse: every
+/// insert makes a part): polled records wait up to the interval to be applied together, as well
+/// as being batched by size.
+pub struct BatchedHistorySink(pub Arc<dyn HistoryStore>, pub Duration);
+
+#[async_trait]
+impl Sink for BatchedHistorySink {
+    fn name(&self) -> &'static str {
+        "history"
+    }
+
+    fn apply_interval(&self) -> Duration {
+        self.1
+    }
+
+    async fn position(&self, partition: PartitionId) -> Result<Offset, ProjectorError> {
+        HistorySink(self.0.clone()).position(partition).await
+    }
+
+    async fn apply(
+        &self,
+        partition: PartitionId,
+        records: Vec<(Offset, TimelineEvent)>,
+        next_offset: Offset,
+    ) -> Result<(), ProjectorError> {
+        HistorySink(self.0.clone())
+            .apply(partition, records, next_offset)
+            .await
+    }
+}
+
 #[async_trait]
 impl Sink for HistorySink {
     fn name(&self) -> &'static str {

@@ -230,6 +230,26 @@ async fn an_engine_outage_mid_run_loses_no_acknowledged_event() -> anyhow::Resul
             "{id} is in history at its acked seq"
         );
     }
+    // operators' analytics come from the same ClickHouse history
+    let analytics = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/admin/analytics?from_ms=0&limit=3",
+            search.url
+        ))
+        .bearer_auth(chorus_tests::API_KEY)
+        .send()
+        .await?;
+    assert_eq!(analytics.status().as_u16(), 200);
+    let report: serde_json::Value = analytics.json().await?;
+    assert_eq!(report["messages"], 45, "{report}");
+    assert_eq!(
+        report["top_senders"][0]["key"],
+        alice_id.as_str(),
+        "{report}"
+    );
+    assert_eq!(report["top_conversations"][0]["messages"], 45, "{report}");
+    let refused = reqwest::get(format!("{}/v1/admin/analytics", search.url)).await?;
+    assert_eq!(refused.status().as_u16(), 401, "analytics need the API key");
     let metrics = chorus_tests::metrics_text(&search.url).await?;
     assert!(
         chorus_tests::metric(

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # 1:1 traffic through the distributed roles: starts one router and one ingest node (release
 # build) on a Kafka broker and a redis-server, runs `chorus-bench dm` against the ingest node for
-# each "SESSIONSxIN_FLIGHT" given, prints one JSON line each, and stops the roles.
+# each "SESSIONSxIN_FLIGHT" given and, in the same run, `chorus-bench raw-kafka` with as many
+# sends outstanding; prints both JSON reports and a line with the ratios, then stops the roles.
 #
 #   cargo build --release -p chorus -p chorus-bench
 #   bench/distributed.sh 20x1 200x4
@@ -63,7 +64,23 @@ for spec in "${@:-20x1 200x4}"; do
   for one in $spec; do
     sessions="${one%x*}"
     in_flight="${one#*x}"
-    "$bench" dm --url "$url" --sessions "$sessions" --in-flight "$in_flight" --seconds "$seconds" |
-      python3 -c 'import json, sys; print(json.dumps(json.load(sys.stdin)))'
+    chorus="$("$bench" dm --url "$url" --sessions "$sessions" --in-flight "$in_flight" --seconds "$seconds")"
+    # the baseline in the same run: a raw rdkafka producer with as many sends outstanding
+    raw="$("$bench" raw-kafka --bootstrap "$CHORUS_KAFKA_BOOTSTRAP" \
+      --in-flight "$((sessions * in_flight))" --seconds "$seconds")"
+    CHORUS_JSON="$chorus" RAW_JSON="$raw" python3 - <<'PY'
+import json, os
+chorus, raw = json.loads(os.environ["CHORUS_JSON"]), json.loads(os.environ["RAW_JSON"])
+print(json.dumps(chorus))
+print(json.dumps(raw))
+print(json.dumps({
+    "sessions_x_in_flight": f'{chorus["sessions"]}x{chorus["in_flight"]}',
+    "chorus_acked_per_second": round(chorus["acked_per_second"]),
+    "raw_acked_per_second": round(raw["acked_per_second"]),
+    "throughput_ratio": round(chorus["acked_per_second"] / raw["acked_per_second"], 3),
+    "chorus_delivery_p99_ms": chorus["delivery_latency"]["p99_ms"],
+    "raw_round_trip_p99_ms": raw["round_trip_latency"]["p99_ms"],
+}))
+PY
   done
 done

@@ -13,13 +13,14 @@
 //! may), waits until every `welcome` arrived, and reports the server's resident memory per idle
 //! session (RSS after minus RSS before, over the session count).
 //!
-//! `chorus-bench idle --sessions 10000` starts the `chorus` binary (beside this one) as a child
-//! process, opens that many authenticated sessions spread over several 127.0.0.x source addresses
-//! (so the count can pass one address's ephemeral ports; it raises the open-file limit where it
-//! may), waits until every `welcome` arrived, and reports the server's resident memory per idle
-//! session (RSS after minus RSS before, over the session count).
+//! `chorus-bench raw-kafka --bootstrap 127.0.0.1:9092` is the baseline for the distributed mode:
+//! a plain rdkafka producer (idempotent, `acks=all`, as Chorus's ingest) and consumer on the same
+//! broker and payload size (see `raw_kafka`); `bench/distributed.sh` runs it in the same run as
+//! the Chorus figures and prints the ratio.
 //!
 //! A tool, not a test: nothing asserts timings.
+
+mod raw_kafka;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -66,6 +67,22 @@ enum Scenario {
             default_value = "chorus-bench-secret-0123456789"
         )]
         jwt_secret: String,
+    },
+    /// The raw Kafka baseline: rdkafka producer → consumer on the same broker.
+    RawKafka {
+        #[arg(long, env = "CHORUS_KAFKA_BOOTSTRAP")]
+        bootstrap: String,
+        /// Partitions of the fresh topic.
+        #[arg(long, default_value_t = 12)]
+        partitions: i32,
+        /// Sends outstanding (producer tasks, each one at a time).
+        #[arg(long, default_value_t = 800)]
+        in_flight: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Record size in bytes.
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
     },
     /// Idle sessions: server memory per authenticated session.
     Idle {
@@ -218,6 +235,18 @@ async fn main() -> anyhow::Result<()> {
             sessions,
             source_addresses,
         } => return idle(sessions, source_addresses).await,
+        Scenario::RawKafka {
+            bootstrap,
+            partitions,
+            in_flight,
+            seconds,
+            payload,
+        } => {
+            let report =
+                raw_kafka::run(&bootstrap, partitions, in_flight, seconds, payload).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            return Ok(());
+        }
         Scenario::Dm {
             sessions,
             in_flight,

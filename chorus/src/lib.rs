@@ -33,9 +33,7 @@ use chorus_core::presence::{LocalBus, LocalPresence, NodeBus, Presence};
 use chorus_core::progress::ProjectionProgress;
 use chorus_core::swap::Swap;
 use chorus_ingest::{Ingest, IngestDependencies};
-use chorus_projector::{
-    BatchedHistorySink, HistorySink, ProjectionRun, ProjectorContext, SearchSink,
-};
+use chorus_projector::{HistorySink, ProjectionRun, ProjectorContext, SearchSink};
 use chorus_router::RouterContext;
 use chorus_search::SearchApi;
 use chorus_store::embedded::EmbeddedHistory;
@@ -325,14 +323,14 @@ impl Projections {
                     _ = tick.tick() => {}
                     _ = &mut stop => return ("history follower", Ok(())),
                 }
-                let store = history.get();
-                for partition in 0..partitions {
-                    match store.position(partition).await {
-                        Ok(position) => progress.advance(partition, position),
-                        Err(error) => {
-                            tracing::debug!(%error, "shared history position unavailable");
-                            break;
+                match history.get().positions(partitions).await {
+                    Ok(positions) => {
+                        for (partition, position) in (0..partitions).zip(positions) {
+                            progress.advance(partition, position);
                         }
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "shared history positions unavailable");
                     }
                 }
             }
@@ -376,15 +374,16 @@ impl Projections {
             log: self.log.clone(),
             projections: [
                 self.run_history.then(|| ProjectionRun {
-                    sink: if self.history_shared {
+                    sink: Arc::new(HistorySink(
+                        self.history.get(),
                         // ClickHouse: fewer, larger inserts
-                        Arc::new(BatchedHistorySink(
-                            self.history.get(),
-                            Duration::from_millis(self.config.clickhouse.insert_interval_ms),
-                        ))
-                    } else {
-                        Arc::new(HistorySink(self.history.get()))
-                    },
+                        match self.history_shared {
+                            true => {
+                                Duration::from_millis(self.config.clickhouse.insert_interval_ms)
+                            }
+                            false => Duration::ZERO,
+                        },
+                    )),
                     progress: self.history_progress.clone(),
                     shared: self.history_shared,
                 }),

@@ -97,7 +97,7 @@ pub(crate) struct Rebuilt {
 impl Rebuilt {
     fn sink(&self) -> Option<Arc<dyn Sink>> {
         match (&self.history, &self.index) {
-            (Some(history), _) => Some(Arc::new(HistorySink(history.clone()))),
+            (Some(history), _) => Some(Arc::new(HistorySink(history.clone(), Duration::ZERO))),
             (_, Some(index)) => Some(Arc::new(SearchSink(index.clone(), Duration::ZERO))),
             _ => None,
         }

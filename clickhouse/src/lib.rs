@@ -556,6 +556,22 @@ impl HistoryStore for ClickHouseHistory {
             .await
     }
 
+    async fn positions(&self, partitions: PartitionId) -> Result<Vec<Offset>, HistoryError> {
+        let stored = self
+            .client
+            .query("SELECT partition, max(next_offset) AS next_offset FROM positions GROUP BY partition")
+            .fetch_all::<PositionRow>()
+            .through(&self.guard)
+            .await?;
+        let mut positions = vec![0; partitions as usize];
+        for row in stored {
+            if let Some(position) = positions.get_mut(row.partition as usize) {
+                *position = row.next_offset;
+            }
+        }
+        Ok(positions)
+    }
+
     async fn events(
         &self,
         conversation: &str,

@@ -86,6 +86,11 @@ async fn migrations_apply_once_and_survive_reopening() {
         vec![event]
     );
     assert_eq!(again.position(0).await.expect("position"), 1);
+    assert_eq!(
+        again.positions(3).await.expect("positions"),
+        vec![1, 0, 0],
+        "every partition's position in one answer"
+    );
 }
 
 /// What only ClickHouse answers: message counts per day, conversation and sender over a range.

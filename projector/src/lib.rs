@@ -58,44 +58,19 @@ pub trait Sink: Send + Sync + 'static {
     ) -> Result<(), ProjectorError>;
 }
 
-/// The history projection.
-pub struct HistorySink(pub Arc<dyn HistoryStore>);
-
-/// The history projection into a store that wants fewer, larger writes (ClickHouse: every
-/// insert makes a part): polled records wait up to the interval to be applied together, as well
-/// as being batched by size.
-pub struct BatchedHistorySink(pub Arc<dyn HistoryStore>, pub Duration);
+/// The history projection. Polled records wait up to the interval (zero: none) to be applied
+/// together, as well as being batched by size: a store that wants fewer, larger writes
+/// (ClickHouse, where every insert makes a part) gets a non-zero one.
+pub struct HistorySink(pub Arc<dyn HistoryStore>, pub Duration);
 
 #[async_trait]
-impl Sink for BatchedHistorySink {
+impl Sink for HistorySink {
     fn name(&self) -> &'static str {
         "history"
     }
 
     fn apply_interval(&self) -> Duration {
         self.1
-    }
-
-    async fn position(&self, partition: PartitionId) -> Result<Offset, ProjectorError> {
-        HistorySink(self.0.clone()).position(partition).await
-    }
-
-    async fn apply(
-        &self,
-        partition: PartitionId,
-        records: Vec<(Offset, TimelineEvent)>,
-        next_offset: Offset,
-    ) -> Result<(), ProjectorError> {
-        HistorySink(self.0.clone())
-            .apply(partition, records, next_offset)
-            .await
-    }
-}
-
-#[async_trait]
-impl Sink for HistorySink {
-    fn name(&self) -> &'static str {
-        "history"
     }
 
     async fn position(&self, partition: PartitionId) -> Result<Offset, ProjectorError> {
@@ -310,11 +285,10 @@ impl Runner {
                 .is_some_and(|since| since.elapsed() >= interval)
     }
 
-    /// With nothing pending for a partition, everything below the consumer's position is in
-    /// the projection: publish that to readers waiting for it (the stored position stays at
-    /// the last record; what lies between is Kafka transaction markers, skipped again on
-    /// resume).
-    /// A shared sink also stores it (see [`ProjectionRun::shared`]).
+    /// Idle, with nothing pending for a partition, everything below the consumer's position is
+    /// in the projection (what lies past the last record is Kafka transaction markers): publish
+    /// that to readers waiting for it. A shared sink also stores it (see
+    /// [`ProjectionRun::shared`]); a local one stores it with its next batch.
     async fn note_covered(&mut self) -> Result<(), ProjectorError> {
         for partition in self.consumer.assignment() {
             if self.pending.contains_key(&partition) {
@@ -340,9 +314,15 @@ impl Runner {
         self.pending_count = 0;
         self.pending_since = None;
         for (partition, records) in std::mem::take(&mut self.pending) {
-            let Some(next_offset) = records.last().map(|record| record.offset + 1) else {
+            let Some(after_last) = records.last().map(|record| record.offset + 1) else {
                 continue;
             };
+            // everything below the consumer's position is applied now, or is no record (Kafka
+            // transaction markers): store that, so positions reach the log's end
+            let next_offset = self
+                .consumer
+                .position(partition)
+                .map_or(after_last, |position| position.max(after_last));
             let events = decode_batch(name, &records)?;
             apply_with_retry(sink.as_ref(), partition, events, next_offset, &self.stop).await?;
             let label = partition.to_string();
@@ -432,7 +412,6 @@ async fn run_projection(
         }
         if runner.due(interval, batch_records) {
             runner.flush().await?;
-            runner.note_covered().await?;
         }
     }
 }

@@ -90,6 +90,16 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// The partition's position: the next offset to apply (0 when nothing was applied).
     async fn position(&self, partition: PartitionId) -> Result<Offset, HistoryError>;
 
+    /// The positions of partitions `0..partitions`, in order. Adapters with round trips answer
+    /// in one.
+    async fn positions(&self, partitions: PartitionId) -> Result<Vec<Offset>, HistoryError> {
+        let mut positions = Vec::with_capacity(partitions as usize);
+        for partition in 0..partitions {
+            positions.push(self.position(partition).await?);
+        }
+        Ok(positions)
+    }
+
     /// Sequenced events with seq `> after_seq`, ascending, at most `limit`.
     async fn events(
         &self,

@@ -179,7 +179,7 @@ async fn a_projector_killed_mid_run_leaves_clickhouse_equal_to_the_embedded_stor
     // the same log, rebuilt into the embedded store
     let reference_dir = tempfile::tempdir()?;
     let reference = EmbeddedHistory::open(&reference_dir.path().join("history.redb"))?;
-    let sink: Arc<dyn Sink> = Arc::new(HistorySink(reference.clone()));
+    let sink: Arc<dyn Sink> = Arc::new(HistorySink(reference.clone(), Duration::ZERO));
     let rebuilt = chorus_projector::rebuild(log.clone(), &timeline, sink, 1000, |_| {}).await?;
     assert_eq!(rebuilt, total, "every event is in the timeline once");
 

@@ -20,7 +20,9 @@
 //!
 //! A tool, not a test: nothing asserts timings.
 
+mod projection;
 mod raw_kafka;
+mod report;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -84,6 +86,8 @@ enum Scenario {
         #[arg(long, default_value_t = 100)]
         payload: usize,
     },
+    /// Projector and Tantivy indexing, search latency and replay, each against raw Tantivy.
+    Projection(projection::Args),
     /// Idle sessions: server memory per authenticated session.
     Idle {
         #[arg(long, default_value_t = 10_000)]
@@ -245,6 +249,12 @@ async fn main() -> anyhow::Result<()> {
             let report =
                 raw_kafka::run(&bootstrap, partitions, in_flight, seconds, payload).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+            return Ok(());
+        }
+        Scenario::Projection(args) => {
+            let reports = projection::run(&args).await?;
+            report::print_table(&reports);
+            println!("{}", serde_json::to_string_pretty(&report::to_json(&reports))?);
             return Ok(());
         }
         Scenario::Dm {

@@ -1,387 +1,315 @@
-//! `chorus-bench`: Chorus's load generator (first cut: 1:1 traffic on the embedded default).
+//! `chorus-bench`: Chorus's load generator, with the raw limits of the machine measured in the
+//! same run.
 //!
-//! `chorus-bench dm --sessions 200 --seconds 20` starts `chorus serve` in-process on a fresh
-//! data directory (rate limits raised, everything else default), opens the sessions, and runs
-//! closed-loop direct-message traffic: each session keeps `--in-flight` sends outstanding to its
-//! peer. It records with HDR histograms the ack latency (send → ack) and the delivery latency
-//! (send → the peer's `event`), the acknowledged sends per second, and errors by code, and prints
-//! one JSON object. `--url` measures an already running server instead (its limits apply).
+//! `chorus-bench suite` runs every scenario and prints one table (Chorus's figure, the raw
+//! baseline's, their ratio); `--json FILE` writes every figure as JSON. The scenarios start the
+//! `chorus` binary beside this one (release build) as child processes: `chorus serve` on a fresh
+//! data directory, or with `--kafka BOOTSTRAP --redis URL` a router and an ingest node on that
+//! broker and redis-server (see `server`). Each scenario also runs on its own:
 //!
-//! `chorus-bench idle --sessions 10000` starts the `chorus` binary (beside this one) as a child
-//! process, opens that many authenticated sessions spread over several 127.0.0.x source addresses
-//! (so the count can pass one address's ephemeral ports; it raises the open-file limit where it
-//! may), waits until every `welcome` arrived, and reports the server's resident memory per idle
-//! session (RSS after minus RSS before, over the session count).
+//! - `idle`: server memory per idle authenticated session (`idle`);
+//! - `dm`: 1:1 or group traffic, closed loop or at a target rate, ack and delivery latency
+//!   (`traffic`), with `--raw` the raw log baseline at as many sends outstanding;
+//! - `fanout`: one message to a group with every member online (`fanout`);
+//! - `projection`: projector, search and replay against raw Tantivy (`projection`);
+//! - `raw`: the raw log baseline alone (`raw`).
 //!
-//! `chorus-bench raw-kafka --bootstrap 127.0.0.1:9092` is the baseline for the distributed mode:
-//! a plain rdkafka producer (idempotent, `acks=all`, as Chorus's ingest) and consumer on the same
-//! broker and payload size (see `raw_kafka`); `bench/distributed.sh` runs it in the same run as
-//! the Chorus figures and prints the ratio.
-//!
-//! A tool, not a test: nothing asserts timings.
+//! A tool, not a test: nothing asserts timings (the smoke test only checks that it runs).
 
+mod fanout;
+mod idle;
 mod projection;
-mod raw_kafka;
+mod raw;
 mod report;
+mod server;
+mod sessions;
+mod traffic;
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
-use chorus_core::auth::TokenAuthority;
 use clap::{Parser, Subcommand};
-use futures_util::{SinkExt, StreamExt};
-use hdrhistogram::Histogram;
-use parking_lot::Mutex;
-use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
+use serde_json::json;
+
+use crate::report::{Report, Row};
+use crate::server::{Mode, Server};
 
 #[derive(Parser)]
 #[command(name = "chorus-bench", about = "Chorus load generator")]
 struct Cli {
+    /// Measure the distributed roles on this Kafka broker (with --redis) instead of `chorus serve`.
+    #[arg(long, global = true, requires = "redis")]
+    kafka: Option<String>,
+    /// The redis-server of the distributed roles.
+    #[arg(long, global = true, requires = "kafka")]
+    redis: Option<String>,
+    /// Also write every figure as JSON to this file.
+    #[arg(long, global = true)]
+    json: Option<PathBuf>,
     #[command(subcommand)]
     scenario: Scenario,
 }
 
 #[derive(Subcommand)]
 enum Scenario {
-    /// Closed-loop 1:1 traffic: throughput, ack and delivery latency.
+    /// Every scenario with its raw baseline, one table.
+    Suite(SuiteArgs),
+    /// Idle sessions: server memory per authenticated session.
+    Idle(idle::Args),
+    /// 1:1 or group traffic: throughput, ack and delivery latency.
     Dm {
-        /// Sessions (users); session i sends to session i^1.
-        #[arg(long, default_value_t = 200)]
-        sessions: usize,
-        /// Sends outstanding per session.
-        #[arg(long, default_value_t = 4)]
-        in_flight: usize,
-        /// How long to send.
-        #[arg(long, default_value_t = 20)]
-        seconds: u64,
-        /// Message size in bytes.
-        #[arg(long, default_value_t = 100)]
-        payload: usize,
-        /// Measure this running server instead of starting one (its JWT secret is needed).
+        #[command(flatten)]
+        traffic: traffic::Args,
+        /// Also run the raw log baseline with as many sends outstanding (or at the same rate).
         #[arg(long)]
-        url: Option<String>,
-        #[arg(
-            long,
-            env = "CHORUS_JWT_SECRET",
-            default_value = "chorus-bench-secret-0123456789"
-        )]
-        jwt_secret: String,
+        raw: bool,
     },
-    /// The raw Kafka baseline: rdkafka producer → consumer on the same broker.
-    RawKafka {
-        #[arg(long, env = "CHORUS_KAFKA_BOOTSTRAP")]
-        bootstrap: String,
-        /// Partitions of the fresh topic.
-        #[arg(long, default_value_t = 12)]
-        partitions: i32,
-        /// Sends outstanding (producer tasks, each one at a time).
-        #[arg(long, default_value_t = 800)]
-        in_flight: usize,
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        /// Record size in bytes.
-        #[arg(long, default_value_t = 100)]
-        payload: usize,
-    },
+    /// One message to a large group with every member online.
+    Fanout(fanout::Args),
     /// Projector and Tantivy indexing, search latency and replay, each against raw Tantivy.
     Projection(projection::Args),
-    /// Idle sessions: server memory per authenticated session.
-    Idle {
-        #[arg(long, default_value_t = 10_000)]
-        sessions: usize,
-        /// Source addresses 127.0.0.2 … to spread the client sockets over.
-        #[arg(long, default_value_t = 4)]
-        source_addresses: u8,
-    },
+    /// The raw log baseline alone: appends and reads of the log Chorus runs on.
+    Raw(RawArgs),
 }
 
-/// What every session records, merged at the end.
-struct Recorder {
-    ack_micros: Histogram<u64>,
-    delivery_micros: Histogram<u64>,
-    errors: HashMap<String, u64>,
-    acked: u64,
+#[derive(clap::Args, Clone)]
+struct SuiteArgs {
+    /// A short run of every scenario (a smoke check: the figures mean little).
+    #[arg(long)]
+    quick: bool,
+    /// Idle session counts (default 10000; the issue's full set is 10000,50000,100000).
+    #[arg(long, value_delimiter = ',')]
+    idle: Option<Vec<usize>>,
+    /// Seconds per traffic run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Members of the fan-out group.
+    #[arg(long, default_value_t = 10_000)]
+    members: usize,
+    /// Messages of the projection scenarios.
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
 }
 
-impl Recorder {
-    fn new() -> Self {
-        Recorder {
-            ack_micros: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
-            delivery_micros: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
-            errors: HashMap::new(),
-            acked: 0,
-        }
+#[derive(clap::Args, Clone)]
+struct RawArgs {
+    /// Sends outstanding.
+    #[arg(long, default_value_t = 800)]
+    in_flight: usize,
+    /// Open loop: sends per second (replaces --in-flight's closed loop).
+    #[arg(long)]
+    rate: Option<f64>,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Record size in bytes.
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+}
+
+pub fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_micros() as u64)
+}
+
+/// Partitions the roles' topics get by default (`chorus serve` 8, the distributed roles 12).
+fn partitions(mode: &Mode) -> u32 {
+    match mode {
+        Mode::Embedded => 8,
+        Mode::Distributed { .. } => 12,
     }
 }
 
-fn summary(histogram: &Histogram<u64>) -> Value {
-    let millis = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1000.0;
-    json!({"count": histogram.len(), "p50_ms": millis(0.5), "p99_ms": millis(0.99),
-           "p999_ms": millis(0.999), "max_ms": histogram.max() as f64 / 1000.0})
-}
-
-/// The send time of `id`; forgets it once both the ack and the peer's event have taken it.
-fn take(sent_at: &Mutex<HashMap<String, (Instant, u8)>>, id: &str) -> Option<Instant> {
-    let mut sent_at = sent_at.lock();
-    let entry = sent_at.get_mut(id)?;
-    let started = entry.0;
-    entry.1 -= 1;
-    if entry.1 == 0 {
-        sent_at.remove(id);
-    }
-    Some(started)
-}
-
-/// Raises this process's open-file limit as far as it may (children inherit it).
-fn raise_open_files() -> u64 {
-    const WANTED: u64 = 1 << 20;
-    if rlimit::setrlimit(rlimit::Resource::NOFILE, WANTED, WANTED).is_ok() {
-        return WANTED;
-    }
-    rlimit::increase_nofile_limit(WANTED).unwrap_or(0)
-}
-
-/// Resident memory of a process, in bytes.
-fn resident_bytes(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .context("no VmRSS")?;
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .context("VmRSS value")?
-        .parse()?;
-    Ok(kib * 1024)
-}
-
-async fn idle(sessions: usize, source_addresses: u8) -> anyhow::Result<()> {
-    let open_files = raise_open_files();
-    let data_dir = tempfile::tempdir()?;
-    let secret = "chorus-bench-secret-0123456789";
-    let binary = std::env::current_exe()?.with_file_name("chorus");
-    let mut child = tokio::process::Command::new(&binary)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir.path())
-        .env("CHORUS_JWT_SECRET", secret)
-        .env("CHORUS_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| {
-            format!(
-                "starting {} (cargo build --release --bin chorus)",
-                binary.display()
+/// The raw baseline of `mode`'s log.
+async fn raw_baseline(mode: &Mode, args: &RawArgs) -> anyhow::Result<raw::Outcome> {
+    let partitions = partitions(mode);
+    match mode {
+        Mode::Embedded => {
+            raw::embedded(
+                partitions,
+                args.in_flight,
+                args.rate,
+                args.seconds,
+                args.payload,
             )
-        })?;
-    let pid = child.id().context("server pid")?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-    let url = loop {
-        let line = lines.next_line().await?.context("server exited")?;
-        if let Some(url) = line.strip_prefix("Chorus is listening on ") {
-            break url.trim().to_owned();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let server: std::net::SocketAddr = url.trim_start_matches("http://").parse()?;
-    let authority = TokenAuthority::new(secret.as_bytes());
-    // one warm-up session, so state built once is not counted per session
-    let token = authority.issue("warmup", None, 3600)?;
-    let (warm, _) =
-        tokio_tungstenite::connect_async(format!("ws://{server}/v1/ws?token={token}")).await?;
-    let before = resident_bytes(pid)?;
-    let started = Instant::now();
-    let mut sockets = Vec::with_capacity(sessions);
-    for index in 0..sessions {
-        let offset = (index % usize::from(source_addresses.max(1))) as u8;
-        let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + offset);
-        let socket = tokio::net::TcpSocket::new_v4()?;
-        socket.bind((source, 0).into())?;
-        let stream = socket
-            .connect(server)
             .await
-            .with_context(|| format!("session {index}"))?;
-        let token = authority.issue(&format!("idle{index}"), None, 3600)?;
-        let (mut websocket, _) =
-            tokio_tungstenite::client_async(format!("ws://{server}/v1/ws?token={token}"), stream)
-                .await?;
-        let welcome = websocket.next().await.context("welcome")??;
-        anyhow::ensure!(
-            welcome.to_text().unwrap_or_default().contains("welcome"),
-            "no welcome"
-        );
-        sockets.push(websocket);
+        }
+        Mode::Distributed { bootstrap, .. } => {
+            raw::kafka(
+                bootstrap,
+                partitions as i32,
+                args.in_flight,
+                args.rate,
+                args.seconds,
+                args.payload,
+            )
+            .await
+        }
     }
-    let connect_seconds = started.elapsed().as_secs_f64();
-    let after = resident_bytes(pid)?;
-    let per_session = after.saturating_sub(before) as f64 / sessions as f64;
-    let report = json!({
-        "scenario": "idle", "sessions": sessions, "source_addresses": source_addresses,
-        "open_file_limit": open_files, "connect_seconds": connect_seconds,
-        "server_rss_before_bytes": before, "server_rss_after_bytes": after,
-        "server_bytes_per_session": per_session,
+}
+
+/// One traffic run on a fresh server, with the raw baseline at the same load when asked.
+async fn traffic_report(
+    mode: &Mode,
+    name: &str,
+    args: &traffic::Args,
+    raw: bool,
+) -> anyhow::Result<(Report, traffic::Outcome)> {
+    let server = Server::start(mode).await?;
+    let outcome = traffic::run(&server, args).await;
+    server.stop().await;
+    let outcome = outcome?;
+    let mut json = json!({"chorus": outcome.json});
+    let baseline = if raw {
+        let raw_args = RawArgs {
+            in_flight: args.sessions * args.in_flight,
+            rate: args.rate,
+            seconds: args.seconds,
+            payload: args.payload,
+        };
+        let baseline = raw_baseline(mode, &raw_args).await?;
+        json["raw"] = baseline.json.clone();
+        Some(baseline)
+    } else {
+        None
+    };
+    let rows = outcome.rows(baseline.as_ref());
+    Ok((
+        Report {
+            scenario: format!("{name} ({})", mode.name()),
+            json,
+            rows,
+        },
+        outcome,
+    ))
+}
+
+async fn suite(mode: &Mode, args: &SuiteArgs) -> anyhow::Result<Vec<Report>> {
+    let quick = args.quick;
+    let seconds = if quick { 2 } else { args.seconds };
+    let mut reports = Vec::new();
+    let idle_args = idle::Args {
+        sessions: args
+            .idle
+            .clone()
+            .unwrap_or(vec![if quick { 200 } else { 10_000 }]),
+        source_addresses: 8,
+    };
+    let (json, rows) = idle::run(mode, &idle_args).await?;
+    reports.push(Report {
+        scenario: format!("idle ({})", mode.name()),
+        json,
+        rows,
     });
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    drop((sockets, warm));
-    child.kill().await?;
-    Ok(())
+    // the highest sustained rate: closed loop with enough sends outstanding to saturate
+    let saturate = traffic::Args {
+        sessions: if quick { 20 } else { 200 },
+        in_flight: 4,
+        rate: None,
+        group_size: 0,
+        seconds,
+        payload: 100,
+        source_addresses: 4,
+    };
+    let (report, highest) = traffic_report(mode, "1:1 highest rate", &saturate, true).await?;
+    reports.push(report);
+    // latency at half of it, open loop, against the raw log at the same rate
+    let half = traffic::Args {
+        rate: Some((highest.acked_per_second / 2.0).max(1.0)),
+        ..saturate.clone()
+    };
+    let (report, _) = traffic_report(mode, "1:1 at half rate", &half, true).await?;
+    reports.push(report);
+    let group = traffic::Args {
+        sessions: if quick { 20 } else { 200 },
+        in_flight: 1,
+        group_size: 10,
+        ..saturate.clone()
+    };
+    let (report, _) = traffic_report(mode, "groups of 10", &group, false).await?;
+    reports.push(report);
+    let fanout_args = fanout::Args {
+        members: if quick { 200 } else { args.members },
+        rounds: if quick { 3 } else { 10 },
+        source_addresses: 8,
+    };
+    let server = Server::start(mode).await?;
+    let outcome = fanout::run(&server, &fanout_args).await;
+    server.stop().await;
+    let (json, rows) = outcome?;
+    reports.push(Report {
+        scenario: format!("fan-out ({})", mode.name()),
+        json,
+        rows,
+    });
+    // the projection scenarios with their defaults but the suite's size
+    #[derive(Parser)]
+    struct Projection {
+        #[command(flatten)]
+        args: projection::Args,
+    }
+    let messages = if quick { 2_000 } else { args.messages };
+    let projection = Projection::parse_from(["projection", "--messages", &messages.to_string()]);
+    reports.extend(projection::run(&projection.args).await?);
+    Ok(reports)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let (sessions, in_flight, seconds, payload, url, jwt_secret) = match Cli::parse().scenario {
-        Scenario::Idle {
-            sessions,
-            source_addresses,
-        } => return idle(sessions, source_addresses).await,
-        Scenario::RawKafka {
-            bootstrap,
-            partitions,
-            in_flight,
-            seconds,
-            payload,
-        } => {
-            let report =
-                raw_kafka::run(&bootstrap, partitions, in_flight, seconds, payload).await?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            return Ok(());
-        }
-        Scenario::Projection(args) => {
-            let reports = projection::run(&args).await?;
-            report::print_table(&reports);
-            println!("{}", serde_json::to_string_pretty(&report::to_json(&reports))?);
-            return Ok(());
-        }
-        Scenario::Dm {
-            sessions,
-            in_flight,
-            seconds,
-            payload,
-            url,
-            jwt_secret,
-        } => (sessions, in_flight, seconds, payload, url, jwt_secret),
+    let cli = Cli::parse();
+    sessions::raise_open_files();
+    let mode = match (cli.kafka, cli.redis) {
+        (Some(bootstrap), Some(redis)) => Mode::Distributed { bootstrap, redis },
+        _ => Mode::Embedded,
     };
-    let data_dir = tempfile::tempdir()?;
-    let (base, served) = match url {
-        Some(url) => (url, None),
-        None => {
-            let mut config = chorus_core::config::ChorusConfig {
-                listen: "127.0.0.1:0".parse()?,
-                data_dir: data_dir.path().to_path_buf(),
-                dev_mode: true,
-                ..Default::default()
-            };
-            config.auth.jwt_secret = jwt_secret.clone();
-            config.auth.api_key = "bench".into();
-            let limits = &mut config.limits;
-            limits.messages_per_second = 1_000_000;
-            limits.message_burst = 1_000_000;
-            limits.user_messages_per_second = 1_000_000;
-            limits.user_message_burst = 1_000_000;
-            limits.node_requests_per_second = 10_000_000;
-            let served = chorus::serve(config).await?;
-            (served.url(), Some(served))
+    let reports = match cli.scenario {
+        Scenario::Suite(args) => suite(&mode, &args).await?,
+        Scenario::Idle(args) => {
+            let (json, rows) = idle::run(&mode, &args).await?;
+            vec![Report {
+                scenario: format!("idle ({})", mode.name()),
+                json,
+                rows,
+            }]
+        }
+        Scenario::Dm { traffic, raw } => {
+            vec![traffic_report(&mode, "traffic", &traffic, raw).await?.0]
+        }
+        Scenario::Fanout(args) => {
+            let server = Server::start(&mode).await?;
+            let outcome = fanout::run(&server, &args).await;
+            server.stop().await;
+            let (json, rows) = outcome?;
+            vec![Report {
+                scenario: format!("fan-out ({})", mode.name()),
+                json,
+                rows,
+            }]
+        }
+        Scenario::Projection(args) => projection::run(&args).await?,
+        Scenario::Raw(args) => {
+            let outcome = raw_baseline(&mode, &args).await?;
+            let rows = vec![
+                Row::new("acked sends/s", outcome.acked_per_second, "/s"),
+                Row::new("ack p99", report::millis(&outcome.ack_micros, 0.99), "ms"),
+                Row::new(
+                    "round trip p99",
+                    report::millis(&outcome.round_trip_micros, 0.99),
+                    "ms",
+                ),
+            ];
+            vec![Report {
+                scenario: format!("raw ({})", mode.name()),
+                json: outcome.json,
+                rows,
+            }]
         }
     };
-    let ws_url = format!("{}/v1/ws", base.replacen("http", "ws", 1));
-    let authority = TokenAuthority::new(jwt_secret.as_bytes());
-    // send time per client message id, with how many of (ack, peer's event) are still to come
-    let sent_at: Arc<Mutex<HashMap<String, (Instant, u8)>>> = Arc::new(Mutex::new(HashMap::new()));
-    let text = "x".repeat(payload);
-    let mut sockets = Vec::with_capacity(sessions);
-    for index in 0..sessions {
-        let token = authority.issue(&format!("u{index}"), None, 3600)?;
-        let (socket, _) = tokio_tungstenite::connect_async(format!("{ws_url}?token={token}"))
-            .await
-            .with_context(|| format!("connecting session {index}"))?;
-        sockets.push(socket);
-    }
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(seconds);
-    let mut tasks = Vec::with_capacity(sessions);
-    for (index, socket) in sockets.into_iter().enumerate() {
-        let peer = index ^ 1;
-        let (low, high) = if index < peer {
-            (index, peer)
-        } else {
-            (peer, index)
-        };
-        let conversation = format!("dm:u{low}:u{high}");
-        let sent_at = sent_at.clone();
-        let text = text.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut recorder = Recorder::new();
-            let (mut sink, mut stream) = socket.split();
-            let mut next_id = 0u64;
-            let mut outstanding = 0usize;
-            let send = |id: u64| {
-                json!({"type": "send", "id": format!("s{index}-{id}"), "conversation": conversation, "text": text}).to_string()
-            };
-            while outstanding < in_flight {
-                sent_at.lock().insert(format!("s{index}-{next_id}"), (Instant::now(), 2));
-                sink.send(Message::text(send(next_id))).await?;
-                next_id += 1;
-                outstanding += 1;
-            }
-            while outstanding > 0 {
-                let Some(message) = tokio::time::timeout(Duration::from_secs(30), stream.next()).await? else { break };
-                let Message::Text(frame) = message? else { continue };
-                let frame: Value = serde_json::from_str(&frame)?;
-                let id = frame["id"].as_str().or(frame["client_msg_id"].as_str()).unwrap_or_default().to_owned();
-                match frame["type"].as_str() {
-                    Some("ack") => {
-                        if let Some(started) = take(&sent_at, &id) {
-                            recorder.ack_micros.saturating_record(started.elapsed().as_micros() as u64);
-                        }
-                        recorder.acked += 1;
-                        outstanding -= 1;
-                    }
-                    Some("error") => {
-                        *recorder.errors.entry(frame["code"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
-                        outstanding -= 1;
-                    }
-                    Some("event") if frame["sender"] != format!("u{index}").as_str() => {
-                        if let Some(started) = take(&sent_at, &id) {
-                            recorder.delivery_micros.saturating_record(started.elapsed().as_micros() as u64);
-                        }
-                    }
-                    _ => {}
-                }
-                if Instant::now() < deadline && outstanding < in_flight {
-                    sent_at.lock().insert(format!("s{index}-{next_id}"), (Instant::now(), 2));
-                    sink.send(Message::text(send(next_id))).await?;
-                    next_id += 1;
-                    outstanding += 1;
-                }
-            }
-            anyhow::Ok(recorder)
-        }));
-    }
-    let mut total = Recorder::new();
-    for task in tasks {
-        let recorder = task.await??;
-        total.ack_micros.add(&recorder.ack_micros)?;
-        total.delivery_micros.add(&recorder.delivery_micros)?;
-        total.acked += recorder.acked;
-        for (code, count) in recorder.errors {
-            *total.errors.entry(code).or_default() += count;
-        }
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let report = json!({
-        "scenario": "dm", "sessions": sessions, "in_flight": in_flight, "payload_bytes": payload,
-        "seconds": elapsed, "acked": total.acked, "acked_per_second": total.acked as f64 / elapsed,
-        "ack_latency": summary(&total.ack_micros), "delivery_latency": summary(&total.delivery_micros),
-        "errors": total.errors,
-    });
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    if let Some(served) = served {
-        served.shutdown().await?;
+    report::print_table(&reports);
+    let document = report::to_json(&reports);
+    if let Some(path) = cli.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&document)?)?;
+        eprintln!("figures written to {}", path.display());
     }
     Ok(())
 }

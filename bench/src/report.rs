@@ -46,7 +46,9 @@ impl Row {
 
     /// Chorus's figure over the raw baseline's.
     pub fn ratio(&self) -> Option<f64> {
-        self.raw.filter(|raw| *raw > 0.0).map(|raw| self.chorus / raw)
+        self.raw
+            .filter(|raw| *raw > 0.0)
+            .map(|raw| self.chorus / raw)
     }
 }
 
@@ -61,7 +63,11 @@ pub fn figure(value: f64) -> String {
             }
             grouped.push(digit);
         }
-        if value < 0.0 { format!("-{grouped}") } else { grouped }
+        if value < 0.0 {
+            format!("-{grouped}")
+        } else {
+            grouped
+        }
     } else {
         format!("{value:.2}")
     }
@@ -148,8 +154,10 @@ pub fn progress(label: &str, total: Option<u64>) -> ProgressBar {
             .progress_chars("=> "),
         ),
         None => ProgressBar::new_spinner().with_style(
-            ProgressStyle::with_template("{prefix:>12} {spinner} {human_pos} {per_sec} {msg} ({elapsed})")
-                .expect("valid template"),
+            ProgressStyle::with_template(
+                "{prefix:>12} {spinner} {human_pos} {per_sec} {msg} ({elapsed})",
+            )
+            .expect("valid template"),
         ),
     };
     bar.set_prefix(label.to_owned());

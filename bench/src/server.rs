@@ -196,6 +196,22 @@ pub fn resident_bytes(pid: u32) -> anyhow::Result<u64> {
     Ok(kib * 1024)
 }
 
+/// CPU time of the whole machine so far, in seconds: (busy, total) over every core
+/// (`/proc/stat`), so a run can report how much of the machine was busy.
+pub fn machine_cpu_seconds() -> anyhow::Result<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("/proc/stat is empty")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let total: u64 = ticks.iter().sum();
+    // idle and iowait
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    Ok(((total - idle) as f64 / 100.0, total as f64 / 100.0))
+}
+
 /// User + system CPU time of a process, in seconds (`/proc/<pid>/stat`, clock ticks of 10 ms).
 pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -220,5 +236,7 @@ mod tests {
             std::hint::black_box(0u64);
         }
         assert!(cpu_seconds(pid).unwrap() > 0.0);
+        let (busy, total) = machine_cpu_seconds().unwrap();
+        assert!(busy > 0.0 && total >= busy);
     }
 }

@@ -74,6 +74,8 @@ pub struct Outcome {
     pub acked_per_second: f64,
     pub deliveries_per_second: f64,
     pub server_cpu_seconds: f64,
+    /// Share of the whole machine's CPU that was busy (clients, broker and Redis included).
+    pub machine_busy: f64,
     pub json: Value,
 }
 
@@ -100,6 +102,46 @@ pub fn conversation_of(index: usize, group_size: usize, prefix: &str) -> String 
         let (low, high) = (index.min(peer), index.max(peer));
         format!("dm:{prefix}{low}:{prefix}{high}")
     }
+}
+
+/// Every session sends one message and waits for its ack, unrecorded: the measured window then
+/// starts with every conversation known and, on Kafka, every partition assigned to a router
+/// whose transactional writer is open.
+async fn warm_up(
+    sockets: &mut [sessions::Socket],
+    group_size: usize,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    let progress = report::progress("warm-up", Some(sockets.len() as u64));
+    let warmed = futures_util::future::try_join_all(sockets.iter_mut().enumerate().map(
+        |(index, socket)| {
+            let progress = progress.clone();
+            async move {
+                let id = format!("{prefix}{index}-warm-up");
+                let frame = json!({"type": "send", "id": id,
+                    "conversation": conversation_of(index, group_size, prefix), "text": "warm-up"});
+                socket.send(Message::text(frame.to_string())).await?;
+                loop {
+                    let frame = tokio::time::timeout(Duration::from_secs(60), socket.next())
+                        .await
+                        .map_err(|_| anyhow::anyhow!("no warm-up ack within 60 s"))?
+                        .ok_or_else(|| anyhow::anyhow!("session closed during warm-up"))??;
+                    let Message::Text(frame) = frame else {
+                        continue;
+                    };
+                    let frame: Value = serde_json::from_str(&frame)?;
+                    if frame["id"] == id.as_str() {
+                        anyhow::ensure!(frame["type"] == "ack", "warm-up send failed: {frame}");
+                        progress.inc(1);
+                        return anyhow::Ok(());
+                    }
+                }
+            }
+        },
+    ))
+    .await;
+    progress.finish_and_clear();
+    warmed.map(|_| ())
 }
 
 pub async fn run(server: &Server, args: &Args) -> anyhow::Result<Outcome> {
@@ -129,8 +171,9 @@ pub async fn run(server: &Server, args: &Args) -> anyhow::Result<Outcome> {
         }
     }
     let recipients = if group_size > 1 { group_size - 1 } else { 1 };
-    let sockets =
+    let mut sockets =
         sessions::open_many(server, &prefix, args.sessions, args.source_addresses).await?;
+    warm_up(&mut sockets, group_size, &prefix).await?;
     let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
     let text = "x".repeat(args.payload);
     let (stop_sending, _) = watch::channel(false);
@@ -138,6 +181,7 @@ pub async fn run(server: &Server, args: &Args) -> anyhow::Result<Outcome> {
     let progress = report::progress("acked", None);
     progress.set_message(args.label());
     let cpu_before = server.cpu_seconds()?;
+    let machine_before = crate::server::machine_cpu_seconds()?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.seconds);
     let mut tasks = Vec::with_capacity(args.sessions);
@@ -230,6 +274,9 @@ pub async fn run(server: &Server, args: &Args) -> anyhow::Result<Outcome> {
     }
     let _ = stop.send(true);
     let server_cpu_seconds = server.cpu_seconds()? - cpu_before;
+    let machine_after = crate::server::machine_cpu_seconds()?;
+    let machine_busy =
+        (machine_after.0 - machine_before.0) / (machine_after.1 - machine_before.1).max(0.01);
     progress.finish_and_clear();
     let mut recorder = Recorder::default();
     for task in tasks {
@@ -264,7 +311,7 @@ pub async fn run(server: &Server, args: &Args) -> anyhow::Result<Outcome> {
         "delivered": recorder.delivered, "deliveries_per_second": deliveries_per_second,
         "ack_latency": report::summary(&recorder.ack_micros),
         "delivery_latency": report::summary(&recorder.delivery_micros),
-        "server_cpu_seconds": server_cpu_seconds,
+        "server_cpu_seconds": server_cpu_seconds, "machine_cpu_busy": machine_busy,
         "errors": recorder.errors,
     });
     Ok(Outcome {
@@ -272,6 +319,7 @@ pub async fn run(server: &Server, args: &Args) -> anyhow::Result<Outcome> {
         acked_per_second,
         deliveries_per_second,
         server_cpu_seconds,
+        machine_busy,
         json,
     })
 }
@@ -316,6 +364,7 @@ impl Outcome {
                 self.server_cpu_seconds * 1000.0 / (self.recorder.acked.max(1) as f64),
                 "s",
             ),
+            Row::new("machine CPU busy", self.machine_busy * 100.0, "%"),
             Row::new("errors", errors as f64, ""),
         ]
     }

@@ -106,7 +106,10 @@ impl KafkaLogConfig {
         config
             .set("bootstrap.servers", &self.bootstrap)
             .set("client.id", format!("{}-{role}", self.client_id))
-            .set("socket.keepalive.enable", "true");
+            .set("socket.keepalive.enable", "true")
+            // small requests (transaction control, acks of single messages) must not wait for
+            // Nagle's algorithm to meet the broker's delayed ACK
+            .set("socket.nagle.disable", "true");
         for (key, value) in &self.extra {
             config.set(key, value);
         }
@@ -621,20 +624,29 @@ impl FencedWriter for KafkaFencedWriter {
         };
         let produced = std::time::Instant::now();
         let committing = Arc::clone(&producer);
-        let committed =
-            tokio::task::spawn_blocking(move || committing.commit_transaction(TRANSACTION_REQUEST))
-                .await
-                .map_err(join_error)?;
-        if let Err(error) = committed {
+        let committed = tokio::task::spawn_blocking(move || {
+            commit_transaction(&committing, TRANSACTION_REQUEST)
+        })
+        .await
+        .map_err(join_error)?;
+        if let Err(failure) = committed {
             if let Some(fenced) = self.fenced(&producer) {
                 return Err(fenced);
             }
-            let requires_abort =
-                matches!(&error, KafkaError::Transaction(inner) if inner.txn_requires_abort());
-            if requires_abort {
+            if failure.requires_abort {
                 self.abort(producer).await;
             }
-            return Err(transaction_error(topic, partition, error));
+            return Err(if is_fencing_code(failure.code) {
+                LogError::Fenced {
+                    topic: topic.to_owned(),
+                    partition,
+                }
+            } else {
+                LogError::Backend(format!(
+                    "transaction on {topic}/{partition}: {:?}: {}",
+                    failure.code, failure.message
+                ))
+            });
         }
         // The coordinator writes commit markers after answering the commit: wait until the
         // last stable offset passes the records, so they are visible when this returns (an ack
@@ -665,6 +677,49 @@ impl Drop for KafkaFencedWriter {
         {
             runtime.spawn_blocking(move || drop(producer));
         }
+    }
+}
+
+/// Why a transaction commit failed.
+struct CommitFailure {
+    code: RDKafkaErrorCode,
+    message: String,
+    /// The transaction must be aborted before the producer can be used again.
+    requires_abort: bool,
+}
+
+/// Commits `producer`'s open transaction (blocking; run it on a blocking thread).
+///
+/// rust-rdkafka's `commit_transaction` flushes first, and its flush polls in slices of up to
+/// 100 ms for as long as anything is in the producer's out queue, the transaction's own control
+/// requests included: about one commit in a hundred stalled for 100 ms, which was the p99 of
+/// every ack in Kafka mode (docs/BENCHMARKS.md). The writer has awaited the delivery report of
+/// every record before it commits, so the flush inside `rd_kafka_commit_transaction` itself has
+/// nothing to wait for; this calls it directly.
+fn commit_transaction(producer: &FutureProducer, timeout: Duration) -> Result<(), CommitFailure> {
+    use rdkafka::bindings as rdsys;
+    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: the handle is the live librdkafka producer owned by `producer`, which outlives
+    // the call; librdkafka's transactional API is thread safe.
+    let error =
+        unsafe { rdsys::rd_kafka_commit_transaction(producer.client().native_ptr(), timeout_ms) };
+    if error.is_null() {
+        return Ok(());
+    }
+    // SAFETY: `error` is a non-null error object returned to us by librdkafka; it is read here
+    // and destroyed exactly once, and its string is copied before that.
+    unsafe {
+        let code = RDKafkaErrorCode::from(rdsys::rd_kafka_error_code(error));
+        let message = std::ffi::CStr::from_ptr(rdsys::rd_kafka_error_string(error))
+            .to_string_lossy()
+            .into_owned();
+        let requires_abort = rdsys::rd_kafka_error_txn_requires_abort(error) != 0;
+        rdsys::rd_kafka_error_destroy(error);
+        Err(CommitFailure {
+            code,
+            message,
+            requires_abort,
+        })
     }
 }
 
@@ -889,6 +944,11 @@ impl EventLog for KafkaLog {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "1")
+            // A transaction that starts while the coordinator still writes the previous one's
+            // markers is answered CONCURRENT_TRANSACTIONS and retried after this backoff; the
+            // default 100 ms was the p99 of every ack (see docs/BENCHMARKS.md).
+            .set("retry.backoff.ms", "2")
+            .set("retry.backoff.max.ms", "100")
             .set("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS)
             .set("message.timeout.ms", TRANSACTION_TIMEOUT_MS)
             .set("compression.type", "none")

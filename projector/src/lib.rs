@@ -5,7 +5,7 @@
 //! *inside its own output* (the history store's transaction, the Tantivy commit payload); it moves
 //! in the same atomic step as the output it describes. On assignment the consumer seeks to that
 //! position, so a crash anywhere replays at most the batch in flight, and replaying records the
-//! sink already has changes nothing. Kafka offset commits are informational.
+//! sink already has changes nothing. Group offset commits are informational (at most one a second).
 //!
 //! A failed apply is retried with backoff on the same batch (the position did not move), so a
 //! store outage delays projections and never skips events. An undecodable timeline record stops
@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chorus_core::config::ChorusConfig;
 use chorus_core::log::{
-    EventLog, LogError, Offset, PartitionId, PollEvent, Record, StartFrom, by_partition,
+    CommitThrottle, EventLog, LogError, Offset, PartitionId, PollEvent, Record, StartFrom,
+    by_partition,
 };
 use chorus_core::metrics::Metrics;
 use chorus_core::progress::ProjectionProgress;
@@ -275,6 +276,8 @@ struct Runner {
     pending_count: usize,
     /// When the oldest pending record was polled.
     pending_since: Option<Instant>,
+    /// The group offsets to commit (informational: the position lives in the sink's output).
+    commits: CommitThrottle,
 }
 
 impl Runner {
@@ -331,7 +334,7 @@ impl Runner {
                 .with_label_values(&[name, label.as_str()])
                 .set(next_offset as i64);
             self.projection.progress.advance(partition, next_offset);
-            let _ = self.consumer.commit(&[(partition, next_offset)]).await;
+            self.commits.note(partition, next_offset);
             if let Ok(end) = self.log.end_offset(&self.topic, partition).await {
                 let lag = end.saturating_sub(next_offset) as i64;
                 let consumer_label = format!("projector-{name}");
@@ -367,6 +370,7 @@ async fn run_projection(
         pending: BTreeMap::new(),
         pending_count: 0,
         pending_since: None,
+        commits: CommitThrottle::new(Duration::from_secs(1)),
     };
     loop {
         let wait = match runner.pending_since {
@@ -380,7 +384,12 @@ async fn run_projection(
             polled = runner.consumer.poll(room, wait) => Some(polled?),
         };
         let Some(polled) = polled else {
-            return runner.flush().await;
+            runner.flush().await?;
+            let last = runner.commits.take_all();
+            if !last.is_empty() {
+                let _ = runner.consumer.commit(&last).await;
+            }
+            return Ok(());
         };
         match polled {
             PollEvent::Assigned(partitions) => {
@@ -406,12 +415,20 @@ async fn run_projection(
             PollEvent::Revoked(partitions) => {
                 // finish the revoked partitions' work before they move (the others wait)
                 runner.flush().await?;
+                let revoked = runner.commits.take(&partitions);
+                if !revoked.is_empty() {
+                    let _ = runner.consumer.commit(&revoked).await;
+                }
                 tracing::debug!(sink = name, ?partitions, "projection partitions revoked");
             }
             PollEvent::Idle => runner.note_covered().await?,
         }
         if runner.due(interval, batch_records) {
             runner.flush().await?;
+        }
+        let due = runner.commits.due();
+        if !due.is_empty() {
+            let _ = runner.consumer.commit(&due).await;
         }
     }
 }

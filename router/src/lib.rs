@@ -11,8 +11,8 @@
 //!    the partition's whole `timeline`; the ingress position to resume from is one past the
 //!    highest `ingress_offset` found there. The checkpoint therefore lives in the sequencer's own
 //!    output and moves atomically with it (each batch is one transaction): an ingress record is
-//!    sequenced at most once, and exactly once once its timeline append is committed. Kafka
-//!    offset commits of `ingress` are informational;
+//!    sequenced at most once, and exactly once once its timeline append is committed. Offset
+//!    commits of `ingress` are informational, so they are sent at most once a second;
 //! 2. each batch of ingress records is decoded (undecodable or invalid records from business
 //!    systems go to the dead-letter topic with the reason in a header), decided, and the
 //!    sequenced events are appended to `timeline` in one call;
@@ -40,7 +40,7 @@ use std::time::Duration;
 use chorus_core::broadcast::BroadcastBus;
 use chorus_core::config::{ChorusConfig, Topics};
 use chorus_core::log::{
-    EventLog, LogError, PartitionId, PollEvent, Record, StartFrom, by_partition,
+    CommitThrottle, EventLog, LogError, PartitionId, PollEvent, Record, StartFrom, by_partition,
 };
 use chorus_core::metrics::Metrics;
 use chorus_core::presence::{NodeBus, Presence};
@@ -83,6 +83,9 @@ impl RouterContext {
     }
 }
 
+/// How often the router commits its (informational) `ingress` offsets.
+const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
 /// A running partition worker.
 struct WorkerHandle {
     /// Batches of ingress records for the worker; bounded, so a slow worker slows polling.
@@ -111,6 +114,8 @@ pub async fn run(
     let mut workers: HashMap<PartitionId, WorkerHandle> = HashMap::new();
     let batch_records = context.config.router.batch_records;
     let drain_limit = Duration::from_millis(u64::from(context.config.kafka.session_timeout_ms) / 2);
+    // informational only: the sequencer's checkpoint is in `timeline`
+    let mut commits = CommitThrottle::new(COMMIT_INTERVAL);
     tokio::pin!(shutdown);
     let outcome = loop {
         if let Some(failed) = finished_worker(&mut workers).await {
@@ -149,6 +154,10 @@ pub async fn run(
                 }
             }
             PollEvent::Revoked(partitions) => {
+                let revoked = commits.take(&partitions);
+                if !revoked.is_empty() {
+                    let _ = consumer.commit(&revoked).await;
+                }
                 for partition in partitions {
                     if let Some(handle) = workers.remove(&partition) {
                         drain(partition, handle, drain_limit).await?;
@@ -166,14 +175,21 @@ pub async fn run(
                         continue;
                     }
                     if let Some(next) = next {
-                        // informational only: the sequencer's checkpoint is in `timeline`
-                        let _ = consumer.commit(&[(partition, next)]).await;
+                        commits.note(partition, next);
                     }
                 }
             }
             PollEvent::Idle => {}
         }
+        let due = commits.due();
+        if !due.is_empty() {
+            let _ = consumer.commit(&due).await;
+        }
     };
+    let last = commits.take_all();
+    if !last.is_empty() {
+        let _ = consumer.commit(&last).await;
+    }
     for (partition, handle) in workers.drain() {
         drain(partition, handle, drain_limit).await?;
     }

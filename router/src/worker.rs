@@ -1,4 +1,8 @@
 //! One partition's sequencer: recover, then decide → append → ack and deliver, batch by batch.
+//!
+//! Acks and deliveries of a batch are handed, once its append returned, to the partition's
+//! notifier task, which sends them in batch order while the next batch is decided and appended:
+//! nothing is acknowledged before it is durable, and per-conversation order is kept.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -13,6 +17,13 @@ use tokio::sync::mpsc;
 
 use crate::state::{Decision, SequencerState};
 use crate::{RouterContext, RouterError};
+
+/// Batches of notices waiting for the notifier before the sequencer waits for it.
+const NOTIFY_QUEUE: usize = 8;
+/// Queued ingress batches one append may take together, in multiples of `router.batch_records`.
+const COALESCE_BATCHES: usize = 4;
+/// How often a worker updates its lag gauge.
+const LAG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How many timeline records one recovery read asks for.
 const RECOVERY_READ: usize = 4096;
@@ -82,7 +93,30 @@ pub(crate) async fn run(
 ) -> Result<(), RouterError> {
     let topics = context.config.topics();
     let partition_label = partition.to_string();
-    while let Some(batch) = batches.recv().await {
+    // Acks and deliveries go out in batch order from a task of their own, so the next batch's
+    // append overlaps this batch's Redis round trips; the channel is bounded, so a slow bus
+    // slows sequencing rather than piling notices up.
+    let (notices_out, mut notices_in) = mpsc::channel::<Vec<Notice>>(NOTIFY_QUEUE);
+    let notifier = {
+        let context = context.clone();
+        tokio::spawn(async move {
+            while let Some(notices) = notices_in.recv().await {
+                let notifying = std::time::Instant::now();
+                let notice_count = notices.len();
+                notify(&context, notices).await;
+                tracing::trace!(partition, notice_count, elapsed = ?notifying.elapsed(), "batch notified");
+            }
+        })
+    };
+    let max_batch = context.config.router.batch_records.max(1) * COALESCE_BATCHES;
+    let mut lag_updated: Option<std::time::Instant> = None;
+    while let Some(mut batch) = batches.recv().await {
+        // under load, batches queue up while a transaction commits: take them all in one
+        while batch.len() < max_batch
+            && let Ok(more) = batches.try_recv()
+        {
+            batch.extend(more);
+        }
         let mut timeline_records = Vec::with_capacity(batch.len());
         let mut dead_letters = Vec::new();
         let mut notices = Vec::with_capacity(batch.len());
@@ -191,22 +225,31 @@ pub(crate) async fn run(
             tracing::trace!(partition, count, elapsed = ?appending.elapsed(), "timeline batch appended");
             context.metrics.events_sequenced.inc_by(count);
         }
-        let notifying = std::time::Instant::now();
-        let notice_count = notices.len();
-        notify(&context, notices).await;
-        tracing::trace!(partition, notice_count, elapsed = ?notifying.elapsed(), "batch notified");
-        let end = context
-            .log
-            .end_offset(&topics.ingress, partition)
-            .await
-            .unwrap_or(0);
-        let lag = end.saturating_sub(state.next_ingress_offset());
-        context
-            .metrics
-            .consumer_lag
-            .with_label_values(&["router", partition_label.as_str()])
-            .set(lag as i64);
+        if !notices.is_empty() && notices_out.send(notices).await.is_err() {
+            break; // the notifier only stops if it panicked; its join below reports it
+        }
+        // the lag gauge costs a broker round trip on Kafka: at most once a second
+        if lag_updated.is_none_or(|at| at.elapsed() >= LAG_INTERVAL) {
+            lag_updated = Some(std::time::Instant::now());
+            let end = context
+                .log
+                .end_offset(&topics.ingress, partition)
+                .await
+                .unwrap_or(0);
+            let lag = end.saturating_sub(state.next_ingress_offset());
+            context
+                .metrics
+                .consumer_lag
+                .with_label_values(&["router", partition_label.as_str()])
+                .set(lag as i64);
+        }
     }
+    // a drained worker has told everyone about everything it appended
+    drop(notices_out);
+    notifier.await.map_err(|error| RouterError::Worker {
+        partition,
+        reason: format!("notifier: {error}"),
+    })?;
     Ok(())
 }
 

@@ -94,6 +94,9 @@ pub struct EnvelopeSchemas {
     pub current: &'static Schema,
     /// The current schema's fingerprint, as it appears in the single-object header.
     pub current_fingerprint: [u8; 8],
+    /// Writes datums with the current schema; built once (resolving a schema's names costs
+    /// more than encoding an event).
+    writer: GenericDatumWriter<'static>,
     /// Readers for every known writer schema (current included), keyed by fingerprint.
     readers: HashMap<[u8; 8], WriterSchema>,
     /// Defaults of the current schema's fields, for fields an older writer lacked.
@@ -213,19 +216,19 @@ impl EnvelopeSchemas {
         EnvelopeSchemas {
             current,
             current_fingerprint: fingerprint(current),
+            writer: GenericDatumWriter::builder(current)
+                .build()
+                .expect("bundled schemas build"),
             readers,
             defaults: field_defaults(current),
         }
     }
 
     fn encode(&self, value: Value) -> Result<Vec<u8>, CodecError> {
-        let datum = GenericDatumWriter::builder(self.current)
-            .build()?
-            .write_value_to_vec(value)?;
-        let mut out = Vec::with_capacity(10 + datum.len());
+        let mut out = Vec::with_capacity(256);
         out.extend_from_slice(&SINGLE_OBJECT_MARKER);
         out.extend_from_slice(&self.current_fingerprint);
-        out.extend_from_slice(&datum);
+        self.writer.write_value(&mut out, value)?;
         Ok(out)
     }
 

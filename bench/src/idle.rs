@@ -25,6 +25,16 @@ pub struct Args {
 
 pub async fn run(mode: &Mode, args: &Args) -> anyhow::Result<(Value, Vec<Row>)> {
     let open_files = sessions::raise_open_files();
+    if let Some(too_many) = args
+        .sessions
+        .iter()
+        .find(|count| **count as u64 + 100 > open_files)
+    {
+        anyhow::bail!(
+            "{too_many} sessions need as many open files in the server and in this bench, but the \
+             open-file limit here is {open_files} (raising it needs CAP_SYS_RESOURCE)"
+        );
+    }
     let mut results = Vec::new();
     let mut rows = Vec::new();
     for &count in &args.sessions {

@@ -187,6 +187,8 @@ pub struct Recorder {
     pub ack_micros: Histogram<u64>,
     pub delivery_micros: Histogram<u64>,
     pub errors: HashMap<String, u64>,
+    /// Sends made (acked or not).
+    pub sent: u64,
     pub acked: u64,
     pub delivered: u64,
 }
@@ -197,6 +199,7 @@ impl Default for Recorder {
             ack_micros: micros_histogram(),
             delivery_micros: micros_histogram(),
             errors: HashMap::new(),
+            sent: 0,
             acked: 0,
             delivered: 0,
         }
@@ -207,6 +210,7 @@ impl Recorder {
     pub fn merge(&mut self, other: Recorder) -> anyhow::Result<()> {
         self.ack_micros.add(&other.ack_micros)?;
         self.delivery_micros.add(&other.delivery_micros)?;
+        self.sent += other.sent;
         self.acked += other.acked;
         self.delivered += other.delivered;
         for (code, count) in other.errors {

@@ -20,7 +20,8 @@ pub type Socket = WebSocketStream<TcpStream>;
 const CONCURRENCY: usize = 200;
 
 /// Raises this process's open-file limit as far as it may (child processes inherit it): the hard
-/// limit too when running with the privilege to.
+/// limit too when running with the privilege to (CAP_SYS_RESOURCE). Every session costs a file
+/// descriptor on each side, so this limit caps the sessions of one run.
 pub fn raise_open_files() -> u64 {
     const WANTED: u64 = 1 << 20;
     if rlimit::setrlimit(rlimit::Resource::NOFILE, WANTED, WANTED).is_ok() {

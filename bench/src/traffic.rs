@@ -217,6 +217,7 @@ pub async fn run(server: &Server, args: &Args) -> anyhow::Result<Outcome> {
                     let frame = json!({"type": "send", "id": id, "conversation": conversation, "text": text});
                     sink.send(Message::text(frame.to_string())).await?;
                     outstanding += 1;
+                    recorder.sent += 1;
                 }
                 tokio::select! {
                     scheduled = async { ticker.as_mut().expect("open loop").tick().await }, if sending && ticker.is_some() => {
@@ -226,6 +227,7 @@ pub async fn run(server: &Server, args: &Args) -> anyhow::Result<Outcome> {
                         let frame = json!({"type": "send", "id": id, "conversation": conversation, "text": text});
                         sink.send(Message::text(frame.to_string())).await?;
                         outstanding += 1;
+                        recorder.sent += 1;
                     }
                     _ = stop_sending.changed(), if sending => sending = false,
                     _ = stop.changed() => break,
@@ -307,7 +309,7 @@ pub async fn run(server: &Server, args: &Args) -> anyhow::Result<Outcome> {
         "mode": server.mode.name(), "traffic": args.label(), "sessions": args.sessions,
         "in_flight": args.rate.is_none().then_some(args.in_flight), "rate": args.rate,
         "group_size": group_size.max(2), "payload_bytes": args.payload, "seconds": seconds,
-        "acked": recorder.acked, "acked_per_second": acked_per_second,
+        "sent": recorder.sent, "acked": recorder.acked, "acked_per_second": acked_per_second,
         "delivered": recorder.delivered, "deliveries_per_second": deliveries_per_second,
         "ack_latency": report::summary(&recorder.ack_micros),
         "delivery_latency": report::summary(&recorder.delivery_micros),

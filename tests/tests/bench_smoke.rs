@@ -1,0 +1,121 @@
+//! The load generator as a smoke check: `chorus-bench suite --quick` runs every scenario end to
+//! end against the `chorus` binary, on the embedded default and on the distributed roles. This
+//! asserts that the benchmark works and what it counts (every send answered, every fan-out
+//! delivery arrived), never how fast: the figures of a debug build on a shared machine mean
+//! nothing.
+
+use std::path::Path;
+
+use chorus_tests::{chorus_binary, distributed_services};
+use serde_json::Value;
+
+/// Runs the quick suite with `mode_args` and returns its JSON document.
+fn quick_suite(mode_args: &[&str]) -> Vec<Value> {
+    let bench = chorus_binary().with_file_name("chorus-bench");
+    assert!(
+        bench.exists(),
+        "{} missing: cargo test --workspace builds it",
+        bench.display()
+    );
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let json = dir.path().join("bench.json");
+    let output = std::process::Command::new(&bench)
+        .args(mode_args)
+        .arg("--json")
+        .arg(&json)
+        .args(["suite", "--quick"])
+        .output()
+        .expect("running chorus-bench");
+    assert!(
+        output.status.success(),
+        "chorus-bench failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        table.contains("raw baseline") && table.contains("ratio"),
+        "the table compares with the raw baseline:\n{table}"
+    );
+    read_document(&json)
+}
+
+fn read_document(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).expect("the JSON report was written");
+    let document: Value = serde_json::from_str(&text).expect("the report is JSON");
+    document.as_array().expect("a list of reports").clone()
+}
+
+fn report<'a>(reports: &'a [Value], prefix: &str) -> &'a Value {
+    reports
+        .iter()
+        .find(|report| {
+            report["scenario"]
+                .as_str()
+                .is_some_and(|name| name.starts_with(prefix))
+        })
+        .unwrap_or_else(|| panic!("no {prefix} report in {reports:#?}"))
+}
+
+/// What every mode's quick suite must show.
+fn check_common(reports: &[Value]) {
+    let idle = report(reports, "idle");
+    assert!(
+        idle["runs"][0]["server_bytes_per_session"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    for name in ["1:1 highest rate", "1:1 at half rate", "groups of 10"] {
+        let traffic = &report(reports, name)["chorus"];
+        assert!(traffic["acked"].as_u64().unwrap() > 0, "{name}: {traffic}");
+        assert_eq!(
+            traffic["errors"],
+            serde_json::json!({}),
+            "{name}: every send acked and delivered"
+        );
+        assert!(traffic["delivery_latency"]["count"].as_u64().unwrap() > 0);
+    }
+    // the baselines ran in the same run
+    for name in ["1:1 highest rate", "1:1 at half rate"] {
+        let raw = &report(reports, name)["raw"];
+        assert!(raw["acked"].as_u64().unwrap() > 0, "{name}: {raw}");
+    }
+    let group = &report(reports, "groups of 10")["chorus"];
+    assert_eq!(
+        group["delivered"].as_u64().unwrap(),
+        9 * group["sent"].as_u64().unwrap(),
+        "every group message reached the nine other members"
+    );
+    let fanout = report(reports, "fan-out");
+    assert_eq!(
+        fanout["deliveries"].as_f64().unwrap(),
+        (199 * 3) as f64,
+        "every member got every round"
+    );
+}
+
+#[test]
+fn the_quick_suite_runs_on_the_embedded_default() {
+    let reports = quick_suite(&[]);
+    check_common(&reports);
+    assert!(
+        reports.iter().any(|report| report["scenario"]
+            .as_str()
+            .is_some_and(|name| name.contains("projector"))),
+        "the projection scenarios ran: {reports:#?}"
+    );
+}
+
+#[test]
+fn the_quick_suite_runs_on_kafka_and_redis() {
+    let Some((kafka, redis)) = distributed_services() else {
+        return;
+    };
+    let reports = quick_suite(&["--kafka", &kafka, "--redis", &redis]);
+    check_common(&reports);
+    assert!(
+        report(&reports, "1:1 highest rate")["raw"]["baseline"] == "raw kafka",
+        "the Kafka mode's baseline is a raw rdkafka producer"
+    );
+}

@@ -178,7 +178,8 @@ pub struct RouterSection {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProjectorSection {
-    /// Most timeline records applied in one history transaction / index commit.
+    /// Timeline records of one partition gathered before they are applied (one history
+    /// transaction / index commit per flush; a flush covers every assigned partition).
     pub batch_records: usize,
     /// How long a read waits for the projections to catch up with the log (read-your-writes).
     pub read_barrier_ms: u64,

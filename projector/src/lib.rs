@@ -261,6 +261,14 @@ async fn apply_with_retry(
     }
 }
 
+/// How often the lag gauges are updated.
+const LAG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// While catching up, a sink's apply interval is stretched this many times …
+const CATCH_UP_STRETCH: u32 = 8;
+/// … and to at least this (sinks without an interval apply every poll when caught up).
+const CATCH_UP_MIN_INTERVAL: Duration = Duration::from_secs(1);
+
 /// One projection's consumer loop: records polled but not yet applied wait in `pending` until
 /// the batch is full or the sink's apply interval has passed.
 struct Runner {
@@ -278,14 +286,42 @@ struct Runner {
     pending_since: Option<Instant>,
     /// The group offsets to commit (informational: the position lives in the sink's output).
     commits: CommitThrottle,
+    /// The last poll returned as many records as it asked for: more are waiting.
+    catching_up: bool,
+    /// When the lag gauges were last updated.
+    lag_updated: Option<Instant>,
 }
 
 impl Runner {
+    /// Whether the pending records should be applied now. `batch_records` is per partition,
+    /// so a catch-up applies big batches however many partitions it reads. The sink's interval
+    /// bounds how stale the projection gets while records trickle in; while the last poll came
+    /// back full (catching up: more is waiting), the interval is stretched so that batches grow
+    /// instead of each flush paying a commit for a few hundred records.
     fn due(&self, interval: Duration, batch_records: usize) -> bool {
-        self.pending_count >= batch_records
+        let Some(since) = self.pending_since else {
+            return false;
+        };
+        let partitions = self.consumer.assignment().len().max(1);
+        let limit = if self.catching_up {
+            (interval * CATCH_UP_STRETCH).max(CATCH_UP_MIN_INTERVAL)
+        } else {
+            interval
+        };
+        self.pending_count >= batch_records * partitions
             || self
-                .pending_since
-                .is_some_and(|since| since.elapsed() >= interval)
+                .pending
+                .values()
+                .any(|records| records.len() >= batch_records)
+            || since.elapsed() >= limit
+    }
+
+    /// Records the next poll may return (all partitions together).
+    fn room(&self, batch_records: usize) -> usize {
+        let partitions = self.consumer.assignment().len().max(1);
+        (batch_records * partitions)
+            .saturating_sub(self.pending_count)
+            .max(1)
     }
 
     /// Idle, with nothing pending for a partition, everything below the consumer's position is
@@ -316,6 +352,7 @@ impl Runner {
         let name = sink.name();
         self.pending_count = 0;
         self.pending_since = None;
+        let mut batches = Vec::new();
         for (partition, records) in std::mem::take(&mut self.pending) {
             let Some(after_last) = records.last().map(|record| record.offset + 1) else {
                 continue;
@@ -326,8 +363,27 @@ impl Runner {
                 .consumer
                 .position(partition)
                 .map_or(after_last, |position| position.max(after_last));
-            let events = decode_batch(name, &records)?;
-            apply_with_retry(sink.as_ref(), partition, events, next_offset, &self.stop).await?;
+            batches.push((partition, decode_batch(name, &records)?, next_offset));
+        }
+        // partitions are independent outputs (own index, own rows, own position): apply them
+        // side by side, so a catch-up uses every core
+        let applied = futures_util::future::try_join_all(batches.into_iter().map(
+            |(partition, events, next_offset)| {
+                let (sink, stop) = (sink.clone(), self.stop.clone());
+                async move {
+                    apply_with_retry(sink.as_ref(), partition, events, next_offset, &stop).await?;
+                    Ok::<_, ProjectorError>((partition, next_offset))
+                }
+            },
+        ))
+        .await?;
+        let update_lag = self
+            .lag_updated
+            .is_none_or(|at| at.elapsed() >= LAG_INTERVAL);
+        if update_lag {
+            self.lag_updated = Some(Instant::now());
+        }
+        for (partition, next_offset) in applied {
             let label = partition.to_string();
             self.metrics
                 .projector_position
@@ -335,7 +391,8 @@ impl Runner {
                 .set(next_offset as i64);
             self.projection.progress.advance(partition, next_offset);
             self.commits.note(partition, next_offset);
-            if let Ok(end) = self.log.end_offset(&self.topic, partition).await {
+            // the lag gauge costs a broker round trip per partition on Kafka: once a second
+            if update_lag && let Ok(end) = self.log.end_offset(&self.topic, partition).await {
                 let lag = end.saturating_sub(next_offset) as i64;
                 let consumer_label = format!("projector-{name}");
                 self.metrics
@@ -371,13 +428,15 @@ async fn run_projection(
         pending_count: 0,
         pending_since: None,
         commits: CommitThrottle::new(Duration::from_secs(1)),
+        catching_up: false,
+        lag_updated: None,
     };
     loop {
         let wait = match runner.pending_since {
             Some(since) => interval.saturating_sub(since.elapsed()).min(MAX_POLL_WAIT),
             None => MAX_POLL_WAIT,
         };
-        let room = batch_records.saturating_sub(runner.pending_count).max(1);
+        let room = runner.room(batch_records);
         let mut stop = runner.stop.clone();
         let polled = tokio::select! {
             _ = stop.wait_for(|stopping| *stopping) => None,
@@ -406,6 +465,7 @@ async fn run_projection(
                 }
             }
             PollEvent::Records(records) => {
+                runner.catching_up = records.len() >= room;
                 runner.pending_count += records.len();
                 runner.pending_since.get_or_insert_with(Instant::now);
                 for (partition, records) in by_partition(records) {
@@ -421,7 +481,10 @@ async fn run_projection(
                 }
                 tracing::debug!(sink = name, ?partitions, "projection partitions revoked");
             }
-            PollEvent::Idle => runner.note_covered().await?,
+            PollEvent::Idle => {
+                runner.catching_up = false;
+                runner.note_covered().await?;
+            }
         }
         if runner.due(interval, batch_records) {
             runner.flush().await?;

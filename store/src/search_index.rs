@@ -72,7 +72,7 @@ impl From<tantivy::TantivyError> for SearchError {
 }
 
 /// The writers' memory budget, shared by all partitions.
-const TOTAL_WRITER_MEMORY_BYTES: usize = 200_000_000;
+pub const TOTAL_WRITER_MEMORY_BYTES: usize = 200_000_000;
 /// Tantivy's minimum memory budget per indexing thread.
 const MIN_WRITER_MEMORY_BYTES: usize = 15_000_000;
 /// Separates conversation and seq in a document key (a control character no id contains).
@@ -286,7 +286,9 @@ impl SearchIndex {
                         ts: event.ts_ms,
                     };
                     let key = message_key(conversation, seq);
-                    self.replace_document(writer, &key, conversation, seq, &origin, text)?;
+                    // a seq is assigned once and records below the position are skipped, so
+                    // no document has this key yet: no delete term (a third of raw indexing)
+                    self.add_document(writer, &key, conversation, seq, &origin, text)?;
                     pending.insert(key, PendingMessage::Live(origin));
                 }
                 EventBody::MessageEdited { target_seq, text } => {
@@ -303,7 +305,8 @@ impl SearchIndex {
                         );
                         continue;
                     };
-                    self.replace_document(writer, &key, conversation, *target_seq, &origin, text)?;
+                    writer.delete_term(Term::from_field_text(self.fields.key, &key));
+                    self.add_document(writer, &key, conversation, *target_seq, &origin, text)?;
                     pending.insert(key, PendingMessage::Live(origin));
                 }
                 EventBody::MessageRecalled { target_seq } => {
@@ -320,8 +323,8 @@ impl SearchIndex {
         Ok(())
     }
 
-    /// Deletes any document under `key` and adds the message's current one.
-    fn replace_document(
+    /// Adds the message's document under `key`.
+    fn add_document(
         &self,
         writer: &IndexWriter,
         key: &str,
@@ -330,7 +333,6 @@ impl SearchIndex {
         origin: &MessageOrigin,
         text: &str,
     ) -> Result<(), SearchError> {
-        writer.delete_term(Term::from_field_text(self.fields.key, key));
         let mut document = TantivyDocument::default();
         document.add_text(self.fields.key, key);
         document.add_text(self.fields.conversation, conversation);

@@ -76,6 +76,18 @@ where
     F: Fn(usize, Vec<u8>) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
 {
+    // warm-up: one record through, unrecorded, so the reader's start (connecting, fetching
+    // offsets) is not counted as the round trip of the first records
+    send(0, stamped(payload)).await?;
+    let ready_until = Instant::now() + Duration::from_secs(30);
+    while round_trip.lock().is_empty() {
+        anyhow::ensure!(
+            Instant::now() < ready_until,
+            "{name}: the reader saw nothing within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    round_trip.lock().reset();
     let progress = report::progress(name, None);
     let started = Instant::now();
     let until = started + Duration::from_secs(seconds);

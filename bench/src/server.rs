@@ -1,7 +1,7 @@
 //! The Chorus under test, started by the bench as child processes of the `chorus` binary beside
-//! `chorus-bench` (release build): `chorus serve` on a fresh data directory (embedded mode), or a
-//! router and an ingest node on a Kafka broker and a redis-server (distributed mode, fresh topic
-//! prefix per run). Child processes keep the server's memory and CPU apart from the clients', so
+//! `chorus-bench` (release build; `CHORUS_BIN` names another): `chorus serve` on a fresh data
+//! directory (embedded mode), or a router and an ingest node on a Kafka broker and a
+//! redis-server (distributed mode, fresh topic prefix per run). Child processes keep the server's memory and CPU apart from the clients', so
 //! the bench can report resident bytes per session and deliveries per CPU-second of Chorus alone.
 //!
 //! Rate limits are raised so the bench measures the pipeline, not the limiter; everything else is
@@ -61,7 +61,10 @@ impl Server {
         let work = tempfile::tempdir()?;
         let config = work.path().join("chorus.toml");
         std::fs::File::create(&config)?.write_all(CONFIG.as_bytes())?;
-        let binary = std::env::current_exe()?.with_file_name("chorus");
+        let binary = match std::env::var_os("CHORUS_BIN") {
+            Some(path) => std::path::PathBuf::from(path),
+            None => std::env::current_exe()?.with_file_name("chorus"),
+        };
         let prefix = format!("bench{}x{}.", std::process::id(), crate::unix_micros());
         let command = |args: &[&str]| {
             let mut command = Command::new(&binary);

@@ -6,17 +6,14 @@
 
 use std::path::Path;
 
-use chorus_tests::{chorus_binary, distributed_services};
+use chorus_tests::distributed_services;
 use serde_json::Value;
 
 /// Runs the quick suite with `mode_args` and returns its JSON document.
 fn quick_suite(mode_args: &[&str]) -> Vec<Value> {
-    let bench = chorus_binary().with_file_name("chorus-bench");
-    assert!(
-        bench.exists(),
-        "{} missing: cargo test --workspace builds it",
-        bench.display()
-    );
+    // built for this test by cargo; it starts the `chorus` binary beside it (built for
+    // chorus's own integration tests in the same workspace run)
+    let bench = std::path::PathBuf::from(env!("CARGO_BIN_EXE_chorus-bench"));
     let dir = tempfile::tempdir().expect("temporary directory");
     let json = dir.path().join("bench.json");
     let output = std::process::Command::new(&bench)

@@ -57,7 +57,10 @@ fn asset_response(asset: &Asset) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static(asset.content_type),
     );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(CACHE_CONTROL));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(CACHE_CONTROL),
+    );
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -127,13 +130,22 @@ mod tests {
 
     #[tokio::test]
     async fn other_paths_are_left_to_other_routes() {
-        for path in ["/v1/conversations", "/health", "/metrics", "/web", "/index.html"] {
+        for path in [
+            "/v1/conversations",
+            "/health",
+            "/metrics",
+            "/web",
+            "/index.html",
+        ] {
             let rejected = warp::test::request()
                 .method("GET")
                 .path(path)
                 .filter(&routes())
                 .await;
-            assert!(rejected.is_err(), "{path} must not be taken by the web routes");
+            assert!(
+                rejected.is_err(),
+                "{path} must not be taken by the web routes"
+            );
         }
     }
 }

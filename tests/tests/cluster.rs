@@ -62,6 +62,19 @@ async fn users_on_two_ingest_nodes_chat_through_kafka_and_redis() -> anyhow::Res
         "a retry gets the original ack"
     );
 
+    // the web client is served by ingest nodes too; dev tokens are off, so it asks for a token
+    let page = reqwest::get(format!("{}/", node_one.url)).await?;
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    assert!(page.text().await?.contains("/web/app.js"));
+    let (status, _) = Api::new(&node_one.url)
+        .post("", "/v1/dev/token", &json!({"user": "alice"}))
+        .await?;
+    assert_eq!(
+        status, 404,
+        "dev tokens are off on a distributed ingest node"
+    );
+
     let results = Api::new(&node_two.url)
         .business(
             json!([{"type": "create_group", "id": "g", "conversation": format!("g:{run}"),

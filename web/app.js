@@ -22,7 +22,18 @@ const view = {
   /** the message a search hit pointed at: `{ conversation, seq }` */
   highlight: null,
   lastTypingSent: 0,
+  /** where history and search are read from (`/web/config.json`; unset: this origin) */
+  readUrl: undefined,
 };
+
+// The node serving this page says where to read history and search from: itself with
+// `chorus serve`, the search nodes in the distributed mode. Loaded before anything can log in.
+try {
+  const settings = await (await fetch("/web/config.json")).json();
+  view.readUrl = settings.read_url || undefined;
+} catch {
+  view.readUrl = undefined;
+}
 
 function conversationState(id) {
   let state = view.conversations.get(id);
@@ -105,7 +116,7 @@ function start(token, user) {
   element("me").textContent = user;
   element("login").hidden = true;
   element("app").hidden = false;
-  const client = new ChorusClient({ baseUrl: location.origin, token });
+  const client = new ChorusClient({ baseUrl: location.origin, readUrl: view.readUrl, token });
   view.client = client;
   window.chorus = view; // for debugging from the console
   client

@@ -121,6 +121,7 @@ export class ChorusError extends Error {
 export class ChorusClient {
   constructor({
     baseUrl,
+    readUrl,
     token,
     WebSocketImpl = globalThis.WebSocket,
     fetchImpl = (...args) => globalThis.fetch(...args),
@@ -130,6 +131,9 @@ export class ChorusClient {
     ackTimeoutMs = 10_000,
   }) {
     this.baseUrl = baseUrl.replace(/\/$/, "");
+    // history and search (GET); in the distributed mode the search nodes, elsewhere than the
+    // ingest node that serves the WebSocket and takes writes
+    this.readUrl = (readUrl || baseUrl).replace(/\/$/, "");
     this.token = token;
     this.WebSocketImpl = WebSocketImpl;
     this.fetchImpl = fetchImpl;
@@ -430,7 +434,8 @@ export class ChorusClient {
   }
 
   async request(method, path, body) {
-    const response = await this.fetchImpl(`${this.baseUrl}${path}`, {
+    const base = method === "GET" ? this.readUrl : this.baseUrl;
+    const response = await this.fetchImpl(`${base}${path}`, {
       method,
       headers: { authorization: `Bearer ${this.token}`, ...(body ? { "content-type": "application/json" } : {}) },
       body: body ? JSON.stringify(body) : undefined,

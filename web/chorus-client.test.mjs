@@ -312,3 +312,25 @@ test("paused (offline) it does not reconnect until resumed", async () => {
   await welcome(server);
   assert.deepEqual(server.socket.sent, [{ type: "read", conversation: "dm:alice:bob", seq: 6 }], "the latest read cursor is sent once back");
 });
+
+test("reads go to the read URL (search nodes), the socket and writes to the serving node", async () => {
+  const server = new FakeServer();
+  const origins = [];
+  const client = new ChorusClient({
+    baseUrl: "http://ingest.test",
+    readUrl: "http://search.test/",
+    token: "T",
+    WebSocketImpl: fakeWebSocket(server),
+    fetchImpl: (url, init) => {
+      origins.push(`${init.method} ${new URL(url).origin}`);
+      return server.fetch(url, init);
+    },
+    timers: new FakeTimers(),
+    random: () => 1,
+  });
+  client.start();
+  assert.equal(server.socket.url, "ws://ingest.test/v1/ws?token=T");
+  await welcome(server);
+  await client.createGroup("g:team", ["alice"], "Team").catch(() => {});
+  assert.deepEqual(origins, ["GET http://search.test", "POST http://ingest.test"]);
+});

@@ -259,13 +259,14 @@ impl Ingest {
 pub fn routes(ingest: Arc<Ingest>) -> BoxedFilter<(Response,)> {
     let business = http::business_events(ingest.clone());
     let create = http::create_conversation(ingest.clone());
+    let web = web::routes(&ingest.config.web.read_url);
     let dev_token = http::dev_token(ingest);
     business
         .or(create)
         .unify()
         .or(dev_token)
         .unify()
-        .or(web::routes())
+        .or(web)
         .unify()
         .boxed()
 }

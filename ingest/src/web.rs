@@ -1,5 +1,7 @@
 //! The web chat client: the static files of `web/` (at the workspace root), embedded in the
-//! binary, served at `/` (the page) and `/web/<file>` (its script and style sheet).
+//! binary, served at `/` (the page) and `/web/<file>` (its script and style sheet), plus
+//! `/web/config.json`: where the page reads history and search from (`[web] read_url`; empty
+//! means this origin, as with `chorus serve`; in the distributed mode, the search nodes).
 //!
 //! Every ingest node serves them, so the page comes with `chorus serve` and with each
 //! distributed ingest node. Nothing is read from disk at run time and nothing shadows the API:
@@ -9,6 +11,7 @@
 use chorus_core::error::{ApiError, ErrorCode};
 use chorus_core::http::error_response;
 use warp::Filter;
+use warp::Reply;
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
@@ -80,14 +83,26 @@ fn asset_named(name: &str) -> Response {
 }
 
 /// `GET /` (the page) and `GET /web/<file>`.
-pub fn routes() -> BoxedFilter<(Response,)> {
+pub fn routes(read_url: &str) -> BoxedFilter<(Response,)> {
     let page = warp::path::end()
         .and(warp::get())
         .map(|| asset_response(&INDEX));
+    // where the page reads history and search from (`[web] read_url`; empty: this origin)
+    let settings = serde_json::json!({ "read_url": read_url.trim_end_matches('/') });
+    let config = warp::path!("web" / "config.json")
+        .and(warp::get())
+        .map(move || {
+            let mut response = warp::reply::json(&settings).into_response();
+            response.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static(CACHE_CONTROL),
+            );
+            response
+        });
     let files = warp::path!("web" / String)
         .and(warp::get())
         .map(|name: String| asset_named(&name));
-    page.or(files).unify().boxed()
+    page.or(config).unify().or(files).unify().boxed()
 }
 
 #[cfg(test)]
@@ -98,7 +113,7 @@ mod tests {
         warp::test::request()
             .method("GET")
             .path(path)
-            .reply(&routes())
+            .reply(&routes("http://search.example:8081/"))
             .await
     }
 
@@ -121,6 +136,14 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_page_learns_where_to_read_from() {
+        let response = get("/web/config.json").await;
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = serde_json::from_slice(response.body()).expect("json");
+        assert_eq!(body["read_url"], "http://search.example:8081");
+    }
+
+    #[tokio::test]
     async fn an_unknown_file_is_a_json_not_found() {
         let response = get("/web/secret.txt").await;
         assert_eq!(response.status(), 404);
@@ -140,7 +163,7 @@ mod tests {
             let rejected = warp::test::request()
                 .method("GET")
                 .path(path)
-                .filter(&routes())
+                .filter(&routes(""))
                 .await;
             assert!(
                 rejected.is_err(),

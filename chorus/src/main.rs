@@ -115,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
             let mut served = serve(config).await?;
             let url = served.url();
             println!("Chorus is listening on {url}");
+            println!("  Chat in a browser: open {url}/ and pick a name");
             println!(
                 "  WebSocket: {}/v1/ws?token=<jwt>",
                 url.replacen("http", "ws", 1)

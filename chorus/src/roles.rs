@@ -384,6 +384,15 @@ pub async fn start(role: Role, mut config: ChorusConfig) -> anyhow::Result<Runni
                 .unify()
                 .recover(chorus_core::http::recover)
                 .unify()
+                // the web page comes from an ingest node and reads here (`[web] read_url`):
+                // cross-origin reads with a bearer token, no cookies
+                .with(
+                    warp::cors()
+                        .allow_any_origin()
+                        .allow_methods(["GET"])
+                        .allow_headers(["authorization"]),
+                )
+                .map(warp::Reply::into_response)
                 .boxed();
             spawn_http(&mut tasks, listener, routes, shutdown_receiver);
         }

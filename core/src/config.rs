@@ -33,6 +33,18 @@ pub struct ChorusConfig {
     pub kafka: KafkaSection,
     pub redis: RedisSection,
     pub clickhouse: ClickHouseSection,
+    pub web: WebSection,
+}
+
+/// The web client the ingest nodes serve at `/`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSection {
+    /// Base URL of the history/search API the page reads from (the search nodes, or a load
+    /// balancer in front of them), e.g. `http://search.example:8081`. Empty: the page's own
+    /// origin, as with `chorus serve`. Search nodes answer cross-origin reads (CORS), so the
+    /// page can be served by an ingest node and read from another origin.
+    pub read_url: String,
 }
 
 /// The distributed event log. An empty `bootstrap` means the embedded log (`chorus serve`).
@@ -203,6 +215,7 @@ impl Default for ChorusConfig {
             kafka: KafkaSection::default(),
             redis: RedisSection::default(),
             clickhouse: ClickHouseSection::default(),
+            web: WebSection::default(),
         }
     }
 }
@@ -284,7 +297,7 @@ impl ChorusConfig {
     /// `CHORUS_DATA_DIR`, `CHORUS_NODE_ID`, `CHORUS_CLUSTER`, `CHORUS_PARTITIONS`,
     /// `CHORUS_TOPIC_PREFIX`, `CHORUS_JWT_SECRET`, `CHORUS_API_KEY`, `CHORUS_DEV_MODE`,
     /// `CHORUS_KAFKA_BOOTSTRAP`, `CHORUS_REDIS_URL`, `CHORUS_CLICKHOUSE_URL`,
-    /// `CHORUS_CLICKHOUSE_DATABASE`, `CHORUS_CLICKHOUSE_PASSWORD`.
+    /// `CHORUS_CLICKHOUSE_DATABASE`, `CHORUS_CLICKHOUSE_PASSWORD`, `CHORUS_WEB_READ_URL`.
     pub fn apply_env(&mut self, environment: &HashMap<String, String>) -> Result<(), ConfigError> {
         for (name, value) in environment {
             match name.as_str() {
@@ -304,6 +317,7 @@ impl ChorusConfig {
                 "CHORUS_CLICKHOUSE_URL" => self.clickhouse.url = value.clone(),
                 "CHORUS_CLICKHOUSE_DATABASE" => self.clickhouse.database = value.clone(),
                 "CHORUS_CLICKHOUSE_PASSWORD" => self.clickhouse.password = value.clone(),
+                "CHORUS_WEB_READ_URL" => self.web.read_url = value.clone(),
                 "CHORUS_DEV_MODE" => {
                     self.dev_mode = value.parse().map_err(|_| invalid(name, "true or false"))?;
                 }

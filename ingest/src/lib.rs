@@ -14,6 +14,7 @@ mod http;
 pub mod hub;
 pub mod server;
 mod session;
+pub mod web;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -252,11 +253,20 @@ impl Ingest {
     }
 }
 
-/// The ingest node's HTTP routes: `POST /v1/events`, `POST /v1/conversations`, and
-/// `POST /v1/dev/token` in dev mode. (`/v1/ws` is served by [`server::serve`] itself.)
+/// The ingest node's HTTP routes: `POST /v1/events`, `POST /v1/conversations`,
+/// `POST /v1/dev/token` in dev mode, and the web client (`GET /`, `GET /web/<file>`, see
+/// [`web`]). (`/v1/ws` is served by [`server::serve`] itself.)
 pub fn routes(ingest: Arc<Ingest>) -> BoxedFilter<(Response,)> {
     let business = http::business_events(ingest.clone());
     let create = http::create_conversation(ingest.clone());
+    let web = web::routes(&ingest.config.web.read_url);
     let dev_token = http::dev_token(ingest);
-    business.or(create).unify().or(dev_token).unify().boxed()
+    business
+        .or(create)
+        .unify()
+        .or(dev_token)
+        .unify()
+        .or(web)
+        .unify()
+        .boxed()
 }

@@ -21,7 +21,9 @@ async fn users_on_two_ingest_nodes_chat_through_kafka_and_redis() -> anyhow::Res
         ]
     };
     let _router = ChildServer::spawn(&role("router"), &common("router")).await?;
-    let node_one = ChildServer::spawn(&role("ingest"), &common("n1")).await?;
+    let mut node_one_environment = common("n1");
+    node_one_environment.push(("CHORUS_WEB_READ_URL", "http://search.example:8081/".into()));
+    let node_one = ChildServer::spawn(&role("ingest"), &node_one_environment).await?;
     let node_two = ChildServer::spawn(&role("ingest"), &common("n2")).await?;
     let mut search_args = role("search");
     search_args.extend(["--data-dir".to_owned(), data.path().display().to_string()]);
@@ -62,6 +64,27 @@ async fn users_on_two_ingest_nodes_chat_through_kafka_and_redis() -> anyhow::Res
         "a retry gets the original ack"
     );
 
+    // the web client is served by ingest nodes too; dev tokens are off, so it asks for a token
+    let page = reqwest::get(format!("{}/", node_one.url)).await?;
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    assert!(page.text().await?.contains("/web/app.js"));
+    let (status, _) = Api::new(&node_one.url)
+        .post("", "/v1/dev/token", &json!({"user": "alice"}))
+        .await?;
+    assert_eq!(
+        status, 404,
+        "dev tokens are off on a distributed ingest node"
+    );
+    let settings: serde_json::Value = reqwest::get(format!("{}/web/config.json", node_one.url))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        settings["read_url"], "http://search.example:8081",
+        "the page reads from the configured search API ([web] read_url)"
+    );
+
     let results = Api::new(&node_two.url)
         .business(
             json!([{"type": "create_group", "id": "g", "conversation": format!("g:{run}"),
@@ -84,6 +107,36 @@ async fn users_on_two_ingest_nodes_chat_through_kafka_and_redis() -> anyhow::Res
         texts,
         vec!["hello across nodes", "hi back"],
         "the search node's history has both, once"
+    );
+    // the page, served by an ingest node, reads from the search node across origins
+    let page_origin = node_one.url.clone();
+    let http = reqwest::Client::new();
+    let preflight = http
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/v1/conversations", search.url),
+        )
+        .header("origin", &page_origin)
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await?;
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert!(
+        preflight
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+    let read = http
+        .get(format!("{}/v1/conversations", search.url))
+        .header("origin", &page_origin)
+        .bearer_auth(chorus_tests::token(&alice_id, None))
+        .send()
+        .await?;
+    assert_eq!(read.status(), 200);
+    assert_eq!(
+        read.headers()["access-control-allow-origin"],
+        page_origin.as_str()
     );
     let search_api = Api::new(&search.url);
     let hits = search_api.search(&bob_id, "nodes").await?;

@@ -1,0 +1,222 @@
+// The browser test of the web client: Debian's headless Chromium driven by playwright-core
+// against a real `chorus serve` (tests/tests/web_client.rs starts it and runs this file).
+//
+//   node tests/web/browser.test.mjs <server url> <artifact directory>
+//
+// alice and bob log in from two browser contexts and chat; bob goes offline while alice sends
+// and comes back to every message in order (filled from /events); edits, recalls, typing, read
+// marks, a group with history loaded by scrolling back, and a Chinese search. Every wait is for
+// a condition in the page (playwright's waiting locators and waitForFunction), never a sleep.
+// Screenshots are saved in the artifact directory. Exit code 0 when every step passed.
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const [url, artifacts] = process.argv.slice(2);
+if (!url || !artifacts) {
+  console.error("usage: node browser.test.mjs <server url> <artifact directory>");
+  process.exit(2);
+}
+mkdirSync(artifacts, { recursive: true });
+const WAIT_MS = 15_000;
+const DM = "dm:alice:bob";
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM_PATH ?? "/usr/bin/chromium",
+  headless: true,
+  args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"],
+});
+
+let failed = false;
+async function step(name, body) {
+  const started = Date.now();
+  try {
+    await body();
+    console.log(`ok - ${name} (${Date.now() - started} ms)`);
+  } catch (error) {
+    failed = true;
+    console.log(`not ok - ${name}\n${error.stack ?? error}`);
+    throw error;
+  }
+}
+
+async function login(user) {
+  const context = await browser.newContext({ viewport: { width: 1100, height: 700 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(WAIT_MS);
+  page.on("pageerror", (error) => console.log(`${user}: page error: ${error.message}`));
+  page.on("dialog", (dialog) => {
+    console.log(`${user}: dialog: ${dialog.message()}`);
+    dialog.dismiss();
+  });
+  await page.goto(url);
+  await page.fill("#user-name", user);
+  await page.click("#join");
+  await page.locator('#status[data-state="open"]').waitFor();
+  return { user, context, page };
+}
+
+const conversationItem = (who, id) => who.page.locator(`#conversations li[data-conversation="${id}"]`);
+const messageTexts = (who) => who.page.locator("#messages li.message .text").allTextContents();
+
+/** Waits until the open conversation's message texts are exactly `expected`, in order. */
+async function expectMessages(who, expected) {
+  try {
+    await who.page.waitForFunction(
+      (texts) => {
+        const shown = [...document.querySelectorAll("#messages li.message .text")].map((node) => node.textContent);
+        return JSON.stringify(shown) === JSON.stringify(texts);
+      },
+      expected,
+      { timeout: WAIT_MS },
+    );
+  } catch (error) {
+    throw new Error(`${who.user} shows ${JSON.stringify(await messageTexts(who))}, expected ${JSON.stringify(expected)}\n${error.message}`);
+  }
+}
+
+async function send(who, text) {
+  await who.page.fill("#message-input", text);
+  await who.page.click("#send");
+}
+
+/** Sends from the UI and waits for the ack (the message has its seq, nothing is pending). */
+async function sendAcked(who, text) {
+  await send(who, text);
+  await who.page.locator("#messages li.message.mine:not(.pending) .text", { hasText: text }).last().waitFor();
+}
+
+try {
+  const alice = await login("alice");
+  const bob = await login("bob");
+  const dmTexts = [];
+
+  await step("alice opens a direct conversation and bob receives it live", async () => {
+    await alice.page.fill("#peer", "bob");
+    await alice.page.press("#peer", "Enter");
+    await alice.page.locator("#chat-title", { hasText: "bob" }).waitFor();
+    await sendAcked(alice, "hi bob");
+    dmTexts.push("hi bob");
+    await conversationItem(bob, DM).locator(".unread", { hasText: "1" }).waitFor();
+    await conversationItem(bob, DM).click();
+    await expectMessages(bob, dmTexts);
+  });
+
+  await step("bob's reply reaches alice; read marks and typing show", async () => {
+    // bob opened the conversation, so alice's message shows as read
+    await alice.page.locator("#messages li.message.mine.read", { hasText: "hi bob" }).waitFor();
+    await bob.page.type("#message-input", "你好");
+    await alice.page.locator("#typing", { hasText: "bob is typing" }).waitFor();
+    await bob.page.fill("#message-input", "");
+    await sendAcked(bob, "你好 alice，我们明天在北京开会");
+    dmTexts.push("你好 alice，我们明天在北京开会");
+    await expectMessages(alice, dmTexts);
+    await expectMessages(bob, dmTexts);
+  });
+
+  await step("bob goes offline; alice's messages and bob's queued one all arrive in order once he is back", async () => {
+    await bob.context.setOffline(true);
+    await bob.page.locator('#status[data-state="paused"]').waitFor();
+    const whileAway = ["while you were away 1", "while you were away 2", "while you were away 3"];
+    for (const text of whileAway) await sendAcked(alice, text);
+    // bob writes while offline: it waits in his outbox
+    await send(bob, "written offline");
+    await bob.page.locator("#messages li.message.pending", { hasText: "written offline" }).waitFor();
+    await expectMessages(bob, [...dmTexts, "written offline"]);
+
+    await bob.context.setOffline(false);
+    await bob.page.locator('#status[data-state="open"]').waitFor();
+    dmTexts.push(...whileAway, "written offline");
+    await expectMessages(bob, dmTexts);
+    await expectMessages(alice, dmTexts);
+    await bob.page.locator("#messages li.message.mine:not(.pending)", { hasText: "written offline" }).waitFor();
+    // what bob missed came from /events (the gap fill), not live
+    const origins = await bob.page.$$eval("#messages li.message", (items) =>
+      items.filter((item) => item.textContent.includes("while you were away")).map((item) => item.dataset.origin),
+    );
+    if (JSON.stringify(origins) !== JSON.stringify(["fill", "fill", "fill"])) {
+      throw new Error(`missed messages should be gap-filled, origins were ${JSON.stringify(origins)}`);
+    }
+    // seqs are contiguous and in order on both sides
+    for (const who of [alice, bob]) {
+      const seqs = await who.page.$$eval("#messages li.message", (items) => items.map((item) => Number(item.dataset.seq)));
+      const expected = seqs.map((_, index) => index + 1);
+      if (JSON.stringify(seqs) !== JSON.stringify(expected)) throw new Error(`${who.user}: seqs ${seqs}`);
+    }
+  });
+
+  await step("an edit and a recall by alice show on bob's page", async () => {
+    const edited = alice.page.locator("#messages li.message.mine", { hasText: "while you were away 2" });
+    await edited.hover();
+    await edited.locator("button.edit").click();
+    await alice.page.fill("#message-input", "while you were away 2 (edited)");
+    await alice.page.click("#send");
+    const recalled = alice.page.locator("#messages li.message.mine", { hasText: "while you were away 3" });
+    await recalled.hover();
+    await recalled.locator("button.recall").click();
+    dmTexts[dmTexts.indexOf("while you were away 2")] = "while you were away 2 (edited)";
+    dmTexts[dmTexts.indexOf("while you were away 3")] = "message recalled";
+    await expectMessages(bob, dmTexts);
+    await expectMessages(alice, dmTexts);
+    await bob.page.locator("#messages li.message.recalled").waitFor();
+    await bob.page.locator("#messages li.message", { hasText: "(edited)" }).locator(".meta", { hasText: "edited" }).waitFor();
+  });
+
+  await step("a group, and its history loads when bob scrolls back", async () => {
+    await alice.page.click("text=New group");
+    await alice.page.fill("#group-name", "team");
+    await alice.page.fill("#group-members", "bob");
+    await alice.page.click("#group-form button");
+    await alice.page.locator("#chat-title", { hasText: "team" }).waitFor();
+    await alice.page.locator("#messages li.notice", { hasText: "alice created team" }).waitFor();
+    const history = Array.from({ length: 45 }, (_, index) => `history ${index + 1}`);
+    // sent through the page's client library (the UI path is covered above); the library
+    // resends anything the rate limiter refuses, with the same client message id
+    await alice.page.evaluate(
+      (texts) => Promise.all(texts.map((text) => window.chorus.client.send("g:team", text).acked)),
+      history,
+    );
+    await conversationItem(bob, "g:team").waitFor();
+    // a fresh page: the group's past is history now, loaded page by page
+    await bob.page.reload();
+    await bob.page.locator('#status[data-state="open"]').waitFor();
+    await conversationItem(bob, "g:team").click();
+    await bob.page.locator("#messages li.message", { hasText: "history 45" }).waitFor();
+    const firstShown = await bob.page.locator("#messages li.message .text").first().textContent();
+    if (firstShown === "history 1") throw new Error("the whole history was loaded at once");
+    const historyOne = bob.page.locator("#messages li.message .text", { hasText: /^history 1$/ });
+    for (let page = 0; page < 5 && (await historyOne.count()) === 0; page++) {
+      const before = await bob.page.locator("#messages li").count();
+      await bob.page.locator("#messages").evaluate((list) => {
+        list.scrollTop = 0;
+      });
+      await bob.page.waitForFunction((count) => document.querySelectorAll("#messages li").length > count, before);
+    }
+    await expectMessages(bob, history);
+  });
+
+  await step("a search for a Chinese word finds the right message", async () => {
+    await bob.page.fill("#search-input", "北京");
+    await bob.page.press("#search-input", "Enter");
+    const hit = bob.page.locator("#search-results li.hit");
+    await hit.first().waitFor();
+    const hits = await hit.evaluateAll((items) => items.map((item) => ({ conversation: item.dataset.conversation, seq: Number(item.dataset.seq), text: item.textContent })));
+    if (hits.length !== 1 || hits[0].conversation !== DM || hits[0].seq !== 2 || !hits[0].text.includes("北京")) {
+      throw new Error(`unexpected hits ${JSON.stringify(hits)}`);
+    }
+    await hit.first().click();
+    await bob.page.locator('#messages li.message.highlight[data-seq="2"]', { hasText: "我们明天在北京开会" }).waitFor();
+  });
+
+  for (const who of [alice, bob]) {
+    const path = join(artifacts, `web-client-${who.user}.png`);
+    await who.page.screenshot({ path, fullPage: true });
+    console.log(`screenshot: ${path}`);
+  }
+} catch {
+  failed = true;
+} finally {
+  await browser.close();
+}
+if (failed) process.exit(1);
+console.log("all browser steps passed");

@@ -1,0 +1,539 @@
+// The Chorus web page: log in, conversations, messages, history on scroll, search, edits and
+// recalls, typing and read marks. All protocol work (tracking, gap filling, reconnecting,
+// resending) is in chorus-client.js; this file keeps the view state and draws it.
+import { ChorusClient, devToken, dmId, newClientId } from "./chorus-client.js";
+
+/** Messages per history page when scrolling back. */
+const HISTORY_PAGE = 30;
+/** How long a typing indicator stays without another typing frame. */
+const TYPING_SHOWN_MS = 3000;
+/** At most one typing frame per this interval. */
+const TYPING_EVERY_MS = 2000;
+
+const element = (id) => document.getElementById(id);
+const view = {
+  client: null,
+  me: null,
+  /** conversation id → its view state (see `conversationState`) */
+  conversations: new Map(),
+  openId: null,
+  /** the message being edited: `{ conversation, seq }` */
+  editing: null,
+  /** the message a search hit pointed at: `{ conversation, seq }` */
+  highlight: null,
+  lastTypingSent: 0,
+  /** where history and search are read from (`/web/config.json`; unset: this origin) */
+  readUrl: undefined,
+};
+
+// The node serving this page says where to read history and search from: itself with
+// `chorus serve`, the search nodes in the distributed mode. Loaded before anything can log in.
+try {
+  const settings = await (await fetch("/web/config.json")).json();
+  view.readUrl = settings.read_url || undefined;
+} catch {
+  view.readUrl = undefined;
+}
+
+function conversationState(id) {
+  let state = view.conversations.get(id);
+  if (!state) {
+    state = {
+      id,
+      title: null,
+      /** seq → message `{ seq, sender, ts, text, edited, recalled, origin }` or notice `{ seq, notice }` */
+      items: new Map(),
+      /** client message id → text, until its event or ack arrives */
+      pending: new Map(),
+      /** every message with seq >= floor is known; history below it loads on scroll */
+      floor: 1,
+      loadingHistory: null,
+      lastSeq: 0,
+      readSeq: 0,
+      unread: 0,
+      /** user → the seq up to which they read (from live `read` frames) */
+      othersRead: new Map(),
+      /** user → until when their typing indicator shows */
+      typing: new Map(),
+    };
+    view.conversations.set(id, state);
+  }
+  return state;
+}
+
+function displayName(state) {
+  if (state.title) return state.title;
+  if (state.id.startsWith("dm:")) {
+    const [, first, second] = state.id.split(":");
+    return first === view.me ? second : first;
+  }
+  return state.id;
+}
+
+// ---- log in ----------------------------------------------------------------------------------
+
+function userOfToken(token) {
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const json = new TextDecoder().decode(Uint8Array.from(atob(payload), (char) => char.charCodeAt(0)));
+    return JSON.parse(json).sub ?? null;
+  } catch {
+    return null;
+  }
+}
+
+function showLoginError(message) {
+  element("login-error").textContent = message;
+}
+
+element("login-form").addEventListener("submit", async (submitted) => {
+  submitted.preventDefault();
+  const user = element("user-name").value.trim();
+  try {
+    // one device per tab, so two tabs of one user are two devices
+    const token = await devToken(location.origin, user, `web-${newClientId().slice(0, 8)}`);
+    start(token, user);
+  } catch (error) {
+    showLoginError(
+      error.status === 404
+        ? "Dev tokens are off on this node (distributed mode): paste a token instead."
+        : `Could not log in: ${error.message}`,
+    );
+  }
+});
+
+element("token-form").addEventListener("submit", (submitted) => {
+  submitted.preventDefault();
+  const token = element("token-input").value.trim();
+  const user = userOfToken(token);
+  if (!user) return showLoginError("That is not a Chorus token (a JWT with a sub claim).");
+  start(token, user);
+});
+
+function start(token, user) {
+  sessionStorage.setItem("chorus-login", JSON.stringify({ token, user }));
+  view.me = user;
+  element("me").textContent = user;
+  element("login").hidden = true;
+  element("app").hidden = false;
+  const client = new ChorusClient({ baseUrl: location.origin, readUrl: view.readUrl, token });
+  view.client = client;
+  window.chorus = view; // for debugging from the console
+  client
+    .on("status", ({ state }) => showStatus(state))
+    .on("baseline", ({ conversation, seq }) => {
+      const state = conversationState(conversation);
+      state.floor = seq + 1;
+      state.lastSeq = Math.max(state.lastSeq, seq);
+    })
+    .on("conversation", (summary) => {
+      const state = conversationState(summary.id);
+      const firstSight = state.lastSeq === 0 && state.readSeq === 0;
+      state.lastSeq = Math.max(state.lastSeq, summary.last_seq);
+      state.readSeq = Math.max(state.readSeq, summary.read_seq);
+      if (firstSight && summary.id !== view.openId) state.unread = summary.last_seq - summary.read_seq;
+      renderConversations();
+    })
+    .on("event", applyEvent)
+    .on("ack", applyAck)
+    .on("read", (frame) => {
+      const state = conversationState(frame.conversation);
+      if (frame.user === view.me) {
+        state.readSeq = Math.max(state.readSeq, frame.seq);
+        state.unread = 0;
+        renderConversations();
+      } else {
+        state.othersRead.set(frame.user, Math.max(state.othersRead.get(frame.user) ?? 0, frame.seq));
+        if (frame.conversation === view.openId) renderMessages();
+      }
+    })
+    .on("typing", (frame) => {
+      if (frame.user === view.me) return;
+      conversationState(frame.conversation).typing.set(frame.user, Date.now() + TYPING_SHOWN_MS);
+      renderTyping();
+      setTimeout(renderTyping, TYPING_SHOWN_MS + 50);
+    });
+  window.addEventListener("offline", () => client.pause());
+  window.addEventListener("online", () => client.resume());
+  document.addEventListener("visibilitychange", () => markRead());
+  client.start();
+  if (!navigator.onLine) client.pause();
+}
+
+function showStatus(state) {
+  const status = element("status");
+  status.dataset.state = state;
+  status.textContent = { open: "online", paused: "offline", closed: "reconnecting", connecting: "connecting" }[state] ?? state;
+}
+
+// ---- events ----------------------------------------------------------------------------------
+
+function applyEvent(event) {
+  const state = conversationState(event.conversation);
+  state.lastSeq = Math.max(state.lastSeq, event.seq);
+  switch (event.kind) {
+    case "message":
+      state.items.set(event.seq, {
+        seq: event.seq,
+        sender: event.sender,
+        ts: event.ts,
+        text: event.text,
+        edited: false,
+        recalled: false,
+        origin: event.origin,
+      });
+      if (event.sender === view.me) state.pending.delete(event.client_msg_id);
+      else if (event.conversation !== view.openId || document.visibilityState !== "visible") state.unread += 1;
+      break;
+    case "edit": {
+      const target = state.items.get(event.target_seq);
+      if (target) Object.assign(target, { text: event.text, edited: true });
+      break;
+    }
+    case "recall": {
+      const target = state.items.get(event.target_seq);
+      if (target) Object.assign(target, { text: "", recalled: true });
+      break;
+    }
+    case "conversation_created":
+      state.title = event.title ?? state.title;
+      state.items.set(event.seq, { seq: event.seq, notice: `${event.sender} created ${event.title ?? event.conversation}` });
+      break;
+    case "members_added":
+    case "members_removed":
+      state.items.set(event.seq, {
+        seq: event.seq,
+        notice: `${(event.members ?? []).join(", ")} ${event.kind === "members_added" ? "joined" : "left"}`,
+      });
+      break;
+    default:
+      break;
+  }
+  renderConversations();
+  if (event.conversation === view.openId) {
+    renderMessages();
+    markRead();
+  }
+}
+
+/** An ack of my send: the message is stored with its seq (its event may come too; same seq). */
+function applyAck(ack) {
+  const state = conversationState(ack.conversation);
+  const text = state.pending.get(ack.id);
+  if (text === undefined) return;
+  state.pending.delete(ack.id);
+  if (!state.items.has(ack.seq)) {
+    state.items.set(ack.seq, { seq: ack.seq, sender: view.me, ts: Date.now(), text, edited: false, recalled: false, origin: "ack" });
+  }
+  state.lastSeq = Math.max(state.lastSeq, ack.seq);
+  if (ack.conversation === view.openId) renderMessages();
+}
+
+function markRead() {
+  const state = view.openId && view.conversations.get(view.openId);
+  if (!state || document.visibilityState !== "visible") return;
+  state.unread = 0;
+  if (state.lastSeq > state.readSeq) {
+    state.readSeq = state.lastSeq;
+    view.client.read(state.id, state.lastSeq);
+  }
+  renderConversations();
+}
+
+// ---- conversations ---------------------------------------------------------------------------
+
+function renderConversations() {
+  const list = element("conversations");
+  list.replaceChildren(
+    ...[...view.conversations.values()]
+      .sort((left, right) => displayName(left).localeCompare(displayName(right)))
+      .map((state) => {
+        const item = document.createElement("li");
+        item.dataset.conversation = state.id;
+        item.classList.toggle("active", state.id === view.openId);
+        const name = document.createElement("span");
+        name.textContent = displayName(state);
+        item.append(name);
+        if (state.unread > 0) {
+          const badge = document.createElement("span");
+          badge.className = "unread";
+          badge.textContent = String(state.unread);
+          item.append(badge);
+        }
+        item.addEventListener("click", () => openConversation(state.id));
+        return item;
+      }),
+  );
+}
+
+async function openConversation(id) {
+  const state = conversationState(id);
+  view.openId = id;
+  view.editing = null;
+  element("editing").hidden = true;
+  element("chat-title").textContent = displayName(state);
+  element("composer").hidden = false;
+  renderConversations();
+  renderMessages();
+  renderTyping();
+  markRead();
+  element("message-input").focus();
+  await fillScreen(state);
+}
+
+element("open-form").addEventListener("submit", (submitted) => {
+  submitted.preventDefault();
+  const peer = element("peer").value.trim();
+  if (!peer) return;
+  element("peer").value = "";
+  openConversation(peer.startsWith("g:") || peer.startsWith("dm:") ? peer : dmId(view.me, peer));
+});
+
+element("group-form").addEventListener("submit", async (submitted) => {
+  submitted.preventDefault();
+  const name = element("group-name").value.trim();
+  const members = element("group-members").value.split(/[\s,]+/).filter(Boolean);
+  const id = name.startsWith("g:") ? name : `g:${name}`;
+  try {
+    await view.client.createGroup(id, members, name.replace(/^g:/, ""));
+    element("group-name").value = "";
+    element("group-members").value = "";
+    openConversation(id);
+  } catch (error) {
+    alert(`Could not create ${id}: ${error.message}`);
+  }
+});
+
+// ---- messages and history --------------------------------------------------------------------
+
+/** Loads one page of history below the floor; keeps the scroll position. */
+function loadOlder(state) {
+  if (state.floor <= 1) return Promise.resolve();
+  if (state.loadingHistory) return state.loadingHistory;
+  state.loadingHistory = (async () => {
+    try {
+      const page = await view.client.messages(state.id, { before_seq: state.floor, limit: HISTORY_PAGE });
+      for (const message of page) {
+        if (!state.items.has(message.seq)) state.items.set(message.seq, { ...message, origin: "history" });
+      }
+      state.floor = page.length < HISTORY_PAGE ? 1 : page[0].seq;
+      if (state.id === view.openId) {
+        const list = element("messages");
+        const fromBottom = list.scrollHeight - list.scrollTop;
+        renderMessages({ keepScroll: true });
+        list.scrollTop = list.scrollHeight - fromBottom;
+      }
+    } finally {
+      state.loadingHistory = null;
+    }
+  })();
+  return state.loadingHistory;
+}
+
+/** Loads history until the list can scroll (or there is no more). */
+async function fillScreen(state) {
+  const list = element("messages");
+  while (state.id === view.openId && state.floor > 1 && list.scrollHeight <= list.clientHeight + 40) {
+    await loadOlder(state);
+  }
+}
+
+element("messages").addEventListener("scroll", () => {
+  const state = view.openId && view.conversations.get(view.openId);
+  if (state && element("messages").scrollTop < 60) loadOlder(state);
+});
+
+function renderMessages({ keepScroll = false } = {}) {
+  const state = view.conversations.get(view.openId);
+  const list = element("messages");
+  if (!state) return list.replaceChildren();
+  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  const readByOthers = Math.max(0, ...state.othersRead.values());
+  const items = [...state.items.values()].sort((left, right) => left.seq - right.seq).map((item) => renderItem(state, item, readByOthers));
+  for (const [clientId, text] of state.pending) {
+    items.push(renderItem(state, { seq: null, clientId, sender: view.me, text, pending: true }, readByOthers));
+  }
+  list.replaceChildren(...items);
+  if (atBottom && !keepScroll) list.scrollTop = list.scrollHeight;
+}
+
+function renderItem(state, item, readByOthers) {
+  const entry = document.createElement("li");
+  if (item.notice) {
+    entry.className = "notice";
+    entry.dataset.seq = item.seq;
+    entry.textContent = item.notice;
+    return entry;
+  }
+  const mine = item.sender === view.me;
+  entry.className = "message";
+  entry.classList.toggle("mine", mine);
+  entry.classList.toggle("pending", Boolean(item.pending));
+  entry.classList.toggle("recalled", Boolean(item.recalled));
+  entry.classList.toggle("read", mine && item.seq !== null && item.seq <= readByOthers);
+  entry.classList.toggle("highlight", view.highlight?.conversation === state.id && view.highlight.seq === item.seq);
+  if (item.seq !== null) entry.dataset.seq = item.seq;
+  if (item.clientId) entry.dataset.clientId = item.clientId;
+  entry.dataset.sender = item.sender;
+  entry.dataset.origin = item.origin ?? "pending";
+  const sender = document.createElement("span");
+  sender.className = "sender";
+  sender.textContent = item.sender;
+  const text = document.createElement("span");
+  text.className = "text";
+  text.textContent = item.recalled ? "message recalled" : item.text;
+  entry.append(sender, text);
+  const meta = document.createElement("span");
+  meta.className = "meta";
+  meta.textContent = [item.edited ? "edited" : "", item.ts ? new Date(item.ts).toLocaleTimeString() : "sending…"].filter(Boolean).join(" · ");
+  entry.append(meta);
+  if (mine && !item.pending) {
+    const mark = document.createElement("span");
+    mark.className = "read-mark";
+    mark.textContent = item.seq <= readByOthers ? "✓✓ read" : "✓";
+    entry.append(mark);
+    if (!item.recalled) entry.append(actions(state, item));
+  }
+  return entry;
+}
+
+function actions(state, item) {
+  const box = document.createElement("span");
+  box.className = "actions";
+  const edit = document.createElement("button");
+  edit.type = "button";
+  edit.className = "edit";
+  edit.textContent = "edit";
+  edit.addEventListener("click", () => {
+    view.editing = { conversation: state.id, seq: item.seq };
+    element("editing").hidden = false;
+    element("editing").querySelector("span").textContent = `#${item.seq}`;
+    element("message-input").value = item.text;
+    element("message-input").focus();
+  });
+  const recall = document.createElement("button");
+  recall.type = "button";
+  recall.className = "recall";
+  recall.textContent = "recall";
+  recall.addEventListener("click", () => view.client.recall(state.id, item.seq).acked.catch(showRefusal));
+  box.append(edit, recall);
+  return box;
+}
+
+function showRefusal(error) {
+  alert(`Refused: ${error.message} (${error.code})`);
+}
+
+element("cancel-edit").addEventListener("click", () => {
+  view.editing = null;
+  element("editing").hidden = true;
+  element("message-input").value = "";
+});
+
+element("composer").addEventListener("submit", (submitted) => {
+  submitted.preventDefault();
+  const input = element("message-input");
+  const text = input.value;
+  const state = view.openId && conversationState(view.openId);
+  if (!state || !text.trim()) return;
+  input.value = "";
+  if (view.editing) {
+    view.client.edit(view.editing.conversation, view.editing.seq, text).acked.catch(showRefusal);
+    view.editing = null;
+    element("editing").hidden = true;
+    return;
+  }
+  const { id, acked } = view.client.send(state.id, text);
+  state.pending.set(id, text);
+  renderMessages();
+  element("messages").scrollTop = element("messages").scrollHeight;
+  acked.catch((error) => {
+    state.pending.delete(id);
+    renderMessages();
+    showRefusal(error);
+  });
+});
+
+element("message-input").addEventListener("input", () => {
+  if (!view.openId || view.editing || Date.now() - view.lastTypingSent < TYPING_EVERY_MS) return;
+  view.lastTypingSent = Date.now();
+  view.client.typing(view.openId);
+});
+
+function renderTyping() {
+  const state = view.openId && view.conversations.get(view.openId);
+  const now = Date.now();
+  const typing = state ? [...state.typing].filter(([, until]) => until > now).map(([user]) => user) : [];
+  element("typing").textContent = typing.length ? `${typing.join(", ")} ${typing.length > 1 ? "are" : "is"} typing…` : "";
+}
+
+// ---- search ----------------------------------------------------------------------------------
+
+/** Snippets are HTML-escaped text with matches in <b>…</b>: keep exactly that, as nodes. */
+function snippetNodes(snippet) {
+  const nodes = [];
+  snippet.split(/(<b>.*?<\/b>)/).forEach((part) => {
+    const bold = part.startsWith("<b>");
+    const text = new DOMParser().parseFromString(bold ? part.slice(3, -4) : part, "text/html").documentElement.textContent;
+    if (!bold) return nodes.push(document.createTextNode(text));
+    const mark = document.createElement("b");
+    mark.textContent = text;
+    nodes.push(mark);
+  });
+  return nodes;
+}
+
+element("search-form").addEventListener("submit", async (submitted) => {
+  submitted.preventDefault();
+  const query = element("search-input").value.trim();
+  const results = element("search-results");
+  if (!query) {
+    results.hidden = true;
+    return;
+  }
+  let hits;
+  try {
+    hits = await view.client.search(query, { limit: 20 });
+  } catch (error) {
+    hits = [];
+    showRefusal(error);
+  }
+  results.hidden = false;
+  if (hits.length === 0) {
+    const none = document.createElement("li");
+    none.className = "none";
+    none.textContent = `Nothing found for “${query}”`;
+    return results.replaceChildren(none);
+  }
+  results.replaceChildren(
+    ...hits.map((hit) => {
+      const item = document.createElement("li");
+      item.className = "hit";
+      item.dataset.conversation = hit.conversation;
+      item.dataset.seq = hit.seq;
+      const where = document.createElement("span");
+      where.className = "where";
+      where.textContent = `${displayName(conversationState(hit.conversation))} · ${hit.sender} · #${hit.seq}`;
+      item.append(where, ...snippetNodes(hit.snippet));
+      item.addEventListener("click", () => jumpTo(hit.conversation, hit.seq));
+      return item;
+    }),
+  );
+});
+
+async function jumpTo(conversation, seq) {
+  await openConversation(conversation);
+  const state = conversationState(conversation);
+  while (state.floor > seq) await loadOlder(state);
+  view.highlight = { conversation, seq };
+  renderMessages({ keepScroll: true });
+  element("messages").querySelector(`[data-seq="${seq}"]`)?.scrollIntoView({ block: "center" });
+}
+
+// ---- resume a login after a reload -------------------------------------------------------------
+
+const saved = sessionStorage.getItem("chorus-login");
+if (saved) {
+  const { token, user } = JSON.parse(saved);
+  start(token, user);
+}

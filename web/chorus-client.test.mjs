@@ -1,0 +1,336 @@
+// Unit tests of the client library (node --test web/): seq tracking, gap filling, sync after a
+// reconnect, backoff, and resends with the same client message id. The WebSocket, fetch and the
+// timers are fakes driven by the test, so every step is explicit and nothing waits on a clock.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+
+import { ChorusClient, SeqTracker, dmId, FILL_PAGE } from "./chorus-client.js";
+
+const event = (conversation, seq, extra = {}) => ({
+  type: "event",
+  conversation,
+  seq,
+  kind: "message",
+  sender: "alice",
+  text: `m${seq}`,
+  ...extra,
+});
+const seqs = (events) => events.map((handed) => handed.seq);
+
+test("the tracker hands over events in order and drops duplicates", () => {
+  const tracker = new SeqTracker();
+  assert.deepEqual(seqs(tracker.offer(event("c", 1)).apply), [1]);
+  assert.deepEqual(seqs(tracker.offer(event("c", 2)).apply), [2]);
+  assert.deepEqual(tracker.offer(event("c", 2)), { apply: [], gapAfter: null });
+  assert.deepEqual(tracker.offer(event("c", 1)), { apply: [], gapAfter: null });
+  assert.equal(tracker.lastSeq("c"), 2);
+  assert.equal(tracker.lastSeq("other"), 0, "conversations are tracked apart");
+});
+
+test("the tracker holds events behind a hole and releases them once it is filled", () => {
+  const tracker = new SeqTracker();
+  tracker.offer(event("c", 1));
+  assert.deepEqual(tracker.offer(event("c", 4)), { apply: [], gapAfter: 1 });
+  assert.deepEqual(tracker.offer(event("c", 5)), { apply: [], gapAfter: 1 });
+  assert.equal(tracker.lastSeq("c"), 1, "nothing past the hole is handed over");
+  const two = tracker.offer(event("c", 2));
+  assert.deepEqual(seqs(two.apply), [2]);
+  assert.equal(two.gapAfter, 2, "3 is still missing");
+  const three = tracker.offer(event("c", 3));
+  assert.deepEqual(seqs(three.apply), [3, 4, 5]);
+  assert.equal(three.gapAfter, null);
+  assert.equal(tracker.lastSeq("c"), 5);
+  assert.deepEqual(tracker.offer(event("c", 4)).apply, [], "a late copy of a held event is a duplicate");
+});
+
+test("a baseline starts tracking after the conversation's history", () => {
+  const tracker = new SeqTracker();
+  tracker.baseline("c", 10);
+  assert.deepEqual(tracker.offer(event("c", 10)).apply, []);
+  assert.deepEqual(seqs(tracker.offer(event("c", 11)).apply), [11]);
+  tracker.baseline("c", 3);
+  assert.equal(tracker.lastSeq("c"), 11, "a baseline never moves a known conversation back");
+});
+
+test("dm ids put the two users in byte order", () => {
+  assert.equal(dmId("bob", "alice"), "dm:alice:bob");
+  assert.equal(dmId("alice", "bob"), "dm:alice:bob");
+  assert.equal(dmId("张三", "bob"), "dm:bob:张三");
+  assert.equal(dmId("ab", "a"), "dm:a:ab");
+});
+
+/** A server the fakes talk to: conversations with their timelines, and a log of requests. */
+class FakeServer {
+  constructor() {
+    this.timelines = new Map();
+    this.requests = [];
+    this.sockets = [];
+  }
+
+  append(conversation, count) {
+    const timeline = this.timelines.get(conversation) ?? [];
+    for (let index = 0; index < count; index++) timeline.push(event(conversation, timeline.length + 1));
+    this.timelines.set(conversation, timeline);
+    return timeline.at(-1);
+  }
+
+  fetch = async (url, init) => {
+    const { pathname, searchParams } = new URL(url);
+    this.requests.push(`${init.method} ${pathname}${searchParams.size ? `?${searchParams}` : ""}`);
+    assert.equal(init.headers.authorization, "Bearer T");
+    let body;
+    if (pathname === "/v1/conversations") {
+      body = {
+        conversations: [...this.timelines].map(([id, timeline]) => ({ id, last_seq: timeline.length, read_seq: 0 })),
+      };
+    } else {
+      const conversation = decodeURIComponent(pathname.split("/")[3]);
+      const after = Number(searchParams.get("after_seq"));
+      const limit = Number(searchParams.get("limit"));
+      const events = (this.timelines.get(conversation) ?? [])
+        .filter((stored) => stored.seq > after)
+        .slice(0, limit)
+        .map(({ type: _type, ...rest }) => rest);
+      body = { events };
+    }
+    return { ok: true, status: 200, json: async () => body };
+  };
+
+  get socket() {
+    return this.sockets.at(-1);
+  }
+}
+
+function fakeWebSocket(server) {
+  return class FakeSocket {
+    constructor(url) {
+      this.url = url;
+      this.sent = [];
+      this.closed = false;
+      server.sockets.push(this);
+    }
+    send(data) {
+      assert.equal(this.closed, false, "never sends on a closed socket");
+      this.sent.push(JSON.parse(data));
+    }
+    close() {
+      this.closed = true;
+    }
+    deliver(frame) {
+      this.onmessage?.({ data: JSON.stringify(frame) });
+    }
+    drop() {
+      this.closed = true;
+      this.onclose?.({ code: 1006 });
+    }
+  };
+}
+
+class FakeTimers {
+  constructor() {
+    this.pending = new Map();
+    this.next = 1;
+    this.delays = [];
+  }
+  setTimeout = (callback, delay) => {
+    const id = this.next++;
+    this.pending.set(id, { callback, delay });
+    this.delays.push(delay);
+    return id;
+  };
+  clearTimeout = (id) => {
+    this.pending.delete(id);
+  };
+  /** Runs the timers set so far (not the ones they set). */
+  fire() {
+    const due = [...this.pending];
+    this.pending.clear();
+    for (const [, { callback }] of due) callback();
+  }
+}
+
+/** Lets the client's awaited fetches settle. */
+const settle = () => new Promise((resolve) => setImmediate(resolve));
+
+function setup() {
+  const server = new FakeServer();
+  const timers = new FakeTimers();
+  const client = new ChorusClient({
+    baseUrl: "http://chorus.test",
+    token: "T",
+    WebSocketImpl: fakeWebSocket(server),
+    fetchImpl: server.fetch,
+    timers,
+    random: () => 1,
+    backoff: { initialMs: 100, maxMs: 1000 },
+    ackTimeoutMs: 5000,
+  });
+  const handed = [];
+  client.on("event", (handedEvent) => handed.push(handedEvent));
+  return { server, timers, client, handed };
+}
+
+async function welcome(server) {
+  server.socket.deliver({ type: "welcome", user: "bob", session: "s" });
+  await settle();
+}
+
+test("the first sync baselines known conversations; later events are handed over live", async () => {
+  const { server, client, handed } = setup();
+  server.append("dm:alice:bob", 7);
+  const baselines = [];
+  client.on("baseline", (baseline) => baselines.push(baseline));
+  client.start();
+  assert.equal(server.socket.url, "ws://chorus.test/v1/ws?token=T");
+  await welcome(server);
+  assert.deepEqual(baselines, [{ conversation: "dm:alice:bob", seq: 7 }]);
+  assert.deepEqual(server.requests, ["GET /v1/conversations"], "history is not fetched as events");
+  server.socket.deliver(server.append("dm:alice:bob", 1));
+  assert.deepEqual(seqs(handed), [8]);
+  assert.equal(handed[0].origin, "live");
+});
+
+test("a hole in live events is filled from /events, in order, without duplicates", async () => {
+  const { server, client, handed } = setup();
+  client.start();
+  await welcome(server);
+  server.append("g:team", 5);
+  server.socket.deliver(server.timelines.get("g:team")[0]);
+  // 2..4 are lost on the way; 5 arrives, then 4 arrives late while the fill runs
+  server.socket.deliver(server.timelines.get("g:team")[4]);
+  assert.deepEqual(seqs(handed), [1], "5 waits for the hole");
+  server.socket.deliver(server.timelines.get("g:team")[3]);
+  await settle();
+  assert.deepEqual(seqs(handed), [1, 2, 3, 4, 5]);
+  assert.deepEqual(handed.map((handedEvent) => handedEvent.origin), ["live", "fill", "fill", "fill", "fill"]);
+  assert.ok(server.requests.includes("GET /v1/conversations/g%3Ateam/events?after_seq=1&limit=1000"));
+  server.socket.deliver(server.timelines.get("g:team")[2]);
+  assert.deepEqual(seqs(handed), [1, 2, 3, 4, 5], "a copy arriving after the fill is dropped");
+});
+
+test("a fill pages through /events until the server has no more", async () => {
+  const { server, client, handed } = setup();
+  client.start();
+  await welcome(server);
+  const last = server.append("dm:alice:bob", FILL_PAGE + 3);
+  server.socket.deliver(last);
+  await settle();
+  await settle();
+  assert.equal(handed.length, FILL_PAGE + 3);
+  assert.deepEqual(seqs(handed), Array.from({ length: FILL_PAGE + 3 }, (_, index) => index + 1));
+  const fills = server.requests.filter((request) => request.includes("/events"));
+  assert.deepEqual(fills, [
+    "GET /v1/conversations/dm%3Aalice%3Abob/events?after_seq=0&limit=1000",
+    `GET /v1/conversations/dm%3Aalice%3Abob/events?after_seq=${FILL_PAGE}&limit=1000`,
+  ]);
+});
+
+test("after a lost connection it reconnects with backoff and fills what it missed", async () => {
+  const { server, timers, client, handed } = setup();
+  server.append("dm:alice:bob", 2);
+  client.start();
+  await welcome(server);
+  server.socket.deliver(server.append("dm:alice:bob", 1)); // seq 3, live
+  server.socket.drop();
+  assert.equal(client.state, "closed");
+  assert.deepEqual(timers.delays, [100], "first retry after the initial backoff");
+  timers.fire();
+  server.socket.drop(); // the node is still down
+  timers.fire();
+  server.socket.drop();
+  assert.deepEqual(timers.delays, [100, 200, 400], "the backoff doubles");
+  server.append("dm:alice:bob", 3); // 4..6 sent meanwhile
+  server.append("g:new", 2); // a conversation that started meanwhile
+  timers.fire();
+  assert.equal(server.sockets.length, 4);
+  await welcome(server);
+  await settle();
+  assert.deepEqual(
+    handed.map((handedEvent) => `${handedEvent.conversation}#${handedEvent.seq}`),
+    ["dm:alice:bob#3", "dm:alice:bob#4", "dm:alice:bob#5", "dm:alice:bob#6", "g:new#1", "g:new#2"],
+  );
+  assert.ok(server.requests.includes("GET /v1/conversations/dm%3Aalice%3Abob/events?after_seq=3&limit=1000"));
+  assert.ok(server.requests.includes("GET /v1/conversations/g%3Anew/events?after_seq=0&limit=1000"), "new since the first sync: filled from the start");
+  server.socket.drop();
+  assert.equal(timers.delays.at(-1), 100, "welcome resets the backoff");
+});
+
+test("the backoff is capped", () => {
+  const { client } = setup();
+  assert.equal(client.backoffDelay(0), 100);
+  assert.equal(client.backoffDelay(3), 800);
+  assert.equal(client.backoffDelay(10), 1000);
+});
+
+test("a send waits in the outbox and is resent with the same id until acked", async () => {
+  const { server, timers, client } = setup();
+  client.start();
+  const { id, acked } = client.send("dm:alice:bob", "你好");
+  assert.equal(server.socket.sent.length, 0, "not sent before welcome");
+  await welcome(server);
+  assert.deepEqual(server.socket.sent, [{ type: "send", id, conversation: "dm:alice:bob", text: "你好" }]);
+  timers.fire(); // no ack within ackTimeoutMs: resend
+  assert.deepEqual(server.socket.sent.map((frame) => frame.id), [id, id]);
+  server.socket.drop();
+  timers.fire(); // reconnect
+  await welcome(server);
+  assert.deepEqual(server.socket.sent, [{ type: "send", id, conversation: "dm:alice:bob", text: "你好" }], "resent on the new connection with the same id");
+  server.socket.deliver({ type: "error", id, code: "unavailable", message: "try again" });
+  timers.fire();
+  assert.equal(server.socket.sent.length, 2, "resent after unavailable");
+  server.socket.deliver({ type: "ack", id, conversation: "dm:alice:bob", seq: 1, event_id: "e" });
+  assert.equal((await acked).seq, 1);
+  assert.equal(client.outbox.size, 0);
+  server.socket.deliver({ type: "ack", id, conversation: "dm:alice:bob", seq: 1, event_id: "e" });
+  timers.fire();
+  assert.equal(server.socket.sent.length, 2, "nothing resent once acked");
+});
+
+test("a refused send is rejected with its code and not resent", async () => {
+  const { server, timers, client } = setup();
+  client.start();
+  await welcome(server);
+  const { id, acked } = client.send("g:secret", "hi");
+  server.socket.deliver({ type: "error", id, code: "forbidden", message: "not a member" });
+  await assert.rejects(acked, { code: "forbidden" });
+  timers.fire();
+  assert.equal(server.socket.sent.length, 1);
+});
+
+test("paused (offline) it does not reconnect until resumed", async () => {
+  const { server, timers, client } = setup();
+  client.start();
+  await welcome(server);
+  client.read("dm:alice:bob", 4);
+  client.pause();
+  assert.equal(server.socket.closed, true);
+  client.read("dm:alice:bob", 6);
+  timers.fire();
+  assert.equal(server.sockets.length, 1, "no reconnect while offline");
+  client.resume();
+  assert.equal(server.sockets.length, 2);
+  await welcome(server);
+  assert.deepEqual(server.socket.sent, [{ type: "read", conversation: "dm:alice:bob", seq: 6 }], "the latest read cursor is sent once back");
+});
+
+test("reads go to the read URL (search nodes), the socket and writes to the serving node", async () => {
+  const server = new FakeServer();
+  const origins = [];
+  const client = new ChorusClient({
+    baseUrl: "http://ingest.test",
+    readUrl: "http://search.test/",
+    token: "T",
+    WebSocketImpl: fakeWebSocket(server),
+    fetchImpl: (url, init) => {
+      origins.push(`${init.method} ${new URL(url).origin}`);
+      return server.fetch(url, init);
+    },
+    timers: new FakeTimers(),
+    random: () => 1,
+  });
+  client.start();
+  assert.equal(server.socket.url, "ws://ingest.test/v1/ws?token=T");
+  await welcome(server);
+  await client.createGroup("g:team", ["alice"], "Team").catch(() => {});
+  assert.deepEqual(origins, ["GET http://search.test", "POST http://ingest.test"]);
+});

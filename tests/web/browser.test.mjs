@@ -170,21 +170,26 @@ try {
     await alice.page.locator("#chat-title", { hasText: "team" }).waitFor();
     await alice.page.locator("#messages li.notice", { hasText: "alice created team" }).waitFor();
     const history = Array.from({ length: 45 }, (_, index) => `history ${index + 1}`);
-    // sent through the page's client library (the UI path is covered above); the library
-    // resends anything the rate limiter refuses, with the same client message id
-    await alice.page.evaluate(
-      (texts) => Promise.all(texts.map((text) => window.chorus.client.send("g:team", text).acked)),
+    // sent at once through the page's client library (the UI path is covered above); the
+    // library resends anything the rate limiter refuses (burst 40 per connection), with the same
+    // client message id, so a resent message takes a later seq than those accepted meanwhile:
+    // what every page shows is the seq order of the acks
+    const seqs = await alice.page.evaluate(
+      (texts) => Promise.all(texts.map((text) => window.chorus.client.send("g:team", text).acked.then((ack) => ack.seq))),
       history,
     );
+    const sorted = [...seqs].sort((left, right) => left - right);
+    if (sorted.some((seq, index) => seq !== index + 2)) throw new Error(`acked seqs are not 2..46: ${sorted}`);
+    const inSeqOrder = history.map((text, index) => [seqs[index], text]).sort(([left], [right]) => left - right).map(([, text]) => text);
     await conversationItem(bob, "g:team").waitFor();
     // a fresh page: the group's past is history now, loaded page by page
     await bob.page.reload();
     await bob.page.locator('#status[data-state="open"]').waitFor();
     await conversationItem(bob, "g:team").click();
-    await bob.page.locator("#messages li.message", { hasText: "history 45" }).waitFor();
+    await bob.page.locator("#messages li.message", { hasText: inSeqOrder.at(-1) }).waitFor();
     const firstShown = await bob.page.locator("#messages li.message .text").first().textContent();
-    if (firstShown === "history 1") throw new Error("the whole history was loaded at once");
-    const historyOne = bob.page.locator("#messages li.message .text", { hasText: /^history 1$/ });
+    if (firstShown === inSeqOrder[0]) throw new Error("the whole history was loaded at once");
+    const historyOne = bob.page.locator("#messages li.message .text", { hasText: new RegExp(`^${inSeqOrder[0]}$`) });
     for (let page = 0; page < 5 && (await historyOne.count()) === 0; page++) {
       const before = await bob.page.locator("#messages li").count();
       await bob.page.locator("#messages").evaluate((list) => {
@@ -192,7 +197,7 @@ try {
       });
       await bob.page.waitForFunction((count) => document.querySelectorAll("#messages li").length > count, before);
     }
-    await expectMessages(bob, history);
+    await expectMessages(bob, inSeqOrder);
   });
 
   await step("a search for a Chinese word finds the right message", async () => {

@@ -208,24 +208,23 @@ pub async fn run(server: &Server, args: &Args) -> anyhow::Result<Outcome> {
                 ticker
             });
             let mut sending = true;
+            // the next send's frame, registered as started at `start` (ack and deliveries to come)
+            let mut next_frame = |start: Instant| {
+                let id = format!("{me}-{next}");
+                next += 1;
+                pending.lock().insert(id.clone(), (start, 1 + recipients));
+                Message::text(json!({"type": "send", "id": id, "conversation": conversation, "text": text}).to_string())
+            };
             loop {
                 // closed loop: top up to `in_flight` outstanding
                 while sending && ticker.is_none() && outstanding < in_flight {
-                    let id = format!("{me}-{next}");
-                    next += 1;
-                    pending.lock().insert(id.clone(), (Instant::now(), 1 + recipients));
-                    let frame = json!({"type": "send", "id": id, "conversation": conversation, "text": text});
-                    sink.send(Message::text(frame.to_string())).await?;
+                    sink.send(next_frame(Instant::now())).await?;
                     outstanding += 1;
                     recorder.sent += 1;
                 }
                 tokio::select! {
                     scheduled = async { ticker.as_mut().expect("open loop").tick().await }, if sending && ticker.is_some() => {
-                        let id = format!("{me}-{next}");
-                        next += 1;
-                        pending.lock().insert(id.clone(), (scheduled.into_std(), 1 + recipients));
-                        let frame = json!({"type": "send", "id": id, "conversation": conversation, "text": text});
-                        sink.send(Message::text(frame.to_string())).await?;
+                        sink.send(next_frame(scheduled.into_std())).await?;
                         outstanding += 1;
                         recorder.sent += 1;
                     }

@@ -91,8 +91,9 @@ element("login-form").addEventListener("submit", async (submitted) => {
   const user = element("user-name").value.trim();
   try {
     // one device per tab, so two tabs of one user are two devices
-    const token = await devToken(location.origin, user, `web-${newClientId().slice(0, 8)}`);
-    start(token, user);
+    const device = `web-${newClientId().slice(0, 8)}`;
+    const token = await devToken(location.origin, user, device);
+    start(token, user, device);
   } catch (error) {
     showLoginError(
       error.status === 404
@@ -110,17 +111,31 @@ element("token-form").addEventListener("submit", (submitted) => {
   start(token, user);
 });
 
-function start(token, user) {
-  sessionStorage.setItem("chorus-login", JSON.stringify({ token, user }));
+/**
+ * Opens the chat. `device` is set when the token is a dev token (`POST /v1/dev/token`): the client
+ * then renews it before it expires with a new dev token for the same user and device. A pasted
+ * token has no provider: when it expires the page says so and the user signs in again.
+ */
+function start(token, user, device) {
+  const remember = (current) => sessionStorage.setItem("chorus-login", JSON.stringify({ token: current, user, device }));
+  remember(token);
   view.me = user;
   element("me").textContent = user;
   element("login").hidden = true;
   element("app").hidden = false;
-  const client = new ChorusClient({ baseUrl: location.origin, readUrl: view.readUrl, token });
+  const renewToken = device ? () => devToken(location.origin, user, device) : null;
+  const client = new ChorusClient({ baseUrl: location.origin, readUrl: view.readUrl, token, renewToken });
   view.client = client;
   window.chorus = view; // for debugging from the console
   client
     .on("status", ({ state }) => showStatus(state))
+    .on("token", ({ token: renewed }) => remember(renewed))
+    .on("expired", () => {
+      sessionStorage.removeItem("chorus-login"); // so a reload shows the sign-in form
+      const status = element("status");
+      status.title = "click to sign in again";
+      status.addEventListener("click", () => location.reload(), { once: true });
+    })
     .on("baseline", ({ conversation, seq }) => {
       const state = conversationState(conversation);
       state.floor = seq + 1;
@@ -163,7 +178,14 @@ function start(token, user) {
 function showStatus(state) {
   const status = element("status");
   status.dataset.state = state;
-  status.textContent = { open: "online", paused: "offline", closed: "reconnecting", connecting: "connecting" }[state] ?? state;
+  status.textContent =
+    {
+      open: "online",
+      paused: "offline",
+      closed: "reconnecting",
+      connecting: "connecting",
+      expired: "token expired, sign in again",
+    }[state] ?? state;
 }
 
 // ---- events ----------------------------------------------------------------------------------
@@ -534,6 +556,6 @@ async function jumpTo(conversation, seq) {
 
 const saved = sessionStorage.getItem("chorus-login");
 if (saved) {
-  const { token, user } = JSON.parse(saved);
-  start(token, user);
+  const { token, user, device } = JSON.parse(saved);
+  start(token, user, device);
 }

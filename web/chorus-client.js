@@ -12,12 +12,41 @@
 // - a send, edit or recall stays in the outbox until its ack arrives; it is sent again, with the
 //   same client message id (so the server acks it once and never stores it twice), after a
 //   reconnect, after no answer within `ackTimeoutMs`, or after `unavailable`/`rate_limited`;
-// - a lost connection is retried with exponential backoff (with jitter), reset by `welcome`.
+// - a lost connection is retried with exponential backoff (with jitter), reset by `welcome`;
+// - with a token provider (`renewToken`), a session outlives its token: some margin before the
+//   token's `exp` (10 % of its lifetime, at most 60 s, at least 5 s) a new token is fetched, sent on
+//   the live session as an `auth` frame and used for every later connection and HTTP request; a
+//   close with 4001 (token expired) renews and reconnects at once, without backoff;
+// - without a provider, a 4001 close (or a reconnect due with a token already past its `exp`)
+//   stops the client with state `expired` and an `expired` event, instead of retrying with a
+//   token the server refuses.
 
 /** Error codes after which a client frame is worth sending again (same id). */
 const RETRYABLE_CODES = new Set(["unavailable", "rate_limited"]);
 /** Page size of gap filling (`/events` serves at most 1000 per call). */
 export const FILL_PAGE = 1000;
+/** WebSocket close code: the session's token expired (docs/protocol.md). */
+export const CLOSE_TOKEN_EXPIRED = 4001;
+/** What the application is told when the token expired and there is no way to renew it. */
+const EXPIRED_MESSAGE = "token expired, sign in again";
+/** The longest delay a timer takes (2^31 - 1 ms); a renewal further off is taken earlier. */
+const LONGEST_TIMER_MS = 2_147_483_647;
+
+/**
+ * The claims of a JWT, decoded from its base64url payload without verifying anything (the
+ * server does that); `null` when `token` is not a JWT with a JSON payload.
+ */
+export function tokenClaims(token) {
+  try {
+    const payload = String(token).split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const padded = payload.padEnd(payload.length + ((4 - (payload.length % 4)) % 4), "=");
+    const bytes = Uint8Array.from(atob(padded), (char) => char.charCodeAt(0));
+    const claims = JSON.parse(new TextDecoder().decode(bytes));
+    return claims !== null && typeof claims === "object" ? claims : null;
+  } catch {
+    return null;
+  }
+}
 
 /** The id of the direct conversation between two users: `dm:<a>:<b>`, ids in byte order. */
 export function dmId(userA, userB) {
@@ -116,7 +145,16 @@ export class ChorusError extends Error {
  * - `baseline` `{ conversation, seq }`: tracking starts after `seq`; earlier messages are history
  *   (load them with `messages(…, { before_seq })`);
  * - `event` (a timeline event plus `origin`: `live` or `fill`), in seq order per conversation;
- * - `ack` (the ack frame), `read`, `typing`, `error` (error frames not tied to an outbox entry).
+ * - `ack` (the ack frame), `read`, `typing`, `error` (error frames not tied to an outbox entry,
+ *   and failed token renewals);
+ * - `token` `{ token, exp }`: a renewed token, now used for everything (e.g. to keep it for a reload);
+ * - `renewed` `{ exp }`: the live session took the renewed token (`auth_ok`);
+ * - `expired` `{ message }`: the token expired and there is no provider; the client has stopped
+ *   (state `expired`) and the user must sign in again.
+ *
+ * `renewToken` (optional): `async () => token`, a new token for the same user. `renewMargin`:
+ * how long before `exp` to renew, as a fraction of the token's lifetime (`exp - iat`, or from
+ * when the client got it) bounded by `maxMs` and `minMs`. `now`: the clock, in ms.
  */
 export class ChorusClient {
   constructor({
@@ -129,6 +167,9 @@ export class ChorusClient {
     random = Math.random,
     backoff = { initialMs: 250, maxMs: 10_000 },
     ackTimeoutMs = 10_000,
+    renewToken = null,
+    renewMargin = { fraction: 0.1, maxMs: 60_000, minMs: 5_000 },
+    now = () => Date.now(),
   }) {
     this.baseUrl = baseUrl.replace(/\/$/, "");
     // history and search (GET); in the distributed mode the search nodes, elsewhere than the
@@ -160,6 +201,20 @@ export class ChorusClient {
     this.synced = false;
     /** how many connections were opened after the first (for the page and the tests) */
     this.reconnects = 0;
+    this.renewToken = renewToken;
+    this.renewMargin = renewMargin;
+    this.now = now;
+    /** the token the live session holds (the one it was opened with, or sent in `auth`) */
+    this.sessionToken = null;
+    /** when the client got `token` (ms), for the lifetime of a token without `iat` */
+    this.tokenSince = now();
+    /** the server closed with 4001: the current token is expired whatever the local clock says */
+    this.tokenRefused = false;
+    /** the running renewal (one at a time), resolving to whether it got a token */
+    this.renewal = null;
+    this.renewalTimer = null;
+    /** renewals failed in a row (their retries back off) */
+    this.renewalFailures = 0;
   }
 
   on(type, handler) {
@@ -179,14 +234,26 @@ export class ChorusClient {
 
   start() {
     this.running = true;
+    this.scheduleRenewal();
     this.connect();
   }
 
   stop() {
     this.running = false;
     this.cancelReconnect();
+    this.cancelRenewal();
     this.closeSocket();
     this.setState("stopped");
+  }
+
+  /** The token expired and cannot be renewed: stop, and tell the application. */
+  expire() {
+    this.running = false;
+    this.cancelReconnect();
+    this.cancelRenewal();
+    this.closeSocket();
+    this.setState("expired");
+    this.emit("expired", { message: EXPIRED_MESSAGE });
   }
 
   /** The network is gone (e.g. the browser's `offline` event): drop the socket, do not retry. */
@@ -222,6 +289,82 @@ export class ChorusClient {
     }
   }
 
+  /** Whether the current token is past its `exp` (by this device's clock) or was refused as expired. */
+  tokenExpired() {
+    const exp = tokenClaims(this.token)?.exp;
+    return this.tokenRefused || (Number.isFinite(exp) && exp * 1000 <= this.now());
+  }
+
+  /** Sets the timer that renews the token `renewMargin` before its `exp` (with a provider). */
+  scheduleRenewal() {
+    this.cancelRenewal();
+    const claims = tokenClaims(this.token);
+    if (!this.renewToken || !this.running || !Number.isFinite(claims?.exp)) return;
+    const expiresMs = claims.exp * 1000;
+    const issuedMs = Number.isFinite(claims.iat) ? claims.iat * 1000 : this.tokenSince;
+    const { fraction, maxMs, minMs } = this.renewMargin;
+    const marginMs = Math.max(minMs, Math.min(maxMs, (expiresMs - issuedMs) * fraction));
+    const delay = Math.min(LONGEST_TIMER_MS, Math.max(0, expiresMs - marginMs - this.now()));
+    this.renewalTimer = this.timers.setTimeout(() => {
+      this.renewalTimer = null;
+      this.renewOnTimer();
+    }, delay);
+  }
+
+  cancelRenewal() {
+    if (this.renewalTimer !== null) this.timers.clearTimeout(this.renewalTimer);
+    this.renewalTimer = null;
+  }
+
+  /** A renewal due before `exp`; a failed one is tried again with backoff while it runs. */
+  async renewOnTimer() {
+    if ((await this.renew()) || !this.running) return;
+    this.cancelRenewal();
+    const delay = this.backoffDelay(this.renewalFailures - 1);
+    this.renewalTimer = this.timers.setTimeout(() => {
+      this.renewalTimer = null;
+      this.renewOnTimer();
+    }, delay);
+  }
+
+  /**
+   * Gets a new token from the provider (one request at a time), uses it for later connections
+   * and HTTP requests, sends it on the live session (`auth`) and schedules the next renewal.
+   * Resolves to whether a token was obtained; a failure is reported as an `error` event.
+   */
+  renew() {
+    if (this.renewal) return this.renewal;
+    this.cancelRenewal();
+    this.renewal = (async () => {
+      try {
+        const token = await this.renewToken();
+        if (typeof token !== "string" || token === "") throw new Error("the token provider gave no token");
+        this.token = token;
+        this.tokenSince = this.now();
+        this.tokenRefused = false;
+        this.renewalFailures = 0;
+        this.emit("token", { token, exp: tokenClaims(token)?.exp ?? null });
+        this.sendAuth();
+        this.scheduleRenewal();
+        return true;
+      } catch (error) {
+        this.renewalFailures += 1;
+        this.emit("error", { code: error.code ?? "unavailable", message: `token renewal failed: ${error.message ?? error}` });
+        return false;
+      } finally {
+        this.renewal = null;
+      }
+    })();
+    return this.renewal;
+  }
+
+  /** Hands the current token to the live session when it holds an older one. */
+  sendAuth() {
+    if (this.state !== "open" || !this.socket || this.sessionToken === this.token) return;
+    this.socket.send(JSON.stringify({ type: "auth", token: this.token }));
+    this.sessionToken = this.token;
+  }
+
   wsUrl() {
     return `${this.baseUrl.replace(/^http/, "ws")}/v1/ws?token=${encodeURIComponent(this.token)}`;
   }
@@ -229,9 +372,17 @@ export class ChorusClient {
   connect() {
     if (!this.running || this.paused || this.socket) return;
     this.cancelReconnect();
+    if (this.tokenExpired()) {
+      // the upgrade would be refused with 401, which a browser only sees as a failed connection
+      if (!this.renewToken) return this.expire();
+      this.setState("connecting");
+      this.renew().then((renewed) => (renewed ? this.connect() : this.retryLater()));
+      return;
+    }
     this.setState("connecting");
     const socket = new this.WebSocketImpl(this.wsUrl());
     this.socket = socket;
+    this.sessionToken = this.token;
     socket.onmessage = (message) => {
       let frame;
       try {
@@ -241,19 +392,36 @@ export class ChorusClient {
       }
       this.handleFrame(frame);
     };
-    socket.onclose = () => {
+    socket.onclose = (closed) => {
       if (this.socket !== socket) return;
       this.socket = null;
-      this.lost();
+      this.lost(closed?.code);
     };
     socket.onerror = () => {}; // a close follows
   }
 
-  /** The connection is gone: retry after the backoff delay. */
-  lost() {
+  /**
+   * The connection is gone: after 4001 (token expired) renew and reconnect at once, or stop
+   * without a provider; otherwise retry after the backoff delay.
+   */
+  lost(code) {
     for (const entry of this.outbox.values()) this.clearAckTimer(entry);
     if (!this.running || this.paused) return;
+    if (code === CLOSE_TOKEN_EXPIRED) {
+      this.tokenRefused = true;
+      if (!this.renewToken) return this.expire();
+      this.reconnects += 1;
+      this.connect(); // renews first: the token is refused
+      return;
+    }
     this.setState("closed");
+    this.retryLater();
+  }
+
+  /** Connects again after the backoff delay. */
+  retryLater() {
+    if (!this.running || this.paused) return;
+    this.cancelReconnect();
     const delay = this.backoffDelay(this.attempt);
     this.attempt += 1;
     this.reconnectTimer = this.timers.setTimeout(() => {
@@ -276,6 +444,7 @@ export class ChorusClient {
         this.user = frame.user;
         this.setState("open");
         this.emit("welcome", { user: frame.user, session: frame.session });
+        this.sendAuth(); // a token renewed while this connection was opening
         for (const entry of this.outbox.values()) this.transmit(entry);
         for (const [conversation, seq] of this.unsentReads) this.read(conversation, seq);
         this.sync().catch((error) => this.emit("error", { code: error.code ?? "unavailable", message: String(error.message ?? error) }));
@@ -308,6 +477,9 @@ export class ChorusClient {
         entry.reject(new ChorusError(frame.code, frame.message));
         break;
       }
+      case "auth_ok":
+        this.emit("renewed", { exp: frame.exp });
+        break;
       case "read":
       case "typing":
         this.emit(frame.type, frame);

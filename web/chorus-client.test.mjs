@@ -1,10 +1,11 @@
 // Unit tests of the client library (node --test web/): seq tracking, gap filling, sync after a
-// reconnect, backoff, and resends with the same client message id. The WebSocket, fetch and the
+// reconnect, backoff, resends with the same client message id, and token renewal and expiry
+// (close 4001). The WebSocket, fetch and the
 // timers are fakes driven by the test, so every step is explicit and nothing waits on a clock.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { ChorusClient, SeqTracker, dmId, FILL_PAGE } from "./chorus-client.js";
+import { ChorusClient, SeqTracker, dmId, tokenClaims, FILL_PAGE } from "./chorus-client.js";
 
 const event = (conversation, seq, extra = {}) => ({
   type: "event",
@@ -65,6 +66,8 @@ class FakeServer {
     this.timelines = new Map();
     this.requests = [];
     this.sockets = [];
+    /** the token HTTP requests must carry */
+    this.token = "T";
   }
 
   append(conversation, count) {
@@ -77,7 +80,7 @@ class FakeServer {
   fetch = async (url, init) => {
     const { pathname, searchParams } = new URL(url);
     this.requests.push(`${init.method} ${pathname}${searchParams.size ? `?${searchParams}` : ""}`);
-    assert.equal(init.headers.authorization, "Bearer T");
+    assert.equal(init.headers.authorization, `Bearer ${this.token}`);
     let body;
     if (pathname === "/v1/conversations") {
       body = {
@@ -120,8 +123,11 @@ function fakeWebSocket(server) {
       this.onmessage?.({ data: JSON.stringify(frame) });
     }
     drop() {
+      this.closeWith(1006);
+    }
+    closeWith(code) {
       this.closed = true;
-      this.onclose?.({ code: 1006 });
+      this.onclose?.({ code });
     }
   };
 }
@@ -152,18 +158,20 @@ class FakeTimers {
 /** Lets the client's awaited fetches settle. */
 const settle = () => new Promise((resolve) => setImmediate(resolve));
 
-function setup() {
+function setup(options = {}) {
   const server = new FakeServer();
   const timers = new FakeTimers();
   const client = new ChorusClient({
     baseUrl: "http://chorus.test",
     token: "T",
+    ...options,
     WebSocketImpl: fakeWebSocket(server),
     fetchImpl: server.fetch,
     timers,
     random: () => 1,
     backoff: { initialMs: 100, maxMs: 1000 },
     ackTimeoutMs: 5000,
+    ...options,
   });
   const handed = [];
   client.on("event", (handedEvent) => handed.push(handedEvent));
@@ -333,4 +341,141 @@ test("reads go to the read URL (search nodes), the socket and writes to the serv
   await welcome(server);
   await client.createGroup("g:team", ["alice"], "Team").catch(() => {});
   assert.deepEqual(origins, ["GET http://search.test", "POST http://ingest.test"]);
+});
+
+/** An unsigned JWT with these claims (the client decodes, never verifies). */
+const jwt = (claims) => `eyJhbGciOiJIUzI1NiJ9.${Buffer.from(JSON.stringify({ sub: "bob", ...claims })).toString("base64url")}.signature`;
+
+test("a token's claims are decoded from its base64url payload", () => {
+  assert.deepEqual(tokenClaims(jwt({ iat: 1000, exp: 1100, device: "张三的手机" })), { sub: "bob", iat: 1000, exp: 1100, device: "张三的手机" });
+  assert.equal(tokenClaims("T"), null);
+  assert.equal(tokenClaims("a.!!!.c"), null);
+});
+
+test("a token is renewed before its exp: an auth frame on the live socket, then the new token everywhere", async () => {
+  const first = jwt({ iat: 1000, exp: 1100 });
+  const second = jwt({ iat: 1090, exp: 1190 });
+  const clock = { ms: 1_000_000 };
+  const provided = [];
+  const { server, timers, client } = setup({
+    token: first,
+    now: () => clock.ms,
+    renewToken: async () => {
+      provided.push(second);
+      return second;
+    },
+  });
+  server.token = first;
+  const tokens = [];
+  const renewals = [];
+  client.on("token", (renewed) => tokens.push(renewed)).on("renewed", (renewed) => renewals.push(renewed));
+  client.start();
+  await welcome(server);
+  assert.deepEqual(timers.delays, [90_000], "renewed 10 % of a 100 s lifetime before exp");
+  assert.deepEqual(server.socket.sent, [], "nothing before the renewal is due");
+  clock.ms = 1_090_000;
+  server.token = second; // from now on only the new token is accepted over HTTP
+  timers.fire();
+  await settle();
+  assert.deepEqual(provided, [second]);
+  assert.deepEqual(server.socket.sent, [{ type: "auth", token: second }], "sent on the live socket");
+  assert.equal(server.sockets.length, 1, "the session stays open");
+  assert.deepEqual(tokens, [{ token: second, exp: 1190 }]);
+  server.socket.deliver({ type: "auth_ok", exp: 1190 });
+  assert.deepEqual(renewals, [{ exp: 1190 }]);
+  assert.equal(timers.delays.at(-1), 90_000, "the next renewal is scheduled from the new token");
+  await client.sync(); // the fake server asserts `Bearer <second>`
+  assert.equal(server.requests.at(-1), "GET /v1/conversations");
+  server.socket.drop();
+  timers.fire();
+  assert.equal(server.socket.url, `ws://chorus.test/v1/ws?token=${encodeURIComponent(second)}`, "reconnects with the new token");
+});
+
+test("close 4001 without a token provider reports the expiry and stops reconnecting", async () => {
+  const token = jwt({ iat: 1000, exp: 1100 });
+  const { server, timers, client } = setup({ token, now: () => 1_100_000 - 1 });
+  server.token = token;
+  const states = [];
+  const expiries = [];
+  client.on("status", ({ state }) => states.push(state)).on("expired", (expired) => expiries.push(expired));
+  client.start();
+  await welcome(server);
+  assert.equal(timers.pending.size, 0, "no renewal timer without a provider");
+  server.socket.closeWith(4001);
+  assert.equal(client.state, "expired");
+  assert.deepEqual(states.slice(-1), ["expired"]);
+  assert.deepEqual(expiries, [{ message: "token expired, sign in again" }]);
+  assert.equal(timers.pending.size, 0, "no reconnect is scheduled");
+  timers.fire();
+  client.pause();
+  client.resume();
+  assert.equal(server.sockets.length, 1, "never reconnects with the expired token");
+  assert.equal(client.reconnects, 0);
+});
+
+test("close 4001 with a token provider renews and reconnects at once, without backoff", async () => {
+  const first = jwt({ iat: 1000, exp: 1100 });
+  const second = jwt({ iat: 1095, exp: 1195 });
+  let calls = 0;
+  // the local clock is behind the server's: the 4001 close alone says the token expired
+  const { server, timers, client } = setup({
+    token: first,
+    now: () => 1_095_000,
+    renewToken: async () => {
+      calls += 1;
+      return second;
+    },
+  });
+  server.token = first;
+  client.start();
+  await welcome(server);
+  server.token = second;
+  server.socket.closeWith(4001);
+  await settle();
+  assert.equal(calls, 1, "renewed once");
+  assert.equal(server.sockets.length, 2, "reconnected without waiting for a timer");
+  assert.equal(server.socket.url, `ws://chorus.test/v1/ws?token=${encodeURIComponent(second)}`);
+  assert.ok(!timers.delays.includes(100), "no backoff delay was taken");
+  assert.deepEqual([...timers.pending.values()].map(({ delay }) => delay), [90_000], "only the next renewal is pending");
+  await welcome(server); // the sync's HTTP request carries the new token (asserted by the fake)
+  assert.equal(client.state, "open");
+  assert.deepEqual(server.socket.sent, [], "no auth frame: the new socket was opened with the new token");
+});
+
+test("a failed renewal is reported and tried again with backoff", async () => {
+  const first = jwt({ iat: 1000, exp: 1100 });
+  const second = jwt({ iat: 1091, exp: 1191 });
+  const answers = [Promise.reject(Object.assign(new Error("node unreachable"), { code: "unavailable" })), Promise.resolve(second)];
+  answers[0].catch(() => {});
+  const { server, timers, client } = setup({ token: first, now: () => 1_090_000, renewToken: () => answers.shift() });
+  server.token = first;
+  const errors = [];
+  client.on("error", (error) => errors.push(error));
+  client.start();
+  await welcome(server);
+  assert.deepEqual(timers.delays, [0], "the renewal is due at once");
+  timers.fire();
+  await settle();
+  assert.deepEqual(errors, [{ code: "unavailable", message: "token renewal failed: node unreachable" }]);
+  assert.deepEqual(server.socket.sent, []);
+  assert.equal(timers.delays.at(-1), 100, "tried again after the backoff");
+  timers.fire();
+  await settle();
+  assert.deepEqual(server.socket.sent, [{ type: "auth", token: second }]);
+});
+
+test("without a provider, a reconnect due after the token's exp stops instead of retrying", async () => {
+  const token = jwt({ iat: 1000, exp: 1100 });
+  const clock = { ms: 1_050_000 };
+  const { server, timers, client } = setup({ token, now: () => clock.ms });
+  server.token = token;
+  client.start();
+  await welcome(server);
+  server.socket.drop(); // the network went away before the token expired
+  assert.equal(client.state, "closed");
+  clock.ms = 1_100_000;
+  timers.fire();
+  assert.equal(client.state, "expired", "the upgrade would be refused with 401");
+  assert.equal(server.sockets.length, 1);
+  assert.equal(timers.pending.size, 0);
 });

@@ -54,6 +54,8 @@ message_burst = 1000000
 user_messages_per_second = 1000000
 user_message_burst = 1000000
 node_requests_per_second = 10000000
+# idle sessions of the bench never read, so they never answer the server's pings
+idle_timeout_ms = 3600000
 "#;
 
 impl Server {

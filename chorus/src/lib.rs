@@ -8,6 +8,7 @@
 //! Shutdown is ordered: stop accepting connections and close sessions (1001), then stop the
 //! router and the projector (each finishes its batch in flight), then close the log.
 
+pub mod health;
 pub mod replay;
 pub mod roles;
 
@@ -163,12 +164,18 @@ pub fn prepare_secrets(config: &mut ChorusConfig) -> anyhow::Result<bool> {
 /// Loads the config: file (optional), then the role's dev-mode default (applied only when the file
 /// does not set `dev_mode`), then `adjust` (command-line flags), then environment overrides
 /// (`CHORUS_DEV_MODE` among them).
+///
+/// Dev mode hands tokens to anyone who asks (`POST /v1/dev/token`), so a role's dev-mode default
+/// holds only on a loopback address: when neither the file nor `CHORUS_DEV_MODE` sets `dev_mode`
+/// and the node listens on another address (`chorus serve --listen 0.0.0.0:8080`), dev mode is
+/// off, and a warning says so and how to turn it on there. Set explicitly, it is obeyed.
 pub fn load_config(
     path: Option<&Path>,
     environment: &HashMap<String, String>,
     role_dev_mode: bool,
     adjust: impl FnOnce(&mut ChorusConfig),
 ) -> anyhow::Result<ChorusConfig> {
+    let mut explicit_dev_mode = environment.contains_key("CHORUS_DEV_MODE");
     let mut config = match path {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -178,6 +185,7 @@ pub fn load_config(
                 .parse::<toml::Table>()
                 .map(|table| table.contains_key("dev_mode"))
                 .unwrap_or(false);
+            explicit_dev_mode |= sets_dev_mode;
             if !sets_dev_mode {
                 config.dev_mode = role_dev_mode;
             }
@@ -190,6 +198,14 @@ pub fn load_config(
     };
     adjust(&mut config);
     config.apply_env(environment)?;
+    if config.dev_mode && !explicit_dev_mode && !config.listen.ip().is_loopback() {
+        config.dev_mode = false;
+        tracing::warn!(
+            listen = %config.listen,
+            "dev mode is off: {} is not a loopback address (set dev_mode = true or CHORUS_DEV_MODE=true to serve dev tokens on it)",
+            config.listen
+        );
+    }
     Ok(config)
 }
 
@@ -529,7 +545,7 @@ pub async fn serve(config: ChorusConfig) -> anyhow::Result<Served> {
     let projections = Projections::open(config.clone(), log.clone(), metrics.clone())?;
     let presence: Arc<dyn Presence> = Arc::new(LocalPresence::default());
     let bus: Arc<dyn NodeBus> = Arc::new(LocalBus::default());
-    let tokens = Arc::new(TokenAuthority::new(config.auth.jwt_secret.as_bytes()));
+    let tokens = Arc::new(TokenAuthority::from_config(&config.auth));
     let (shutdown, shutdown_receiver) = watch::channel(false);
 
     let ingest = Ingest::start(
@@ -566,7 +582,8 @@ pub async fn serve(config: ChorusConfig) -> anyhow::Result<Served> {
         )
     });
     let admin = projections.spawn_supervised(&mut tasks, shutdown_receiver.clone());
-    let routes = operations(metrics.clone())
+    // everything runs in this process: no outside dependency to report
+    let routes = operations(metrics.clone(), Arc::default())
         .or(admin)
         .unify()
         .or(chorus_ingest::routes(ingest.clone()))
@@ -659,15 +676,19 @@ fn admin_replay(
         .boxed()
 }
 
-/// `GET /health` and `GET /metrics`.
+/// `GET /health` (the node's dependencies, see [`health`]) and `GET /metrics`.
 pub(crate) fn operations(
     metrics: Arc<Metrics>,
+    dependencies: Arc<health::Dependencies>,
 ) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
-    let health = warp::path!("health")
-        .and(warp::get())
-        .map(|| chorus_core::http::json_response(200, &serde_json::json!({"status": "ok"})));
+    let reported = dependencies.clone();
+    let health = warp::path!("health").and(warp::get()).map(move || {
+        let (code, body) = reported.health();
+        chorus_core::http::json_response(code, &body)
+    });
     let metrics_route = warp::path!("metrics").and(warp::get()).map(move || {
-        let body = metrics.render();
+        let mut body = metrics.render();
+        body.push_str(&dependencies.render());
         warp::reply::Reply::into_response(warp::reply::with_header(
             body,
             "content-type",

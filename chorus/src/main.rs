@@ -110,7 +110,14 @@ async fn main() -> anyhow::Result<()> {
                     config.data_dir = data_dir;
                 }
             })?;
+            if !config.dev_mode && config.auth.jwt_secret.is_empty() {
+                anyhow::bail!(
+                    "dev mode is off (on by default only on a loopback address; {} is not one, set dev_mode = true or CHORUS_DEV_MODE=true to serve dev tokens on it), so auth.jwt_secret (CHORUS_JWT_SECRET) must be set",
+                    config.listen
+                );
+            }
             let generated_key = prepare_secrets(&mut config)?;
+            let dev_mode = config.dev_mode;
             let data_dir = config.data_dir.clone();
             let mut served = serve(config).await?;
             let url = served.url();
@@ -120,10 +127,17 @@ async fn main() -> anyhow::Result<()> {
                 "  WebSocket: {}/v1/ws?token=<jwt>",
                 url.replacen("http", "ws", 1)
             );
-            println!(
-                "  Get a token: curl -s -X POST {url}/v1/dev/token -d '{{\"user\":\"alice\"}}'   (or: chorus token --user alice --data-dir {})",
-                data_dir.display()
-            );
+            if dev_mode {
+                println!("  Dev mode: on (anyone who reaches this address can get a token)");
+                println!(
+                    "  Get a token: curl -s -X POST {url}/v1/dev/token -d '{{\"user\":\"alice\"}}'   (or: chorus token --user alice --data-dir {})",
+                    data_dir.display()
+                );
+            } else {
+                println!(
+                    "  Dev mode: off (no dev tokens; sign tokens with auth.jwt_secret, e.g. chorus token --user alice)"
+                );
+            }
             if generated_key {
                 println!(
                     "  Business API key (generated; set CHORUS_API_KEY to choose one): {}",
@@ -194,7 +208,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             })?;
             prepare_secrets(&mut config)?;
-            let token = TokenAuthority::new(config.auth.jwt_secret.as_bytes())
+            let token = TokenAuthority::from_config(&config.auth)
                 .issue(&user, device.as_deref(), config.auth.token_ttl_secs)
                 .context("issuing token")?;
             println!("{token}");
@@ -244,7 +258,17 @@ async fn run_role(
         }
     })?;
     prepare_secrets(&mut config)?;
-    let mut running = roles::start(role, config).await?;
+    let starting = roles::bind(role, config).await?;
+    // `/health` answers 503 `starting` until Kafka answers and the role's own routes serve;
+    // "is listening on" keeps meaning ready
+    println!(
+        "Chorus {role:?} is starting on http://{} (waiting for kafka; /health and /metrics answer meanwhile)",
+        starting.addr
+    );
+    let mut running = tokio::select! {
+        _ = shutdown_signal() => return Ok(()),
+        running = starting.start() => running?,
+    };
     println!("Chorus {role:?} is listening on http://{}", running.addr);
     let outcome = tokio::select! {
         _ = shutdown_signal() => Ok(()),

@@ -19,6 +19,17 @@
 //!   one.
 //!
 //! Every role serves `/health` and `/metrics`. Dev mode is off unless configured.
+//!
+//! **Starting during an outage.** A role never exits because a service is down when it starts
+//! (see [`crate::health`] for what `/health` then says). Kafka is required: [`bind`] takes the
+//! address and serves `/health` (503 `starting`) and `/metrics` while [`StartingRole::start`]
+//! waits for the broker with backoff, logging each failed attempt; the role's own routes are
+//! served once Kafka answered. Redis and ClickHouse are optional: their clients connect lazily
+//! and the role starts in its degraded mode — ingest accepts, acknowledges and delivers over the
+//! broadcast path, the router delivers over it, the projector holds its position, search answers
+//! 503 `unavailable` to history reads — and heals when they answer, without a restart (probes
+//! every [`crate::health::PROBE_INTERVAL`] reconnect Redis and apply ClickHouse's migrations;
+//! ingest registers its sessions once presence answers).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,6 +55,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use warp::Filter;
 
+use crate::health::Dependencies;
 use crate::{HistoryMembership, Projections, operations, stopped};
 
 /// Which distributed role to run.
@@ -108,7 +120,8 @@ impl Membership for NoGroupMembership {
     }
 }
 
-async fn open_kafka(config: &ChorusConfig) -> anyhow::Result<Arc<dyn EventLog>> {
+/// The Kafka clients (they connect by themselves, on first use).
+fn kafka_log(config: &ChorusConfig) -> anyhow::Result<Arc<dyn EventLog>> {
     anyhow::ensure!(
         !config.kafka.bootstrap.is_empty(),
         "kafka.bootstrap is required for the distributed roles"
@@ -118,14 +131,53 @@ async fn open_kafka(config: &ChorusConfig) -> anyhow::Result<Arc<dyn EventLog>> 
     kafka.replication_factor = config.kafka.replication_factor;
     kafka.session_timeout_ms = config.kafka.session_timeout_ms;
     kafka.client_id = format!("chorus-{}", config.node_id);
-    let log: Arc<dyn EventLog> = KafkaLog::new(kafka)?;
+    Ok(KafkaLog::new(kafka)?)
+}
+
+/// Longest pause between two attempts to reach Kafka at start.
+const MAX_KAFKA_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Creates (or finds) the topics, attempt after attempt with backoff until Kafka answers: a
+/// role started before its broker waits for it instead of exiting. Each failure is logged and
+/// reported (`kafka` stays `waiting` in `/health`).
+async fn wait_for_topics(
+    config: &ChorusConfig,
+    log: &Arc<dyn EventLog>,
+    dependencies: &Dependencies,
+) {
     let topics = config.topics();
-    for topic in [&topics.ingress, &topics.timeline, &topics.dead_letter] {
-        log.ensure_topic(topic)
-            .await
-            .with_context(|| format!("creating topic {topic}"))?;
+    let mut backoff = Duration::from_millis(200);
+    let mut attempt = 1u32;
+    loop {
+        let ensured = async {
+            for topic in [&topics.ingress, &topics.timeline, &topics.dead_letter] {
+                log.ensure_topic(topic)
+                    .await
+                    .with_context(|| format!("creating topic {topic}"))?;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        match ensured {
+            Ok(()) => {
+                dependencies.report("kafka", Ok(()));
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(
+                    attempt,
+                    bootstrap = config.kafka.bootstrap,
+                    error = format!("{error:#}"),
+                    ?backoff,
+                    "kafka unavailable; waiting for it before starting"
+                );
+                dependencies.report("kafka", Err(format!("{error:#}")));
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_KAFKA_BACKOFF);
+        attempt += 1;
     }
-    Ok(log)
 }
 
 /// `GET /v1/admin/analytics?from_ms=&to_ms=&limit=` (business API key): message counts per day
@@ -181,27 +233,36 @@ fn analytics_route(
         .boxed()
 }
 
-/// The shared history in ClickHouse, when `[clickhouse] url` is set.
-async fn open_clickhouse(
+/// The shared history in ClickHouse, when `[clickhouse] url` is set. Does not wait for
+/// ClickHouse: its state is probed in the background (`clickhouse` in `/health`), and the
+/// first probe or call that finds it answering applies the schema.
+fn open_clickhouse(
     config: &ChorusConfig,
     metrics: &Arc<Metrics>,
-) -> anyhow::Result<Option<Arc<ClickHouseHistory>>> {
+    probes: &mut Probes,
+) -> Option<Arc<ClickHouseHistory>> {
     let section = &config.clickhouse;
     if section.url.is_empty() {
-        return Ok(None);
+        return None;
     }
     let mut clickhouse = ClickHouseConfig::new(section.url.clone(), section.database.clone());
     clickhouse.user = section.user.clone();
     clickhouse.password = section.password.clone();
-    let history = ClickHouseHistory::open(&clickhouse, metrics.clone())
-        .await
-        .with_context(|| format!("opening the history in ClickHouse at {}", section.url))?;
-    Ok(Some(Arc::new(history)))
+    let history = Arc::new(ClickHouseHistory::connect(&clickhouse, metrics.clone()));
+    let probed = history.clone();
+    probes.add("clickhouse", move || {
+        let history = probed.clone();
+        async move { history.ping().await.map_err(|error| error.to_string()) }
+    });
+    Some(history)
 }
 
+/// Presence and the node bus in Redis. Does not wait for Redis: its state is probed in the
+/// background (`redis` in `/health`), and commands reconnect by themselves once it answers.
 async fn open_redis(
     config: &ChorusConfig,
     metrics: Arc<Metrics>,
+    probes: &mut Probes,
 ) -> anyhow::Result<(Arc<dyn Presence>, Arc<dyn NodeBus>)> {
     anyhow::ensure!(
         !config.redis.url.is_empty(),
@@ -212,31 +273,106 @@ async fn open_redis(
     // by one node_ttl after Redis lost its data, every live node has re-registered its sessions
     redis.rebuild_window = redis.node_ttl;
     let shared = RedisShared::connect(redis, metrics).await?;
+    let probed = shared.clone();
+    probes.add("redis", move || {
+        let shared = probed.clone();
+        async move { shared.ping().await.map_err(|error| error.to_string()) }
+    });
     Ok((
         Arc::new(RedisPresence(shared.clone())),
         Arc::new(RedisBus(shared)),
     ))
 }
 
-/// Serves plain HTTP routes (no WebSocket) until shutdown.
+/// A probe of one optional dependency: a call that succeeds while it answers.
+type Probe = Box<
+    dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync,
+>;
+
+/// The optional dependencies of a role and how to probe them.
+struct Probes {
+    dependencies: Arc<Dependencies>,
+    probes: Vec<(&'static str, Probe)>,
+}
+
+impl Probes {
+    fn add<F, Fut>(&mut self, name: &'static str, probe: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.dependencies.declare(name, false);
+        self.probes
+            .push((name, Box::new(move || Box::pin(probe()))));
+    }
+
+    /// Probes each dependency every [`crate::health::PROBE_INTERVAL`] until shutdown.
+    fn spawn(
+        self,
+        tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        for (name, probe) in self.probes {
+            let dependencies = self.dependencies.clone();
+            let stop = stopped(shutdown.clone());
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(crate::health::PROBE_INTERVAL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut stop = std::pin::pin!(stop);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = &mut stop => return ("dependency probe", Ok(())),
+                    }
+                    let outcome = tokio::select! {
+                        outcome = probe() => outcome,
+                        _ = &mut stop => return ("dependency probe", Ok(())),
+                    };
+                    dependencies.report(name, outcome);
+                }
+            });
+        }
+    }
+}
+
+/// A role's HTTP routes.
+type Routes = warp::filters::BoxedFilter<(warp::reply::Response,)>;
+
+/// Serves plain HTTP routes (no WebSocket) until shutdown, on the hardened loop of
+/// `chorus_core::serve` (timeouts, connection cap, failed-auth limiter; `[http]`).
 fn spawn_http(
     tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
     listener: tokio::net::TcpListener,
-    routes: warp::filters::BoxedFilter<(warp::reply::Response,)>,
+    routes: Routes,
     shutdown: watch::Receiver<bool>,
+    config: &ChorusConfig,
+    metrics: Arc<Metrics>,
 ) {
+    let settings = config.http.clone();
     tasks.spawn(async move {
-        warp::serve(routes)
-            .incoming(listener)
-            .graceful(stopped(shutdown))
-            .run()
-            .await;
+        chorus_core::serve::serve_routes(listener, &settings, metrics, routes, shutdown).await;
         ("http", Ok(()))
     });
 }
 
-/// Starts a distributed role. The config must have its secrets and be valid.
-pub async fn start(role: Role, mut config: ChorusConfig) -> anyhow::Result<RunningRole> {
+/// A role that holds its address and waits for Kafka, serving `/health` (503 `starting`) and
+/// `/metrics` meanwhile. [`StartingRole::start`] starts it.
+pub struct StartingRole {
+    role: Role,
+    config: Arc<ChorusConfig>,
+    pub addr: std::net::SocketAddr,
+    /// The bound socket the role's own server takes over.
+    listener: std::net::TcpListener,
+    metrics: Arc<Metrics>,
+    dependencies: Arc<Dependencies>,
+    /// Stops the server that answers while waiting.
+    waiting_stop: watch::Sender<bool>,
+    waiting_server: JoinSet<(&'static str, anyhow::Result<()>)>,
+}
+
+/// Binds the role's address and serves `/health` and `/metrics` on it until
+/// [`StartingRole::start`] hands it to the role. The config must have its secrets and be valid.
+pub async fn bind(role: Role, mut config: ChorusConfig) -> anyhow::Result<StartingRole> {
     config
         .log
         .partitions
@@ -244,18 +380,96 @@ pub async fn start(role: Role, mut config: ChorusConfig) -> anyhow::Result<Runni
     config.validate()?;
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
-    let log = open_kafka(&config).await?;
-    let tokens = Arc::new(TokenAuthority::new(config.auth.jwt_secret.as_bytes()));
-    let (shutdown, shutdown_receiver) = watch::channel(false);
-    let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+    let dependencies = Arc::new(Dependencies::default());
+    dependencies.declare("kafka", true);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
+    // the same socket twice: one for the waiting server, one kept for the role's server
+    let listener = listener.into_std()?;
+    let waiting_listener = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
+    let (waiting_stop, waiting_receiver) = watch::channel(false);
+    let mut waiting_server = JoinSet::new();
+    let routes = operations(metrics.clone(), dependencies.clone())
+        .recover(chorus_core::http::recover)
+        .unify()
+        .boxed();
+    spawn_http(
+        &mut waiting_server,
+        waiting_listener,
+        routes,
+        waiting_receiver,
+        &config,
+        metrics.clone(),
+    );
+    Ok(StartingRole {
+        role,
+        config,
+        addr,
+        listener,
+        metrics,
+        dependencies,
+        waiting_stop,
+        waiting_server,
+    })
+}
+
+/// Starts a distributed role (see [`bind`] and [`StartingRole::start`]).
+pub async fn start(role: Role, config: ChorusConfig) -> anyhow::Result<RunningRole> {
+    bind(role, config).await?.start().await
+}
+
+impl StartingRole {
+    /// Waits for Kafka (with backoff, for as long as it takes), then starts the role on the
+    /// bound address. Redis and ClickHouse are not waited for (see the module docs).
+    pub async fn start(mut self) -> anyhow::Result<RunningRole> {
+        let log = kafka_log(&self.config)?;
+        wait_for_topics(&self.config, &log, &self.dependencies).await;
+        let _ = self.waiting_stop.send(true);
+        while self.waiting_server.join_next().await.is_some() {}
+        let listener = tokio::net::TcpListener::from_std(self.listener)?;
+        start_role(
+            self.role,
+            self.config,
+            log,
+            listener,
+            self.metrics,
+            self.dependencies,
+        )
+        .await
+    }
+}
+
+/// How a role serves HTTP on its address.
+enum RoleHttp {
+    /// Plain routes, on the hardened loop of `chorus_core::serve` (see [`spawn_http`]).
+    Plain(Routes),
+    /// The edge's own server: the routes and WebSocket sessions.
+    Edge(Arc<Ingest>, Routes),
+}
+
+/// Starts the role's tasks on a log that answers.
+async fn start_role(
+    role: Role,
+    config: Arc<ChorusConfig>,
+    log: Arc<dyn EventLog>,
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    dependencies: Arc<Dependencies>,
+) -> anyhow::Result<RunningRole> {
+    let tokens = Arc::new(TokenAuthority::from_config(&config.auth));
+    let (shutdown, shutdown_receiver) = watch::channel(false);
+    let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+    let mut probes = Probes {
+        dependencies: dependencies.clone(),
+        probes: Vec::new(),
+    };
+    let addr = listener.local_addr()?;
     let role_name = role.name();
-    match role {
+    let http = match role {
         Role::Router => {
-            let (presence, bus) = open_redis(&config, metrics.clone()).await?;
+            let (presence, bus) = open_redis(&config, metrics.clone(), &mut probes).await?;
             let fallback = BroadcastBus::open(log.clone(), &config.topics().deliveries).await?;
             let context = RouterContext {
                 config: config.clone(),
@@ -274,23 +488,24 @@ pub async fn start(role: Role, mut config: ChorusConfig) -> anyhow::Result<Runni
                         .map_err(anyhow::Error::from),
                 )
             });
-            let routes = operations(metrics.clone())
+            let routes = operations(metrics.clone(), dependencies.clone())
                 .recover(chorus_core::http::recover)
                 .unify()
                 .boxed();
-            spawn_http(&mut tasks, listener, routes, shutdown_receiver);
+            RoleHttp::Plain(routes)
         }
         Role::Ingest => {
-            let (presence, bus) = open_redis(&config, metrics.clone()).await?;
+            let (presence, bus) = open_redis(&config, metrics.clone(), &mut probes).await?;
             let broadcast = BroadcastBus::open(log.clone(), &config.topics().deliveries).await?;
             // group typing checks membership in the shared history when there is one
-            let membership: Arc<dyn Membership> = match open_clickhouse(&config, &metrics).await? {
-                Some(history) => {
-                    let history: Arc<dyn chorus_store::HistoryStore> = history;
-                    Arc::new(HistoryMembership(Arc::new(Swap::new(history))))
-                }
-                None => Arc::new(NoGroupMembership),
-            };
+            let membership: Arc<dyn Membership> =
+                match open_clickhouse(&config, &metrics, &mut probes) {
+                    Some(history) => {
+                        let history: Arc<dyn chorus_store::HistoryStore> = history;
+                        Arc::new(HistoryMembership(Arc::new(Swap::new(history))))
+                    }
+                    None => Arc::new(NoGroupMembership),
+                };
             let ingest = Ingest::start(
                 IngestDependencies {
                     config: config.clone(),
@@ -321,21 +536,18 @@ pub async fn start(role: Role, mut config: ChorusConfig) -> anyhow::Result<Runni
                 keeper.keep_presence(heartbeat, presence_stop).await;
                 ("presence", Ok(()))
             });
-            let routes = operations(metrics.clone())
+            let routes = operations(metrics.clone(), dependencies.clone())
                 .or(chorus_ingest::routes(ingest.clone()))
                 .unify()
                 .recover(chorus_core::http::recover)
                 .unify()
                 .map(warp::Reply::into_response)
                 .boxed();
-            tasks.spawn(async move {
-                chorus_ingest::server::serve(listener, ingest, routes, shutdown_receiver).await;
-                ("http", Ok(()))
-            });
+            RoleHttp::Edge(ingest, routes)
         }
         Role::Projector => {
             // with ClickHouse, the projector writes the shared history; search nodes index
-            let projections = match open_clickhouse(&config, &metrics).await? {
+            let projections = match open_clickhouse(&config, &metrics, &mut probes) {
                 Some(history) => Projections::shared(
                     config.clone(),
                     log,
@@ -346,17 +558,17 @@ pub async fn start(role: Role, mut config: ChorusConfig) -> anyhow::Result<Runni
                 None => Projections::open(config.clone(), log, metrics.clone())?,
             };
             let admin = projections.spawn_supervised(&mut tasks, shutdown_receiver.clone());
-            let routes = operations(metrics.clone())
+            let routes = operations(metrics.clone(), dependencies.clone())
                 .or(admin)
                 .unify()
                 .recover(chorus_core::http::recover)
                 .unify()
                 .boxed();
-            spawn_http(&mut tasks, listener, routes, shutdown_receiver);
+            RoleHttp::Plain(routes)
         }
         Role::Search => {
             // with ClickHouse, a search node reads the shared history and keeps its own index
-            let clickhouse = open_clickhouse(&config, &metrics).await?;
+            let clickhouse = open_clickhouse(&config, &metrics, &mut probes);
             let analytics =
                 analytics_route(config.auth.api_key.as_str().into(), clickhouse.clone());
             let projections = match clickhouse {
@@ -375,7 +587,7 @@ pub async fn start(role: Role, mut config: ChorusConfig) -> anyhow::Result<Runni
             };
             let api = projections.search_api(tokens);
             let admin = projections.spawn_supervised(&mut tasks, shutdown_receiver.clone());
-            let routes = operations(metrics.clone())
+            let routes = operations(metrics.clone(), dependencies.clone())
                 .or(admin)
                 .unify()
                 .or(analytics)
@@ -394,9 +606,27 @@ pub async fn start(role: Role, mut config: ChorusConfig) -> anyhow::Result<Runni
                 )
                 .map(warp::Reply::into_response)
                 .boxed();
-            spawn_http(&mut tasks, listener, routes, shutdown_receiver);
+            RoleHttp::Plain(routes)
+        }
+    };
+    match http {
+        RoleHttp::Plain(routes) => spawn_http(
+            &mut tasks,
+            listener,
+            routes,
+            shutdown_receiver.clone(),
+            &config,
+            metrics.clone(),
+        ),
+        RoleHttp::Edge(ingest, routes) => {
+            let server_shutdown = shutdown_receiver.clone();
+            tasks.spawn(async move {
+                chorus_ingest::server::serve(listener, ingest, routes, server_shutdown).await;
+                ("http", Ok(()))
+            });
         }
     }
+    probes.spawn(&mut tasks, shutdown_receiver);
     tracing::info!(role = role_name, %addr, "role started");
     Ok(RunningRole {
         addr,

@@ -3,9 +3,12 @@
 //!
 //! Invariants (checked by the port's conformance suite against the real ClickHouse engine in
 //! `tests/history_conformance.rs`, next to the embedded adapter's run of the same suite):
-//! - **Schema**: versioned migrations under `migrations/` (`NNNN_name.sql`, applied in order at
-//!   [`ClickHouseHistory::open`], each recorded in `schema_migrations`; a version is applied
-//!   once). The database is created if missing.
+//! - **Schema**: versioned migrations under `migrations/` (`NNNN_name.sql`, applied in order,
+//!   each recorded in `schema_migrations`; a version is applied once). The database is created
+//!   if missing. [`ClickHouseHistory::open`] applies them before it returns;
+//!   [`ClickHouseHistory::connect`] does not wait for ClickHouse: the first call that finds it
+//!   answering applies them, and until then every call fails with
+//!   [`HistoryError::Unavailable`], so a node can start during an outage and heal after it.
 //! - **One row per timeline record**, keyed by its log position `(partition, offset)` in a
 //!   `ReplacingMergeTree`: a replayed record replaces itself. Every read uses `FINAL` or an
 //!   aggregate that is indifferent to duplicates, so no duplicate is ever visible, merged or not.
@@ -21,6 +24,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -74,18 +78,121 @@ pub struct ClickHouseHistory {
     guard: Guard,
 }
 
+/// Whether the schema is in place, and what applying it needs.
+struct Schema {
+    /// Set once the database exists and every migration is applied; never unset.
+    ready: AtomicBool,
+    /// One caller at a time applies the schema; the others wait for its outcome.
+    applying: tokio::sync::Mutex<()>,
+    /// The server without a database selected (to create the database).
+    server: Client,
+    /// The history's database, as the migrations use it.
+    client: Client,
+    database: String,
+}
+
 /// Every ClickHouse call goes through a circuit breaker (`chorus_breaker_state{breaker=
 /// "clickhouse"}`) and is bounded in time: while ClickHouse fails, calls fail fast with
 /// [`HistoryError::Unavailable`] (the API answers 503 `unavailable`; the projector keeps its
 /// position and retries with backoff). Only transport failures and timeouts count against the
 /// breaker; a query ClickHouse refuses is an answer, not an outage.
+///
+/// Calls made before the schema is in place first apply it (see [`Schema`]).
 struct Guard {
     breaker: Breaker,
     timeout: Duration,
+    schema: Schema,
 }
 
 impl Guard {
     async fn run<T>(
+        &self,
+        call: impl Future<Output = clickhouse::error::Result<T>>,
+    ) -> Result<T, HistoryError> {
+        self.ensure_schema().await?;
+        self.run_unchecked(call).await
+    }
+
+    /// Creates the database and applies pending migrations, once; fails with
+    /// [`HistoryError::Unavailable`] while ClickHouse does not answer.
+    async fn ensure_schema(&self) -> Result<(), HistoryError> {
+        if self.schema.ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _applying = self.schema.applying.lock().await;
+        if self.schema.ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.migrate().await.map_err(|error| match error {
+            HistoryError::Unavailable(reason) => HistoryError::Unavailable(format!(
+                "the history schema is not in place yet: {reason}"
+            )),
+            other => other,
+        })?;
+        self.schema.ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    async fn migrate(&self) -> Result<(), HistoryError> {
+        let Schema {
+            server,
+            client,
+            database,
+            ..
+        } = &self.schema;
+        self.run_unchecked(
+            server
+                .query(&format!(
+                    "CREATE DATABASE IF NOT EXISTS {}",
+                    quote_identifier(database)
+                ))
+                .execute(),
+        )
+        .await?;
+        self.run_unchecked(
+            client
+                .query(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, applied_ms Int64) \
+                     ENGINE = MergeTree ORDER BY version",
+                )
+                .execute(),
+        )
+        .await?;
+        let applied: BTreeSet<u32> = self
+            .run_unchecked(
+                client
+                    .query("SELECT DISTINCT version FROM schema_migrations")
+                    .fetch_all::<u32>(),
+            )
+            .await?
+            .into_iter()
+            .collect();
+        for (version, sql) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            for statement in statements(sql) {
+                self.run_unchecked(client.query(&statement).execute())
+                    .await?;
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_millis() as i64);
+            self.run_unchecked(
+                client
+                    .query("INSERT INTO schema_migrations (version, applied_ms) VALUES (?, ?)")
+                    .bind(*version)
+                    .bind(now)
+                    .execute(),
+            )
+            .await?;
+            tracing::info!(version, "history schema migrated");
+        }
+        Ok(())
+    }
+
+    /// The breaker and the timeout, without the schema check.
+    async fn run_unchecked<T>(
         &self,
         call: impl Future<Output = clickhouse::error::Result<T>>,
     ) -> Result<T, HistoryError> {
@@ -292,11 +399,20 @@ fn statements(sql: &str) -> Vec<String> {
 }
 
 impl ClickHouseHistory {
-    /// Connects, creates the database if needed and applies pending migrations.
+    /// Connects, creates the database if needed and applies pending migrations: fails when
+    /// ClickHouse does not answer.
     pub async fn open(
         config: &ClickHouseConfig,
         metrics: Arc<Metrics>,
     ) -> Result<ClickHouseHistory, HistoryError> {
+        let history = Self::connect(config, metrics);
+        history.guard.ensure_schema().await?;
+        Ok(history)
+    }
+
+    /// Prepares the client without waiting for ClickHouse: the first call that finds it
+    /// answering creates the database and applies pending migrations (see the module docs).
+    pub fn connect(config: &ClickHouseConfig, metrics: Arc<Metrics>) -> ClickHouseHistory {
         let mut server = Client::default().with_url(&config.url);
         if !config.user.is_empty() {
             server = server.with_user(&config.user);
@@ -304,6 +420,7 @@ impl ClickHouseHistory {
         if !config.password.is_empty() {
             server = server.with_password(&config.password);
         }
+        let client = server.clone().with_database(&config.database);
         let guard = Guard {
             breaker: Breaker::new(
                 "clickhouse",
@@ -312,62 +429,25 @@ impl ClickHouseHistory {
                 metrics,
             ),
             timeout: config.request_timeout,
+            schema: Schema {
+                ready: AtomicBool::new(false),
+                applying: tokio::sync::Mutex::new(()),
+                server,
+                client: client.clone(),
+                database: config.database.clone(),
+            },
         };
-        server
-            .query(&format!(
-                "CREATE DATABASE IF NOT EXISTS {}",
-                quote_identifier(&config.database)
-            ))
-            .execute()
-            .through(&guard)
-            .await?;
-        let client = server.with_database(&config.database);
-        let history = ClickHouseHistory { client, guard };
-        history.migrate().await?;
-        Ok(history)
+        ClickHouseHistory { client, guard }
     }
 
-    async fn migrate(&self) -> Result<(), HistoryError> {
+    /// Whether ClickHouse answers and the schema is in place (applying it if it is not yet).
+    pub async fn ping(&self) -> Result<(), HistoryError> {
         self.client
-            .query(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, applied_ms Int64) \
-                 ENGINE = MergeTree ORDER BY version",
-            )
-            .execute()
+            .query("SELECT 1")
+            .fetch_one::<u8>()
             .through(&self.guard)
-            .await?;
-        let applied: BTreeSet<u32> = self
-            .client
-            .query("SELECT DISTINCT version FROM schema_migrations")
-            .fetch_all::<u32>()
-            .through(&self.guard)
-            .await?
-            .into_iter()
-            .collect();
-        for (version, sql) in MIGRATIONS {
-            if applied.contains(version) {
-                continue;
-            }
-            for statement in statements(sql) {
-                self.client
-                    .query(&statement)
-                    .execute()
-                    .through(&self.guard)
-                    .await?;
-            }
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |elapsed| elapsed.as_millis() as i64);
-            self.client
-                .query("INSERT INTO schema_migrations (version, applied_ms) VALUES (?, ?)")
-                .bind(*version)
-                .bind(now)
-                .execute()
-                .through(&self.guard)
-                .await?;
-            tracing::info!(version, "history schema migrated");
-        }
-        Ok(())
+            .await
+            .map(drop)
     }
 
     /// The schema version in place.

@@ -47,6 +47,7 @@ conformance_tests!(
     messages_reflect_edits_and_recalls,
     message_pages_are_ascending_windows,
     conversations_list_memberships_with_read_cursors,
+    conversation_pages_list_each_conversation_once,
     group_membership_follows_member_events,
     direct_conversations_have_exactly_their_two_members,
 );

@@ -8,6 +8,8 @@
 //!   that session. So a broadcast of `ToUsers { members }` reaches exactly the members' online
 //!   sessions, wherever they are, without presence;
 //! - records of one target keep their order (one key per target, so one partition);
+//! - a record carries the whole [`Delivery`], its `sequencing` included, so a node applies the
+//!   same ordering checks (owner epoch, per-connection seq) to both paths;
 //! - a node tails from the end the topic had when it attached, through its own consumer group
 //!   (`<topic>.<node>`, never committed): a restarted node has no sessions waiting for old
 //!   deliveries, and clients fill any gap from history. Delivery here is best effort, like every
@@ -158,6 +160,12 @@ mod tests {
         let to_everyone = |frame: &str| Delivery::ToUsers {
             users: vec!["alice".into(), "bob".into()],
             frame: frame.into(),
+            sequencing: Some(crate::presence::Sequencing {
+                partition: 0,
+                owner_epoch: 5,
+                conversation: "dm:alice:bob".into(),
+                seq: Some(3),
+            }),
         };
         bus.publish(vec![
             ("n1".into(), to_session("s1")),

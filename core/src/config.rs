@@ -34,6 +34,7 @@ pub struct ChorusConfig {
     pub redis: RedisSection,
     pub clickhouse: ClickHouseSection,
     pub web: WebSection,
+    pub http: HttpSection,
 }
 
 /// The web client the ingest nodes serve at `/`.
@@ -45,6 +46,76 @@ pub struct WebSection {
     /// origin, as with `chorus serve`. Search nodes answer cross-origin reads (CORS), so the
     /// page can be served by an ingest node and read from another origin.
     pub read_url: String,
+}
+
+/// The HTTP listener of every role (`core::serve`): how long a client may take to send a
+/// request, how many connections a node keeps open, and how fast failed authentication may be
+/// retried from one address.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Longest wait for a request's complete line and headers, counted from when the connection
+    /// starts waiting for it: a new connection, and an idle keep-alive connection between
+    /// requests (so this is also the keep-alive idle timeout). Past it the connection is closed.
+    pub header_read_timeout_ms: u64,
+    /// Longest time to receive a request's body once its headers arrived; past it the request
+    /// is answered `408 request_timeout` and the connection closed.
+    pub body_read_timeout_ms: u64,
+    /// Open TCP connections per node, HTTP and WebSocket together; lowered to fit the process's
+    /// file limit (keeping a tenth of it, at least 128, for the node's other files). At the cap,
+    /// the connection that waited longest for its client (sending its headers or its body, or
+    /// idle between requests) is closed to make room; with none waiting, the new one gets 503
+    /// and is closed.
+    pub max_open_connections: usize,
+    /// Failed authentications (bad token, bad API key) one source address (IPv4, or IPv6 /64)
+    /// may make in a burst before its attempts are refused with `429 rate_limited`.
+    pub auth_failure_burst: u32,
+    /// How fast that budget refills, in failures per minute.
+    pub auth_failures_per_minute: u32,
+    /// Source addresses whose failures are remembered (bounds the limiter's memory).
+    pub auth_failure_addresses: usize,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            max_open_connections: 210_000,
+            auth_failure_burst: 20,
+            auth_failures_per_minute: 10,
+            auth_failure_addresses: 100_000,
+        }
+    }
+}
+
+impl HttpSection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("http.header_read_timeout_ms", self.header_read_timeout_ms),
+            ("http.body_read_timeout_ms", self.body_read_timeout_ms),
+            (
+                "http.max_open_connections",
+                self.max_open_connections as u64,
+            ),
+            (
+                "http.auth_failure_burst",
+                u64::from(self.auth_failure_burst),
+            ),
+            (
+                "http.auth_failures_per_minute",
+                u64::from(self.auth_failures_per_minute),
+            ),
+            (
+                "http.auth_failure_addresses",
+                self.auth_failure_addresses as u64,
+            ),
+        ];
+        match positive.iter().find(|(_, value)| *value == 0) {
+            Some((key, _)) => Err(invalid(key, "must be greater than 0")),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The distributed event log. An empty `bootstrap` means the embedded log (`chorus serve`).
@@ -144,6 +215,9 @@ pub struct AuthSection {
     pub api_key: String,
     /// Lifetime of tokens issued by the dev route and `chorus token`.
     pub token_ttl_secs: u64,
+    /// Longest lifetime a user token may have (`exp - iat`, or `exp - now` without `iat`);
+    /// longer-lived tokens are refused. At least `token_ttl_secs`.
+    pub max_token_lifetime_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -174,8 +248,31 @@ pub struct LimitsSection {
     pub max_http_body_bytes: u64,
     /// Most events in one `POST /v1/events`.
     pub max_batch_events: usize,
-    /// Most members in one group event.
+    /// Most members of a group in total, and so also in one group event: the router refuses
+    /// (`too_large`) an event that would make a group larger, however many events built it up.
     pub max_group_members: usize,
+    /// Longest `q` of `GET /v1/search`, in bytes; longer gets `400 bad_request`.
+    pub max_search_query_bytes: usize,
+    /// Deepest nesting of parentheses in a search query (at most 64); deeper gets
+    /// `400 bad_request`.
+    pub max_search_query_depth: usize,
+    /// Most words, quoted phrases, parenthesised groups and operators (`AND`, `OR`, `NOT`, `+`,
+    /// `-`) in a search query; more gets `400 bad_request`.
+    pub max_search_query_clauses: usize,
+    /// Largest page of `GET /v1/conversations` (also its default `limit`).
+    pub max_conversations_page: usize,
+    /// Longest a write to a WebSocket session's socket may take; past it (the client stopped
+    /// reading) the session is closed with 1013, or dropped if even the close cannot be written.
+    pub session_write_timeout_ms: u64,
+    /// A session that sent nothing for this long gets a WebSocket ping.
+    pub ping_interval_ms: u64,
+    /// A session that sent nothing (no pong, no frame) for this long is closed with 4002.
+    pub idle_timeout_ms: u64,
+    /// Most groups one user creates per hour (`rate_limited` beyond), enforced by the router on
+    /// the events' timestamps. Each log partition allows its share, `ceil(this / partitions)`
+    /// (a user's groups hash over the partitions), so cluster-wide a user creates at most this
+    /// plus `partitions - 1`. Groups created by business systems are not limited.
+    pub max_groups_created_per_user_per_hour: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -185,6 +282,10 @@ pub struct RouterSection {
     pub dedup_window: usize,
     /// Most ingress records sequenced in one timeline append.
     pub batch_records: usize,
+    /// On taking a partition over, the router delivers again the last this many sequenced
+    /// events of its `timeline` (the committed tail an earlier owner may not have sent; nodes
+    /// drop what a connection already got). 0 turns it off.
+    pub takeover_redelivery_events: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -216,6 +317,7 @@ impl Default for ChorusConfig {
             redis: RedisSection::default(),
             clickhouse: ClickHouseSection::default(),
             web: WebSection::default(),
+            http: HttpSection::default(),
         }
     }
 }
@@ -226,6 +328,7 @@ impl Default for AuthSection {
             jwt_secret: String::new(),
             api_key: String::new(),
             token_ttl_secs: 86_400,
+            max_token_lifetime_secs: 7 * 86_400,
         }
     }
 }
@@ -246,6 +349,14 @@ impl Default for LimitsSection {
             max_http_body_bytes: 4 * 1024 * 1024,
             max_batch_events: 1000,
             max_group_members: 10_000,
+            max_search_query_bytes: 1024,
+            max_search_query_depth: 8,
+            max_search_query_clauses: 64,
+            max_conversations_page: 1000,
+            session_write_timeout_ms: 10_000,
+            ping_interval_ms: 30_000,
+            idle_timeout_ms: 75_000,
+            max_groups_created_per_user_per_hour: 100,
         }
     }
 }
@@ -255,6 +366,7 @@ impl Default for RouterSection {
         RouterSection {
             dedup_window: 200_000,
             batch_records: 2048,
+            takeover_redelivery_events: 4096,
         }
     }
 }
@@ -343,6 +455,7 @@ impl ChorusConfig {
         if self.cluster.is_empty() {
             return Err(invalid("cluster", "must not be empty"));
         }
+        self.http.validate()?;
         let limits = &self.limits;
         let positive = [
             ("limits.max_frame_bytes", limits.max_frame_bytes),
@@ -369,6 +482,26 @@ impl ChorusConfig {
             ("limits.session_outbox_frames", limits.session_outbox_frames),
             ("limits.max_batch_events", limits.max_batch_events),
             ("limits.max_group_members", limits.max_group_members),
+            (
+                "limits.max_search_query_bytes",
+                limits.max_search_query_bytes,
+            ),
+            (
+                "limits.max_search_query_depth",
+                limits.max_search_query_depth,
+            ),
+            (
+                "limits.max_search_query_clauses",
+                limits.max_search_query_clauses,
+            ),
+            (
+                "limits.max_conversations_page",
+                limits.max_conversations_page,
+            ),
+            (
+                "limits.max_groups_created_per_user_per_hour",
+                limits.max_groups_created_per_user_per_hour,
+            ),
             ("router.dedup_window", self.router.dedup_window),
             ("router.batch_records", self.router.batch_records),
             ("projector.batch_records", self.projector.batch_records),
@@ -382,10 +515,43 @@ impl ChorusConfig {
                 "must be greater than 0 and at most half of redis.node_ttl_ms",
             ));
         }
+        let session_timers = [
+            (
+                "limits.session_write_timeout_ms",
+                limits.session_write_timeout_ms,
+            ),
+            ("limits.ping_interval_ms", limits.ping_interval_ms),
+            (
+                "auth.max_token_lifetime_secs",
+                self.auth.max_token_lifetime_secs,
+            ),
+        ];
+        if let Some((key, _)) = session_timers.iter().find(|(_, value)| *value == 0) {
+            return Err(invalid(key, "must be greater than 0"));
+        }
+        if limits.idle_timeout_ms <= limits.ping_interval_ms {
+            return Err(invalid(
+                "limits.idle_timeout_ms",
+                "must be greater than limits.ping_interval_ms",
+            ));
+        }
+        if self.auth.token_ttl_secs > self.auth.max_token_lifetime_secs {
+            return Err(invalid(
+                "auth.token_ttl_secs",
+                "must not exceed auth.max_token_lifetime_secs",
+            ));
+        }
         if limits.max_text_bytes > limits.max_frame_bytes {
             return Err(invalid(
                 "limits.max_text_bytes",
                 "must not exceed limits.max_frame_bytes",
+            ));
+        }
+        // a search query's groups nest this deep in the query Tantivy executes (recursively)
+        if limits.max_search_query_depth > 64 {
+            return Err(invalid(
+                "limits.max_search_query_depth",
+                "must be at most 64",
             ));
         }
         if !self.dev_mode && self.auth.jwt_secret.len() < 16 {
@@ -461,6 +627,15 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("limits.max_text_bytes")
+        );
+        config.limits.max_text_bytes = config.limits.max_frame_bytes;
+        config.limits.max_search_query_depth = 65;
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("limits.max_search_query_depth")
         );
         let production = ChorusConfig::default();
         assert!(

@@ -1,6 +1,10 @@
 //! HTTP plumbing shared by the stages that serve HTTP (`ingest`, `search`): user and API-key
 //! authentication filters and the one JSON error shape.
 //!
+//! Credential checks go through the failed-authentication limiter of the request's origin
+//! (`core::auth_limit`): a bad token or API key spends the source address's budget, and an
+//! address over it gets `429 rate_limited`.
+//!
 //! Every error leaves as `{"error":{"code":…,"message":…}}` with the status of its code; handlers
 //! return `Result<Response, ApiError>` and [`respond`] turns both sides into a response.
 
@@ -12,6 +16,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use crate::auth::{Claims, TokenAuthority, check_api_key};
+use crate::auth_limit::{CredentialKind, RequestOrigin, authenticate};
 use crate::error::{ApiError, ErrorCode};
 
 /// A JSON response with a status.
@@ -59,25 +64,38 @@ pub fn user_claims(
 ) -> impl Filter<Extract = (Result<Claims, ApiError>,), Error = warp::Rejection> + Clone {
     warp::header::optional::<String>("authorization")
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
-        .map(move |authorization: Option<String>, query: String| {
-            let token = bearer_token(authorization.as_deref(), Some(query.as_str()))
-                .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "missing bearer token"))?;
-            authority
-                .verify(&token)
-                .map_err(|error| ApiError::new(ErrorCode::Unauthorized, error.to_string()))
-        })
+        .and(warp::ext::optional::<RequestOrigin>())
+        .map(
+            move |authorization: Option<String>, query: String, origin: Option<RequestOrigin>| {
+                let token = bearer_token(authorization.as_deref(), Some(query.as_str()))
+                    .ok_or_else(|| {
+                        ApiError::new(ErrorCode::Unauthorized, "missing bearer token")
+                    })?;
+                authenticate(origin.as_ref(), CredentialKind::Token, || {
+                    authority
+                        .verify(&token)
+                        .map_err(|error| ApiError::new(ErrorCode::Unauthorized, error.to_string()))
+                })
+            },
+        )
 }
 
 /// Checks the business API key, or fails with an `unauthorized` [`ApiError`].
 pub fn api_key(
     configured: Arc<str>,
 ) -> impl Filter<Extract = (Result<(), ApiError>,), Error = warp::Rejection> + Clone {
-    warp::header::optional::<String>("authorization").map(move |authorization: Option<String>| {
-        let presented = bearer_token(authorization.as_deref(), None)
-            .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "missing api key"))?;
-        check_api_key(&configured, &presented)
-            .map_err(|error| ApiError::new(ErrorCode::Unauthorized, error.to_string()))
-    })
+    warp::header::optional::<String>("authorization")
+        .and(warp::ext::optional::<RequestOrigin>())
+        .map(
+            move |authorization: Option<String>, origin: Option<RequestOrigin>| {
+                let presented = bearer_token(authorization.as_deref(), None)
+                    .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "missing api key"))?;
+                authenticate(origin.as_ref(), CredentialKind::ApiKey, || {
+                    check_api_key(&configured, &presented)
+                        .map_err(|error| ApiError::new(ErrorCode::Unauthorized, error.to_string()))
+                })
+            },
+        )
 }
 
 /// Reads a JSON body of at most `limit` bytes into `T`, with any content type. Malformed or

@@ -6,6 +6,11 @@
 //!   `a` and `b`, and it exists from its first message.
 //! - A group is `g:<name>`, the name 1–64 bytes of ASCII letters, digits, `_`, `-` or `.`; it
 //!   exists once created and its members come from the log.
+//! - Free-form ids (client message ids, event ids, device names) may be any text without control
+//!   characters or bidi formatting characters (see [`has_control_or_bidi`]), so an id can never
+//!   reorder or hide the text around it where it is shown. User, conversation and group ids
+//!   above are ASCII without control characters by construction. Message text keeps such
+//!   characters (clients escape what they show).
 
 use std::fmt;
 
@@ -34,6 +39,19 @@ fn is_valid_user(user: &str) -> bool {
         && user
             .bytes()
             .all(|byte| byte.is_ascii_alphanumeric() || b"_-.@".contains(&byte))
+}
+
+/// Whether `text` holds a control character (Unicode category Cc: C0, DEL, C1) or a bidi
+/// formatting character: the marks U+061C, U+200E, U+200F, the embeddings and overrides
+/// U+202A–U+202E, and the isolates U+2066–U+2069.
+pub fn has_control_or_bidi(text: &str) -> bool {
+    text.chars().any(|character| {
+        character.is_control()
+            || matches!(
+                character,
+                '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+            )
+    })
 }
 
 /// Checks a user id.
@@ -127,5 +145,31 @@ mod tests {
         assert!(validate_user("alice@example.com").is_ok());
         assert!(validate_user("a:b").is_err());
         assert!(validate_user("").is_err());
+    }
+
+    #[test]
+    fn control_and_bidi_characters_are_refused_in_ids() {
+        let hostile = [
+            "\u{202E}", "\u{202A}", "\u{202D}", "\u{2066}", "\u{2069}", "\u{200E}", "\u{200F}",
+            "\u{061C}", "\n", "\r", "\t", "\u{0}", "\u{1B}", "\u{7F}", "\u{85}", "\u{9B}",
+        ];
+        for character in hostile {
+            let user = format!("ali{character}ce");
+            assert!(validate_user(&user).is_err(), "user {user:?}");
+            assert!(has_control_or_bidi(&user), "{user:?}");
+            for conversation in [
+                format!("dm:{user}:bob"),
+                format!("dm:alice:{user}z"),
+                format!("g:te{character}am"),
+            ] {
+                assert!(
+                    Conversation::parse(&conversation).is_err(),
+                    "conversation {conversation:?}"
+                );
+            }
+        }
+        for fine in ["msg-1", "客户端-消息", "émoji 🎉", "a b"] {
+            assert!(!has_control_or_bidi(fine), "{fine:?}");
+        }
     }
 }

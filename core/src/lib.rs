@@ -5,6 +5,7 @@
 //! each other.
 
 pub mod auth;
+pub mod auth_limit;
 pub mod breaker;
 pub mod broadcast;
 pub mod config;
@@ -17,5 +18,6 @@ pub mod membership;
 pub mod metrics;
 pub mod presence;
 pub mod progress;
+pub mod serve;
 pub mod swap;
 pub mod validate;

@@ -33,6 +33,25 @@ pub struct Metrics {
     pub degraded_deliveries: IntCounterVec,
     /// Times an ingest node registered its sessions again because presence had lost them.
     pub presence_reregistrations: IntCounter,
+    /// Timeline frames a node did not hand to a session, by reason: `stale_owner` (sent by a
+    /// router whose ownership of the partition had ended), `already_sent` (a seq at or below
+    /// the one the connection already got for the conversation).
+    pub deliveries_dropped: IntCounterVec,
+    /// The ownership epoch of each `timeline` partition this router owns (absent: not owned).
+    pub router_partition_epoch: IntGaugeVec,
+    /// Open TCP connections of the HTTP listener (HTTP and upgraded WebSocket together).
+    pub http_connections_open: IntGauge,
+    /// Connections refused at `http.max_open_connections` (answered 503 and closed).
+    pub http_connections_rejected: IntCounter,
+    /// Idle connections closed at `http.max_open_connections` to make room for a new one.
+    pub http_connections_evicted: IntCounter,
+    /// Connections closed because a client was too slow to send a request, by phase
+    /// (`header`: its line and headers, `body`: its body).
+    pub http_timeouts: IntCounterVec,
+    /// Failed authentications (a bad credential was presented), by kind (`token`, `api_key`).
+    pub auth_failures: IntCounterVec,
+    /// Authentication attempts refused because their source address failed too often, by kind.
+    pub auth_rate_limited: IntCounterVec,
 }
 
 impl Metrics {
@@ -103,6 +122,58 @@ impl Metrics {
             "times this node registered its sessions again after presence lost them",
         )
         .expect("valid");
+        let deliveries_dropped = IntCounterVec::new(
+            Opts::new(
+                "deliveries_dropped_total",
+                "timeline frames not handed to a session: stale owner or already sent",
+            ),
+            &["reason"],
+        )
+        .expect("valid");
+        let router_partition_epoch = IntGaugeVec::new(
+            Opts::new(
+                "router_partition_epoch",
+                "ownership epoch of each timeline partition this router owns",
+            ),
+            &["partition"],
+        )
+        .expect("valid");
+        let http_connections_open = IntGauge::new(
+            "http_connections_open",
+            "open tcp connections of the http listener, websocket included",
+        )
+        .expect("valid");
+        let http_connections_rejected = IntCounter::new(
+            "http_connections_rejected_total",
+            "connections refused at http.max_open_connections",
+        )
+        .expect("valid");
+        let http_connections_evicted = IntCounter::new(
+            "http_connections_evicted_total",
+            "idle connections closed at http.max_open_connections to make room",
+        )
+        .expect("valid");
+        let http_timeouts = IntCounterVec::new(
+            Opts::new(
+                "http_timeouts_total",
+                "connections closed because the client was too slow to send a request",
+            ),
+            &["phase"],
+        )
+        .expect("valid");
+        let auth_failures = IntCounterVec::new(
+            Opts::new("auth_failures_total", "failed authentications, by kind"),
+            &["kind"],
+        )
+        .expect("valid");
+        let auth_rate_limited = IntCounterVec::new(
+            Opts::new(
+                "auth_rate_limited_total",
+                "authentication attempts refused after too many failures from their address",
+            ),
+            &["kind"],
+        )
+        .expect("valid");
         for collector in [
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(events_in.clone()),
@@ -117,6 +188,14 @@ impl Metrics {
             Box::new(breaker_transitions.clone()),
             Box::new(degraded_deliveries.clone()),
             Box::new(presence_reregistrations.clone()),
+            Box::new(deliveries_dropped.clone()),
+            Box::new(router_partition_epoch.clone()),
+            Box::new(http_connections_open.clone()),
+            Box::new(http_connections_rejected.clone()),
+            Box::new(http_connections_evicted.clone()),
+            Box::new(http_timeouts.clone()),
+            Box::new(auth_failures.clone()),
+            Box::new(auth_rate_limited.clone()),
         ] {
             registry.register(collector).expect("names are unique");
         }
@@ -135,6 +214,14 @@ impl Metrics {
             breaker_transitions,
             degraded_deliveries,
             presence_reregistrations,
+            deliveries_dropped,
+            router_partition_epoch,
+            http_connections_open,
+            http_connections_rejected,
+            http_connections_evicted,
+            http_timeouts,
+            auth_failures,
+            auth_rate_limited,
         }
     }
 

@@ -20,10 +20,41 @@ pub type Frame = Arc<str>;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Delivery {
     /// The frame goes to every local session of these users.
-    ToUsers { users: Vec<String>, frame: Frame },
+    ToUsers {
+        users: Vec<String>,
+        frame: Frame,
+        /// Where a frame of a conversation's timeline comes from (set by the router; `None` for
+        /// typing, and in deliveries from nodes that predate it: the field is optional on the
+        /// wire, so both can be read by either).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sequencing: Option<Sequencing>,
+    },
     /// The frame goes to one session (an ack or an error for its sender), or completes an HTTP
     /// request waiting under that id.
     ToSession { session: String, frame: Frame },
+}
+
+/// The origin of a timeline frame (an `event`, or a `read` mark), which the edge uses to keep
+/// each connection's order when a router that lost its partition still sends (a paused
+/// process, resumed after its successor took over):
+/// - `owner_epoch` is the sending router's ownership epoch of `partition`: the `timeline` end
+///   offset it found after opening the partition's fenced writer. The fenced writer guarantees
+///   that every record of an earlier owner lies below that offset, and an owner that appended
+///   anything started below its first record, so a later owner's epoch is strictly greater than
+///   that of every earlier owner with something to deliver. A node drops a delivery whose epoch
+///   is below the highest it has seen for the partition;
+/// - `seq` is the event's seq (`None` for read marks); a connection never gets an event at or
+///   below the seq it already got for the conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sequencing {
+    /// The `timeline` partition of the conversation.
+    pub partition: u32,
+    /// The sending router's ownership epoch of the partition.
+    pub owner_epoch: u64,
+    /// The conversation the frame belongs to.
+    pub conversation: String,
+    /// The event's seq; `None` for frames without one (read marks).
+    pub seq: Option<u64>,
 }
 
 /// Where a node's deliveries land: its session hub. Must not block.
@@ -285,6 +316,12 @@ pub mod conformance {
         let to_users = Delivery::ToUsers {
             users: vec!["bob".into()],
             frame: "{\"n\":1}".into(),
+            sequencing: Some(Sequencing {
+                partition: 3,
+                owner_epoch: 7,
+                conversation: "dm:alice:bob".into(),
+                seq: Some(12),
+            }),
         };
         let to_session = Delivery::ToSession {
             session: "s9".into(),
@@ -302,6 +339,7 @@ pub mod conformance {
             Delivery::ToUsers {
                 users: vec![],
                 frame: "{}".into(),
+                sequencing: None,
             },
         )
         .await
@@ -334,6 +372,7 @@ pub mod conformance {
                 Delivery::ToUsers {
                     users: vec![],
                     frame: "{}".into(),
+                    sequencing: None,
                 },
             )
             .await;
@@ -352,6 +391,39 @@ mod tests {
     async fn local_adapters_pass_the_conformance_suite() {
         conformance::sessions_group_by_node(&LocalPresence::default(), "").await;
         conformance::deliveries_reach_the_attached_node(&LocalBus::default(), "").await;
+    }
+
+    #[test]
+    fn deliveries_without_sequencing_stay_readable_both_ways() {
+        // a node or router that predates the field sends none: read as `None`
+        let old: Delivery =
+            serde_json::from_str(r#"{"ToUsers":{"users":["bob"],"frame":"{}"}}"#).expect("old");
+        assert_eq!(
+            old,
+            Delivery::ToUsers {
+                users: vec!["bob".into()],
+                frame: "{}".into(),
+                sequencing: None
+            }
+        );
+        // and a `None` is not written, so older readers see exactly what they know
+        let untagged = serde_json::to_string(&old).expect("encode");
+        assert_eq!(untagged, r#"{"ToUsers":{"users":["bob"],"frame":"{}"}}"#);
+        let tagged = Delivery::ToUsers {
+            users: vec!["bob".into()],
+            frame: "{}".into(),
+            sequencing: Some(Sequencing {
+                partition: 2,
+                owner_epoch: 41,
+                conversation: "dm:alice:bob".into(),
+                seq: Some(9),
+            }),
+        };
+        let encoded = serde_json::to_string(&tagged).expect("encode");
+        assert_eq!(
+            serde_json::from_str::<Delivery>(&encoded).expect("decode"),
+            tagged
+        );
     }
 
     #[tokio::test]

@@ -1,13 +1,15 @@
 //! Checks every ingress event must pass, wherever it enters (WebSocket, HTTP, or a record a
 //! business system produced to the log directly): well-formed ids, sizes within limits, a body
-//! that fits the conversation kind. Membership and ownership are checked later by the sequencer,
-//! which alone knows the conversation's state.
+//! that fits the conversation kind. Ids (event, client message, conversation, sender, members)
+//! never hold control or bidi formatting characters (`bad_request`); message text may.
+//! Membership and ownership are checked later by the sequencer, which alone knows the
+//! conversation's state.
 
 use chorus_schemas::{EventBody, IngressEvent};
 
 use crate::config::LimitsSection;
 use crate::error::{ApiError, ErrorCode};
-use crate::ids::{Conversation, validate_user};
+use crate::ids::{Conversation, has_control_or_bidi, validate_user};
 
 /// Longest client message id.
 pub const MAX_CLIENT_MSG_ID_BYTES: usize = 128;
@@ -30,6 +32,14 @@ pub fn validate_ingress(
         && (id.is_empty() || id.len() > MAX_CLIENT_MSG_ID_BYTES)
     {
         return Err(bad(format!("id must be 1-{MAX_CLIENT_MSG_ID_BYTES} bytes")));
+    }
+    if let Some(id) = &event.client_msg_id
+        && has_control_or_bidi(id)
+    {
+        return Err(bad("id must not contain control or bidi characters"));
+    }
+    if has_control_or_bidi(&event.event_id) {
+        return Err(bad("event_id must not contain control or bidi characters"));
     }
     let check_text = |text: &str| -> Result<(), ApiError> {
         if text.trim().is_empty() {
@@ -54,7 +64,10 @@ pub fn validate_ingress(
         if members.len() > limits.max_group_members {
             return Err(ApiError::new(
                 ErrorCode::TooLarge,
-                format!("at most {} members per event", limits.max_group_members),
+                format!(
+                    "at most {} members per event (limits.max_group_members)",
+                    limits.max_group_members
+                ),
             ));
         }
         for member in members {
@@ -159,5 +172,60 @@ mod tests {
             validate_ingress(&bad_id, &limits).unwrap_err().code,
             ErrorCode::BadRequest
         );
+    }
+
+    #[test]
+    fn control_and_bidi_characters_are_refused_in_ids_but_kept_in_text() {
+        let limits = LimitsSection::default();
+        let text_with_them = event(
+            "dm:alice:bob",
+            EventBody::MessageSent {
+                text: "abc \u{202E}cba\n\ttabbed".into(),
+            },
+        );
+        assert!(validate_ingress(&text_with_them, &limits).is_ok());
+        for character in ["\u{202E}", "\u{2067}", "\u{200F}", "\n", "\u{0}", "\u{9B}"] {
+            let mut client_id = event("dm:alice:bob", EventBody::MessageSent { text: "hi".into() });
+            client_id.client_msg_id = Some(format!("m{character}1"));
+            assert_eq!(
+                validate_ingress(&client_id, &limits).unwrap_err().code,
+                ErrorCode::BadRequest,
+                "client message id with {character:?}"
+            );
+            let mut event_id = event("dm:alice:bob", EventBody::MessageSent { text: "hi".into() });
+            event_id.event_id = format!("e{character}");
+            assert_eq!(
+                validate_ingress(&event_id, &limits).unwrap_err().code,
+                ErrorCode::BadRequest,
+                "event id with {character:?}"
+            );
+            let mut sender = event("g:team", EventBody::MessageSent { text: "hi".into() });
+            sender.sender = format!("ali{character}ce");
+            assert_eq!(
+                validate_ingress(&sender, &limits).unwrap_err().code,
+                ErrorCode::BadRequest,
+                "sender with {character:?}"
+            );
+            let conversation = event(
+                &format!("g:te{character}am"),
+                EventBody::MessageSent { text: "hi".into() },
+            );
+            assert_eq!(
+                validate_ingress(&conversation, &limits).unwrap_err().code,
+                ErrorCode::BadRequest,
+                "conversation with {character:?}"
+            );
+            let members = event(
+                "g:team",
+                EventBody::MembersAdded {
+                    members: vec!["bob".into(), format!("mal{character}lory")],
+                },
+            );
+            assert_eq!(
+                validate_ingress(&members, &limits).unwrap_err().code,
+                ErrorCode::BadRequest,
+                "member with {character:?}"
+            );
+        }
     }
 }

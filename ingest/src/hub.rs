@@ -6,14 +6,22 @@
 //!   connection with code 1013, and the client reconnects and fills the gap from history. One slow
 //!   client never holds up delivery to anyone else;
 //! - an HTTP request waiting for its outcome (business events, group creation) registers a
-//!   one-shot waiter under a pseudo-session id; a `ToSession` delivery completes it.
+//!   one-shot waiter under a pseudo-session id; a `ToSession` delivery completes it;
+//! - events of a conversation reach a connection in strictly increasing seq order: a timeline
+//!   delivery whose router's ownership epoch is below the highest the node has seen for the
+//!   partition is dropped (it comes from a router that lost the partition, e.g. a paused
+//!   process resumed after its successor took over), and a session is never handed an event at
+//!   or below the seq it was already handed for that conversation (checked and pushed under the
+//!   session's lock, so concurrent deliveries cannot overtake each other). A dropped event is one
+//!   the client already has, or one it learns of by the hole before the next; it fills from
+//!   `/events`. Both are counted in `chorus_deliveries_dropped_total{reason}`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use chorus_core::metrics::Metrics;
-use chorus_core::presence::{Delivery, DeliverySink, Frame};
+use chorus_core::presence::{Delivery, DeliverySink, Frame, Sequencing};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -25,6 +33,51 @@ struct SessionSlot {
     outbox: mpsc::Sender<Frame>,
     /// Set when the outbox overflowed; the session task then closes the socket.
     slow: Arc<SlowFlag>,
+    /// The highest seq handed to this session per conversation; held while pushing an event.
+    sent: Mutex<SentSeqs>,
+}
+
+/// Per session: the highest seq handed over for each conversation it got events of.
+#[derive(Default)]
+struct SentSeqs {
+    highest: HashMap<String, u64>,
+}
+
+impl SentSeqs {
+    /// Whether event `seq` of `conversation` may go to the session (above everything it got for
+    /// the conversation); if so, it becomes the highest.
+    fn admit(&mut self, conversation: &str, seq: u64) -> bool {
+        match self.highest.get_mut(conversation) {
+            Some(highest) if seq <= *highest => false,
+            Some(highest) => {
+                *highest = seq;
+                true
+            }
+            None => {
+                self.highest.insert(conversation.to_owned(), seq);
+                true
+            }
+        }
+    }
+}
+
+/// Per node: the highest router ownership epoch seen for each `timeline` partition.
+#[derive(Default)]
+struct OwnerEpochs {
+    highest: HashMap<u32, u64>,
+}
+
+impl OwnerEpochs {
+    /// Whether a delivery sent by the owner of `partition` at `epoch` may go out (no later
+    /// owner has been heard from); if so, its epoch becomes the highest.
+    fn admit(&mut self, partition: u32, epoch: u64) -> bool {
+        let highest = self.highest.entry(partition).or_insert(epoch);
+        if epoch < *highest {
+            return false;
+        }
+        *highest = epoch;
+        true
+    }
 }
 
 /// Raised by the hub when a session's outbox is full.
@@ -65,6 +118,8 @@ pub struct Hub {
     session_users: RwLock<HashMap<Arc<str>, String>>,
     /// HTTP requests waiting for their outcome, by pseudo-session id.
     waiters: Mutex<HashMap<String, oneshot::Sender<Frame>>>,
+    /// The highest router ownership epoch seen per timeline partition.
+    owner_epochs: Mutex<OwnerEpochs>,
     /// Outbox capacity per session.
     outbox_frames: usize,
     pub metrics: Arc<Metrics>,
@@ -76,6 +131,7 @@ impl Hub {
             sessions: RwLock::new(HashMap::new()),
             session_users: RwLock::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),
+            owner_epochs: Mutex::new(OwnerEpochs::default()),
             outbox_frames,
             metrics,
         }
@@ -88,6 +144,7 @@ impl Hub {
             id: session.clone(),
             outbox: sender,
             slow: slow.clone(),
+            sent: Mutex::new(SentSeqs::default()),
         };
         self.sessions
             .write()
@@ -144,6 +201,21 @@ impl Hub {
         self.waiters.lock().remove(pseudo_session);
     }
 
+    fn dropped(&self, reason: &str, sequencing: &Sequencing) {
+        tracing::trace!(
+            reason,
+            partition = sequencing.partition,
+            owner_epoch = sequencing.owner_epoch,
+            conversation = %sequencing.conversation,
+            seq = ?sequencing.seq,
+            "timeline delivery dropped"
+        );
+        self.metrics
+            .deliveries_dropped
+            .with_label_values(&[reason])
+            .inc();
+    }
+
     fn push(&self, slot: &SessionSlot, frame: &Frame) {
         match slot.outbox.try_send(frame.clone()) {
             Ok(()) => self.metrics.deliveries.inc(),
@@ -159,11 +231,36 @@ impl Hub {
 impl DeliverySink for Hub {
     fn deliver(&self, delivery: Delivery) {
         match delivery {
-            Delivery::ToUsers { users, frame } => {
+            Delivery::ToUsers {
+                users,
+                frame,
+                sequencing,
+            } => {
+                if let Some(sequencing) = &sequencing
+                    && !self
+                        .owner_epochs
+                        .lock()
+                        .admit(sequencing.partition, sequencing.owner_epoch)
+                {
+                    self.dropped("stale_owner", sequencing);
+                    return;
+                }
+                let event = sequencing
+                    .as_ref()
+                    .and_then(|sequencing| sequencing.seq.map(|seq| (sequencing, seq)));
                 let sessions = self.sessions.read();
                 for user in &users {
                     for slot in sessions.get(user).into_iter().flatten() {
-                        self.push(slot, &frame);
+                        let Some((sequencing, seq)) = event else {
+                            self.push(slot, &frame);
+                            continue;
+                        };
+                        let mut sent = slot.sent.lock();
+                        if sent.admit(&sequencing.conversation, seq) {
+                            self.push(slot, &frame);
+                        } else {
+                            self.dropped("already_sent", sequencing);
+                        }
                     }
                 }
             }
@@ -202,6 +299,7 @@ mod tests {
         hub.deliver(Delivery::ToUsers {
             users: vec!["bob".into()],
             frame: frame.clone(),
+            sequencing: None,
         });
         assert_eq!(phone.outbox.recv().await.unwrap(), frame);
         assert_eq!(laptop.outbox.recv().await.unwrap(), frame);
@@ -226,5 +324,133 @@ mod tests {
             frame: "{\"ok\":1}".into(),
         });
         assert_eq!(&*waiter.await.unwrap(), "{\"ok\":1}");
+    }
+
+    #[test]
+    fn a_connection_gets_each_conversation_in_increasing_seq_order_only() {
+        let mut sent = SentSeqs::default();
+        assert!(
+            sent.admit("dm:a:b", 5),
+            "a first event goes out, whatever its seq"
+        );
+        assert!(sent.admit("dm:a:b", 6));
+        assert!(!sent.admit("dm:a:b", 6), "a duplicate is dropped");
+        assert!(
+            !sent.admit("dm:a:b", 2),
+            "an earlier seq after a later one is dropped"
+        );
+        assert!(
+            sent.admit("dm:a:b", 9),
+            "a hole is let through: the client fills it"
+        );
+        assert!(sent.admit("g:team", 1), "conversations are tracked apart");
+        assert!(!sent.admit("dm:a:b", 8));
+    }
+
+    #[test]
+    fn deliveries_of_an_earlier_owner_are_dropped_once_a_later_one_was_heard() {
+        let mut epochs = OwnerEpochs::default();
+        assert!(epochs.admit(3, 100), "the first owner heard of");
+        assert!(epochs.admit(3, 100), "the same owner again");
+        assert!(epochs.admit(3, 250), "a later owner");
+        assert!(
+            !epochs.admit(3, 100),
+            "the earlier owner, resumed, is stale"
+        );
+        assert!(epochs.admit(4, 7), "partitions are tracked apart");
+        assert!(epochs.admit(3, 250));
+    }
+
+    fn event(owner_epoch: u64, conversation: &str, seq: u64) -> Delivery {
+        Delivery::ToUsers {
+            users: vec!["alice".into(), "bob".into()],
+            frame: format!("{conversation}#{seq}@{owner_epoch}").into(),
+            sequencing: Some(Sequencing {
+                partition: 1,
+                owner_epoch,
+                conversation: conversation.to_owned(),
+                seq: Some(seq),
+            }),
+        }
+    }
+
+    fn drain(registration: &mut SessionRegistration) -> Vec<String> {
+        let mut frames = Vec::new();
+        while let Ok(frame) = registration.outbox.try_recv() {
+            frames.push(frame.to_string());
+        }
+        frames
+    }
+
+    #[test]
+    fn a_resumed_router_cannot_put_stale_events_on_a_connection() {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new(64, metrics.clone());
+        let mut alice = hub.register("alice", "s1".into());
+        let mut bob = hub.register("bob", "s2".into());
+        // the first owner (epoch 10) delivers 1 and 2, then is paused with 3 and 4 unsent
+        hub.deliver(event(10, "dm:alice:bob", 1));
+        hub.deliver(event(10, "dm:alice:bob", 2));
+        // its successor (epoch 40) delivers the tail again (2, 3, 4), then new events
+        for seq in 2..=6 {
+            hub.deliver(event(40, "dm:alice:bob", seq));
+        }
+        // a read mark of the successor: no seq, goes out
+        hub.deliver(Delivery::ToUsers {
+            users: vec!["bob".into()],
+            frame: "read@40".into(),
+            sequencing: Some(Sequencing {
+                partition: 1,
+                owner_epoch: 40,
+                conversation: "dm:alice:bob".into(),
+                seq: None,
+            }),
+        });
+        // the first owner resumes and sends what it had queued, and a read mark
+        hub.deliver(event(10, "dm:alice:bob", 3));
+        hub.deliver(event(10, "dm:alice:bob", 4));
+        hub.deliver(Delivery::ToUsers {
+            users: vec!["bob".into()],
+            frame: "read@10".into(),
+            sequencing: Some(Sequencing {
+                partition: 1,
+                owner_epoch: 10,
+                conversation: "dm:alice:bob".into(),
+                seq: None,
+            }),
+        });
+        let expected: Vec<String> = [
+            "dm:alice:bob#1@10",
+            "dm:alice:bob#2@10",
+            "dm:alice:bob#3@40",
+            "dm:alice:bob#4@40",
+            "dm:alice:bob#5@40",
+            "dm:alice:bob#6@40",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        assert_eq!(drain(&mut alice), expected);
+        let mut bob_expected = expected.clone();
+        bob_expected.push("read@40".into());
+        assert_eq!(drain(&mut bob), bob_expected);
+        assert_eq!(
+            metrics
+                .deliveries_dropped
+                .with_label_values(&["stale_owner"])
+                .get(),
+            3
+        );
+        assert_eq!(
+            metrics
+                .deliveries_dropped
+                .with_label_values(&["already_sent"])
+                .get(),
+            2,
+            "the successor's 2 on both connections"
+        );
+        // a connection opened later starts its own order
+        let mut later = hub.register("alice", "s3".into());
+        hub.deliver(event(40, "dm:alice:bob", 7));
+        assert_eq!(drain(&mut later), vec!["dm:alice:bob#7@40".to_owned()]);
     }
 }

@@ -10,6 +10,8 @@
 //! before the upgrade), sessions per user (HTTP 429 before the upgrade), per-session outbox
 //! (slow consumers are closed with 1013).
 
+#[cfg(test)]
+mod fuzz;
 mod http;
 pub mod hub;
 pub mod server;

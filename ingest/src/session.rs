@@ -8,30 +8,46 @@
 //! Before the upgrade: the token is checked (401), the node's connection limit (503) and the
 //! user's session limit (429). After it: a `welcome` frame, then one loop that reads client
 //! frames, writes frames from the session's outbox, and closes on shutdown (1001), on a slow
-//! consumer (1013) or on an oversized frame (1009). Client frames are handled in order, each
-//! `send` appended to `ingress` before the next frame is read, so one connection's messages keep
-//! their order. A bad frame gets an `error` frame and the session goes on.
+//! consumer (1013), on an oversized frame (1009), on a protocol violation (1002; 1007 for text
+//! that is not UTF-8), when the token expires (4001) or when the client was silent for
+//! `limits.idle_timeout_ms` (4002; a silent client is pinged every `limits.ping_interval_ms`).
+//! Client frames are handled in order, each `send` appended to `ingress` before the next frame
+//! is read, so one connection's messages keep their order. A bad frame gets an `error` frame and
+//! the session goes on; an `auth` frame renews the token.
+//!
+//! No client can hold a session, its connection permit, its device slot or its outbox: every
+//! socket write (frames, pings, the close) is bounded by `limits.session_write_timeout_ms` and
+//! abandoned as soon as the outbox overflows, and the session then ends with 1013 (or without a
+//! close frame when even that cannot be written). On every end the session leaves the hub (its
+//! outbox is freed) and presence (its device slot), then closes the socket and gives back its
+//! connection permit.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use chorus_core::auth::{Claims, unix_millis};
+use chorus_core::auth_limit::{CredentialKind, RequestOrigin, authenticate};
 use chorus_core::error::{ApiError, ErrorCode};
 use chorus_core::frames::typing_json;
 use chorus_core::http::{bearer_token, error_response};
 use chorus_core::ids::Conversation;
+use chorus_core::metrics::Metrics;
 use chorus_core::presence::Delivery;
 use chorus_core::validate::validate_ingress;
 use chorus_schemas::{EventBody, IngressEvent};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use governor::DefaultDirectRateLimiter;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -39,6 +55,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use warp::reply::Response;
 
 use crate::Ingest;
+use crate::hub::{SessionRegistration, SlowFlag};
 
 /// Close code for a frame over `limits.max_frame_bytes`.
 const CLOSE_TOO_BIG: u16 = 1009;
@@ -46,10 +63,18 @@ const CLOSE_TOO_BIG: u16 = 1009;
 const CLOSE_TRY_AGAIN: u16 = 1013;
 /// Close code on node shutdown.
 const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code for a WebSocket protocol violation (unmasked, reserved bits, bad opcode, …).
+const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+/// Close code for a text frame that is not UTF-8.
+const CLOSE_INVALID_PAYLOAD: u16 = 1007;
+/// Close code when the session's token expired (renew with an `auth` frame before `exp`).
+const CLOSE_TOKEN_EXPIRED: u16 = 4001;
+/// Close code for a client that sent nothing, not even a pong, for `limits.idle_timeout_ms`.
+const CLOSE_IDLE: u16 = 4002;
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-enum ClientFrame {
+pub(crate) enum ClientFrame {
     Send {
         id: String,
         conversation: String,
@@ -74,6 +99,44 @@ enum ClientFrame {
         conversation: String,
     },
     Ping,
+    /// Renews the session's token without reconnecting.
+    Auth {
+        token: String,
+    },
+}
+
+/// A client frame that could not be parsed: the `bad_request` to answer with, and the frame's
+/// `id` when one could be read (the `error` frame echoes it).
+#[derive(Debug)]
+pub(crate) struct UnparsedFrame {
+    pub(crate) error: ApiError,
+    pub(crate) client_msg_id: Option<String>,
+}
+
+/// Parses one client text frame into its `id` (if it has one) and the frame. Any input gets an
+/// answer, never a panic (fuzzed by `ingest/src/fuzz.rs`).
+pub(crate) fn parse_client_frame(
+    text: &str,
+) -> Result<(Option<String>, ClientFrame), UnparsedFrame> {
+    let value: Value = serde_json::from_str(text).map_err(|error| UnparsedFrame {
+        error: ApiError::new(ErrorCode::BadRequest, format!("malformed json: {error}")),
+        client_msg_id: None,
+    })?;
+    let client_msg_id = value.get("id").and_then(Value::as_str).map(str::to_owned);
+    if !value.is_object() {
+        // serde would also take `["send", id, conversation, text]` as a frame
+        return Err(UnparsedFrame {
+            error: ApiError::new(ErrorCode::BadRequest, "bad frame: not a json object"),
+            client_msg_id,
+        });
+    }
+    match serde_json::from_value::<ClientFrame>(value) {
+        Ok(frame) => Ok((client_msg_id, frame)),
+        Err(error) => Err(UnparsedFrame {
+            error: ApiError::new(ErrorCode::BadRequest, format!("bad frame: {error}")),
+            client_msg_id,
+        }),
+    }
 }
 
 /// First allocation of a connection's read buffer (it grows for large frames).
@@ -132,10 +195,17 @@ pub(crate) async fn upgrade(
             .and_then(|v| v.to_str().ok());
         let token = bearer_token(authorization, request.uri().query())
             .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "missing bearer token"))?;
-        let claims = ingest
-            .tokens
-            .verify(&token)
-            .map_err(|error| ApiError::new(ErrorCode::Unauthorized, error.to_string()))?;
+        // failed tokens are rate-limited per source address (core::auth_limit)
+        let origin = request
+            .extensions()
+            .get::<chorus_core::auth_limit::RequestOrigin>();
+        let claims = chorus_core::auth_limit::authenticate(origin, CredentialKind::Token, || {
+            ingest
+                .tokens
+                .verify(&token)
+                .map_err(|error| ApiError::new(ErrorCode::Unauthorized, error.to_string()))
+        })?;
+        let session_origin = origin.cloned();
         let Ok(permit) = ingest.connection_slots.clone().try_acquire_owned() else {
             ingest.metrics.reject("max_connections");
             return Err(ApiError::new(
@@ -172,7 +242,7 @@ pub(crate) async fn upgrade(
                         Some(config),
                     )
                     .await;
-                    run_session(session_ingest, claims, socket, permit).await;
+                    run_session(session_ingest, claims, socket, permit, session_origin).await;
                 }
                 Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
             }
@@ -209,6 +279,110 @@ struct Session {
     id: Arc<str>,
     /// Per-connection rate (`limits.messages_per_second`, `limits.message_burst`).
     limiter: DefaultDirectRateLimiter,
+    /// When the session's token expires (seconds since the Unix epoch); an `auth` frame with a
+    /// fresh token moves it.
+    token_expires_at: u64,
+    /// Where the connection came from: a failed renewal counts against its address's budget of
+    /// failed authentications, as a failed upgrade does (`core::auth_limit`).
+    origin: Option<RequestOrigin>,
+}
+
+/// Why a session ends with a close frame: its code and reason.
+type Closing = (u16, &'static str);
+
+/// The slow-consumer close.
+const SLOW_CONSUMER: Closing = (
+    CLOSE_TRY_AGAIN,
+    "slow consumer: reconnect and fill the gap from history",
+);
+
+/// Why a write to the socket did not complete.
+enum WriteFailure {
+    /// The connection is broken or closed: nothing more can be written.
+    Broken,
+    /// The client is not reading: the write outlasted `limits.session_write_timeout_ms`, or the
+    /// outbox overflowed while it was pending.
+    Stalled,
+}
+
+/// The sending half of a session's socket. Every write is bounded by
+/// `limits.session_write_timeout_ms` and gives up as soon as the hub flags the session as a slow
+/// consumer, so a client that stops reading never holds its session open.
+struct SocketWriter {
+    sink: SplitSink<Socket, Message>,
+    /// `limits.session_write_timeout_ms`.
+    write_timeout: Duration,
+    /// Raised by the hub when the outbox overflows.
+    slow: Arc<SlowFlag>,
+    /// Counts writes that timed out (`rejections_total{reason="session_write_timeout"}`).
+    metrics: Arc<Metrics>,
+}
+
+impl SocketWriter {
+    async fn write(&mut self, message: Message) -> Result<(), WriteFailure> {
+        tokio::select! {
+            written = tokio::time::timeout(self.write_timeout, self.sink.send(message)) => {
+                match written {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, "websocket write failed");
+                        Err(WriteFailure::Broken)
+                    }
+                    Err(_) => {
+                        tracing::debug!("websocket write timed out: the client does not read");
+                        self.metrics.reject("session_write_timeout");
+                        Err(WriteFailure::Stalled)
+                    }
+                }
+            }
+            _ = self.slow.raised() => Err(WriteFailure::Stalled),
+        }
+    }
+
+    /// Sends the close frame, if any, and flushes, within one write timeout; a client that does
+    /// not read by then is dropped without it.
+    async fn close(&mut self, closing: Option<Closing>) {
+        let sink = &mut self.sink;
+        let close = async move {
+            if let Some((code, reason)) = closing {
+                let frame = CloseFrame {
+                    code: CloseCode::from(code),
+                    reason: reason.into(),
+                };
+                sink.send(Message::Close(Some(frame))).await?;
+            }
+            sink.close().await
+        };
+        if tokio::time::timeout(self.write_timeout, close)
+            .await
+            .is_err()
+        {
+            tracing::debug!("close frame not written in time; dropping the connection");
+        }
+    }
+}
+
+/// The close for a read error and the reason it is counted under: a protocol violation gets
+/// its code (RFC 6455 §7.4.1) before the connection closes; a broken connection just ends.
+fn read_error_close(error: &WsError) -> Option<(Closing, &'static str)> {
+    match error {
+        WsError::Capacity(_) => Some(((CLOSE_TOO_BIG, "frame too large"), "frame_too_large")),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        WsError::Protocol(_) => Some(((CLOSE_PROTOCOL_ERROR, "protocol error"), "protocol_error")),
+        WsError::Utf8(_) => Some((
+            (CLOSE_INVALID_PAYLOAD, "text frame is not valid utf-8"),
+            "invalid_utf8",
+        )),
+        _ => None,
+    }
+}
+
+/// The instant a Unix time (seconds) is reached, as seen from now.
+fn instant_at_unix_seconds(unix_seconds: u64) -> Instant {
+    let remaining_millis = (unix_seconds as i64)
+        .saturating_mul(1000)
+        .saturating_sub(unix_millis());
+    Instant::now() + Duration::from_millis(remaining_millis.max(0) as u64)
 }
 
 async fn run_session(
@@ -216,10 +390,11 @@ async fn run_session(
     claims: Claims,
     socket: Socket,
     permit: OwnedSemaphorePermit,
+    origin: Option<RequestOrigin>,
 ) {
     let session_id: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
     let user = claims.sub;
-    let mut registration = ingest.hub.register(&user, session_id.clone());
+    let registration = ingest.hub.register(&user, session_id.clone());
     if let Err(error) = ingest
         .presence
         .session_opened(&user, &session_id, &ingest.config.node_id)
@@ -230,83 +405,42 @@ async fn run_session(
         tracing::warn!(%error, user, "presence unavailable; live delivery to this session may lag");
     }
     tracing::debug!(user, session = %session_id, device = ?claims.device, "session opened");
-    let session = Session {
+    let mut session = Session {
         limiter: ingest.connection_limiter(),
         ingest: ingest.clone(),
         user: user.clone(),
         id: session_id.clone(),
+        token_expires_at: claims.exp,
+        origin,
     };
-    let (mut socket_out, mut socket_in) = socket.split();
-    let welcome = json!({"type": "welcome", "user": user, "session": &*session_id}).to_string();
-    let mut shutdown = ingest.shutdown.clone();
-    let mut close: Option<(u16, &'static str)> = None;
-    if socket_out.send(Message::text(welcome)).await.is_ok() {
-        loop {
-            tokio::select! {
-                outgoing = registration.outbox.recv() => {
-                    let Some(frame) = outgoing else { break };
-                    if socket_out.send(Message::text(&*frame)).await.is_err() {
-                        break;
-                    }
-                }
-                incoming = socket_in.next() => {
-                    match incoming {
-                        Some(Ok(message)) => {
-                            if message.is_close() {
-                                break;
-                            }
-                            if message.is_binary() {
-                                let error = ApiError::new(ErrorCode::BadRequest, "frames are json text, not binary");
-                                if socket_out.send(Message::text(error.ws_frame(None).to_string())).await.is_err() {
-                                    break;
-                                }
-                                continue;
-                            }
-                            let Message::Text(text) = message else {
-                                continue; // pings and pongs are handled by the library
-                            };
-                            if let Some(reply) = session.handle(text.as_str()).await
-                                && socket_out.send(Message::text(reply.to_string())).await.is_err()
-                            {
-                                break;
-                            }
-                        }
-                        Some(Err(WsError::Capacity(error))) => {
-                            tracing::debug!(%error, "frame over the limit");
-                            ingest.metrics.reject("frame_too_large");
-                            close = Some((CLOSE_TOO_BIG, "frame too large"));
-                            break;
-                        }
-                        Some(Err(error)) => {
-                            tracing::debug!(%error, "websocket read failed");
-                            break;
-                        }
-                        None => break,
-                    }
-                }
-                _ = registration.slow.raised() => {
-                    close = Some((CLOSE_TRY_AGAIN, "slow consumer: reconnect and fill the gap from history"));
-                    break;
-                }
-                _ = stopping(&mut shutdown) => {
-                    close = Some((CLOSE_GOING_AWAY, "node shutting down"));
-                    break;
-                }
-            }
-        }
-    }
-    if let Some((code, reason)) = close {
-        let frame = CloseFrame {
-            code: CloseCode::from(code),
-            reason: reason.into(),
-        };
-        let _ = socket_out.send(Message::Close(Some(frame))).await;
-    }
-    let _ = socket_out.close().await;
+    let limits = &ingest.config.limits;
+    let (sink, mut socket_in) = socket.split();
+    let mut writer = SocketWriter {
+        sink,
+        write_timeout: Duration::from_millis(limits.session_write_timeout_ms),
+        slow: registration.slow.clone(),
+        metrics: ingest.metrics.clone(),
+    };
+    let ping_interval = Duration::from_millis(limits.ping_interval_ms);
+    let idle_timeout = Duration::from_millis(limits.idle_timeout_ms);
+    let close = session
+        .run(
+            registration,
+            &mut socket_in,
+            &mut writer,
+            ping_interval,
+            idle_timeout,
+        )
+        .await;
+    // give back the outbox and the device slot before the (bounded) close handshake; the
+    // connection permit goes with the socket
     ingest.hub.unregister(&user, &session_id);
     if let Err(error) = ingest.presence.session_closed(&user, &session_id).await {
         tracing::warn!(%error, user, "presence unavailable while closing a session");
     }
+    writer.close(close).await;
+    drop(socket_in);
+    drop(writer);
     drop(permit);
 }
 
@@ -316,39 +450,144 @@ async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
 }
 
 impl Session {
-    /// Handles one client frame; returns a frame to send back at once, if any.
-    async fn handle(&self, text: &str) -> Option<Value> {
-        let value: Value = match serde_json::from_str(text) {
-            Ok(value) => value,
-            Err(error) => {
-                self.ingest.metrics.reject("bad_request");
-                return Some(
-                    ApiError::new(ErrorCode::BadRequest, format!("malformed json: {error}"))
-                        .ws_frame(None),
-                );
-            }
+    /// The session's loop: reads client frames, writes frames from the outbox, pings a silent
+    /// client, and ends on a close, a broken connection, shutdown (1001), a slow consumer
+    /// (1013), a protocol violation (1002, 1007, 1009), an expired token (4001) or a silent
+    /// client (4002). Returns the close to send, if any. The outbox is dropped on return.
+    async fn run(
+        &mut self,
+        mut registration: SessionRegistration,
+        socket_in: &mut SplitStream<Socket>,
+        writer: &mut SocketWriter,
+        ping_interval: Duration,
+        idle_timeout: Duration,
+    ) -> Option<Closing> {
+        let welcome = json!({"type": "welcome", "user": self.user, "session": &*self.id});
+        let stalled = |failure: WriteFailure| match failure {
+            WriteFailure::Broken => None,
+            WriteFailure::Stalled => Some(SLOW_CONSUMER),
         };
-        let client_msg_id = value.get("id").and_then(Value::as_str).map(str::to_owned);
-        let frame = match serde_json::from_value::<ClientFrame>(value) {
-            Ok(frame) => frame,
-            Err(error) => {
-                self.ingest.metrics.reject("bad_request");
-                return Some(
-                    ApiError::new(ErrorCode::BadRequest, format!("bad frame: {error}"))
-                        .ws_frame(client_msg_id.as_deref()),
-                );
-            }
-        };
-        if matches!(frame, ClientFrame::Ping) {
-            return Some(json!({"type": "pong"}));
+        if let Err(failure) = writer.write(Message::text(welcome.to_string())).await {
+            return stalled(failure);
         }
-        match self.dispatch(frame).await {
-            Ok(()) => None,
+        let mut shutdown = self.ingest.shutdown.clone();
+        let mut last_heard = Instant::now();
+        // both deadlines are moved lazily: when one fires, it checks `last_heard`
+        let ping_due = tokio::time::sleep_until(last_heard + ping_interval);
+        let idle_due = tokio::time::sleep_until(last_heard + idle_timeout);
+        let mut armed_expiry = self.token_expires_at;
+        let token_expiry = tokio::time::sleep_until(instant_at_unix_seconds(armed_expiry));
+        tokio::pin!(ping_due, idle_due, token_expiry);
+        loop {
+            tokio::select! {
+                outgoing = registration.outbox.recv() => {
+                    let frame = outgoing?; // the hub let go of the session
+                    if let Err(failure) = writer.write(Message::text(&*frame)).await {
+                        return stalled(failure);
+                    }
+                }
+                incoming = socket_in.next() => {
+                    last_heard = Instant::now();
+                    let message = match incoming {
+                        Some(Ok(message)) => message,
+                        Some(Err(error)) => {
+                            tracing::debug!(%error, "websocket read failed");
+                            let (close, reason) = read_error_close(&error)?;
+                            self.ingest.metrics.reject(reason);
+                            return Some(close);
+                        }
+                        None => return None,
+                    };
+                    let reply = match message {
+                        Message::Close(_) => return None,
+                        Message::Binary(_) => {
+                            self.ingest.metrics.reject("bad_request");
+                            Some(ApiError::new(ErrorCode::BadRequest, "frames are json text, not binary").ws_frame(None))
+                        }
+                        Message::Text(text) => self.handle(text.as_str()).await,
+                        // pings are answered by the library; pongs only count as a sign of life
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
+                    };
+                    if let Some(reply) = reply
+                        && let Err(failure) = writer.write(Message::text(reply.to_string())).await
+                    {
+                        return stalled(failure);
+                    }
+                    if self.token_expires_at != armed_expiry {
+                        armed_expiry = self.token_expires_at;
+                        token_expiry.as_mut().reset(instant_at_unix_seconds(armed_expiry));
+                    }
+                }
+                _ = &mut ping_due => {
+                    let now = Instant::now();
+                    if now < last_heard + ping_interval {
+                        ping_due.as_mut().reset(last_heard + ping_interval);
+                        continue;
+                    }
+                    ping_due.as_mut().reset(now + ping_interval);
+                    if let Err(failure) = writer.write(Message::Ping(Default::default())).await {
+                        return stalled(failure);
+                    }
+                }
+                _ = &mut idle_due => {
+                    if Instant::now() < last_heard + idle_timeout {
+                        idle_due.as_mut().reset(last_heard + idle_timeout);
+                        continue;
+                    }
+                    self.ingest.metrics.reject("idle_timeout");
+                    return Some((CLOSE_IDLE, "no frame or pong within limits.idle_timeout_ms"));
+                }
+                _ = &mut token_expiry => {
+                    self.ingest.metrics.reject("token_expired");
+                    return Some((CLOSE_TOKEN_EXPIRED, "token expired: renew it with an auth frame or reconnect"));
+                }
+                _ = registration.slow.raised() => return Some(SLOW_CONSUMER),
+                _ = stopping(&mut shutdown) => return Some((CLOSE_GOING_AWAY, "node shutting down")),
+            }
+        }
+    }
+
+    /// Handles one client frame; returns a frame to send back at once, if any.
+    async fn handle(&mut self, text: &str) -> Option<Value> {
+        let (client_msg_id, frame) = match parse_client_frame(text) {
+            Ok(parsed) => parsed,
+            Err(unparsed) => {
+                self.ingest.metrics.reject("bad_request");
+                return Some(unparsed.error.ws_frame(unparsed.client_msg_id.as_deref()));
+            }
+        };
+        let outcome = match frame {
+            ClientFrame::Ping => return Some(json!({"type": "pong"})),
+            ClientFrame::Auth { token } => self.renew(&token),
+            frame => self.dispatch(frame).await.map(|()| None),
+        };
+        match outcome {
+            Ok(reply) => reply,
             Err(error) => {
                 self.ingest.metrics.reject(error.code.as_str());
                 Some(error.ws_frame(client_msg_id.as_deref()))
             }
         }
+    }
+
+    /// An `auth` frame: a valid token for the same user moves the session's expiry and is
+    /// answered with `auth_ok`; otherwise an error, and the session keeps its current token.
+    fn renew(&mut self, token: &str) -> Result<Option<Value>, ApiError> {
+        self.check_rate()?;
+        let claims = authenticate(self.origin.as_ref(), CredentialKind::Token, || {
+            self.ingest
+                .tokens
+                .verify(token)
+                .map_err(|error| ApiError::new(ErrorCode::Unauthorized, error.to_string()))
+        })?;
+        if claims.sub != self.user {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "the new token is for another user",
+            ));
+        }
+        self.token_expires_at = claims.exp;
+        Ok(Some(json!({"type": "auth_ok", "exp": claims.exp})))
     }
 
     fn check_rate(&self) -> Result<(), ApiError> {
@@ -395,7 +634,7 @@ impl Session {
                 (conversation, None, EventBody::ReadCursorMoved { seq })
             }
             ClientFrame::Typing { conversation } => return self.typing(&conversation).await,
-            ClientFrame::Ping => return Ok(()),
+            ClientFrame::Ping | ClientFrame::Auth { .. } => return Ok(()),
         };
         let event = IngressEvent {
             event_id: uuid::Uuid::now_v7().to_string(),
@@ -459,6 +698,7 @@ impl Session {
             let delivery = Delivery::ToUsers {
                 users,
                 frame: frame.clone(),
+                sequencing: None,
             };
             if let Err(error) = self.ingest.bus.send(&node, delivery).await {
                 tracing::debug!(%error, node, "typing delivery failed");

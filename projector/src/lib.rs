@@ -8,7 +8,9 @@
 //! sink already has changes nothing. Group offset commits are informational (at most one a second).
 //!
 //! A failed apply is retried with backoff on the same batch (the position did not move), so a
-//! store outage delays projections and never skips events. An undecodable timeline record stops
+//! store outage delays projections and never skips events. Reading a sink's position when a
+//! partition is assigned is retried the same way, so a projector started while its store is down
+//! holds (keeps its position, consumes nothing) and starts once the store answers. An undecodable timeline record stops
 //! the projection instead of skipping it. [`rebuild`] replays a partition range
 //! into a fresh sink for `chorus replay`.
 
@@ -261,6 +263,27 @@ async fn apply_with_retry(
     }
 }
 
+/// Reads a sink's position, retrying with backoff while the sink fails (a store that is down
+/// when the projector starts or a partition moves): the projection holds until it answers.
+async fn position_with_retry(
+    sink: &dyn Sink,
+    partition: PartitionId,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<Offset, ProjectorError> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match sink.position(partition).await {
+            Ok(position) => return Ok(position),
+            Err(error) if *stop.borrow() => return Err(error),
+            Err(error) => {
+                tracing::warn!(sink = sink.name(), partition, %error, ?backoff, "projection position unavailable; holding");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// How often the lag gauges are updated.
 const LAG_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -453,7 +476,12 @@ async fn run_projection(
         match polled {
             PollEvent::Assigned(partitions) => {
                 for partition in partitions {
-                    let position = runner.projection.sink.position(partition).await?;
+                    let position = position_with_retry(
+                        runner.projection.sink.as_ref(),
+                        partition,
+                        &runner.stop,
+                    )
+                    .await?;
                     runner.consumer.seek(partition, position)?;
                     runner.projection.progress.advance(partition, position);
                     tracing::debug!(

@@ -17,6 +17,12 @@
 //! `redis`): while Redis fails, calls fail fast with [`PresenceError::Unavailable`] and callers
 //! degrade (ingest keeps accepting and acking; live delivery is best effort and clients fill gaps
 //! from history). The subscription of an attached node reconnects by itself.
+//!
+//! Nothing here needs Redis to be up when a node starts: [`RedisShared::connect`] connects
+//! lazily (the first command connects, a failed connection is tried again by the next command),
+//! and [`RedisBus::attach`] subscribes in the background until Redis answers. A node started
+//! during an outage runs degraded (calls answer [`PresenceError::Unavailable`]) and heals when
+//! Redis comes back, without a restart. [`RedisShared::ping`] tells whether Redis answers now.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -61,6 +67,11 @@ impl RedisConfig {
     }
 }
 
+/// Longest wait for one connection to Redis (commands and subscriptions).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest pause between two subscription attempts while Redis is unreachable.
+const MAX_SUBSCRIBE_BACKOFF: Duration = Duration::from_secs(1);
+
 fn unavailable(error: impl std::fmt::Display) -> PresenceError {
     PresenceError::Unavailable(error.to_string())
 }
@@ -77,20 +88,20 @@ pub struct RedisShared {
 }
 
 impl RedisShared {
-    /// Connects (the first connection must succeed; later outages are handled by the breaker).
+    /// Prepares the connection without waiting for Redis: the first command connects, and while
+    /// Redis is unreachable every command fails with [`PresenceError::Unavailable`] (through the
+    /// breaker) and the next one tries to connect again. Fails only on a URL that cannot be used.
     pub async fn connect(
         config: RedisConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, PresenceError> {
         let client = redis::Client::open(config.url.as_str()).map_err(unavailable)?;
         let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let commands = client
-            .get_connection_manager_with_config(manager_config)
-            .await
+        let commands = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
             .map_err(unavailable)?;
         let breaker = Breaker::new(
             "redis",
@@ -104,6 +115,28 @@ impl RedisShared {
             commands,
             breaker,
         }))
+    }
+
+    /// `PING` through the breaker: whether Redis answers now.
+    pub async fn ping(&self) -> Result<(), PresenceError> {
+        let mut connection = self.commands.clone();
+        self.guarded(redis::cmd("PING").query_async::<String>(&mut connection))
+            .await
+            .map(drop)
+    }
+
+    /// A pub/sub connection subscribed to `channel`, bounded in time.
+    async fn subscribe(&self, channel: &str) -> Result<redis::aio::PubSub, PresenceError> {
+        let attempt = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+            Ok(Ok(pubsub)) => Ok(pubsub),
+            Ok(Err(error)) => Err(unavailable(error)),
+            Err(_) => Err(unavailable("subscribing timed out")),
+        }
     }
 
     fn key(&self, parts: &[&str]) -> String {
@@ -325,18 +358,34 @@ pub struct RedisBus(pub Arc<RedisShared>);
 
 #[async_trait]
 impl NodeBus for RedisBus {
+    /// Subscribes to the node's channel. When Redis does not answer, the node keeps starting:
+    /// the subscription is tried again in the background (with backoff) until it holds, and
+    /// until then the router finds nobody on the channel and takes the broadcast path.
     async fn attach(&self, node: &str, sink: Arc<dyn DeliverySink>) -> Result<(), PresenceError> {
         let shared = self.0.clone();
         let channel = shared.key(&["deliver", node]);
-        let mut pubsub = shared
-            .client
-            .get_async_pubsub()
-            .await
-            .map_err(unavailable)?;
-        pubsub.subscribe(&channel).await.map_err(unavailable)?;
+        let first = match shared.subscribe(&channel).await {
+            Ok(pubsub) => Some(pubsub),
+            Err(error) => {
+                tracing::warn!(channel, %error, "redis unavailable: subscribing in the background, deliveries take the broadcast path until then");
+                None
+            }
+        };
         tokio::spawn(async move {
+            let mut subscribed = first;
             let mut backoff = Duration::from_millis(100);
             loop {
+                let pubsub = match subscribed.take() {
+                    Some(pubsub) => pubsub,
+                    None => loop {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_SUBSCRIBE_BACKOFF);
+                        if let Ok(fresh) = shared.subscribe(&channel).await {
+                            tracing::info!(channel, "delivery subscription in place");
+                            break fresh;
+                        }
+                    },
+                };
                 let mut messages = pubsub.into_on_message();
                 while let Some(message) = messages.next().await {
                     backoff = Duration::from_millis(100);
@@ -349,16 +398,6 @@ impl NodeBus for RedisBus {
                     }
                 }
                 tracing::warn!(channel, "delivery subscription lost; resubscribing");
-                pubsub = loop {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    let Ok(mut fresh) = shared.client.get_async_pubsub().await else {
-                        continue;
-                    };
-                    if fresh.subscribe(&channel).await.is_ok() {
-                        break fresh;
-                    }
-                };
             }
         });
         Ok(())

@@ -21,7 +21,11 @@
 //!    bus. While presence or the bus fails (Redis down, breaker open), acks go to their node
 //!    and events to every node over the broadcast path ([`BroadcastBus`], a `deliveries` topic
 //!    each ingest node tails and filters locally); targeted delivery resumes as soon as they
-//!    answer again. Live delivery is best effort; clients fill gaps from history;
+//!    answer again. Live delivery is best effort; clients fill gaps from history. Each timeline
+//!    delivery carries the worker's ownership epoch (the `timeline` end it recovered to) and the
+//!    event's seq, so nodes drop what a router sends after losing the partition and never put an
+//!    event behind a later one on a connection; and a new owner first delivers again the last
+//!    `router.takeover_redelivery_events` events, the tail an earlier owner may not have sent;
 //! 4. a failed timeline append stops the router with an error (crash-only): the state may hold
 //!    events the log lacks, and only recovery from the log is trusted. A fenced append means
 //!    another router owns the partition: nothing of the batch is acknowledged;
@@ -29,6 +33,7 @@
 //!    bounded by half the consumer group's session timeout, so the next owner is not kept
 //!    waiting; past that the worker is aborted, which loses nothing (see `drain`).
 
+pub mod group_limits;
 pub mod state;
 mod worker;
 
@@ -133,20 +138,26 @@ pub async fn run(
                         .log
                         .fenced_writer(&topics.timeline, partition)
                         .await?;
-                    let (state, timeline_end) = worker::recover(&context, partition).await?;
-                    let resume = state.next_ingress_offset();
+                    let recovered = worker::recover(&context, partition).await?;
+                    let resume = recovered.state.next_ingress_offset();
                     consumer.seek(partition, resume)?;
+                    let owner_epoch = recovered.owner_epoch;
                     tracing::debug!(
                         partition,
                         resume,
-                        timeline_end,
+                        owner_epoch,
                         "sequencer partition assigned"
                     );
+                    context
+                        .metrics
+                        .router_partition_epoch
+                        .with_label_values(&[partition.to_string().as_str()])
+                        .set(i64::try_from(owner_epoch).unwrap_or(i64::MAX));
                     let (batches, receiver) = mpsc::channel(4);
                     let task = tokio::spawn(worker::run(
                         context.clone(),
                         partition,
-                        state,
+                        recovered,
                         writer,
                         receiver,
                     ));
@@ -159,6 +170,10 @@ pub async fn run(
                     let _ = consumer.commit(&revoked).await;
                 }
                 for partition in partitions {
+                    let _ = context
+                        .metrics
+                        .router_partition_epoch
+                        .remove_label_values(&[partition.to_string().as_str()]);
                     if let Some(handle) = workers.remove(&partition) {
                         drain(partition, handle, drain_limit).await?;
                     }

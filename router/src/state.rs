@@ -15,13 +15,18 @@
 //!   once it is recalled; only the owner (the creator) or a trusted business system manages
 //!   members; trusted business systems may send as any sender;
 //! - a retried client message id (same conversation and sender) gets the original outcome back
-//!   instead of a second event, within a window of the most recent `dedup_window` ids.
+//!   instead of a second event, within a window of the most recent `dedup_window` ids;
+//! - a group never grows past `limits.max_group_members` members, and a user creates at most
+//!   `limits.max_groups_created_per_user_per_hour` groups an hour: [`crate::group_limits`].
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
+use chorus_core::config::{ChorusConfig, LimitsSection};
 use chorus_core::error::{ApiError, ErrorCode};
 use chorus_core::ids::Conversation;
 use chorus_schemas::{EventBody, IngressEvent, TimelineEvent};
+
+use crate::group_limits::{GroupCreations, GroupLimits};
 
 /// Marks a seq that is not a message (member events, edits, recalls).
 const NOT_A_MESSAGE: u32 = u32::MAX;
@@ -77,9 +82,14 @@ pub struct SequencerState {
     dedup_window: usize,
     /// Next ingress offset to sequence: one past the highest `ingress_offset` in the timeline.
     next_ingress_offset: u64,
+    /// Limits on group size and on groups created per user.
+    group_limits: GroupLimits,
+    /// Recent group creations per creator, for `group_limits`.
+    group_creations: GroupCreations,
 }
 
 impl SequencerState {
+    /// A state with `dedup_window` and the default group limits of [`LimitsSection`].
     pub fn new(dedup_window: usize) -> Self {
         SequencerState {
             conversations: HashMap::new(),
@@ -88,7 +98,23 @@ impl SequencerState {
             dedup_order: VecDeque::new(),
             dedup_window,
             next_ingress_offset: 0,
+            group_limits: GroupLimits::from_limits(&LimitsSection::default(), 1),
+            group_creations: GroupCreations::default(),
         }
+    }
+
+    /// A state with the configured dedup window and group limits (what the router uses).
+    pub fn for_config(config: &ChorusConfig) -> Self {
+        SequencerState::new(config.router.dedup_window).with_group_limits(GroupLimits::from_limits(
+            &config.limits,
+            config.partitions(),
+        ))
+    }
+
+    /// Replaces the group limits.
+    pub fn with_group_limits(mut self, group_limits: GroupLimits) -> Self {
+        self.group_limits = group_limits;
+        self
     }
 
     /// Where sequencing of this partition resumes in `ingress`.
@@ -178,6 +204,12 @@ impl SequencerState {
                     state.owner = None;
                 } else {
                     state.owner = Some(event.sender.clone());
+                    self.group_creations.record(
+                        &event.sender,
+                        event.ts_ms,
+                        self.group_limits
+                            .max_groups_created_per_user_per_hour_in_partition,
+                    );
                 }
             }
             EventBody::MembersAdded { members } => state.members.extend(members.iter().cloned()),
@@ -251,14 +283,16 @@ impl SequencerState {
             Conversation::Direct { .. } => true,
             Conversation::Group { .. } => state.is_some_and(|state| state.created),
         };
-        if let EventBody::ConversationCreated { .. } = &event.body {
+        if let EventBody::ConversationCreated { members, .. } = &event.body {
             if group_exists {
                 return Err(ApiError::new(
                     ErrorCode::BadRequest,
                     format!("conversation {} already exists", event.conversation),
                 ));
             }
-            return Ok(());
+            return self
+                .group_limits
+                .check_creation(&self.group_creations, event, members);
         }
         if !group_exists {
             return Err(ApiError::new(
@@ -273,6 +307,14 @@ impl SequencerState {
                     .is_some_and(|owner| owner == &event.sender);
                 if !event.trusted && !is_owner {
                     return forbidden("only the owner of a group manages its members");
+                }
+                if let (EventBody::MembersAdded { members }, Some(state)) = (&event.body, state) {
+                    let newcomers: HashSet<&String> = members
+                        .iter()
+                        .filter(|member| !state.members.contains(*member))
+                        .collect();
+                    self.group_limits
+                        .check_size(state.members.len() + newcomers.len())?;
                 }
                 Ok(())
             }
@@ -333,6 +375,7 @@ impl SequencerState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::group_limits::GROUP_CREATION_WINDOW_MS;
 
     fn ingress(conversation: &str, sender: &str, id: &str, body: EventBody) -> IngressEvent {
         IngressEvent {
@@ -566,6 +609,271 @@ mod tests {
         assert!(matches!(&decision, Decision::Sequence(event) if event.seq.is_none()));
         assert_eq!(state.last_seq("dm:alice:bob"), 1);
         assert_eq!(state.next_ingress_offset(), 2);
+    }
+
+    fn create_group(
+        conversation: &str,
+        creator: &str,
+        members: &[&str],
+        ts_ms: i64,
+    ) -> IngressEvent {
+        let mut event = ingress(
+            conversation,
+            creator,
+            &format!("create-{conversation}"),
+            EventBody::ConversationCreated {
+                title: None,
+                members: members.iter().map(|member| member.to_string()).collect(),
+            },
+        );
+        event.ts_ms = ts_ms;
+        event
+    }
+
+    fn add_members(conversation: &str, sender: &str, id: &str, members: &[&str]) -> IngressEvent {
+        ingress(
+            conversation,
+            sender,
+            id,
+            EventBody::MembersAdded {
+                members: members.iter().map(|member| member.to_string()).collect(),
+            },
+        )
+    }
+
+    fn limited(
+        max_group_members: usize,
+        max_groups_created_per_user_per_hour: usize,
+    ) -> SequencerState {
+        let limits = LimitsSection {
+            max_group_members,
+            max_groups_created_per_user_per_hour,
+            ..LimitsSection::default()
+        };
+        SequencerState::new(100).with_group_limits(GroupLimits::from_limits(&limits, 1))
+    }
+
+    #[test]
+    fn a_group_never_grows_past_its_member_limit_through_several_events() {
+        let mut state = limited(5, 100);
+        let created = state.decide(
+            create_group("g:t", "alice", &["alice", "bob", "carol"], 1),
+            0,
+        );
+        assert_eq!(seq_of(&created), Some(1));
+        // each event is under the per-event cap; together they would pass the total
+        let to_five = state.decide(add_members("g:t", "alice", "a1", &["dave", "erin"]), 1);
+        assert_eq!(seq_of(&to_five), Some(2));
+        let Decision::Reject(error) =
+            state.decide(add_members("g:t", "alice", "a2", &["frank"]), 2)
+        else {
+            panic!("a sixth member must be refused");
+        };
+        assert_eq!(error.code, ErrorCode::TooLarge);
+        assert!(
+            error.message.contains("limits.max_group_members"),
+            "{}",
+            error.message
+        );
+        assert!(error.message.contains("6 members"), "{}", error.message);
+        // members already in the group do not count twice; a business system is limited too
+        let existing = state.decide(add_members("g:t", "alice", "a3", &["bob", "dave"]), 3);
+        assert_eq!(seq_of(&existing), Some(3));
+        let mut trusted = add_members("g:t", "system", "a4", &["frank"]);
+        trusted.trusted = true;
+        assert_eq!(
+            code_of(&state.decide(trusted, 4)),
+            Some(ErrorCode::TooLarge)
+        );
+        // after a removal there is room again
+        let removed = state.decide(
+            ingress(
+                "g:t",
+                "alice",
+                "r1",
+                EventBody::MembersRemoved {
+                    members: vec!["erin".into()],
+                },
+            ),
+            5,
+        );
+        assert_eq!(seq_of(&removed), Some(4));
+        let frank = state.decide(add_members("g:t", "alice", "a5", &["frank"]), 6);
+        assert_eq!(seq_of(&frank), Some(5));
+        assert_eq!(state.members("g:t").len(), 5);
+        // a creation larger than the limit (duplicates count once)
+        let too_big = state.decide(
+            create_group("g:big", "alice", &["alice", "b", "c", "d", "e", "f"], 2),
+            7,
+        );
+        assert_eq!(code_of(&too_big), Some(ErrorCode::TooLarge));
+        let duplicates = state.decide(
+            create_group(
+                "g:dup",
+                "alice",
+                &["alice", "b", "b", "b", "c", "d", "e"],
+                2,
+            ),
+            8,
+        );
+        assert_eq!(seq_of(&duplicates), Some(1));
+    }
+
+    #[test]
+    fn a_user_creates_a_limited_number_of_groups_per_hour_of_event_time() {
+        const HOUR: i64 = 3_600_000;
+        let start = 1_764_230_400_000;
+        let mut state = limited(100, 2);
+        let mut timeline = Vec::new();
+        let mut decide = |state: &mut SequencerState, event: IngressEvent, offset: u64| {
+            let decision = state.decide(event, offset);
+            if let Decision::Sequence(event) = &decision {
+                timeline.push(event.clone());
+            }
+            decision
+        };
+        assert!(
+            seq_of(&decide(
+                &mut state,
+                create_group("g:a", "alice", &["alice"], start),
+                0
+            ))
+            .is_some()
+        );
+        assert!(
+            seq_of(&decide(
+                &mut state,
+                create_group("g:b", "alice", &["alice"], start + 1_000),
+                1
+            ))
+            .is_some()
+        );
+        let Decision::Reject(error) = decide(
+            &mut state,
+            create_group("g:c", "alice", &["alice"], start + 2_000),
+            2,
+        ) else {
+            panic!("a third group within the hour must be refused");
+        };
+        assert_eq!(error.code, ErrorCode::RateLimited);
+        assert!(
+            error
+                .message
+                .contains("limits.max_groups_created_per_user_per_hour"),
+            "{}",
+            error.message
+        );
+        // another user is not affected; a business system is not limited
+        assert!(
+            seq_of(&decide(
+                &mut state,
+                create_group("g:d", "bob", &["bob"], start + 3_000),
+                3
+            ))
+            .is_some()
+        );
+        let mut trusted = create_group("g:e", "system", &["alice"], start + 4_000);
+        trusted.trusted = true;
+        assert!(seq_of(&decide(&mut state, trusted, 4)).is_some());
+        // an ingest node whose clock lags does not reopen the window
+        assert_eq!(
+            code_of(&decide(
+                &mut state,
+                create_group("g:f", "alice", &["alice"], start - HOUR),
+                5
+            )),
+            Some(ErrorCode::RateLimited)
+        );
+        // once the first creation is an hour old, there is room for one more
+        let later = start + HOUR + 1;
+        assert!(
+            seq_of(&decide(
+                &mut state,
+                create_group("g:g", "alice", &["alice"], later),
+                6
+            ))
+            .is_some()
+        );
+        assert_eq!(
+            code_of(&decide(
+                &mut state,
+                create_group("g:h", "alice", &["alice"], later + 1),
+                7
+            )),
+            Some(ErrorCode::RateLimited)
+        );
+        // recovery from the timeline decides the same way
+        let mut recovered = limited(100, 2);
+        for event in &timeline {
+            recovered.apply(event);
+        }
+        assert_eq!(
+            code_of(&recovered.decide(create_group("g:i", "alice", &["alice"], later + 2), 8)),
+            Some(ErrorCode::RateLimited)
+        );
+        assert!(
+            seq_of(&recovered.decide(create_group("g:j", "bob", &["bob"], later + 2), 9)).is_some()
+        );
+    }
+
+    #[test]
+    fn each_partition_allows_its_share_of_the_per_user_limit() {
+        let limits = LimitsSection {
+            max_groups_created_per_user_per_hour: 10,
+            ..LimitsSection::default()
+        };
+        let share = GroupLimits::from_limits(&limits, 4);
+        assert_eq!(share.max_groups_created_per_user_per_hour_in_partition, 3);
+        assert_eq!(
+            GroupLimits::from_limits(&limits, 1).max_groups_created_per_user_per_hour_in_partition,
+            10
+        );
+        assert_eq!(
+            GroupLimits::from_limits(&limits, 64).max_groups_created_per_user_per_hour_in_partition,
+            1
+        );
+        let mut state = SequencerState::new(100).with_group_limits(share);
+        for (offset, id) in ["g:1", "g:2", "g:3"].into_iter().enumerate() {
+            let created = state.decide(create_group(id, "alice", &["alice"], 1), offset as u64);
+            assert_eq!(seq_of(&created), Some(1));
+        }
+        let refused = state.decide(create_group("g:4", "alice", &["alice"], 1), 3);
+        assert_eq!(code_of(&refused), Some(ErrorCode::RateLimited));
+    }
+
+    #[test]
+    fn group_creation_memory_is_bounded() {
+        let mut state = limited(100, 3);
+        for index in 0..50u64 {
+            state.decide(
+                create_group(&format!("g:a{index}"), "alice", &["alice"], index as i64),
+                index,
+            );
+        }
+        assert_eq!(state.group_creations.by_creator["alice"].len(), 3);
+        for index in 0..1_000u64 {
+            let user = format!("user{index}");
+            state.decide(
+                create_group(&format!("g:u{index}"), &user, &[user.as_str()], 0),
+                100 + index,
+            );
+        }
+        assert!(state.group_creations.by_creator.len() > 500);
+        // two hours later, every earlier creator falls out at the next sweeps
+        let later = 2 * GROUP_CREATION_WINDOW_MS;
+        for index in 0..300u64 {
+            let user = format!("late{index}");
+            state.decide(
+                create_group(&format!("g:l{index}"), &user, &[user.as_str()], later),
+                2_000 + index,
+            );
+        }
+        assert!(
+            state.group_creations.by_creator.len() <= 300 * 2,
+            "{} creators remembered",
+            state.group_creations.by_creator.len()
+        );
+        assert!(!state.group_creations.by_creator.contains_key("user1"));
     }
 
     #[test]

@@ -3,14 +3,22 @@
 //! Acks and deliveries of a batch are handed, once its append returned, to the partition's
 //! notifier task, which sends them in batch order while the next batch is decided and appended:
 //! nothing is acknowledged before it is durable, and per-conversation order is kept.
+//!
+//! Every delivery of a timeline frame carries its [`Sequencing`]: the partition, this worker's
+//! ownership epoch (the `timeline` end found after the fenced writer opened, see
+//! [`chorus_core::presence::Sequencing`]), the conversation and the seq, so that nodes can drop
+//! what a router sends after it lost the partition (a paused process resumed) and keep each
+//! connection's seq order. Before anything else a new owner delivers again the last
+//! `router.takeover_redelivery_events` events of the partition: the committed tail an earlier
+//! owner may not have sent; nodes drop what a connection already got.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use chorus_core::broadcast::EVERY_NODE;
 use chorus_core::error::ApiError;
 use chorus_core::frames::{ack_json, event_json, read_json};
 use chorus_core::log::{FencedWriter, NewRecord, Offset, PartitionId, Record};
-use chorus_core::presence::{Delivery, Frame};
+use chorus_core::presence::{Delivery, Frame, Sequencing};
 use chorus_core::validate::validate_ingress;
 use chorus_schemas::{EventBody, IngressEvent, TimelineEvent, decode_ingress, encode_timeline};
 use tokio::sync::mpsc;
@@ -28,16 +36,35 @@ const LAG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// How many timeline records one recovery read asks for.
 const RECOVERY_READ: usize = 4096;
 
-/// Rebuilds a partition's state from its `timeline`. Returns the state and the timeline end.
+/// A partition as recovered by its new owner.
+pub(crate) struct Recovered {
+    pub(crate) state: SequencerState,
+    /// The `timeline` end found once the fenced writer was open: this owner's epoch.
+    pub(crate) owner_epoch: Offset,
+    /// Deliveries of the partition's last sequenced events, sent again before anything else.
+    tail: Vec<Notice>,
+}
+
+/// Rebuilds a partition's state from its `timeline`, and the deliveries of its last
+/// `router.takeover_redelivery_events` sequenced events (with the members each had then).
 /// Call it only once this worker's fenced writer is open, so no earlier owner can still add to
-/// the timeline behind the recovered state.
+/// the timeline behind the recovered state (and the end found is an ownership epoch).
 pub(crate) async fn recover(
     context: &RouterContext,
     partition: PartitionId,
-) -> Result<(SequencerState, Offset), RouterError> {
+) -> Result<Recovered, RouterError> {
     let topics = context.config.topics();
-    let mut state = SequencerState::new(context.config.router.dedup_window);
+    let mut state = SequencerState::for_config(&context.config);
     let end = context.log.end_offset(&topics.timeline, partition).await?;
+    let owner = Owner {
+        partition,
+        epoch: end,
+    };
+    let tail_events = context.config.router.takeover_redelivery_events;
+    // On Kafka each transaction adds a marker, so the last n events lie within the last 2n
+    // offsets; members are only worked out for events there.
+    let tail_from = end.saturating_sub(2 * tail_events as u64);
+    let mut tail: VecDeque<Notice> = VecDeque::with_capacity(tail_events.min(RECOVERY_READ));
     let mut position = 0;
     while position < end {
         let records = context
@@ -61,9 +88,30 @@ pub(crate) async fn recover(
                 }
             })?;
             state.apply(&event);
+            if tail_events > 0
+                && record.offset >= tail_from
+                && event.seq.is_some()
+                && !matches!(event.body, EventBody::ReadCursorMoved { .. })
+            {
+                if tail.len() == tail_events {
+                    tail.pop_front();
+                }
+                tail.extend(sequenced_notices(&state, &event, None, owner));
+            }
         }
     }
-    Ok((state, end))
+    Ok(Recovered {
+        state,
+        owner_epoch: end,
+        tail: tail.into(),
+    })
+}
+
+/// The partition a worker owns and its ownership epoch, stamped on every timeline delivery.
+#[derive(Clone, Copy)]
+struct Owner {
+    partition: PartitionId,
+    epoch: Offset,
 }
 
 /// What to tell whom once a batch is durable.
@@ -81,16 +129,29 @@ enum Notice {
         frame: Frame,
     },
     /// A sequenced event (or read mark) for the conversation's members.
-    Deliver { members: Vec<String>, frame: Frame },
+    Deliver {
+        members: Vec<String>,
+        frame: Frame,
+        sequencing: Sequencing,
+    },
 }
 
 pub(crate) async fn run(
     context: RouterContext,
     partition: PartitionId,
-    mut state: SequencerState,
+    recovered: Recovered,
     mut writer: Box<dyn FencedWriter>,
     mut batches: mpsc::Receiver<Vec<Record>>,
 ) -> Result<(), RouterError> {
+    let Recovered {
+        mut state,
+        owner_epoch,
+        tail,
+    } = recovered;
+    let owner = Owner {
+        partition,
+        epoch: owner_epoch,
+    };
     let topics = context.config.topics();
     let partition_label = partition.to_string();
     // Acks and deliveries go out in batch order from a task of their own, so the next batch's
@@ -108,6 +169,17 @@ pub(crate) async fn run(
             }
         })
     };
+    if !tail.is_empty() {
+        tracing::debug!(
+            partition,
+            owner_epoch,
+            count = tail.len(),
+            "delivering the partition's last events again"
+        );
+        if notices_out.send(tail).await.is_err() {
+            tracing::warn!(partition, "notifier stopped before the redelivery");
+        }
+    }
     let max_batch = context.config.router.batch_records.max(1) * COALESCE_BATCHES;
     let mut lag_updated: Option<std::time::Instant> = None;
     while let Some(mut batch) = batches.recv().await {
@@ -167,7 +239,7 @@ pub(crate) async fn run(
                         timeline_event.conversation.as_bytes(),
                         value,
                     ));
-                    notices.extend(sequenced_notices(&state, &timeline_event, origin));
+                    notices.extend(sequenced_notices(&state, &timeline_event, origin, owner));
                 }
                 Decision::Duplicate { seq, event_id } => {
                     if let Some((node, session)) = origin {
@@ -293,15 +365,23 @@ fn sequenced_notices(
     state: &SequencerState,
     event: &TimelineEvent,
     origin: Option<(String, String)>,
+    owner: Owner,
 ) -> Vec<Notice> {
     let mut notices = Vec::with_capacity(2);
     let mut members = state.members(&event.conversation);
+    let sequencing = Sequencing {
+        partition: owner.partition,
+        owner_epoch: owner.epoch,
+        conversation: event.conversation.clone(),
+        seq: event.seq,
+    };
     match (&event.body, event.seq) {
         (EventBody::ReadCursorMoved { seq }, _) => {
             let frame = read_json(&event.conversation, &event.sender, *seq);
             notices.push(Notice::Deliver {
                 members,
                 frame: frame.to_string().into(),
+                sequencing,
             });
         }
         (_, Some(seq)) => {
@@ -325,6 +405,7 @@ fn sequenced_notices(
             notices.push(Notice::Deliver {
                 members,
                 frame: event_json(event).to_string().into(),
+                sequencing,
             });
         }
         (_, None) => {}
@@ -384,7 +465,11 @@ async fn notify(context: &RouterContext, notices: Vec<Notice>) {
                 session,
                 frame,
             } => targeted.push((node, Delivery::ToSession { session, frame })),
-            Notice::Deliver { members, frame } => match &located {
+            Notice::Deliver {
+                members,
+                frame,
+                sequencing,
+            } => match &located {
                 Some(located) => {
                     let mut by_node: BTreeMap<&String, Vec<String>> = BTreeMap::new();
                     for member in &members {
@@ -396,6 +481,7 @@ async fn notify(context: &RouterContext, notices: Vec<Notice>) {
                         let delivery = Delivery::ToUsers {
                             users,
                             frame: frame.clone(),
+                            sequencing: Some(sequencing.clone()),
                         };
                         targeted.push((node.clone(), delivery));
                     }
@@ -405,6 +491,7 @@ async fn notify(context: &RouterContext, notices: Vec<Notice>) {
                     Delivery::ToUsers {
                         users: members,
                         frame,
+                        sequencing: Some(sequencing),
                     },
                 )),
             },
@@ -438,5 +525,103 @@ async fn notify(context: &RouterContext, notices: Vec<Notice>) {
     }
     if let Err(error) = fallback.publish(degraded).await {
         tracing::warn!(%error, "broadcast delivery failed; clients will fill the gap from history");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chorus_core::config::ChorusConfig;
+    use chorus_core::log::EventLog;
+    use chorus_core::log::embedded::{EmbeddedLog, EmbeddedLogConfig};
+    use chorus_core::metrics::Metrics;
+    use chorus_core::presence::{LocalBus, LocalPresence};
+
+    use super::*;
+
+    fn timeline_event(seq: Option<u64>, ingress_offset: u64, body: EventBody) -> NewRecord {
+        let event = TimelineEvent {
+            conversation: "dm:alice:bob".into(),
+            seq,
+            event_id: format!("e{ingress_offset}"),
+            sender: "alice".into(),
+            ts_ms: 1,
+            origin_cluster: "test".into(),
+            client_msg_id: None,
+            ingress_offset,
+            body,
+        };
+        NewRecord::new(
+            event.conversation.as_bytes(),
+            encode_timeline(&event).expect("encode"),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_owner_recovers_its_epoch_and_the_last_events_to_deliver_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut log_config = EmbeddedLogConfig::new(dir.path());
+        log_config.partitions = 1;
+        let log: Arc<dyn EventLog> = EmbeddedLog::open(log_config).expect("log");
+        let mut config = ChorusConfig::default();
+        config.router.takeover_redelivery_events = 3;
+        let topics = config.topics();
+        log.ensure_topic(&topics.timeline).await.expect("topic");
+        let mut records: Vec<NewRecord> = (1..=5)
+            .map(|seq| {
+                let text = format!("message {seq}");
+                timeline_event(Some(seq), seq, EventBody::MessageSent { text })
+            })
+            .collect();
+        // a read mark takes no seq and is not delivered again
+        records.push(timeline_event(
+            None,
+            6,
+            EventBody::ReadCursorMoved { seq: 5 },
+        ));
+        log.append(&topics.timeline, records).await.expect("append");
+        let context = RouterContext {
+            config: Arc::new(config),
+            log: log.clone(),
+            presence: Arc::new(LocalPresence::default()),
+            bus: Arc::new(LocalBus::default()),
+            fallback: None,
+            metrics: Arc::new(Metrics::new()),
+        };
+        let recovered = recover(&context, 0).await.expect("recover");
+        assert_eq!(recovered.owner_epoch, 6, "the timeline end is the epoch");
+        assert_eq!(recovered.state.last_seq("dm:alice:bob"), 5);
+        let tail: Vec<(Vec<String>, Sequencing)> = recovered
+            .tail
+            .into_iter()
+            .map(|notice| match notice {
+                Notice::Deliver {
+                    members,
+                    sequencing,
+                    ..
+                } => (members, sequencing),
+                _ => panic!("only deliveries are sent again"),
+            })
+            .collect();
+        let seqs: Vec<Option<u64>> = tail.iter().map(|(_, s)| s.seq).collect();
+        assert_eq!(
+            seqs,
+            vec![Some(3), Some(4), Some(5)],
+            "the last three events"
+        );
+        for (members, sequencing) in &tail {
+            assert_eq!(members, &vec!["alice".to_owned(), "bob".to_owned()]);
+            assert_eq!((sequencing.partition, sequencing.owner_epoch), (0, 6));
+        }
+
+        let mut off = (*context.config).clone();
+        off.router.takeover_redelivery_events = 0;
+        let context = RouterContext {
+            config: Arc::new(off),
+            ..context
+        };
+        let recovered = recover(&context, 0).await.expect("recover");
+        assert!(recovered.tail.is_empty(), "0 turns the redelivery off");
     }
 }

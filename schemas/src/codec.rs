@@ -297,7 +297,7 @@ pub fn encode_ingress(event: &IngressEvent) -> Result<Vec<u8>, CodecError> {
             optional_string(&event.origin_session),
         ),
         ("trusted".into(), Value::Boolean(event.trusted)),
-        ("body".into(), body_value(&event.body)),
+        ("body".into(), body_value(&event.body)?),
     ]))
 }
 
@@ -343,7 +343,7 @@ pub fn encode_timeline(event: &TimelineEvent) -> Result<Vec<u8>, CodecError> {
             "ingress_offset".into(),
             Value::Long(to_long("ingress_offset", event.ingress_offset)?),
         ),
-        ("body".into(), body_value(&event.body)),
+        ("body".into(), body_value(&event.body)?),
     ]))
 }
 
@@ -395,19 +395,27 @@ fn from_long(field: &'static str, value: i64) -> Result<u64, CodecError> {
     })
 }
 
-fn body_value(body: &EventBody) -> Value {
+/// The body as its union branch. A seq beyond Avro's `long` is refused (as for the envelope's
+/// numbers): cast, it would encode as a negative number that no decoder accepts.
+fn body_value(body: &EventBody) -> Result<Value, CodecError> {
     let (branch, fields): (u32, Vec<(String, Value)>) = match body {
         EventBody::MessageSent { text } => (0, vec![("text".into(), Value::String(text.clone()))]),
         EventBody::MessageEdited { target_seq, text } => (
             1,
             vec![
-                ("target_seq".into(), Value::Long(*target_seq as i64)),
+                (
+                    "target_seq".into(),
+                    Value::Long(to_long("target_seq", *target_seq)?),
+                ),
                 ("text".into(), Value::String(text.clone())),
             ],
         ),
         EventBody::MessageRecalled { target_seq } => (
             2,
-            vec![("target_seq".into(), Value::Long(*target_seq as i64))],
+            vec![(
+                "target_seq".into(),
+                Value::Long(to_long("target_seq", *target_seq)?),
+            )],
         ),
         EventBody::ConversationCreated { title, members } => (
             3,
@@ -420,9 +428,11 @@ fn body_value(body: &EventBody) -> Value {
         EventBody::MembersRemoved { members } => {
             (5, vec![("members".into(), string_array(members))])
         }
-        EventBody::ReadCursorMoved { seq } => (6, vec![("seq".into(), Value::Long(*seq as i64))]),
+        EventBody::ReadCursorMoved { seq } => {
+            (6, vec![("seq".into(), Value::Long(to_long("seq", *seq)?))])
+        }
     };
-    Value::Union(branch, Box::new(Value::Record(fields)))
+    Ok(Value::Union(branch, Box::new(Value::Record(fields))))
 }
 
 fn field_error(field: &'static str, value: &Value) -> CodecError {

@@ -1,9 +1,15 @@
 //! The search/history API: what clients read.
 //!
-//! - `GET /v1/conversations`: the caller's conversations with last seq and read cursor;
+//! - `GET /v1/conversations?after&limit`: the caller's conversations with last seq and read
+//!   cursor, sorted by id, in pages of at most `limits.max_conversations_page` (the default
+//!   `limit`); `next` names the cursor of the next page when there is one;
 //! - `GET /v1/conversations/{id}/events?after_seq&limit`: the timeline, for gap filling;
 //! - `GET /v1/conversations/{id}/messages?after_seq|before_seq&limit`: messages as they stand;
-//! - `GET /v1/search?q&conversation&limit`: full-text search with snippets.
+//! - `GET /v1/search?q&conversation&limit`: full-text search with snippets; `q` is parsed by the
+//!   bounded grammar of `chorus_store::search_query` before anything is read, and one over
+//!   `limits.max_search_query_bytes`, `_depth` or `_clauses` answers `400 bad_request` naming
+//!   the bound; the scope (the caller's conversations, thousands of them or one) is a single
+//!   term-set filter per partition.
 //!
 //! Every read is scoped to the caller: a conversation the caller is not a member of answers 403,
 //! whether or not it exists (so non-members learn nothing about it), and search only ever looks
@@ -28,7 +34,8 @@ use chorus_core::log::{EventLog, PartitionId, partition_for_key};
 use chorus_core::progress::ProjectionProgress;
 use chorus_core::swap::Swap;
 use chorus_store::history::MessagePage;
-use chorus_store::{HistoryError, HistoryStore, SearchIndex};
+use chorus_store::search_index::parse_user_query;
+use chorus_store::{HistoryError, HistoryStore, SearchError, SearchIndex, SearchQueryLimits};
 use serde::Deserialize;
 use serde_json::json;
 use warp::Filter;
@@ -57,6 +64,13 @@ pub struct SearchApi {
 struct PageQuery {
     after_seq: Option<u64>,
     before_seq: Option<u64>,
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ConversationsQuery {
+    /// Only conversations with an id greater than this (the previous page's `next`).
+    after: Option<String>,
     limit: Option<usize>,
 }
 
@@ -142,16 +156,31 @@ impl SearchApi {
         self.authorize(user, conversation).await
     }
 
-    async fn conversations(&self, claims: Claims) -> Result<Response, ApiError> {
+    async fn conversations(
+        &self,
+        claims: Claims,
+        page: ConversationsQuery,
+    ) -> Result<Response, ApiError> {
+        let max_page = self.config.limits.max_conversations_page;
+        let limit = page.limit.unwrap_or(max_page).clamp(1, max_page);
         let all: BTreeSet<PartitionId> = (0..self.partitions()).collect();
         self.barrier(&self.history_progress, &all).await;
-        let conversations = self
+        // one more than the page tells whether a next page exists
+        let mut conversations = self
             .history
             .get()
-            .conversations(&claims.sub)
+            .conversations_page(&claims.sub, page.after.as_deref(), limit + 1)
             .await
             .map_err(unavailable)?;
-        Ok(json_response(200, &json!({"conversations": conversations})))
+        if conversations.len() <= limit {
+            return Ok(json_response(200, &json!({"conversations": conversations})));
+        }
+        conversations.truncate(limit);
+        let next = conversations.last().map(|summary| summary.id.clone());
+        Ok(json_response(
+            200,
+            &json!({"conversations": conversations, "next": next}),
+        ))
     }
 
     async fn events(
@@ -205,6 +234,9 @@ impl SearchApi {
         if query.q.trim().is_empty() {
             return Err(ApiError::new(ErrorCode::BadRequest, "q must not be empty"));
         }
+        // parsed before anything is read: a query over a bound costs nothing
+        let text_query = parse_user_query(&query.q, &SearchQueryLimits::from_config(&self.config))
+            .map_err(search_failure)?;
         let conversations: Vec<String> = match &query.conversation {
             Some(conversation) => {
                 self.consistent_authorize(&claims.sub, conversation).await?;
@@ -230,17 +262,21 @@ impl SearchApi {
         self.barrier(&self.search_progress, &partitions).await;
         let limit = query.limit.unwrap_or(20).clamp(1, MAX_HITS);
         let index = self.index.get();
-        let text = query.q.clone();
-        let hits = tokio::task::spawn_blocking(move || index.search(&text, &conversations, limit))
-            .await
-            .map_err(|error| ApiError::new(ErrorCode::Internal, error.to_string()))?
-            .map_err(|error| match error {
-                chorus_store::SearchError::BadQuery(message) => {
-                    ApiError::new(ErrorCode::BadRequest, message)
-                }
-                other => ApiError::new(ErrorCode::Unavailable, other.to_string()),
-            })?;
+        let hits = tokio::task::spawn_blocking(move || {
+            index.search_parsed(text_query.as_ref(), &conversations, limit)
+        })
+        .await
+        .map_err(|error| ApiError::new(ErrorCode::Internal, error.to_string()))?
+        .map_err(search_failure)?;
         Ok(json_response(200, &json!({"hits": hits})))
+    }
+}
+
+/// A refused query is the caller's `400 bad_request`; anything else, the index's `503`.
+fn search_failure(error: SearchError) -> ApiError {
+    match error {
+        SearchError::BadQuery(message) => ApiError::new(ErrorCode::BadRequest, message),
+        other => ApiError::new(ErrorCode::Unavailable, other.to_string()),
     }
 }
 
@@ -251,18 +287,22 @@ pub fn routes(api: Arc<SearchApi>) -> BoxedFilter<(Response,)> {
         let api = api.clone();
         warp::any().map(move || api.clone())
     };
-    let list = warp::path!("v1" / "conversations")
-        .and(warp::get())
-        .and(claims.clone())
-        .and(with_api.clone())
-        .then(
-            |claims: Result<Claims, ApiError>, api: Arc<SearchApi>| async move {
-                respond(match claims {
-                    Ok(claims) => api.conversations(claims).await,
-                    Err(error) => Err(error),
-                })
-            },
-        );
+    let list =
+        warp::path!("v1" / "conversations")
+            .and(warp::get())
+            .and(claims.clone())
+            .and(warp::query::<ConversationsQuery>())
+            .and(with_api.clone())
+            .then(
+                |claims: Result<Claims, ApiError>,
+                 page: ConversationsQuery,
+                 api: Arc<SearchApi>| async move {
+                    respond(match claims {
+                        Ok(claims) => api.conversations(claims, page).await,
+                        Err(error) => Err(error),
+                    })
+                },
+            );
     let conversation_reads = warp::path!("v1" / "conversations" / String / String)
         .and(warp::get())
         .and(claims.clone())

@@ -459,20 +459,30 @@ fn read_messages(
     Ok(views)
 }
 
+/// At most `limit` of `user`'s conversations with an id greater than `after` (all from the
+/// first when `None`), sorted by id: a range scan that starts at the cursor.
 fn read_conversations(
     database: &Database,
     user: &str,
+    after: Option<&str>,
+    limit: usize,
 ) -> Result<Vec<ConversationSummary>, EmbeddedError> {
     let transaction = database.begin_read()?;
     let user_conversations = transaction.open_table(USER_CONVERSATIONS)?;
     let conversations = transaction.open_table(CONVERSATIONS)?;
     let read_cursors = transaction.open_table(READ_CURSORS)?;
     let mut summaries = Vec::new();
-    for entry in user_conversations.range((user, "")..)? {
+    for entry in user_conversations.range((user, after.unwrap_or(""))..)? {
+        if summaries.len() >= limit {
+            break;
+        }
         let (key, _) = entry?;
         let (member, conversation) = key.value();
         if member != user {
             break;
+        }
+        if after.is_some_and(|cursor| conversation <= cursor) {
+            continue;
         }
         let stored = match conversations.get(conversation)? {
             Some(bytes) => serde_json::from_slice::<StoredConversation>(bytes.value())?,
@@ -559,8 +569,22 @@ impl HistoryStore for EmbeddedHistory {
 
     async fn conversations(&self, user: &str) -> Result<Vec<ConversationSummary>, HistoryError> {
         let user = user.to_owned();
-        self.run_blocking(move |database| read_conversations(database, &user))
+        self.run_blocking(move |database| read_conversations(database, &user, None, usize::MAX))
             .await
+    }
+
+    async fn conversations_page(
+        &self,
+        user: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ConversationSummary>, HistoryError> {
+        let user = user.to_owned();
+        let after = after.map(str::to_owned);
+        self.run_blocking(move |database| {
+            read_conversations(database, &user, after.as_deref(), limit)
+        })
+        .await
     }
 
     async fn is_member(&self, conversation: &str, user: &str) -> Result<bool, HistoryError> {

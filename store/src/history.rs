@@ -12,7 +12,9 @@
 //!   the seq (and `edited`); edits and recalls of unknown or recalled messages are ignored;
 //! - `conversations` lists the conversations the user is currently a member of, sorted by id,
 //!   with the highest seq of any sequenced event and the user's read cursor, which only moves
-//!   forward;
+//!   forward; `conversations_page` returns the same list in pages: the first `limit` entries
+//!   with an id greater than the cursor `after` (from the start without one), so paging through
+//!   with the last id of each page as the next cursor lists every conversation exactly once;
 //! - membership: a group's members come from `conversation_created` (exactly its listed
 //!   members: a user creating a group lists themself; a business system does not), `members_added` and `members_removed`; a direct conversation `dm:<a>:<b>` has exactly
 //!   `a` and `b` as members from its first event on.
@@ -118,6 +120,23 @@ pub trait HistoryStore: Send + Sync + 'static {
 
     /// The conversations `user` is a member of, with last seq and the user's read cursor.
     async fn conversations(&self, user: &str) -> Result<Vec<ConversationSummary>, HistoryError>;
+
+    /// One page of [`HistoryStore::conversations`]: at most `limit` entries with an id greater
+    /// than `after` (from the first when `None`), sorted by id. The default reads the whole list
+    /// and cuts it; adapters that can seek to the cursor override it.
+    async fn conversations_page(
+        &self,
+        user: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ConversationSummary>, HistoryError> {
+        let all = self.conversations(user).await?;
+        Ok(all
+            .into_iter()
+            .filter(|summary| after.is_none_or(|cursor| summary.id.as_str() > cursor))
+            .take(limit)
+            .collect())
+    }
 
     /// Whether `user` is a member of `conversation` (false for unknown conversations).
     async fn is_member(&self, conversation: &str, user: &str) -> Result<bool, HistoryError>;

@@ -10,8 +10,9 @@
 pub mod embedded;
 pub mod history;
 pub mod search_index;
+pub mod search_query;
 pub mod tokenizer;
 
 pub use embedded::EmbeddedHistory;
 pub use history::{ConversationSummary, HistoryError, HistoryStore, MessagePage, MessageView};
-pub use search_index::{SearchError, SearchHit, SearchIndex};
+pub use search_index::{SearchError, SearchHit, SearchIndex, SearchQueryLimits};

@@ -15,7 +15,12 @@
 //!   applies partition `p` of the timeline to index `p`;
 //! - every text goes through the "chorus" analyzer ([`crate::tokenizer`]) when indexed and when
 //!   queried;
-//! - search results only ever come from the conversations the caller passed in.
+//! - user queries are parsed by [`parse_user_query`] (the bounded grammar of
+//!   [`crate::search_query`]), never by Tantivy's recursive query parser;
+//! - search results only ever come from the conversations the caller passed in; the scope is one
+//!   term-set filter per partition (cost linear in the number of conversations, no clause per
+//!   conversation), scoring nothing, so a user in thousands of conversations is served by the
+//!   same query shape as a user in one.
 //!
 //! [`SearchIndex::apply`] and [`SearchIndex::search`] block (disk I/O, CPU): run them on a
 //! blocking thread.
@@ -32,17 +37,21 @@ use serde::Serialize;
 use tantivy::collector::TopDocs;
 use tantivy::directory::MmapDirectory;
 use tantivy::indexer::IndexWriterOptions;
-use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, TermQuery};
+use tantivy::query::{
+    BooleanQuery, ConstScoreQuery, EmptyQuery, Occur, Query, TermQuery, TermSetQuery,
+};
 use tantivy::schema::{
     Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions,
     Value,
 };
 use tantivy::snippet::SnippetGenerator;
-use tantivy::tokenizer::TokenizerManager;
+use tantivy::tokenizer::{TextAnalyzer, TokenizerManager};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term};
 use tracing::{debug, warn};
 
-use crate::tokenizer::{CHORUS_TOKENIZER_NAME, register_chorus_tokenizer};
+pub use crate::search_query::SearchQueryLimits;
+use crate::search_query::build_user_query;
+use crate::tokenizer::{CHORUS_TOKENIZER_NAME, chorus_text_analyzer, register_chorus_tokenizer};
 
 /// One search result (`GET /v1/search`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -166,8 +175,8 @@ pub struct SearchIndex {
     partitions: Vec<PartitionIndex>,
     /// The schema's fields (the same in every partition).
     fields: MessageFields,
-    /// Parses user queries on the text field with the chorus analyzer, AND by default.
-    query_parser: QueryParser,
+    /// Analyses the words of user queries (cloned per search: analysing needs `&mut`).
+    query_analyzer: TextAnalyzer,
 }
 
 impl SearchIndex {
@@ -194,13 +203,11 @@ impl SearchIndex {
                 per_partition_budget,
             )?);
         }
-        let mut query_parser = QueryParser::new(schema, vec![fields.text], tokenizer_manager);
-        query_parser.set_conjunction_by_default();
         debug!(dir = %dir.display(), partitions, "opened search index");
         Ok(Arc::new(SearchIndex {
             partitions: partition_indexes,
             fields,
-            query_parser,
+            query_analyzer: chorus_text_analyzer(),
         }))
     }
 
@@ -376,29 +383,52 @@ impl SearchIndex {
         }
     }
 
-    /// The best `limit` (at most [`MAX_SEARCH_HITS`]) messages matching `query` in
-    /// `conversations`, best first. The query is parsed leniently with AND as the default
-    /// operator; quotes make phrases, `-` excludes, and `:` is plain text (no field syntax).
-    /// Scores come from each partition's own statistics. Blocking.
+    /// [`SearchIndex::search_with_limits`] with the default configuration's query bounds.
     pub fn search(
         &self,
         query: &str,
         conversations: &[String],
         limit: usize,
     ) -> Result<Vec<SearchHit>, SearchError> {
-        if query.trim().is_empty() {
-            return Err(SearchError::BadQuery("the query is empty".into()));
-        }
+        self.search_with_limits(query, &SearchQueryLimits::default(), conversations, limit)
+    }
+
+    /// The best `limit` (at most [`MAX_SEARCH_HITS`]) messages matching `query` in
+    /// `conversations`, best first. The query is parsed by [`parse_user_query`] within
+    /// `query_limits` (words ANDed, quoted phrases, `-`/`NOT`, `+`, `OR`, bounded parentheses;
+    /// `:` is plain text); a query over a bound or empty is [`SearchError::BadQuery`].
+    /// Scores come from each partition's own statistics. Blocking.
+    pub fn search_with_limits(
+        &self,
+        query: &str,
+        query_limits: &SearchQueryLimits,
+        conversations: &[String],
+        limit: usize,
+    ) -> Result<Vec<SearchHit>, SearchError> {
+        let parsed = build_user_query(
+            query,
+            query_limits,
+            self.fields.text,
+            &mut self.query_analyzer.clone(),
+        )?;
+        let Some(text_query) = parsed else {
+            return Ok(Vec::new());
+        };
+        self.search_parsed(text_query.as_ref(), conversations, limit)
+    }
+
+    /// The best `limit` (at most [`MAX_SEARCH_HITS`]) messages matching `text_query` (from
+    /// [`parse_user_query`]) in `conversations`, best first. Blocking.
+    pub fn search_parsed(
+        &self,
+        text_query: &dyn Query,
+        conversations: &[String],
+        limit: usize,
+    ) -> Result<Vec<SearchHit>, SearchError> {
         if conversations.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
         let limit = limit.min(MAX_SEARCH_HITS);
-        let (text_query, parse_errors) = self
-            .query_parser
-            .parse_query_lenient(&escape_field_separators(query));
-        if !parse_errors.is_empty() {
-            debug!(query, errors = ?parse_errors, "parts of a search query were ignored");
-        }
         let partition_count = self.partitions.len() as u32;
         let mut conversations_by_partition: BTreeMap<PartitionId, Vec<&str>> = BTreeMap::new();
         for conversation in conversations {
@@ -413,7 +443,7 @@ impl SearchIndex {
             let searcher = self.partition(partition)?.reader.searcher();
             scored_hits.extend(self.search_partition(
                 &searcher,
-                text_query.as_ref(),
+                text_query,
                 &partition_conversations,
                 limit,
             )?);
@@ -438,21 +468,15 @@ impl SearchIndex {
         conversations: &[&str],
         limit: usize,
     ) -> Result<Vec<ScoredHit>, SearchError> {
-        let conversation_clauses: Vec<(Occur, Box<dyn Query>)> = conversations
+        let conversation_terms = conversations
             .iter()
-            .map(|conversation| {
-                let term = Term::from_field_text(self.fields.conversation, conversation);
-                let clause: Box<dyn Query> =
-                    Box::new(TermQuery::new(term, IndexRecordOption::Basic));
-                (Occur::Should, clause)
-            })
-            .collect();
+            .map(|conversation| Term::from_field_text(self.fields.conversation, conversation));
+        // one term set, scoring 0: the scope filters and leaves the ranking to the text
+        let conversation_filter =
+            ConstScoreQuery::new(Box::new(TermSetQuery::new(conversation_terms)), 0.0);
         let scoped_query = BooleanQuery::new(vec![
             (Occur::Must, text_query.box_clone()),
-            (
-                Occur::Must,
-                Box::new(BooleanQuery::new(conversation_clauses)),
-            ),
+            (Occur::Must, Box::new(conversation_filter)),
         ]);
         let top_documents =
             searcher.search(&scoped_query, &TopDocs::with_limit(limit).order_by_score())?;
@@ -565,20 +589,19 @@ fn commit_with_position(writer: &mut IndexWriter, position: Offset) -> Result<()
     Ok(())
 }
 
-/// Escapes every `:` of a user query, so "at 10:30" or "note: x" are searched as text instead of
-/// naming fields (which the lenient parser would drop, losing the terms). Quotes, `-`, `+` and
-/// parentheses keep their query-syntax meaning.
-fn escape_field_separators(query: &str) -> String {
-    let mut escaped = String::with_capacity(query.len() + 4);
-    let mut after_backslash = false;
-    for character in query.chars() {
-        if character == ':' && !after_backslash {
-            escaped.push('\\');
-        }
-        after_backslash = character == '\\' && !after_backslash;
-        escaped.push(character);
-    }
-    escaped
+/// Parses a user's search query (`q` of `GET /v1/search`) into the query on the message text
+/// that [`SearchIndex::search_with_limits`] runs (before scoping it to the caller's
+/// conversations): the whole sanitising and parsing step, for any input. [`EmptyQuery`] when
+/// nothing in the text is searchable; [`SearchError::BadQuery`] when it is empty or breaks one
+/// of `limits`, naming the bound. Never recurses on the input's nesting (see
+/// [`crate::search_query`]).
+pub fn parse_user_query(
+    text: &str,
+    limits: &SearchQueryLimits,
+) -> Result<Box<dyn Query>, SearchError> {
+    let (_, fields) = MessageFields::build_schema();
+    let parsed = build_user_query(text, limits, fields.text, &mut chorus_text_analyzer())?;
+    Ok(parsed.unwrap_or_else(|| Box::new(EmptyQuery)))
 }
 
 /// A snippet without highlights: the start of the text, escaped like highlighted snippets.
@@ -608,21 +631,6 @@ mod tests {
             "a &lt;b&gt; &amp; &#x27;c&#x27; &quot;d&quot;"
         );
         assert_eq!(plain_snippet(&"x".repeat(500)).len(), SNIPPET_MAX_CHARS);
-    }
-
-    #[test]
-    fn colons_are_escaped_once() {
-        assert_eq!(escape_field_separators("at 10:30"), "at 10\\:30");
-        assert_eq!(escape_field_separators("a:b"), "a\\:b");
-        assert_eq!(
-            escape_field_separators("already\\:escaped"),
-            "already\\:escaped"
-        );
-        assert_eq!(
-            escape_field_separators("backslash\\\\:"),
-            "backslash\\\\\\:"
-        );
-        assert_eq!(escape_field_separators("北京"), "北京");
     }
 
     #[test]

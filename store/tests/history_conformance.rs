@@ -57,6 +57,14 @@ async fn conversations_list_memberships_with_read_cursors() {
 }
 
 #[tokio::test]
+async fn conversation_pages_list_each_conversation_once() {
+    let (_directory, store) = fresh_store();
+    conformance::conversation_pages_list_each_conversation_once(store.as_ref())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn group_membership_follows_member_events() {
     let (_directory, store) = fresh_store();
     conformance::group_membership_follows_member_events(store.as_ref())
@@ -90,7 +98,7 @@ async fn run_all_passes_with_a_store_factory() {
     .unwrap();
     assert_eq!(
         stores_made.load(Ordering::Relaxed),
-        7,
+        8,
         "one fresh store per check"
     );
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use chorus_core::log::partition_for_key;
 use chorus_schemas::{EventBody, TimelineEvent};
-use chorus_store::search_index::{SearchError, SearchHit, SearchIndex};
+use chorus_store::search_index::{
+    MAX_SEARCH_HITS, SearchError, SearchHit, SearchIndex, SearchQueryLimits, parse_user_query,
+};
 use tempfile::TempDir;
 
 const BASE_TS: i64 = 1_700_000_000_000;
@@ -521,4 +523,262 @@ fn unknown_partitions_are_errors() {
     assert!(fixture.index.apply(2, &[], 1).is_err());
     assert!(fixture.index.position(7).is_err());
     assert!(SearchIndex::open(fixture.directory.path(), 0).is_err());
+}
+
+/// The query shapes that overflowed the stack of a node (issue 11, finding 1) and variants of
+/// them: each answers an error or results, and the index keeps answering afterwards.
+fn hostile_queries() -> Vec<(String, String)> {
+    let mut shapes = vec![
+        (
+            "800 nested parentheses around a word".to_owned(),
+            format!("{}meeting{}", "(".repeat(800), ")".repeat(800)),
+        ),
+        ("3,000 NOT".to_owned(), "NOT ".repeat(3_000) + "meeting"),
+        ("5,000 unbalanced (".to_owned(), "(".repeat(5_000)),
+        ("5,000 unbalanced )".to_owned(), ")".repeat(5_000)),
+        (
+            "deep +(".to_owned(),
+            format!("{}meeting", "+(".repeat(2_000)),
+        ),
+        (
+            "deep -(".to_owned(),
+            format!("{}meeting", "-(".repeat(2_000)),
+        ),
+        (
+            "deep quoted parentheses".to_owned(),
+            format!("\"{}meeting{}\"", "(".repeat(3_000), ")".repeat(3_000)),
+        ),
+        (
+            "deep quotes and parentheses".to_owned(),
+            "(\"a\" ".repeat(2_000),
+        ),
+        (
+            "deep field syntax".to_owned(),
+            format!("{}meeting", "text:(".repeat(2_000)),
+        ),
+        (
+            "many ORs".to_owned(),
+            "meeting OR ".repeat(5_000) + "meeting",
+        ),
+        ("many ANDs".to_owned(), "a AND ".repeat(5_000) + "a"),
+        ("many -".to_owned(), "-".repeat(10_000) + "meeting"),
+        ("many NOT(".to_owned(), "NOT (".repeat(3_000) + "meeting"),
+        (
+            "deep ranges and sets".to_owned(),
+            "[a TO {b IN [".repeat(1_000),
+        ),
+        ("many words".to_owned(), "meeting ".repeat(20_000)),
+        ("long word".to_owned(), "m".repeat(100_000)),
+        ("long CJK run".to_owned(), "北京大学".repeat(10_000)),
+    ];
+    let mut seed: u64 = 0x5eed;
+    for length in [64, 512, 4_096] {
+        let mut mixed = String::new();
+        for _ in 0..length {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let pieces = [
+                "(", ")", "\"", "-", "+", "NOT ", "AND ", "OR ", ":", "\\", " ", "a", "北", "*",
+                "~2", "^3", "[", "]", "{", "}", "/",
+            ];
+            mixed.push_str(pieces[(seed >> 33) as usize % pieces.len()]);
+        }
+        shapes.push((format!("mixed operators ({length})"), mixed));
+    }
+    shapes
+}
+
+#[test]
+fn hostile_queries_answer_an_error_or_results_and_never_crash() {
+    let mut fixture = Fixture::new(2);
+    fixture.apply(vec![sent("g:h", 1, "alice", "the meeting is at noon")]);
+    let conversations = vec!["g:h".to_owned()];
+    for (name, query) in hostile_queries() {
+        let started = std::time::Instant::now();
+        let result = fixture.index.search(&query, &conversations, 10);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{name}: took {:?}",
+            started.elapsed()
+        );
+        match result {
+            Ok(_) | Err(SearchError::BadQuery(_)) => {}
+            Err(other) => panic!("{name}: {other}"),
+        }
+    }
+    assert_eq!(
+        fixture.found("meeting", &["g:h"]),
+        [hit("g:h", 1)],
+        "the index still answers"
+    );
+}
+
+#[test]
+fn hostile_queries_within_huge_bounds_still_never_crash() {
+    let mut fixture = Fixture::new(2);
+    fixture.apply(vec![sent("g:h", 1, "alice", "the meeting is at noon")]);
+    let conversations = vec!["g:h".to_owned()];
+    let huge_limits = SearchQueryLimits {
+        max_bytes: 1 << 20,
+        max_depth: 64,
+        max_clauses: 1 << 20,
+    };
+    for (name, query) in hostile_queries() {
+        let started = std::time::Instant::now();
+        let result = fixture
+            .index
+            .search_with_limits(&query, &huge_limits, &conversations, 10);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{name}: took {:?}",
+            started.elapsed()
+        );
+        match result {
+            Ok(_) | Err(SearchError::BadQuery(_)) => {}
+            Err(other) => panic!("{name}: {other}"),
+        }
+        let parsed = parse_user_query(&query, &huge_limits);
+        assert!(
+            matches!(parsed, Ok(_) | Err(SearchError::BadQuery(_))),
+            "{name}"
+        );
+    }
+    let nested_within_bound = format!("{}meeting{}", "(".repeat(64), ")".repeat(64));
+    assert_eq!(
+        fixture
+            .index
+            .search_with_limits(&nested_within_bound, &huge_limits, &conversations, 10)
+            .unwrap()
+            .len(),
+        1,
+        "64 levels are searched"
+    );
+}
+
+/// The message of the refusal of `query` within `limits`.
+fn refusal(fixture: &Fixture, query: &str, limits: &SearchQueryLimits) -> String {
+    match fixture
+        .index
+        .search_with_limits(query, limits, &["g:h".to_owned()], 10)
+    {
+        Err(SearchError::BadQuery(message)) => message,
+        other => panic!("{query:.40?} was not refused: {other:?}"),
+    }
+}
+
+#[test]
+fn the_crashing_shapes_are_refused_naming_their_bound() {
+    let fixture = Fixture::new(2);
+    let defaults = SearchQueryLimits::default();
+    let nested = format!("{}meeting{}", "(".repeat(800), ")".repeat(800));
+    let nots = "NOT ".repeat(3_000) + "meeting";
+    let unbalanced = "(".repeat(5_000);
+    for shape in [&nested, &nots, &unbalanced] {
+        assert!(
+            refusal(&fixture, shape, &defaults).contains("limits.max_search_query_bytes"),
+            "{shape:.20}"
+        );
+    }
+    let long_queries = SearchQueryLimits {
+        max_bytes: 1 << 20,
+        ..defaults
+    };
+    assert!(refusal(&fixture, &nested, &long_queries).contains("limits.max_search_query_depth"));
+    assert!(
+        refusal(&fixture, &unbalanced, &long_queries).contains("limits.max_search_query_depth")
+    );
+    assert!(refusal(&fixture, &nots, &long_queries).contains("limits.max_search_query_clauses"));
+}
+
+#[test]
+fn the_query_grammar_keeps_its_operators() {
+    let mut fixture = Fixture::new(2);
+    fixture.apply(vec![
+        sent("g:o", 1, "alice", "apple banana"),
+        sent("g:o", 2, "alice", "apple cherry"),
+        sent("g:o", 3, "alice", "date"),
+    ]);
+    let sorted = |query: &str| {
+        let mut found = fixture.found(query, &["g:o"]);
+        found.sort();
+        found
+    };
+    assert_eq!(sorted("apple -banana"), [hit("g:o", 2)]);
+    assert_eq!(sorted("apple NOT banana"), [hit("g:o", 2)]);
+    assert_eq!(sorted("+apple +banana"), [hit("g:o", 1)]);
+    assert_eq!(sorted("apple AND cherry"), [hit("g:o", 2)]);
+    assert_eq!(sorted("banana OR date"), [hit("g:o", 1), hit("g:o", 3)]);
+    assert_eq!(
+        sorted("apple (banana OR cherry)"),
+        [hit("g:o", 1), hit("g:o", 2)]
+    );
+    assert_eq!(sorted("apple -(banana OR cherry)"), []);
+    assert_eq!(sorted("-apple"), [hit("g:o", 3)], "exclusions alone");
+    assert_eq!(
+        sorted("((apple banana"),
+        [hit("g:o", 1)],
+        "open groups close"
+    );
+    assert_eq!(
+        sorted("apple) banana)"),
+        [hit("g:o", 1)],
+        "stray ) are ignored"
+    );
+    assert_eq!(sorted("\"banana apple\""), [], "phrases keep their order");
+    assert_eq!(
+        sorted("-\"apple banana\""),
+        [hit("g:o", 2), hit("g:o", 3)],
+        "an excluded phrase (a Tantivy assertion before ExcludedClause)"
+    );
+    assert_eq!(sorted("apple -\"apple cherry\""), [hit("g:o", 1)]);
+}
+
+#[test]
+fn a_user_in_thousands_of_conversations_gets_a_bounded_search() {
+    let mut fixture = Fixture::new(8);
+    let member_of: Vec<String> = (0..5_000).map(|index| format!("g:many{index}")).collect();
+    let mut events: Vec<TimelineEvent> = member_of
+        .iter()
+        .enumerate()
+        .map(|(index, conversation)| {
+            let text = if index % 1_000 == 7 {
+                "the needle is here"
+            } else {
+                "ordinary hay"
+            };
+            sent(conversation, 1, "alice", text)
+        })
+        .collect();
+    // conversations the user is not in, with the same words, must never answer
+    events.extend((0..500).map(|index| sent(&format!("g:other{index}"), 1, "eve", "needle hay")));
+    fixture.apply(events);
+
+    let conversations: Vec<&str> = member_of.iter().map(String::as_str).collect();
+    let started = std::time::Instant::now();
+    let mut found = fixture.found("needle", &conversations);
+    let needle_took = started.elapsed();
+    found.sort();
+    let mut expected: Vec<(String, u64)> = (0..5)
+        .map(|thousand| hit(&format!("g:many{}", thousand * 1_000 + 7), 1))
+        .collect();
+    expected.sort();
+    assert_eq!(found, expected, "exactly the user's matching conversations");
+
+    let started = std::time::Instant::now();
+    let hay = fixture
+        .index
+        .search("hay", &member_of, MAX_SEARCH_HITS)
+        .unwrap();
+    let hay_took = started.elapsed();
+    assert_eq!(hay.len(), MAX_SEARCH_HITS, "the hit cap holds");
+    assert!(
+        hay.iter().all(|hit| hit.conversation.starts_with("g:many")),
+        "never a conversation outside the scope"
+    );
+    assert!(
+        needle_took < std::time::Duration::from_secs(2)
+            && hay_took < std::time::Duration::from_secs(5),
+        "searching 5,000 conversations took {needle_took:?} and {hay_took:?}"
+    );
 }

@@ -13,7 +13,7 @@ use chorus_core::auth::TokenAuthority;
 use chorus_core::config::ChorusConfig;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -387,6 +387,24 @@ impl ChildServer {
         arguments: &[String],
         environment: &[(&str, String)],
     ) -> anyhow::Result<ChildServer> {
+        Self::spawn_announcing(arguments, environment, " is listening on ").await
+    }
+
+    /// Like [`ChildServer::spawn`], but returns as soon as the process took its address
+    /// ("… is starting on <url>"), before it is ready: for roles that wait for Kafka.
+    pub async fn spawn_starting(
+        arguments: &[String],
+        environment: &[(&str, String)],
+    ) -> anyhow::Result<ChildServer> {
+        Self::spawn_announcing(arguments, environment, " is starting on ").await
+    }
+
+    /// Runs `chorus <arguments>` and waits for the line with `announcement` followed by its url.
+    async fn spawn_announcing(
+        arguments: &[String],
+        environment: &[(&str, String)],
+        announcement: &str,
+    ) -> anyhow::Result<ChildServer> {
         let binary = chorus_binary();
         if !binary.exists() {
             bail!(
@@ -413,11 +431,12 @@ impl ChildServer {
         let mut lines = BufReader::new(stdout).lines();
         let url = tokio::time::timeout(WAIT * 2, async {
             while let Some(line) = lines.next_line().await? {
-                if let Some((_, url)) = line.split_once(" is listening on ") {
-                    return Ok::<_, anyhow::Error>(url.trim().to_owned());
+                if let Some((_, rest)) = line.split_once(announcement) {
+                    let url = rest.split_whitespace().next().context("a url")?;
+                    return Ok::<_, anyhow::Error>(url.to_owned());
                 }
             }
-            bail!("chorus {arguments:?} exited before listening")
+            bail!("chorus {arguments:?} exited before saying \"{announcement}<url>\"")
         })
         .await??;
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
@@ -426,6 +445,11 @@ impl ChildServer {
 
     pub fn ws_url(&self) -> String {
         format!("{}/v1/ws", self.url.replacen("http", "ws", 1))
+    }
+
+    /// The address the process listens on.
+    pub fn addr(&self) -> anyhow::Result<std::net::SocketAddr> {
+        Ok(self.url.trim_start_matches("http://").parse()?)
     }
 
     /// `kill -9`.
@@ -457,6 +481,22 @@ pub fn distributed_services() -> Option<(String, String)> {
     }
 }
 
+/// `CHORUS_CLICKHOUSE_URL`, which `scripts/test` sets once it installed the ClickHouse harness
+/// (the engine the tests start with [`OwnClickHouse`]). Without it a test is skipped with a
+/// notice, except in CI (`CI=true`), where that is a failure.
+pub fn clickhouse_service() -> Option<String> {
+    match std::env::var("CHORUS_CLICKHOUSE_URL") {
+        Ok(url) => Some(url),
+        Err(_) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CHORUS_CLICKHOUSE_URL must be set in CI (scripts/test installs the harness)")
+        }
+        Err(_) => {
+            eprintln!("skipped: CHORUS_CLICKHOUSE_URL is not set (run ./scripts/test)");
+            None
+        }
+    }
+}
+
 /// The environment of one distributed role process: the services, a topic prefix private to
 /// the test run, and the node's name. History stays in each node's own store (an empty
 /// `CHORUS_CLICKHOUSE_URL` overrides the one `scripts/test` exports) unless the test adds a
@@ -477,6 +517,23 @@ pub fn role_environment(
             std::env::var("CHORUS_TEST_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
         ),
     ]
+}
+
+/// The arguments of one distributed role process: `--config <config> <role> --listen
+/// 127.0.0.1:<port>` (port 0: any free one), and `--data-dir <data_dir>` for the roles that keep
+/// files (projector, search).
+pub fn role_arguments(config: &Path, role: &str, port: u16, data_dir: &Path) -> Vec<String> {
+    let mut arguments = vec![
+        "--config".to_owned(),
+        config.display().to_string(),
+        role.to_owned(),
+        "--listen".to_owned(),
+        format!("127.0.0.1:{port}"),
+    ];
+    if role == "projector" || role == "search" {
+        arguments.extend(["--data-dir".to_owned(), data_dir.display().to_string()]);
+    }
+    arguments
 }
 
 /// A user who keeps talking through failures the way a real client does: it resends a message
@@ -762,6 +819,68 @@ pub async fn metrics_text(base: &str) -> anyhow::Result<String> {
         .await?
         .text()
         .await?)
+}
+
+/// How long a node under a flood of slow clients may take to answer `/health`.
+pub const PROMPT_ANSWER: Duration = Duration::from_secs(5);
+
+/// The status of `GET <base>/health`, which must answer within [`PROMPT_ANSWER`].
+pub async fn health_status(base: &str) -> anyhow::Result<u16> {
+    let response =
+        tokio::time::timeout(PROMPT_ANSWER, reqwest::get(format!("{base}/health"))).await??;
+    Ok(response.status().as_u16())
+}
+
+/// A request line and a header, without the blank line that would end the head.
+const PARTIAL_REQUEST_HEAD: &[u8] = b"GET /health HTTP/1.1\r\nHost: chorus\r\n";
+/// A partial request head that stops in the middle of a header line.
+const UNFINISHED_HEADER_LINE: &[u8] = b"GET /health HTTP/1.1\r\nHost: chorus\r\nX-Slow: ";
+
+/// Opens `count` connections to `address` (each within [`PROMPT_ANSWER`]), each sending a
+/// partial request head that stops in the middle of a header line, and keeps them open. A write
+/// refused by a node that already closed the connection does not stop the flood.
+pub async fn open_partial_requests(
+    address: std::net::SocketAddr,
+    count: usize,
+) -> anyhow::Result<Vec<TcpStream>> {
+    let mut flood = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut stream = tokio::time::timeout(PROMPT_ANSWER, TcpStream::connect(address)).await??;
+        let _ = stream.write_all(UNFINISHED_HEADER_LINE).await;
+        flood.push(stream);
+    }
+    Ok(flood)
+}
+
+/// Sends a partial request head to `address` and returns how long the node took to close the
+/// connection; fails if it is still open after `limit`.
+pub async fn partial_head_closed_after(
+    address: std::net::SocketAddr,
+    limit: Duration,
+) -> anyhow::Result<Duration> {
+    let mut stream = TcpStream::connect(address).await?;
+    stream.write_all(PARTIAL_REQUEST_HEAD).await?;
+    let started = tokio::time::Instant::now();
+    read_until_closed(&mut stream, limit).await?;
+    Ok(started.elapsed())
+}
+
+/// Reads until the server closes the connection; returns what it sent. Fails if it is still open
+/// after `limit`.
+pub async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> anyhow::Result<Vec<u8>> {
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Err(_) => bail!(
+                "the connection is still open after {limit:?} (received {:?})",
+                String::from_utf8_lossy(&received)
+            ),
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(received),
+            Ok(Ok(read)) => received.extend_from_slice(&buffer[..read]),
+        }
+    }
 }
 
 /// The ClickHouse test harness (`scripts/services/clickhouse_http.py`, the real engine through

@@ -30,13 +30,7 @@ fn message(seq: u64) -> TimelineEvent {
 
 #[tokio::test]
 async fn an_outage_fails_fast_loses_nothing_and_heals() {
-    if std::env::var("CHORUS_CLICKHOUSE_URL").is_err() {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "CI runs scripts/test, which installs the ClickHouse harness"
-        );
-        eprintln!("skipped: CHORUS_CLICKHOUSE_URL is not set (run ./scripts/test)");
+    if chorus_tests::clickhouse_service().is_none() {
         return;
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -145,19 +139,7 @@ async fn an_engine_outage_mid_run_loses_no_acknowledged_event() -> anyhow::Resul
     let config = dir.path().join("chorus.toml");
     std::fs::write(&config, "[log]\npartitions = 2\n")?;
     let spawn = |role: &'static str, node: &'static str| {
-        let mut arguments = vec![
-            "--config".to_owned(),
-            config.display().to_string(),
-            role.to_owned(),
-            "--listen".to_owned(),
-            "127.0.0.1:0".to_owned(),
-        ];
-        if role == "projector" || role == "search" {
-            arguments.extend([
-                "--data-dir".to_owned(),
-                dir.path().join(node).display().to_string(),
-            ]);
-        }
+        let arguments = chorus_tests::role_arguments(&config, role, 0, &dir.path().join(node));
         let mut environment = chorus_tests::role_environment(&services, &run, node);
         environment.push(("CHORUS_CLICKHOUSE_URL", format!("http://127.0.0.1:{port}")));
         environment.push(("CHORUS_CLICKHOUSE_DATABASE", format!("chorus_{run}")));

@@ -19,7 +19,9 @@ use chorus_projector::{HistorySink, Sink};
 use chorus_schemas::{EventBody, IngressEvent, encode_ingress};
 use chorus_store::EmbeddedHistory;
 use chorus_store::history::{HistoryStore, MessagePage};
-use chorus_tests::{ChildServer, distributed_services, metric, metrics_text, role_environment};
+use chorus_tests::{
+    ChildServer, distributed_services, metric, metrics_text, role_arguments, role_environment,
+};
 
 const CONVERSATIONS: usize = 20;
 const EVENTS_PER_CONVERSATION: u64 = 500;
@@ -88,22 +90,7 @@ async fn a_projector_killed_mid_run_leaves_clickhouse_equal_to_the_embedded_stor
         &config,
         format!("[log]\npartitions = {PARTITIONS}\n[projector]\nbatch_records = 200\n"),
     )?;
-    let arguments = |role: &str| {
-        let mut arguments = vec![
-            "--config".to_owned(),
-            config.display().to_string(),
-            role.to_owned(),
-            "--listen".to_owned(),
-            "127.0.0.1:0".to_owned(),
-        ];
-        if role == "projector" {
-            arguments.extend([
-                "--data-dir".to_owned(),
-                dir.path().join(role).display().to_string(),
-            ]);
-        }
-        arguments
-    };
+    let arguments = |role: &str| role_arguments(&config, role, 0, &dir.path().join(role));
     let environment = |node: &str| {
         let mut environment = role_environment(&services, &run, node);
         environment.push(("CHORUS_CLICKHOUSE_URL", clickhouse.clone()));

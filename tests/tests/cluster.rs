@@ -2,7 +2,9 @@
 //! (`CHORUS_KAFKA_BOOTSTRAP`, `CHORUS_REDIS_URL`, started by `scripts/test`): two ingest nodes,
 //! a router and a search node. In CI missing services fail this test; elsewhere it is skipped.
 
-use chorus_tests::{API_KEY, Api, ChildServer, Client, distributed_services, role_environment};
+use chorus_tests::{
+    API_KEY, Api, ChildServer, Client, distributed_services, role_arguments, role_environment,
+};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,15 +181,7 @@ async fn a_router_killed_with_kill_9_is_replaced_and_seqs_continue_without_holes
     let config = dir.path().join("chorus.toml");
     std::fs::write(&config, "[kafka]\nsession_timeout_ms = 6000\n")?;
     let environment = |node: &str| role_environment(&services, &run, node);
-    let role = |name: &str| {
-        vec![
-            "--config".to_owned(),
-            config.display().to_string(),
-            name.to_owned(),
-            "--listen".to_owned(),
-            "127.0.0.1:0".to_owned(),
-        ]
-    };
+    let role = |name: &str| role_arguments(&config, name, 0, dir.path());
     let first_router = ChildServer::spawn(&role("router"), &environment("r1")).await?;
     let node = ChildServer::spawn(&role("ingest"), &environment("n1")).await?;
     let alice_id = format!("{run}alice");

@@ -21,7 +21,7 @@ use chorus_core::log::EventLog;
 use chorus_kafka::{KafkaLog, KafkaLogConfig};
 use chorus_tests::{
     Api, ChildServer, OwnRedis, Participant, distributed_services, free_port, metric, metrics_text,
-    role_environment,
+    role_arguments, role_environment,
 };
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -59,17 +59,12 @@ impl Cluster {
         node: &str,
         port: Option<u16>,
     ) -> anyhow::Result<ChildServer> {
-        let mut arguments = vec![
-            "--config".to_owned(),
-            self.config.display().to_string(),
-            role.to_owned(),
-            "--listen".to_owned(),
-            format!("127.0.0.1:{}", port.unwrap_or(0)),
-        ];
-        if role == "search" || role == "projector" {
-            let data = self.dir.path().join(node);
-            arguments.extend(["--data-dir".to_owned(), data.display().to_string()]);
-        }
+        let arguments = role_arguments(
+            &self.config,
+            role,
+            port.unwrap_or(0),
+            &self.dir.path().join(node),
+        );
         let mut environment = role_environment(&self.services, &self.run, node);
         // history in ClickHouse, a database per run
         environment.push(("CHORUS_CLICKHOUSE_URL", self.clickhouse.clone()));

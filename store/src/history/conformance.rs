@@ -33,6 +33,7 @@ where
     messages_reflect_edits_and_recalls(new_store().await?.as_ref()).await?;
     message_pages_are_ascending_windows(new_store().await?.as_ref()).await?;
     conversations_list_memberships_with_read_cursors(new_store().await?.as_ref()).await?;
+    conversation_pages_list_each_conversation_once(new_store().await?.as_ref()).await?;
     group_membership_follows_member_events(new_store().await?.as_ref()).await?;
     direct_conversations_have_exactly_their_two_members(new_store().await?.as_ref()).await?;
     Ok(())
@@ -603,6 +604,70 @@ pub async fn conversations_list_memberships_with_read_cursors(
     assert_eq!(
         store.conversations("carol").await?,
         vec![summary("g:a", 4, 0, Some("Ay"))]
+    );
+    Ok(())
+}
+
+/// `conversations_page` cuts the sorted list at a cursor: walking the pages with the last id of
+/// each as the next cursor yields every conversation once, in order, and nothing else.
+pub async fn conversation_pages_list_each_conversation_once(
+    store: &dyn HistoryStore,
+) -> Result<(), HistoryError> {
+    let mut timeline = TimelineWriter::new();
+    let groups: Vec<String> = (0..7).map(|index| format!("g:page{index}")).collect();
+    for group in &groups {
+        timeline.push(group, "alice", created(None, &["alice", "bob"]));
+    }
+    timeline.push("g:bob-only", "bob", created(None, &["bob"]));
+    timeline.push("dm:alice:carol", "carol", sent("hi"));
+    timeline.push("g:page3", "alice", read_up_to(1));
+    timeline.apply_to(store, 0).await?;
+    let everything = store.conversations("alice").await?;
+    assert_eq!(everything.len(), 8);
+
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = store
+            .conversations_page("alice", cursor.as_deref(), 3)
+            .await?;
+        assert!(page.len() <= 3, "a page holds at most its limit");
+        pages += 1;
+        assert!(pages <= 4, "paging ends");
+        let Some(last) = page.last() else { break };
+        cursor = Some(last.id.clone());
+        paged.extend(page);
+    }
+    assert_eq!(paged, everything, "the pages, joined, are the list");
+    assert_eq!(
+        store.conversations_page("alice", None, READ_ALL).await?,
+        everything
+    );
+    let after_cursor = store
+        .conversations_page("alice", Some("g:page2"), 2)
+        .await?;
+    let ids: Vec<&str> = after_cursor
+        .iter()
+        .map(|summary| summary.id.as_str())
+        .collect();
+    assert_eq!(ids, ["g:page3", "g:page4"], "strictly after the cursor");
+    assert_eq!(after_cursor[0].read_seq, 1, "entries are whole summaries");
+    let between = store
+        .conversations_page("alice", Some("g:page2x"), 1)
+        .await?;
+    assert_eq!(between[0].id, "g:page3", "a cursor need not be a listed id");
+    assert!(
+        store
+            .conversations_page("alice", Some("g:page6"), 3)
+            .await?
+            .is_empty()
+    );
+    assert!(
+        store
+            .conversations_page("nobody", None, 3)
+            .await?
+            .is_empty()
     );
     Ok(())
 }

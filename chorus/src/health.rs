@@ -1,0 +1,240 @@
+//! What a node says about the services it depends on, in `GET /health` and in the
+//! `chorus_dependency_up{dependency}` gauge of `GET /metrics`.
+//!
+//! Each distributed role declares its dependencies: Kafka is **required** (nothing works without
+//! the log; a role started before Kafka answers waits for it with backoff and serves only
+//! `/health` and `/metrics` meanwhile), Redis and ClickHouse are **optional** (the role serves in
+//! its degraded mode while they are down: broadcast delivery, a projector that holds, 503 on
+//! history reads). Optional dependencies are probed every [`PROBE_INTERVAL`] through the
+//! adapter's own breaker, so the state shown is never older than that, and probing is what
+//! heals a dependency that no traffic touches (ClickHouse's migrations are applied by the first
+//! call that finds it answering).
+//!
+//! `/health` answers:
+//! - 200 `{"status":"ok", …}`: every dependency is up;
+//! - 200 `{"status":"degraded", …}`: an optional dependency is down; the node serves in its
+//!   degraded mode, so a load balancer keeps it (taking it out would only move its users to
+//!   nodes that are degraded the same way);
+//! - 503 `{"status":"starting", …}`: a required dependency was never reached; the node serves
+//!   nothing else yet (readiness probes keep traffic away; it is alive and keeps trying).
+//!
+//! with `"dependencies": {"<name>": {"state": "up"|"down"|"waiting", "required": bool,
+//! "error": "<last failure>"}}`. `chorus serve` has no outside dependency: always 200 `ok`.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus::{Encoder, IntGaugeVec, Opts, Registry};
+use serde_json::json;
+
+/// How often optional dependencies are probed.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The state of one dependency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DependencyState {
+    Up,
+    /// An optional dependency that does not answer: the node is degraded.
+    Down,
+    /// A required dependency not reached yet: the node is starting.
+    Waiting,
+}
+
+impl DependencyState {
+    fn as_str(self) -> &'static str {
+        match self {
+            DependencyState::Up => "up",
+            DependencyState::Down => "down",
+            DependencyState::Waiting => "waiting",
+        }
+    }
+}
+
+struct Dependency {
+    required: bool,
+    state: DependencyState,
+    /// The last failure, while not up.
+    error: Option<String>,
+}
+
+/// The dependencies of one node and their states.
+pub struct Dependencies {
+    entries: Mutex<BTreeMap<&'static str, Dependency>>,
+    /// Renders `chorus_dependency_up`.
+    registry: Registry,
+    /// 1 while a dependency answers, 0 otherwise.
+    up: IntGaugeVec,
+}
+
+impl Default for Dependencies {
+    fn default() -> Self {
+        let registry =
+            Registry::new_custom(Some("chorus".into()), None).expect("a fixed prefix is valid");
+        let up = IntGaugeVec::new(
+            Opts::new(
+                "dependency_up",
+                "1 while an outside service this node depends on answers, 0 otherwise",
+            ),
+            &["dependency"],
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(up.clone()))
+            .expect("names are unique");
+        Dependencies {
+            entries: Mutex::new(BTreeMap::new()),
+            registry,
+            up,
+        }
+    }
+}
+
+impl Dependencies {
+    /// Declares a dependency, not reached yet: `waiting` when required, `down` when optional.
+    pub fn declare(&self, name: &'static str, required: bool) {
+        let state = match required {
+            true => DependencyState::Waiting,
+            false => DependencyState::Down,
+        };
+        self.up.with_label_values(&[name]).set(0);
+        self.lock().insert(
+            name,
+            Dependency {
+                required,
+                state,
+                error: None,
+            },
+        );
+    }
+
+    /// Records a probe's or a connection attempt's outcome; logs changes of state.
+    pub fn report(&self, name: &'static str, outcome: Result<(), String>) {
+        let mut entries = self.lock();
+        let Some(dependency) = entries.get_mut(name) else {
+            return;
+        };
+        let before = dependency.state;
+        match outcome {
+            Ok(()) => {
+                dependency.state = DependencyState::Up;
+                dependency.error = None;
+                self.up.with_label_values(&[name]).set(1);
+                if before != DependencyState::Up {
+                    tracing::info!(dependency = name, "dependency up");
+                }
+            }
+            Err(error) => {
+                // a required dependency never reached stays `waiting`; once reached, `down`
+                if before == DependencyState::Up || !dependency.required {
+                    dependency.state = DependencyState::Down;
+                }
+                self.up.with_label_values(&[name]).set(0);
+                if before == DependencyState::Up {
+                    tracing::warn!(dependency = name, %error, "dependency down; serving degraded");
+                }
+                dependency.error = Some(error);
+            }
+        }
+    }
+
+    /// The state of `name`, if declared.
+    pub fn state(&self, name: &str) -> Option<DependencyState> {
+        self.lock().get(name).map(|dependency| dependency.state)
+    }
+
+    /// The `/health` answer: (status code, body). See the module docs.
+    pub fn health(&self) -> (u16, serde_json::Value) {
+        let entries = self.lock();
+        let starting = entries
+            .values()
+            .any(|dependency| dependency.required && dependency.state == DependencyState::Waiting);
+        let degraded = entries
+            .values()
+            .any(|dependency| dependency.state != DependencyState::Up);
+        let (code, status) = match (starting, degraded) {
+            (true, _) => (503, "starting"),
+            (false, true) => (200, "degraded"),
+            (false, false) => (200, "ok"),
+        };
+        let dependencies: serde_json::Map<String, serde_json::Value> = entries
+            .iter()
+            .map(|(name, dependency)| {
+                let mut entry = json!({
+                    "state": dependency.state.as_str(),
+                    "required": dependency.required,
+                });
+                if let Some(error) = &dependency.error {
+                    entry["error"] = json!(error);
+                }
+                ((*name).to_owned(), entry)
+            })
+            .collect();
+        (
+            code,
+            json!({"status": status, "dependencies": dependencies}),
+        )
+    }
+
+    /// `chorus_dependency_up` in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, Dependency>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_says_starting_degraded_and_ok() {
+        let dependencies = Dependencies::default();
+        assert_eq!(dependencies.health().0, 200, "nothing declared: ok");
+        dependencies.declare("kafka", true);
+        dependencies.declare("redis", false);
+        let (code, body) = dependencies.health();
+        assert_eq!((code, body["status"].as_str()), (503, Some("starting")));
+        assert_eq!(body["dependencies"]["kafka"]["state"], "waiting");
+        dependencies.report("kafka", Err("refused".into()));
+        assert_eq!(dependencies.state("kafka"), Some(DependencyState::Waiting));
+        dependencies.report("kafka", Ok(()));
+        dependencies.report("redis", Err("connection refused".into()));
+        let (code, body) = dependencies.health();
+        assert_eq!((code, body["status"].as_str()), (200, Some("degraded")));
+        assert_eq!(body["dependencies"]["redis"]["state"], "down");
+        assert_eq!(body["dependencies"]["redis"]["error"], "connection refused");
+        assert!(
+            dependencies
+                .render()
+                .contains("chorus_dependency_up{dependency=\"redis\"} 0"),
+            "{}",
+            dependencies.render()
+        );
+        dependencies.report("redis", Ok(()));
+        assert_eq!(
+            dependencies.health(),
+            (
+                200,
+                json!({"status": "ok", "dependencies": {
+                    "kafka": {"state": "up", "required": true},
+                    "redis": {"state": "up", "required": false},
+                }})
+            )
+        );
+        assert!(
+            dependencies
+                .render()
+                .contains("chorus_dependency_up{dependency=\"redis\"} 1")
+        );
+        dependencies.report("kafka", Err("gone".into()));
+        assert_eq!(dependencies.state("kafka"), Some(DependencyState::Down));
+    }
+}

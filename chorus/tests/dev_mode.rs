@@ -1,0 +1,117 @@
+//! Dev mode never silently serves a non-loopback address (issue 11): `chorus serve` turns it on by
+//! default only on a loopback address. On another address without an explicit `dev_mode`, it
+//! starts with dev tokens off and says so, or, with no JWT secret to run without them, refuses to
+//! start and says why; an explicit `CHORUS_DEV_MODE=true` is obeyed.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// `chorus serve --listen <listen>` in a fresh data directory with only `environment`.
+fn serve(
+    listen: &str,
+    data_dir: &std::path::Path,
+    environment: &[(&str, &str)],
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_chorus"));
+    command
+        .args(["serve", "--listen", listen, "--data-dir"])
+        .arg(data_dir)
+        .env_clear()
+        .env("CHORUS_LOG", "warn")
+        .envs(environment.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// Starts the server and returns it with its port and its "Dev mode: …" line.
+async fn started(mut command: tokio::process::Command) -> (tokio::process::Child, u16, String) {
+    let mut child = command.spawn().expect("spawns");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let (port, dev_line) = tokio::time::timeout(WAIT, async {
+        let mut port = None;
+        while let Some(line) = lines.next_line().await.expect("reads") {
+            if let Some((_, url)) = line.split_once(" is listening on ") {
+                let port_text = url.trim().rsplit(':').next().expect("a port");
+                port = Some(port_text.parse::<u16>().expect("a port number"));
+            }
+            if line.trim_start().starts_with("Dev mode:") {
+                return (port.expect("listening line first"), line.trim().to_owned());
+            }
+        }
+        panic!("chorus serve exited before saying whether dev mode is on");
+    })
+    .await
+    .expect("started in time");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, port, dev_line)
+}
+
+/// `POST /v1/dev/token` on the loopback interface: the status.
+async fn dev_token_status(port: u16) -> u16 {
+    reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/v1/dev/token"))
+        .json(&serde_json::json!({"user": "alice"}))
+        .send()
+        .await
+        .expect("answers")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn a_non_loopback_address_gets_dev_mode_only_when_asked_for() {
+    let secret = ("CHORUS_JWT_SECRET", "a-secret-of-at-least-16-bytes");
+    let api_key = ("CHORUS_API_KEY", "a-key");
+
+    // the default address is loopback: dev mode on, as before
+    let data = tempfile::tempdir().expect("tempdir");
+    let (mut child, port, dev_line) = started(serve("127.0.0.1:0", data.path(), &[])).await;
+    assert!(dev_line.starts_with("Dev mode: on"), "{dev_line}");
+    assert_eq!(dev_token_status(port).await, 200);
+    child.kill().await.expect("killed");
+
+    // every interface, with a secret: starts with dev tokens off, and says so
+    let data = tempfile::tempdir().expect("tempdir");
+    let (mut child, port, dev_line) =
+        started(serve("0.0.0.0:0", data.path(), &[secret, api_key])).await;
+    assert!(dev_line.starts_with("Dev mode: off"), "{dev_line}");
+    assert_eq!(dev_token_status(port).await, 404, "no dev tokens");
+    child.kill().await.expect("killed");
+
+    // every interface, no secret: refuses to start, and says why
+    let data = tempfile::tempdir().expect("tempdir");
+    let output = tokio::time::timeout(WAIT, serve("0.0.0.0:0", data.path(), &[]).output())
+        .await
+        .expect("exits in time")
+        .expect("runs");
+    assert!(!output.status.success(), "refused to start");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("dev mode is off") && stderr.contains("0.0.0.0:0 is not"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("CHORUS_DEV_MODE=true"), "{stderr}");
+    assert!(
+        !data.path().join("dev-jwt-secret").exists(),
+        "no dev secret generated"
+    );
+
+    // every interface, dev mode asked for explicitly: obeyed
+    let data = tempfile::tempdir().expect("tempdir");
+    let (mut child, port, dev_line) = started(serve(
+        "0.0.0.0:0",
+        data.path(),
+        &[("CHORUS_DEV_MODE", "true")],
+    ))
+    .await;
+    assert!(dev_line.starts_with("Dev mode: on"), "{dev_line}");
+    assert_eq!(dev_token_status(port).await, 200);
+    child.kill().await.expect("killed");
+}

@@ -8,7 +8,11 @@
 //   `GET /v1/conversations/{id}/events?after_seq=<last>` before anything after it is handed over;
 //   duplicates (seq <= last) are dropped;
 // - after every (re)connect the client asks `GET /v1/conversations` and fills every conversation
-//   whose `last_seq` is past what it has seen, so nothing sent while it was away is missed;
+//   whose `last_seq` is past what it has seen, so nothing sent while it was away is missed; the
+//   list is paged, and the client follows `next` (`?after=<next>`) until the last page, so a user
+//   with more conversations than one page gets all of them; the paging is bounded: it stops when
+//   `next` does not advance (not after the cursor just used, in byte order) or after
+//   `maxConversationPages` pages, and reports that as an `error` event (code `incomplete`);
 // - a send, edit or recall stays in the outbox until its ack arrives; it is sent again, with the
 //   same client message id (so the server acks it once and never stores it twice), after a
 //   reconnect, after no answer within `ackTimeoutMs`, or after `unavailable`/`rate_limited`;
@@ -31,6 +35,11 @@ export const CLOSE_TOKEN_EXPIRED = 4001;
 const EXPIRED_MESSAGE = "token expired, sign in again";
 /** The longest delay a timer takes (2^31 - 1 ms); a renewal further off is taken earlier. */
 const LONGEST_TIMER_MS = 2_147_483_647;
+/**
+ * The most pages of `GET /v1/conversations` one sync reads: a million conversations at the
+ * server's default page of 1000 (`limits.max_conversations_page`).
+ */
+export const MAX_CONVERSATION_PAGES = 1000;
 
 /**
  * The claims of a JWT, decoded from its base64url payload without verifying anything (the
@@ -48,17 +57,21 @@ export function tokenClaims(token) {
   }
 }
 
-/** The id of the direct conversation between two users: `dm:<a>:<b>`, ids in byte order. */
-export function dmId(userA, userB) {
+/** Compares two strings by their UTF-8 bytes (the server's order of ids): < 0, 0 or > 0. */
+export function byteOrder(textA, textB) {
   const encoder = new TextEncoder();
-  const bytesA = encoder.encode(userA);
-  const bytesB = encoder.encode(userB);
+  const bytesA = encoder.encode(textA);
+  const bytesB = encoder.encode(textB);
   let order = 0;
   for (let index = 0; index < Math.min(bytesA.length, bytesB.length) && order === 0; index++) {
     order = bytesA[index] - bytesB[index];
   }
-  if (order === 0) order = bytesA.length - bytesB.length;
-  return order <= 0 ? `dm:${userA}:${userB}` : `dm:${userB}:${userA}`;
+  return order === 0 ? bytesA.length - bytesB.length : order;
+}
+
+/** The id of the direct conversation between two users: `dm:<a>:<b>`, ids in byte order. */
+export function dmId(userA, userB) {
+  return byteOrder(userA, userB) <= 0 ? `dm:${userA}:${userB}` : `dm:${userB}:${userA}`;
 }
 
 /** A fresh client message id (unique per sender; kept across resends). */
@@ -146,7 +159,7 @@ export class ChorusError extends Error {
  *   (load them with `messages(…, { before_seq })`);
  * - `event` (a timeline event plus `origin`: `live` or `fill`), in seq order per conversation;
  * - `ack` (the ack frame), `read`, `typing`, `error` (error frames not tied to an outbox entry,
- *   and failed token renewals);
+ *   failed token renewals, and a conversation list cut short: code `incomplete`);
  * - `token` `{ token, exp }`: a renewed token, now used for everything (e.g. to keep it for a reload);
  * - `renewed` `{ exp }`: the live session took the renewed token (`auth_ok`);
  * - `expired` `{ message }`: the token expired and there is no provider; the client has stopped
@@ -155,6 +168,7 @@ export class ChorusError extends Error {
  * `renewToken` (optional): `async () => token`, a new token for the same user. `renewMargin`:
  * how long before `exp` to renew, as a fraction of the token's lifetime (`exp - iat`, or from
  * when the client got it) bounded by `maxMs` and `minMs`. `now`: the clock, in ms.
+ * `maxConversationPages`: the most pages of `GET /v1/conversations` a sync reads.
  */
 export class ChorusClient {
   constructor({
@@ -170,6 +184,7 @@ export class ChorusClient {
     renewToken = null,
     renewMargin = { fraction: 0.1, maxMs: 60_000, minMs: 5_000 },
     now = () => Date.now(),
+    maxConversationPages = MAX_CONVERSATION_PAGES,
   }) {
     this.baseUrl = baseUrl.replace(/\/$/, "");
     // history and search (GET); in the distributed mode the search nodes, elsewhere than the
@@ -215,6 +230,7 @@ export class ChorusClient {
     this.renewalTimer = null;
     /** renewals failed in a row (their retries back off) */
     this.renewalFailures = 0;
+    this.maxConversationPages = maxConversationPages;
   }
 
   on(type, handler) {
@@ -534,7 +550,7 @@ export class ChorusClient {
    * past is history, loaded page by page by the application).
    */
   async sync() {
-    const { conversations } = await this.request("GET", "/v1/conversations");
+    const conversations = await this.listConversations();
     const first = !this.synced;
     this.synced = true;
     const fills = [];
@@ -547,6 +563,30 @@ export class ChorusClient {
       if (summary.last_seq > this.tracker.lastSeq(summary.id)) fills.push(this.fill(summary.id));
     }
     await Promise.all(fills);
+  }
+
+  /**
+   * Every conversation of the user: `GET /v1/conversations`, then `?after=<next>` while the
+   * answer has a `next`. Bounded: it stops, with an `error` event (code `incomplete`) and the
+   * conversations read so far, when `next` does not advance (not after the cursor just used, in
+   * byte order: a server repeating itself) or after `maxConversationPages` pages.
+   */
+  async listConversations() {
+    const found = new Map();
+    let after = null;
+    for (let page = 0; page < this.maxConversationPages; page++) {
+      const path = after === null ? "/v1/conversations" : `/v1/conversations?after=${encodeURIComponent(after)}`;
+      const { conversations = [], next } = await this.request("GET", path);
+      for (const summary of conversations) found.set(summary.id, summary);
+      if (typeof next !== "string" || next === "") return [...found.values()];
+      if (after !== null && byteOrder(next, after) <= 0) {
+        this.emit("error", { code: "incomplete", message: `conversation list cut short: next ${JSON.stringify(next)} does not advance past ${JSON.stringify(after)}` });
+        return [...found.values()];
+      }
+      after = next;
+    }
+    this.emit("error", { code: "incomplete", message: `conversation list cut short after ${this.maxConversationPages} pages` });
+    return [...found.values()];
   }
 
   /** Puts a client frame in the outbox; resolves with its ack, rejects with a refusal. */

@@ -1,6 +1,6 @@
 // Unit tests of the client library (node --test web/): seq tracking, gap filling, sync after a
-// reconnect, backoff, resends with the same client message id, and token renewal and expiry
-// (close 4001). The WebSocket, fetch and the
+// reconnect, backoff, resends with the same client message id, token renewal and expiry
+// (close 4001), and the paged conversation list (`next`). The WebSocket, fetch and the
 // timers are fakes driven by the test, so every step is explicit and nothing waits on a clock.
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -68,6 +68,10 @@ class FakeServer {
     this.sockets = [];
     /** the token HTTP requests must carry */
     this.token = "T";
+    /** how many conversations one `GET /v1/conversations` answers (more follow with `next`) */
+    this.conversationsPage = Infinity;
+    /** when set, `(after) => body` answers `GET /v1/conversations` instead (a misbehaving server) */
+    this.conversationsAnswer = null;
   }
 
   append(conversation, count) {
@@ -82,9 +86,17 @@ class FakeServer {
     this.requests.push(`${init.method} ${pathname}${searchParams.size ? `?${searchParams}` : ""}`);
     assert.equal(init.headers.authorization, `Bearer ${this.token}`);
     let body;
-    if (pathname === "/v1/conversations") {
+    if (pathname === "/v1/conversations" && this.conversationsAnswer) {
+      // a client that loops on this server fails here instead of spinning forever
+      assert.ok(this.requests.length <= 100, "the client keeps asking for conversations");
+      body = this.conversationsAnswer(searchParams.get("after"));
+    } else if (pathname === "/v1/conversations") {
+      const after = searchParams.get("after");
+      const following = [...this.timelines.keys()].sort().filter((id) => after === null || id > after);
+      const page = following.slice(0, this.conversationsPage);
       body = {
-        conversations: [...this.timelines].map(([id, timeline]) => ({ id, last_seq: timeline.length, read_seq: 0 })),
+        conversations: page.map((id) => ({ id, last_seq: this.timelines.get(id).length, read_seq: 0 })),
+        ...(following.length > page.length ? { next: page.at(-1) } : {}),
       };
     } else {
       const conversation = decodeURIComponent(pathname.split("/")[3]);
@@ -478,4 +490,73 @@ test("without a provider, a reconnect due after the token's exp stops instead of
   assert.equal(client.state, "expired", "the upgrade would be refused with 401");
   assert.equal(server.sockets.length, 1);
   assert.equal(timers.pending.size, 0);
+});
+
+test("the conversation list is read page by page, following next, at the first sync and after a reconnect", async () => {
+  const { server, timers, client, handed } = setup();
+  server.conversationsPage = 2;
+  server.append("dm:alice:bob", 3);
+  server.append("g:a", 1);
+  server.append("g:b", 4); // on the second page
+  const baselines = [];
+  client.on("baseline", (baseline) => baselines.push(baseline));
+  client.start();
+  await welcome(server);
+  assert.deepEqual(server.requests, ["GET /v1/conversations", "GET /v1/conversations?after=g%3Aa"]);
+  assert.deepEqual(baselines, [
+    { conversation: "dm:alice:bob", seq: 3 },
+    { conversation: "g:a", seq: 1 },
+    { conversation: "g:b", seq: 4 },
+  ]);
+  server.socket.deliver(server.append("g:b", 1));
+  assert.deepEqual(seqs(handed), [5], "a conversation of the second page is tracked from its last_seq");
+
+  server.socket.drop();
+  server.append("g:b", 2); // 6..7 sent meanwhile, second page
+  server.append("g:c", 2); // a conversation that started meanwhile, second page
+  server.requests.length = 0;
+  timers.fire();
+  await welcome(server);
+  await settle();
+  assert.deepEqual(server.requests.slice(0, 2), ["GET /v1/conversations", "GET /v1/conversations?after=g%3Aa"]);
+  assert.deepEqual(
+    handed.map((handedEvent) => `${handedEvent.conversation}#${handedEvent.seq}`),
+    ["g:b#5", "g:b#6", "g:b#7", "g:c#1", "g:c#2"],
+    "the sync after the reconnect fills conversations of the second page",
+  );
+});
+
+test("a server repeating the same next does not make the sync loop", { timeout: 5000 }, async () => {
+  const { server, client } = setup();
+  server.conversationsAnswer = (after) =>
+    after === null
+      ? { conversations: [{ id: "g:a", last_seq: 2, read_seq: 0 }], next: "g:a" }
+      : { conversations: [{ id: "g:b", last_seq: 5, read_seq: 0 }], next: "g:a" };
+  const errors = [];
+  client.on("error", (error) => errors.push(error));
+  const baselines = [];
+  client.on("baseline", (baseline) => baselines.push(baseline));
+  client.start();
+  await welcome(server);
+  assert.deepEqual(server.requests, ["GET /v1/conversations", "GET /v1/conversations?after=g%3Aa"]);
+  assert.deepEqual(baselines.map((baseline) => baseline.conversation), ["g:a", "g:b"], "what was read is still used");
+  assert.equal(errors.length, 1);
+  assert.equal(errors[0].code, "incomplete");
+  assert.match(errors[0].message, /does not advance/);
+});
+
+test("paging the conversation list stops after maxConversationPages pages", { timeout: 5000 }, async () => {
+  const { server, client } = setup({ maxConversationPages: 3 });
+  // a server whose list never ends: every page has one more id and a next that advances
+  server.conversationsAnswer = (after) => {
+    const id = `${after ?? "g:"}x`;
+    return { conversations: [{ id, last_seq: 1, read_seq: 0 }], next: id };
+  };
+  const errors = [];
+  client.on("error", (error) => errors.push(error));
+  client.start();
+  await welcome(server);
+  assert.equal(server.requests.length, 3);
+  assert.deepEqual(errors.map((error) => error.code), ["incomplete"]);
+  assert.match(errors[0].message, /after 3 pages/);
 });

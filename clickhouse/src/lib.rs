@@ -15,6 +15,9 @@
 //! - **Derived state is resolved at query time**: messages with their edits and recalls,
 //!   membership (the latest change per user and conversation, kept in `members`), last seq,
 //!   titles and read cursors (the maximum, so cursors only move forward).
+//! - **Pages cost a page**: `conversations_page` reads the user's `members` rows in key order
+//!   from the cursor, in windows that stop once the page is full, and summarises only the page's
+//!   conversations; never the user's whole list.
 //! - **Position**: `apply` skips records below the stored position, inserts the batch's rows
 //!   (one INSERT into `events`, one into `members`), then stores the new position (`max`, so it
 //!   never moves backwards). A crash between the row inserts and the position insert replays the
@@ -38,6 +41,10 @@ use chorus_store::history::{
 };
 use clickhouse::{Client, Row, RowOwned, RowWrite};
 use serde::{Deserialize, Serialize};
+
+mod membership_window;
+
+use membership_window::{MembershipChange, MembershipWindow};
 
 /// The migrations, in order; the number is the schema version each one brings.
 const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("../migrations/0001_history.sql"))];
@@ -474,6 +481,134 @@ impl ClickHouseHistory {
         insert.end().through(&self.guard).await
     }
 
+    /// The conversations `user` is currently a member of, sorted by id.
+    async fn joined_conversations(&self, user: &str) -> Result<Vec<String>, HistoryError> {
+        self.client
+            .query(
+                "SELECT conversation FROM members WHERE user = ? \
+                 GROUP BY conversation HAVING argMax(present, seq) = 1 ORDER BY conversation",
+            )
+            .bind(user)
+            .fetch_all::<String>()
+            .through(&self.guard)
+            .await
+    }
+
+    /// The first `limit` conversations `user` is currently a member of with an id greater than
+    /// `after`, sorted by id, reading `members` in its key order `(user, conversation)` from the
+    /// cursor in windows of raw rows (a `LIMIT` on an ordered read stops early; a `GROUP BY`
+    /// before an `ORDER BY` would read the user's whole rest). Membership is resolved here as
+    /// in the `HAVING argMax(present, seq) = 1` of [`Self::joined_conversations`]: the row with
+    /// the highest seq of a conversation says whether the user is in it. A window may end inside
+    /// a conversation's rows, so a full window's last conversation is read again by the next one;
+    /// a window holding a single conversation doubles instead.
+    async fn joined_conversations_page(
+        &self,
+        user: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, HistoryError> {
+        let mut joined = Vec::with_capacity(limit);
+        let mut cursor = after.map(str::to_owned);
+        let mut window = (limit as u64).saturating_add(1).saturating_mul(2);
+        while joined.len() < limit {
+            let query = match &cursor {
+                Some(cursor) => self
+                    .client
+                    .query(
+                        "SELECT conversation, seq, present FROM members \
+                         WHERE user = ? AND conversation > ? ORDER BY conversation LIMIT ?",
+                    )
+                    .bind(user)
+                    .bind(cursor),
+                None => self
+                    .client
+                    .query(
+                        "SELECT conversation, seq, present FROM members \
+                         WHERE user = ? ORDER BY conversation LIMIT ?",
+                    )
+                    .bind(user),
+            };
+            let changes = query
+                .bind(window)
+                .fetch_all::<MembershipChange>()
+                .through(&self.guard)
+                .await?;
+            match MembershipWindow::read(changes, window) {
+                MembershipWindow::TooSmall => window = window.saturating_mul(2),
+                MembershipWindow::Read {
+                    latest,
+                    more_may_follow,
+                } => {
+                    let Some(last_read) = latest.last().map(|change| change.conversation.clone())
+                    else {
+                        break;
+                    };
+                    joined.extend(
+                        latest
+                            .into_iter()
+                            .filter(|change| change.present == 1)
+                            .map(|change| change.conversation)
+                            .take(limit - joined.len()),
+                    );
+                    if !more_may_follow {
+                        break;
+                    }
+                    cursor = Some(last_read);
+                }
+            }
+        }
+        Ok(joined)
+    }
+
+    /// The summaries of `joined` (conversations `user` is a member of, sorted), in that order:
+    /// last seq, `user`'s read cursor and title, resolved from the events of those only.
+    async fn conversation_summaries(
+        &self,
+        user: &str,
+        joined: Vec<String>,
+    ) -> Result<Vec<ConversationSummary>, HistoryError> {
+        if joined.is_empty() {
+            return Ok(Vec::new());
+        }
+        #[derive(Row, Deserialize)]
+        struct Summary {
+            conversation: String,
+            last_seq: u64,
+            read_seq: u64,
+            title: Option<String>,
+        }
+        let summaries = self
+            .client
+            .query(
+                "SELECT conversation, max(seq) AS last_seq, \
+                 maxIf(read_seq, kind = 'read' AND sender = ?) AS read_seq, \
+                 anyIf(title, kind = 'conversation_created') AS title \
+                 FROM events WHERE has(?, conversation) GROUP BY conversation",
+            )
+            .bind(user)
+            .bind(&joined)
+            .fetch_all::<Summary>()
+            .through(&self.guard)
+            .await?;
+        let mut by_id: HashMap<String, Summary> = summaries
+            .into_iter()
+            .map(|summary| (summary.conversation.clone(), summary))
+            .collect();
+        Ok(joined
+            .into_iter()
+            .map(|id| {
+                let summary = by_id.remove(&id);
+                ConversationSummary {
+                    last_seq: summary.as_ref().map_or(0, |s| s.last_seq),
+                    read_seq: summary.as_ref().map_or(0, |s| s.read_seq),
+                    title: summary.and_then(|s| s.title),
+                    id,
+                }
+            })
+            .collect())
+    }
+
     /// The current members of a conversation (only `user`, when given), sorted.
     async fn member_state(
         &self,
@@ -757,55 +892,20 @@ impl HistoryStore for ClickHouseHistory {
     }
 
     async fn conversations(&self, user: &str) -> Result<Vec<ConversationSummary>, HistoryError> {
-        let joined: Vec<String> = self
-            .client
-            .query(
-                "SELECT conversation FROM members WHERE user = ? \
-                 GROUP BY conversation HAVING argMax(present, seq) = 1 ORDER BY conversation",
-            )
-            .bind(user)
-            .fetch_all::<String>()
-            .through(&self.guard)
-            .await?;
-        if joined.is_empty() {
-            return Ok(Vec::new());
-        }
-        #[derive(Row, Deserialize)]
-        struct Summary {
-            conversation: String,
-            last_seq: u64,
-            read_seq: u64,
-            title: Option<String>,
-        }
-        let summaries = self
-            .client
-            .query(
-                "SELECT conversation, max(seq) AS last_seq, \
-                 maxIf(read_seq, kind = 'read' AND sender = ?) AS read_seq, \
-                 anyIf(title, kind = 'conversation_created') AS title \
-                 FROM events WHERE has(?, conversation) GROUP BY conversation",
-            )
-            .bind(user)
-            .bind(&joined)
-            .fetch_all::<Summary>()
-            .through(&self.guard)
-            .await?;
-        let mut by_id: HashMap<String, Summary> = summaries
-            .into_iter()
-            .map(|summary| (summary.conversation.clone(), summary))
-            .collect();
-        Ok(joined
-            .into_iter()
-            .map(|id| {
-                let summary = by_id.remove(&id);
-                ConversationSummary {
-                    last_seq: summary.as_ref().map_or(0, |s| s.last_seq),
-                    read_seq: summary.as_ref().map_or(0, |s| s.read_seq),
-                    title: summary.and_then(|s| s.title),
-                    id,
-                }
-            })
-            .collect())
+        let joined = self.joined_conversations(user).await?;
+        self.conversation_summaries(user, joined).await
+    }
+
+    /// Bounded by the page: membership is read from the cursor on and stops once `limit`
+    /// conversations are found ([`Self::joined_conversations_page`]); only those are summarised.
+    async fn conversations_page(
+        &self,
+        user: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ConversationSummary>, HistoryError> {
+        let joined = self.joined_conversations_page(user, after, limit).await?;
+        self.conversation_summaries(user, joined).await
     }
 
     async fn is_member(&self, conversation: &str, user: &str) -> Result<bool, HistoryError> {

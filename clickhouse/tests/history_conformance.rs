@@ -48,6 +48,7 @@ conformance_tests!(
     message_pages_are_ascending_windows,
     conversations_list_memberships_with_read_cursors,
     conversation_pages_list_each_conversation_once,
+    conversation_pages_skip_conversations_left,
     group_membership_follows_member_events,
     direct_conversations_have_exactly_their_two_members,
 );
@@ -184,4 +185,34 @@ async fn analytics_count_messages_per_day_conversation_and_sender() {
             messages: 3
         }]
     );
+}
+
+/// With merges stopped, a conversation's membership changes stay separate rows (in separate
+/// parts), so the page's windows of raw `members` rows end inside a conversation's rows and one
+/// conversation fills a whole window: pages still list each conversation once, as it stands.
+#[tokio::test]
+async fn conversation_pages_read_membership_rows_not_merged_yet() {
+    let Some(url) = clickhouse_url() else { return };
+    let config = fresh_config(&url);
+    let store = ClickHouseHistory::open(&config, Arc::new(Metrics::new()))
+        .await
+        .expect("open");
+    clickhouse::Client::default()
+        .with_url(&url)
+        .with_database(&config.database)
+        .query("SYSTEM STOP MERGES members")
+        .execute()
+        .await
+        .expect("stop merges");
+    conformance::conversation_pages_skip_conversations_left(&store as &dyn HistoryStore)
+        .await
+        .expect("store error");
+    let unmerged_rows = clickhouse::Client::default()
+        .with_url(&url)
+        .with_database(&config.database)
+        .query("SELECT count() FROM members WHERE user = 'alice' AND conversation = 'g:d'")
+        .fetch_one::<u64>()
+        .await
+        .expect("count");
+    assert_eq!(unmerged_rows, 7, "the rows the pages read were not merged");
 }

@@ -65,6 +65,14 @@ async fn conversation_pages_list_each_conversation_once() {
 }
 
 #[tokio::test]
+async fn conversation_pages_skip_conversations_left() {
+    let (_directory, store) = fresh_store();
+    conformance::conversation_pages_skip_conversations_left(store.as_ref())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn group_membership_follows_member_events() {
     let (_directory, store) = fresh_store();
     conformance::group_membership_follows_member_events(store.as_ref())
@@ -98,7 +106,7 @@ async fn run_all_passes_with_a_store_factory() {
     .unwrap();
     assert_eq!(
         stores_made.load(Ordering::Relaxed),
-        8,
+        9,
         "one fresh store per check"
     );
 }

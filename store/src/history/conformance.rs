@@ -34,6 +34,7 @@ where
     message_pages_are_ascending_windows(new_store().await?.as_ref()).await?;
     conversations_list_memberships_with_read_cursors(new_store().await?.as_ref()).await?;
     conversation_pages_list_each_conversation_once(new_store().await?.as_ref()).await?;
+    conversation_pages_skip_conversations_left(new_store().await?.as_ref()).await?;
     group_membership_follows_member_events(new_store().await?.as_ref()).await?;
     direct_conversations_have_exactly_their_two_members(new_store().await?.as_ref()).await?;
     Ok(())
@@ -657,6 +658,38 @@ pub async fn conversation_pages_list_each_conversation_once(
         .conversations_page("alice", Some("g:page2x"), 1)
         .await?;
     assert_eq!(between[0].id, "g:page3", "a cursor need not be a listed id");
+    let past_other_users = store
+        .conversations_page("alice", Some("g:bob-only"), 2)
+        .await?;
+    let ids: Vec<&str> = past_other_users
+        .iter()
+        .map(|summary| summary.id.as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        ["g:page0", "g:page1"],
+        "a cursor may be someone else's conversation"
+    );
+    let mut one_by_one = Vec::new();
+    let mut cursor: Option<String> = None;
+    while let Some(entry) = store
+        .conversations_page("alice", cursor.as_deref(), 1)
+        .await?
+        .pop()
+    {
+        assert!(one_by_one.len() < everything.len(), "paging by one ends");
+        cursor = Some(entry.id.clone());
+        one_by_one.push(entry);
+    }
+    assert_eq!(one_by_one, everything, "pages of one, joined, are the list");
+    let last_page = store
+        .conversations_page("alice", Some("g:page5"), 2)
+        .await?;
+    let ids: Vec<&str> = last_page
+        .iter()
+        .map(|summary| summary.id.as_str())
+        .collect();
+    assert_eq!(ids, ["g:page6"], "the last page is short: no next");
     assert!(
         store
             .conversations_page("alice", Some("g:page6"), 3)
@@ -669,6 +702,76 @@ pub async fn conversation_pages_list_each_conversation_once(
             .await?
             .is_empty()
     );
+    Ok(())
+}
+
+/// Pages hold only the conversations the user is in now: those they left are skipped (a page is
+/// still full when more follow), one they left and rejoined is listed, and one with many
+/// membership changes is listed once, whatever the page size.
+pub async fn conversation_pages_skip_conversations_left(
+    store: &dyn HistoryStore,
+) -> Result<(), HistoryError> {
+    let mut timeline = TimelineWriter::new();
+    let mut changes: Vec<(&str, &str, EventBody)> = vec![
+        ("g:a", "alice", created(None, &["alice"])),
+        ("g:b", "alice", created(None, &["alice"])),
+        ("g:b", "alice", removed(&["alice"])),
+        ("g:c", "alice", created(None, &["alice"])),
+        ("g:c", "alice", removed(&["alice"])),
+        ("g:c", "bob", added(&["alice"])),
+        ("g:d", "alice", created(None, &["alice"])),
+    ];
+    changes.extend((0..6).map(|_| ("g:d", "bob", added(&["alice"]))));
+    changes.extend([
+        ("g:e", "alice", created(None, &["alice"])),
+        ("g:e", "alice", removed(&["alice"])),
+        ("g:f", "alice", created(None, &["alice"])),
+        ("g:g", "alice", created(None, &["alice"])),
+        ("g:g", "bob", removed(&["alice"])),
+    ]);
+    // one batch per change, as a projector applying them as they come would
+    for (conversation, sender, body) in changes {
+        timeline.push(conversation, sender, body);
+        timeline.apply_to(store, 0).await?;
+    }
+    let everything = store.conversations("alice").await?;
+    let ids: Vec<&str> = everything
+        .iter()
+        .map(|summary| summary.id.as_str())
+        .collect();
+    assert_eq!(ids, ["g:a", "g:c", "g:d", "g:f"]);
+
+    for limit in 1..=4 {
+        let mut paged = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = store
+                .conversations_page("alice", cursor.as_deref(), limit)
+                .await?;
+            assert!(page.len() <= limit, "a page holds at most its limit");
+            assert!(paged.len() <= everything.len(), "paging ends");
+            let Some(last) = page.last() else { break };
+            cursor = Some(last.id.clone());
+            let full = page.len() == limit;
+            paged.extend(page);
+            if !full {
+                assert_eq!(paged.len(), everything.len(), "only the last page is short");
+            }
+        }
+        assert_eq!(paged, everything, "pages of {limit}, joined, are the list");
+    }
+    let after_first = store.conversations_page("alice", Some("g:a"), 2).await?;
+    let ids: Vec<&str> = after_first
+        .iter()
+        .map(|summary| summary.id.as_str())
+        .collect();
+    assert_eq!(ids, ["g:c", "g:d"], "a left conversation takes no place");
+    let after_left = store.conversations_page("alice", Some("g:d"), 3).await?;
+    let ids: Vec<&str> = after_left
+        .iter()
+        .map(|summary| summary.id.as_str())
+        .collect();
+    assert_eq!(ids, ["g:f"], "conversations left at the end are not listed");
     Ok(())
 }
 

@@ -8,7 +8,10 @@
 //! history reads). Optional dependencies are probed every [`PROBE_INTERVAL`] through the
 //! adapter's own breaker, so the state shown is never older than that, and probing is what
 //! heals a dependency that no traffic touches (ClickHouse's migrations are applied by the first
-//! call that finds it answering).
+//! call that finds it answering). Once a role runs, Kafka is probed the same way (a bounded
+//! `end_offset` call through the event-log port, see `roles::probe_kafka`): a broker that becomes
+//! unreachable later is shown within [`PROBE_INTERVAL`] plus [`KAFKA_PROBE_TIMEOUT`], and the
+//! node says `available` again by itself once the broker answers.
 //!
 //! `/health` answers:
 //! - 200 `{"status":"ok", …}`: every dependency is up;
@@ -16,7 +19,11 @@
 //!   degraded mode, so a load balancer keeps it (taking it out would only move its users to
 //!   nodes that are degraded the same way);
 //! - 503 `{"status":"starting", …}`: a required dependency was never reached; the node serves
-//!   nothing else yet (readiness probes keep traffic away; it is alive and keeps trying).
+//!   nothing else yet (readiness probes keep traffic away; it is alive and keeps trying);
+//! - 503 `{"status":"unavailable", …}`: a required dependency that was up does not answer any
+//!   more (`"state":"down"`). The node keeps running and serving its routes, but it cannot
+//!   acknowledge, deliver or project anything without the log, so readiness probes should take
+//!   it out until the dependency answers again (the next successful probe says `ok`).
 //!
 //! with `"dependencies": {"<name>": {"state": "up"|"down"|"waiting", "required": bool,
 //! "error": "<last failure>"}}`. `chorus serve` has no outside dependency: always 200 `ok`.
@@ -28,14 +35,19 @@ use std::time::Duration;
 use prometheus::{Encoder, IntGaugeVec, Opts, Registry};
 use serde_json::json;
 
-/// How often optional dependencies are probed.
+/// How often dependencies are probed (optional ones, and Kafka once the role runs).
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Longest a Kafka probe may take before Kafka counts as down: short, so that an unreachable
+/// broker is shown soon (librdkafka's own request timeout is longer).
+pub const KAFKA_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The state of one dependency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DependencyState {
     Up,
-    /// An optional dependency that does not answer: the node is degraded.
+    /// A dependency that does not answer: the node is degraded (optional) or unavailable
+    /// (required, once reached).
     Down,
     /// A required dependency not reached yet: the node is starting.
     Waiting,
@@ -130,7 +142,9 @@ impl Dependencies {
                     dependency.state = DependencyState::Down;
                 }
                 self.up.with_label_values(&[name]).set(0);
-                if before == DependencyState::Up {
+                if before == DependencyState::Up && dependency.required {
+                    tracing::warn!(dependency = name, %error, "required dependency down; unavailable");
+                } else if before == DependencyState::Up {
                     tracing::warn!(dependency = name, %error, "dependency down; serving degraded");
                 }
                 dependency.error = Some(error);
@@ -149,13 +163,17 @@ impl Dependencies {
         let starting = entries
             .values()
             .any(|dependency| dependency.required && dependency.state == DependencyState::Waiting);
+        let unavailable = entries
+            .values()
+            .any(|dependency| dependency.required && dependency.state == DependencyState::Down);
         let degraded = entries
             .values()
             .any(|dependency| dependency.state != DependencyState::Up);
-        let (code, status) = match (starting, degraded) {
-            (true, _) => (503, "starting"),
-            (false, true) => (200, "degraded"),
-            (false, false) => (200, "ok"),
+        let (code, status) = match (starting, unavailable, degraded) {
+            (true, _, _) => (503, "starting"),
+            (false, true, _) => (503, "unavailable"),
+            (false, false, true) => (200, "degraded"),
+            (false, false, false) => (200, "ok"),
         };
         let dependencies: serde_json::Map<String, serde_json::Value> = entries
             .iter()
@@ -236,5 +254,39 @@ mod tests {
         );
         dependencies.report("kafka", Err("gone".into()));
         assert_eq!(dependencies.state("kafka"), Some(DependencyState::Down));
+    }
+
+    #[test]
+    fn a_required_dependency_lost_after_start_makes_the_node_unavailable_until_it_answers() {
+        let dependencies = Dependencies::default();
+        dependencies.declare("kafka", true);
+        dependencies.declare("redis", false);
+        dependencies.report("kafka", Ok(()));
+        dependencies.report("redis", Ok(()));
+        assert_eq!(dependencies.health().0, 200);
+        dependencies.report("kafka", Err("probe timed out".into()));
+        let (code, body) = dependencies.health();
+        assert_eq!((code, body["status"].as_str()), (503, Some("unavailable")));
+        assert_eq!(body["dependencies"]["kafka"]["state"], "down");
+        assert_eq!(body["dependencies"]["kafka"]["error"], "probe timed out");
+        assert!(
+            dependencies
+                .render()
+                .contains("chorus_dependency_up{dependency=\"kafka\"} 0"),
+            "{}",
+            dependencies.render()
+        );
+        // an optional dependency down as well does not hide that the node is unavailable
+        dependencies.report("redis", Err("refused".into()));
+        assert_eq!(dependencies.health().1["status"], "unavailable");
+        dependencies.report("redis", Ok(()));
+        dependencies.report("kafka", Ok(()));
+        let (code, body) = dependencies.health();
+        assert_eq!((code, body["status"].as_str()), (200, Some("ok")));
+        assert!(
+            dependencies
+                .render()
+                .contains("chorus_dependency_up{dependency=\"kafka\"} 1")
+        );
     }
 }

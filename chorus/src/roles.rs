@@ -29,7 +29,9 @@
 //! broadcast path, the router delivers over it, the projector holds its position, search answers
 //! 503 `unavailable` to history reads — and heals when they answer, without a restart (probes
 //! every [`crate::health::PROBE_INTERVAL`] reconnect Redis and apply ClickHouse's migrations;
-//! ingest registers its sessions once presence answers).
+//! ingest registers its sessions once presence answers). Once the role runs, Kafka is probed
+//! the same way (`probe_kafka`): a broker that stops answering makes `/health` 503
+//! `unavailable` until it answers again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -284,12 +286,36 @@ async fn open_redis(
     ))
 }
 
-/// A probe of one optional dependency: a call that succeeds while it answers.
+/// Probes Kafka once the role runs (it was reached at start, see [`wait_for_topics`]): the end
+/// offset of partition 0 of the role's main `topic`, through the event-log port. The Kafka
+/// adapter makes that call on a blocking thread, and the probe gives up after
+/// [`crate::health::KAFKA_PROBE_TIMEOUT`], so an unreachable broker never blocks a tokio worker
+/// nor holds the probe longer than that; `/health` then says 503 `unavailable` (see
+/// [`crate::health`]) until a probe finds the broker answering again.
+fn probe_kafka(log: Arc<dyn EventLog>, topic: String, probes: &mut Probes) {
+    probes.add_declared("kafka", move || {
+        let log = log.clone();
+        let topic = topic.clone();
+        async move {
+            let timeout = crate::health::KAFKA_PROBE_TIMEOUT;
+            match tokio::time::timeout(timeout, log.end_offset(&topic, 0)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(error)) => Err(format!("reading the end offset of {topic}: {error}")),
+                Err(_) => Err(format!(
+                    "no end offset of {topic} within {} ms",
+                    timeout.as_millis()
+                )),
+            }
+        }
+    });
+}
+
+/// A probe of one dependency: a call that succeeds while it answers.
 type Probe = Box<
     dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync,
 >;
 
-/// The optional dependencies of a role and how to probe them.
+/// The dependencies of a role probed while it runs, and how to probe them.
 struct Probes {
     dependencies: Arc<Dependencies>,
     probes: Vec<(&'static str, Probe)>,
@@ -302,6 +328,15 @@ impl Probes {
         Fut: Future<Output = Result<(), String>> + Send + 'static,
     {
         self.dependencies.declare(name, false);
+        self.add_declared(name, probe);
+    }
+
+    /// Probes a dependency declared already (Kafka, required, declared by [`bind`]).
+    fn add_declared<F, Fut>(&mut self, name: &'static str, probe: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
         self.probes
             .push((name, Box::new(move || Box::pin(probe()))));
     }
@@ -465,6 +500,11 @@ async fn start_role(
         dependencies: dependencies.clone(),
         probes: Vec::new(),
     };
+    let main_topic = match role {
+        Role::Router | Role::Ingest => config.topics().ingress,
+        Role::Projector | Role::Search => config.topics().timeline,
+    };
+    probe_kafka(log.clone(), main_topic, &mut probes);
     let addr = listener.local_addr()?;
     let role_name = role.name();
     let http = match role {

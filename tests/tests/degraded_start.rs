@@ -8,7 +8,10 @@
 //!   503 `unavailable`; once ClickHouse answers the schema is applied and history appears;
 //! - every role started before Kafka keeps running, waiting for it with backoff, and says
 //!   `starting` (503) in `/health` with `kafka` `waiting`; once the bootstrap address answers
-//!   (a forwarder to the real broker), it starts in the same process.
+//!   (a forwarder to the real broker), it starts in the same process;
+//! - a running role whose broker becomes unreachable (the forwarder it reaches Kafka through
+//!   stops and drops its connections) says 503 `unavailable` with `kafka` `down` and
+//!   `chorus_dependency_up{dependency="kafka"} 0`, and `ok` again once the broker answers.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -310,9 +313,9 @@ async fn roles_started_before_kafka_wait_for_it_and_say_so() -> anyhow::Result<(
         );
     }
 
-    // Kafka appears at the bootstrap address: a forwarder to the real broker (which then
-    // advertises its own address to the clients); every role starts without a restart
-    let forwarder = forward(kafka_port, &services.0).await?;
+    // Kafka appears at the bootstrap address: a forwarder to the real broker; every role starts
+    // without a restart
+    let forwarder = Forwarder::start(kafka_port, &services.0).await?;
     for (role, server) in &mut roles {
         let body = await_health(&server.url, "ok", "kafka", "up").await?;
         assert!(
@@ -334,22 +337,140 @@ async fn roles_started_before_kafka_wait_for_it_and_say_so() -> anyhow::Result<(
         None,
     )
     .await?;
-    forwarder.abort();
+    forwarder.stop().await;
     Ok(())
 }
 
-/// Forwards TCP connections on `port` to `target` until the returned task is aborted.
-async fn forward(port: u16, target: &str) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    let target = target.to_owned();
-    Ok(tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            let target = target.clone();
-            tokio::spawn(async move {
-                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-            });
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_role_says_unavailable_while_kafka_is_unreachable_and_heals() -> anyhow::Result<()>
+{
+    let Some(services) = chorus_tests::distributed_services() else {
+        return Ok(());
+    };
+    let kafka_port = chorus_tests::free_port()?;
+    let run = format!("dl{}", std::process::id());
+    let dir = tempfile::tempdir()?;
+    let config = config_file(dir.path(), "[log]\npartitions = 2\n")?;
+    let forwarder = Forwarder::start(kafka_port, &services.0).await?;
+    let mut environment = chorus_tests::role_environment(&services, &run, "n1");
+    environment.push(("CHORUS_KAFKA_BOOTSTRAP", format!("127.0.0.1:{kafka_port}")));
+    // the role's own reports only: librdkafka logs every refused connection as an error
+    environment.push(("CHORUS_LOG", "warn,librdkafka=off,rdkafka=off".to_owned()));
+    let mut node = spawn_role(&config, "ingest", dir.path(), environment).await?;
+    // ready: every dependency up (Redis and the broker through the forwarder)
+    await_health(&node.url, "ok", "kafka", "up").await?;
+    assert_eq!(health(&node.url).await?.0, 200);
+
+    // every connection to the broker goes through the forwarder: it stops and drops them all
+    forwarder.stop().await;
+    let lost = tokio::time::Instant::now();
+    // before the fix: `ok` for as long as the process runs
+    let body = await_health(&node.url, "unavailable", "kafka", "down").await?;
+    assert!(
+        lost.elapsed() < Duration::from_secs(15),
+        "kafka shown down only after {:?}",
+        lost.elapsed()
+    );
+    assert!(body["dependencies"]["kafka"]["error"].is_string(), "{body}");
+    assert_eq!(health(&node.url).await?.0, 503, "{body}");
+    let metrics = chorus_tests::metrics_text(&node.url).await?;
+    assert_eq!(
+        chorus_tests::metric(&metrics, "chorus_dependency_up", &[("dependency", "kafka")]),
+        0.0,
+        "{metrics}"
+    );
+    assert!(
+        node.child.try_wait()?.is_none(),
+        "the role keeps running while Kafka is unreachable"
+    );
+
+    // the broker answers again on the same address: the role heals by itself
+    let forwarder = Forwarder::start(kafka_port, &services.0).await?;
+    let body = await_health(&node.url, "ok", "kafka", "up").await?;
+    assert_eq!(health(&node.url).await?.0, 200, "{body}");
+    let metrics = chorus_tests::metrics_text(&node.url).await?;
+    assert_eq!(
+        chorus_tests::metric(&metrics, "chorus_dependency_up", &[("dependency", "kafka")]),
+        1.0,
+        "{metrics}"
+    );
+    forwarder.stop().await;
+    Ok(())
+}
+
+/// Forwards TCP connections on a port to a Kafka broker, and tells the clients that the broker
+/// is at the forwarder's address: in every response, the broker's advertised address (the
+/// `target` host followed by its port, as Kafka encodes a host and port) gets the forwarder's
+/// port, so that every later connection of the client goes through the forwarder too.
+struct Forwarder {
+    /// Accepts connections; owns the connections' tasks, so aborting it drops them all.
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl Forwarder {
+    async fn start(port: u16, target: &str) -> anyhow::Result<Forwarder> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        let (host, target_port) = target.rsplit_once(':').context("target is host:port")?;
+        let target_port: i32 = target_port.parse()?;
+        let advertised = [host.as_bytes(), &target_port.to_be_bytes()].concat();
+        let forwarded = [host.as_bytes(), &i32::from(port).to_be_bytes()].concat();
+        let target = target.to_owned();
+        let accepting = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let (mut inbound_read, mut inbound_write) = inbound.into_split();
+                let (mut outbound_read, mut outbound_write) = outbound.into_split();
+                connections.spawn(async move {
+                    let _ = tokio::io::copy(&mut inbound_read, &mut outbound_write).await;
+                });
+                let (advertised, forwarded) = (advertised.clone(), forwarded.clone());
+                connections.spawn(async move {
+                    let _ = forward_responses(
+                        &mut outbound_read,
+                        &mut inbound_write,
+                        &advertised,
+                        &forwarded,
+                    )
+                    .await;
+                });
+                while connections.try_join_next().is_some() {}
+            }
+        });
+        Ok(Forwarder { accepting })
+    }
+
+    /// Stops accepting and drops every connection (the port refuses connections afterwards).
+    async fn stop(self) {
+        self.accepting.abort();
+        let _ = self.accepting.await;
+    }
+}
+
+/// Copies Kafka responses (each an `i32` size and that many bytes) from `broker` to `client`,
+/// replacing `advertised` with `forwarded` (the same length) inside each.
+async fn forward_responses(
+    broker: &mut (impl tokio::io::AsyncRead + Unpin),
+    client: &mut (impl tokio::io::AsyncWrite + Unpin),
+    advertised: &[u8],
+    forwarded: &[u8],
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let size = broker.read_i32().await?;
+        let mut response = vec![0; usize::try_from(size).unwrap_or_default()];
+        broker.read_exact(&mut response).await?;
+        let mut at = 0;
+        while let Some(found) = response[at..]
+            .windows(advertised.len())
+            .position(|window| window == advertised)
+        {
+            response[at + found..at + found + forwarded.len()].copy_from_slice(forwarded);
+            at += found + forwarded.len();
         }
-    }))
+        client.write_i32(size).await?;
+        client.write_all(&response).await?;
+    }
 }

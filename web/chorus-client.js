@@ -1,4 +1,4 @@
-// Chorus client library: the reference for how a client uses the protocol (PROTOCOL.md,
+// Chorus client library: the reference for how a client uses the protocol (
 // docs/protocol.md). Plain ES module, no dependencies; runs in browsers and in Node (the unit
 // tests inject a WebSocket, fetch and timers).
 //

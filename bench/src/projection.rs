@@ -31,7 +31,7 @@
 //!    snippets), on a blocking thread. **Baseline**: the same query on the raw index (text AND
 //!    any of the same 100 conversations, same hits and snippets), alternated query by query so
 //!    both see the same machine. The first tenth (at most 100) warm caches and is not recorded.
-//! 4. **replay**: `chorus::replay::replay` on the same data directory, what `chorus replay` runs
+//! 4. **replay**: `chorus_projector::replay::replay` on the same data directory, what `chorus replay` runs
 //!    on a stopped node: each projection rebuilt from offset 0 into a fresh store beside the
 //!    live one (`chorus_projector::rebuild`: catch-up reads of `read_range` and one apply per
 //!    read batch, history then search, one after the other), then installed. It shares the
@@ -51,15 +51,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chorus::DataLayout;
-use chorus::replay::{Projection, replay};
 use chorus_core::config::ChorusConfig;
-use chorus_core::log::embedded::{EmbeddedLog, EmbeddedLogConfig};
-use chorus_core::log::{EventLog, NewRecord, Offset, PartitionId, partition_for_key};
+use chorus_core::data_layout::DataLayout;
 use chorus_core::metrics::Metrics;
 use chorus_core::progress::ProjectionProgress;
 use chorus_core::validate::validate_ingress;
-use chorus_projector::{HistorySink, ProjectionRun, ProjectorContext, SearchSink, Sink};
+use chorus_log::embedded::{EmbeddedLog, EmbeddedLogConfig};
+use chorus_log::{EventLog, NewRecord, Offset, PartitionId, partition_for_key};
+use chorus_projector::replay::{Projection, replay};
+use chorus_projector::{
+    HistorySink, ProjectionRun, ProjectorContext, ProjectorSettings, SearchSink, Sink,
+};
 use chorus_router::state::{Decision, SequencerState};
 use chorus_schemas::{EventBody, TimelineEvent, encode_timeline};
 use chorus_store::embedded::EmbeddedHistory;
@@ -634,7 +636,7 @@ async fn project(
         .map(|sink| (sink, Arc::new(ProjectionProgress::new(partitions))))
         .collect();
     let context = ProjectorContext {
-        config: Arc::new(config),
+        settings: ProjectorSettings::from_config(&config),
         log: log.clone(),
         projections: runs
             .iter()
@@ -653,12 +655,10 @@ async fn project(
     };
     let total: u64 = ends.iter().sum();
     let bar = report::progress(label, Some(total));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stop = tokio_util::sync::CancellationToken::new();
     let cpu_before = process_cpu_seconds()?;
     let started = Instant::now();
-    let mut projector = tokio::spawn(chorus_projector::run(context, async move {
-        let _ = stopped.await;
-    }));
+    let mut projector = tokio::spawn(chorus_projector::run(context, stop.clone()));
     let mut finished: Vec<Option<f64>> = vec![None; runs.len()];
     loop {
         for (done, (_, progress)) in finished.iter_mut().zip(&runs) {
@@ -680,7 +680,7 @@ async fn project(
     }
     let seconds = started.elapsed().as_secs_f64();
     let cpu_seconds = process_cpu_seconds()? - cpu_before;
-    let _ = stop.send(());
+    stop.cancel();
     projector.await??;
     bar.finish_and_clear();
     Ok(Projected {
@@ -693,7 +693,7 @@ async fn project(
 
 /// User + system CPU time of this process so far.
 fn process_cpu_seconds() -> anyhow::Result<f64> {
-    crate::server::cpu_seconds(std::process::id())
+    Ok(crate::server::cpu_seconds(std::process::id())?)
 }
 
 /// A sink that keeps nothing but its positions: the projector's own work (reading the log,
@@ -907,7 +907,12 @@ async fn replay_report(
 ) -> anyhow::Result<Report> {
     let cpu_before = process_cpu_seconds()?;
     let started = Instant::now();
-    let replayed = replay(config, Projection::All, std::io::stderr().is_terminal()).await?;
+    let replayed = replay(
+        &ProjectorSettings::from_config(config),
+        Projection::All,
+        std::io::stderr().is_terminal(),
+    )
+    .await?;
     let seconds = started.elapsed().as_secs_f64();
     let cpu_seconds = process_cpu_seconds()? - cpu_before;
     let mut rows = vec![Row::new(
@@ -948,7 +953,7 @@ async fn replay_report(
             "cpu_seconds": cpu_seconds, "cores_busy": cpu_seconds / seconds,
             "projections": projections,
             "batch_records": config.projector.batch_records,
-            "entry_point": "chorus::replay::replay (what `chorus replay` runs on a stopped node)",
+            "entry_point": "chorus_projector::replay::replay (what `chorus replay` runs on a stopped node)",
             "same_code_as_projector": "the same sinks (HistorySink, SearchSink) but not the projector's loop: chorus_projector::rebuild reads each partition with read_range and applies every read batch at once (a Tantivy commit per batch of batch_records), projections one after the other",
         }),
         rows,

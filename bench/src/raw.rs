@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use chorus_core::log::{EventLog, NewRecord, PollEvent, StartFrom};
+use chorus_log::{EventLog, NewRecord, PollEvent, StartFrom};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use rdkafka::ClientConfig;
@@ -260,9 +260,9 @@ pub async fn embedded(
     payload: usize,
 ) -> anyhow::Result<Outcome> {
     let dir = tempfile::tempdir()?;
-    let mut config = chorus_core::log::embedded::EmbeddedLogConfig::new(dir.path());
+    let mut config = chorus_log::embedded::EmbeddedLogConfig::new(dir.path());
     config.partitions = partitions;
-    let log: Arc<dyn EventLog> = chorus_core::log::embedded::EmbeddedLog::open(config)?;
+    let log: Arc<dyn EventLog> = chorus_log::embedded::EmbeddedLog::open(config)?;
     let topic = "raw";
     log.ensure_topic(topic).await?;
     let mut consumer = log

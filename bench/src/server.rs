@@ -1,8 +1,11 @@
 //! The Chorus under test, started by the bench as child processes of the `chorus` binary beside
 //! `chorus-bench` (release build; `CHORUS_BIN` names another): `chorus serve` on a fresh data
 //! directory (embedded mode), or a router and an ingest node on a Kafka broker and a
-//! redis-server (distributed mode, fresh topic prefix per run). Child processes keep the server's memory and CPU apart from the clients', so
-//! the bench can report resident bytes per session and deliveries per CPU-second of Chorus alone.
+//! redis-server (distributed mode, fresh topic prefix per run). Child processes keep the server's
+//! memory and CPU apart from the clients', so the bench can report resident bytes per session and
+//! deliveries per CPU-second of Chorus alone. Launching (waiting at most a minute for each role's
+//! "listening" line, draining its output, killing it on drop) and the `/proc` readings are
+//! `chorus_process`'s, shared with the end-to-end tests.
 //!
 //! Rate limits are raised so the bench measures the pipeline, not the limiter; everything else is
 //! the default configuration.
@@ -12,11 +15,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chorus_core::auth::TokenAuthority;
-use tokio::io::AsyncBufReadExt;
-use tokio::process::{Child, Command};
+use chorus_process::ChildServer;
+pub use chorus_process::usage::{cpu_seconds, machine_cpu_seconds};
+use tokio::process::Command;
 
 pub const JWT_SECRET: &str = "chorus-bench-secret-0123456789";
 pub const API_KEY: &str = "chorus-bench-api-key-0123456789";
+
+/// How long a role may take to say it listens.
+const START_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Where the roles keep their events and presence.
 #[derive(Clone, Debug)]
@@ -41,8 +48,8 @@ pub struct Server {
     /// Base HTTP URL of the node clients connect to (`chorus serve`, or the ingest node).
     pub url: String,
     pub mode: Mode,
-    children: Vec<Child>,
-    pids: Vec<u32>,
+    /// Every Chorus process, killed on drop; their pids are what the bench measures.
+    roles: Vec<ChildServer>,
     _work: tempfile::TempDir,
 }
 
@@ -63,10 +70,7 @@ impl Server {
         let work = tempfile::tempdir()?;
         let config = work.path().join("chorus.toml");
         std::fs::File::create(&config)?.write_all(CONFIG.as_bytes())?;
-        let binary = match std::env::var_os("CHORUS_BIN") {
-            Some(path) => std::path::PathBuf::from(path),
-            None => std::env::current_exe()?.with_file_name("chorus"),
-        };
+        let binary = chorus_process::chorus_binary();
         let prefix = format!("bench{}x{}.", std::process::id(), crate::unix_micros());
         let command = |args: &[&str]| {
             let mut command = Command::new(&binary);
@@ -79,17 +83,15 @@ impl Server {
                 .env(
                     "CHORUS_LOG",
                     std::env::var("CHORUS_LOG").unwrap_or("warn".into()),
-                )
-                .stdout(std::process::Stdio::piped())
-                .kill_on_drop(true);
+                );
             command
         };
-        let mut roles = Vec::new();
+        let mut commands = Vec::new();
         match mode {
             Mode::Embedded => {
                 let mut serve = command(&["serve", "--listen", "127.0.0.1:0", "--data-dir"]);
                 serve.arg(work.path().join("data"));
-                roles.push(serve);
+                commands.push(serve);
             }
             Mode::Distributed { bootstrap, redis } => {
                 for role in ["router", "ingest"] {
@@ -99,52 +101,46 @@ impl Server {
                         .env("CHORUS_REDIS_URL", redis)
                         .env("CHORUS_TOPIC_PREFIX", &prefix)
                         .env("CHORUS_NODE_ID", format!("{prefix}{role}"));
-                    roles.push(process);
+                    commands.push(process);
                 }
             }
         }
-        let mut children = Vec::new();
-        let mut pids = Vec::new();
-        let mut url = String::new();
-        for mut role in roles {
-            let mut child = role.spawn().with_context(|| {
-                format!(
-                    "starting {} (cargo build --release -p chorus -p chorus-bench)",
-                    binary.display()
-                )
-            })?;
-            pids.push(child.id().context("child pid")?);
-            let stdout = child.stdout.take().context("stdout")?;
-            let mut lines = tokio::io::BufReader::new(stdout).lines();
-            url = tokio::time::timeout(Duration::from_secs(60), async {
-                loop {
-                    let line = lines.next_line().await?.context("the role exited")?;
-                    if let Some(at) = line.find("listening on ") {
-                        break anyhow::Ok(line[at + "listening on ".len()..].trim().to_owned());
-                    }
-                }
-            })
-            .await
-            .context("the role did not start within 60 s")??;
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            children.push(child);
+        let mut roles = Vec::new();
+        for command in commands {
+            let role = ChildServer::spawn(command, chorus_process::LISTENING, START_PATIENCE)
+                .await
+                .with_context(|| {
+                    format!(
+                        "starting {} (cargo build --release -p chorus -p chorus-bench)",
+                        binary.display()
+                    )
+                })?;
+            roles.push(role);
         }
+        let url = roles
+            .last()
+            .map(|role| role.url.clone())
+            .unwrap_or_default();
         Ok(Server {
             url,
             mode: mode.clone(),
-            children,
-            pids,
+            roles,
             _work: work,
         })
     }
 
+    /// The node clients connect to: the last role started.
+    fn front(&self) -> &ChildServer {
+        self.roles.last().expect("a server runs at least one role")
+    }
+
     /// `ws://…/v1/ws`.
     pub fn ws_url(&self) -> String {
-        format!("{}/v1/ws", self.url.replacen("http", "ws", 1))
+        self.front().ws_url()
     }
 
     pub fn addr(&self) -> anyhow::Result<std::net::SocketAddr> {
-        Ok(self.url.trim_start_matches("http://").parse()?)
+        Ok(self.front().addr()?)
     }
 
     pub fn authority() -> TokenAuthority {
@@ -153,12 +149,18 @@ impl Server {
 
     /// Resident memory of every Chorus process, in bytes.
     pub fn resident_bytes(&self) -> anyhow::Result<u64> {
-        self.pids.iter().map(|pid| resident_bytes(*pid)).sum()
+        let bytes: Result<u64, _> = self
+            .roles
+            .iter()
+            .map(|role| chorus_process::usage::resident_bytes(role.pid()))
+            .sum();
+        Ok(bytes?)
     }
 
     /// CPU time (user + system) every Chorus process has used so far, in seconds.
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        self.pids.iter().map(|pid| cpu_seconds(*pid)).sum()
+        let seconds: Result<f64, _> = self.roles.iter().map(|role| cpu_seconds(role.pid())).sum();
+        Ok(seconds?)
     }
 
     /// Creates a group as its first member (who becomes its owner).
@@ -179,69 +181,9 @@ impl Server {
         Ok(())
     }
 
-    pub async fn stop(mut self) {
-        for child in &mut self.children {
-            let _ = child.kill().await;
+    pub async fn stop(self) {
+        for role in self.roles {
+            let _ = role.kill().await;
         }
-    }
-}
-
-/// Resident memory of a process, in bytes.
-pub fn resident_bytes(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .context("no VmRSS")?;
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .context("VmRSS value")?
-        .parse()?;
-    Ok(kib * 1024)
-}
-
-/// CPU time of the whole machine so far, in seconds: (busy, total) over every core
-/// (`/proc/stat`), so a run can report how much of the machine was busy.
-pub fn machine_cpu_seconds() -> anyhow::Result<(f64, f64)> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let line = stat.lines().next().context("/proc/stat is empty")?;
-    let ticks: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(str::parse)
-        .collect::<Result<_, _>>()?;
-    let total: u64 = ticks.iter().sum();
-    // idle and iowait
-    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
-    Ok(((total - idle) as f64 / 100.0, total as f64 / 100.0))
-}
-
-/// User + system CPU time of a process, in seconds (`/proc/<pid>/stat`, clock ticks of 10 ms).
-pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // fields after the command name (which may hold spaces) start after the last ')'
-    let fields: Vec<&str> = stat[stat.rfind(')').context("stat")? + 2..]
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    Ok(ticks as f64 / 100.0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn this_process_has_memory_and_cpu_time() {
-        let pid = std::process::id();
-        assert!(resident_bytes(pid).unwrap() > 0);
-        let spin = std::time::Instant::now();
-        while spin.elapsed() < Duration::from_millis(50) {
-            std::hint::black_box(0u64);
-        }
-        assert!(cpu_seconds(pid).unwrap() > 0.0);
-        let (busy, total) = machine_cpu_seconds().unwrap();
-        assert!(busy > 0.0 && total >= busy);
     }
 }

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use chorus_tests::distributed_services;
+use chorus_process::distributed_services;
 use serde_json::Value;
 
 /// Runs the quick suite with `mode_args` and returns its JSON document.

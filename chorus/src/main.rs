@@ -1,16 +1,20 @@
-//! The `chorus` binary: parses flags and runs a role. See `lib.rs` for how roles are composed.
+//! The `chorus` binary: parses flags, loads the config ([`load_config`], with the dev-mode
+//! secrets of [`prepare_secrets`]) and runs a role. See `lib.rs` for how roles are composed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use chorus::DataLayout;
-use chorus::replay::{Projection, replay, replay_live};
+use chorus::admin::ask_running_node_to_replay;
 use chorus::roles::{self, Role};
-use chorus::{load_config, prepare_secrets, serve};
+use chorus::serve;
 use chorus_core::auth::TokenAuthority;
-use clap::{Parser, Subcommand};
+use chorus_core::config::ChorusConfig;
+use chorus_core::data_layout::DataLayout;
+use chorus_projector::ProjectorSettings;
+use chorus_projector::replay::{Projection, replay};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(
@@ -76,8 +80,128 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "all")]
-        projection: Projection,
+        projection: ProjectionArgument,
     },
+}
+
+/// Which projections `chorus replay` rebuilds.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ProjectionArgument {
+    History,
+    Search,
+    All,
+}
+
+impl From<ProjectionArgument> for Projection {
+    fn from(argument: ProjectionArgument) -> Self {
+        match argument {
+            ProjectionArgument::History => Projection::History,
+            ProjectionArgument::Search => Projection::Search,
+            ProjectionArgument::All => Projection::All,
+        }
+    }
+}
+
+fn random_hex() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// Writes a file only its owner may read.
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    options.open(path)?.write_all(contents.as_bytes())
+}
+
+/// Fills in dev-mode secrets: the JWT secret and the API key, when not configured, are generated
+/// once and kept in the data directory (owner-only), so `chorus token`, `chorus replay` and the
+/// server agree across restarts. Returns whether the API key is a generated one (to print it).
+fn prepare_secrets(config: &mut ChorusConfig) -> anyhow::Result<bool> {
+    let layout = DataLayout::new(&config.data_dir);
+    if config.auth.jwt_secret.is_empty() && config.dev_mode {
+        std::fs::create_dir_all(&layout.root)?;
+        let path = layout.dev_secret();
+        config.auth.jwt_secret = match std::fs::read_to_string(&path) {
+            Ok(secret) if !secret.trim().is_empty() => secret.trim().to_owned(),
+            _ => {
+                let secret = random_hex();
+                write_private(&path, &secret)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                secret
+            }
+        };
+    }
+    let generated = config.auth.api_key.is_empty() && config.dev_mode;
+    if generated {
+        let path = layout.dev_api_key();
+        config.auth.api_key = match std::fs::read_to_string(&path) {
+            Ok(key) if !key.trim().is_empty() => key.trim().to_owned(),
+            _ => {
+                let key = random_hex();
+                write_private(&path, &key)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                key
+            }
+        };
+    }
+    Ok(generated)
+}
+
+/// Loads the config: file (optional), then the role's dev-mode default (applied only when the file
+/// does not set `dev_mode`), then `adjust` (command-line flags), then environment overrides
+/// (`CHORUS_DEV_MODE` among them).
+///
+/// Dev mode hands tokens to anyone who asks (`POST /v1/dev/token`), so a role's dev-mode default
+/// holds only on a loopback address: when neither the file nor `CHORUS_DEV_MODE` sets `dev_mode`
+/// and the node listens on another address (`chorus serve --listen 0.0.0.0:8080`), dev mode is
+/// off, and a warning says so and how to turn it on there. Set explicitly, it is obeyed.
+fn load_config(
+    path: Option<&Path>,
+    environment: &HashMap<String, String>,
+    role_dev_mode: bool,
+    adjust: impl FnOnce(&mut ChorusConfig),
+) -> anyhow::Result<ChorusConfig> {
+    let mut explicit_dev_mode = environment.contains_key("CHORUS_DEV_MODE");
+    let mut config = match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config {}", path.display()))?;
+            let mut config = ChorusConfig::from_toml(&text, &path.display().to_string())?;
+            let sets_dev_mode = text
+                .parse::<toml::Table>()
+                .map(|table| table.contains_key("dev_mode"))
+                .unwrap_or(false);
+            explicit_dev_mode |= sets_dev_mode;
+            if !sets_dev_mode {
+                config.dev_mode = role_dev_mode;
+            }
+            config
+        }
+        None => ChorusConfig {
+            dev_mode: role_dev_mode,
+            ..ChorusConfig::default()
+        },
+    };
+    adjust(&mut config);
+    config.apply_env(environment)?;
+    if config.dev_mode && !explicit_dev_mode && !config.listen.ip().is_loopback() {
+        config.dev_mode = false;
+        tracing::warn!(
+            listen = %config.listen,
+            "dev mode is off: {} is not a loopback address (set dev_mode = true or CHORUS_DEV_MODE=true to serve dev tokens on it)",
+            config.listen
+        );
+    }
+    Ok(config)
 }
 
 fn environment() -> HashMap<String, String> {
@@ -225,11 +349,13 @@ async fn main() -> anyhow::Result<()> {
             })?;
             let mut config = config;
             prepare_secrets(&mut config)?;
-            let reports = if DataLayout::new(&config.data_dir).in_use() {
+            let projection = Projection::from(projection);
+            let layout = DataLayout::new(&config.data_dir);
+            let reports = if layout.in_use() {
                 println!("the data directory is in use: asking the running node to rebuild");
-                replay_live(&config, projection).await?
+                ask_running_node_to_replay(&layout, &config.auth.api_key, projection).await?
             } else {
-                replay(&config, projection, true).await?
+                replay(&ProjectorSettings::from_config(&config), projection, true).await?
             };
             for report in reports {
                 println!(

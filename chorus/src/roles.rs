@@ -1,6 +1,10 @@
 //! The distributed roles: `chorus ingest`, `chorus router`, `chorus projector`, `chorus search`,
 //! each its own process on Apache Kafka (`[kafka] bootstrap`) and Redis (`[redis] url`).
 //!
+//! The distributed adapters are chosen here and nowhere else (the embedded ones in `serve.rs`):
+//! `chorus_kafka::KafkaLog` for the log, `chorus_redis` presence and node bus, and
+//! `chorus_clickhouse::ClickHouseHistory` for a shared history.
+//!
 //! - **ingest**: the edge (WebSocket sessions, business HTTP API); appends to `ingress`, registers
 //!   sessions in Redis presence (again whenever presence lost them, see
 //!   [`chorus_ingest::Ingest::keep_presence`]), receives acks and events on its node channel, and
@@ -32,8 +36,11 @@
 //! ingest registers its sessions once presence answers). Once the role runs, Kafka is probed
 //! the same way (`probe_kafka`): a broker that stops answering makes `/health` 503
 //! `unavailable` until it answers again.
+//!
+//! **Stopping.** A role's tasks stop in the order of `lifecycle.rs`: its HTTP server (and, on an
+//! ingest node, its sessions, presence keeper and broadcast tail) first, then the router or
+//! projector and the probes; [`RunningRole::shutdown`] returns once all have ended.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,22 +50,24 @@ use chorus_clickhouse::{ClickHouseConfig, ClickHouseHistory};
 use chorus_core::auth::TokenAuthority;
 use chorus_core::broadcast::BroadcastBus;
 use chorus_core::config::ChorusConfig;
-use chorus_core::error::{ApiError, ErrorCode};
-use chorus_core::log::EventLog;
-use chorus_core::membership::Membership;
 use chorus_core::metrics::Metrics;
 use chorus_core::presence::{NodeBus, Presence};
 use chorus_core::swap::Swap;
+use chorus_ingest::membership::{Membership, MembershipError};
 use chorus_ingest::{Ingest, IngestDependencies};
 use chorus_kafka::{KafkaLog, KafkaLogConfig};
+use chorus_log::EventLog;
+use chorus_projector::{Projections, ProjectorSettings};
 use chorus_redis::{RedisBus, RedisConfig, RedisPresence, RedisShared};
 use chorus_router::RouterContext;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
 use warp::Filter;
 
+use crate::admin::{Routes, analytics_route, operations};
 use crate::health::Dependencies;
-use crate::{HistoryMembership, Projections, operations, stopped};
+use crate::lifecycle::{NodeTasks, Stage};
+use crate::serve::{HistoryMembership, search_api, supervise_projector};
 
 /// Which distributed role to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,31 +92,22 @@ impl Role {
 /// A running role.
 pub struct RunningRole {
     pub addr: std::net::SocketAddr,
-    /// Tells every task to stop.
-    shutdown: watch::Sender<bool>,
-    /// The role's tasks, each yielding its name and result.
-    tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+    /// The role's tasks, by shutdown phase.
+    tasks: NodeTasks,
 }
 
 impl RunningRole {
     /// Resolves when a task stops by itself; returns which and why.
     pub async fn failed(&mut self) -> (String, anyhow::Error) {
-        match self.tasks.join_next().await {
-            Some(Ok((name, Ok(())))) => (name.to_owned(), anyhow::anyhow!("stopped")),
-            Some(Ok((name, Err(error)))) => (name.to_owned(), error),
-            Some(Err(join_error)) => ("task".to_owned(), anyhow::anyhow!(join_error)),
-            None => ("all".to_owned(), anyhow::anyhow!("no task running")),
-        }
+        self.tasks.failed().await
     }
 
-    pub async fn shutdown(mut self) -> anyhow::Result<()> {
-        let _ = self.shutdown.send(true);
-        while let Some(finished) = self.tasks.join_next().await {
-            if let Ok((name, Err(error))) = finished {
-                return Err(error.context(name));
-            }
+    /// Stops the role's tasks in order and waits for every one of them.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        match self.tasks.shutdown().await.into_iter().next() {
+            Some((name, error)) => Err(error.context(name)),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -117,8 +117,8 @@ struct NoGroupMembership;
 
 #[async_trait]
 impl Membership for NoGroupMembership {
-    async fn members(&self, _conversation: &str) -> Result<Vec<String>, String> {
-        Err("group membership is not available on this ingest node".into())
+    async fn members(&self, _conversation: &str) -> Result<Vec<String>, MembershipError> {
+        Err(MembershipError::NoGroupView)
     }
 }
 
@@ -128,10 +128,12 @@ fn kafka_log(config: &ChorusConfig) -> anyhow::Result<Arc<dyn EventLog>> {
         !config.kafka.bootstrap.is_empty(),
         "kafka.bootstrap is required for the distributed roles"
     );
-    let mut kafka = KafkaLogConfig::new(config.kafka.bootstrap.clone());
-    kafka.partitions = config.partitions();
-    kafka.replication_factor = config.kafka.replication_factor;
-    kafka.session_timeout_ms = config.kafka.session_timeout_ms;
+    let mut kafka = KafkaLogConfig::new(
+        config.kafka.bootstrap.clone(),
+        config.partitions(),
+        config.kafka.replication_factor,
+        config.kafka.session_timeout_ms,
+    );
     kafka.client_id = format!("chorus-{}", config.node_id);
     Ok(KafkaLog::new(kafka)?)
 }
@@ -182,59 +184,6 @@ async fn wait_for_topics(
     }
 }
 
-/// `GET /v1/admin/analytics?from_ms=&to_ms=&limit=` (business API key): message counts per day
-/// and the most active conversations and senders over `[from_ms, to_ms)` (default: the last
-/// 30 days; limit 10, at most 1000). Answers 404 `not_found` on a node without ClickHouse.
-fn analytics_route(
-    api_key: Arc<str>,
-    history: Option<Arc<ClickHouseHistory>>,
-) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
-    warp::path!("v1" / "admin" / "analytics")
-        .and(warp::get())
-        .and(chorus_core::http::api_key(api_key))
-        .and(warp::query::<HashMap<String, String>>())
-        .then(
-            move |authorized: Result<(), ApiError>, query: HashMap<String, String>| {
-                let history = history.clone();
-                async move {
-                    chorus_core::http::respond(
-                        async {
-                            authorized?;
-                            let history = history.ok_or_else(|| {
-                                ApiError::new(
-                                    ErrorCode::NotFound,
-                                    "analytics need the history in ClickHouse ([clickhouse] url)",
-                                )
-                            })?;
-                            let number = |name: &str, default: i64| -> Result<i64, ApiError> {
-                                query.get(name).map_or(Ok(default), |value| {
-                                    value.parse().map_err(|_| {
-                                        ApiError::new(
-                                            ErrorCode::BadRequest,
-                                            format!("{name} must be an integer"),
-                                        )
-                                    })
-                                })
-                            };
-                            let now = std::time::SystemTime::now()
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .map_or(0, |elapsed| elapsed.as_millis() as i64);
-                            let to_ms = number("to_ms", now + 1)?;
-                            let from_ms = number("from_ms", to_ms - 30 * 86_400_000)?;
-                            let limit = number("limit", 10)?.clamp(1, 1000) as usize;
-                            let report = history.analytics(from_ms, to_ms, limit).await.map_err(
-                                |error| ApiError::new(ErrorCode::Unavailable, error.to_string()),
-                            )?;
-                            Ok(chorus_core::http::json_response(200, &report))
-                        }
-                        .await,
-                    )
-                }
-            },
-        )
-        .boxed()
-}
-
 /// The shared history in ClickHouse, when `[clickhouse] url` is set. Does not wait for
 /// ClickHouse: its state is probed in the background (`clickhouse` in `/health`), and the
 /// first probe or call that finds it answering applies the schema.
@@ -247,9 +196,7 @@ fn open_clickhouse(
     if section.url.is_empty() {
         return None;
     }
-    let mut clickhouse = ClickHouseConfig::new(section.url.clone(), section.database.clone());
-    clickhouse.user = section.user.clone();
-    clickhouse.password = section.password.clone();
+    let clickhouse = ClickHouseConfig::from_section(section);
     let history = Arc::new(ClickHouseHistory::connect(&clickhouse, metrics.clone()));
     let probed = history.clone();
     probes.add("clickhouse", move || {
@@ -270,10 +217,7 @@ async fn open_redis(
         !config.redis.url.is_empty(),
         "redis.url is required for the distributed roles"
     );
-    let mut redis = RedisConfig::new(config.redis.url.clone());
-    redis.node_ttl = Duration::from_millis(config.redis.node_ttl_ms);
-    // by one node_ttl after Redis lost its data, every live node has re-registered its sessions
-    redis.rebuild_window = redis.node_ttl;
+    let redis = RedisConfig::from_section(&config.redis);
     let shared = RedisShared::connect(redis, metrics).await?;
     let probed = shared.clone();
     probes.add("redis", move || {
@@ -341,27 +285,23 @@ impl Probes {
             .push((name, Box::new(move || Box::pin(probe()))));
     }
 
-    /// Probes each dependency every [`crate::health::PROBE_INTERVAL`] until shutdown.
-    fn spawn(
-        self,
-        tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
-        shutdown: watch::Receiver<bool>,
-    ) {
+    /// Probes each dependency every [`crate::health::PROBE_INTERVAL`] until the pipeline
+    /// phase stops.
+    fn spawn(self, tasks: &NodeTasks) {
         for (name, probe) in self.probes {
             let dependencies = self.dependencies.clone();
-            let stop = stopped(shutdown.clone());
-            tasks.spawn(async move {
+            let stop = tasks.token(Stage::Pipeline);
+            tasks.spawn(Stage::Pipeline, "dependency probe", async move {
                 let mut tick = tokio::time::interval(crate::health::PROBE_INTERVAL);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let mut stop = std::pin::pin!(stop);
                 loop {
                     tokio::select! {
                         _ = tick.tick() => {}
-                        _ = &mut stop => return ("dependency probe", Ok(())),
+                        _ = stop.cancelled() => return Ok(()),
                     }
                     let outcome = tokio::select! {
                         outcome = probe() => outcome,
-                        _ = &mut stop => return ("dependency probe", Ok(())),
+                        _ = stop.cancelled() => return Ok(()),
                     };
                     dependencies.report(name, outcome);
                 }
@@ -370,24 +310,20 @@ impl Probes {
     }
 }
 
-/// A role's HTTP routes.
-type Routes = warp::filters::BoxedFilter<(warp::reply::Response,)>;
-
-/// Serves plain HTTP routes (no WebSocket) until shutdown, on the hardened loop of
-/// `chorus_core::serve` (timeouts, connection cap, failed-auth limiter; `[http]`).
-fn spawn_http(
-    tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
+/// Serves plain HTTP routes (no WebSocket) until `shutdown` is cancelled, on the hardened loop
+/// of `chorus_core::serve` (timeouts, connection cap, failed-auth limiter; `[http]`). The
+/// caller runs (and awaits) the returned future.
+fn http_server(
     listener: tokio::net::TcpListener,
     routes: Routes,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
     config: &ChorusConfig,
     metrics: Arc<Metrics>,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     let settings = config.http.clone();
-    tasks.spawn(async move {
+    async move {
         chorus_core::serve::serve_routes(listener, &settings, metrics, routes, shutdown).await;
-        ("http", Ok(()))
-    });
+    }
 }
 
 /// A role that holds its address and waits for Kafka, serving `/health` (503 `starting`) and
@@ -400,9 +336,9 @@ pub struct StartingRole {
     listener: std::net::TcpListener,
     metrics: Arc<Metrics>,
     dependencies: Arc<Dependencies>,
-    /// Stops the server that answers while waiting.
-    waiting_stop: watch::Sender<bool>,
-    waiting_server: JoinSet<(&'static str, anyhow::Result<()>)>,
+    /// Stops the server that answers while waiting (also when the role is dropped unstarted).
+    waiting_stop: DropGuard,
+    waiting_server: TaskTracker,
 }
 
 /// Binds the role's address and serves `/health` and `/metrics` on it until
@@ -424,20 +360,19 @@ pub async fn bind(role: Role, mut config: ChorusConfig) -> anyhow::Result<Starti
     // the same socket twice: one for the waiting server, one kept for the role's server
     let listener = listener.into_std()?;
     let waiting_listener = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
-    let (waiting_stop, waiting_receiver) = watch::channel(false);
-    let mut waiting_server = JoinSet::new();
+    let waiting_stop = CancellationToken::new();
+    let waiting_server = TaskTracker::new();
     let routes = operations(metrics.clone(), dependencies.clone())
         .recover(chorus_core::http::recover)
         .unify()
         .boxed();
-    spawn_http(
-        &mut waiting_server,
+    waiting_server.spawn(http_server(
         waiting_listener,
         routes,
-        waiting_receiver,
+        waiting_stop.clone(),
         &config,
         metrics.clone(),
-    );
+    ));
     Ok(StartingRole {
         role,
         config,
@@ -445,7 +380,7 @@ pub async fn bind(role: Role, mut config: ChorusConfig) -> anyhow::Result<Starti
         listener,
         metrics,
         dependencies,
-        waiting_stop,
+        waiting_stop: waiting_stop.drop_guard(),
         waiting_server,
     })
 }
@@ -458,11 +393,12 @@ pub async fn start(role: Role, config: ChorusConfig) -> anyhow::Result<RunningRo
 impl StartingRole {
     /// Waits for Kafka (with backoff, for as long as it takes), then starts the role on the
     /// bound address. Redis and ClickHouse are not waited for (see the module docs).
-    pub async fn start(mut self) -> anyhow::Result<RunningRole> {
+    pub async fn start(self) -> anyhow::Result<RunningRole> {
         let log = kafka_log(&self.config)?;
         wait_for_topics(&self.config, &log, &self.dependencies).await;
-        let _ = self.waiting_stop.send(true);
-        while self.waiting_server.join_next().await.is_some() {}
+        drop(self.waiting_stop);
+        self.waiting_server.close();
+        self.waiting_server.wait().await;
         let listener = tokio::net::TcpListener::from_std(self.listener)?;
         start_role(
             self.role,
@@ -478,7 +414,7 @@ impl StartingRole {
 
 /// How a role serves HTTP on its address.
 enum RoleHttp {
-    /// Plain routes, on the hardened loop of `chorus_core::serve` (see [`spawn_http`]).
+    /// Plain routes, on the hardened loop of `chorus_core::serve` (see [`http_server`]).
     Plain(Routes),
     /// The edge's own server: the routes and WebSocket sessions.
     Edge(Arc<Ingest>, Routes),
@@ -494,8 +430,7 @@ async fn start_role(
     dependencies: Arc<Dependencies>,
 ) -> anyhow::Result<RunningRole> {
     let tokens = Arc::new(TokenAuthority::from_config(&config.auth));
-    let (shutdown, shutdown_receiver) = watch::channel(false);
-    let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+    let tasks = NodeTasks::new();
     let mut probes = Probes {
         dependencies: dependencies.clone(),
         probes: Vec::new(),
@@ -512,21 +447,16 @@ async fn start_role(
             let (presence, bus) = open_redis(&config, metrics.clone(), &mut probes).await?;
             let fallback = BroadcastBus::open(log.clone(), &config.topics().deliveries).await?;
             let context = RouterContext {
-                config: config.clone(),
+                config: Arc::new(config.router_config()),
                 log,
                 presence,
                 bus,
                 fallback: Some(fallback),
                 metrics: metrics.clone(),
             };
-            let stop = stopped(shutdown_receiver.clone());
-            tasks.spawn(async move {
-                (
-                    "router",
-                    chorus_router::run(context, stop)
-                        .await
-                        .map_err(anyhow::Error::from),
-                )
+            let stop = tasks.token(Stage::Pipeline);
+            tasks.spawn(Stage::Pipeline, "router", async move {
+                Ok(chorus_router::run(context, stop).await?)
             });
             let routes = operations(metrics.clone(), dependencies.clone())
                 .recover(chorus_core::http::recover)
@@ -548,7 +478,7 @@ async fn start_role(
                 };
             let ingest = Ingest::start(
                 IngestDependencies {
-                    config: config.clone(),
+                    config: Arc::new(config.ingest_config()),
                     log,
                     presence,
                     bus,
@@ -556,25 +486,27 @@ async fn start_role(
                     tokens,
                     metrics: metrics.clone(),
                 },
-                shutdown_receiver.clone(),
+                tasks.token(Stage::Edge),
             )
             .await?;
             // the broadcast path: deliveries the router could not target while Redis was down
             let tail = broadcast
                 .attach(&config.node_id, ingest.hub.clone())
                 .await?;
-            let tail_stop = stopped(shutdown_receiver.clone());
-            tasks.spawn(async move {
-                tail_stop.await;
+            let tail_stop = tasks.token(Stage::Edge);
+            tasks.spawn(Stage::Edge, "broadcast", async move {
+                tail_stop.cancelled().await;
                 tail.abort();
-                ("broadcast", Ok(()))
+                // ended (aborted) before the phase counts as stopped
+                let _ = tail.await;
+                Ok(())
             });
             let heartbeat = Duration::from_millis(config.redis.heartbeat_ms);
-            let presence_stop = stopped(shutdown_receiver.clone());
+            let presence_stop = tasks.token(Stage::Edge).cancelled_owned();
             let keeper = ingest.clone();
-            tasks.spawn(async move {
+            tasks.spawn(Stage::Edge, "presence", async move {
                 keeper.keep_presence(heartbeat, presence_stop).await;
-                ("presence", Ok(()))
+                Ok(())
             });
             let routes = operations(metrics.clone(), dependencies.clone())
                 .or(chorus_ingest::routes(ingest.clone()))
@@ -587,17 +519,14 @@ async fn start_role(
         }
         Role::Projector => {
             // with ClickHouse, the projector writes the shared history; search nodes index
+            let settings = ProjectorSettings::from_config(&config);
             let projections = match open_clickhouse(&config, &metrics, &mut probes) {
-                Some(history) => Projections::shared(
-                    config.clone(),
-                    log,
-                    metrics.clone(),
-                    history,
-                    (true, false),
-                )?,
-                None => Projections::open(config.clone(), log, metrics.clone())?,
+                Some(history) => {
+                    Projections::shared(settings, log, metrics.clone(), history, (true, false))?
+                }
+                None => Projections::open(settings, log, metrics.clone())?,
             };
-            let admin = projections.spawn_supervised(&mut tasks, shutdown_receiver.clone());
+            let admin = supervise_projector(&config, projections, &tasks);
             let routes = operations(metrics.clone(), dependencies.clone())
                 .or(admin)
                 .unify()
@@ -611,22 +540,27 @@ async fn start_role(
             let clickhouse = open_clickhouse(&config, &metrics, &mut probes);
             let analytics =
                 analytics_route(config.auth.api_key.as_str().into(), clickhouse.clone());
+            let settings = ProjectorSettings::from_config(&config);
             let projections = match clickhouse {
                 Some(history) => {
                     let projections = Projections::shared(
-                        config.clone(),
+                        settings,
                         log,
                         metrics.clone(),
                         history,
                         (false, true),
                     )?;
-                    projections.follow_shared_history(&mut tasks, shutdown_receiver.clone());
+                    let follower = projections.follow_shared_history(tasks.token(Stage::Pipeline));
+                    tasks.spawn(Stage::Pipeline, "history follower", async move {
+                        follower.await;
+                        Ok(())
+                    });
                     projections
                 }
-                None => Projections::open(config.clone(), log, metrics.clone())?,
+                None => Projections::open(settings, log, metrics.clone())?,
             };
-            let api = projections.search_api(tokens);
-            let admin = projections.spawn_supervised(&mut tasks, shutdown_receiver.clone());
+            let api = search_api(&config, &projections, tokens);
+            let admin = supervise_projector(&config, projections, &tasks);
             let routes = operations(metrics.clone(), dependencies.clone())
                 .or(admin)
                 .unify()
@@ -649,28 +583,24 @@ async fn start_role(
             RoleHttp::Plain(routes)
         }
     };
+    let server_stop = tasks.token(Stage::Edge);
     match http {
-        RoleHttp::Plain(routes) => spawn_http(
-            &mut tasks,
-            listener,
-            routes,
-            shutdown_receiver.clone(),
-            &config,
-            metrics.clone(),
-        ),
+        RoleHttp::Plain(routes) => {
+            let server = http_server(listener, routes, server_stop, &config, metrics.clone());
+            tasks.spawn(Stage::Edge, "http", async move {
+                server.await;
+                Ok(())
+            });
+        }
         RoleHttp::Edge(ingest, routes) => {
-            let server_shutdown = shutdown_receiver.clone();
-            tasks.spawn(async move {
-                chorus_ingest::server::serve(listener, ingest, routes, server_shutdown).await;
-                ("http", Ok(()))
+            tasks.spawn(Stage::Edge, "http", async move {
+                chorus_ingest::server::serve(listener, ingest.clone(), routes, server_stop).await;
+                ingest.sessions_closed().await;
+                Ok(())
             });
         }
     }
-    probes.spawn(&mut tasks, shutdown_receiver);
+    probes.spawn(&tasks);
     tracing::info!(role = role_name, %addr, "role started");
-    Ok(RunningRole {
-        addr,
-        shutdown,
-        tasks,
-    })
+    Ok(RunningRole { addr, tasks })
 }

@@ -6,7 +6,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use chorus_process::{ChildServer, LISTENING};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -23,34 +23,22 @@ fn serve(
         .env_clear()
         .env("CHORUS_LOG", "warn")
         .envs(environment.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .stderr(Stdio::piped());
     command
 }
 
-/// Starts the server and returns it with its port and its "Dev mode: …" line.
-async fn started(mut command: tokio::process::Command) -> (tokio::process::Child, u16, String) {
-    let mut child = command.spawn().expect("spawns");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let (port, dev_line) = tokio::time::timeout(WAIT, async {
-        let mut port = None;
-        while let Some(line) = lines.next_line().await.expect("reads") {
-            if let Some((_, url)) = line.split_once(" is listening on ") {
-                let port_text = url.trim().rsplit(':').next().expect("a port");
-                port = Some(port_text.parse::<u16>().expect("a port number"));
-            }
-            if line.trim_start().starts_with("Dev mode:") {
-                return (port.expect("listening line first"), line.trim().to_owned());
-            }
-        }
-        panic!("chorus serve exited before saying whether dev mode is on");
-    })
-    .await
-    .expect("started in time");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, port, dev_line)
+/// Starts the server (through the shared launcher) and returns it with its port and its
+/// "Dev mode: …" line.
+async fn started(command: tokio::process::Command) -> (ChildServer, u16, String) {
+    let server = ChildServer::spawn(command, LISTENING, WAIT)
+        .await
+        .expect("started in time");
+    let port = server.addr().expect("a listening address").port();
+    let dev_line = server
+        .line_containing("Dev mode:", WAIT)
+        .await
+        .expect("chorus serve says whether dev mode is on");
+    (server, port, dev_line.trim().to_owned())
 }
 
 /// `POST /v1/dev/token` on the loopback interface: the status.
@@ -72,14 +60,14 @@ async fn a_non_loopback_address_gets_dev_mode_only_when_asked_for() {
 
     // the default address is loopback: dev mode on, as before
     let data = tempfile::tempdir().expect("tempdir");
-    let (mut child, port, dev_line) = started(serve("127.0.0.1:0", data.path(), &[])).await;
+    let (child, port, dev_line) = started(serve("127.0.0.1:0", data.path(), &[])).await;
     assert!(dev_line.starts_with("Dev mode: on"), "{dev_line}");
     assert_eq!(dev_token_status(port).await, 200);
     child.kill().await.expect("killed");
 
     // every interface, with a secret: starts with dev tokens off, and says so
     let data = tempfile::tempdir().expect("tempdir");
-    let (mut child, port, dev_line) =
+    let (child, port, dev_line) =
         started(serve("0.0.0.0:0", data.path(), &[secret, api_key])).await;
     assert!(dev_line.starts_with("Dev mode: off"), "{dev_line}");
     assert_eq!(dev_token_status(port).await, 404, "no dev tokens");
@@ -105,7 +93,7 @@ async fn a_non_loopback_address_gets_dev_mode_only_when_asked_for() {
 
     // every interface, dev mode asked for explicitly: obeyed
     let data = tempfile::tempdir().expect("tempdir");
-    let (mut child, port, dev_line) = started(serve(
+    let (child, port, dev_line) = started(serve(
         "0.0.0.0:0",
         data.path(),
         &[("CHORUS_DEV_MODE", "true")],

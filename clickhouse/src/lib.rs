@@ -3,51 +3,58 @@
 //!
 //! Invariants (checked by the port's conformance suite against the real ClickHouse engine in
 //! `tests/history_conformance.rs`, next to the embedded adapter's run of the same suite):
-//! - **Schema**: versioned migrations under `migrations/` (`NNNN_name.sql`, applied in order,
-//!   each recorded in `schema_migrations`; a version is applied once). The database is created
-//!   if missing. [`ClickHouseHistory::open`] applies them before it returns;
+//! - **Every call is guarded** (`guard.rs`): through a circuit breaker and a timeout, failing
+//!   fast with [`HistoryError::Unavailable`] while ClickHouse fails.
+//! - **Schema** (`migrations.rs`): versioned migrations under `migrations/`, applied once each, in
+//!   a database created if missing. [`ClickHouseHistory::open`] applies them before it returns;
 //!   [`ClickHouseHistory::connect`] does not wait for ClickHouse: the first call that finds it
 //!   answering applies them, and until then every call fails with
 //!   [`HistoryError::Unavailable`], so a node can start during an outage and heal after it.
-//! - **One row per timeline record**, keyed by its log position `(partition, offset)` in a
-//!   `ReplacingMergeTree`: a replayed record replaces itself. Every read uses `FINAL` or an
-//!   aggregate that is indifferent to duplicates, so no duplicate is ever visible, merged or not.
+//! - **One row per timeline record** (`rows.rs`), keyed by its log position
+//!   `(partition, offset)` in a `ReplacingMergeTree`: a replayed record replaces itself. Every
+//!   read uses `FINAL` or an aggregate that is indifferent to duplicates, so no duplicate is
+//!   ever visible, merged or not.
 //! - **Derived state is resolved at query time**: messages with their edits and recalls,
 //!   membership (the latest change per user and conversation, kept in `members`), last seq,
 //!   titles and read cursors (the maximum, so cursors only move forward).
 //! - **Pages cost a page**: `conversations_page` reads the user's `members` rows in key order
 //!   from the cursor, in windows that stop once the page is full, and summarises only the page's
-//!   conversations; never the user's whole list.
-//! - **Position**: `apply` skips records below the stored position, inserts the batch's rows
-//!   (one INSERT into `events`, one into `members`), then stores the new position (`max`, so it
-//!   never moves backwards). A crash between the row inserts and the position insert replays the
-//!   batch on restart, which replaces rows with themselves: resume is exact.
+//!   conversations; never the user's whole list (`membership_window.rs`).
+//! - **Analytics** (`analytics.rs`): message counts over a time range, from the same rows.
+//! - **Position**: `apply` reads the stored position, keeps the records [`records_to_apply`]
+//!   keeps (those at or above it), inserts their rows (one INSERT into `events`, one into
+//!   `members`), then stores the new position (never backwards). A crash between the row
+//!   inserts and the position insert replays the batch on restart, which replaces rows with
+//!   themselves: resume is exact.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-
-use std::future::Future;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chorus_core::breaker::{Breaker, BreakerError};
-use chorus_core::log::{Offset, PartitionId};
+use chorus_core::breaker::Breaker;
+use chorus_core::config::ClickHouseSection;
 use chorus_core::metrics::Metrics;
-use chorus_schemas::{EventBody, TimelineEvent};
+use chorus_log::{Offset, PartitionId};
+use chorus_schemas::TimelineEvent;
 use chorus_store::history::{
     ConversationSummary, HistoryError, HistoryStore, MessagePage, MessageView,
-    direct_conversation_members,
 };
+use chorus_store::position::records_to_apply;
 use clickhouse::{Client, Row, RowOwned, RowWrite};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
+mod analytics;
+mod guard;
 mod membership_window;
+mod migrations;
+mod rows;
 
+pub use analytics::{Analytics, DayCount, KeyCount};
+use guard::{Guard, Through};
 use membership_window::{MembershipChange, MembershipWindow};
-
-/// The migrations, in order; the number is the schema version each one brings.
-const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("../migrations/0001_history.sql"))];
+use migrations::Schema;
+use rows::{EVENT_COLUMNS, EventRow, MemberRow, PositionRow, membership_changes};
 
 /// Where the history lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +73,17 @@ pub struct ClickHouseConfig {
 }
 
 impl ClickHouseConfig {
+    /// ClickHouse as configured in `[clickhouse]` (whose defaults are written once, in
+    /// `chorus_core::config`).
+    pub fn from_section(section: &ClickHouseSection) -> Self {
+        ClickHouseConfig {
+            user: section.user.clone(),
+            password: section.password.clone(),
+            ..ClickHouseConfig::new(section.url.clone(), section.database.clone())
+        }
+    }
+
+    /// The history in `database` at `url`, without credentials.
     pub fn new(url: impl Into<String>, database: impl Into<String>) -> Self {
         ClickHouseConfig {
             url: url.into(),
@@ -85,326 +103,6 @@ pub struct ClickHouseHistory {
     guard: Guard,
 }
 
-/// Whether the schema is in place, and what applying it needs.
-struct Schema {
-    /// Set once the database exists and every migration is applied; never unset.
-    ready: AtomicBool,
-    /// One caller at a time applies the schema; the others wait for its outcome.
-    applying: tokio::sync::Mutex<()>,
-    /// The server without a database selected (to create the database).
-    server: Client,
-    /// The history's database, as the migrations use it.
-    client: Client,
-    database: String,
-}
-
-/// Every ClickHouse call goes through a circuit breaker (`chorus_breaker_state{breaker=
-/// "clickhouse"}`) and is bounded in time: while ClickHouse fails, calls fail fast with
-/// [`HistoryError::Unavailable`] (the API answers 503 `unavailable`; the projector keeps its
-/// position and retries with backoff). Only transport failures and timeouts count against the
-/// breaker; a query ClickHouse refuses is an answer, not an outage.
-///
-/// Calls made before the schema is in place first apply it (see [`Schema`]).
-struct Guard {
-    breaker: Breaker,
-    timeout: Duration,
-    schema: Schema,
-}
-
-impl Guard {
-    async fn run<T>(
-        &self,
-        call: impl Future<Output = clickhouse::error::Result<T>>,
-    ) -> Result<T, HistoryError> {
-        self.ensure_schema().await?;
-        self.run_unchecked(call).await
-    }
-
-    /// Creates the database and applies pending migrations, once; fails with
-    /// [`HistoryError::Unavailable`] while ClickHouse does not answer.
-    async fn ensure_schema(&self) -> Result<(), HistoryError> {
-        if self.schema.ready.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let _applying = self.schema.applying.lock().await;
-        if self.schema.ready.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        self.migrate().await.map_err(|error| match error {
-            HistoryError::Unavailable(reason) => HistoryError::Unavailable(format!(
-                "the history schema is not in place yet: {reason}"
-            )),
-            other => other,
-        })?;
-        self.schema.ready.store(true, Ordering::Release);
-        Ok(())
-    }
-
-    async fn migrate(&self) -> Result<(), HistoryError> {
-        let Schema {
-            server,
-            client,
-            database,
-            ..
-        } = &self.schema;
-        self.run_unchecked(
-            server
-                .query(&format!(
-                    "CREATE DATABASE IF NOT EXISTS {}",
-                    quote_identifier(database)
-                ))
-                .execute(),
-        )
-        .await?;
-        self.run_unchecked(
-            client
-                .query(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, applied_ms Int64) \
-                     ENGINE = MergeTree ORDER BY version",
-                )
-                .execute(),
-        )
-        .await?;
-        let applied: BTreeSet<u32> = self
-            .run_unchecked(
-                client
-                    .query("SELECT DISTINCT version FROM schema_migrations")
-                    .fetch_all::<u32>(),
-            )
-            .await?
-            .into_iter()
-            .collect();
-        for (version, sql) in MIGRATIONS {
-            if applied.contains(version) {
-                continue;
-            }
-            for statement in statements(sql) {
-                self.run_unchecked(client.query(&statement).execute())
-                    .await?;
-            }
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |elapsed| elapsed.as_millis() as i64);
-            self.run_unchecked(
-                client
-                    .query("INSERT INTO schema_migrations (version, applied_ms) VALUES (?, ?)")
-                    .bind(*version)
-                    .bind(now)
-                    .execute(),
-            )
-            .await?;
-            tracing::info!(version, "history schema migrated");
-        }
-        Ok(())
-    }
-
-    /// The breaker and the timeout, without the schema check.
-    async fn run_unchecked<T>(
-        &self,
-        call: impl Future<Output = clickhouse::error::Result<T>>,
-    ) -> Result<T, HistoryError> {
-        let bounded = async {
-            match tokio::time::timeout(self.timeout, call).await {
-                Err(_) => Err(clickhouse::error::Error::TimedOut),
-                Ok(Err(error)) if is_outage(&error) => Err(error),
-                Ok(answer) => Ok(answer),
-            }
-        };
-        match self.breaker.call(bounded).await {
-            Ok(answer) => answer.map_err(storage),
-            Err(BreakerError::Open(name)) => Err(HistoryError::Unavailable(format!(
-                "{name} circuit open: ClickHouse is failing, calls are paused"
-            ))),
-            Err(BreakerError::Inner(error)) => Err(storage(error)),
-        }
-    }
-}
-
-/// Runs a ClickHouse call through a [`Guard`].
-trait Through<T>: Future<Output = clickhouse::error::Result<T>> + Sized {
-    fn through(self, guard: &Guard) -> impl Future<Output = Result<T, HistoryError>> {
-        guard.run(self)
-    }
-}
-
-impl<T, F: Future<Output = clickhouse::error::Result<T>>> Through<T> for F {}
-
-fn is_outage(error: &clickhouse::error::Error) -> bool {
-    matches!(
-        error,
-        clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut
-    )
-}
-
-fn storage(error: clickhouse::error::Error) -> HistoryError {
-    if is_outage(&error) {
-        HistoryError::Unavailable(error.to_string())
-    } else {
-        HistoryError::Storage(error.to_string())
-    }
-}
-
-#[derive(Debug, Clone, Row, Serialize, Deserialize)]
-struct EventRow {
-    partition: u32,
-    offset: u64,
-    conversation: String,
-    seq: u64,
-    event_id: String,
-    kind: String,
-    sender: String,
-    ts_ms: i64,
-    origin_cluster: String,
-    client_msg_id: Option<String>,
-    ingress_offset: u64,
-    text: String,
-    target_seq: u64,
-    title: Option<String>,
-    members: Vec<String>,
-    read_seq: u64,
-}
-
-#[derive(Debug, Clone, Row, Serialize, Deserialize)]
-struct MemberRow {
-    user: String,
-    conversation: String,
-    seq: u64,
-    present: u8,
-}
-
-#[derive(Debug, Clone, Row, Serialize, Deserialize)]
-struct PositionRow {
-    partition: u32,
-    next_offset: u64,
-}
-
-/// The columns of [`EventRow`], in order, for `SELECT`s.
-const EVENT_COLUMNS: &str = "partition, offset, conversation, seq, event_id, kind, sender, ts_ms, \
-     origin_cluster, client_msg_id, ingress_offset, text, target_seq, title, members, read_seq";
-
-impl EventRow {
-    fn from_event(partition: PartitionId, offset: Offset, event: &TimelineEvent) -> EventRow {
-        let mut row = EventRow {
-            partition,
-            offset,
-            conversation: event.conversation.clone(),
-            seq: event.seq.unwrap_or(0),
-            event_id: event.event_id.clone(),
-            kind: event.body.kind().as_str().to_owned(),
-            sender: event.sender.clone(),
-            ts_ms: event.ts_ms,
-            origin_cluster: event.origin_cluster.clone(),
-            client_msg_id: event.client_msg_id.clone(),
-            ingress_offset: event.ingress_offset,
-            text: String::new(),
-            target_seq: 0,
-            title: None,
-            members: Vec::new(),
-            read_seq: 0,
-        };
-        match &event.body {
-            EventBody::MessageSent { text } => row.text = text.clone(),
-            EventBody::MessageEdited { target_seq, text } => {
-                row.target_seq = *target_seq;
-                row.text = text.clone();
-            }
-            EventBody::MessageRecalled { target_seq } => row.target_seq = *target_seq,
-            EventBody::ConversationCreated { title, members } => {
-                row.title = title.clone();
-                row.members = members.clone();
-            }
-            EventBody::MembersAdded { members } | EventBody::MembersRemoved { members } => {
-                row.members = members.clone()
-            }
-            EventBody::ReadCursorMoved { seq } => row.read_seq = *seq,
-        }
-        row
-    }
-
-    fn into_event(self) -> Result<TimelineEvent, HistoryError> {
-        let body = match self.kind.as_str() {
-            "message" => EventBody::MessageSent { text: self.text },
-            "edit" => EventBody::MessageEdited {
-                target_seq: self.target_seq,
-                text: self.text,
-            },
-            "recall" => EventBody::MessageRecalled {
-                target_seq: self.target_seq,
-            },
-            "conversation_created" => EventBody::ConversationCreated {
-                title: self.title,
-                members: self.members,
-            },
-            "members_added" => EventBody::MembersAdded {
-                members: self.members,
-            },
-            "members_removed" => EventBody::MembersRemoved {
-                members: self.members,
-            },
-            "read" => EventBody::ReadCursorMoved { seq: self.read_seq },
-            other => {
-                return Err(HistoryError::Storage(format!(
-                    "unknown event kind {other:?} at {}/{}",
-                    self.partition, self.offset
-                )));
-            }
-        };
-        Ok(TimelineEvent {
-            conversation: self.conversation,
-            seq: (self.seq > 0).then_some(self.seq),
-            event_id: self.event_id,
-            sender: self.sender,
-            ts_ms: self.ts_ms,
-            origin_cluster: self.origin_cluster,
-            client_msg_id: self.client_msg_id,
-            ingress_offset: self.ingress_offset,
-            body,
-        })
-    }
-}
-
-/// The membership changes an event makes: (user, present).
-fn membership_changes(event: &TimelineEvent) -> Vec<(String, bool)> {
-    if let Some((first, second)) = direct_conversation_members(&event.conversation) {
-        return vec![(first.to_owned(), true), (second.to_owned(), true)];
-    }
-    match &event.body {
-        EventBody::ConversationCreated { members, .. } | EventBody::MembersAdded { members } => {
-            members
-                .iter()
-                .map(|member| (member.clone(), true))
-                .collect()
-        }
-        EventBody::MembersRemoved { members } => members
-            .iter()
-            .map(|member| (member.clone(), false))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// Splits a migration file into statements (`;` at the end of a line; `--` comments dropped).
-fn statements(sql: &str) -> Vec<String> {
-    let mut statements = Vec::new();
-    let mut current = String::new();
-    for line in sql.lines() {
-        let line = line.split("--").next().unwrap_or_default().trim_end();
-        if line.trim().is_empty() {
-            continue;
-        }
-        current.push_str(line);
-        current.push('\n');
-        if line.ends_with(';') {
-            statements.push(current.trim().trim_end_matches(';').to_owned());
-            current.clear();
-        }
-    }
-    if !current.trim().is_empty() {
-        statements.push(current.trim().to_owned());
-    }
-    statements
-}
-
 impl ClickHouseHistory {
     /// Connects, creates the database if needed and applies pending migrations: fails when
     /// ClickHouse does not answer.
@@ -413,7 +111,7 @@ impl ClickHouseHistory {
         metrics: Arc<Metrics>,
     ) -> Result<ClickHouseHistory, HistoryError> {
         let history = Self::connect(config, metrics);
-        history.guard.ensure_schema().await?;
+        history.guard.schema.ensure(&history.guard).await?;
         Ok(history)
     }
 
@@ -436,13 +134,7 @@ impl ClickHouseHistory {
                 metrics,
             ),
             timeout: config.request_timeout,
-            schema: Schema {
-                ready: AtomicBool::new(false),
-                applying: tokio::sync::Mutex::new(()),
-                server,
-                client: client.clone(),
-                database: config.database.clone(),
-            },
+            schema: Schema::new(server, client.clone(), config.database.clone()),
         };
         ClickHouseHistory { client, guard }
     }
@@ -636,87 +328,6 @@ impl ClickHouseHistory {
     }
 }
 
-/// Messages per day, per conversation and per sender over a time range: what operators ask of
-/// ClickHouse that the embedded store is not built for (`GET /v1/admin/analytics`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Analytics {
-    pub from_ms: i64,
-    pub to_ms: i64,
-    /// Messages sent in the range (edits, recalls and membership events not counted).
-    pub messages: u64,
-    /// Per UTC day, ascending.
-    pub per_day: Vec<DayCount>,
-    /// The most active conversations, most messages first.
-    pub top_conversations: Vec<KeyCount>,
-    /// The most active senders, most messages first.
-    pub top_senders: Vec<KeyCount>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Row, Serialize, Deserialize)]
-pub struct DayCount {
-    /// `YYYY-MM-DD` (UTC).
-    pub day: String,
-    pub messages: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Row, Serialize, Deserialize)]
-pub struct KeyCount {
-    pub key: String,
-    pub messages: u64,
-}
-
-impl ClickHouseHistory {
-    /// Message counts over `[from_ms, to_ms)`: per day, and the `limit` most active conversations
-    /// and senders.
-    pub async fn analytics(
-        &self,
-        from_ms: i64,
-        to_ms: i64,
-        limit: usize,
-    ) -> Result<Analytics, HistoryError> {
-        const MESSAGES: &str =
-            "FROM events FINAL WHERE kind = 'message' AND ts_ms >= ? AND ts_ms < ?";
-        let per_day = self
-            .client
-            .query(&format!(
-                "SELECT toString(toDate(fromUnixTimestamp64Milli(ts_ms, 'UTC'))) AS day, \
-                 count() AS messages {MESSAGES} GROUP BY day ORDER BY day"
-            ))
-            .bind(from_ms)
-            .bind(to_ms)
-            .fetch_all::<DayCount>()
-            .through(&self.guard)
-            .await?;
-        let top = |column: &'static str| {
-            self.client
-                .query(&format!(
-                    "SELECT {column} AS key, count() AS messages {MESSAGES} \
-                     GROUP BY key ORDER BY messages DESC, key LIMIT ?"
-                ))
-                .bind(from_ms)
-                .bind(to_ms)
-                .bind(limit as u64)
-                .fetch_all::<KeyCount>()
-                .through(&self.guard)
-        };
-        let top_conversations = top("conversation").await?;
-        let top_senders = top("sender").await?;
-        Ok(Analytics {
-            from_ms,
-            to_ms,
-            messages: per_day.iter().map(|day| day.messages).sum(),
-            per_day,
-            top_conversations,
-            top_senders,
-        })
-    }
-}
-
-/// Backquotes an identifier for DDL (database names come from configuration).
-fn quote_identifier(name: &str) -> String {
-    format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
-}
-
 #[async_trait]
 impl HistoryStore for ClickHouseHistory {
     async fn apply(
@@ -726,18 +337,16 @@ impl HistoryStore for ClickHouseHistory {
         next_offset: Offset,
     ) -> Result<(), HistoryError> {
         let position = self.position(partition).await?;
-        let pending: Vec<&(Offset, TimelineEvent)> = records
-            .iter()
-            .filter(|(offset, _)| *offset >= position)
-            .collect();
-        if pending.is_empty() && next_offset <= position {
+        let Some(pending) = records_to_apply(position, records, next_offset) else {
             return Ok(());
-        }
+        };
         let events: Vec<EventRow> = pending
+            .records
             .iter()
             .map(|(offset, event)| EventRow::from_event(partition, *offset, event))
             .collect();
         let members: Vec<MemberRow> = pending
+            .records
             .iter()
             .flat_map(|(_, event)| {
                 membership_changes(event)
@@ -756,7 +365,7 @@ impl HistoryStore for ClickHouseHistory {
             "positions",
             &[PositionRow {
                 partition,
-                next_offset: next_offset.max(position),
+                next_offset: pending.new_position,
             }],
         )
         .await
@@ -897,7 +506,7 @@ impl HistoryStore for ClickHouseHistory {
     }
 
     /// Bounded by the page: membership is read from the cursor on and stops once `limit`
-    /// conversations are found ([`Self::joined_conversations_page`]); only those are summarised.
+    /// conversations are found (`Self::joined_conversations_page`); only those are summarised.
     async fn conversations_page(
         &self,
         user: &str,
@@ -917,64 +526,5 @@ impl HistoryStore for ClickHouseHistory {
 
     async fn members(&self, conversation: &str) -> Result<Vec<String>, HistoryError> {
         self.member_state(conversation, None).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn migration_files_split_into_statements() {
-        let sql = "-- a comment\nCREATE TABLE a (x UInt8) ENGINE = Log;\n\n-- b\nCREATE TABLE b (\n  y UInt8 -- trailing\n) ENGINE = Log;\n";
-        assert_eq!(
-            statements(sql),
-            vec![
-                "CREATE TABLE a (x UInt8) ENGINE = Log".to_owned(),
-                "CREATE TABLE b (\n  y UInt8\n) ENGINE = Log".to_owned(),
-            ]
-        );
-        for (_, migration) in MIGRATIONS {
-            assert!(!statements(migration).is_empty());
-        }
-    }
-
-    #[test]
-    fn events_round_trip_through_rows() {
-        let bodies = vec![
-            EventBody::MessageSent { text: "hi".into() },
-            EventBody::MessageEdited {
-                target_seq: 1,
-                text: "hello".into(),
-            },
-            EventBody::MessageRecalled { target_seq: 1 },
-            EventBody::ConversationCreated {
-                title: Some("t".into()),
-                members: vec!["a".into(), "b".into()],
-            },
-            EventBody::MembersAdded {
-                members: vec!["c".into()],
-            },
-            EventBody::MembersRemoved {
-                members: vec!["a".into()],
-            },
-            EventBody::ReadCursorMoved { seq: 4 },
-        ];
-        for (index, body) in bodies.into_iter().enumerate() {
-            let read = matches!(body, EventBody::ReadCursorMoved { .. });
-            let event = TimelineEvent {
-                conversation: "g:1".into(),
-                seq: (!read).then_some(index as u64 + 1),
-                event_id: format!("e{index}"),
-                sender: "a".into(),
-                ts_ms: 7,
-                origin_cluster: "local".into(),
-                client_msg_id: Some("m".into()),
-                ingress_offset: 9,
-                body,
-            };
-            let row = EventRow::from_event(2, index as u64, &event);
-            assert_eq!(row.into_event().unwrap(), event);
-        }
     }
 }

@@ -28,29 +28,17 @@ fn fresh_config(url: &str) -> ClickHouseConfig {
     ClickHouseConfig::new(url, format!("chorus_t_{}", uuid::Uuid::new_v4().simple()))
 }
 
-macro_rules! conformance_tests {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test]
-            async fn $name() {
-                let Some(url) = clickhouse_url() else { return };
-                let store = ClickHouseHistory::open(&fresh_config(&url), Arc::new(Metrics::new())).await.expect("open");
-                conformance::$name(&store as &dyn HistoryStore).await.expect("store error");
-            }
-        )*
-    };
+async fn fresh_store(_check: &'static str) -> Option<Arc<dyn HistoryStore>> {
+    let url = clickhouse_url()?;
+    let store = ClickHouseHistory::open(&fresh_config(&url), Arc::new(Metrics::new()))
+        .await
+        .expect("open");
+    Some(Arc::new(store))
 }
 
-conformance_tests!(
-    apply_is_atomic_with_position_and_idempotent,
-    events_are_the_sequenced_timeline_in_order,
-    messages_reflect_edits_and_recalls,
-    message_pages_are_ascending_windows,
-    conversations_list_memberships_with_read_cursors,
-    conversation_pages_list_each_conversation_once,
-    conversation_pages_skip_conversations_left,
-    group_membership_follows_member_events,
-    direct_conversations_have_exactly_their_two_members,
+chorus_store::history_conformance!(
+    #[tokio::test]
+    store = fresh_store,
 );
 
 #[tokio::test]

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::log::{EventLog, LogError, NewRecord, PollEvent, StartFrom};
 use crate::presence::{Delivery, DeliverySink};
+use chorus_log::{EventLog, LogError, NewRecord, PollEvent, StartFrom};
 
 /// The target of a delivery meant for every node.
 pub const EVERY_NODE: &str = "*";
@@ -124,7 +124,7 @@ impl BroadcastBus {
     }
 }
 
-fn hand_over(node: &str, sink: &Arc<dyn DeliverySink>, records: &[crate::log::Record]) {
+fn hand_over(node: &str, sink: &Arc<dyn DeliverySink>, records: &[chorus_log::Record]) {
     for record in records {
         match serde_json::from_slice::<Envelope>(&record.value) {
             Ok(envelope) if envelope.node == node || envelope.node == EVERY_NODE => {
@@ -139,8 +139,8 @@ fn hand_over(node: &str, sink: &Arc<dyn DeliverySink>, records: &[crate::log::Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::embedded::{EmbeddedLog, EmbeddedLogConfig};
     use crate::presence::conformance::CollectingSink;
+    use chorus_log::embedded::{EmbeddedLog, EmbeddedLogConfig};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn nodes_receive_their_own_and_everyones_deliveries_only() {
@@ -155,7 +155,12 @@ mod tests {
         let _tail_two = bus.attach("n2", two.clone()).await.expect("attach n2");
         let to_session = |session: &str| Delivery::ToSession {
             session: session.to_owned(),
-            frame: format!("ack for {session}").into(),
+            outcome: crate::protocol::outbound::EventOutcome::Acked {
+                client_msg_id: Some(format!("ack for {session}")),
+                conversation: "dm:alice:bob".into(),
+                seq: 1,
+                event_id: "e1".into(),
+            },
         };
         let to_everyone = |frame: &str| Delivery::ToUsers {
             users: vec!["alice".into(), "bob".into()],

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -591,6 +592,93 @@ impl Topics {
             timeline: format!("{prefix}timeline"),
             dead_letter: format!("{prefix}dead-letter"),
             deliveries: format!("{prefix}deliveries"),
+        }
+    }
+}
+
+/// The router's slice of the configuration: what the sequencer and its workers read, and
+/// nothing of the adapters' sections (built by [`ChorusConfig::router_config`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouterConfig {
+    /// `[router]`.
+    pub router: RouterSection,
+    /// `[limits]`: the sequencer validates ingress records again and enforces the group limits.
+    pub limits: LimitsSection,
+    /// Partitions per topic (`log.partitions`): each sequencer enforces its partition's share of
+    /// `limits.max_groups_created_per_user_per_hour`.
+    pub partitions: u32,
+    /// `log.topic_prefix`: names the topics and the router's consumer group.
+    pub topic_prefix: String,
+    /// How long a revoked or stopping partition worker may drain before it is aborted: half the
+    /// event log's consumer-group session timeout (`kafka.session_timeout_ms`), so the next
+    /// owner is not kept waiting.
+    pub drain_timeout: Duration,
+}
+
+impl RouterConfig {
+    /// Topic names with the configured prefix.
+    pub fn topics(&self) -> Topics {
+        Topics::with_prefix(&self.topic_prefix)
+    }
+}
+
+/// The ingest stage's slice of the configuration: the node's identity, the limits it enforces
+/// at the edge, its listener, its web client, and the parts of `[auth]` its routes use (built by
+/// [`ChorusConfig::ingest_config`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IngestConfig {
+    /// `node_id`: this node's name in presence and on the node bus.
+    pub node_id: String,
+    /// `cluster`: stamped on every event as its origin.
+    pub cluster: String,
+    /// `dev_mode`: serves `POST /v1/dev/token`.
+    pub dev_mode: bool,
+    /// `[limits]`.
+    pub limits: LimitsSection,
+    /// `[http]`: the edge's listener.
+    pub http: HttpSection,
+    /// `[web]`: the web client's settings.
+    pub web: WebSection,
+    /// `auth.api_key`: the key of the business API (`POST /v1/events`).
+    pub api_key: String,
+    /// `auth.token_ttl_secs`: lifetime of dev tokens.
+    pub token_ttl_secs: u64,
+    /// `log.topic_prefix`: names the `ingress` topic.
+    pub topic_prefix: String,
+}
+
+impl IngestConfig {
+    /// Topic names with the configured prefix.
+    pub fn topics(&self) -> Topics {
+        Topics::with_prefix(&self.topic_prefix)
+    }
+}
+
+impl ChorusConfig {
+    /// The router's slice. Its drain bound is the one thing it takes from an adapter's section:
+    /// half of `kafka.session_timeout_ms`, chosen here, in one place.
+    pub fn router_config(&self) -> RouterConfig {
+        RouterConfig {
+            router: self.router.clone(),
+            limits: self.limits.clone(),
+            partitions: self.partitions(),
+            topic_prefix: self.log.topic_prefix.clone(),
+            drain_timeout: Duration::from_millis(u64::from(self.kafka.session_timeout_ms) / 2),
+        }
+    }
+
+    /// The ingest stage's slice.
+    pub fn ingest_config(&self) -> IngestConfig {
+        IngestConfig {
+            node_id: self.node_id.clone(),
+            cluster: self.cluster.clone(),
+            dev_mode: self.dev_mode,
+            limits: self.limits.clone(),
+            http: self.http.clone(),
+            web: self.web.clone(),
+            api_key: self.auth.api_key.clone(),
+            token_ttl_secs: self.auth.token_ttl_secs,
+            topic_prefix: self.log.topic_prefix.clone(),
         }
     }
 }

@@ -1,9 +1,9 @@
 //! The one set of error codes Chorus shows outside: WebSocket `error` frames carry the code,
 //! HTTP responses carry it in `{"error":{"code","message"}}` with the matching status.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     BadRequest,
@@ -30,21 +30,6 @@ impl ErrorCode {
         }
     }
 
-    pub fn from_str_code(code: &str) -> Option<ErrorCode> {
-        [
-            ErrorCode::BadRequest,
-            ErrorCode::Unauthorized,
-            ErrorCode::Forbidden,
-            ErrorCode::NotFound,
-            ErrorCode::TooLarge,
-            ErrorCode::RateLimited,
-            ErrorCode::Unavailable,
-            ErrorCode::Internal,
-        ]
-        .into_iter()
-        .find(|candidate| candidate.as_str() == code)
-    }
-
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::BadRequest => 400,
@@ -59,7 +44,9 @@ impl ErrorCode {
     }
 }
 
-/// An error with its outside code and a message for people.
+/// An error with its outside code and a message for people. It travels typed between nodes
+/// (an [`crate::protocol::outbound::EventOutcome`] on the node bus) and is rendered only at the
+/// socket: [`ApiError::http_body`] or [`ApiError::ws_frame`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code:?}: {message}")]
 pub struct ApiError {

@@ -13,6 +13,8 @@ use async_trait::async_trait;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::outbound::EventOutcome;
+
 /// A JSON frame, serialised once and shared by every recipient.
 pub type Frame = Arc<str>;
 
@@ -29,9 +31,19 @@ pub enum Delivery {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sequencing: Option<Sequencing>,
     },
-    /// The frame goes to one session (an ack or an error for its sender), or completes an HTTP
-    /// request waiting under that id.
-    ToSession { session: String, frame: Frame },
+    /// The outcome of an event (its ack or its error) goes to its sender's session, written as
+    /// a frame only there, or completes the HTTP request waiting under that id, typed.
+    ToSession {
+        session: String,
+        /// On the wire between nodes (Redis channel, `deliveries` topic) the outcome travels as
+        /// the text of its frame under the key `frame`, as it always did, so nodes of the
+        /// previous version and this one exchange acks during a rolling upgrade.
+        #[serde(
+            rename = "frame",
+            with = "crate::protocol::outbound::outcome_as_frame_text"
+        )]
+        outcome: EventOutcome,
+    },
 }
 
 /// The origin of a timeline frame (an `event`, or a `read` mark), which the edge uses to keep
@@ -64,8 +76,9 @@ pub trait DeliverySink: Send + Sync + 'static {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PresenceError {
+    /// The backend cannot answer now: why, and the backend's error behind it when there is one.
     #[error("presence backend unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] chorus_log::Unavailability),
 }
 
 #[async_trait]
@@ -198,9 +211,9 @@ impl NodeBus for LocalBus {
                 sink.deliver(delivery);
                 Ok(())
             }
-            None => Err(PresenceError::Unavailable(format!(
-                "no node {node} is attached"
-            ))),
+            None => Err(PresenceError::Unavailable(
+                format!("no node {node} is attached").into(),
+            )),
         }
     }
 }
@@ -325,7 +338,12 @@ pub mod conformance {
         };
         let to_session = Delivery::ToSession {
             session: "s9".into(),
-            frame: "{\"n\":2}".into(),
+            outcome: EventOutcome::Acked {
+                client_msg_id: Some("c2".into()),
+                conversation: "dm:alice:bob".into(),
+                seq: 2,
+                event_id: "e2".into(),
+            },
         };
         bus.send(&node_one, to_users.clone()).await.expect("send");
         bus.send(&node_one, to_session.clone()).await.expect("send");
@@ -391,6 +409,41 @@ mod tests {
     async fn local_adapters_pass_the_conformance_suite() {
         conformance::sessions_group_by_node(&LocalPresence::default(), "").await;
         conformance::deliveries_reach_the_attached_node(&LocalBus::default(), "").await;
+    }
+
+    #[test]
+    fn outcomes_travel_between_nodes_in_the_shape_of_the_previous_version() {
+        // what a node of the previous version sent: the outcome as the text of its frame
+        let ack = r#"{"ToSession":{"session":"s1","frame":"{\"conversation\":\"dm:alice:bob\",\"event_id\":\"e1\",\"id\":\"c1\",\"seq\":7,\"type\":\"ack\"}"}}"#;
+        let error = r#"{"ToSession":{"session":"s2","frame":"{\"code\":\"forbidden\",\"id\":null,\"message\":\"not a member\",\"type\":\"error\"}"}}"#;
+        let typed_ack = Delivery::ToSession {
+            session: "s1".into(),
+            outcome: EventOutcome::Acked {
+                client_msg_id: Some("c1".into()),
+                conversation: "dm:alice:bob".into(),
+                seq: 7,
+                event_id: "e1".into(),
+            },
+        };
+        let typed_error = Delivery::ToSession {
+            session: "s2".into(),
+            outcome: EventOutcome::Failed {
+                client_msg_id: None,
+                error: crate::error::ApiError::new(
+                    crate::error::ErrorCode::Forbidden,
+                    "not a member",
+                ),
+            },
+        };
+        for (text, typed) in [(ack, typed_ack), (error, typed_error)] {
+            assert_eq!(
+                serde_json::from_str::<Delivery>(text).expect("read the previous shape"),
+                typed
+            );
+            assert_eq!(serde_json::to_string(&typed).expect("encode"), text);
+        }
+        let neither = r#"{"ToSession":{"session":"s3","frame":"{\"type\":\"event\"}"}}"#;
+        assert!(serde_json::from_str::<Delivery>(neither).is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::log::{Offset, PartitionId};
+use chorus_log::{Offset, PartitionId};
 
 /// Positions of one projection, one watch per partition.
 pub struct ProjectionProgress {

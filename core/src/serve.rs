@@ -22,8 +22,9 @@
 //! Counted in `/metrics`: `chorus_http_connections_open`, `chorus_http_connections_rejected_total`,
 //! `chorus_http_connections_evicted_total`, `chorus_http_timeouts_total{phase}`.
 //!
-//! On shutdown the loop stops accepting and asks open connections to finish the request in
-//! flight and close.
+//! On shutdown (its `CancellationToken` cancelled) the loop stops accepting, asks open
+//! connections to finish the request in flight and close, and returns once they have: every
+//! connection task is tracked (`TaskTracker`), none is left detached.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -42,7 +43,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_service::Service;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
@@ -260,7 +263,18 @@ impl WaitingConnections {
             None => false,
         }
     }
+
+    /// Signals every connection that waits for its client to close (on shutdown).
+    fn evict_all(&self) {
+        for (_, evict) in std::mem::take(&mut *self.by_wait.lock()) {
+            evict.notify_one();
+        }
+    }
 }
+
+/// How often, while shutting down, connections that came to wait for their client since the
+/// last look are closed.
+const SHUTDOWN_EVICT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// One connection's place in [`WaitingConnections`].
 struct WaitTicket {
@@ -382,30 +396,28 @@ struct Shared<H> {
     waiting: Arc<WaitingConnections>,
 }
 
-async fn stopping(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stopping| *stopping).await;
-}
-
-/// Serves `routes` on `listener` until `shutdown` turns true (the roles without WebSocket).
+/// Serves `routes` on `listener` until `shutdown` is cancelled (the roles without WebSocket).
 pub async fn serve_routes(
     listener: TcpListener,
     settings: &HttpSection,
     metrics: Arc<Metrics>,
     routes: BoxedFilter<(Response,)>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let handler = Routes::new(routes, settings, metrics.clone());
     serve(listener, settings, metrics, handler, shutdown).await;
 }
 
-/// Serves `listener` with `handler` until `shutdown` turns true.
+/// Serves `listener` with `handler` until `shutdown` is cancelled, then returns once every
+/// connection finished its request in flight and closed (upgraded connections have left it).
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     settings: &HttpSection,
     metrics: Arc<Metrics>,
     handler: H,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
+    let connections = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(connection_capacity(
         settings.max_open_connections,
     )));
@@ -419,7 +431,18 @@ pub async fn serve<H: Handler>(
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = stopping(&mut shutdown) => return,
+            _ = shutdown.cancelled() => {
+                // a connection waiting for its client (no request, or a body still to come)
+                // closes now; one with a request in progress finishes it and closes
+                connections.close();
+                loop {
+                    shared.waiting.evict_all();
+                    tokio::select! {
+                        _ = connections.wait() => return,
+                        _ = tokio::time::sleep(SHUTDOWN_EVICT_INTERVAL) => {}
+                    }
+                }
+            }
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
@@ -448,7 +471,7 @@ pub async fn serve<H: Handler>(
             _permit: permit,
             metrics: shared.metrics.clone(),
         };
-        tokio::spawn(serve_connection(
+        connections.spawn(serve_connection(
             shared.clone(),
             stream,
             peer,
@@ -496,7 +519,7 @@ async fn serve_connection<H: Handler>(
     shared: Arc<Shared<H>>,
     stream: GuardedStream,
     peer: SocketAddr,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let ticket = Arc::new(WaitTicket::new(shared.waiting.clone()));
     ticket.waiting();
@@ -539,9 +562,12 @@ async fn serve_connection<H: Handler>(
         _ = evict.notified() => {
             tracing::debug!(%peer, "closed an idle connection to make room");
         }
-        _ = stopping(&mut shutdown) => {
+        _ = shutdown.cancelled() => {
             connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = evict.notified() => {}
+            }
         }
     }
 }
@@ -554,13 +580,14 @@ mod tests {
     use super::*;
 
     /// Serves a `/health` route with `settings` on a fresh port.
-    async fn health_server(settings: HttpSection) -> (SocketAddr, watch::Sender<bool>) {
+    async fn health_server(settings: HttpSection) -> (SocketAddr, CancellationToken) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let routes = warp::path!("health")
             .map(|| json_response(200, &serde_json::json!({"status": "ok"})))
             .boxed();
-        let (stop, stopped) = watch::channel(false);
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
         tokio::spawn(async move {
             serve_routes(
                 listener,

@@ -2,7 +2,8 @@
 //! (`POST /v1/conversations`), and dev tokens (`POST /v1/dev/token`).
 //!
 //! A write is answered once its outcome is known: the router's ack (with the seq) or its error,
-//! delivered to a one-shot waiter in the hub. Retried ids are idempotent.
+//! delivered typed ([`EventOutcome`]) to a one-shot waiter in the hub and written as JSON only
+//! in the response. Retried ids are idempotent.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use chorus_core::auth::{Claims, SYSTEM_SENDER, unix_millis};
 use chorus_core::error::{ApiError, ErrorCode};
 use chorus_core::http::{api_key, json_body, json_response, respond, user_claims};
+use chorus_core::protocol::outbound::EventOutcome;
 use chorus_core::validate::validate_ingress;
 use chorus_schemas::{EventBody, IngressEvent};
 use serde::Deserialize;
@@ -72,32 +74,6 @@ struct DevTokenRequest {
     device: Option<String>,
 }
 
-/// The outcome of one write, as the router reported it.
-enum Outcome {
-    Acked { seq: u64, event_id: String },
-    Failed(ApiError),
-}
-
-fn outcome_from_frame(frame: &str) -> Outcome {
-    let Ok(value) = serde_json::from_str::<Value>(frame) else {
-        return Outcome::Failed(ApiError::new(ErrorCode::Internal, "unreadable outcome"));
-    };
-    if value["type"] == "ack" {
-        return Outcome::Acked {
-            seq: value["seq"].as_u64().unwrap_or_default(),
-            event_id: value["event_id"].as_str().unwrap_or_default().to_owned(),
-        };
-    }
-    let code = value["code"]
-        .as_str()
-        .and_then(ErrorCode::from_str_code)
-        .unwrap_or(ErrorCode::Internal);
-    Outcome::Failed(ApiError::new(
-        code,
-        value["message"].as_str().unwrap_or_default(),
-    ))
-}
-
 impl Ingest {
     fn new_event(
         &self,
@@ -121,7 +97,7 @@ impl Ingest {
     }
 
     /// Appends validated events and waits for each one's outcome, in input order.
-    async fn write_and_wait(&self, events: Vec<IngressEvent>) -> Vec<Outcome> {
+    async fn write_and_wait(&self, events: Vec<IngressEvent>) -> Vec<EventOutcome> {
         let waiters: Vec<_> = events
             .iter()
             .map(|event| {
@@ -136,21 +112,27 @@ impl Ingest {
             }
             return events
                 .iter()
-                .map(|_| Outcome::Failed(error.clone()))
+                .map(|event| EventOutcome::Failed {
+                    client_msg_id: event.client_msg_id.clone(),
+                    error: error.clone(),
+                })
                 .collect();
         }
         let mut outcomes = Vec::with_capacity(events.len());
         let deadline = tokio::time::Instant::now() + OUTCOME_WAIT;
         for (event, waiter) in events.iter().zip(waiters) {
             let outcome = match tokio::time::timeout_at(deadline, waiter).await {
-                Ok(Ok(frame)) => outcome_from_frame(&frame),
+                Ok(Ok(outcome)) => outcome,
                 _ => {
                     self.hub
                         .forget_waiter(event.origin_session.as_deref().unwrap_or_default());
-                    Outcome::Failed(ApiError::new(
-                        ErrorCode::Unavailable,
-                        "the event is durable but was not sequenced in time; retry with the same id",
-                    ))
+                    EventOutcome::Failed {
+                        client_msg_id: event.client_msg_id.clone(),
+                        error: ApiError::new(
+                            ErrorCode::Unavailable,
+                            "the event is durable but was not sequenced in time; retry with the same id",
+                        ),
+                    }
                 }
             };
             outcomes.push(outcome);
@@ -203,10 +185,12 @@ impl Ingest {
         let outcomes = self.write_and_wait(accepted).await;
         for ((slot, id), outcome) in accepted_slots.into_iter().zip(ids).zip(outcomes) {
             results[slot] = match outcome {
-                Outcome::Acked { seq, event_id } => {
+                EventOutcome::Acked { seq, event_id, .. } => {
                     json!({"id": id, "seq": seq, "event_id": event_id})
                 }
-                Outcome::Failed(error) => json!({"id": id, "error": error.http_body()["error"]}),
+                EventOutcome::Failed { error, .. } => {
+                    json!({"id": id, "error": error.http_body()["error"]})
+                }
             };
         }
         Ok(json_response(200, &json!({"results": results})))
@@ -279,11 +263,11 @@ impl Ingest {
         );
         validate_ingress(&event, &self.config.limits)?;
         match self.write_and_wait(vec![event]).await.pop() {
-            Some(Outcome::Acked { seq, event_id }) => Ok(json_response(
+            Some(EventOutcome::Acked { seq, event_id, .. }) => Ok(json_response(
                 201,
                 &json!({"id": request.id, "seq": seq, "event_id": event_id}),
             )),
-            Some(Outcome::Failed(error)) => Err(error),
+            Some(EventOutcome::Failed { error, .. }) => Err(error),
             None => Err(ApiError::new(ErrorCode::Internal, "no outcome")),
         }
     }
@@ -296,7 +280,7 @@ fn with_ingest(
 }
 
 pub(crate) fn business_events(ingest: Arc<Ingest>) -> BoxedFilter<(Response,)> {
-    let key: Arc<str> = ingest.config.auth.api_key.as_str().into();
+    let key: Arc<str> = ingest.config.api_key.as_str().into();
     warp::path!("v1" / "events")
         .and(warp::post())
         .and(api_key(key))
@@ -357,7 +341,7 @@ pub(crate) fn dev_token(ingest: Arc<Ingest>) -> BoxedFilter<(Response,)> {
                             .issue(
                                 &request.user,
                                 request.device.as_deref(),
-                                ingest.config.auth.token_ttl_secs,
+                                ingest.config.token_ttl_secs,
                             )
                             .map(|token| json_response(200, &json!({"token": token})))
                             .map_err(|error| {

@@ -6,7 +6,9 @@
 //!   connection with code 1013, and the client reconnects and fills the gap from history. One slow
 //!   client never holds up delivery to anyone else;
 //! - an HTTP request waiting for its outcome (business events, group creation) registers a
-//!   one-shot waiter under a pseudo-session id; a `ToSession` delivery completes it;
+//!   one-shot waiter under a pseudo-session id; a `ToSession` delivery completes it with the
+//!   typed [`EventOutcome`]. For a WebSocket session the outcome is written as its `ack` or
+//!   `error` frame here, the only place it becomes text;
 //! - events of a conversation reach a connection in strictly increasing seq order: a timeline
 //!   delivery whose router's ownership epoch is below the highest the node has seen for the
 //!   partition is dropped (it comes from a router that lost the partition, e.g. a paused
@@ -22,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use chorus_core::metrics::Metrics;
 use chorus_core::presence::{Delivery, DeliverySink, Frame, Sequencing};
+use chorus_core::protocol::outbound::EventOutcome;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -117,7 +120,7 @@ pub struct Hub {
     /// session id → user, to route acks and errors to one session.
     session_users: RwLock<HashMap<Arc<str>, String>>,
     /// HTTP requests waiting for their outcome, by pseudo-session id.
-    waiters: Mutex<HashMap<String, oneshot::Sender<Frame>>>,
+    waiters: Mutex<HashMap<String, oneshot::Sender<EventOutcome>>>,
     /// The highest router ownership epoch seen per timeline partition.
     owner_epochs: Mutex<OwnerEpochs>,
     /// Outbox capacity per session.
@@ -188,7 +191,7 @@ impl Hub {
     }
 
     /// Registers an HTTP request waiting for the outcome delivered to `pseudo_session`.
-    pub fn wait_for(&self, pseudo_session: &str) -> oneshot::Receiver<Frame> {
+    pub fn wait_for(&self, pseudo_session: &str) -> oneshot::Receiver<EventOutcome> {
         let (sender, receiver) = oneshot::channel();
         self.waiters
             .lock()
@@ -264,9 +267,9 @@ impl DeliverySink for Hub {
                     }
                 }
             }
-            Delivery::ToSession { session, frame } => {
+            Delivery::ToSession { session, outcome } => {
                 if let Some(waiter) = self.waiters.lock().remove(&session) {
-                    let _ = waiter.send(frame);
+                    let _ = waiter.send(outcome);
                     return;
                 }
                 let Some(user) = self.session_users.read().get(session.as_str()).cloned() else {
@@ -279,6 +282,7 @@ impl DeliverySink for Hub {
                     .flatten()
                     .find(|slot| *slot.id == *session);
                 if let Some(slot) = slot {
+                    let frame: Frame = outcome.frame().to_string().into();
                     self.push(slot, &frame);
                 }
             }
@@ -289,6 +293,15 @@ impl DeliverySink for Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn acked() -> EventOutcome {
+        EventOutcome::Acked {
+            client_msg_id: Some("c1".into()),
+            conversation: "dm:alice:bob".into(),
+            seq: 1,
+            event_id: "e1".into(),
+        }
+    }
 
     #[tokio::test]
     async fn delivers_to_every_session_of_each_user_and_flags_slow_ones() {
@@ -306,7 +319,7 @@ mod tests {
         for _ in 0..3 {
             hub.deliver(Delivery::ToSession {
                 session: "s1".into(),
-                frame: frame.clone(),
+                outcome: acked(),
             });
         }
         phone.slow.raised().await; // the third frame overflowed the outbox of 2
@@ -321,9 +334,9 @@ mod tests {
         let waiter = hub.wait_for("http-1");
         hub.deliver(Delivery::ToSession {
             session: "http-1".into(),
-            frame: "{\"ok\":1}".into(),
+            outcome: acked(),
         });
-        assert_eq!(&*waiter.await.unwrap(), "{\"ok\":1}");
+        assert_eq!(waiter.await.unwrap(), acked());
     }
 
     #[test]

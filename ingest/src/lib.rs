@@ -10,10 +10,9 @@
 //! before the upgrade), sessions per user (HTTP 429 before the upgrade), per-session outbox
 //! (slow consumers are closed with 1013).
 
-#[cfg(test)]
-mod fuzz;
 mod http;
 pub mod hub;
+pub mod membership;
 pub mod server;
 mod session;
 pub mod web;
@@ -23,24 +22,27 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use chorus_core::auth::TokenAuthority;
-use chorus_core::config::ChorusConfig;
+use chorus_core::config::IngestConfig;
 use chorus_core::error::{ApiError, ErrorCode};
-use chorus_core::log::EventLog;
-use chorus_core::membership::Membership;
 use chorus_core::metrics::Metrics;
 use chorus_core::presence::{NodeBus, Presence, PresenceError};
+use chorus_log::EventLog;
 use chorus_schemas::{IngressEvent, encode_ingress};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
 use crate::hub::Hub;
+use crate::membership::Membership;
 
 /// What the binary hands the ingest stage.
 pub struct IngestDependencies {
-    pub config: Arc<ChorusConfig>,
+    /// The ingest stage's slice of the configuration.
+    pub config: Arc<IngestConfig>,
     pub log: Arc<dyn EventLog>,
     pub presence: Arc<dyn Presence>,
     pub bus: Arc<dyn NodeBus>,
@@ -51,7 +53,7 @@ pub struct IngestDependencies {
 
 /// A running ingest node.
 pub struct Ingest {
-    pub config: Arc<ChorusConfig>,
+    pub config: Arc<IngestConfig>,
     log: Arc<dyn EventLog>,
     presence: Arc<dyn Presence>,
     bus: Arc<dyn NodeBus>,
@@ -66,8 +68,10 @@ pub struct Ingest {
     user_limiter: DefaultKeyedRateLimiter<String>,
     /// Requests per second for the whole node.
     node_limiter: DefaultDirectRateLimiter,
-    /// Flips to true when the node shuts down; sessions close with 1001.
-    shutdown: watch::Receiver<bool>,
+    /// Cancelled when the node shuts down; sessions close with 1001.
+    shutdown: CancellationToken,
+    /// The WebSocket sessions' tasks (see [`Ingest::sessions_closed`]).
+    sessions: TaskTracker,
     /// The topic names.
     ingress_topic: String,
     /// Set when presence may lack some of this node's sessions (a registration failed).
@@ -82,10 +86,10 @@ fn quota(per_second: u32, burst: u32) -> Quota {
 
 impl Ingest {
     /// Builds the node, attaches its hub to the bus, and returns it. Sessions close when
-    /// `shutdown` turns true.
+    /// `shutdown` is cancelled.
     pub async fn start(
         dependencies: IngestDependencies,
-        shutdown: watch::Receiver<bool>,
+        shutdown: CancellationToken,
     ) -> Result<Arc<Ingest>, PresenceError> {
         let config = dependencies.config;
         let limits = &config.limits;
@@ -115,15 +119,21 @@ impl Ingest {
                 limits.node_requests_per_second,
             )),
             shutdown,
+            sessions: TaskTracker::new(),
             ingress_topic: config.topics().ingress,
             presence_stale: AtomicBool::new(false),
             config,
         });
+        // the limiter janitor is a task of the node's tracker and ends with it, never detached
         let janitor = Arc::downgrade(&ingest);
-        tokio::spawn(async move {
+        let stop = ingest.shutdown.clone();
+        ingest.sessions.spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.cancelled() => return,
+                }
                 let Some(ingest) = janitor.upgrade() else {
                     return;
                 };
@@ -132,6 +142,14 @@ impl Ingest {
             }
         });
         Ok(ingest)
+    }
+
+    /// Resolves once every WebSocket session of this node has ended: after shutdown, once each
+    /// closed with 1001. Sessions (and the limiter janitor) are tasks of the node's own tracker,
+    /// never detached.
+    pub async fn sessions_closed(&self) {
+        self.sessions.close();
+        self.sessions.wait().await;
     }
 
     /// Keeps this node's presence true until `stop` resolves: a heartbeat every `interval`, and
@@ -230,7 +248,7 @@ impl Ingest {
         for event in events {
             let value = encode_ingress(event)
                 .map_err(|error| ApiError::new(ErrorCode::BadRequest, error.to_string()))?;
-            records.push(chorus_core::log::NewRecord::new(
+            records.push(chorus_log::NewRecord::new(
                 event.conversation.as_bytes(),
                 value,
             ));

@@ -15,7 +15,7 @@ use chorus_core::serve::{Handler, Routes};
 use futures_util::future::BoxFuture;
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
@@ -37,12 +37,14 @@ impl Handler for Edge {
     }
 }
 
-/// Serves `listener` until `shutdown` turns true.
+/// Serves `listener` until `shutdown` is cancelled; returns once every HTTP connection closed.
+/// Sessions close (1001) through the ingest node's own token; await them with
+/// [`Ingest::sessions_closed`].
 pub async fn serve(
     listener: TcpListener,
     ingest: Arc<Ingest>,
     routes: BoxedFilter<(Response,)>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let settings = ingest.config.http.clone();
     let metrics = ingest.metrics.clone();

@@ -29,18 +29,18 @@ use std::time::Duration;
 use chorus_core::auth::{Claims, unix_millis};
 use chorus_core::auth_limit::{CredentialKind, RequestOrigin, authenticate};
 use chorus_core::error::{ApiError, ErrorCode};
-use chorus_core::frames::typing_json;
 use chorus_core::http::{bearer_token, error_response};
 use chorus_core::ids::Conversation;
 use chorus_core::metrics::Metrics;
 use chorus_core::presence::Delivery;
+use chorus_core::protocol::inbound::{ClientFrame, parse_client_frame};
+use chorus_core::protocol::outbound::typing_json;
 use chorus_core::validate::validate_ingress;
 use chorus_schemas::{EventBody, IngressEvent};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use governor::DefaultDirectRateLimiter;
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -71,73 +71,6 @@ const CLOSE_INVALID_PAYLOAD: u16 = 1007;
 const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 /// Close code for a client that sent nothing, not even a pong, for `limits.idle_timeout_ms`.
 const CLOSE_IDLE: u16 = 4002;
-
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub(crate) enum ClientFrame {
-    Send {
-        id: String,
-        conversation: String,
-        text: String,
-    },
-    Edit {
-        id: String,
-        conversation: String,
-        seq: u64,
-        text: String,
-    },
-    Recall {
-        id: String,
-        conversation: String,
-        seq: u64,
-    },
-    Read {
-        conversation: String,
-        seq: u64,
-    },
-    Typing {
-        conversation: String,
-    },
-    Ping,
-    /// Renews the session's token without reconnecting.
-    Auth {
-        token: String,
-    },
-}
-
-/// A client frame that could not be parsed: the `bad_request` to answer with, and the frame's
-/// `id` when one could be read (the `error` frame echoes it).
-#[derive(Debug)]
-pub(crate) struct UnparsedFrame {
-    pub(crate) error: ApiError,
-    pub(crate) client_msg_id: Option<String>,
-}
-
-/// Parses one client text frame into its `id` (if it has one) and the frame. Any input gets an
-/// answer, never a panic (fuzzed by `ingest/src/fuzz.rs`).
-pub(crate) fn parse_client_frame(
-    text: &str,
-) -> Result<(Option<String>, ClientFrame), UnparsedFrame> {
-    let value: Value = serde_json::from_str(text).map_err(|error| UnparsedFrame {
-        error: ApiError::new(ErrorCode::BadRequest, format!("malformed json: {error}")),
-        client_msg_id: None,
-    })?;
-    let client_msg_id = value.get("id").and_then(Value::as_str).map(str::to_owned);
-    if !value.is_object() {
-        // serde would also take `["send", id, conversation, text]` as a frame
-        return Err(UnparsedFrame {
-            error: ApiError::new(ErrorCode::BadRequest, "bad frame: not a json object"),
-            client_msg_id,
-        });
-    }
-    match serde_json::from_value::<ClientFrame>(value) {
-        Ok(frame) => Ok((client_msg_id, frame)),
-        Err(error) => Err(UnparsedFrame {
-            error: ApiError::new(ErrorCode::BadRequest, format!("bad frame: {error}")),
-            client_msg_id,
-        }),
-    }
-}
 
 /// First allocation of a connection's read buffer (it grows for large frames).
 const READ_BUFFER_BYTES: usize = 2 * 1024;
@@ -233,7 +166,7 @@ pub(crate) async fn upgrade(
             .max_frame_size(Some(max_frame))
             .max_message_size(Some(max_frame));
         let session_ingest = ingest.clone();
-        tokio::spawn(async move {
+        ingest.sessions.spawn(async move {
             match upgraded.await {
                 Ok(upgraded) => {
                     let socket = WebSocketStream::from_raw_socket(
@@ -444,11 +377,6 @@ async fn run_session(
     drop(permit);
 }
 
-/// Resolves once the node is shutting down.
-async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stopping| *stopping).await;
-}
-
 impl Session {
     /// The session's loop: reads client frames, writes frames from the outbox, pings a silent
     /// client, and ends on a close, a broken connection, shutdown (1001), a slow consumer
@@ -470,7 +398,7 @@ impl Session {
         if let Err(failure) = writer.write(Message::text(welcome.to_string())).await {
             return stalled(failure);
         }
-        let mut shutdown = self.ingest.shutdown.clone();
+        let shutdown = self.ingest.shutdown.clone();
         let mut last_heard = Instant::now();
         // both deadlines are moved lazily: when one fires, it checks `last_heard`
         let ping_due = tokio::time::sleep_until(last_heard + ping_interval);
@@ -542,7 +470,7 @@ impl Session {
                     return Some((CLOSE_TOKEN_EXPIRED, "token expired: renew it with an auth frame or reconnect"));
                 }
                 _ = registration.slow.raised() => return Some(SLOW_CONSUMER),
-                _ = stopping(&mut shutdown) => return Some((CLOSE_GOING_AWAY, "node shutting down")),
+                _ = shutdown.cancelled() => return Some((CLOSE_GOING_AWAY, "node shutting down")),
             }
         }
     }

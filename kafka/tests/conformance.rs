@@ -7,9 +7,9 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use chorus_core::log::EventLog;
-use chorus_core::log::conformance::{self, Harness, OpenLog};
 use chorus_kafka::{KafkaLog, KafkaLogConfig};
+use chorus_log::EventLog;
+use chorus_log::conformance::{Harness, OpenLog};
 use futures_util::FutureExt;
 
 /// The broker's bootstrap address, or `None` (after a notice) when tests should be skipped.
@@ -53,42 +53,21 @@ fn harness(bootstrap: String, test: &str) -> Harness {
     }
 }
 
-macro_rules! conformance_tests {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() {
-                let Some(bootstrap) = bootstrap(stringify!($name)) else {
-                    return;
-                };
-                conformance::$name(&harness(bootstrap, stringify!($name))).await;
-            }
-        )*
-    };
+/// The harness of one conformance check, or `None` (after a notice) when it is skipped.
+fn check_harness(check: &'static str) -> Option<Harness> {
+    bootstrap(check).map(|bootstrap| harness(bootstrap, check))
 }
 
-conformance_tests!(
-    append_then_read_in_order,
-    same_key_same_partition,
-    append_to_explicit_partition,
-    unknown_topic_and_bad_partition_are_errors,
-    read_from_offset_and_wait_for_new_records,
-    end_offset_moves_past_appended,
-    durable_across_reopen,
-    group_members_split_partitions_exclusively,
-    member_leaving_hands_partitions_over,
-    committed_offsets_resume_after_rejoin,
-    start_from_earliest_and_latest,
-    concurrent_appenders_lose_nothing,
-    fenced_writer_excludes_its_predecessor,
-    read_range_stops_at_the_end,
+chorus_log::event_log_conformance!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    harness = check_harness,
 );
 
 /// Adapter-specific: `seek` right after `Assigned` (before librdkafka fetches) and later both
 /// move the position; seeking an unassigned partition is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seek_moves_the_position() {
-    use chorus_core::log::{Consumer, LogError, NewRecord, PollEvent, Record, StartFrom};
+    use chorus_log::{Consumer, LogError, NewRecord, PollEvent, Record, StartFrom};
     use std::time::Duration;
 
     let Some(bootstrap) = bootstrap("seek_moves_the_position") else {
@@ -173,7 +152,7 @@ async fn seek_moves_the_position() {
 /// its next poll (the unassign is deferred to that poll), and the next holder resumes there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn revoked_partitions_can_be_committed_before_the_next_poll() {
-    use chorus_core::log::{NewRecord, PollEvent, StartFrom};
+    use chorus_log::{NewRecord, PollEvent, StartFrom};
     use std::collections::BTreeSet;
     use std::time::Duration;
 

@@ -30,8 +30,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chorus_core::breaker::{Breaker, BreakerError};
+use chorus_core::config::RedisSection;
 use chorus_core::metrics::Metrics;
 use chorus_core::presence::{Delivery, DeliverySink, NodeBus, Presence, PresenceError};
+use chorus_log::Unavailability;
 use futures_util::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -55,12 +57,25 @@ pub struct RedisConfig {
 }
 
 impl RedisConfig {
+    /// Redis at `url`; how presence ages is the default of `[redis]` (`chorus_core::config`, the
+    /// one place it is written).
     pub fn new(url: impl Into<String>) -> Self {
-        RedisConfig {
+        RedisConfig::from_section(&RedisSection {
             url: url.into(),
+            ..RedisSection::default()
+        })
+    }
+
+    /// Redis as configured in `[redis]`.
+    pub fn from_section(section: &RedisSection) -> Self {
+        let node_ttl = Duration::from_millis(section.node_ttl_ms);
+        RedisConfig {
+            url: section.url.clone(),
             key_prefix: "chorus:".into(),
-            node_ttl: Duration::from_secs(15),
-            rebuild_window: Duration::from_secs(15),
+            node_ttl,
+            // by one node_ttl after Redis lost its data, every live node has re-registered its
+            // sessions
+            rebuild_window: node_ttl,
             breaker_failures: 3,
             breaker_open_for: Duration::from_secs(2),
         }
@@ -72,8 +87,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest pause between two subscription attempts while Redis is unreachable.
 const MAX_SUBSCRIBE_BACKOFF: Duration = Duration::from_secs(1);
 
-fn unavailable(error: impl std::fmt::Display) -> PresenceError {
-    PresenceError::Unavailable(error.to_string())
+/// A failed call (Redis, or encoding what it would carry): presence is unavailable, the error
+/// kept as the cause.
+fn unavailable(error: impl std::error::Error + Send + Sync + 'static) -> PresenceError {
+    PresenceError::Unavailable(Unavailability::caused_by(error))
 }
 
 /// The Redis connection shared by presence and the bus.
@@ -135,7 +152,7 @@ impl RedisShared {
         match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
             Ok(Ok(pubsub)) => Ok(pubsub),
             Ok(Err(error)) => Err(unavailable(error)),
-            Err(_) => Err(unavailable("subscribing timed out")),
+            Err(_) => Err(PresenceError::Unavailable("subscribing timed out".into())),
         }
     }
 
@@ -151,7 +168,9 @@ impl RedisShared {
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, PresenceError> {
         self.breaker.call(call).await.map_err(|error| match error {
-            BreakerError::Open(name) => PresenceError::Unavailable(format!("{name} circuit open")),
+            BreakerError::Open(name) => {
+                PresenceError::Unavailable(format!("{name} circuit open").into())
+            }
             BreakerError::Inner(error) => unavailable(error),
         })
     }
@@ -314,7 +333,7 @@ impl Presence for RedisPresence {
         Ok(self.0.live_sessions(&[user.to_owned()]).await?.len())
     }
 
-    /// Fails while presence is being rebuilt (see [`RedisShared::rebuilding`]): an answer then
+    /// Fails while presence is being rebuilt (see `RedisShared::rebuilding`): an answer then
     /// could leave out sessions not registered again yet, and the caller broadcasts instead.
     async fn nodes_of(
         &self,
@@ -442,9 +461,9 @@ impl NodeBus for RedisBus {
             .guarded(connection.publish(shared.key(&["deliver", node]), payload))
             .await?;
         if receivers == 0 {
-            return Err(PresenceError::Unavailable(format!(
-                "no subscriber on the channel of node {node}"
-            )));
+            return Err(PresenceError::Unavailable(
+                format!("no subscriber on the channel of node {node}").into(),
+            ));
         }
         Ok(())
     }

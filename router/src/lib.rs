@@ -26,9 +26,11 @@
 //!    event's seq, so nodes drop what a router sends after losing the partition and never put an
 //!    event behind a later one on a connection; and a new owner first delivers again the last
 //!    `router.takeover_redelivery_events` events, the tail an earlier owner may not have sent;
-//! 4. a failed timeline append stops the router with an error (crash-only): the state may hold
-//!    events the log lacks, and only recovery from the log is trusted. A fenced append means
-//!    another router owns the partition: nothing of the batch is acknowledged;
+//! 4. a failed timeline append stops the router with an error (crash-only, never retried:
+//!    `worker::append_timeline_batch_crash_only`): the state may hold events the log lacks, and a
+//!    retry could append the batch twice, so only recovery from the log by the partition's next
+//!    owner is trusted. A fenced append means another router owns the partition: nothing of the
+//!    batch is acknowledged;
 //! 5. on revocation and shutdown the worker finishes the batches it was given (explicit drain),
 //!    bounded by half the consumer group's session timeout, so the next owner is not kept
 //!    waiting; past that the worker is aborted, which loses nothing (see `drain`).
@@ -38,41 +40,73 @@ pub mod state;
 mod worker;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chorus_core::broadcast::BroadcastBus;
-use chorus_core::config::{ChorusConfig, Topics};
-use chorus_core::log::{
-    CommitThrottle, EventLog, LogError, PartitionId, PollEvent, Record, StartFrom, by_partition,
-};
+use chorus_core::config::{RouterConfig, Topics};
 use chorus_core::metrics::Metrics;
 use chorus_core::presence::{NodeBus, Presence};
+use chorus_log::{
+    CommitThrottle, EventLog, LogError, PartitionId, PollEvent, Record, StartFrom, by_partition,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// The consumer group of routers on `ingress`: `<topic prefix>chorus-router`, so deployments
 /// that share a Kafka cluster under different prefixes never share a group.
-pub fn router_group(config: &ChorusConfig) -> String {
-    format!("{}chorus-router", config.log.topic_prefix)
+pub fn router_group(config: &RouterConfig) -> String {
+    format!("{}chorus-router", config.topic_prefix)
 }
 
+/// Why the router stopped. Every variant but `WorkerExited` keeps its cause as its source.
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
     #[error("event log: {0}")]
     Log(#[from] LogError),
-    #[error("partition {partition} worker stopped: {reason}")]
-    Worker {
+    /// A worker returned without an error while the router still ran.
+    #[error("partition {partition} worker stopped: exited")]
+    WorkerExited { partition: PartitionId },
+    /// A worker's task panicked or was cancelled.
+    #[error("partition {partition} worker stopped: {source}")]
+    WorkerTask {
         partition: PartitionId,
-        reason: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// A worker's notifier task (acks and deliveries) panicked or was cancelled.
+    #[error("partition {partition} worker stopped: notifier: {source}")]
+    NotifierTask {
+        partition: PartitionId,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// A timeline record could not be decoded during recovery: the state would come out short
+    /// and seqs be reused, so the partition is refused.
+    #[error(
+        "partition {partition} worker stopped: timeline offset {offset} cannot be decoded ({source}); is this binary older than the data?"
+    )]
+    UndecodableTimeline {
+        partition: PartitionId,
+        offset: chorus_log::Offset,
+        #[source]
+        source: chorus_schemas::CodecError,
+    },
+    /// A decided event could not be encoded for `timeline`.
+    #[error("partition {partition} worker stopped: encoding timeline: {source}")]
+    EncodeTimeline {
+        partition: PartitionId,
+        #[source]
+        source: chorus_schemas::CodecError,
     },
 }
 
 /// Everything the router needs, built once by the binary.
 #[derive(Clone)]
 pub struct RouterContext {
-    pub config: Arc<ChorusConfig>,
+    /// The router's slice of the configuration.
+    pub config: Arc<RouterConfig>,
     pub log: Arc<dyn EventLog>,
     pub presence: Arc<dyn Presence>,
     pub bus: Arc<dyn NodeBus>,
@@ -99,11 +133,8 @@ struct WorkerHandle {
     task: JoinHandle<Result<(), RouterError>>,
 }
 
-/// Runs the router until `shutdown` resolves or a partition worker fails.
-pub async fn run(
-    context: RouterContext,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), RouterError> {
+/// Runs the router until `shutdown` is cancelled or a partition worker fails.
+pub async fn run(context: RouterContext, shutdown: CancellationToken) -> Result<(), RouterError> {
     let topics = context.topics();
     context.log.ensure_topic(&topics.ingress).await?;
     context.log.ensure_topic(&topics.timeline).await?;
@@ -118,16 +149,15 @@ pub async fn run(
         .await?;
     let mut workers: HashMap<PartitionId, WorkerHandle> = HashMap::new();
     let batch_records = context.config.router.batch_records;
-    let drain_limit = Duration::from_millis(u64::from(context.config.kafka.session_timeout_ms) / 2);
+    let drain_limit = context.config.drain_timeout;
     // informational only: the sequencer's checkpoint is in `timeline`
     let mut commits = CommitThrottle::new(COMMIT_INTERVAL);
-    tokio::pin!(shutdown);
     let outcome = loop {
         if let Some(failed) = finished_worker(&mut workers).await {
             break Err(failed);
         }
         let polled = tokio::select! {
-            _ = &mut shutdown => break Ok(()),
+            _ = shutdown.cancelled() => break Ok(()),
             polled = consumer.poll(batch_records, Duration::from_millis(250)) => polled,
         };
         match polled? {
@@ -219,14 +249,13 @@ async fn finished_worker(workers: &mut HashMap<PartitionId, WorkerHandle>) -> Op
         .map(|(p, _)| *p)?;
     let handle = workers.remove(&finished)?;
     match handle.task.await {
-        Ok(Ok(())) => Some(RouterError::Worker {
+        Ok(Ok(())) => Some(RouterError::WorkerExited {
             partition: finished,
-            reason: "exited".into(),
         }),
         Ok(Err(error)) => Some(error),
-        Err(join_error) => Some(RouterError::Worker {
+        Err(join_error) => Some(RouterError::WorkerTask {
             partition: finished,
-            reason: join_error.to_string(),
+            source: join_error,
         }),
     }
 }
@@ -244,9 +273,9 @@ async fn drain(
     let mut task = handle.task;
     match tokio::time::timeout(limit, &mut task).await {
         Ok(Ok(result)) => result,
-        Ok(Err(join_error)) => Err(RouterError::Worker {
+        Ok(Err(join_error)) => Err(RouterError::WorkerTask {
             partition,
-            reason: join_error.to_string(),
+            source: join_error,
         }),
         Err(_) => {
             tracing::warn!(partition, ?limit, "worker did not drain in time; aborted");

@@ -7,7 +7,7 @@
 //! stops and recovery re-derives the state from what is durably in the log, so the state never
 //! holds an event the log lacks across a restart.
 //!
-//! Rules (PROTOCOL.md):
+//! Rules (`docs/protocol.md`):
 //! - seq per conversation starts at 1 and has no holes; read cursors take no seq;
 //! - a direct conversation `dm:a:b` has exactly a and b as members; a group exists once created
 //!   and its members come from `conversation_created`, `members_added`, `members_removed`;
@@ -21,7 +21,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use chorus_core::config::{ChorusConfig, LimitsSection};
+use chorus_core::config::{LimitsSection, RouterConfig};
 use chorus_core::error::{ApiError, ErrorCode};
 use chorus_core::ids::Conversation;
 use chorus_schemas::{EventBody, IngressEvent, TimelineEvent};
@@ -104,11 +104,9 @@ impl SequencerState {
     }
 
     /// A state with the configured dedup window and group limits (what the router uses).
-    pub fn for_config(config: &ChorusConfig) -> Self {
-        SequencerState::new(config.router.dedup_window).with_group_limits(GroupLimits::from_limits(
-            &config.limits,
-            config.partitions(),
-        ))
+    pub fn for_config(config: &RouterConfig) -> Self {
+        SequencerState::new(config.router.dedup_window)
+            .with_group_limits(GroupLimits::from_limits(&config.limits, config.partitions))
     }
 
     /// Replaces the group limits.

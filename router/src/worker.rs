@@ -16,10 +16,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use chorus_core::broadcast::EVERY_NODE;
 use chorus_core::error::ApiError;
-use chorus_core::frames::{ack_json, event_json, read_json};
-use chorus_core::log::{FencedWriter, NewRecord, Offset, PartitionId, Record};
 use chorus_core::presence::{Delivery, Frame, Sequencing};
+use chorus_core::protocol::outbound::{EventOutcome, event_json, read_json};
 use chorus_core::validate::validate_ingress;
+use chorus_log::{FencedWriter, NewRecord, Offset, PartitionId, Record};
 use chorus_schemas::{EventBody, IngressEvent, TimelineEvent, decode_ingress, encode_timeline};
 use tokio::sync::mpsc;
 
@@ -78,13 +78,11 @@ pub(crate) async fn recover(
         for record in &records {
             // An undecodable record here would make the state (last seq, dedup window, resume
             // point) come out short and seqs be reused: refuse the partition instead.
-            let event = chorus_schemas::decode_timeline(&record.value).map_err(|error| {
-                RouterError::Worker {
+            let event = chorus_schemas::decode_timeline(&record.value).map_err(|source| {
+                RouterError::UndecodableTimeline {
                     partition,
-                    reason: format!(
-                        "timeline offset {} cannot be decoded ({error}); is this binary older than the data?",
-                        record.offset
-                    ),
+                    offset: record.offset,
+                    source,
                 }
             })?;
             state.apply(&event);
@@ -116,17 +114,12 @@ struct Owner {
 
 /// What to tell whom once a batch is durable.
 enum Notice {
-    /// Ack (again) to the sender's session.
-    Ack {
+    /// An event's outcome for its sender's session: its ack (again, for a retried id) or its
+    /// error. It stays typed until the sender's node writes it to the socket.
+    ToSender {
         node: String,
         session: String,
-        frame: Frame,
-    },
-    /// An error to the sender's session.
-    Error {
-        node: String,
-        session: String,
-        frame: Frame,
+        outcome: EventOutcome,
     },
     /// A sequenced event (or read mark) for the conversation's members.
     Deliver {
@@ -215,7 +208,7 @@ pub(crate) async fn run(
                 context.metrics.reject(error.code.as_str());
                 match origin {
                     Some((node, session)) => {
-                        notices.push(error_notice(node, session, &event, &error))
+                        notices.push(error_notice(node, session, &event, error))
                     }
                     None => dead_letters.push(dead_letter(
                         &record,
@@ -230,11 +223,8 @@ pub(crate) async fn run(
             let conversation = event.conversation.clone();
             match state.decide(event, offset) {
                 Decision::Sequence(timeline_event) => {
-                    let value =
-                        encode_timeline(&timeline_event).map_err(|error| RouterError::Worker {
-                            partition,
-                            reason: format!("encoding timeline: {error}"),
-                        })?;
+                    let value = encode_timeline(&timeline_event)
+                        .map_err(|source| RouterError::EncodeTimeline { partition, source })?;
                     timeline_records.push(NewRecord::new(
                         timeline_event.conversation.as_bytes(),
                         value,
@@ -243,22 +233,28 @@ pub(crate) async fn run(
                 }
                 Decision::Duplicate { seq, event_id } => {
                     if let Some((node, session)) = origin {
-                        let frame =
-                            ack_json(client_msg_id.as_deref(), &conversation, seq, &event_id);
-                        notices.push(Notice::Ack {
+                        notices.push(Notice::ToSender {
                             node,
                             session,
-                            frame: frame.to_string().into(),
+                            outcome: EventOutcome::Acked {
+                                client_msg_id,
+                                conversation,
+                                seq,
+                                event_id,
+                            },
                         });
                     }
                 }
                 Decision::Reject(error) => {
                     context.metrics.reject(error.code.as_str());
                     match origin {
-                        Some((node, session)) => notices.push(Notice::Error {
+                        Some((node, session)) => notices.push(Notice::ToSender {
                             node,
                             session,
-                            frame: error.ws_frame(client_msg_id.as_deref()).to_string().into(),
+                            outcome: EventOutcome::Failed {
+                                client_msg_id,
+                                error,
+                            },
                         }),
                         None => dead_letters.push(dead_letter(
                             &record,
@@ -293,7 +289,7 @@ pub(crate) async fn run(
         if !timeline_records.is_empty() {
             let count = timeline_records.len() as u64;
             let appending = std::time::Instant::now();
-            writer.append(timeline_records).await?;
+            append_timeline_batch_crash_only(writer.as_mut(), timeline_records).await?;
             tracing::trace!(partition, count, elapsed = ?appending.elapsed(), "timeline batch appended");
             context.metrics.events_sequenced.inc_by(count);
         }
@@ -318,11 +314,25 @@ pub(crate) async fn run(
     }
     // a drained worker has told everyone about everything it appended
     drop(notices_out);
-    notifier.await.map_err(|error| RouterError::Worker {
-        partition,
-        reason: format!("notifier: {error}"),
-    })?;
+    notifier
+        .await
+        .map_err(|source| RouterError::NotifierTask { partition, source })?;
     Ok(())
+}
+
+/// Appends a decided batch to the partition's `timeline` through the fenced writer. Crash-only:
+/// never retried. The state has already applied every event of the batch (seqs assigned, dedup
+/// window moved) and the append may have landed in part or in full before failing (Kafka: a
+/// transaction whose commit outcome is unknown), so a retry could write the same events twice
+/// under new offsets, and going on without them would leave holes in the seqs. On failure the
+/// error stops this worker and with it the router (nothing of the batch is acknowledged); the
+/// partition's next owner opens its fenced writer, which aborts an open transaction, and
+/// recovers the state from what the log holds.
+async fn append_timeline_batch_crash_only(
+    writer: &mut dyn FencedWriter,
+    timeline_records: Vec<NewRecord>,
+) -> Result<Vec<Offset>, chorus_log::LogError> {
+    writer.append(timeline_records).await
 }
 
 fn origin_of(event: &IngressEvent) -> Option<(String, String)> {
@@ -332,14 +342,14 @@ fn origin_of(event: &IngressEvent) -> Option<(String, String)> {
     }
 }
 
-fn error_notice(node: String, session: String, event: &IngressEvent, error: &ApiError) -> Notice {
-    Notice::Error {
+fn error_notice(node: String, session: String, event: &IngressEvent, error: ApiError) -> Notice {
+    Notice::ToSender {
         node,
         session,
-        frame: error
-            .ws_frame(event.client_msg_id.as_deref())
-            .to_string()
-            .into(),
+        outcome: EventOutcome::Failed {
+            client_msg_id: event.client_msg_id.clone(),
+            error,
+        },
     }
 }
 
@@ -386,16 +396,15 @@ fn sequenced_notices(
         }
         (_, Some(seq)) => {
             if let Some((node, session)) = origin {
-                let frame = ack_json(
-                    event.client_msg_id.as_deref(),
-                    &event.conversation,
-                    seq,
-                    &event.event_id,
-                );
-                notices.push(Notice::Ack {
+                notices.push(Notice::ToSender {
                     node,
                     session,
-                    frame: frame.to_string().into(),
+                    outcome: EventOutcome::Acked {
+                        client_msg_id: event.client_msg_id.clone(),
+                        conversation: event.conversation.clone(),
+                        seq,
+                        event_id: event.event_id.clone(),
+                    },
                 });
             }
             if let EventBody::MembersRemoved { members: removed } = &event.body {
@@ -452,19 +461,16 @@ async fn notify(context: &RouterContext, notices: Vec<Notice>) {
     let mut degraded: Vec<(String, Delivery)> = Vec::new();
     for notice in notices {
         match notice {
-            Notice::Ack {
+            Notice::ToSender {
                 node,
                 session,
-                frame,
+                outcome,
             } => {
-                context.metrics.acks.inc();
-                targeted.push((node, Delivery::ToSession { session, frame }));
+                if matches!(outcome, EventOutcome::Acked { .. }) {
+                    context.metrics.acks.inc();
+                }
+                targeted.push((node, Delivery::ToSession { session, outcome }));
             }
-            Notice::Error {
-                node,
-                session,
-                frame,
-            } => targeted.push((node, Delivery::ToSession { session, frame })),
             Notice::Deliver {
                 members,
                 frame,
@@ -533,10 +539,10 @@ mod tests {
     use std::sync::Arc;
 
     use chorus_core::config::ChorusConfig;
-    use chorus_core::log::EventLog;
-    use chorus_core::log::embedded::{EmbeddedLog, EmbeddedLogConfig};
     use chorus_core::metrics::Metrics;
     use chorus_core::presence::{LocalBus, LocalPresence};
+    use chorus_log::EventLog;
+    use chorus_log::embedded::{EmbeddedLog, EmbeddedLogConfig};
 
     use super::*;
 
@@ -582,7 +588,7 @@ mod tests {
         ));
         log.append(&topics.timeline, records).await.expect("append");
         let context = RouterContext {
-            config: Arc::new(config),
+            config: Arc::new(config.router_config()),
             log: log.clone(),
             presence: Arc::new(LocalPresence::default()),
             bus: Arc::new(LocalBus::default()),

@@ -41,7 +41,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    /// The `kind` string of PROTOCOL.md.
+    /// The `kind` string of `docs/protocol.md`.
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Message => "message",

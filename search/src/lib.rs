@@ -19,6 +19,9 @@
 //! offset of the relevant `timeline` partitions and waits, at most `projector.read_barrier_ms`,
 //! until the projection has applied them. So a client that got an ack or an event finds it in
 //! history. If a projection lags beyond the barrier, the read answers with what it has.
+//!
+//! The API reads only its slice of the configuration, [`SearchApiConfig`] (built by the
+//! composition with [`SearchApiConfig::from_config`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -27,12 +30,12 @@ use std::time::Duration;
 use chorus_core::auth::{Claims, TokenAuthority};
 use chorus_core::config::ChorusConfig;
 use chorus_core::error::{ApiError, ErrorCode};
-use chorus_core::frames::event_json;
 use chorus_core::http::{json_response, respond, user_claims};
 use chorus_core::ids::Conversation;
-use chorus_core::log::{EventLog, PartitionId, partition_for_key};
 use chorus_core::progress::ProjectionProgress;
+use chorus_core::protocol::outbound::event_json;
 use chorus_core::swap::Swap;
+use chorus_log::{EventLog, PartitionId, partition_for_key};
 use chorus_store::history::MessagePage;
 use chorus_store::search_index::parse_user_query;
 use chorus_store::{HistoryError, HistoryStore, SearchError, SearchIndex, SearchQueryLimits};
@@ -47,9 +50,41 @@ const MAX_PAGE: usize = 1000;
 /// Largest number of search hits.
 const MAX_HITS: usize = 100;
 
+/// The configuration the search/history API reads: its slice of [`ChorusConfig`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchApiConfig {
+    /// Partitions of the `timeline` topic (`log.partitions`).
+    pub partitions: PartitionId,
+    /// The `timeline` topic, whose end offsets the read barrier waits for.
+    pub timeline_topic: String,
+    /// Longest a read waits for the projections (`projector.read_barrier_ms`).
+    pub read_barrier: Duration,
+    /// Largest page of `GET /v1/conversations`, also its default (`limits.max_conversations_page`).
+    pub max_conversations_page: usize,
+    /// Bounds of a search query (`limits.max_search_query_*`).
+    pub query_limits: SearchQueryLimits,
+}
+
+impl SearchApiConfig {
+    /// The slice of `config` the API reads.
+    pub fn from_config(config: &ChorusConfig) -> SearchApiConfig {
+        SearchApiConfig {
+            partitions: config.partitions(),
+            timeline_topic: config.topics().timeline,
+            read_barrier: Duration::from_millis(config.projector.read_barrier_ms),
+            max_conversations_page: config.limits.max_conversations_page,
+            query_limits: SearchQueryLimits {
+                max_bytes: config.limits.max_search_query_bytes,
+                max_depth: config.limits.max_search_query_depth,
+                max_clauses: config.limits.max_search_query_clauses,
+            },
+        }
+    }
+}
+
 /// What the search/history API reads from.
 pub struct SearchApi {
-    pub config: Arc<ChorusConfig>,
+    pub config: SearchApiConfig,
     pub log: Arc<dyn EventLog>,
     /// The history store; replaced when a live replay switches in a rebuilt one.
     pub history: Arc<Swap<dyn HistoryStore>>,
@@ -91,17 +126,19 @@ fn unavailable(error: HistoryError) -> ApiError {
 
 impl SearchApi {
     fn partitions(&self) -> u32 {
-        self.config.partitions()
+        self.config.partitions
     }
 
     /// Waits until `progress` has applied everything the log had in `partitions` when called,
     /// at most `projector.read_barrier_ms` in all.
     async fn barrier(&self, progress: &ProjectionProgress, partitions: &BTreeSet<PartitionId>) {
-        let timeline = self.config.topics().timeline;
-        let deadline = tokio::time::Instant::now()
-            + Duration::from_millis(self.config.projector.read_barrier_ms);
+        let deadline = tokio::time::Instant::now() + self.config.read_barrier;
         for partition in partitions {
-            let Ok(end) = self.log.end_offset(&timeline, *partition).await else {
+            let Ok(end) = self
+                .log
+                .end_offset(&self.config.timeline_topic, *partition)
+                .await
+            else {
                 continue;
             };
             let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -161,7 +198,7 @@ impl SearchApi {
         claims: Claims,
         page: ConversationsQuery,
     ) -> Result<Response, ApiError> {
-        let max_page = self.config.limits.max_conversations_page;
+        let max_page = self.config.max_conversations_page;
         let limit = page.limit.unwrap_or(max_page).clamp(1, max_page);
         let all: BTreeSet<PartitionId> = (0..self.partitions()).collect();
         self.barrier(&self.history_progress, &all).await;
@@ -235,8 +272,8 @@ impl SearchApi {
             return Err(ApiError::new(ErrorCode::BadRequest, "q must not be empty"));
         }
         // parsed before anything is read: a query over a bound costs nothing
-        let text_query = parse_user_query(&query.q, &SearchQueryLimits::from_config(&self.config))
-            .map_err(search_failure)?;
+        let text_query =
+            parse_user_query(&query.q, &self.config.query_limits).map_err(search_failure)?;
         let conversations: Vec<String> = match &query.conversation {
             Some(conversation) => {
                 self.consistent_authorize(&claims.sub, conversation).await?;
@@ -348,4 +385,17 @@ fn decode_path(segment: &str) -> String {
     percent_encoding::percent_decode_str(segment)
         .decode_utf8_lossy()
         .into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_query_limits_are_the_default_configuration() {
+        assert_eq!(
+            SearchApiConfig::from_config(&ChorusConfig::default()).query_limits,
+            SearchQueryLimits::default()
+        );
+    }
 }

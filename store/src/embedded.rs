@@ -2,18 +2,18 @@
 //!
 //! Tables:
 //! - `events` (conversation, seq) → the sequenced [`TimelineEvent`] as JSON;
-//! - `messages` (conversation, seq) → the message as it stands now (JSON [`StoredMessage`]);
-//! - `conversations` conversation → last seq and title (JSON [`StoredConversation`]);
+//! - `messages` (conversation, seq) → the message as it stands now (JSON `StoredMessage`);
+//! - `conversations` conversation → last seq and title (JSON `StoredConversation`);
 //! - `members` (conversation, user) and `user_conversations` (user, conversation), kept as
 //!   mirror images so both "who is in it" and "what is a user in" are range scans;
 //! - `read_cursors` (conversation, user) → the highest seq the user has read;
 //! - `positions` partition → next offset to apply.
 //!
 //! Invariants:
-//! - [`HistoryStore::apply`] is one redb write transaction: the records at or above the stored
-//!   position are applied and the position is raised to `next_offset` in the same commit, so the
-//!   position always describes exactly the data next to it. Records below the position are
-//!   skipped, and the position never moves backwards, so replays change nothing;
+//! - [`HistoryStore::apply`] is one redb write transaction: the position is read, the records
+//!   [`records_to_apply`] keeps (at or above it) are applied and the position is raised in the
+//!   same commit, so the position always describes exactly the data next to it and replays
+//!   change nothing;
 //! - the database is committed with redb's default durability ([`redb::Durability::Immediate`]):
 //!   an acknowledged `apply` survives a crash. A weaker durability would also be correct (the
 //!   projector re-applies from whatever position survived) but buys little with batched applies;
@@ -27,7 +27,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chorus_core::log::{Offset, PartitionId};
+use chorus_log::{Offset, PartitionId};
 use chorus_schemas::{EventBody, TimelineEvent};
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -37,6 +37,7 @@ use crate::history::{
     ConversationSummary, HistoryError, HistoryStore, MessagePage, MessageView,
     direct_conversation_members,
 };
+use crate::position::records_to_apply;
 
 const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
@@ -110,7 +111,7 @@ impl From<EmbeddedError> for HistoryError {
             EmbeddedError::Database(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 HistoryError::Unavailable("history database is open in another process".into())
             }
-            other => HistoryError::Storage(other.to_string()),
+            other => HistoryError::Storage(Box::new(other)),
         }
     }
 }
@@ -146,9 +147,9 @@ impl EmbeddedHistory {
         let joined = tokio::task::spawn_blocking(move || operation(&database)).await;
         match joined {
             Ok(result) => result.map_err(HistoryError::from),
-            Err(join_error) => Err(HistoryError::Storage(format!(
-                "history task did not complete: {join_error}"
-            ))),
+            Err(join_error) => Err(HistoryError::Storage(
+                format!("history task did not complete: {join_error}").into(),
+            )),
         }
     }
 }
@@ -180,20 +181,16 @@ fn apply_batch(
             .get(partition)?
             .map(|stored| stored.value())
             .unwrap_or(0);
-        let pending_records: Vec<&TimelineEvent> = records
-            .iter()
-            .filter(|(offset, _)| *offset >= position)
-            .map(|(_, event)| event)
-            .collect();
-        if pending_records.is_empty() && next_offset <= position {
-            false
-        } else {
-            let mut tables = WriteTables::open(&transaction)?;
-            for event in pending_records {
-                tables.apply_event(event)?;
+        match records_to_apply(position, records, next_offset) {
+            None => false,
+            Some(pending) => {
+                let mut tables = WriteTables::open(&transaction)?;
+                for (_, event) in pending.records {
+                    tables.apply_event(event)?;
+                }
+                positions.insert(partition, pending.new_position)?;
+                true
             }
-            positions.insert(partition, next_offset.max(position))?;
-            true
         }
     };
     if !changed {

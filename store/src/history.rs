@@ -1,11 +1,13 @@
 //! The history port: what the projector writes and the search/history API reads.
 //!
-//! Contract (every adapter; checked by [`conformance`], which the embedded adapter passes in
-//! `store/tests/history_conformance.rs` and the ClickHouse adapter must pass too):
+//! Contract (every adapter; checked by the suite in `conformance.rs`, feature `testsuite`, which
+//! the embedded adapter passes in `store/tests/history_conformance.rs` and the ClickHouse
+//! adapter in `clickhouse/tests/history_conformance.rs`):
 //! - [`HistoryStore::apply`] applies a batch of timeline records of one partition and stores the
 //!   partition's new position in one atomic step; records with an offset below the stored
 //!   position are skipped and the position never moves backwards, so replays (of the same batch,
-//!   an overlapping one or an older one) change nothing; partitions' positions are independent;
+//!   an overlapping one or an older one) change nothing (every adapter decides this with
+//!   [`crate::position::records_to_apply`]); partitions' positions are independent;
 //! - `events` returns the timeline (sequenced events only, never read cursors) in seq order;
 //! - `messages` returns the messages (`message_sent` events only) as they stand now: an edit
 //!   replaces the text and sets `edited`; a recall clears the text and sets `recalled`, keeping
@@ -19,10 +21,12 @@
 //!   members: a user creating a group lists themself; a business system does not), `members_added` and `members_removed`; a direct conversation `dm:<a>:<b>` has exactly
 //!   `a` and `b` as members from its first event on.
 
+#[cfg(any(test, feature = "testsuite"))]
 pub mod conformance;
 
 use async_trait::async_trait;
-use chorus_core::log::{Offset, PartitionId};
+pub use chorus_log::Unavailability;
+use chorus_log::{Offset, PartitionId};
 use chorus_schemas::TimelineEvent;
 use serde::Serialize;
 
@@ -61,12 +65,16 @@ pub struct ConversationSummary {
     pub title: Option<String>,
 }
 
+/// The error that caused a storage failure (an adapter's own error, or a message where there is
+/// none), kept as the failure's `source`.
+pub type ErrorCause = chorus_log::BackendError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
     #[error("history store: {0}")]
-    Storage(String),
+    Storage(#[source] ErrorCause),
     #[error("history store unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Unavailability),
 }
 
 /// Which page of messages to return.

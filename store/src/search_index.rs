@@ -6,8 +6,10 @@
 //!   recalled messages are ignored, as in the history store, so a recalled message never comes
 //!   back into search;
 //! - the partition's position ("next offset to apply") is the payload of the index's last commit,
-//!   so it is atomic with the documents it describes; [`SearchIndex::apply`] skips records below
-//!   it, never moves it backwards, and a send upserts by key, so replays change nothing;
+//!   so it is atomic with the documents it describes; [`SearchIndex::apply`] reads it under the
+//!   partition's writer lock and applies what [`records_to_apply`] keeps (it skips records below
+//!   the position and never moves it backwards), and a send upserts by key, so replays change
+//!   nothing;
 //! - after every commit the partition's reader is reloaded (readers use `ReloadPolicy::Manual`),
 //!   so searches see every applied batch and the committed searcher is the truth edits consult;
 //! - a conversation's documents live in the index of `partition_for_key(conversation)`, which
@@ -30,7 +32,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use chorus_core::log::{Offset, PartitionId, partition_for_key};
+use chorus_log::{Offset, PartitionId, partition_for_key};
 use chorus_schemas::{EventBody, TimelineEvent};
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -49,6 +51,8 @@ use tantivy::tokenizer::{TextAnalyzer, TokenizerManager};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term};
 use tracing::{debug, warn};
 
+use crate::history::ErrorCause;
+use crate::position::records_to_apply;
 pub use crate::search_query::SearchQueryLimits;
 use crate::search_query::build_user_query;
 use crate::tokenizer::{CHORUS_TOKENIZER_NAME, chorus_text_analyzer, register_chorus_tokenizer};
@@ -69,14 +73,14 @@ pub struct SearchHit {
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
     #[error("search index: {0}")]
-    Index(String),
+    Index(#[source] ErrorCause),
     #[error("bad query: {0}")]
     BadQuery(String),
 }
 
 impl From<tantivy::TantivyError> for SearchError {
     fn from(error: tantivy::TantivyError) -> Self {
-        SearchError::Index(error.to_string())
+        SearchError::Index(Box::new(error))
     }
 }
 
@@ -242,21 +246,17 @@ impl SearchIndex {
     ) -> Result<(), SearchError> {
         let partition_index = self.partition(partition)?;
         let mut writer = partition_index.writer.lock();
+        // read under the writer's lock, which every apply of this partition holds
         let position = partition_index.position.load(Ordering::Acquire);
-        let pending_records: Vec<&TimelineEvent> = records
-            .iter()
-            .filter(|(offset, _)| *offset >= position)
-            .map(|(_, event)| event)
-            .collect();
-        if pending_records.is_empty() && next_offset <= position {
+        let Some(pending) = records_to_apply(position, records, next_offset) else {
             return Ok(());
-        }
-        let new_position = next_offset.max(position);
+        };
+        let new_position = pending.new_position;
         let written = self
             .write_batch(
                 &writer,
                 &partition_index.reader.searcher(),
-                &pending_records,
+                &pending.records,
             )
             .and_then(|()| commit_with_position(&mut writer, new_position));
         if let Err(error) = written {
@@ -277,10 +277,10 @@ impl SearchIndex {
         &self,
         writer: &IndexWriter,
         committed: &Searcher,
-        events: &[&TimelineEvent],
+        records: &[&(Offset, TimelineEvent)],
     ) -> Result<(), SearchError> {
         let mut pending: HashMap<String, PendingMessage> = HashMap::new();
-        for event in events {
+        for (_, event) in records.iter().copied() {
             let conversation = event.conversation.as_str();
             match &event.body {
                 EventBody::MessageSent { text } => {
@@ -377,9 +377,9 @@ impl SearchIndex {
                 sender: sender.to_owned(),
                 ts,
             })),
-            _ => Err(SearchError::Index(format!(
-                "document {key:?} lacks its sender or ts"
-            ))),
+            _ => Err(SearchError::Index(
+                format!("document {key:?} lacks its sender or ts").into(),
+            )),
         }
     }
 
@@ -533,10 +533,13 @@ impl SearchIndex {
 
     fn partition(&self, partition: PartitionId) -> Result<&PartitionIndex, SearchError> {
         self.partitions.get(partition as usize).ok_or_else(|| {
-            SearchError::Index(format!(
-                "partition {partition} out of range ({} partitions)",
-                self.partitions.len()
-            ))
+            SearchError::Index(
+                format!(
+                    "partition {partition} out of range ({} partitions)",
+                    self.partitions.len()
+                )
+                .into(),
+            )
         })
     }
 }
@@ -548,19 +551,22 @@ fn open_partition(
     writer_memory_bytes: usize,
 ) -> Result<PartitionIndex, SearchError> {
     std::fs::create_dir_all(partition_dir).map_err(|error| {
-        SearchError::Index(format!("creating {}: {error}", partition_dir.display()))
+        SearchError::Index(format!("creating {}: {error}", partition_dir.display()).into())
     })?;
     let directory = MmapDirectory::open(partition_dir).map_err(|error| {
-        SearchError::Index(format!("opening {}: {error}", partition_dir.display()))
+        SearchError::Index(format!("opening {}: {error}", partition_dir.display()).into())
     })?;
     let mut index = Index::open_or_create(directory, schema.clone())?;
     index.set_tokenizers(tokenizer_manager.clone());
     let position = match index.load_metas()?.payload {
         Some(payload) => payload.parse::<Offset>().map_err(|error| {
-            SearchError::Index(format!(
-                "bad position {payload:?} in {}: {error}",
-                partition_dir.display()
-            ))
+            SearchError::Index(
+                format!(
+                    "bad position {payload:?} in {}: {error}",
+                    partition_dir.display()
+                )
+                .into(),
+            )
         })?,
         None => 0,
     };

@@ -14,7 +14,7 @@
 //!   ranges, sets, regexes, wildcards, boosts or slops;
 //! - a clause group of exclusions only (`-spam`) matches everything else, as Tantivy's parser
 //!   did;
-//! - an excluded clause is wrapped in [`ExcludedClause`], which Tantivy's exclusion can only
+//! - an excluded clause is wrapped in `ExcludedClause`, which Tantivy's exclusion can only
 //!   `seek` forward: Tantivy 0.27's phrase scorer asserts on the `seek_danger` calls its
 //!   exclusion makes (`-"hello world"` panicked, found by the fuzz target
 //!   `store/tests/fuzz_search_query.rs`).
@@ -28,7 +28,6 @@
 //!   bound, before any of it is analysed; so the built query's depth and size, and the cost of
 //!   executing it, are bounded by the configuration.
 
-use chorus_core::config::ChorusConfig;
 use tantivy::query::{
     AllQuery, BooleanQuery, EnableScoring, Explanation, Occur, PhraseQuery, Query, Scorer,
     TermQuery, Weight,
@@ -39,7 +38,9 @@ use tantivy::{DocId, DocSet, Score, SegmentReader, Term};
 
 use crate::search_index::SearchError;
 
-/// The bounds a search query must keep (`limits.max_search_query_*`).
+/// The bounds a search query must keep: the `[limits]` keys `max_search_query_bytes`,
+/// `max_search_query_depth` and `max_search_query_clauses`, which the caller copies from its
+/// configuration (this crate does not read the configuration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SearchQueryLimits {
     /// Longest query, in bytes.
@@ -50,21 +51,15 @@ pub struct SearchQueryLimits {
     pub max_clauses: usize,
 }
 
-impl SearchQueryLimits {
-    /// The bounds configured in `[limits]`.
-    pub fn from_config(config: &ChorusConfig) -> SearchQueryLimits {
-        SearchQueryLimits {
-            max_bytes: config.limits.max_search_query_bytes,
-            max_depth: config.limits.max_search_query_depth,
-            max_clauses: config.limits.max_search_query_clauses,
-        }
-    }
-}
-
 impl Default for SearchQueryLimits {
-    /// The bounds of the default configuration.
+    /// The bounds of the default configuration (the defaults of `[limits]` in
+    /// `chorus_core::config`; the search crate checks that the two agree).
     fn default() -> Self {
-        SearchQueryLimits::from_config(&ChorusConfig::default())
+        SearchQueryLimits {
+            max_bytes: 1024,
+            max_depth: 8,
+            max_clauses: 64,
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! fresh database in a temporary directory; plus what only the embedded adapter promises:
 //! everything, positions included, survives closing and reopening the file.
 
+use std::borrow::Borrow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -10,83 +11,31 @@ use chorus_store::embedded::EmbeddedHistory;
 use chorus_store::history::{HistoryError, HistoryStore, MessagePage, conformance};
 use tempfile::TempDir;
 
-fn fresh_store() -> (TempDir, Arc<EmbeddedHistory>) {
+/// A fresh store in its own temporary folder, removed when the check ends.
+struct FreshStore {
+    store: Arc<EmbeddedHistory>,
+    _directory: TempDir,
+}
+
+impl Borrow<dyn HistoryStore> for FreshStore {
+    fn borrow(&self) -> &(dyn HistoryStore + 'static) {
+        self.store.as_ref()
+    }
+}
+
+async fn fresh_store(_check: &'static str) -> Option<FreshStore> {
     let directory = tempfile::tempdir().unwrap();
     let store = EmbeddedHistory::open(&directory.path().join("history.redb")).unwrap();
-    (directory, store)
+    Some(FreshStore {
+        store,
+        _directory: directory,
+    })
 }
 
-#[tokio::test]
-async fn apply_is_atomic_with_position_and_idempotent() {
-    let (_directory, store) = fresh_store();
-    conformance::apply_is_atomic_with_position_and_idempotent(store.as_ref())
-        .await
-        .unwrap();
-}
-
-#[tokio::test]
-async fn events_are_the_sequenced_timeline_in_order() {
-    let (_directory, store) = fresh_store();
-    conformance::events_are_the_sequenced_timeline_in_order(store.as_ref())
-        .await
-        .unwrap();
-}
-
-#[tokio::test]
-async fn messages_reflect_edits_and_recalls() {
-    let (_directory, store) = fresh_store();
-    conformance::messages_reflect_edits_and_recalls(store.as_ref())
-        .await
-        .unwrap();
-}
-
-#[tokio::test]
-async fn message_pages_are_ascending_windows() {
-    let (_directory, store) = fresh_store();
-    conformance::message_pages_are_ascending_windows(store.as_ref())
-        .await
-        .unwrap();
-}
-
-#[tokio::test]
-async fn conversations_list_memberships_with_read_cursors() {
-    let (_directory, store) = fresh_store();
-    conformance::conversations_list_memberships_with_read_cursors(store.as_ref())
-        .await
-        .unwrap();
-}
-
-#[tokio::test]
-async fn conversation_pages_list_each_conversation_once() {
-    let (_directory, store) = fresh_store();
-    conformance::conversation_pages_list_each_conversation_once(store.as_ref())
-        .await
-        .unwrap();
-}
-
-#[tokio::test]
-async fn conversation_pages_skip_conversations_left() {
-    let (_directory, store) = fresh_store();
-    conformance::conversation_pages_skip_conversations_left(store.as_ref())
-        .await
-        .unwrap();
-}
-
-#[tokio::test]
-async fn group_membership_follows_member_events() {
-    let (_directory, store) = fresh_store();
-    conformance::group_membership_follows_member_events(store.as_ref())
-        .await
-        .unwrap();
-}
-
-#[tokio::test]
-async fn direct_conversations_have_exactly_their_two_members() {
-    let (_directory, store) = fresh_store();
-    conformance::direct_conversations_have_exactly_their_two_members(store.as_ref())
-        .await
-        .unwrap();
-}
+chorus_store::history_conformance!(
+    #[tokio::test]
+    store = fresh_store,
+);
 
 #[tokio::test]
 async fn run_all_passes_with_a_store_factory() {

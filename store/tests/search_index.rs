@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use chorus_core::log::partition_for_key;
+use chorus_log::partition_for_key;
 use chorus_schemas::{EventBody, TimelineEvent};
 use chorus_store::search_index::{
     MAX_SEARCH_HITS, SearchError, SearchHit, SearchIndex, SearchQueryLimits, parse_user_query,

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use chorus_clickhouse::{ClickHouseConfig, ClickHouseHistory};
-use chorus_core::log::{EventLog, NewRecord};
 use chorus_core::metrics::Metrics;
 use chorus_kafka::{KafkaLog, KafkaLogConfig};
+use chorus_log::{EventLog, NewRecord};
 use chorus_projector::{HistorySink, Sink};
 use chorus_schemas::{EventBody, IngressEvent, encode_ingress};
 use chorus_store::EmbeddedHistory;
@@ -99,8 +99,13 @@ async fn a_projector_killed_mid_run_leaves_clickhouse_equal_to_the_embedded_stor
     };
     let _router = ChildServer::spawn(&arguments("router"), &environment("r1")).await?;
 
-    let mut kafka = KafkaLogConfig::new(services.0.clone());
-    kafka.partitions = PARTITIONS;
+    let kafka_section = chorus_core::config::KafkaSection::default();
+    let kafka = KafkaLogConfig::new(
+        services.0.clone(),
+        PARTITIONS,
+        kafka_section.replication_factor,
+        kafka_section.session_timeout_ms,
+    );
     let log: Arc<dyn EventLog> = KafkaLog::new(kafka)?;
     let ingress_topic = format!("{run}.ingress");
     let timeline = format!("{run}.timeline");

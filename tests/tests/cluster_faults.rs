@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use chorus_core::log::EventLog;
 use chorus_kafka::{KafkaLog, KafkaLogConfig};
+use chorus_log::EventLog;
 use chorus_tests::{
     Api, ChildServer, OwnRedis, Participant, distributed_services, free_port, metric, metrics_text,
     role_arguments, role_environment,
@@ -128,7 +128,13 @@ async fn timeline(
     topic: &str,
     conversations: &BTreeSet<String>,
 ) -> anyhow::Result<BTreeMap<String, Vec<(u64, Option<String>)>>> {
-    let log: Arc<dyn EventLog> = KafkaLog::new(KafkaLogConfig::new(bootstrap))?;
+    let kafka = chorus_core::config::KafkaSection::default();
+    let log: Arc<dyn EventLog> = KafkaLog::new(KafkaLogConfig::new(
+        bootstrap,
+        chorus_core::config::DISTRIBUTED_PARTITIONS,
+        kafka.replication_factor,
+        kafka.session_timeout_ms,
+    ))?;
     let mut found: BTreeMap<String, Vec<(u64, Option<String>)>> = BTreeMap::new();
     for partition in 0..log.partition_count(topic).await? {
         let end = log.end_offset(topic, partition).await?;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use chorus_core::log::{EventLog, NewRecord, Record};
+use chorus_log::{EventLog, NewRecord, Record};
 use chorus_schemas::{EventBody, IngressEvent, encode_ingress};
 use chorus_tests::{Client, TestServer, WAIT};
 

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chorus_core::config::ChorusConfig;
-use chorus_core::log::{EventLog, LogError, NewRecord};
 use chorus_core::metrics::Metrics;
 use chorus_core::presence::conformance::CollectingSink;
 use chorus_core::presence::{Delivery, LocalBus, LocalPresence, NodeBus};
 use chorus_kafka::{KafkaLog, KafkaLogConfig};
+use chorus_log::{EventLog, LogError, NewRecord};
 use chorus_router::{RouterContext, RouterError};
 use chorus_schemas::{EventBody, IngressEvent, encode_ingress};
 use chorus_tests::distributed_services;
@@ -44,8 +44,8 @@ fn acked_ids(deliveries: &[Delivery]) -> Vec<String> {
     deliveries
         .iter()
         .filter_map(|delivery| match delivery {
-            Delivery::ToSession { frame, .. } => {
-                let frame: serde_json::Value = serde_json::from_str(frame).ok()?;
+            Delivery::ToSession { outcome, .. } => {
+                let frame: serde_json::Value = outcome.frame();
                 (frame["type"] == "ack").then(|| frame["id"].as_str().unwrap_or("").to_owned())
             }
             Delivery::ToUsers { .. } => None,
@@ -64,22 +64,23 @@ async fn a_fenced_router_appends_and_acknowledges_nothing_more() -> anyhow::Resu
     config.log.partitions = Some(2);
     let config = Arc::new(config);
     let topics = config.topics();
-    let mut kafka = KafkaLogConfig::new(bootstrap);
-    kafka.partitions = 2;
-    kafka.session_timeout_ms = 6000;
+    let kafka = KafkaLogConfig::new(bootstrap, 2, config.kafka.replication_factor, 6000);
     let log: Arc<dyn EventLog> = KafkaLog::new(kafka)?;
     let bus = Arc::new(LocalBus::default());
     let acks = Arc::new(CollectingSink::default());
     bus.attach(&format!("{run}-node"), acks.clone()).await?;
     let context = RouterContext {
-        config: Arc::clone(&config),
+        config: Arc::new(config.router_config()),
         log: Arc::clone(&log),
         presence: Arc::new(LocalPresence::default()),
         bus,
         fallback: None,
         metrics: Arc::new(Metrics::new()),
     };
-    let router = tokio::spawn(chorus_router::run(context, std::future::pending()));
+    let router = tokio::spawn(chorus_router::run(
+        context,
+        tokio_util::sync::CancellationToken::new(),
+    ));
 
     let conversation = format!("dm:{run}alice:{run}bob");
     log.ensure_topic(&topics.ingress).await?;
@@ -98,8 +99,7 @@ async fn a_fenced_router_appends_and_acknowledges_nothing_more() -> anyhow::Resu
     for partition in 0..partitions {
         successors.push(log.fenced_writer(&topics.timeline, partition).await?);
     }
-    let timeline_partition =
-        chorus_core::log::partition_for_key(conversation.as_bytes(), partitions);
+    let timeline_partition = chorus_log::partition_for_key(conversation.as_bytes(), partitions);
     let end_at_takeover = log.end_offset(&topics.timeline, timeline_partition).await?;
 
     log.append(&topics.ingress, vec![message(&run, &conversation, "m2")])

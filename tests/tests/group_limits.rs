@@ -8,7 +8,7 @@
 //!   retried creation still gets its original answer, and a restarted node (state recovered from
 //!   the timeline) decides the same.
 
-use chorus_core::log::partition_for_key;
+use chorus_log::partition_for_key;
 use chorus_tests::{TestServer, generous_limits, token};
 use serde_json::{Value, json};
 

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use chorus_core::log::partition_for_key;
+use chorus_log::partition_for_key;
 use chorus_tests::{
     Api, ChildServer, Client, distributed_services, metric, metrics_text, role_arguments,
     role_environment,

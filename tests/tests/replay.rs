@@ -1,9 +1,10 @@
 //! `chorus replay` rebuilds projections from the log with the same content.
 
-use chorus::DataLayout;
-use chorus::replay::{Projection, replay};
-use chorus_core::log::EventLog;
-use chorus_core::log::embedded::{EmbeddedLog, EmbeddedLogConfig};
+use chorus_core::data_layout::DataLayout;
+use chorus_log::EventLog;
+use chorus_log::embedded::{EmbeddedLog, EmbeddedLogConfig};
+use chorus_projector::ProjectorSettings;
+use chorus_projector::replay::{Projection, replay};
 use chorus_store::embedded::EmbeddedHistory;
 use chorus_store::{HistoryStore, SearchIndex};
 use chorus_tests::{API_KEY, Api, Client, TestServer, chorus_binary, generous_limits, test_config};
@@ -85,7 +86,8 @@ async fn replay_rebuilds_identical_projections() -> anyhow::Result<()> {
     let layout = DataLayout::new(&data_dir);
     std::fs::remove_file(layout.history())?;
     std::fs::remove_dir_all(layout.search())?;
-    let reports = replay(&test_config(&data_dir), Projection::All, false).await?;
+    let settings = ProjectorSettings::from_config(&test_config(&data_dir));
+    let reports = replay(&settings, Projection::All, false).await?;
     assert_eq!(reports.len(), 2);
 
     // the rebuilt stores are in place and positioned at the end of every timeline partition

@@ -2,7 +2,10 @@
 //!
 //! Each check takes a *fresh* store (nothing applied, every position 0), drives it only through
 //! the port, and panics (like `assert!`) when the contract of [`crate::history`] is broken; store
-//! errors are returned. [`run_all`] runs every check, each on a store from the caller's factory.
+//! errors are returned. [`history_conformance!`](crate::history_conformance) makes each check a
+//! test of the adapter whose test file invokes it (the list of checks is kept there, once);
+//! [`run_all`] runs every check, each on a store from the caller's factory. Compiled with the
+//! feature `testsuite` (for adapters' test files).
 //! Nothing here knows about a particular backend, so the embedded (redb) adapter and the
 //! ClickHouse adapter are held to the same contract.
 //!
@@ -14,7 +17,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use chorus_core::log::{Offset, PartitionId};
+use chorus_log::{Offset, PartitionId};
 use chorus_schemas::{EventBody, TimelineEvent};
 
 use super::{ConversationSummary, HistoryError, HistoryStore, MessagePage, MessageView};
@@ -22,22 +25,79 @@ use super::{ConversationSummary, HistoryError, HistoryStore, MessagePage, Messag
 /// More than any check stores, so that "everything" reads are never truncated.
 const READ_ALL: usize = 1_000;
 
-/// Runs every check, each on a fresh store made by `new_store`.
+/// Runs every check, each on a fresh store made by `new_store`, in the order of the list in
+/// [`history_conformance!`](crate::history_conformance).
 pub async fn run_all<NewStore, StoreFuture>(mut new_store: NewStore) -> Result<(), HistoryError>
 where
     NewStore: FnMut() -> StoreFuture,
     StoreFuture: Future<Output = Result<Arc<dyn HistoryStore>, HistoryError>>,
 {
-    apply_is_atomic_with_position_and_idempotent(new_store().await?.as_ref()).await?;
-    events_are_the_sequenced_timeline_in_order(new_store().await?.as_ref()).await?;
-    messages_reflect_edits_and_recalls(new_store().await?.as_ref()).await?;
-    message_pages_are_ascending_windows(new_store().await?.as_ref()).await?;
-    conversations_list_memberships_with_read_cursors(new_store().await?.as_ref()).await?;
-    conversation_pages_list_each_conversation_once(new_store().await?.as_ref()).await?;
-    conversation_pages_skip_conversations_left(new_store().await?.as_ref()).await?;
-    group_membership_follows_member_events(new_store().await?.as_ref()).await?;
-    direct_conversations_have_exactly_their_two_members(new_store().await?.as_ref()).await?;
+    crate::history_conformance!(@checks run_all { new_store });
     Ok(())
+}
+
+/// Makes every check of this suite its own test of the adapter whose test file invokes it, so
+/// that file names no check: the list of checks is kept here, once, next to the checks (the
+/// shape of `chorus_log::event_log_conformance!`).
+///
+/// Give it the attribute(s) of each test (the runtime, e.g. `#[tokio::test]`) and a store
+/// constructor: `store = <expr>`, an async function `fn(check: &'static str) -> Option<S>` where
+/// `S: Borrow<dyn HistoryStore>` (a store, or a value that owns one with what it lives on, e.g.
+/// a temporary folder removed when the check ends). `check` is the check's name; `None` skips
+/// the check (an adapter whose service is missing outside CI: the constructor prints why, or
+/// panics where a skip is not acceptable). A store error fails the test.
+///
+/// ```ignore
+/// chorus_store::history_conformance!(
+///     #[tokio::test]
+///     store = fresh_store,
+/// );
+/// ```
+#[macro_export]
+macro_rules! history_conformance {
+    ($(#[$test_attribute:meta])+ store = $constructor:expr $(,)?) => {
+        $crate::history_conformance!(
+            @checks tests { $(#[$test_attribute])+ store = $constructor }
+        );
+    };
+    // The one list of the suite's checks, in the order `run_all` runs them; hands it to the
+    // arm named by `$arm`.
+    (@checks $arm:ident { $($context:tt)* }) => {
+        $crate::history_conformance!(@$arm { $($context)* } [
+            apply_is_atomic_with_position_and_idempotent,
+            events_are_the_sequenced_timeline_in_order,
+            messages_reflect_edits_and_recalls,
+            message_pages_are_ascending_windows,
+            conversations_list_memberships_with_read_cursors,
+            conversation_pages_list_each_conversation_once,
+            conversation_pages_skip_conversations_left,
+            group_membership_follows_member_events,
+            direct_conversations_have_exactly_their_two_members,
+        ]);
+    };
+    (@tests $context:tt [$($check:ident),* $(,)?]) => {
+        $(
+            $crate::history_conformance!(@test $context $check);
+        )*
+    };
+    (@test { $(#[$test_attribute:meta])+ store = $constructor:expr } $check:ident) => {
+        $(#[$test_attribute])+
+        async fn $check() {
+            let Some(store) = ($constructor)(stringify!($check)).await else {
+                return;
+            };
+            $crate::history::conformance::$check(::std::borrow::Borrow::<
+                dyn $crate::history::HistoryStore,
+            >::borrow(&store))
+            .await
+            .expect("store error");
+        }
+    };
+    (@run_all { $new_store:ident } [$($check:ident),* $(,)?]) => {
+        $(
+            $crate::history::conformance::$check($new_store().await?.as_ref()).await?;
+        )*
+    };
 }
 
 /// Writes timeline records the way the router does: offsets increase per partition, each

@@ -23,7 +23,7 @@ use super::files::{group_file_stem, write_file_atomically};
 use super::frame::{ReadLimits, frame_len};
 use super::partition::PartitionLog;
 use super::{MAX_READ_BYTES, TopicLog};
-use crate::log::{Consumer, LogError, Offset, PartitionId, PollEvent, Record, StartFrom};
+use crate::{Consumer, LogError, Offset, PartitionId, PollEvent, Record, StartFrom};
 
 /// Identifies a member within its (group, topic).
 type MemberId = u64;
@@ -283,7 +283,7 @@ impl GroupShared {
         tokio::task::spawn_blocking(move || group.persist_up_to(version))
             .await
             .map_err(|join_error| {
-                LogError::Backend(format!("offset commit task failed: {join_error}"))
+                LogError::backend_failure_while("offset commit task failed", join_error)
             })?
     }
 
@@ -301,8 +301,9 @@ impl GroupShared {
             topic: self.topic.clone(),
             offsets: snapshot,
         };
-        let contents = serde_json::to_vec_pretty(&file)
-            .map_err(|error| LogError::Backend(format!("encoding committed offsets: {error}")))?;
+        let contents = serde_json::to_vec_pretty(&file).map_err(|error| {
+            LogError::backend_failure_while("encoding committed offsets", error)
+        })?;
         write_file_atomically(&self.offsets_path, &contents)?;
         let mut committed = self.offsets.lock();
         committed.durable = file.offsets;

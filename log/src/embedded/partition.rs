@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use super::files::sync_dir;
 use super::frame::{self, DiskReadError, ReadLimits, encode_frame, scan_frames};
-use crate::log::{LogError, NewRecord, Offset, PartitionId, Record};
+use crate::{LogError, NewRecord, Offset, PartitionId, Record};
 
 /// A sparse index entry is added once this many bytes were written since the previous one, so a
 /// read by offset scans at most about this much (plus one frame) before its first record.
@@ -472,7 +472,9 @@ impl PartitionLog {
             frame::read_frames_at(&file, start, end, limits, partition)
         })
         .await
-        .map_err(|join_error| LogError::Backend(format!("log read task failed: {join_error}")))?;
+        .map_err(|join_error| {
+            LogError::backend_failure_while("log read task failed", join_error)
+        })?;
         outcome.map_err(|error| match error {
             DiskReadError::Io(error) => LogError::Io(error),
             DiskReadError::Damaged { .. } => LogError::Corrupt(format!(

@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 
-use crate::log::{Offset, PartitionId, Record};
+use crate::{Offset, PartitionId, Record};
 
 /// Bytes before the body: the body length and its CRC.
 pub(super) const FRAME_HEADER_BYTES: usize = 8;

@@ -20,7 +20,7 @@ use parking_lot::{Condvar, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 use super::partition::{PartitionLog, StagedAppend};
-use crate::log::{LogError, NewRecord, Offset};
+use crate::{LogError, NewRecord, Offset};
 
 /// Appends queued for the writer before appenders wait for room (back-pressure).
 const REQUEST_QUEUE_CAPACITY: usize = 8192;

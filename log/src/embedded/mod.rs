@@ -354,7 +354,7 @@ impl LogShared {
             partitions: partition_count,
         };
         let contents = serde_json::to_vec_pretty(&metadata)
-            .map_err(|error| LogError::Backend(format!("encoding topic metadata: {error}")))?;
+            .map_err(|error| LogError::backend_failure_while("encoding topic metadata", error))?;
         write_file_atomically(&dir.join(TOPIC_METADATA_FILE_NAME), &contents)?;
         let topic_log = TopicLog {
             name: topic.to_owned(),
@@ -502,7 +502,7 @@ impl EventLog for EmbeddedLog {
         tokio::task::spawn_blocking(move || shared.create_topic(&topic))
             .await
             .map_err(|join_error| {
-                LogError::Backend(format!("topic creation task failed: {join_error}"))
+                LogError::backend_failure_while("topic creation task failed", join_error)
             })?
     }
 

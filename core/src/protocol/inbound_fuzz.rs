@@ -1,5 +1,5 @@
 //! Fuzz target of the client frame parser ([`parse_client_frame`], the first step of every
-//! WebSocket text frame a client sends).
+//! WebSocket text frame a client sends; it lives in `inbound.rs`).
 //!
 //! Guarantee checked on every input: any text (arbitrary strings, JSON objects built from the
 //! protocol's frame types and field names with values of every JSON type, deep nesting) gets
@@ -11,10 +11,10 @@
 //! is described in docs/FUZZING.md.
 
 use bolero::{TypeGenerator, check};
-use chorus_core::error::ErrorCode;
 use serde_json::{Map, Number, Value};
 
-use crate::session::{ClientFrame, parse_client_frame};
+use super::inbound::{ClientFrame, parse_client_frame};
+use crate::error::ErrorCode;
 
 /// Inputs of one short run under `cargo test`.
 const SHORT_RUN_ITERATIONS: usize = 10_000;

@@ -4,7 +4,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
 
-use crate::log::LogError;
+use crate::LogError;
 
 /// Longest topic name, as in Kafka, so topics created here also fit a broker.
 const MAX_TOPIC_NAME_CHARS: usize = 249;

@@ -1,7 +1,9 @@
 //! The conformance suite of the [`EventLog`] port: every adapter must pass every function here.
 //!
-//! Each function is an `async fn(&Harness)` that panics (through `assert!`) on a violation, so an
-//! adapter's test file runs one `#[tokio::test]` per function (or [`run_all`]).
+//! Each check is an `async fn(&Harness)` that panics (through `assert!`) on a violation. An
+//! adapter's test file invokes [`event_log_conformance!`](crate::event_log_conformance), which
+//! makes every check its own test (the list of checks is kept once, in that macro), or calls
+//! [`run_all`].
 //!
 //! What the harness must provide:
 //! - [`Harness::open`] returns a handle on **the same durable storage** every time it is called:
@@ -53,22 +55,78 @@ const READ_WAIT: Duration = Duration::from_millis(500);
 /// Wait of a `read` that is expected to find nothing.
 const EMPTY_READ_WAIT: Duration = Duration::from_millis(100);
 
-/// Runs every conformance check in turn.
+/// Runs every conformance check in turn, in the order of the list in
+/// [`event_log_conformance!`](crate::event_log_conformance).
 pub async fn run_all(harness: &Harness) {
-    append_then_read_in_order(harness).await;
-    same_key_same_partition(harness).await;
-    append_to_explicit_partition(harness).await;
-    unknown_topic_and_bad_partition_are_errors(harness).await;
-    read_from_offset_and_wait_for_new_records(harness).await;
-    end_offset_moves_past_appended(harness).await;
-    durable_across_reopen(harness).await;
-    group_members_split_partitions_exclusively(harness).await;
-    member_leaving_hands_partitions_over(harness).await;
-    committed_offsets_resume_after_rejoin(harness).await;
-    start_from_earliest_and_latest(harness).await;
-    concurrent_appenders_lose_nothing(harness).await;
-    fenced_writer_excludes_its_predecessor(harness).await;
-    read_range_stops_at_the_end(harness).await;
+    crate::event_log_conformance!(@checks run_all { harness });
+}
+
+/// Makes every check of this suite its own test of the adapter whose test file invokes it, so
+/// that file names no check: the list of checks is kept here, once, next to the checks.
+///
+/// Give it the attribute(s) of each test (the runtime the adapter needs, e.g.
+/// `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`) and a harness constructor:
+/// `harness = <expr>`, something callable as `fn(check: &'static str) -> Option<H>` where
+/// `H: Borrow<Harness>` (a harness, or a value that owns one with what it lives on, e.g. a
+/// temporary folder removed when the check ends). `check` is the check's name (for unique topic
+/// names); `None` skips the check (an adapter whose service is missing outside CI: the
+/// constructor prints why, or panics where a skip is not acceptable).
+///
+/// ```ignore
+/// chorus_log::event_log_conformance!(
+///     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+///     harness = fresh_harness,
+/// );
+/// ```
+#[macro_export]
+macro_rules! event_log_conformance {
+    ($(#[$test_attribute:meta])+ harness = $constructor:expr $(,)?) => {
+        $crate::event_log_conformance!(
+            @checks tests { $(#[$test_attribute])+ harness = $constructor }
+        );
+    };
+    // The one list of the suite's checks, in the order `run_all` runs them; hands it to the
+    // arm named by `$arm`.
+    (@checks $arm:ident { $($context:tt)* }) => {
+        $crate::event_log_conformance!(@$arm { $($context)* } [
+            append_then_read_in_order,
+            same_key_same_partition,
+            append_to_explicit_partition,
+            unknown_topic_and_bad_partition_are_errors,
+            read_from_offset_and_wait_for_new_records,
+            end_offset_moves_past_appended,
+            durable_across_reopen,
+            group_members_split_partitions_exclusively,
+            member_leaving_hands_partitions_over,
+            committed_offsets_resume_after_rejoin,
+            start_from_earliest_and_latest,
+            concurrent_appenders_lose_nothing,
+            fenced_writer_excludes_its_predecessor,
+            read_range_stops_at_the_end,
+        ]);
+    };
+    (@tests $context:tt [$($check:ident),* $(,)?]) => {
+        $(
+            $crate::event_log_conformance!(@test $context $check);
+        )*
+    };
+    (@test { $(#[$test_attribute:meta])+ harness = $constructor:expr } $check:ident) => {
+        $(#[$test_attribute])+
+        async fn $check() {
+            let Some(harness) = ($constructor)(stringify!($check)) else {
+                return;
+            };
+            $crate::conformance::$check(::std::borrow::Borrow::<
+                $crate::conformance::Harness,
+            >::borrow(&harness))
+            .await;
+        }
+    };
+    (@run_all { $harness:expr } [$($check:ident),* $(,)?]) => {
+        $(
+            $crate::conformance::$check($harness).await;
+        )*
+    };
 }
 
 /// A fenced writer appends in order and its records read back like any others; opening a second

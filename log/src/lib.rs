@@ -23,9 +23,25 @@
 //!   one `transactional.id` per partition; embedded: an epoch per partition);
 //! - [`EventLog::read_range`] answers a catch-up read (recovery, rebuild) without guessing: an
 //!   empty answer means no record is left below the given end.
+//!
+//! Where the rest lives: this file holds the port (traits, records, [`LogError`]); partitioning
+//! in `partition.rs` ([`partition_for_key`], [`murmur2`], [`by_partition`]); the informational
+//! commit throttle in `throttle.rs` ([`CommitThrottle`]); the embedded adapter in [`embedded`];
+//! the port's conformance suite in `conformance.rs` (feature `testsuite`), whose
+//! `event_log_conformance!` macro makes every check a test of the adapter that invokes it;
+//! [`Unavailability`] (`unavailability.rs`), the "unavailable" cause other ports' errors share.
+//! The Kafka adapter is the `chorus-kafka` crate.
 
+#[cfg(feature = "testsuite")]
 pub mod conformance;
 pub mod embedded;
+mod partition;
+mod throttle;
+mod unavailability;
+
+pub use self::partition::{by_partition, murmur2, partition_for_key};
+pub use self::throttle::CommitThrottle;
+pub use self::unavailability::Unavailability;
 
 use std::time::Duration;
 
@@ -123,13 +139,51 @@ pub enum LogError {
     Corrupt(String),
     #[error("log is closed")]
     Closed,
+    /// A backend failure described by the adapter, with no error of its own underneath.
     #[error("log backend: {0}")]
     Backend(String),
+    /// A backend call (a client library, a blocking task, an encoder) failed: its error is kept
+    /// as the source.
+    #[error("log backend: {source}")]
+    BackendFailure {
+        #[source]
+        source: BackendError,
+    },
+    /// A backend call failed while `doing` something: its error is kept as the source.
+    #[error("log backend: {doing}: {source}")]
+    BackendFailureWhile {
+        doing: String,
+        #[source]
+        source: BackendError,
+    },
     #[error("writer of partition {partition} of topic {topic} was fenced by a newer writer")]
     Fenced {
         topic: String,
         partition: PartitionId,
     },
+}
+
+/// The error of a backend call kept inside a [`LogError`] (rdkafka, tokio, serde...).
+pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl LogError {
+    /// A failed backend call, its error kept as the source.
+    pub fn backend_failure(source: impl Into<BackendError>) -> Self {
+        LogError::BackendFailure {
+            source: source.into(),
+        }
+    }
+
+    /// A backend call that failed while `doing` something, its error kept as the source.
+    pub fn backend_failure_while(
+        doing: impl Into<String>,
+        source: impl Into<BackendError>,
+    ) -> Self {
+        LogError::BackendFailureWhile {
+            doing: doing.into(),
+            source: source.into(),
+        }
+    }
 }
 
 /// The event-log port. Cheap to share (`Arc<dyn EventLog>`).
@@ -220,59 +274,6 @@ pub trait EventLog: Send + Sync + 'static {
     ) -> Result<Box<dyn Consumer>, LogError>;
 }
 
-/// Offsets of informational commits, sent at most once per interval.
-///
-/// The router's and the projectors' real checkpoints live in their own output, so their group
-/// offsets only inform operators (lag tools) and give a new member a starting hint. Committing
-/// them after every batch would cost an fsync (embedded) or a coordinator round trip (Kafka) on
-/// the hot path; this keeps the latest offset per partition and hands them out once `interval`
-/// has passed since the last commit, or all at once on revocation and shutdown.
-#[derive(Debug)]
-pub struct CommitThrottle {
-    interval: Duration,
-    last: std::time::Instant,
-    pending: std::collections::BTreeMap<PartitionId, Offset>,
-}
-
-impl CommitThrottle {
-    pub fn new(interval: Duration) -> Self {
-        CommitThrottle {
-            interval,
-            last: std::time::Instant::now(),
-            pending: std::collections::BTreeMap::new(),
-        }
-    }
-
-    /// Records that everything below `next` of `partition` is consumed.
-    pub fn note(&mut self, partition: PartitionId, next: Offset) {
-        let entry = self.pending.entry(partition).or_insert(next);
-        *entry = (*entry).max(next);
-    }
-
-    /// The offsets to commit now: everything noted, if the interval has passed since the last
-    /// commit; otherwise nothing.
-    pub fn due(&mut self) -> Vec<(PartitionId, Offset)> {
-        if self.pending.is_empty() || self.last.elapsed() < self.interval {
-            return Vec::new();
-        }
-        self.last = std::time::Instant::now();
-        std::mem::take(&mut self.pending).into_iter().collect()
-    }
-
-    /// The offsets noted for `partitions`, whatever the interval (on revocation).
-    pub fn take(&mut self, partitions: &[PartitionId]) -> Vec<(PartitionId, Offset)> {
-        partitions
-            .iter()
-            .filter_map(|partition| Some((*partition, self.pending.remove(partition)?)))
-            .collect()
-    }
-
-    /// Every offset noted, whatever the interval (on shutdown).
-    pub fn take_all(&mut self) -> Vec<(PartitionId, Offset)> {
-        std::mem::take(&mut self.pending).into_iter().collect()
-    }
-}
-
 /// A member of a consumer group. Dropping it leaves the group and releases its partitions.
 #[async_trait]
 pub trait Consumer: Send {
@@ -301,8 +302,14 @@ pub trait Consumer: Send {
 pub trait FencedWriter: Send + Sync {
     /// Appends records to the writer's partition and returns their offsets once they are durable
     /// and visible to readers (within [`EventLog::end_offset`]). Fails with [`LogError::Fenced`] once a newer writer was opened;
-    /// after any error, whether the records became visible is unknown (Kafka: none did;
-    /// embedded: at most a prefix, after a crash), so the owner must recover from the log.
+    /// after any error, whether the records became visible is unknown (Kafka: none did, except
+    /// after a commit whose outcome is unknown, such as one that timed out and still completes
+    /// in the background; embedded: at most a prefix, after a crash), so the owner must recover
+    /// from the log.
+    ///
+    /// Callers never retry an append through a fenced writer: a retry could append the same
+    /// records twice. After an error the owner gives the partition up (or crashes) and its
+    /// successor recovers from what the log holds.
     async fn append(&mut self, records: Vec<NewRecord>) -> Result<Vec<Offset>, LogError>;
 
     /// The partition this writer owns.
@@ -314,95 +321,23 @@ pub trait FencedWriter: Send + Sync {
 /// the range holds no records (Kafka: transaction markers), so the catch-up is complete.
 pub const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 
-/// Splits a batch of records by partition, keeping offset order within each.
-pub fn by_partition(records: Vec<Record>) -> std::collections::BTreeMap<PartitionId, Vec<Record>> {
-    let mut grouped: std::collections::BTreeMap<PartitionId, Vec<Record>> = Default::default();
-    for record in records {
-        grouped.entry(record.partition).or_default().push(record);
-    }
-    grouped
-}
-
-/// Kafka's default (Java client) partitioner: `murmur2(key) & 0x7fffffff % partitions`.
-pub fn partition_for_key(key: &[u8], partitions: u32) -> PartitionId {
-    (murmur2(key) & 0x7fff_ffff) % partitions
-}
-
-/// Kafka's murmur2 hash (seed `0x9747b28c`), as in `org.apache.kafka.common.utils.Utils`.
-pub fn murmur2(data: &[u8]) -> u32 {
-    const SEED: u32 = 0x9747_b28c;
-    const M: u32 = 0x5bd1_e995;
-    const R: u32 = 24;
-    let length = data.len();
-    let mut hash = SEED ^ (length as u32);
-    let mut chunks = data.chunks_exact(4);
-    for chunk in &mut chunks {
-        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> R;
-        k = k.wrapping_mul(M);
-        hash = hash.wrapping_mul(M);
-        hash ^= k;
-    }
-    let tail = chunks.remainder();
-    if tail.len() >= 3 {
-        hash ^= (tail[2] as u32) << 16;
-    }
-    if tail.len() >= 2 {
-        hash ^= (tail[1] as u32) << 8;
-    }
-    if !tail.is_empty() {
-        hash ^= tail[0] as u32;
-        hash = hash.wrapping_mul(M);
-    }
-    hash ^= hash >> 13;
-    hash = hash.wrapping_mul(M);
-    hash ^= hash >> 15;
-    hash
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn commit_throttle_keeps_the_highest_offset_and_waits_for_its_interval() {
-        let mut throttle = CommitThrottle::new(Duration::from_secs(3600));
-        throttle.note(1, 10);
-        throttle.note(1, 7);
-        throttle.note(2, 5);
-        assert!(throttle.due().is_empty(), "the interval has not passed");
-        assert_eq!(throttle.take(&[1, 3]), vec![(1, 10)]);
-        assert_eq!(throttle.take_all(), vec![(2, 5)]);
-        assert!(throttle.take_all().is_empty());
+    fn a_backend_failure_keeps_its_cause_and_the_message_it_had_as_a_string() {
+        let cause = std::io::Error::other("disk on fire");
+        let error = LogError::backend_failure_while("encoding topic metadata", cause);
+        assert_eq!(
+            error.to_string(),
+            "log backend: encoding topic metadata: disk on fire"
+        );
+        let source = std::error::Error::source(&error).map(ToString::to_string);
+        assert_eq!(source.as_deref(), Some("disk on fire"));
 
-        let mut eager = CommitThrottle::new(Duration::ZERO);
-        assert!(eager.due().is_empty(), "nothing noted");
-        eager.note(0, 3);
-        assert_eq!(eager.due(), vec![(0, 3)]);
-        assert!(eager.due().is_empty());
-    }
-
-    #[test]
-    fn murmur2_matches_kafka_reference_values() {
-        // Values from Kafka's UtilsTest.testMurmur2 (signed ints there).
-        let cases: [(&[u8], i32); 4] = [
-            (b"21", -973932308),
-            (b"foobar", -790332482),
-            (b"a-little-bit-long-string", -985981536),
-            (b"a-little-bit-longer-string", -1486304829),
-        ];
-        for (input, expected) in cases {
-            assert_eq!(murmur2(input) as i32, expected, "murmur2({:?})", input);
-        }
-    }
-
-    #[test]
-    fn partition_is_stable_and_in_range() {
-        for partitions in [1, 8, 12] {
-            let first = partition_for_key(b"dm:alice:bob", partitions);
-            assert!(first < partitions);
-            assert_eq!(first, partition_for_key(b"dm:alice:bob", partitions));
-        }
+        let bare = LogError::backend_failure(std::io::Error::other("broker gone"));
+        assert_eq!(bare.to_string(), "log backend: broker gone");
+        assert!(std::error::Error::source(&bare).is_some());
     }
 }

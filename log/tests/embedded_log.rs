@@ -1,15 +1,16 @@
 //! The embedded log against the port's conformance suite, plus its own guarantees: torn-tail
 //! recovery, persistence across restarts, segment rolling, group handover and group commit.
 
+use std::borrow::Borrow;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chorus_core::log::conformance::{self, Harness, OpenLog};
-use chorus_core::log::embedded::{EmbeddedLog, EmbeddedLogConfig, EmbeddedLogTuning};
-use chorus_core::log::{Consumer, EventLog, LogError, NewRecord, Offset, PollEvent, StartFrom};
+use chorus_log::conformance::{self, Harness, OpenLog};
+use chorus_log::embedded::{EmbeddedLog, EmbeddedLogConfig, EmbeddedLogTuning};
+use chorus_log::{Consumer, EventLog, LogError, NewRecord, Offset, PollEvent, StartFrom};
 use futures_util::FutureExt;
 use tempfile::TempDir;
 
@@ -58,33 +59,30 @@ fn disk_heavy_tuning() -> EmbeddedLogTuning {
     }
 }
 
-macro_rules! conformance_tests {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                let dir = TempDir::new().expect("temp dir");
-                conformance::$name(&default_harness(&dir)).await;
-            }
-        )*
-    };
+/// A harness with the fresh folder it lives on (removed when the check ends).
+struct HarnessInTempDir {
+    harness: Harness,
+    _dir: TempDir,
 }
 
-conformance_tests!(
-    append_then_read_in_order,
-    same_key_same_partition,
-    append_to_explicit_partition,
-    unknown_topic_and_bad_partition_are_errors,
-    read_from_offset_and_wait_for_new_records,
-    end_offset_moves_past_appended,
-    durable_across_reopen,
-    group_members_split_partitions_exclusively,
-    member_leaving_hands_partitions_over,
-    committed_offsets_resume_after_rejoin,
-    start_from_earliest_and_latest,
-    concurrent_appenders_lose_nothing,
-    fenced_writer_excludes_its_predecessor,
-    read_range_stops_at_the_end,
+impl Borrow<Harness> for HarnessInTempDir {
+    fn borrow(&self) -> &Harness {
+        &self.harness
+    }
+}
+
+/// The harness of one conformance check: a fresh folder, default tuning.
+fn fresh_harness(_check: &str) -> Option<HarnessInTempDir> {
+    let dir = TempDir::new().expect("temp dir");
+    Some(HarnessInTempDir {
+        harness: default_harness(&dir),
+        _dir: dir,
+    })
+}
+
+chorus_log::event_log_conformance!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    harness = fresh_harness,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -617,7 +615,7 @@ async fn poll_until_assigned(consumer: &mut dyn Consumer, partitions: usize) -> 
         .expect("assignment in time")
 }
 
-async fn poll_records(consumer: &mut dyn Consumer, count: usize) -> Vec<chorus_core::log::Record> {
+async fn poll_records(consumer: &mut dyn Consumer, count: usize) -> Vec<chorus_log::Record> {
     let poll = async {
         let mut records = Vec::new();
         while records.len() < count {

@@ -1,0 +1,224 @@
+//! `chorus serve`: the embedded composition. [`serve`] runs every role in one process on the
+//! embedded adapters: the durable local log, the embedded history store, in-process presence
+//! and delivery, and the Tantivy indexes, all under one data directory that one process at a
+//! time may hold (a lock file). The embedded adapters are chosen here and nowhere else (the
+//! distributed ones in `roles.rs`).
+//!
+//! Shutdown is ordered ([`Served::shutdown`], see `lifecycle.rs`): stop accepting connections
+//! and close sessions (1001), and wait until they have; then stop the router and the projector
+//! (each finishes its batch in flight) and wait for them; then close the log.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chorus_core::auth::TokenAuthority;
+use chorus_core::config::ChorusConfig;
+use chorus_core::data_layout::DataLayout;
+use chorus_core::metrics::Metrics;
+use chorus_core::presence::{LocalBus, LocalPresence, NodeBus, Presence};
+use chorus_core::swap::Swap;
+use chorus_ingest::membership::{Membership, MembershipError};
+use chorus_ingest::{Ingest, IngestDependencies};
+use chorus_log::EventLog;
+use chorus_log::embedded::{EmbeddedLog, EmbeddedLogConfig};
+use chorus_projector::{Projections, ProjectorSettings};
+use chorus_router::RouterContext;
+use chorus_search::{SearchApi, SearchApiConfig};
+use chorus_store::HistoryStore;
+use warp::Filter;
+
+use crate::admin::{Routes, admin_replay, operations};
+use crate::lifecycle::{NodeTasks, Stage};
+
+/// Membership for typing indicators, read from the (swappable) history projection.
+pub(crate) struct HistoryMembership(pub(crate) Arc<Swap<dyn HistoryStore>>);
+
+#[async_trait]
+impl Membership for HistoryMembership {
+    async fn members(&self, conversation: &str) -> Result<Vec<String>, MembershipError> {
+        self.0
+            .get()
+            .members(conversation)
+            .await
+            .map_err(|error| MembershipError::Store(Box::new(error)))
+    }
+}
+
+/// The read API over a node's projections.
+pub(crate) fn search_api(
+    config: &ChorusConfig,
+    projections: &Projections,
+    tokens: Arc<TokenAuthority>,
+) -> Arc<SearchApi> {
+    Arc::new(SearchApi {
+        config: SearchApiConfig::from_config(config),
+        log: projections.log.clone(),
+        history: projections.history.clone(),
+        index: projections.index.clone(),
+        history_progress: projections.history_progress.clone(),
+        search_progress: projections.search_progress.clone(),
+        tokens,
+    })
+}
+
+/// Runs the projector under its supervisor in the pipeline phase, and returns the
+/// `POST /v1/admin/replay` route that asks it for live replays.
+pub(crate) fn supervise_projector(
+    config: &ChorusConfig,
+    projections: Projections,
+    tasks: &NodeTasks,
+) -> Routes {
+    let (projector, supervisor) = projections.supervise(tasks.token(Stage::Pipeline));
+    tasks.spawn(Stage::Pipeline, "projector", async move {
+        Ok(supervisor.run().await?)
+    });
+    admin_replay(config.auth.api_key.as_str().into(), projector)
+}
+
+/// A running `chorus serve`.
+pub struct Served {
+    /// The address it listens on (useful with port 0).
+    pub addr: SocketAddr,
+    /// The business API key in force.
+    pub api_key: String,
+    /// Metrics, for tests and the binary.
+    pub metrics: Arc<Metrics>,
+    /// The HTTP server and sessions, the router and the projector, by shutdown phase.
+    tasks: NodeTasks,
+    /// The embedded log, closed last.
+    log: Arc<EmbeddedLog>,
+    /// Where the running node's URL is recorded (removed on shutdown).
+    running_file: PathBuf,
+    /// The data directory lock, released last.
+    _lock: File,
+}
+
+/// Starts every role on the embedded adapters. The config must already have its secrets
+/// and be valid.
+pub async fn serve(config: ChorusConfig) -> anyhow::Result<Served> {
+    config.validate()?;
+    let config = Arc::new(config);
+    let layout = DataLayout::new(&config.data_dir);
+    let lock = layout.lock_exclusive()?;
+    let metrics = Arc::new(Metrics::new());
+    let mut log_config = EmbeddedLogConfig::new(layout.log());
+    log_config.partitions = config.partitions();
+    let embedded_log = EmbeddedLog::open(log_config)?;
+    let log: Arc<dyn EventLog> = embedded_log.clone();
+    let topics = config.topics();
+    for topic in [&topics.ingress, &topics.timeline, &topics.dead_letter] {
+        let partitions = log.ensure_topic(topic).await?;
+        anyhow::ensure!(
+            partitions == config.partitions(),
+            "topic {topic} has {partitions} partitions but log.partitions is {}; partitions cannot change",
+            config.partitions()
+        );
+    }
+    let projections = Projections::open(
+        ProjectorSettings::from_config(&config),
+        log.clone(),
+        metrics.clone(),
+    )?;
+    let presence: Arc<dyn Presence> = Arc::new(LocalPresence::default());
+    let bus: Arc<dyn NodeBus> = Arc::new(LocalBus::default());
+    let tokens = Arc::new(TokenAuthority::from_config(&config.auth));
+    let tasks = NodeTasks::new();
+
+    let ingest = Ingest::start(
+        IngestDependencies {
+            config: Arc::new(config.ingest_config()),
+            log: log.clone(),
+            presence: presence.clone(),
+            bus: bus.clone(),
+            membership: Arc::new(HistoryMembership(projections.history.clone())),
+            tokens: tokens.clone(),
+            metrics: metrics.clone(),
+        },
+        tasks.token(Stage::Edge),
+    )
+    .await?;
+    let search_api = search_api(&config, &projections, tokens);
+
+    let router_context = RouterContext {
+        config: Arc::new(config.router_config()),
+        log: log.clone(),
+        presence,
+        bus,
+        fallback: None,
+        metrics: metrics.clone(),
+    };
+    let router_stop = tasks.token(Stage::Pipeline);
+    tasks.spawn(Stage::Pipeline, "router", async move {
+        Ok(chorus_router::run(router_context, router_stop).await?)
+    });
+    let admin = supervise_projector(&config, projections, &tasks);
+    // everything runs in this process: no outside dependency to report
+    let routes = operations(metrics.clone(), Arc::default())
+        .or(admin)
+        .unify()
+        .or(chorus_ingest::routes(ingest.clone()))
+        .unify()
+        .or(chorus_search::routes(search_api))
+        .unify()
+        .recover(chorus_core::http::recover)
+        .unify()
+        .with(warp::trace::request())
+        .map(warp::Reply::into_response)
+        .boxed();
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let server_stop = tasks.token(Stage::Edge);
+    tasks.spawn(Stage::Edge, "http", async move {
+        chorus_ingest::server::serve(listener, ingest.clone(), routes, server_stop).await;
+        ingest.sessions_closed().await;
+        Ok(())
+    });
+    let running_file = layout.running_file();
+    std::fs::write(
+        &running_file,
+        serde_json::json!({"url": format!("http://{addr}")}).to_string(),
+    )?;
+    Ok(Served {
+        addr,
+        api_key: config.auth.api_key.clone(),
+        metrics,
+        tasks,
+        log: embedded_log,
+        running_file,
+        _lock: lock,
+    })
+}
+
+impl Served {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The event log this node runs on.
+    pub fn log(&self) -> Arc<dyn EventLog> {
+        self.log.clone()
+    }
+
+    /// Resolves when a role stops by itself (an error); returns which and why.
+    pub async fn failed(&mut self) -> (String, anyhow::Error) {
+        self.tasks.failed().await
+    }
+
+    /// Stops every role in order (sessions, then router and projector) and closes the log.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let mut first_error = None;
+        for (name, error) in self.tasks.shutdown().await {
+            tracing::error!(role = name, %error, "role failed during shutdown");
+            first_error.get_or_insert(error);
+        }
+        self.log.close().await;
+        let _ = std::fs::remove_file(&self.running_file);
+        first_error.map_or(Ok(()), Err)
+    }
+}

@@ -1,0 +1,205 @@
+//! The rows of the history tables and their conversions: a timeline record is one `events` row
+//! keyed by its log position `(partition, offset)` (a replay writes the same row again, which
+//! the `ReplacingMergeTree` replaces), plus one `members` row per membership change it makes;
+//! `positions` holds each partition's next offset to apply. [`EventRow::into_event`] gives back
+//! exactly the event [`EventRow::from_event`] was made from.
+
+use chorus_log::{Offset, PartitionId};
+use chorus_schemas::{EventBody, TimelineEvent};
+use chorus_store::history::{HistoryError, direct_conversation_members};
+use clickhouse::Row;
+use serde::{Deserialize, Serialize};
+
+/// One timeline record in `events`, keyed by its log position `(partition, offset)`; the columns
+/// a kind does not use hold their empty value.
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+pub(crate) struct EventRow {
+    pub(crate) partition: u32,
+    pub(crate) offset: u64,
+    pub(crate) conversation: String,
+    pub(crate) seq: u64,
+    pub(crate) event_id: String,
+    pub(crate) kind: String,
+    pub(crate) sender: String,
+    pub(crate) ts_ms: i64,
+    pub(crate) origin_cluster: String,
+    pub(crate) client_msg_id: Option<String>,
+    pub(crate) ingress_offset: u64,
+    pub(crate) text: String,
+    pub(crate) target_seq: u64,
+    pub(crate) title: Option<String>,
+    pub(crate) members: Vec<String>,
+    pub(crate) read_seq: u64,
+}
+
+/// One membership change in `members`: whether `user` is in `conversation` as of `seq`.
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+pub(crate) struct MemberRow {
+    pub(crate) user: String,
+    pub(crate) conversation: String,
+    pub(crate) seq: u64,
+    pub(crate) present: u8,
+}
+
+/// A partition's position in `positions` (the highest stored one counts).
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+pub(crate) struct PositionRow {
+    pub(crate) partition: u32,
+    pub(crate) next_offset: u64,
+}
+
+/// The columns of [`EventRow`], in order, for `SELECT`s.
+pub(crate) const EVENT_COLUMNS: &str = "partition, offset, conversation, seq, event_id, kind, sender, ts_ms, \
+     origin_cluster, client_msg_id, ingress_offset, text, target_seq, title, members, read_seq";
+
+impl EventRow {
+    pub(crate) fn from_event(
+        partition: PartitionId,
+        offset: Offset,
+        event: &TimelineEvent,
+    ) -> EventRow {
+        let mut row = EventRow {
+            partition,
+            offset,
+            conversation: event.conversation.clone(),
+            seq: event.seq.unwrap_or(0),
+            event_id: event.event_id.clone(),
+            kind: event.body.kind().as_str().to_owned(),
+            sender: event.sender.clone(),
+            ts_ms: event.ts_ms,
+            origin_cluster: event.origin_cluster.clone(),
+            client_msg_id: event.client_msg_id.clone(),
+            ingress_offset: event.ingress_offset,
+            text: String::new(),
+            target_seq: 0,
+            title: None,
+            members: Vec::new(),
+            read_seq: 0,
+        };
+        match &event.body {
+            EventBody::MessageSent { text } => row.text = text.clone(),
+            EventBody::MessageEdited { target_seq, text } => {
+                row.target_seq = *target_seq;
+                row.text = text.clone();
+            }
+            EventBody::MessageRecalled { target_seq } => row.target_seq = *target_seq,
+            EventBody::ConversationCreated { title, members } => {
+                row.title = title.clone();
+                row.members = members.clone();
+            }
+            EventBody::MembersAdded { members } | EventBody::MembersRemoved { members } => {
+                row.members = members.clone()
+            }
+            EventBody::ReadCursorMoved { seq } => row.read_seq = *seq,
+        }
+        row
+    }
+
+    pub(crate) fn into_event(self) -> Result<TimelineEvent, HistoryError> {
+        let body = match self.kind.as_str() {
+            "message" => EventBody::MessageSent { text: self.text },
+            "edit" => EventBody::MessageEdited {
+                target_seq: self.target_seq,
+                text: self.text,
+            },
+            "recall" => EventBody::MessageRecalled {
+                target_seq: self.target_seq,
+            },
+            "conversation_created" => EventBody::ConversationCreated {
+                title: self.title,
+                members: self.members,
+            },
+            "members_added" => EventBody::MembersAdded {
+                members: self.members,
+            },
+            "members_removed" => EventBody::MembersRemoved {
+                members: self.members,
+            },
+            "read" => EventBody::ReadCursorMoved { seq: self.read_seq },
+            other => {
+                return Err(HistoryError::Storage(
+                    format!(
+                        "unknown event kind {other:?} at {}/{}",
+                        self.partition, self.offset
+                    )
+                    .into(),
+                ));
+            }
+        };
+        Ok(TimelineEvent {
+            conversation: self.conversation,
+            seq: (self.seq > 0).then_some(self.seq),
+            event_id: self.event_id,
+            sender: self.sender,
+            ts_ms: self.ts_ms,
+            origin_cluster: self.origin_cluster,
+            client_msg_id: self.client_msg_id,
+            ingress_offset: self.ingress_offset,
+            body,
+        })
+    }
+}
+
+/// The membership changes an event makes: (user, present).
+pub(crate) fn membership_changes(event: &TimelineEvent) -> Vec<(String, bool)> {
+    if let Some((first, second)) = direct_conversation_members(&event.conversation) {
+        return vec![(first.to_owned(), true), (second.to_owned(), true)];
+    }
+    match &event.body {
+        EventBody::ConversationCreated { members, .. } | EventBody::MembersAdded { members } => {
+            members
+                .iter()
+                .map(|member| (member.clone(), true))
+                .collect()
+        }
+        EventBody::MembersRemoved { members } => members
+            .iter()
+            .map(|member| (member.clone(), false))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_through_rows() {
+        let bodies = vec![
+            EventBody::MessageSent { text: "hi".into() },
+            EventBody::MessageEdited {
+                target_seq: 1,
+                text: "hello".into(),
+            },
+            EventBody::MessageRecalled { target_seq: 1 },
+            EventBody::ConversationCreated {
+                title: Some("t".into()),
+                members: vec!["a".into(), "b".into()],
+            },
+            EventBody::MembersAdded {
+                members: vec!["c".into()],
+            },
+            EventBody::MembersRemoved {
+                members: vec!["a".into()],
+            },
+            EventBody::ReadCursorMoved { seq: 4 },
+        ];
+        for (index, body) in bodies.into_iter().enumerate() {
+            let read = matches!(body, EventBody::ReadCursorMoved { .. });
+            let event = TimelineEvent {
+                conversation: "g:1".into(),
+                seq: (!read).then_some(index as u64 + 1),
+                event_id: format!("e{index}"),
+                sender: "a".into(),
+                ts_ms: 7,
+                origin_cluster: "local".into(),
+                client_msg_id: Some("m".into()),
+                ingress_offset: 9,
+                body,
+            };
+            let row = EventRow::from_event(2, index as u64, &event);
+            assert_eq!(row.into_event().unwrap(), event);
+        }
+    }
+}

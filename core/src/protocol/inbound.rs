@@ -1,0 +1,76 @@
+//! Client → server WebSocket frames of `docs/protocol.md` and their parser.
+//!
+//! Guarantee: any text gets an answer, never a panic: either a [`ClientFrame`] with the frame's
+//! string `id` (when it has one), or an [`UnparsedFrame`] carrying the `bad_request` to answer
+//! with and the `id` to echo (fuzzed by `inbound_fuzz.rs`). Only JSON objects are frames.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{ApiError, ErrorCode};
+
+/// One client frame, by its `type`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    Send {
+        id: String,
+        conversation: String,
+        text: String,
+    },
+    Edit {
+        id: String,
+        conversation: String,
+        seq: u64,
+        text: String,
+    },
+    Recall {
+        id: String,
+        conversation: String,
+        seq: u64,
+    },
+    Read {
+        conversation: String,
+        seq: u64,
+    },
+    Typing {
+        conversation: String,
+    },
+    Ping,
+    /// Renews the session's token without reconnecting.
+    Auth {
+        token: String,
+    },
+}
+
+/// A client frame that could not be parsed: the `bad_request` to answer with, and the frame's
+/// `id` when one could be read (the `error` frame echoes it).
+#[derive(Debug)]
+pub struct UnparsedFrame {
+    pub error: ApiError,
+    pub client_msg_id: Option<String>,
+}
+
+/// Parses one client text frame into its `id` (if it has one) and the frame. Any input gets an
+/// answer, never a panic.
+pub fn parse_client_frame(text: &str) -> Result<(Option<String>, ClientFrame), UnparsedFrame> {
+    let value: Value = serde_json::from_str(text).map_err(|error| UnparsedFrame {
+        error: ApiError::new(ErrorCode::BadRequest, format!("malformed json: {error}")),
+        client_msg_id: None,
+    })?;
+    let client_msg_id = value.get("id").and_then(Value::as_str).map(str::to_owned);
+    if !value.is_object() {
+        // serde would also take `["send", id, conversation, text]` as a frame
+        return Err(UnparsedFrame {
+            error: ApiError::new(ErrorCode::BadRequest, "bad frame: not a json object"),
+            client_msg_id,
+        });
+    }
+    match serde_json::from_value::<ClientFrame>(value) {
+        Ok(frame) => Ok((client_msg_id, frame)),
+        Err(error) => Err(UnparsedFrame {
+            error: ApiError::new(ErrorCode::BadRequest, format!("bad frame: {error}")),
+            client_msg_id,
+        }),
+    }
+}

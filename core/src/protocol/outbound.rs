@@ -1,0 +1,173 @@
+//! Server → client objects of `docs/protocol.md` that more than one stage builds: timeline
+//! events (the `event` frame, also the items of `/events`), `read` and `typing` frames, and the
+//! outcome of an event for its sender ([`EventOutcome`]).
+//!
+//! An outcome stays typed from the router to the sender's ingest node (the node bus carries it
+//! as a structured value) and is serialised only at the socket: as an `ack` or `error` frame on
+//! the sender's WebSocket ([`EventOutcome::frame`]), or as a result of an HTTP write, whose
+//! handler reads the fields. Nothing parses a frame back.
+
+use chorus_schemas::{EventBody, TimelineEvent};
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+
+/// What became of one event, for its sender: sequenced (or already sequenced, for a retried
+/// id), or refused with an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// The event is durable in `timeline` with this seq.
+    Acked {
+        client_msg_id: Option<String>,
+        conversation: String,
+        seq: u64,
+        event_id: String,
+    },
+    /// The event was refused.
+    Failed {
+        client_msg_id: Option<String>,
+        error: ApiError,
+    },
+}
+
+impl EventOutcome {
+    /// The WebSocket frame: `ack`, or `error` echoing the client's id.
+    pub fn frame(&self) -> Value {
+        match self {
+            EventOutcome::Acked {
+                client_msg_id,
+                conversation,
+                seq,
+                event_id,
+            } => ack_json(client_msg_id.as_deref(), conversation, *seq, event_id),
+            EventOutcome::Failed {
+                client_msg_id,
+                error,
+            } => error.ws_frame(client_msg_id.as_deref()),
+        }
+    }
+}
+
+/// The `event` frame (and `/events` item) of a sequenced timeline event.
+pub fn event_json(event: &TimelineEvent) -> Value {
+    let mut frame = json!({
+        "type": "event",
+        "conversation": event.conversation,
+        "seq": event.seq,
+        "kind": event.body.kind().as_str(),
+        "event_id": event.event_id,
+        "sender": event.sender,
+        "ts": event.ts_ms,
+    });
+    let Some(object) = frame.as_object_mut() else {
+        return frame;
+    };
+    if let Some(client_msg_id) = &event.client_msg_id {
+        object.insert("client_msg_id".into(), json!(client_msg_id));
+    }
+    if event.origin_cluster != "local" {
+        object.insert("origin_cluster".into(), json!(event.origin_cluster));
+    }
+    match &event.body {
+        EventBody::MessageSent { text } => {
+            object.insert("text".into(), json!(text));
+        }
+        EventBody::MessageEdited { target_seq, text } => {
+            object.insert("target_seq".into(), json!(target_seq));
+            object.insert("text".into(), json!(text));
+        }
+        EventBody::MessageRecalled { target_seq } => {
+            object.insert("target_seq".into(), json!(target_seq));
+        }
+        EventBody::ConversationCreated { title, members } => {
+            object.insert("members".into(), json!(members));
+            if let Some(title) = title {
+                object.insert("title".into(), json!(title));
+            }
+        }
+        EventBody::MembersAdded { members } | EventBody::MembersRemoved { members } => {
+            object.insert("members".into(), json!(members));
+        }
+        EventBody::ReadCursorMoved { seq } => {
+            object.insert("read_seq".into(), json!(seq));
+        }
+    }
+    frame
+}
+
+/// The `read` frame: a member moved their read cursor (no seq of its own).
+pub fn read_json(conversation: &str, user: &str, seq: u64) -> Value {
+    json!({"type": "read", "conversation": conversation, "user": user, "seq": seq})
+}
+
+/// The `ack` frame.
+/// Serialises an [`EventOutcome`] as the text of its frame, and reads it back: the node-to-node
+/// form of [`crate::presence::Delivery::ToSession`], unchanged since outcomes became typed.
+pub mod outcome_as_frame_text {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_json::Value;
+
+    use super::EventOutcome;
+    use crate::error::{ApiError, ErrorCode};
+
+    pub fn serialize<S: Serializer>(
+        outcome: &EventOutcome,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&outcome.frame().to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<EventOutcome, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let frame: Value = serde_json::from_str(&text).map_err(D::Error::custom)?;
+        let text_field = |name: &str| -> Result<String, D::Error> {
+            frame
+                .get(name)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| D::Error::custom(format!("outcome frame without `{name}`")))
+        };
+        let client_msg_id = frame.get("id").and_then(Value::as_str).map(str::to_owned);
+        match frame.get("type").and_then(Value::as_str) {
+            Some("ack") => Ok(EventOutcome::Acked {
+                client_msg_id,
+                conversation: text_field("conversation")?,
+                seq: frame
+                    .get("seq")
+                    .and_then(Value::as_u64)
+                    .ok_or_else(|| D::Error::custom("outcome frame without `seq`"))?,
+                event_id: text_field("event_id")?,
+            }),
+            Some("error") => {
+                let code: ErrorCode =
+                    serde_json::from_value(frame.get("code").cloned().unwrap_or(Value::Null))
+                        .map_err(D::Error::custom)?;
+                Ok(EventOutcome::Failed {
+                    client_msg_id,
+                    error: ApiError::new(code, text_field("message")?),
+                })
+            }
+            _ => Err(D::Error::custom(
+                "outcome frame is neither `ack` nor `error`",
+            )),
+        }
+    }
+}
+
+fn ack_json(client_msg_id: Option<&str>, conversation: &str, seq: u64, event_id: &str) -> Value {
+    json!({
+        "type": "ack",
+        "id": client_msg_id,
+        "conversation": conversation,
+        "seq": seq,
+        "event_id": event_id,
+    })
+}
+
+/// The `typing` frame.
+pub fn typing_json(conversation: &str, user: &str) -> Value {
+    json!({"type": "typing", "conversation": conversation, "user": user})
+}

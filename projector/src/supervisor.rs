@@ -1,0 +1,421 @@
+//! The projector's supervisor: runs the projector over a node's projections until shutdown, and
+//! performs live replays between runs.
+//!
+//! [`Projections`] are a node's stores (swappable, so a live replay can switch readers over)
+//! and their progress. [`Projections::supervise`] returns a [`ProjectorHandle`], through which a
+//! live replay is asked for (the admin route of the composition calls it), and the
+//! [`Supervisor`] to run: it starts the projector, and for each replay asked for rebuilds the
+//! projections beside the live ones while the projector keeps the live ones current, then stops
+//! the projector (it finishes its batch in flight), catches the rebuilt stores up, installs them,
+//! switches readers over and restarts the projector (see [`crate::replay`]). A failed replay
+//! leaves the live projections as they were. When its shutdown token is cancelled the
+//! supervisor stops the projector, awaits it, and returns: it leaves no task behind.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chorus_core::metrics::Metrics;
+use chorus_core::progress::ProjectionProgress;
+use chorus_core::swap::Swap;
+use chorus_log::EventLog;
+use chorus_store::embedded::EmbeddedHistory;
+use chorus_store::{HistoryError, HistoryStore, SearchError, SearchIndex};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::ProjectorError;
+use crate::replay::{self, Kind, Projection, ReplayError, ReplayReport};
+use crate::run::{ProjectionRun, ProjectorContext, ProjectorSettings};
+use crate::sinks::{HistorySink, SearchSink};
+
+/// How often a node that reads a history another node projects publishes its stored positions.
+const SHARED_HISTORY_FOLLOW_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Why a node's projections could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenProjectionsError {
+    #[error("creating data directory {path}")]
+    DataDirectory {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    #[error(transparent)]
+    Search(#[from] SearchError),
+}
+
+/// Why a live replay asked through a [`ProjectorHandle`] did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveReplayError {
+    #[error("the projector is not running")]
+    NotRunning,
+    #[error("the projector stopped")]
+    Stopped,
+    #[error("replay failed: {0}")]
+    Failed(#[source] ReplayError),
+}
+
+/// The projections of a node: the stores (swappable, for live replays) and their progress.
+pub struct Projections {
+    pub settings: ProjectorSettings,
+    pub log: Arc<dyn EventLog>,
+    pub metrics: Arc<Metrics>,
+    pub history: Arc<Swap<dyn HistoryStore>>,
+    pub index: Arc<Swap<SearchIndex>>,
+    pub history_progress: Arc<ProjectionProgress>,
+    pub search_progress: Arc<ProjectionProgress>,
+    /// The history lives in ClickHouse, shared by every node (`[clickhouse] url`).
+    pub history_shared: bool,
+    /// Whether this node projects the history, and the search index.
+    pub run_history: bool,
+    pub run_search: bool,
+}
+
+/// A live replay asked for through a [`ProjectorHandle`].
+struct ReplayRequest {
+    projection: Projection,
+    reply: oneshot::Sender<Result<Vec<ReplayReport>, ReplayError>>,
+}
+
+/// Asks a supervised projector for live replays. Cheap to clone.
+#[derive(Clone)]
+pub struct ProjectorHandle {
+    requests: mpsc::Sender<ReplayRequest>,
+}
+
+impl ProjectorHandle {
+    /// Rebuilds `projection` on the running node while it serves, and answers once the rebuilt
+    /// stores are installed and read from.
+    pub async fn replay_live(
+        &self,
+        projection: Projection,
+    ) -> Result<Vec<ReplayReport>, LiveReplayError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(ReplayRequest { projection, reply })
+            .await
+            .map_err(|_| LiveReplayError::NotRunning)?;
+        answer
+            .await
+            .map_err(|_| LiveReplayError::Stopped)?
+            .map_err(LiveReplayError::Failed)
+    }
+}
+
+/// The running projector as the supervisor holds it: its stop token and its task.
+struct RunningProjector {
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), ProjectorError>>,
+}
+
+impl RunningProjector {
+    /// Stops the projector (it finishes its batch in flight) and awaits it.
+    async fn stop(&mut self) -> Result<(), ProjectorError> {
+        self.stop.cancel();
+        (&mut self.task)
+            .await
+            .map_err(|source| ProjectorError::Task {
+                sink: "projector",
+                source,
+            })?
+    }
+}
+
+/// Runs the projector under supervision (see the module docs). Made by
+/// [`Projections::supervise`].
+pub struct Supervisor {
+    projections: Projections,
+    requests: mpsc::Receiver<ReplayRequest>,
+    shutdown: CancellationToken,
+}
+
+impl Projections {
+    /// Opens the history store and search index under the data directory.
+    pub fn open(
+        settings: ProjectorSettings,
+        log: Arc<dyn EventLog>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, OpenProjectionsError> {
+        let layout = settings.layout();
+        create_data_directory(&settings)?;
+        let history: Arc<dyn HistoryStore> = EmbeddedHistory::open(&layout.history())?;
+        Self::assemble(settings, log, metrics, history, false, (true, true))
+    }
+
+    /// Projections around a history shared with other nodes (ClickHouse); `runs` says which of
+    /// (history, search) this node projects. A node that reads the shared history without
+    /// projecting it follows its stored positions (see [`Projections::follow_shared_history`]).
+    pub fn shared(
+        settings: ProjectorSettings,
+        log: Arc<dyn EventLog>,
+        metrics: Arc<Metrics>,
+        history: Arc<dyn HistoryStore>,
+        runs: (bool, bool),
+    ) -> Result<Self, OpenProjectionsError> {
+        create_data_directory(&settings)?;
+        Self::assemble(settings, log, metrics, history, true, runs)
+    }
+
+    fn assemble(
+        settings: ProjectorSettings,
+        log: Arc<dyn EventLog>,
+        metrics: Arc<Metrics>,
+        history: Arc<dyn HistoryStore>,
+        history_shared: bool,
+        (run_history, run_search): (bool, bool),
+    ) -> Result<Self, OpenProjectionsError> {
+        let partitions = settings.partitions;
+        let index = SearchIndex::open(&settings.layout().search(), partitions)?;
+        Ok(Projections {
+            settings,
+            log,
+            metrics,
+            history: Arc::new(Swap::new(history)),
+            index: Arc::new(Swap::new(index)),
+            history_progress: Arc::new(ProjectionProgress::new(partitions)),
+            search_progress: Arc::new(ProjectionProgress::new(partitions)),
+            history_shared,
+            run_history,
+            run_search,
+        })
+    }
+
+    /// Publishes the shared history's stored positions to this node's readers (its read
+    /// barrier), every 100 ms until `shutdown` is cancelled: the node reads a history another
+    /// node projects. The caller runs (and awaits) the returned future.
+    pub fn follow_shared_history(
+        &self,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let history = self.history.clone();
+        let progress = self.history_progress.clone();
+        let partitions = self.settings.partitions;
+        async move {
+            let mut tick = tokio::time::interval(SHARED_HISTORY_FOLLOW_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                match history.get().positions(partitions).await {
+                    Ok(positions) => {
+                        for (partition, position) in (0..partitions).zip(positions) {
+                            progress.advance(partition, position);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "shared history positions unavailable");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The projector under its supervisor, until `shutdown` is cancelled, and the handle that
+    /// asks it for live replays. The caller runs (and awaits) [`Supervisor::run`].
+    pub fn supervise(self, shutdown: CancellationToken) -> (ProjectorHandle, Supervisor) {
+        let (requests, receiver) = mpsc::channel(1);
+        (
+            ProjectorHandle { requests },
+            Supervisor {
+                projections: self,
+                requests: receiver,
+                shutdown,
+            },
+        )
+    }
+
+    fn projector_context(&self) -> ProjectorContext {
+        ProjectorContext {
+            settings: self.settings.clone(),
+            log: self.log.clone(),
+            projections: [
+                self.run_history.then(|| ProjectionRun {
+                    sink: Arc::new(HistorySink(
+                        self.history.get(),
+                        // ClickHouse: fewer, larger inserts
+                        match self.history_shared {
+                            true => self.settings.shared_history_insert_interval,
+                            false => Duration::ZERO,
+                        },
+                    )),
+                    progress: self.history_progress.clone(),
+                    shared: self.history_shared,
+                }),
+                self.run_search.then(|| ProjectionRun {
+                    sink: Arc::new(SearchSink(
+                        self.index.get(),
+                        self.settings.search_commit_interval(),
+                    )),
+                    progress: self.search_progress.clone(),
+                    shared: false,
+                }),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// Starts the projector on the current stores, on `tracker`.
+    fn start_projector(&self, tracker: &TaskTracker) -> RunningProjector {
+        let stop = CancellationToken::new();
+        let task = tracker.spawn(crate::run::run(self.projector_context(), stop.clone()));
+        RunningProjector { stop, task }
+    }
+
+    /// Rebuilds while the running projector keeps the live stores current, then stops it, catches
+    /// up, installs, switches readers over and restarts it (see `replay`'s module docs).
+    async fn live_replay(
+        &self,
+        projection: Projection,
+        projector: &mut RunningProjector,
+        tracker: &TaskTracker,
+    ) -> Result<Vec<ReplayReport>, ReplayError> {
+        let refused = |reason: &str| Err(ReplayError::Refused(reason.to_owned()));
+        let mut kinds: Vec<Kind> = projection.kinds().to_vec();
+        if self.history_shared || !self.run_history {
+            if projection == Projection::History {
+                return refused(
+                    "this node does not keep a history of its own (it is in ClickHouse): replay `search`",
+                );
+            }
+            kinds.retain(|kind| *kind != Kind::History);
+        }
+        if !self.run_search {
+            if projection == Projection::Search {
+                return refused("this node keeps no search index: replay it on a search node");
+            }
+            kinds.retain(|kind| *kind != Kind::Search);
+        }
+        if kinds.is_empty() {
+            return refused("this node keeps nothing to rebuild");
+        }
+        let mut rebuilt = Vec::new();
+        for kind in &kinds {
+            rebuilt.push(replay::rebuild_fresh(&self.settings, &self.log, *kind, false).await?);
+        }
+        if let Err(error) = projector.stop().await {
+            // it failed by itself: run it again, so the supervisor's loop sees how it fares
+            *projector = self.start_projector(tracker);
+            return Err(error.into());
+        }
+        let mut reports = Vec::new();
+        let outcome = async {
+            let layout = self.settings.layout();
+            for mut store in rebuilt {
+                replay::catch_up(&self.settings, &self.log, &mut store, |_| {}).await?;
+                reports.push(store.report());
+                let kind = store.kind;
+                drop(store); // Tantivy works by path: close the rebuilt store, move it, reopen it
+                replay::install(&self.settings, kind)?;
+                match kind {
+                    Kind::History => {
+                        self.history
+                            .replace(EmbeddedHistory::open(&layout.history())?);
+                    }
+                    Kind::Search => {
+                        let partitions = self.settings.partitions;
+                        self.index
+                            .replace(SearchIndex::open(&layout.search(), partitions)?);
+                    }
+                }
+            }
+            Ok::<(), ReplayError>(())
+        }
+        .await;
+        *projector = self.start_projector(tracker);
+        outcome.map(|()| reports)
+    }
+}
+
+impl Supervisor {
+    /// Runs the projector, and performs live replays between runs. Ends with the projector: when
+    /// it fails, or once it stopped after `shutdown` was cancelled.
+    pub async fn run(mut self) -> Result<(), ProjectorError> {
+        let tracker = TaskTracker::new();
+        let mut projector = self.projections.start_projector(&tracker);
+        let outcome = loop {
+            tokio::select! {
+                finished = &mut projector.task => {
+                    break finished.unwrap_or_else(|source| {
+                        Err(ProjectorError::Task { sink: "projector", source })
+                    });
+                }
+                _ = self.shutdown.cancelled() => break projector.stop().await,
+                Some(request) = self.requests.recv() => {
+                    tracing::info!(projection = ?request.projection, "live replay started");
+                    let outcome = self
+                        .projections
+                        .live_replay(request.projection, &mut projector, &tracker)
+                        .await;
+                    if let Err(error) = &outcome {
+                        tracing::error!(%error, "live replay failed; the live projections are unchanged");
+                    }
+                    let _ = request.reply.send(outcome);
+                }
+            }
+        };
+        // every projector this supervisor started has ended (the last one was awaited above)
+        projector.stop.cancel();
+        tracker.close();
+        tracker.wait().await;
+        outcome
+    }
+}
+
+fn create_data_directory(settings: &ProjectorSettings) -> Result<(), OpenProjectionsError> {
+    std::fs::create_dir_all(&settings.data_dir).map_err(|source| {
+        OpenProjectionsError::DataDirectory {
+            path: settings.data_dir.display().to_string(),
+            source,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use chorus_core::config::ChorusConfig;
+    use chorus_log::embedded::{EmbeddedLog, EmbeddedLogConfig};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_live_replay_rebuilds_what_the_node_keeps_and_shutdown_awaits_the_projector() {
+        let data_dir = tempfile::tempdir().unwrap();
+        let config = ChorusConfig {
+            data_dir: data_dir.path().to_path_buf(),
+            ..ChorusConfig::default()
+        };
+        let settings = ProjectorSettings::from_config(&config);
+        let mut log_config = EmbeddedLogConfig::new(settings.layout().log());
+        log_config.partitions = settings.partitions;
+        let embedded_log = EmbeddedLog::open(log_config).unwrap();
+        let log: Arc<dyn EventLog> = embedded_log.clone();
+        log.ensure_topic(&settings.timeline_topic).await.unwrap();
+        let projections = Projections::open(settings, log, Arc::new(Metrics::new())).unwrap();
+        let shutdown = CancellationToken::new();
+        let (handle, supervisor) = projections.supervise(shutdown.clone());
+        let supervised = tokio::spawn(supervisor.run());
+
+        let reports = handle.replay_live(Projection::All).await.unwrap();
+        let names: Vec<&str> = reports
+            .iter()
+            .map(|report| report.projection.as_str())
+            .collect();
+        assert_eq!(names, ["history", "search"]);
+
+        shutdown.cancel();
+        supervised.await.unwrap().unwrap();
+        assert!(matches!(
+            handle.replay_live(Projection::All).await,
+            Err(LiveReplayError::NotRunning)
+        ));
+        embedded_log.close().await;
+    }
+}

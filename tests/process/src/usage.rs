@@ -1,0 +1,124 @@
+//! What a process costs, read from Linux's `/proc`: resident memory and CPU time of one process,
+//! and the busy and total CPU time of the whole machine. Times are in seconds, from clock ticks
+//! of 10 ms (`USER_HZ` = 100).
+
+use std::num::ParseIntError;
+
+/// Clock ticks per second in `/proc` (`USER_HZ`).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// Why a `/proc` file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    #[error("reading {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} has no {field}")]
+    Missing { path: String, field: &'static str },
+    #[error("{path}: {field} is not a number")]
+    NotANumber {
+        path: String,
+        field: &'static str,
+        #[source]
+        source: ParseIntError,
+    },
+}
+
+fn read(path: &str) -> Result<String, UsageError> {
+    std::fs::read_to_string(path).map_err(|source| UsageError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn number(path: &str, field: &'static str, text: Option<&str>) -> Result<u64, UsageError> {
+    let text = text.ok_or_else(|| UsageError::Missing {
+        path: path.to_owned(),
+        field,
+    })?;
+    text.parse().map_err(|source| UsageError::NotANumber {
+        path: path.to_owned(),
+        field,
+        source,
+    })
+}
+
+/// Resident memory of a process, in bytes (`VmRSS` of `/proc/<pid>/status`).
+pub fn resident_bytes(pid: u32) -> Result<u64, UsageError> {
+    let path = format!("/proc/{pid}/status");
+    let status = read(&path)?;
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .ok_or_else(|| UsageError::Missing {
+            path: path.clone(),
+            field: "VmRSS",
+        })?;
+    let kib = number(&path, "VmRSS value", line.split_whitespace().nth(1))?;
+    Ok(kib * 1024)
+}
+
+/// User + system CPU time of a process so far, in seconds (`/proc/<pid>/stat`).
+pub fn cpu_seconds(pid: u32) -> Result<f64, UsageError> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = read(&path)?;
+    // fields after the command name (which may hold spaces) start after the last ')'
+    let after_command = stat.rfind(')').ok_or_else(|| UsageError::Missing {
+        path: path.clone(),
+        field: "command name",
+    })?;
+    let fields: Vec<&str> = stat
+        .get(after_command + 2..)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let user = number(&path, "utime", fields.get(11).copied())?;
+    let system = number(&path, "stime", fields.get(12).copied())?;
+    Ok((user + system) as f64 / TICKS_PER_SECOND)
+}
+
+/// CPU time of the whole machine so far, in seconds: (busy, total) over every core
+/// (`/proc/stat`), so a run can report how much of the machine was busy.
+pub fn machine_cpu_seconds() -> Result<(f64, f64), UsageError> {
+    let path = "/proc/stat";
+    let stat = read(path)?;
+    let line = stat.lines().next().ok_or_else(|| UsageError::Missing {
+        path: path.to_owned(),
+        field: "cpu line",
+    })?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|field| number(path, "cpu ticks", Some(field)))
+        .collect::<Result<_, _>>()?;
+    let total: u64 = ticks.iter().sum();
+    // idle and iowait
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    Ok((
+        (total - idle) as f64 / TICKS_PER_SECOND,
+        total as f64 / TICKS_PER_SECOND,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn this_process_has_memory_and_cpu_time() {
+        let pid = std::process::id();
+        assert!(resident_bytes(pid).unwrap() > 0);
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < Duration::from_millis(50) {
+            std::hint::black_box(0u64);
+        }
+        assert!(cpu_seconds(pid).unwrap() > 0.0);
+        let (busy, total) = machine_cpu_seconds().unwrap();
+        assert!(busy > 0.0 && total >= busy);
+    }
+}

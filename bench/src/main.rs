@@ -10,22 +10,32 @@
 //! - `idle`: server memory per idle authenticated session (`idle`);
 //! - `dm`: 1:1 or group traffic, closed loop or at a target rate, ack and delivery latency
 //!   (`traffic`), with `--raw` the raw log baseline at as many sends outstanding;
+//! - `lowrate`: 1:1 traffic at a low rate (20 pairs, one message in flight each) on Chorus and,
+//!   with `--centrifugo PATH`, on Centrifugo in the same run, every figure against Centrifugo's
+//!   (`centrifugo`);
 //! - `fanout`: one message to a group with every member online (`fanout`);
 //! - `projection`: projector, search and replay against raw Tantivy (`projection`);
-//! - `raw`: the raw log baseline alone (`raw`).
+//! - `raw`: the raw log baseline alone (`raw`);
+//! - `relay`: the raw relay alone, the smallest program doing Chorus's hops on the same log,
+//!   driven by the `dm` client (`relay`); `suite` and `dm --relay` put it beside Chorus.
+//! - `recovery`: sequencer recovery time against timeline length, folding the whole partition
+//!   and from a snapshot plus the tail (`recovery`).
 //!
 //! A tool, not a test: nothing asserts timings (the smoke test only checks that it runs).
 
+mod centrifugo;
 mod fanout;
 mod idle;
 mod projection;
 mod raw;
+mod recovery;
+mod relay;
 mod report;
 mod server;
 mod sessions;
 mod traffic;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
@@ -46,6 +56,10 @@ struct Cli {
     /// Also write every figure as JSON to this file.
     #[arg(long, global = true)]
     json: Option<PathBuf>,
+    /// The Centrifugo binary the low-rate scenario also measures (`bench/run.sh` installs
+    /// v6.9.1); without it that comparison is skipped.
+    #[arg(long, global = true, env = "CHORUS_BENCH_CENTRIFUGO")]
+    centrifugo: Option<PathBuf>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -63,13 +77,25 @@ enum Scenario {
         /// Also run the raw log baseline with as many sends outstanding (or at the same rate).
         #[arg(long)]
         raw: bool,
+        /// Also run the raw relay with the same client and load (1:1 only).
+        #[arg(long)]
+        relay: bool,
     },
+    /// 1:1 traffic at a low rate on Chorus and, with --centrifugo, on Centrifugo in the same run.
+    Lowrate(centrifugo::Args),
     /// One message to a large group with every member online.
     Fanout(fanout::Args),
     /// Projector and Tantivy indexing, search latency and replay, each against raw Tantivy.
     Projection(projection::Args),
     /// The raw log baseline alone: appends and reads of the log Chorus runs on.
     Raw(RawArgs),
+    /// The raw relay alone: Chorus's hops on the same log with no IM logic (1:1 traffic).
+    Relay(traffic::Args),
+    /// Sequencer recovery time against timeline length, full fold and from a snapshot.
+    Recovery(recovery::Args),
+    /// The raw relay's process, started by the bench (not a scenario).
+    #[command(hide = true)]
+    RelayServe(relay::ServeArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -184,7 +210,11 @@ async fn traffic_report(
     ))
 }
 
-async fn suite(mode: &Mode, args: &SuiteArgs) -> anyhow::Result<Vec<Report>> {
+async fn suite(
+    mode: &Mode,
+    args: &SuiteArgs,
+    centrifugo: Option<&Path>,
+) -> anyhow::Result<Vec<Report>> {
     let quick = args.quick;
     let seconds = if quick { 2 } else { args.seconds };
     let mut reports = Vec::new();
@@ -211,15 +241,25 @@ async fn suite(mode: &Mode, args: &SuiteArgs) -> anyhow::Result<Vec<Report>> {
         payload: 100,
         source_addresses: 4,
     };
-    let (report, highest) = traffic_report(mode, "1:1 highest rate", &saturate, true).await?;
+    let (mut report, highest) = traffic_report(mode, "1:1 highest rate", &saturate, true).await?;
+    relay::compare(&mut report, &highest, &relay::run(mode, &saturate).await?);
     reports.push(report);
     // latency at half of it, open loop, against the raw log at the same rate
     let half = traffic::Args {
         rate: Some((highest.acked_per_second / 2.0).max(1.0)),
         ..saturate.clone()
     };
-    let (report, _) = traffic_report(mode, "1:1 at half rate", &half, true).await?;
+    let (mut report, at_half) = traffic_report(mode, "1:1 at half rate", &half, true).await?;
+    relay::compare(&mut report, &at_half, &relay::run(mode, &half).await?);
     reports.push(report);
+    // the low rate, against Centrifugo in the same run when there is a binary
+    let low_rate = centrifugo::Args {
+        pairs: 20,
+        seconds,
+        payload: 100,
+        source_addresses: 4,
+    };
+    reports.push(centrifugo::low_rate(mode, centrifugo, &low_rate).await?);
     let group = traffic::Args {
         sessions: if quick { 20 } else { 200 },
         in_flight: 1,
@@ -267,7 +307,7 @@ async fn main() -> anyhow::Result<()> {
         _ => Mode::Embedded,
     };
     let reports = match cli.scenario {
-        Scenario::Suite(args) => suite(&mode, &args).await?,
+        Scenario::Suite(args) => suite(&mode, &args, cli.centrifugo.as_deref()).await?,
         Scenario::Idle(args) => {
             let (json, rows) = idle::run(&mode, &args).await?;
             vec![Report {
@@ -276,8 +316,19 @@ async fn main() -> anyhow::Result<()> {
                 rows,
             }]
         }
-        Scenario::Dm { traffic, raw } => {
-            vec![traffic_report(&mode, "traffic", &traffic, raw).await?.0]
+        Scenario::Dm {
+            traffic,
+            raw,
+            relay,
+        } => {
+            let (mut report, chorus) = traffic_report(&mode, "traffic", &traffic, raw).await?;
+            if relay {
+                relay::compare(&mut report, &chorus, &relay::run(&mode, &traffic).await?);
+            }
+            vec![report]
+        }
+        Scenario::Lowrate(args) => {
+            vec![centrifugo::low_rate(&mode, cli.centrifugo.as_deref(), &args).await?]
         }
         Scenario::Fanout(args) => {
             let server = Server::start(&mode).await?;
@@ -291,6 +342,16 @@ async fn main() -> anyhow::Result<()> {
             }]
         }
         Scenario::Projection(args) => projection::run(&args).await?,
+        Scenario::Relay(args) => {
+            let outcome = relay::run(&mode, &args).await?;
+            vec![Report {
+                scenario: format!("raw relay ({})", mode.name()),
+                rows: outcome.rows(None),
+                json: outcome.json,
+            }]
+        }
+        Scenario::RelayServe(args) => return relay::serve(args).await,
+        Scenario::Recovery(args) => vec![recovery::run(&mode, &args).await?],
         Scenario::Raw(args) => {
             let outcome = raw_baseline(&mode, &args).await?;
             let rows = vec![

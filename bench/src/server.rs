@@ -129,6 +129,18 @@ impl Server {
         })
     }
 
+    /// A server the bench launched instead of `chorus` (the raw relay, `relay.rs`): one child
+    /// process that announced itself as a role does, and the directory it works in (removed
+    /// when the server is dropped, after the process).
+    pub fn of_process(mode: &Mode, process: ChildServer, work: tempfile::TempDir) -> Server {
+        Server {
+            url: process.url.clone(),
+            mode: mode.clone(),
+            roles: vec![process],
+            _work: work,
+        }
+    }
+
     /// The node clients connect to: the last role started.
     fn front(&self) -> &ChildServer {
         self.roles.last().expect("a server runs at least one role")
@@ -161,6 +173,11 @@ impl Server {
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
         let seconds: Result<f64, _> = self.roles.iter().map(|role| cpu_seconds(role.pid())).sum();
         Ok(seconds?)
+    }
+
+    /// The pid of every Chorus process, for `/proc` readings.
+    pub fn pids(&self) -> Vec<u32> {
+        self.roles.iter().map(ChildServer::pid).collect()
     }
 
     /// Creates a group as its first member (who becomes its owner).

@@ -40,6 +40,25 @@ pub fn source_address(index: usize, source_addresses: u8) -> Ipv4Addr {
     )
 }
 
+/// Connects a WebSocket client from `source` to `url` on `server`, with the small buffers every
+/// bench session uses (any server: Chorus, or another one measured beside it).
+pub async fn connect(server: SocketAddr, url: &str, source: Ipv4Addr) -> anyhow::Result<Socket> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((source, 0).into())?;
+    let stream = socket
+        .connect(server)
+        .await
+        .with_context(|| format!("connecting from {source}"))?;
+    stream.set_nodelay(true)?;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (websocket, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+        .await
+        .context("upgrading to WebSocket")?;
+    Ok(websocket)
+}
+
 /// Opens one session as `user` from `source`, waiting for its `welcome`.
 pub async fn open(
     server: SocketAddr,
@@ -48,23 +67,9 @@ pub async fn open(
     source: Ipv4Addr,
 ) -> anyhow::Result<Socket> {
     let token = Server::authority().issue(user, None, 24 * 3600)?;
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.bind((source, 0).into())?;
-    let stream = socket
-        .connect(server)
+    let mut websocket = connect(server, &format!("{ws_url}?token={token}"), source)
         .await
-        .with_context(|| format!("connecting {user} from {source}"))?;
-    stream.set_nodelay(true)?;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0);
-    let (mut websocket, _) = tokio_tungstenite::client_async_with_config(
-        format!("{ws_url}?token={token}"),
-        stream,
-        Some(config),
-    )
-    .await
-    .with_context(|| format!("upgrading {user}"))?;
+        .with_context(|| format!("opening a session for {user}"))?;
     let welcome = websocket.next().await.context("no welcome")??;
     anyhow::ensure!(
         welcome.to_text().unwrap_or_default().contains("welcome"),

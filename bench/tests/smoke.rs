@@ -77,6 +77,35 @@ fn check_common(reports: &[Value]) {
     for name in ["1:1 highest rate", "1:1 at half rate"] {
         let raw = &report(reports, name)["raw"];
         assert!(raw["acked"].as_u64().unwrap() > 0, "{name}: {raw}");
+        // the raw relay did the same hops for the same client: every send acked and delivered
+        let relay = &report(reports, name)["relay"];
+        assert!(relay["acked"].as_u64().unwrap() > 0, "{name}: {relay}");
+        assert_eq!(
+            relay["errors"],
+            serde_json::json!({}),
+            "{name}: the relay acked and delivered every send"
+        );
+        assert!(relay["delivery_latency"]["count"].as_u64().unwrap() > 0);
+    }
+    // the low rate: Chorus, then Centrifugo with the same client when the run was given a binary
+    // (CHORUS_BENCH_CENTRIFUGO), else the report says Centrifugo was skipped
+    let low_rate = report(reports, "1:1 at low rate");
+    for server in ["chorus", "centrifugo"] {
+        let traffic = &low_rate[server];
+        if server == "centrifugo" && traffic["skipped"].is_string() {
+            continue;
+        }
+        assert!(
+            traffic["acked"].as_u64().unwrap() > 0,
+            "low rate: {traffic}"
+        );
+        assert_eq!(
+            traffic["errors"],
+            serde_json::json!({}),
+            "low rate on {server}: every send acked and delivered"
+        );
+        assert!(traffic["delivery_latency"]["count"].as_u64().unwrap() > 0);
+        assert!(traffic["server_write_syscalls"].is_u64(), "{traffic}");
     }
     let group = &report(reports, "groups of 10")["chorus"];
     assert_eq!(
@@ -101,6 +130,12 @@ fn the_quick_suite_runs_on_the_embedded_default() {
             .as_str()
             .is_some_and(|name| name.contains("projector"))),
         "the projection scenarios ran: {reports:#?}"
+    );
+    // the embedded log's writes are counted from /proc/<pid>/io (pwrite is a write syscall)
+    let low_rate = &report(&reports, "1:1 at low rate")["chorus"];
+    assert!(
+        low_rate["server_write_syscalls"].as_u64().unwrap() > 0,
+        "{low_rate}"
     );
 }
 

@@ -445,7 +445,12 @@ async fn start_role(
     let http = match role {
         Role::Router => {
             let (presence, bus) = open_redis(&config, metrics.clone(), &mut probes).await?;
-            let fallback = BroadcastBus::open(log.clone(), &config.topics().deliveries).await?;
+            let fallback = BroadcastBus::open(
+                log.clone(),
+                &config.topics().deliveries,
+                config.deliveries_topic_settings(),
+            )
+            .await?;
             let context = RouterContext {
                 config: Arc::new(config.router_config()),
                 log,
@@ -466,7 +471,12 @@ async fn start_role(
         }
         Role::Ingest => {
             let (presence, bus) = open_redis(&config, metrics.clone(), &mut probes).await?;
-            let broadcast = BroadcastBus::open(log.clone(), &config.topics().deliveries).await?;
+            let broadcast = BroadcastBus::open(
+                log.clone(),
+                &config.topics().deliveries,
+                config.deliveries_topic_settings(),
+            )
+            .await?;
             // group typing checks membership in the shared history when there is one
             let membership: Arc<dyn Membership> =
                 match open_clickhouse(&config, &metrics, &mut probes) {

@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::presence::{Delivery, DeliverySink};
-use chorus_log::{EventLog, LogError, NewRecord, PollEvent, StartFrom};
+use chorus_log::{EventLog, LogError, NewRecord, PollEvent, StartFrom, TopicSettings};
 
 /// The target of a delivery meant for every node.
 pub const EVERY_NODE: &str = "*";
@@ -42,9 +42,14 @@ pub struct BroadcastBus {
 }
 
 impl BroadcastBus {
-    /// The bus on `topic`, which it creates if needed.
-    pub async fn open(log: Arc<dyn EventLog>, topic: &str) -> Result<Arc<Self>, LogError> {
-        log.ensure_topic(topic).await?;
+    /// The bus on `topic`, which it creates if needed with `settings` (a short retention:
+    /// nothing reads a delivery again once the tailing nodes passed it).
+    pub async fn open(
+        log: Arc<dyn EventLog>,
+        topic: &str,
+        settings: TopicSettings,
+    ) -> Result<Arc<Self>, LogError> {
+        log.ensure_topic_with(topic, settings).await?;
         Ok(Arc::new(BroadcastBus {
             log,
             topic: topic.to_owned(),
@@ -148,7 +153,9 @@ mod tests {
         let mut config = EmbeddedLogConfig::new(dir.path());
         config.partitions = 1; // one total order, so the sentinel closes every stream
         let log = EmbeddedLog::open(config).expect("log");
-        let bus = BroadcastBus::open(log, "deliveries").await.expect("bus");
+        let bus = BroadcastBus::open(log, "deliveries", TopicSettings::default())
+            .await
+            .expect("bus");
         let one = Arc::new(CollectingSink::default());
         let two = Arc::new(CollectingSink::default());
         let _tail_one = bus.attach("n1", one.clone()).await.expect("attach n1");

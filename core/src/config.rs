@@ -129,6 +129,12 @@ pub struct KafkaSection {
     pub replication_factor: i16,
     /// Consumer group session timeout; rebalance drains finish well inside it.
     pub session_timeout_ms: u32,
+    /// `retention.ms` of the `deliveries` topic when Chorus creates it. Its records are live
+    /// deliveries that a node tails from the end it found when it attached and never reads
+    /// again, so after a short while they are worthless (durability lives in `timeline`); an
+    /// hour is ample for any node that lags, and keeps a Redis outage's broadcast traffic from
+    /// filling the broker's disks.
+    pub deliveries_retention_ms: u64,
 }
 
 impl Default for KafkaSection {
@@ -137,6 +143,7 @@ impl Default for KafkaSection {
             bootstrap: String::new(),
             replication_factor: 1,
             session_timeout_ms: 10_000,
+            deliveries_retention_ms: 3_600_000,
         }
     }
 }
@@ -287,6 +294,15 @@ pub struct RouterSection {
     /// events of its `timeline` (the committed tail an earlier owner may not have sent; nodes
     /// drop what a connection already got). 0 turns it off.
     pub takeover_redelivery_events: usize,
+    /// A partition's owner snapshots its sequencer state every this many timeline events (to
+    /// `timeline-snapshots`), so recovery folds only the timeline after the newest snapshot. At
+    /// least twice `takeover_redelivery_events` (recovery needs a snapshot older than the tail
+    /// it delivers again; the one before the newest always is); 0 turns snapshots off (writing
+    /// and reading: recovery folds the whole partition). The default, 50,000, keeps recovery
+    /// under a second at any length while a snapshot (up to ~5.5 MB with a full dedup window;
+    /// taking it holds the partition's loop ~0.1 s) stays rare: the embedded log never deletes
+    /// old ones.
+    pub snapshot_every_events: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -368,6 +384,7 @@ impl Default for RouterSection {
             dedup_window: 200_000,
             batch_records: 2048,
             takeover_redelivery_events: 4096,
+            snapshot_every_events: 50_000,
         }
     }
 }
@@ -510,6 +527,20 @@ impl ChorusConfig {
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(invalid(key, "must be greater than 0"));
         }
+        if self.router.snapshot_every_events != 0
+            && self.router.snapshot_every_events < 2 * self.router.takeover_redelivery_events
+        {
+            return Err(invalid(
+                "router.snapshot_every_events",
+                "must be 0 (off) or at least twice router.takeover_redelivery_events",
+            ));
+        }
+        if self.kafka.deliveries_retention_ms == 0 {
+            return Err(invalid(
+                "kafka.deliveries_retention_ms",
+                "must be greater than 0",
+            ));
+        }
         if self.redis.heartbeat_ms == 0 || self.redis.heartbeat_ms * 2 > self.redis.node_ttl_ms {
             return Err(invalid(
                 "redis.heartbeat_ms",
@@ -573,6 +604,13 @@ impl ChorusConfig {
     pub fn topics(&self) -> Topics {
         Topics::with_prefix(&self.log.topic_prefix)
     }
+
+    /// How the `deliveries` topic is created: retained `kafka.deliveries_retention_ms`.
+    pub fn deliveries_topic_settings(&self) -> chorus_log::TopicSettings {
+        chorus_log::TopicSettings::retained_for(std::time::Duration::from_millis(
+            self.kafka.deliveries_retention_ms,
+        ))
+    }
 }
 
 /// The names of Chorus's topics.
@@ -583,6 +621,8 @@ pub struct Topics {
     pub dead_letter: String,
     /// The broadcast delivery path, used while presence or the node bus is down.
     pub deliveries: String,
+    /// Snapshots of the sequencer state, partition for partition with `timeline` (compacted).
+    pub timeline_snapshots: String,
 }
 
 impl Topics {
@@ -592,6 +632,7 @@ impl Topics {
             timeline: format!("{prefix}timeline"),
             dead_letter: format!("{prefix}dead-letter"),
             deliveries: format!("{prefix}deliveries"),
+            timeline_snapshots: format!("{prefix}timeline-snapshots"),
         }
     }
 }

@@ -39,6 +39,13 @@ pub struct Metrics {
     pub deliveries_dropped: IntCounterVec,
     /// The ownership epoch of each `timeline` partition this router owns (absent: not owned).
     pub router_partition_epoch: IntGaugeVec,
+    /// Partitions a router recovered, by where the fold started (`snapshot`, `start`).
+    pub router_recoveries: IntCounterVec,
+    /// Snapshots a recovery found and could not use, by reason (`corrupt`, `beyond_end`,
+    /// `mismatch`, `unreadable`); each made the fold start earlier.
+    pub router_snapshot_fallbacks: IntCounterVec,
+    /// Sequencer snapshots a router wrote, by outcome (`written`, `failed`).
+    pub router_snapshots: IntCounterVec,
     /// Open TCP connections of the HTTP listener (HTTP and upgraded WebSocket together).
     pub http_connections_open: IntGauge,
     /// Connections refused at `http.max_open_connections` (answered 503 and closed).
@@ -138,6 +145,30 @@ impl Metrics {
             &["partition"],
         )
         .expect("valid");
+        let router_recoveries = IntCounterVec::new(
+            Opts::new(
+                "router_recoveries_total",
+                "partitions recovered, by where the fold started: snapshot or start",
+            ),
+            &["from"],
+        )
+        .expect("valid");
+        let router_snapshot_fallbacks = IntCounterVec::new(
+            Opts::new(
+                "router_snapshot_fallbacks_total",
+                "snapshots found at recovery and not used, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid");
+        let router_snapshots = IntCounterVec::new(
+            Opts::new(
+                "router_snapshots_total",
+                "sequencer snapshots written, by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid");
         let http_connections_open = IntGauge::new(
             "http_connections_open",
             "open tcp connections of the http listener, websocket included",
@@ -190,6 +221,9 @@ impl Metrics {
             Box::new(presence_reregistrations.clone()),
             Box::new(deliveries_dropped.clone()),
             Box::new(router_partition_epoch.clone()),
+            Box::new(router_recoveries.clone()),
+            Box::new(router_snapshot_fallbacks.clone()),
+            Box::new(router_snapshots.clone()),
             Box::new(http_connections_open.clone()),
             Box::new(http_connections_rejected.clone()),
             Box::new(http_connections_evicted.clone()),
@@ -216,6 +250,9 @@ impl Metrics {
             presence_reregistrations,
             deliveries_dropped,
             router_partition_epoch,
+            router_recoveries,
+            router_snapshot_fallbacks,
+            router_snapshots,
             http_connections_open,
             http_connections_rejected,
             http_connections_evicted,

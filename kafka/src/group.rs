@@ -1,12 +1,16 @@
 //! Consumer groups ([`EventLog::consumer`](chorus_log::EventLog::consumer)): the classic group
 //! protocol with the `cooperative-sticky` assignor, manual commits only, `read_committed`.
 //!
-//! - The rebalance callback runs inside [`Consumer::poll`]; it resolves start positions
-//!   synchronously to absolute offsets (committed offset, else the low watermark for
-//!   [`StartFrom::Earliest`], else the current end offset for [`StartFrom::Latest`], so a
-//!   `Latest` member sees every record appended after its `Assigned` event), assigns them, and
-//!   queues an `Assigned`/`Revoked` event. `poll` returns queued events **before** any record,
-//!   and [`Consumer::assignment`] reflects exactly the events returned so far.
+//! - The rebalance callback runs inside [`Consumer::poll`], on a runtime worker thread, so it
+//!   makes no broker round trip: it only queues what happened. `poll` takes a queued
+//!   assignment first: it resolves the start positions on a blocking thread to absolute offsets
+//!   (committed offset, else the low watermark for [`StartFrom::Earliest`], else the current
+//!   end offset for [`StartFrom::Latest`], so a `Latest` member sees every record appended
+//!   after its `Assigned` event), hands them to librdkafka's (incremental) assign — which
+//!   librdkafka awaits before the rebalance goes on, so nothing is fetched for the partitions
+//!   before — and returns `Assigned`. A poll cancelled meanwhile keeps the assignment and
+//!   finishes it at the next poll. `poll` returns queued events **before** any record, and
+//!   [`Consumer::assignment`] reflects exactly the events returned so far.
 //! - [`Consumer::seek`] uses librdkafka's seek (a synchronous fetch-version barrier: nothing
 //!   fetched from the old position is returned afterwards); [`Consumer::commit`] is a
 //!   synchronous commit of exactly the given offsets.
@@ -88,7 +92,6 @@ impl Inner {
         self.partition_count(topic).await?;
         let context = GroupContext {
             topic: topic.to_owned(),
-            start,
             events: Mutex::new(VecDeque::new()),
             notify: Notify::new(),
             closing: std::sync::atomic::AtomicBool::new(false),
@@ -102,6 +105,8 @@ impl Inner {
         Ok(Box::new(KafkaConsumer {
             consumer: Some(Arc::new(consumer)),
             topic: topic.to_owned(),
+            start,
+            assigning: None,
             held: BTreeSet::new(),
             pending: VecDeque::new(),
             pending_seeks: HashMap::new(),
@@ -110,13 +115,21 @@ impl Inner {
     }
 }
 
-/// Rebalance callbacks of a group consumer: resolve start positions, assign, queue the event.
+/// What a rebalance callback leaves for `poll`.
+enum Rebalance {
+    /// Partitions given to this member and not yet assigned in librdkafka: `poll` positions
+    /// and assigns them, then returns `Assigned`.
+    Assign(TopicPartitionList),
+    /// Partitions taken away: `poll` returns `Revoked`, and their unassign is deferred until
+    /// the poll after that.
+    Revoke(Vec<PartitionId>, TopicPartitionList),
+}
+
+/// Rebalance callbacks of a group consumer: queue what happened, with no broker round trip.
 struct GroupContext {
     topic: String,
-    start: StartFrom,
-    /// Events for `poll`; a revocation carries the partition list whose unassign is deferred
-    /// until the poll after the one returning it.
-    events: Mutex<VecDeque<(PollEvent, Option<TopicPartitionList>)>>,
+    /// Rebalances for `poll`, in the order they happened.
+    events: Mutex<VecDeque<Rebalance>>,
     notify: Notify,
     /// Set when the consumer is dropped: revocations (the close's own included) are released
     /// at once, since nobody polls any more.
@@ -127,71 +140,89 @@ impl ClientContext for GroupContext {}
 
 impl GroupContext {
     fn partitions_of(&self, list: &TopicPartitionList) -> Vec<PartitionId> {
-        let mut partitions: Vec<PartitionId> = list
-            .elements()
-            .iter()
-            .filter(|element| element.topic() == self.topic)
-            .map(|element| element.partition() as PartitionId)
-            .collect();
-        partitions.sort_unstable();
-        partitions.dedup();
-        partitions
+        partitions_of(&self.topic, list)
     }
 
-    /// The assignment with explicit start positions: committed, else beginning (Earliest) or the
-    /// end offset as of now (Latest). Falls back to librdkafka's own resolution on errors.
-    fn positioned(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        list: &TopicPartitionList,
-    ) -> TopicPartitionList {
-        let committed = match consumer.committed_offsets(list.clone(), REQUEST_TIMEOUT) {
-            Ok(committed) => committed,
-            Err(error) => {
-                tracing::warn!(%error, "committed offsets unavailable in rebalance");
-                return list.clone();
+    fn push(&self, event: Rebalance) {
+        self.events.lock().push_back(event);
+        self.notify.notify_one();
+    }
+}
+
+/// The partitions of `topic` in `list`, sorted.
+fn partitions_of(topic: &str, list: &TopicPartitionList) -> Vec<PartitionId> {
+    let mut partitions: Vec<PartitionId> = list
+        .elements()
+        .iter()
+        .filter(|element| element.topic() == topic)
+        .map(|element| element.partition() as PartitionId)
+        .collect();
+    partitions.sort_unstable();
+    partitions.dedup();
+    partitions
+}
+
+/// The assignment with explicit start positions: committed, else beginning (Earliest) or the
+/// end offset as of now (Latest). Falls back to librdkafka's own resolution on errors. Broker
+/// round trips: call it on a blocking thread, never in the rebalance callback.
+fn positioned<K>(consumer: &K, start: StartFrom, list: &TopicPartitionList) -> TopicPartitionList
+where
+    K: rdkafka::consumer::Consumer<GroupContext>,
+{
+    let committed = match consumer.committed_offsets(list.clone(), REQUEST_TIMEOUT) {
+        Ok(committed) => committed,
+        Err(error) => {
+            tracing::warn!(%error, "committed offsets unavailable in rebalance");
+            return list.clone();
+        }
+    };
+    let mut positioned = TopicPartitionList::new();
+    for element in list.elements() {
+        let (topic, partition) = (element.topic(), element.partition());
+        let stored = committed
+            .find_partition(topic, partition)
+            .map(|found| found.offset());
+        let offset = match (stored, start) {
+            (Some(KafkaOffset::Offset(offset)), _) if offset >= 0 => KafkaOffset::Offset(offset),
+            (_, StartFrom::Earliest) => {
+                match consumer.fetch_watermarks(topic, partition, REQUEST_TIMEOUT) {
+                    Ok((low, _)) => KafkaOffset::Offset(low),
+                    Err(error) => {
+                        tracing::warn!(%error, topic, partition, "start offset unavailable in rebalance");
+                        KafkaOffset::Beginning
+                    }
+                }
+            }
+            (_, StartFrom::Latest) => {
+                match consumer.fetch_watermarks(topic, partition, REQUEST_TIMEOUT) {
+                    Ok((_, high)) => KafkaOffset::Offset(high),
+                    Err(error) => {
+                        tracing::warn!(%error, topic, partition, "end offset unavailable in rebalance");
+                        KafkaOffset::End
+                    }
+                }
             }
         };
-        let mut positioned = TopicPartitionList::new();
-        for element in list.elements() {
-            let (topic, partition) = (element.topic(), element.partition());
-            let stored = committed
-                .find_partition(topic, partition)
-                .map(|found| found.offset());
-            let offset = match (stored, self.start) {
-                (Some(KafkaOffset::Offset(offset)), _) if offset >= 0 => {
-                    KafkaOffset::Offset(offset)
-                }
-                (_, StartFrom::Earliest) => {
-                    match consumer.fetch_watermarks(topic, partition, REQUEST_TIMEOUT) {
-                        Ok((low, _)) => KafkaOffset::Offset(low),
-                        Err(error) => {
-                            tracing::warn!(%error, topic, partition, "start offset unavailable in rebalance");
-                            KafkaOffset::Beginning
-                        }
-                    }
-                }
-                (_, StartFrom::Latest) => {
-                    match consumer.fetch_watermarks(topic, partition, REQUEST_TIMEOUT) {
-                        Ok((_, high)) => KafkaOffset::Offset(high),
-                        Err(error) => {
-                            tracing::warn!(%error, topic, partition, "end offset unavailable in rebalance");
-                            KafkaOffset::End
-                        }
-                    }
-                }
-            };
-            if let Err(error) = positioned.add_partition_offset(topic, partition, offset) {
-                tracing::warn!(%error, topic, partition, "bad start position");
-                positioned.add_partition(topic, partition);
-            }
+        if let Err(error) = positioned.add_partition_offset(topic, partition, offset) {
+            tracing::warn!(%error, topic, partition, "bad start position");
+            positioned.add_partition(topic, partition);
         }
-        positioned
     }
+    positioned
+}
 
-    fn push(&self, event: PollEvent, release: Option<TopicPartitionList>) {
-        self.events.lock().push_back((event, release));
-        self.notify.notify_one();
+/// Hands partitions to librdkafka (completing the rebalance step that gave them).
+fn assign<C, K>(consumer: &K, list: &TopicPartitionList)
+where
+    C: ConsumerContext,
+    K: rdkafka::consumer::Consumer<C>,
+{
+    let outcome = match consumer.rebalance_protocol() {
+        RebalanceProtocol::Cooperative => consumer.incremental_assign(list),
+        _ => consumer.assign(list),
+    };
+    if let Err(error) = outcome {
+        tracing::error!(%error, "assign failed");
     }
 }
 
@@ -223,18 +254,14 @@ impl ConsumerContext for GroupContext {
         );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let positioned = self.positioned(base_consumer, tpl);
-                let outcome = if cooperative {
-                    base_consumer.incremental_assign(&positioned)
+                // Positioning costs broker round trips, and this runs on a runtime worker:
+                // `poll` does it on a blocking thread. Nothing to position (or nobody left to
+                // poll): assign at once.
+                let closing = self.closing.load(std::sync::atomic::Ordering::SeqCst);
+                if self.partitions_of(tpl).is_empty() || closing {
+                    assign(base_consumer, tpl);
                 } else {
-                    base_consumer.assign(&positioned)
-                };
-                if let Err(error) = outcome {
-                    tracing::error!(%error, "assign failed");
-                }
-                let partitions = self.partitions_of(tpl);
-                if !partitions.is_empty() {
-                    self.push(PollEvent::Assigned(partitions), None);
+                    self.push(Rebalance::Assign(tpl.clone()));
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -245,7 +272,7 @@ impl ConsumerContext for GroupContext {
                 if partitions.is_empty() || self.closing.load(std::sync::atomic::Ordering::SeqCst) {
                     release(base_consumer, tpl);
                 } else {
-                    self.push(PollEvent::Revoked(partitions), Some(tpl.clone()));
+                    self.push(Rebalance::Revoke(partitions, tpl.clone()));
                 }
             }
             other => {
@@ -263,6 +290,11 @@ pub struct KafkaConsumer {
     /// `None` only while dropping.
     consumer: Option<Arc<StreamConsumer<GroupContext>>>,
     topic: String,
+    /// Where a partition without a committed offset starts.
+    start: StartFrom,
+    /// An assignment taken from the queue and not yet handed to librdkafka (its positioning
+    /// was under way when a poll was cancelled): the next poll finishes it first.
+    assigning: Option<TopicPartitionList>,
     /// Partitions per the events returned so far.
     held: BTreeSet<PartitionId>,
     /// Records received but not yet returned (an event went first, or more than `max`).
@@ -361,12 +393,29 @@ impl Consumer for KafkaConsumer {
         let consumer = Arc::clone(self.client());
         self.release();
         loop {
-            let event = consumer.context().events.lock().pop_front();
-            if let Some((event, release)) = event {
-                self.apply(&event);
-                if let (Some(list), PollEvent::Revoked(partitions)) = (release, &event) {
-                    self.releasing = Some((list, partitions.iter().copied().collect()));
+            if self.assigning.is_none() {
+                match consumer.context().events.lock().pop_front() {
+                    Some(Rebalance::Assign(list)) => self.assigning = Some(list),
+                    Some(Rebalance::Revoke(partitions, list)) => {
+                        self.releasing = Some((list, partitions.iter().copied().collect()));
+                        let event = PollEvent::Revoked(partitions);
+                        self.apply(&event);
+                        return Ok(event);
+                    }
+                    None => {}
                 }
+            }
+            if let Some(list) = self.assigning.clone() {
+                let client = Arc::clone(&consumer);
+                let start = self.start;
+                let positioned_list =
+                    tokio::task::spawn_blocking(move || positioned(client.as_ref(), start, &list))
+                        .await
+                        .map_err(join_error)?;
+                self.assigning = None;
+                assign(consumer.as_ref(), &positioned_list);
+                let event = PollEvent::Assigned(partitions_of(&self.topic, &positioned_list));
+                self.apply(&event);
                 return Ok(event);
             }
             if !self.pending_seeks.is_empty() {
@@ -494,15 +543,18 @@ impl Drop for KafkaConsumer {
             .context()
             .closing
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        let queued: Vec<TopicPartitionList> = client
-            .context()
-            .events
-            .lock()
-            .drain(..)
-            .filter_map(|(_, list)| list)
-            .collect();
-        for list in &queued {
-            release(client.as_ref(), list);
+        // Assignments never handed over are assigned as they are (nobody reads them now), so
+        // the close's own revocation finds librdkafka where it expects; queued revocations
+        // are released.
+        if let Some(list) = self.assigning.take() {
+            assign(client.as_ref(), &list);
+        }
+        let queued: Vec<Rebalance> = client.context().events.lock().drain(..).collect();
+        for rebalance in &queued {
+            match rebalance {
+                Rebalance::Assign(list) => assign(client.as_ref(), list),
+                Rebalance::Revoke(_, list) => release(client.as_ref(), list),
+            }
         }
         drop(client);
         let Some(consumer) = self.consumer.take() else {

@@ -129,7 +129,17 @@ impl KafkaLog {
 #[async_trait]
 impl EventLog for KafkaLog {
     async fn ensure_topic(&self, topic: &str) -> Result<u32, LogError> {
-        self.inner.ensure_topic(topic).await
+        self.inner
+            .ensure_topic(topic, chorus_log::TopicSettings::default())
+            .await
+    }
+
+    async fn ensure_topic_with(
+        &self,
+        topic: &str,
+        settings: chorus_log::TopicSettings,
+    ) -> Result<u32, LogError> {
+        self.inner.ensure_topic(topic, settings).await
     }
 
     async fn partition_count(&self, topic: &str) -> Result<u32, LogError> {

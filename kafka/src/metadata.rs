@@ -1,5 +1,5 @@
 //! Topics and offsets: partition counts (cached once a topic is ready), topic creation with the
-//! configured partitions and replication factor, and the last stable offset (LSO), the
+//! configured partitions and replication factor and the topic's [`TopicSettings`], and the last stable offset (LSO), the
 //! read_committed high watermark that is [`EventLog::end_offset`](chorus_log::EventLog::end_offset).
 //! A topic counts as ready only once every partition's leader answers offset requests, so the
 //! first append or read after `ensure_topic` does not race leader election; requests that fail
@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chorus_log::{LogError, Offset, PartitionId};
+use chorus_log::{LogError, Offset, PartitionId, TopicSettings};
 use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::Consumer as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -163,24 +163,46 @@ impl Inner {
         Ok(count)
     }
 
-    /// Finds the topic, or creates it with the configured partitions and replication factor,
-    /// then waits until every partition's leader answers.
-    pub(crate) async fn ensure_topic(self: &Arc<Self>, topic: &str) -> Result<u32, LogError> {
+    /// Finds the topic, or creates it with the configured partitions and replication factor
+    /// and `settings` (`retention.ms`, `cleanup.policy`), then waits until every partition's
+    /// leader answers. An existing topic keeps the configs it has: an operator may have tuned
+    /// them, and altering configs behind their back would undo that; the adapter only says so.
+    pub(crate) async fn ensure_topic(
+        self: &Arc<Self>,
+        topic: &str,
+        settings: TopicSettings,
+    ) -> Result<u32, LogError> {
         if let Some(count) = self.partitions.lock().get(topic) {
             return Ok(*count);
         }
         if let Some(count) = self.fetch_partition_count(topic).await? {
+            if settings != TopicSettings::default() {
+                tracing::info!(
+                    topic,
+                    ?settings,
+                    "topic exists; its configs are left as they are"
+                );
+            }
             if count > 0 {
                 self.partitions.lock().insert(topic.to_owned(), count);
                 return Ok(count);
             }
             return self.wait_for_topic(topic).await;
         }
-        let new_topic = NewTopic::new(
+        let retention_ms = settings
+            .retention
+            .map(|retention| retention.as_millis().max(1).to_string());
+        let mut new_topic = NewTopic::new(
             topic,
             self.config.partitions as i32,
             TopicReplication::Fixed(i32::from(self.config.replication_factor)),
         );
+        if let Some(retention_ms) = &retention_ms {
+            new_topic = new_topic.set("retention.ms", retention_ms);
+        }
+        if settings.compacted {
+            new_topic = new_topic.set("cleanup.policy", "compact");
+        }
         let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
         let results = self
             .admin

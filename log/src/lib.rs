@@ -186,12 +186,55 @@ impl LogError {
     }
 }
 
+/// How a topic keeps its records, given when it is created ([`EventLog::ensure_topic_with`]).
+/// The default keeps every record forever, which is what [`EventLog::ensure_topic`] creates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TopicSettings {
+    /// Records older than this may be deleted (Kafka `retention.ms`); `None`: kept forever.
+    pub retention: Option<Duration>,
+    /// Only the newest record of each key need be kept (Kafka `cleanup.policy=compact`): the
+    /// topic holds state whose latest value per key is all that matters.
+    pub compacted: bool,
+}
+
+impl TopicSettings {
+    /// A topic whose records may be deleted once older than `retention`.
+    pub fn retained_for(retention: Duration) -> Self {
+        TopicSettings {
+            retention: Some(retention),
+            compacted: false,
+        }
+    }
+
+    /// A compacted topic: the newest record of each key is kept.
+    pub fn compacted() -> Self {
+        TopicSettings {
+            retention: None,
+            compacted: true,
+        }
+    }
+}
+
 /// The event-log port. Cheap to share (`Arc<dyn EventLog>`).
 #[async_trait]
 pub trait EventLog: Send + Sync + 'static {
     /// Creates the topic if it does not exist, with the adapter's configured partition count,
     /// and returns its partition count.
     async fn ensure_topic(&self, topic: &str) -> Result<u32, LogError>;
+
+    /// [`EventLog::ensure_topic`] for a topic whose records need not all be kept forever. The
+    /// settings are a permission, never a promise: an adapter may keep more than they allow
+    /// (the embedded log keeps everything, which is this default), so readers must not rely on
+    /// a record being gone. They apply when the topic is created; an existing topic keeps the
+    /// settings it has (an operator may have tuned them; Kafka's adapter logs that it left them).
+    async fn ensure_topic_with(
+        &self,
+        topic: &str,
+        settings: TopicSettings,
+    ) -> Result<u32, LogError> {
+        let _ = settings;
+        self.ensure_topic(topic).await
+    }
 
     /// The partition count of an existing topic.
     async fn partition_count(&self, topic: &str) -> Result<u32, LogError>;

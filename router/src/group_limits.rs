@@ -92,7 +92,7 @@ impl GroupLimits {
 /// `max_groups_created_per_user_per_hour`. Bounded: per user at most the partition's share of
 /// timestamps (the newest; only they decide whether the user is at the limit), and users whose
 /// creations all fell out of the window are dropped by a sweep each time the map doubled.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct GroupCreations {
     /// Creation `ts_ms` of each user's newest groups, oldest first.
     pub(crate) by_creator: HashMap<String, VecDeque<i64>>,

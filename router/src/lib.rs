@@ -7,9 +7,11 @@
 //! 1. on assignment, the worker first opens the partition's **fenced writer** of `timeline`
 //!    (Kafka: a transactional producer whose `transactional.id` names the partition), which
 //!    fences any earlier owner — a zombie router that lost the partition but still runs can no
-//!    longer append, and its open transaction is aborted. Then the state is recovered by folding
-//!    the partition's whole `timeline`; the ingress position to resume from is one past the
-//!    highest `ingress_offset` found there. The checkpoint therefore lives in the sequencer's own
+//!    longer append, and its open transaction is aborted. Then the state is recovered: the
+//!    newest usable snapshot of the partition's state ([`snapshot`], in `timeline-snapshots`,
+//!    written by the owner every `router.snapshot_every_events` events) is restored and the
+//!    `timeline` after it folded in (without a usable snapshot, the whole partition); the
+//!    ingress position to resume from is one past the highest `ingress_offset` found there. The checkpoint therefore lives in the sequencer's own
 //!    output and moves atomically with it (each batch is one transaction): an ingress record is
 //!    sequenced at most once, and exactly once once its timeline append is committed. Offset
 //!    commits of `ingress` are informational, so they are sent at most once a second;
@@ -36,6 +38,7 @@
 //!    waiting; past that the worker is aborted, which loses nothing (see `drain`).
 
 pub mod group_limits;
+pub mod snapshot;
 pub mod state;
 mod worker;
 
@@ -48,7 +51,8 @@ use chorus_core::config::{RouterConfig, Topics};
 use chorus_core::metrics::Metrics;
 use chorus_core::presence::{NodeBus, Presence};
 use chorus_log::{
-    CommitThrottle, EventLog, LogError, PartitionId, PollEvent, Record, StartFrom, by_partition,
+    CommitThrottle, EventLog, LogError, Offset, PartitionId, PollEvent, Record, StartFrom,
+    TopicSettings, by_partition,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -139,6 +143,12 @@ pub async fn run(context: RouterContext, shutdown: CancellationToken) -> Result<
     context.log.ensure_topic(&topics.ingress).await?;
     context.log.ensure_topic(&topics.timeline).await?;
     context.log.ensure_topic(&topics.dead_letter).await?;
+    if context.config.router.snapshot_every_events > 0 {
+        context
+            .log
+            .ensure_topic_with(&topics.timeline_snapshots, TopicSettings::compacted())
+            .await?;
+    }
     let mut consumer = context
         .log
         .consumer(
@@ -239,6 +249,30 @@ pub async fn run(context: RouterContext, shutdown: CancellationToken) -> Result<
         drain(partition, handle, drain_limit).await?;
     }
     outcome
+}
+
+/// A partition's sequencer state as a new owner recovers it, and where its fold started.
+pub struct RecoveredPartition {
+    pub state: state::SequencerState,
+    /// The offset the restored snapshot covers; `None` when the fold started at 0.
+    pub snapshot_covers: Option<Offset>,
+    /// The `timeline` end the state folds up to.
+    pub timeline_end: Offset,
+}
+
+/// Recovers a partition's state the way a newly assigned worker does (newest usable snapshot,
+/// then the timeline after it), without owning the partition: for tools that measure recovery.
+/// Without the fenced writer open, the timeline may still grow behind the result.
+pub async fn recover_partition(
+    context: &RouterContext,
+    partition: PartitionId,
+) -> Result<RecoveredPartition, RouterError> {
+    let recovered = worker::recover(context, partition).await?;
+    Ok(RecoveredPartition {
+        state: recovered.state,
+        snapshot_covers: recovered.snapshot_covers,
+        timeline_end: recovered.owner_epoch,
+    })
 }
 
 /// Returns the error of a worker that has stopped, if any.

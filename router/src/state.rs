@@ -18,8 +18,16 @@
 //!   instead of a second event, within a window of the most recent `dedup_window` ids;
 //! - a group never grows past `limits.max_group_members` members, and a user creates at most
 //!   `limits.max_groups_created_per_user_per_hour` groups an hour: [`crate::group_limits`].
+//!
+//! Snapshots ([`crate::snapshot`]) store the folded part of the state ([`FoldedImage`]: every
+//! field `apply` changes) so recovery can start from one instead of the partition's start:
+//! restoring an image of the fold of `timeline[0..x)` and folding on from `x` gives the same
+//! state as folding from 0. Any change to what is serialized here changes the snapshot format.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+
+use serde::ser::SerializeSeq;
+use serde::{Deserialize, Serialize};
 
 use chorus_core::config::{LimitsSection, RouterConfig};
 use chorus_core::error::{ApiError, ErrorCode};
@@ -45,7 +53,7 @@ pub enum Decision {
 }
 
 /// One conversation's state.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 struct ConversationState {
     /// Highest seq assigned.
     last_seq: u64,
@@ -61,7 +69,7 @@ struct ConversationState {
 }
 
 /// Key of the idempotency window.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 struct DedupKey {
     conversation: String,
     sender: String,
@@ -69,6 +77,7 @@ struct DedupKey {
 }
 
 /// The sequencer state of one partition.
+#[derive(PartialEq)]
 pub struct SequencerState {
     /// Conversations of this partition.
     conversations: HashMap<String, ConversationState>,
@@ -80,8 +89,12 @@ pub struct SequencerState {
     dedup_order: VecDeque<DedupKey>,
     /// How many ids `dedup` keeps.
     dedup_window: usize,
-    /// Next ingress offset to sequence: one past the highest `ingress_offset` in the timeline.
+    /// Next ingress offset to sequence: one past the highest `ingress_offset` in the timeline,
+    /// or further while running (records handled without a timeline event).
     next_ingress_offset: u64,
+    /// One past the highest `ingress_offset` folded in: `next_ingress_offset` as the timeline
+    /// alone says it, which is what a snapshot stores (a fold of the timeline, nothing else).
+    folded_ingress_offset: u64,
     /// Limits on group size and on groups created per user.
     group_limits: GroupLimits,
     /// Recent group creations per creator, for `group_limits`.
@@ -98,6 +111,7 @@ impl SequencerState {
             dedup_order: VecDeque::new(),
             dedup_window,
             next_ingress_offset: 0,
+            folded_ingress_offset: 0,
             group_limits: GroupLimits::from_limits(&LimitsSection::default(), 1),
             group_creations: GroupCreations::default(),
         }
@@ -169,6 +183,7 @@ impl SequencerState {
     /// Folds one timeline event into the state (recovery, and after each decision).
     pub fn apply(&mut self, event: &TimelineEvent) {
         self.next_ingress_offset = self.next_ingress_offset.max(event.ingress_offset + 1);
+        self.folded_ingress_offset = self.folded_ingress_offset.max(event.ingress_offset + 1);
         let Some(seq) = event.seq else {
             return; // read cursors change nothing the sequencer checks
         };
@@ -367,6 +382,81 @@ impl SequencerState {
             }
             EventBody::ConversationCreated { .. } => Ok(()),
         }
+    }
+
+    /// The folded part of the state, serialized (postcard) for a snapshot: exactly what
+    /// folding the timeline up to here gives, whatever was handled since without a timeline
+    /// event. Proportional to the state: the caller runs it between batches.
+    pub(crate) fn encode_folded(&self) -> Result<Vec<u8>, postcard::Error> {
+        postcard::to_stdvec(&FoldedImageRef {
+            conversations: &self.conversations,
+            interned: &self.interned,
+            dedup: DedupInOrder(self),
+            folded_ingress_offset: self.folded_ingress_offset,
+            group_creations: &self.group_creations,
+        })
+    }
+
+    /// Replaces the folded part of this (fresh) state with a decoded image; the configured
+    /// dedup window and group limits stay. A window smaller than the image's keeps its newest
+    /// ids, as a fold under the smaller window would.
+    pub(crate) fn restore(&mut self, image: FoldedImage) {
+        self.conversations = image.conversations;
+        self.interned = image.interned;
+        self.dedup = HashMap::with_capacity(image.dedup.len().min(self.dedup_window));
+        self.dedup_order = VecDeque::with_capacity(image.dedup.len().min(self.dedup_window));
+        for (key, seq, event_id) in image.dedup {
+            self.remember(key, seq, event_id);
+        }
+        self.next_ingress_offset = image.folded_ingress_offset;
+        self.folded_ingress_offset = image.folded_ingress_offset;
+        self.group_creations = image.group_creations;
+    }
+}
+
+/// The folded state as a snapshot holds it; decoded by [`decode_folded`], put back by
+/// [`SequencerState::restore`]. Field for field the shape [`SequencerState::encode_folded`]
+/// writes.
+#[derive(Deserialize)]
+pub(crate) struct FoldedImage {
+    conversations: HashMap<String, ConversationState>,
+    interned: HashMap<String, u32>,
+    /// The dedup window, oldest first.
+    dedup: Vec<(DedupKey, u64, String)>,
+    folded_ingress_offset: u64,
+    group_creations: GroupCreations,
+}
+
+/// Decodes what [`SequencerState::encode_folded`] wrote.
+pub(crate) fn decode_folded(bytes: &[u8]) -> Result<FoldedImage, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
+/// [`FoldedImage`] by reference, so encoding copies nothing.
+#[derive(Serialize)]
+struct FoldedImageRef<'a> {
+    conversations: &'a HashMap<String, ConversationState>,
+    interned: &'a HashMap<String, u32>,
+    dedup: DedupInOrder<'a>,
+    folded_ingress_offset: u64,
+    group_creations: &'a GroupCreations,
+}
+
+/// The dedup window as `(key, seq, event_id)`, oldest first, the order its eviction follows.
+struct DedupInOrder<'a>(&'a SequencerState);
+
+impl Serialize for DedupInOrder<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let state = self.0;
+        let mut sequence = serializer.serialize_seq(Some(state.dedup_order.len()))?;
+        for key in &state.dedup_order {
+            // `remember` keeps `dedup` and `dedup_order` to the same keys
+            let Some((seq, event_id)) = state.dedup.get(key) else {
+                return Err(serde::ser::Error::custom("dedup window out of step"));
+            };
+            sequence.serialize_element(&(key, seq, event_id))?;
+        }
+        sequence.end()
     }
 }
 
@@ -904,5 +994,156 @@ mod tests {
         assert!(matches!(retry, Decision::Duplicate { seq: 3, .. }));
         let next = recovered.decide(ingress("g:t", "alice", "m3", text("three")), 4);
         assert_eq!(seq_of(&next), Some(4));
+    }
+
+    /// A varied timeline decided by a live state: direct and group conversations, members
+    /// added and removed, edits, recalls, read marks, retried ids, rejections (which leave no
+    /// event), with a dedup window smaller than the number of ids.
+    fn generated_timeline(count: u64) -> Vec<TimelineEvent> {
+        let mut live = SequencerState::new(50);
+        let mut timeline = Vec::new();
+        let mut random = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |bound: u64| {
+            random ^= random << 13;
+            random ^= random >> 7;
+            random ^= random << 17;
+            random % bound
+        };
+        let users = ["alice", "bob", "carol", "dave", "erin"];
+        for offset in 0..count {
+            let user = users[next(5) as usize];
+            let direct = ["dm:alice:bob", "dm:bob:carol", "dm:carol:dave"][next(3) as usize];
+            let group = ["g:one", "g:two"][next(2) as usize];
+            let id = format!("c{}", next(count.max(1) * 2 / 3 + 1));
+            let event = match next(10) {
+                0 => create_group(group, user, &[user, "erin"], offset as i64),
+                1 => add_members(group, user, &id, &[users[next(5) as usize]]),
+                2 => ingress(
+                    group,
+                    user,
+                    &id,
+                    EventBody::MembersRemoved {
+                        members: vec![users[next(5) as usize].to_owned()],
+                    },
+                ),
+                3 => ingress(
+                    direct,
+                    user,
+                    &id,
+                    EventBody::MessageEdited {
+                        target_seq: 1 + next(live.last_seq(direct) + 1),
+                        text: "edited".into(),
+                    },
+                ),
+                4 => ingress(
+                    direct,
+                    user,
+                    &id,
+                    EventBody::MessageRecalled {
+                        target_seq: 1 + next(live.last_seq(direct) + 1),
+                    },
+                ),
+                5 => {
+                    let mut read = ingress(
+                        direct,
+                        user,
+                        &id,
+                        EventBody::ReadCursorMoved {
+                            seq: live.last_seq(direct),
+                        },
+                    );
+                    read.client_msg_id = None;
+                    read
+                }
+                6 => ingress(group, user, &id, text("to the group")),
+                _ => ingress(direct, user, &id, text("hello")),
+            };
+            if let Decision::Sequence(sequenced) = live.decide(event, offset) {
+                timeline.push(sequenced);
+            }
+        }
+        timeline
+    }
+
+    fn fold(state: &mut SequencerState, events: &[TimelineEvent]) {
+        for event in events {
+            state.apply(event);
+        }
+    }
+
+    #[test]
+    fn a_restored_image_plus_the_tail_is_the_full_fold() {
+        let timeline = generated_timeline(3_000);
+        assert!(timeline.len() > 500, "{} events", timeline.len());
+        let mut full = SequencerState::new(50);
+        fold(&mut full, &timeline);
+        for cut in [0, 1, timeline.len() / 3, timeline.len() - 1, timeline.len()] {
+            let mut before = SequencerState::new(50);
+            fold(&mut before, &timeline[..cut]);
+            let image = before.encode_folded().expect("encode");
+            let mut restored = SequencerState::new(50);
+            restored.restore(decode_folded(&image).expect("decode"));
+            assert!(restored == before, "the image restores the state at {cut}");
+            fold(&mut restored, &timeline[cut..]);
+            assert!(restored == full, "restored at {cut} and folded on");
+        }
+        // and it decides the same: a retried id, a new message, a group change
+        let mut restored = SequencerState::new(50);
+        restored.restore(decode_folded(&full.encode_folded().expect("encode")).expect("decode"));
+        let last = timeline.last().expect("events");
+        let retry = IngressEvent {
+            client_msg_id: last.client_msg_id.clone(),
+            ..ingress(&last.conversation, &last.sender, "x", text("again"))
+        };
+        for (offset, event) in [
+            retry,
+            ingress("dm:alice:bob", "alice", "fresh", text("new")),
+            add_members("g:one", "alice", "fresh-add", &["bob"]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let offset = 10_000 + offset as u64;
+            assert_eq!(
+                full.decide(event.clone(), offset),
+                restored.decide(event, offset)
+            );
+        }
+    }
+
+    #[test]
+    fn the_image_holds_the_timeline_position_not_records_handled_since() {
+        let mut state = SequencerState::new(10);
+        state.decide(ingress("dm:alice:bob", "alice", "c1", text("hi")), 0);
+        state.handled_through(7); // rejected records after the last event
+        assert_eq!(state.next_ingress_offset(), 7);
+        let mut restored = SequencerState::new(10);
+        restored.restore(decode_folded(&state.encode_folded().expect("encode")).expect("decode"));
+        assert_eq!(
+            restored.next_ingress_offset(),
+            1,
+            "a fold of the timeline resumes after its last event"
+        );
+    }
+
+    #[test]
+    fn a_smaller_dedup_window_keeps_the_newest_ids_of_an_image() {
+        let mut state = SequencerState::new(10);
+        for offset in 0..10u64 {
+            let id = format!("c{offset}");
+            state.decide(ingress("dm:alice:bob", "alice", &id, text("hi")), offset);
+        }
+        let mut smaller = SequencerState::new(3);
+        smaller.restore(decode_folded(&state.encode_folded().expect("encode")).expect("decode"));
+        let mut folded = SequencerState::new(3);
+        for offset in 0..10u64 {
+            let id = format!("c{offset}");
+            folded.decide(ingress("dm:alice:bob", "alice", &id, text("hi")), offset);
+        }
+        assert!(smaller == folded, "as a fold under the smaller window");
+        assert!(matches!(
+            smaller.decide(ingress("dm:alice:bob", "alice", "c9", text("hi")), 10),
+            Decision::Duplicate { seq: 10, .. }
+        ));
     }
 }

@@ -11,6 +11,10 @@
 //! connection's seq order. Before anything else a new owner delivers again the last
 //! `router.takeover_redelivery_events` events of the partition: the committed tail an earlier
 //! owner may not have sent; nodes drop what a connection already got.
+//!
+//! Recovery starts from the newest usable snapshot ([`crate::snapshot`]) and folds the timeline
+//! after it; every `router.snapshot_every_events` appended events the worker takes a new one
+//! between two batches and writes it from a task of its own (at most one in flight).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -23,6 +27,7 @@ use chorus_log::{FencedWriter, NewRecord, Offset, PartitionId, Record};
 use chorus_schemas::{EventBody, IngressEvent, TimelineEvent, decode_ingress, encode_timeline};
 use tokio::sync::mpsc;
 
+use crate::snapshot::{self, Anchor};
 use crate::state::{Decision, SequencerState};
 use crate::{RouterContext, RouterError};
 
@@ -41,6 +46,8 @@ pub(crate) struct Recovered {
     pub(crate) state: SequencerState,
     /// The `timeline` end found once the fenced writer was open: this owner's epoch.
     pub(crate) owner_epoch: Offset,
+    /// Where the fold started: the offset the restored snapshot covers, `None` from 0.
+    pub(crate) snapshot_covers: Option<Offset>,
     /// Deliveries of the partition's last sequenced events, sent again before anything else.
     tail: Vec<Notice>,
 }
@@ -66,6 +73,44 @@ pub(crate) async fn recover(
     let tail_from = end.saturating_sub(2 * tail_events as u64);
     let mut tail: VecDeque<Notice> = VecDeque::with_capacity(tail_events.min(RECOVERY_READ));
     let mut position = 0;
+    let mut snapshot_covers = None;
+    if context.config.router.snapshot_every_events > 0 {
+        // The fold must start at or before `tail_from`: the tail is delivered to the members
+        // each event had, which only a fold through it knows. Snapshots are at least
+        // `snapshot_every_events >= 2 * tail_events` apart, so the one before the newest is
+        // always old enough.
+        let loaded = snapshot::load(
+            context.log.as_ref(),
+            &context.metrics,
+            &topics.timeline_snapshots,
+            &topics.timeline,
+            partition,
+            end,
+            tail_from,
+        )
+        .await;
+        if let Some(loaded) = loaded {
+            state.restore(loaded.image);
+            position = loaded.covers;
+            snapshot_covers = Some(loaded.covers);
+        }
+    }
+    let from = if snapshot_covers.is_some() {
+        "snapshot"
+    } else {
+        "start"
+    };
+    context
+        .metrics
+        .router_recoveries
+        .with_label_values(&[from])
+        .inc();
+    tracing::debug!(
+        partition,
+        end,
+        ?snapshot_covers,
+        "recovering the partition's state"
+    );
     while position < end {
         let records = context
             .log
@@ -101,6 +146,7 @@ pub(crate) async fn recover(
     Ok(Recovered {
         state,
         owner_epoch: end,
+        snapshot_covers,
         tail: tail.into(),
     })
 }
@@ -140,6 +186,7 @@ pub(crate) async fn run(
         mut state,
         owner_epoch,
         tail,
+        ..
     } = recovered;
     let owner = Owner {
         partition,
@@ -175,6 +222,7 @@ pub(crate) async fn run(
     }
     let max_batch = context.config.router.batch_records.max(1) * COALESCE_BATCHES;
     let mut lag_updated: Option<std::time::Instant> = None;
+    let mut snapshots = Snapshots::new(context.config.router.snapshot_every_events);
     while let Some(mut batch) = batches.recv().await {
         // under load, batches queue up while a transaction commits: take them all in one
         while batch.len() < max_batch
@@ -286,12 +334,21 @@ pub(crate) async fn run(
                 .append(&topics.dead_letter, dead_letters)
                 .await?;
         }
-        if !timeline_records.is_empty() {
+        if let Some(last) = timeline_records.last() {
             let count = timeline_records.len() as u64;
+            let last_value_crc = crc32fast::hash(&last.value);
             let appending = std::time::Instant::now();
-            append_timeline_batch_crash_only(writer.as_mut(), timeline_records).await?;
+            let offsets =
+                append_timeline_batch_crash_only(writer.as_mut(), timeline_records).await?;
             tracing::trace!(partition, count, elapsed = ?appending.elapsed(), "timeline batch appended");
             context.metrics.events_sequenced.inc_by(count);
+            if let Some(last_offset) = offsets.last() {
+                let anchor = Anchor {
+                    offset: *last_offset,
+                    value_crc: last_value_crc,
+                };
+                snapshots.appended(&context, &state, owner, anchor, offsets.len());
+            }
         }
         if !notices.is_empty() && notices_out.send(notices).await.is_err() {
             break; // the notifier only stops if it panicked; its join below reports it
@@ -317,7 +374,116 @@ pub(crate) async fn run(
     notifier
         .await
         .map_err(|source| RouterError::NotifierTask { partition, source })?;
+    snapshots.finish().await;
     Ok(())
+}
+
+/// When the worker snapshots its state, and the snapshot being written.
+struct Snapshots {
+    /// `router.snapshot_every_events`; 0: never.
+    every: usize,
+    /// Events appended since the last snapshot was taken.
+    since_last: usize,
+    /// The snapshot being compressed and written; at most one per partition.
+    in_flight: Option<tokio::task::JoinHandle<()>>,
+    /// The slot the next snapshot goes to (compaction keeps the newest of each of two).
+    slot: u8,
+}
+
+impl Snapshots {
+    fn new(every: usize) -> Self {
+        Snapshots {
+            every,
+            since_last: 0,
+            in_flight: None,
+            slot: 0,
+        }
+    }
+
+    /// Called after each append returned, with the state that now folds the timeline up to and
+    /// including `anchor`. Takes a snapshot once `every` events were appended since the last
+    /// one and none is in flight (else it tries again after the next append); the state is
+    /// serialized here, compression and the write run in a task of their own.
+    fn appended(
+        &mut self,
+        context: &RouterContext,
+        state: &SequencerState,
+        owner: Owner,
+        anchor: Anchor,
+        count: usize,
+    ) {
+        if self.every == 0 {
+            return;
+        }
+        self.since_last += count;
+        if self.since_last < self.every
+            || self
+                .in_flight
+                .as_ref()
+                .is_some_and(|writing| !writing.is_finished())
+        {
+            return;
+        }
+        self.since_last = 0;
+        let metrics = context.metrics.clone();
+        // Valid whoever writes it and whenever it lands: it folds timeline[0..anchor], which
+        // never changes once appended. A zombie's late snapshot is older than its successor's
+        // state, which costs recovery a longer tail, never a wrong state.
+        let taken = match snapshot::take(state, owner.partition, anchor, owner.epoch) {
+            Ok(taken) => taken,
+            Err(error) => {
+                tracing::warn!(partition = owner.partition, %error, "snapshot not taken");
+                metrics
+                    .router_snapshots
+                    .with_label_values(&["failed"])
+                    .inc();
+                return;
+            }
+        };
+        let slot = self.slot;
+        self.slot = 1 - self.slot;
+        let log = context.log.clone();
+        let topic = context.config.topics().timeline_snapshots;
+        let partition = owner.partition;
+        self.in_flight = Some(tokio::spawn(async move {
+            let covers = taken.covers();
+            let written = async {
+                let records =
+                    tokio::task::spawn_blocking(move || snapshot::encode_records(taken, slot))
+                        .await
+                        .map_err(chorus_log::LogError::backend_failure)?
+                        .map_err(chorus_log::LogError::from)?;
+                let bytes: usize = records.iter().map(|record| record.value.len()).sum();
+                snapshot::write(log.as_ref(), &topic, partition, records).await?;
+                Ok::<usize, chorus_log::LogError>(bytes)
+            }
+            .await;
+            match written {
+                Ok(bytes) => {
+                    tracing::debug!(partition, covers, bytes, "snapshot written");
+                    metrics
+                        .router_snapshots
+                        .with_label_values(&["written"])
+                        .inc();
+                }
+                Err(error) => {
+                    // recovery falls back to an older snapshot or the start: slower, never wrong
+                    tracing::warn!(partition, covers, %error, "snapshot not written");
+                    metrics
+                        .router_snapshots
+                        .with_label_values(&["failed"])
+                        .inc();
+                }
+            }
+        }));
+    }
+
+    /// Waits for the snapshot in flight, if any (bounded by the caller's drain limit).
+    async fn finish(self) {
+        if let Some(writing) = self.in_flight {
+            let _ = writing.await;
+        }
+    }
 }
 
 /// Appends a decided batch to the partition's `timeline` through the fenced writer. Crash-only:

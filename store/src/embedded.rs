@@ -14,9 +14,14 @@
 //!   [`records_to_apply`] keeps (at or above it) are applied and the position is raised in the
 //!   same commit, so the position always describes exactly the data next to it and replays
 //!   change nothing;
-//! - the database is committed with redb's default durability ([`redb::Durability::Immediate`]):
-//!   an acknowledged `apply` survives a crash. A weaker durability would also be correct (the
-//!   projector re-applies from whatever position survived) but buys little with batched applies;
+//! - commits are synced by time, not one by one ([`SyncClock`]): an apply is a durable redb
+//!   commit ([`redb::Durability::Immediate`]) when the last durable one is at least
+//!   [`SYNC_INTERVAL`] old, and a non-durable one ([`redb::Durability::None`]: visible to readers at
+//!   once, persisted by the next durable commit) otherwise. A crash loses at most the last
+//!   interval of applies, data and position together (they share the transaction), and the
+//!   projector applies them again from the log: the history is a projection, the log is the
+//!   record. So a trickle of messages costs a synced transaction per interval, not per message.
+//!   Dropping the store makes what is pending durable;
 //! - every table is created in [`EmbeddedHistory::open`], so read transactions never meet a
 //!   missing table;
 //! - all redb work runs on tokio's blocking pool, never on an async worker thread;
@@ -25,11 +30,16 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chorus_log::{Offset, PartitionId};
 use chorus_schemas::{EventBody, TimelineEvent};
-use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
+use parking_lot::Mutex;
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
@@ -101,6 +111,8 @@ enum EmbeddedError {
     Storage(#[from] redb::StorageError),
     #[error("commit: {0}")]
     Commit(#[from] redb::CommitError),
+    #[error("durability: {0}")]
+    Durability(#[from] redb::SetDurabilityError),
     #[error("encoding a stored record: {0}")]
     Encoding(#[from] serde_json::Error),
 }
@@ -116,10 +128,62 @@ impl From<EmbeddedError> for HistoryError {
     }
 }
 
+/// Longest time an applied batch stays non-durable (see the module invariants).
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// When the next apply must be a durable commit: the durability choice of every apply.
+#[derive(Debug, Default)]
+struct SyncClock {
+    /// When the last durable commit returned; `None` before the first.
+    last_durable: Mutex<Option<Instant>>,
+    /// Whether a non-durable commit happened since the last durable one.
+    pending: AtomicBool,
+    /// Durable commits made, for tests and the closing flush.
+    durable_commits: AtomicU64,
+}
+
+impl SyncClock {
+    /// The durability of the next commit.
+    fn durability(&self) -> Durability {
+        let last = *self.last_durable.lock();
+        match last {
+            Some(at) if at.elapsed() < SYNC_INTERVAL => Durability::None,
+            _ => Durability::Immediate,
+        }
+    }
+
+    /// Records a commit that returned with `durability`.
+    fn committed(&self, durability: Durability) {
+        if matches!(durability, Durability::Immediate) {
+            *self.last_durable.lock() = Some(Instant::now());
+            self.pending.store(false, Ordering::Release);
+            self.durable_commits.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.pending.store(true, Ordering::Release);
+        }
+    }
+}
+
 /// The redb-backed history store. Cheap to share (`Arc<EmbeddedHistory>`).
 pub struct EmbeddedHistory {
     /// The database; an `Arc` so blocking tasks can own a handle.
     database: Arc<Database>,
+    /// Which applies are durable commits.
+    sync: Arc<SyncClock>,
+}
+
+impl Drop for EmbeddedHistory {
+    /// Makes pending non-durable commits durable (an empty durable commit persists every commit
+    /// before it). Best effort: if it fails, or the process dies first, the projector applies
+    /// those records again from the log.
+    fn drop(&mut self) {
+        if !self.sync.pending.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(error) = commit_durably(&self.database) {
+            warn!(%error, "history: pending commits not made durable at close");
+        }
+    }
 }
 
 impl EmbeddedHistory {
@@ -131,7 +195,13 @@ impl EmbeddedHistory {
         debug!(path = %path.display(), "opened embedded history store");
         Ok(Arc::new(EmbeddedHistory {
             database: Arc::new(database),
+            sync: Arc::default(),
         }))
+    }
+
+    /// Durable commits made so far (an apply at least [`SYNC_INTERVAL`] after the previous one).
+    pub fn durable_commits(&self) -> u64 {
+        self.sync.durable_commits.load(Ordering::Relaxed)
     }
 
     /// Runs `operation` against the database on tokio's blocking pool.
@@ -167,14 +237,25 @@ fn create_tables(database: &Database) -> Result<(), EmbeddedError> {
     Ok(())
 }
 
+/// An empty durable commit: persists every non-durable commit before it.
+fn commit_durably(database: &Database) -> Result<(), EmbeddedError> {
+    let mut transaction = database.begin_write()?;
+    transaction.set_durability(Durability::Immediate)?;
+    transaction.commit()?;
+    Ok(())
+}
+
 /// Applies one batch in one write transaction (see the module invariants).
 fn apply_batch(
     database: &Database,
+    sync: &SyncClock,
     partition: PartitionId,
     records: &[(Offset, TimelineEvent)],
     next_offset: Offset,
 ) -> Result<(), EmbeddedError> {
-    let transaction = database.begin_write()?;
+    let mut transaction = database.begin_write()?;
+    let durability = sync.durability();
+    transaction.set_durability(durability)?;
     let changed = {
         let mut positions = transaction.open_table(POSITIONS)?;
         let position = positions
@@ -198,6 +279,7 @@ fn apply_batch(
         return Ok(());
     }
     transaction.commit()?;
+    sync.committed(durability);
     Ok(())
 }
 
@@ -533,8 +615,11 @@ impl HistoryStore for EmbeddedHistory {
         next_offset: Offset,
     ) -> Result<(), HistoryError> {
         let records = records.to_vec();
-        self.run_blocking(move |database| apply_batch(database, partition, &records, next_offset))
-            .await
+        let sync = Arc::clone(&self.sync);
+        self.run_blocking(move |database| {
+            apply_batch(database, &sync, partition, &records, next_offset)
+        })
+        .await
     }
 
     async fn position(&self, partition: PartitionId) -> Result<Offset, HistoryError> {

@@ -111,3 +111,50 @@ async fn a_second_open_of_the_same_file_is_unavailable() {
         second.err()
     );
 }
+
+/// Applies within one sync interval share one durable commit: a trickle of small batches does
+/// not cost a synced transaction each, and every apply is visible to readers at once.
+#[tokio::test]
+async fn applies_within_the_sync_interval_share_one_durable_commit() {
+    use chorus_store::embedded::SYNC_INTERVAL;
+    let directory = tempfile::tempdir().unwrap();
+    let store = EmbeddedHistory::open(&directory.path().join("history.redb")).unwrap();
+    let started = std::time::Instant::now();
+    for seq in 1..=50u64 {
+        let records = vec![(seq - 1, message("dm:alice:bob", seq, "trickle"))];
+        store.apply(0, &records, seq).await.unwrap();
+        assert_eq!(store.position(0).await.unwrap(), seq);
+    }
+    let intervals = started.elapsed().as_secs_f64() / SYNC_INTERVAL.as_secs_f64();
+    let most = 1 + intervals.ceil() as u64;
+    assert!(
+        store.durable_commits() <= most,
+        "{} durable commits for 50 applies in {intervals:.2} sync intervals",
+        store.durable_commits()
+    );
+    let page = store
+        .messages("dm:alice:bob", MessagePage::After(0), 100)
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 50);
+}
+
+/// Applies that were not yet durable when the store closed are there after reopening.
+#[tokio::test]
+async fn non_durable_applies_are_made_durable_at_close() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("history.redb");
+    {
+        let store = EmbeddedHistory::open(&path).unwrap();
+        for seq in 1..=3u64 {
+            let records = vec![(seq - 1, message("dm:alice:bob", seq, "late"))];
+            store.apply(0, &records, seq).await.unwrap();
+        }
+        assert!(
+            store.durable_commits() < 3,
+            "the later applies were not durable commits"
+        );
+    }
+    let reopened = EmbeddedHistory::open(&path).unwrap();
+    assert_eq!(reopened.position(0).await.unwrap(), 3);
+}

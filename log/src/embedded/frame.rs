@@ -255,7 +255,7 @@ pub(super) fn scan_frames(
 }
 
 /// Fills `buffer` as far as the input allows; returns how many bytes were read.
-fn read_up_to(reader: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
+pub(super) fn read_up_to(reader: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buffer.len() {
         match reader.read(&mut buffer[filled..]) {

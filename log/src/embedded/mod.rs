@@ -5,16 +5,19 @@
 //!
 //! ```text
 //! <dir>/@lock                                   held (flock) while a process has the log open
+//! <dir>/@wal/<sequence>.wal                     write-ahead log segments (none after clean close)
 //! <dir>/<topic>/topic.json                      {"partitions": N}, written once, atomically
 //! <dir>/<topic>/partition-<p>/<base>.log        segment files; <base> = first offset, 20 digits
 //! <dir>/<topic>/groups/<group>.json             committed offsets of (group, topic)
 //! ```
 //!
 //! Topic names follow Kafka's rule (1 to 249 characters of `[a-zA-Z0-9._-]`, not `.`/`..`), so
-//! they are safe folder names and `@lock` can never collide with one. Group names are
+//! they are safe folder names and `@lock` and `@wal` can never collide with one. Group names are
 //! percent-encoded into file names (the real name is stored inside the file). Segments roll: once
 //! the active segment reaches `segment_bytes` (64 MiB by default), the next group commit starts a
-//! new one. Nothing is ever deleted (no retention).
+//! new one. No record is ever deleted (no retention); write-ahead log segments are deleted once
+//! checkpointed. A folder written before the write-ahead log existed (no `@wal`) opens as is: its
+//! partition files were synced on every append.
 //!
 //! # Record framing
 //!
@@ -27,37 +30,50 @@
 //!
 //! A single writer thread owns all appends. Callers send their records over a bounded channel and
 //! await a oneshot; the writer takes every queued request (up to `max_batch_bytes`), assigns
-//! offsets in file order, writes each touched segment with one `pwrite`, calls `fdatasync` once
-//! per touched file (in parallel, on up to 16 threads: the writer and 15 sync helpers), and only
-//! then publishes the records to readers and replies. **An append returns only after its records are synced**, so an acknowledged record
-//! survives a crash. While the writer syncs, new requests queue and form the next batch: no
-//! fixed delay, and syncs per second follow the disk, not the number of appenders. No file IO
-//! ever runs on a tokio worker thread on the append path. If a write or sync fails, the writer
-//! refuses every later append (the kernel may have dropped the dirty pages, so retrying could
-//! acknowledge lost data); a restart re-scans the files.
+//! offsets in file order, appends one entry per record (topic, partition and the record's frame,
+//! checksummed) to the write-ahead log shared by all partitions with one `pwrite` and **one
+//! `fdatasync` per group commit however many partitions it touched**, then hands each touched
+//! partition its frames (kept in memory, where the tail cache serves them, and written to the
+//! segment file with one `pwrite` once 64 KiB or the tail cache's size are pending; no sync), and
+//! only then publishes the records to readers and replies. **An append returns only after its
+//! records are synced in the write-ahead log**, so an acknowledged record survives a crash.
+//! Partition files are synced lazily: at a checkpoint (once the WAL segment holds `segment_bytes`:
+//! every partition file written since the previous checkpoint is synced, in parallel on up to 16
+//! threads, then the WAL restarts), when a partition rolls (the sealed segment), and on a clean
+//! close (which then deletes the WAL). On open the WAL is replayed into the partitions after their
+//! scan: records a partition already holds are skipped, the rest appended. The rules are in
+//! `wal.rs`. While the writer syncs, new requests queue and form the next batch: no fixed delay,
+//! and syncs per second follow the disk, not the number of appenders. No file IO ever runs on a
+//! tokio worker thread on the append path. If a write or sync fails, the writer refuses every later
+//! append (the kernel may have dropped the dirty pages, so retrying could acknowledge lost data); a
+//! restart re-scans the files and replays the WAL.
 //!
 //! # Torn tails
 //!
 //! On open every segment is scanned: lengths, CRCs, and offsets counting up from the segment's
 //! base are checked. In the last segment, the first short, oversized, zeroed, CRC-failing or
 //! out-of-sequence frame and everything after it are a torn or corrupt tail: logged with
-//! `tracing::warn!`, truncated away (`set_len` + `fsync`), and appends continue from there. Only
-//! bytes that were never acknowledged can be torn by a crash; corruption of synced bytes (media
-//! damage) in the last segment also truncates from the damaged record on. A sealed (non-last)
-//! segment was fully synced before its successor was created, so damage there is not a crash
-//! artifact: `open` fails with [`LogError::Corrupt`] rather than discard later segments.
+//! `tracing::warn!`, truncated away (`set_len` + `fsync`), and then the write-ahead log is
+//! replayed: an acknowledged record torn from a partition file (written but not yet synced there)
+//! is appended again from the WAL, where it was synced before it was acknowledged. In the WAL
+//! itself only the entries of a group commit that was never acknowledged can be torn; its replay
+//! stops at the first damaged entry of a segment. Corruption of synced bytes (media damage) in a
+//! partition's last segment also truncates from the damaged record on, and only what the WAL still
+//! holds comes back. A sealed (non-last) segment was fully synced before its successor was
+//! created, so damage there is not a crash artifact: `open` fails with [`LogError::Corrupt`]
+//! rather than discard later segments.
 //!
 //! # Offsets and reads
 //!
 //! Offsets in a partition are contiguous from 0 and assigned by the writer. All offsets are "next
 //! to read": [`EventLog::end_offset`] is one past the last durable record, reading "from" `o`
-//! returns records with offset `>= o`. Readers see only synced records. A sparse in-memory index
-//! (one entry per segment start and per 4 KiB of records) maps offsets to file positions, so a
-//! read by offset scans at most about 4 KiB before its first record. The newest records of each
-//! partition (up to `tail_cache_bytes`, 1 MiB by default) stay in a memory tail cache, which
-//! serves consumers that keep up without touching the disk; older records are read with `pread`
-//! on tokio's blocking pool. Readers waiting for new records wait on a per-partition
-//! `tokio::sync::watch` of the durable end offset.
+//! returns records with offset `>= o`. Readers see only durable records (synced in the WAL). A
+//! sparse in-memory index (one entry per segment start and per 4 KiB of records) maps offsets to
+//! file positions, so a read by offset scans at most about 4 KiB before its first record. The
+//! newest records of each partition (up to `tail_cache_bytes`, 1 MiB by default) stay in a memory
+//! tail cache, which serves consumers that keep up without touching the disk; older records are
+//! read with `pread` on tokio's blocking pool. Readers waiting for new records wait on a
+//! per-partition `tokio::sync::watch` of the durable end offset.
 //!
 //! # Consumer groups
 //!
@@ -79,13 +95,18 @@
 //! - one read or poll returns at most 4 MiB of records (but always at least one record);
 //! - a group commit gathers at most `max_batch_bytes` of requests (plus the last one taken), and
 //!   at most 8192 requests wait in the queue before appenders wait for room;
-//! - memory per partition: the tail cache (`tail_cache_bytes`) plus about 16 bytes of index per
-//!   4 KiB of log; open time is linear in the log size (every segment is scanned).
+//! - memory per partition: the tail cache (`tail_cache_bytes`), up to 64 KiB of frames pending
+//!   their write to the segment file (never more than the tail cache), plus about 16 bytes of
+//!   index per 4 KiB of log; open time is linear in the log size (every segment is scanned) plus
+//!   the WAL replay (at most about `segment_bytes` of WAL, plus the last group commit, after a
+//!   crash);
+//! - disk: the WAL holds at most about `segment_bytes` plus one group commit between checkpoints.
 
 mod files;
 mod frame;
 mod group;
 mod partition;
+mod wal;
 mod writer;
 
 use std::collections::HashMap;
@@ -104,6 +125,7 @@ use self::files::{is_legal_topic_name, sync_dir, validate_topic_name, write_file
 use self::frame::{MAX_BODY_BYTES, ReadLimits};
 use self::group::{CommittedOffsetsFile, EmbeddedConsumer, GroupCoordinator};
 use self::partition::{PartitionLimits, PartitionLog};
+use self::wal::Wal;
 pub use self::writer::WriterStats;
 use self::writer::{AppendRequest, WriterShared, failed_log_error, spawn_writer};
 use super::{
@@ -148,7 +170,8 @@ impl EmbeddedLogConfig {
 /// Storage knobs that rarely need changing (tests use small values to exercise the edges).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EmbeddedLogTuning {
-    /// Segment length at which the next group commit starts a new segment file.
+    /// Segment length at which the next group commit starts a new segment file; also the
+    /// write-ahead log length at which the writer checkpoints.
     pub segment_bytes: u64,
     /// Bytes of newest records kept in memory per partition for readers near the end.
     pub tail_cache_bytes: usize,
@@ -259,9 +282,11 @@ impl EmbeddedLog {
             load_committed_offsets(&topic, &groups)?;
             topics.insert(name, Arc::new(topic));
         }
+        // Every partition is scanned (torn tails cut) before the WAL is replayed into it.
+        let (wal, _replayed) = Wal::open(&config.dir, &topics, limits.segment_bytes)?;
         let writer_shared = Arc::new(WriterShared::default());
         let (sender, writer_thread) =
-            spawn_writer(config.max_batch_bytes, Arc::clone(&writer_shared))?;
+            spawn_writer(config.max_batch_bytes, wal, Arc::clone(&writer_shared))?;
         tracing::info!(dir = %config.dir.display(), topics = topics.len(), "embedded log opened");
         let shared = LogShared {
             config,

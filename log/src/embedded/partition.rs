@@ -1,8 +1,18 @@
 //! One partition: its segment files, sparse index, tail cache and durable end offset.
+//!
+//! Once a group commit's write-ahead log entries are synced (`wal.rs`), its frames are *pending*:
+//! kept in memory and written to the active segment with one plain `pwrite` once more than
+//! `min(tail_cache_bytes, 64 KiB)` are pending, or at a checkpoint, a roll, a clean shutdown or the
+//! end of a replay. So a pending record is always in the tail cache (it is among the newest, whose
+//! sum fits the cache), and disk reads stop at the written length. Partition files are synced
+//! lazily (checkpoint, end of replay, clean shutdown), except a sealed segment, which is written
+//! and synced when the partition rolls, before its successor exists. Readers see only records
+//! whose WAL entries are synced.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +22,7 @@ use tokio::sync::watch;
 
 use super::files::sync_dir;
 use super::frame::{self, DiskReadError, ReadLimits, encode_frame, scan_frames};
+use super::wal;
 use crate::{LogError, NewRecord, Offset, PartitionId, Record};
 
 /// A sparse index entry is added once this many bytes were written since the previous one, so a
@@ -21,6 +32,9 @@ const INDEX_INTERVAL_BYTES: u64 = 4096;
 const SEGMENT_EXTENSION: &str = "log";
 /// Read buffer used when scanning segments on open.
 const SCAN_BUFFER_BYTES: usize = 1024 * 1024;
+/// Most bytes of durable frames kept pending (unwritten) per partition, when the tail cache is at
+/// least that large (pending frames must all be in the tail cache).
+const MAX_PENDING_BYTES: usize = 64 * 1024;
 
 /// Sizes that shape a partition's files and memory.
 #[derive(Debug, Clone, Copy)]
@@ -72,8 +86,11 @@ struct SegmentView {
     base_offset: Offset,
     /// The open segment file, shared with the writer (which writes with `pwrite`).
     file: Arc<File>,
-    /// Bytes of the file that are synced and therefore readable.
+    /// Bytes of frames that are durable (synced here, or their WAL entries are).
     durable_len: u64,
+    /// Bytes of the file written, at most `durable_len`: the frames past it are pending in
+    /// memory, all in the tail cache, so disk reads stop here.
+    written_len: u64,
     /// Sparse offset -> position index over the durable bytes, in offset order.
     index: Vec<IndexEntry>,
 }
@@ -161,8 +178,12 @@ struct ReadableState {
 struct WritableState {
     /// The active (last) segment file.
     file: Arc<File>,
-    /// Length of the active segment up to the last durable frame.
+    /// Length of the active segment up to the last durable frame, pending ones included.
     len: u64,
+    /// Bytes of the active segment written to its file (`len` minus the pending bytes).
+    written_len: u64,
+    /// Durable frames not written to the file yet, which go at `written_len`.
+    pending: Vec<u8>,
     /// Offset the next record gets.
     next_offset: Offset,
     /// Index cadence of the active segment.
@@ -179,7 +200,10 @@ pub(super) struct PartitionLog {
     dir: PathBuf,
     /// Segment size and tail cache bound.
     limits: PartitionLimits,
-    /// Segments, index, tail cache and durable end; changed only by the writer after a sync.
+    /// Most pending bytes kept before they are written (never more than the tail cache holds).
+    pending_limit: usize,
+    /// Segments, index, tail cache and durable end; changed only by the writer once the records'
+    /// WAL entries are synced and the records written here.
     readable: RwLock<ReadableState>,
     /// The durable end offset, broadcast so waiting readers and consumers wake on new records.
     durable_end: watch::Sender<Offset>,
@@ -195,12 +219,12 @@ pub(super) struct PartitionLog {
 pub(super) struct StagedAppend {
     /// The partition the records belong to; published once durable.
     pub(super) partition: Arc<PartitionLog>,
-    /// Segment file the staged bytes go to.
-    pub(super) file: Arc<File>,
     /// File position of the first staged byte.
     pub(super) position: u64,
     /// Encoded frames, written with one `pwrite`.
     pub(super) bytes: Vec<u8>,
+    /// Whether staging rolled the partition to a new segment, syncing the one it sealed.
+    pub(super) synced_sealed_segment: bool,
     /// Segment started for this batch (the previous one was full), published with the records.
     new_segment: Option<SegmentView>,
     /// Sparse index entries of the staged records.
@@ -218,21 +242,6 @@ impl StagedAppend {
     pub(super) fn push(&mut self, records: Vec<NewRecord>, timestamp_ms: i64) -> Vec<Offset> {
         let mut offsets = Vec::with_capacity(records.len());
         for new_record in records {
-            let offset = self.next_offset;
-            let position = self.position + self.bytes.len() as u64;
-            let frame_start = self.bytes.len();
-            encode_frame(
-                &mut self.bytes,
-                offset,
-                timestamp_ms,
-                &new_record.key,
-                &new_record.value,
-                &new_record.headers,
-            );
-            let frame_length = self.bytes.len() - frame_start;
-            if let Some(entry) = self.cadence.observe(offset, position, frame_length) {
-                self.index_entries.push(entry);
-            }
             let NewRecord {
                 key,
                 value,
@@ -240,20 +249,63 @@ impl StagedAppend {
             } = new_record;
             let record = Record {
                 partition: self.partition.partition,
-                offset,
+                offset: self.next_offset,
                 timestamp_ms,
                 key,
                 value,
                 headers,
             };
-            self.records.push(CachedRecord {
-                record,
-                frame_length,
-            });
-            self.next_offset += 1;
-            offsets.push(offset);
+            offsets.push(record.offset);
+            self.push_record(record);
         }
         offsets
+    }
+
+    /// Encodes a record read back from the write-ahead log after those already staged; the
+    /// caller has checked that its offset is [`StagedAppend::next_offset`].
+    pub(super) fn push_record(&mut self, mut record: Record) {
+        let offset = self.next_offset;
+        record.offset = offset;
+        record.partition = self.partition.partition;
+        let position = self.position + self.bytes.len() as u64;
+        let frame_start = self.bytes.len();
+        encode_frame(
+            &mut self.bytes,
+            offset,
+            record.timestamp_ms,
+            &record.key,
+            &record.value,
+            &record.headers,
+        );
+        let frame_length = self.bytes.len() - frame_start;
+        if let Some(entry) = self.cadence.observe(offset, position, frame_length) {
+            self.index_entries.push(entry);
+        }
+        self.records.push(CachedRecord {
+            record,
+            frame_length,
+        });
+        self.next_offset += 1;
+    }
+
+    /// The offset the next staged record gets.
+    pub(super) fn next_offset(&self) -> Offset {
+        self.next_offset
+    }
+
+    /// Appends one write-ahead log entry per staged record to `output`.
+    pub(super) fn encode_wal_entries(&self, output: &mut Vec<u8>) {
+        let mut frame_start = 0usize;
+        for cached in &self.records {
+            let frame_end = frame_start + cached.frame_length;
+            wal::encode_entry(
+                output,
+                &self.partition.topic,
+                self.partition.partition,
+                &self.bytes[frame_start..frame_end],
+            );
+            frame_start = frame_end;
+        }
     }
 
     /// Makes the staged records visible: called by the writer once they are synced.
@@ -339,6 +391,7 @@ impl PartitionLog {
                 base_offset,
                 file: Arc::new(file),
                 durable_len: outcome.valid_len,
+                written_len: outcome.valid_len,
                 index,
             });
         }
@@ -351,6 +404,8 @@ impl PartitionLog {
         let writable = WritableState {
             file: Arc::clone(&active.file),
             len: active.durable_len,
+            written_len: active.durable_len,
+            pending: Vec::new(),
             next_offset,
             cadence,
         };
@@ -360,6 +415,7 @@ impl PartitionLog {
             partition,
             dir,
             limits,
+            pending_limit: limits.tail_cache_bytes.min(MAX_PENDING_BYTES),
             readable: RwLock::new(ReadableState {
                 segments,
                 end_offset: next_offset,
@@ -376,18 +432,66 @@ impl PartitionLog {
         self.readable.read().end_offset
     }
 
+    /// The offset the next staged record gets (the writer's view; equals the end offset between
+    /// group commits).
+    pub(super) fn next_offset(&self) -> Offset {
+        self.writable.lock().next_offset
+    }
+
+    /// Writes the pending frames and syncs the active segment file (sealed ones were written
+    /// and synced when they were sealed).
+    pub(super) fn sync_active_segment(&self) -> io::Result<()> {
+        self.flush_pending()?.sync_data()
+    }
+
+    /// Writes the pending frames to the active segment; returns that file (for a sync). Called
+    /// by the writer thread (or the replay on open) between group commits.
+    pub(super) fn flush_pending(&self) -> io::Result<Arc<File>> {
+        let mut writable = self.writable.lock();
+        if !writable.pending.is_empty() {
+            write_pending(&mut writable)?;
+            let written_len = writable.written_len;
+            if let Some(active) = self.readable.write().segments.last_mut() {
+                active.written_len = written_len;
+            }
+        }
+        Ok(Arc::clone(&writable.file))
+    }
+
+    /// Takes a staged append whose WAL entries are synced: its frames become pending, and the
+    /// pending frames are written once there are more than `pending_limit` bytes of them.
+    /// Called before [`StagedAppend::publish`].
+    pub(super) fn write_staged(&self, staged: &StagedAppend) -> io::Result<()> {
+        let mut writable = self.writable.lock();
+        debug_assert_eq!(
+            writable.written_len + writable.pending.len() as u64,
+            staged.position
+        );
+        writable.pending.extend_from_slice(&staged.bytes);
+        if writable.pending.len() > self.pending_limit {
+            write_pending(&mut writable)?;
+        }
+        Ok(())
+    }
+
     /// A receiver of the durable end offset, for waiting on new records.
     pub(super) fn subscribe(&self) -> watch::Receiver<Offset> {
         self.durable_end.subscribe()
     }
 
     /// Starts staging this partition's records of a group commit; rolls to a new segment first
-    /// if the active one is full. Called by the writer thread only, between group commits, so
-    /// every earlier byte of the active segment is already synced.
+    /// if the active one is full, syncing the sealed one before its successor exists (so a
+    /// damaged sealed segment is never a crash artifact). Called by the writer thread only
+    /// (or the replay on open), between group commits, so every earlier byte of the active
+    /// segment is already written.
     pub(super) fn begin_staging(self: &Arc<Self>) -> io::Result<StagedAppend> {
         let mut writable = self.writable.lock();
         let mut new_segment = None;
+        let mut synced_sealed_segment = false;
         if writable.len >= self.limits.segment_bytes {
+            write_pending(&mut writable)?;
+            writable.file.sync_data()?;
+            synced_sealed_segment = true;
             let file = Arc::new(create_segment_file(&self.dir, writable.next_offset)?);
             tracing::debug!(
                 topic = %self.topic,
@@ -397,19 +501,21 @@ impl PartitionLog {
             );
             writable.file = Arc::clone(&file);
             writable.len = 0;
+            writable.written_len = 0;
             writable.cadence = IndexCadence::default();
             new_segment = Some(SegmentView {
                 base_offset: writable.next_offset,
                 file,
                 durable_len: 0,
+                written_len: 0,
                 index: Vec::new(),
             });
         }
         Ok(StagedAppend {
             partition: Arc::clone(self),
-            file: Arc::clone(&writable.file),
             position: writable.len,
             bytes: Vec::new(),
+            synced_sealed_segment,
             new_segment,
             index_entries: Vec::new(),
             records: Vec::new(),
@@ -420,19 +526,25 @@ impl PartitionLog {
 
     fn publish(&self, staged: StagedAppend) {
         let durable_len = staged.position + staged.bytes.len() as u64;
-        {
+        let written_len = {
             let mut writable = self.writable.lock();
             writable.len = durable_len;
             writable.next_offset = staged.next_offset;
             writable.cadence = staged.cadence;
-        }
+            writable.written_len
+        };
         {
             let mut readable = self.readable.write();
             if let Some(segment) = staged.new_segment {
+                // Staging wrote the sealed segment whole before creating this one.
+                if let Some(sealed) = readable.segments.last_mut() {
+                    sealed.written_len = sealed.durable_len;
+                }
                 readable.segments.push(segment);
             }
             if let Some(active) = readable.segments.last_mut() {
                 active.durable_len = durable_len;
+                active.written_len = written_len;
                 active.index.extend(staged.index_entries);
             }
             for cached in staged.records {
@@ -461,10 +573,11 @@ impl PartitionLog {
                 .segments
                 .partition_point(|segment| segment.base_offset <= limits.from);
             let segment = &readable.segments[following.saturating_sub(1)];
+            // Below the tail cache's first record, so within the written bytes.
             (
                 Arc::clone(&segment.file),
                 segment.position_before(limits.from),
-                segment.durable_len,
+                segment.written_len,
             )
         };
         let partition = self.partition;
@@ -508,6 +621,19 @@ impl PartitionLog {
             }
         }
     }
+}
+
+/// Writes the pending frames of the active segment with one `pwrite`.
+fn write_pending(writable: &mut WritableState) -> io::Result<()> {
+    if writable.pending.is_empty() {
+        return Ok(());
+    }
+    writable
+        .file
+        .write_all_at(&writable.pending, writable.written_len)?;
+    writable.written_len += writable.pending.len() as u64;
+    writable.pending.clear();
+    Ok(())
 }
 
 /// The file name of the segment starting at `base_offset`.
@@ -606,6 +732,7 @@ mod tests {
             base_offset: 10,
             file: Arc::new(tempfile::tempfile().unwrap()),
             durable_len: 0,
+            written_len: 0,
             index: vec![
                 IndexEntry {
                     offset: 10,

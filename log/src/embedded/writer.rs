@@ -2,15 +2,19 @@
 //!
 //! Appenders send an [`AppendRequest`] over a bounded channel and await its oneshot reply. The
 //! writer takes the first request, then every request already queued (up to `max_batch_bytes`),
-//! stages them all (assigning offsets in file order), writes each touched segment with one
-//! `pwrite`, syncs each touched file once (in parallel, on a pool of helper threads), publishes
-//! the records to readers, and only then replies to every request of the batch. While it syncs,
-//! new requests queue up and form the next batch, so the number of syncs follows the disk, not
-//! the load: there is no fixed delay, and a batch under load holds many appends.
+//! stages them all (assigning offsets in file order), appends one write-ahead log entry per record
+//! to the WAL with one `pwrite` and **one `fdatasync` however many partitions the batch touched**
+//! (`wal.rs`), then hands each touched partition its frames (kept pending in memory and written in
+//! larger `pwrite`s, not synced: the WAL holds the records; `partition.rs`), publishes the records
+//! to readers, and only then replies to every request of the batch. While it syncs, new requests
+//! queue up and form the next batch, so the number of syncs follows the disk, not the load: there
+//! is no fixed delay, and a batch under load holds many appends. Once the WAL segment is full, the
+//! writer checkpoints: it syncs the partition files written since the last checkpoint (in parallel,
+//! on a pool of helper threads) and starts a new WAL segment. When the writer stops without a
+//! failure it syncs them too and deletes the WAL.
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -20,11 +24,12 @@ use parking_lot::{Condvar, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 use super::partition::{PartitionLog, StagedAppend};
+use super::wal::Wal;
 use crate::{LogError, NewRecord, Offset};
 
 /// Appends queued for the writer before appenders wait for room (back-pressure).
 const REQUEST_QUEUE_CAPACITY: usize = 8192;
-/// Most threads syncing files of one group commit at once (the writer plus its helpers).
+/// Most threads syncing partition files at a checkpoint (the writer plus its helpers).
 const MAX_PARALLEL_SYNCS: usize = 16;
 
 /// One `append`/`append_to` call, as the writer sees it.
@@ -50,17 +55,23 @@ pub(super) struct WriterShared {
     records: AtomicU64,
     /// File syncs issued.
     syncs: AtomicU64,
+    /// Checkpoints done.
+    checkpoints: AtomicU64,
 }
 
 /// Counters of the writer, for metrics and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriterStats {
-    /// Group commits done (each ends with one sync per touched segment file).
+    /// Group commits done (each makes one `fdatasync`, of the write-ahead log).
     pub batches: u64,
     /// Records made durable.
     pub records: u64,
-    /// `fdatasync` calls issued.
+    /// `fdatasync` calls on files issued by the writer: one per group commit, plus those of
+    /// checkpoints (one per partition file written since the previous one) and of segment rolls
+    /// (the sealed segment). Folder syncs (file creation and deletion) are not counted.
     pub syncs: u64,
+    /// Checkpoints done (partition files synced, the write-ahead log restarted).
+    pub checkpoints: u64,
 }
 
 impl WriterShared {
@@ -69,26 +80,30 @@ impl WriterShared {
             batches: self.batches.load(Ordering::Relaxed),
             records: self.records.load(Ordering::Relaxed),
             syncs: self.syncs.load(Ordering::Relaxed),
+            checkpoints: self.checkpoints.load(Ordering::Relaxed),
         }
     }
 }
 
-/// Starts the writer thread. It exits once every sender is dropped and the queue is drained.
+/// Starts the writer thread, which owns the WAL. It exits once every sender is dropped and the
+/// queue is drained, retiring the WAL (partition files synced, WAL deleted) unless it failed.
 pub(super) fn spawn_writer(
     max_batch_bytes: usize,
+    wal: Wal,
     shared: Arc<WriterShared>,
 ) -> io::Result<(mpsc::Sender<AppendRequest>, JoinHandle<()>)> {
     let (sender, receiver) = mpsc::channel(REQUEST_QUEUE_CAPACITY);
     let sync_pool = SyncPool::start(MAX_PARALLEL_SYNCS - 1)?;
     let thread = std::thread::Builder::new()
         .name("chorus-log-writer".to_owned())
-        .spawn(move || run_writer(receiver, max_batch_bytes, &sync_pool, &shared))?;
+        .spawn(move || run_writer(receiver, max_batch_bytes, wal, &sync_pool, &shared))?;
     Ok((sender, thread))
 }
 
 fn run_writer(
     mut receiver: mpsc::Receiver<AppendRequest>,
     max_batch_bytes: usize,
+    mut wal: Wal,
     sync_pool: &SyncPool,
     shared: &WriterShared,
 ) {
@@ -109,9 +124,22 @@ fn run_writer(
             }
             continue;
         }
-        group_commit(&mut batch, sync_pool, shared);
+        group_commit(&mut batch, &mut wal, sync_pool, shared);
     }
-    tracing::debug!("log writer stopped");
+    if shared.failure.get().is_some() {
+        tracing::debug!("log writer stopped after a failure; the WAL is kept for the next open");
+        return;
+    }
+    match wal.retire(|files| sync_pool.sync_all(files)) {
+        Ok(synced) => {
+            shared.syncs.fetch_add(synced, Ordering::Relaxed);
+            tracing::debug!("log writer stopped; partition files synced, WAL deleted");
+        }
+        Err(error) => {
+            // Nothing is lost: whatever the WAL still holds is replayed on the next open.
+            tracing::error!(error = %error, "retiring the write-ahead log on shutdown failed");
+        }
+    }
 }
 
 /// The error of appends refused after a write failure.
@@ -121,8 +149,13 @@ pub(super) fn failed_log_error(reason: &str) -> LogError {
     ))
 }
 
-/// Makes every request of the batch durable and replies to each.
-fn group_commit(batch: &mut Vec<AppendRequest>, sync_pool: &SyncPool, shared: &WriterShared) {
+/// Makes every request of the batch durable and replies to each; checkpoints if the WAL is full.
+fn group_commit(
+    batch: &mut Vec<AppendRequest>,
+    wal: &mut Wal,
+    sync_pool: &SyncPool,
+    shared: &WriterShared,
+) {
     let timestamp_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| {
@@ -146,6 +179,9 @@ fn group_commit(batch: &mut Vec<AppendRequest>, sync_pool: &SyncPool, shared: &W
                 Some(slot) => slot,
                 None => match partition.begin_staging() {
                     Ok(entry) => {
+                        if entry.synced_sealed_segment {
+                            shared.syncs.fetch_add(1, Ordering::Relaxed);
+                        }
                         staged.push(entry);
                         staged.len() - 1
                     }
@@ -159,7 +195,7 @@ fn group_commit(batch: &mut Vec<AppendRequest>, sync_pool: &SyncPool, shared: &W
         }
         replies.push((request.reply, offsets));
     }
-    let outcome = outcome.and_then(|()| write_and_sync(&staged, sync_pool, shared));
+    let outcome = outcome.and_then(|()| write_durably(&staged, wal, shared));
     if let Err(error) = outcome {
         let reason = error.to_string();
         tracing::error!(error = %error, "log write failed; refusing further appends until restart");
@@ -180,26 +216,44 @@ fn group_commit(batch: &mut Vec<AppendRequest>, sync_pool: &SyncPool, shared: &W
     for (reply, offsets) in replies {
         let _ = reply.send(Ok(offsets));
     }
+    if wal.wants_checkpoint() {
+        match wal.checkpoint(|files| sync_pool.sync_all(files)) {
+            Ok(synced) => {
+                shared.syncs.fetch_add(synced, Ordering::Relaxed);
+                shared.checkpoints.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                // What was acknowledged is in the WAL, which is kept; but the partition files or
+                // the WAL folder are in an unknown state, so stop as after a failed write.
+                let reason = error.to_string();
+                tracing::error!(
+                    error = %error,
+                    "log checkpoint failed; refusing further appends until restart"
+                );
+                let _ = shared.failure.set(reason);
+            }
+        }
+    }
 }
 
-/// Writes each staged partition with one `pwrite` and syncs each touched file once.
-fn write_and_sync(
-    staged: &[StagedAppend],
-    sync_pool: &SyncPool,
-    shared: &WriterShared,
-) -> io::Result<()> {
+/// Appends the batch's WAL entries with one `pwrite` and one `fdatasync`, then hands each staged
+/// partition its frames (pending in memory, written in larger `pwrite`s, synced at the next
+/// checkpoint).
+fn write_durably(staged: &[StagedAppend], wal: &mut Wal, shared: &WriterShared) -> io::Result<()> {
+    let mut entries = Vec::new();
     for entry in staged {
-        entry.file.write_all_at(&entry.bytes, entry.position)?;
+        entry.encode_wal_entries(&mut entries);
     }
-    let files: Vec<Arc<File>> = staged.iter().map(|entry| Arc::clone(&entry.file)).collect();
-    sync_pool.sync_all(files)?;
-    shared
-        .syncs
-        .fetch_add(staged.len() as u64, Ordering::Relaxed);
+    wal.append(&entries)?;
+    shared.syncs.fetch_add(1, Ordering::Relaxed);
+    for entry in staged {
+        entry.partition.write_staged(entry)?;
+        wal.mark_dirty(&entry.partition);
+    }
     Ok(())
 }
 
-/// Threads that `fdatasync` the files of a group commit in parallel: on virtual and network
+/// Threads that `fdatasync` partition files in parallel at a checkpoint: on virtual and network
 /// disks a sync is mostly waiting, and concurrent syncs share the filesystem's journal commits,
 /// so syncing 16 files at once takes little longer than syncing one.
 struct SyncPool {

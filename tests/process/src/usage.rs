@@ -1,6 +1,6 @@
-//! What a process costs, read from Linux's `/proc`: resident memory and CPU time of one process,
-//! and the busy and total CPU time of the whole machine. Times are in seconds, from clock ticks
-//! of 10 ms (`USER_HZ` = 100).
+//! What a process costs, read from Linux's `/proc`: resident memory, CPU time and writes of one
+//! process, and the busy and total CPU time of the whole machine. Times are in seconds, from clock
+//! ticks of 10 ms (`USER_HZ` = 100).
 
 use std::num::ParseIntError;
 
@@ -80,6 +80,36 @@ pub fn cpu_seconds(pid: u32) -> Result<f64, UsageError> {
     Ok((user + system) as f64 / TICKS_PER_SECOND)
 }
 
+/// What a process has written so far (`/proc/<pid>/io`, every thread of the process included).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Bytes the process caused to be sent to a block device (`write_bytes`): file data it
+    /// dirtied, counted when written, whether or not it reached the disk yet. Writes to tmpfs and
+    /// to sockets do not count.
+    pub storage_bytes: u64,
+    /// Write-family system calls (`syscw`: `write`, `writev`, `pwrite`… on any descriptor, so
+    /// socket and eventfd writes count too; `sendto`/`sendmsg` and `fsync` do not).
+    pub write_syscalls: u64,
+}
+
+/// What process `pid` has written so far (`/proc/<pid>/io`; readable for the caller's own
+/// children).
+pub fn written(pid: u32) -> Result<Written, UsageError> {
+    let path = format!("/proc/{pid}/io");
+    let io = read(&path)?;
+    let field = |name: &'static str| {
+        let value = io
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim);
+        number(&path, name, value)
+    };
+    Ok(Written {
+        storage_bytes: field("write_bytes")?,
+        write_syscalls: field("syscw")?,
+    })
+}
+
 /// CPU time of the whole machine so far, in seconds: (busy, total) over every core
 /// (`/proc/stat`), so a run can report how much of the machine was busy.
 pub fn machine_cpu_seconds() -> Result<(f64, f64), UsageError> {
@@ -120,5 +150,16 @@ mod tests {
         assert!(cpu_seconds(pid).unwrap() > 0.0);
         let (busy, total) = machine_cpu_seconds().unwrap();
         assert!(busy > 0.0 && total >= busy);
+    }
+
+    #[test]
+    fn a_write_to_a_file_counts_as_a_write_syscall() {
+        let pid = std::process::id();
+        let file = std::env::temp_dir().join(format!("chorus-process-usage-{pid}"));
+        let before = written(pid).unwrap();
+        std::fs::write(&file, b"x").unwrap();
+        let after = written(pid).unwrap();
+        std::fs::remove_file(&file).unwrap();
+        assert!(after.write_syscalls > before.write_syscalls);
     }
 }

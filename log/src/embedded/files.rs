@@ -45,6 +45,47 @@ pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Whether `topic` is a legal topic name: 1 to 249 characters of `[a-zA-Z0-9._-]`, neither `.`
 /// nor `..` (Kafka's rule, which also makes it a safe folder name).
+/// The name of a numbered file (a partition segment by its base offset, a WAL segment by its
+/// sequence): the number zero-padded to 20 digits, so names sort as numbers.
+pub(super) fn numbered_file_name(number: u64, extension: &str) -> String {
+    format!("{number:020}.{extension}")
+}
+
+/// Creates the empty numbered file and makes its folder entry durable.
+pub(super) fn create_numbered_file(dir: &Path, number: u64, extension: &str) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(dir.join(numbered_file_name(number, extension)))?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+/// The numbers of the files in `dir` with this extension, ascending. Other files are ignored;
+/// a file with the extension but no number is ignored with a warning.
+pub(super) fn list_numbered_files(dir: &Path, extension: &str) -> io::Result<Vec<u64>> {
+    let mut numbers = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().and_then(|found| found.to_str()) != Some(extension) {
+            continue;
+        }
+        let parsed = path
+            .file_stem()
+            .and_then(|stem| stem.to_str())
+            .and_then(|stem| stem.parse().ok());
+        match parsed {
+            Some(number) => numbers.push(number),
+            None => {
+                tracing::warn!(file = %path.display(), "ignoring unexpected file in a log folder")
+            }
+        }
+    }
+    numbers.sort_unstable();
+    Ok(numbers)
+}
+
 pub(super) fn is_legal_topic_name(topic: &str) -> bool {
     if topic.is_empty() || topic.len() > MAX_TOPIC_NAME_CHARS || topic == "." || topic == ".." {
         return false;

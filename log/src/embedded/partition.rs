@@ -20,7 +20,7 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
-use super::files::sync_dir;
+use super::files::{create_numbered_file, list_numbered_files, numbered_file_name};
 use super::frame::{self, DiskReadError, ReadLimits, encode_frame, scan_frames};
 use super::wal;
 use crate::{LogError, NewRecord, Offset, PartitionId, Record};
@@ -638,41 +638,17 @@ fn write_pending(writable: &mut WritableState) -> io::Result<()> {
 
 /// The file name of the segment starting at `base_offset`.
 fn segment_file_name(base_offset: Offset) -> String {
-    format!("{base_offset:020}.{SEGMENT_EXTENSION}")
+    numbered_file_name(base_offset, SEGMENT_EXTENSION)
 }
 
 /// Creates an empty segment file and makes its folder entry durable.
 fn create_segment_file(dir: &Path, base_offset: Offset) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(dir.join(segment_file_name(base_offset)))?;
-    sync_dir(dir)?;
-    Ok(file)
+    create_numbered_file(dir, base_offset, SEGMENT_EXTENSION)
 }
 
 /// The base offsets of the segment files in `dir`, ascending. Other files are ignored.
 fn list_segment_bases(dir: &Path) -> io::Result<Vec<Offset>> {
-    let mut base_offsets = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.extension().and_then(|extension| extension.to_str()) != Some(SEGMENT_EXTENSION) {
-            continue;
-        }
-        let parsed = path
-            .file_stem()
-            .and_then(|stem| stem.to_str())
-            .and_then(|stem| stem.parse().ok());
-        match parsed {
-            Some(base_offset) => base_offsets.push(base_offset),
-            None => {
-                tracing::warn!(file = %path.display(), "ignoring unexpected file in a partition folder")
-            }
-        }
-    }
-    base_offsets.sort_unstable();
-    Ok(base_offsets)
+    list_numbered_files(dir, SEGMENT_EXTENSION)
 }
 
 #[cfg(test)]

@@ -49,14 +49,14 @@
 //!   before the WAL existed).
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufReader};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::TopicLog;
-use super::files::sync_dir;
+use super::files::{create_numbered_file, list_numbered_files, numbered_file_name, sync_dir};
 use super::frame::{self, FRAME_HEADER_BYTES, FrameError, MAX_BODY_BYTES, read_up_to};
 use super::partition::{PartitionLog, StagedAppend};
 use crate::{LogError, PartitionId, Record};
@@ -469,41 +469,17 @@ fn replay_segment(path: &Path, replay: &mut Replay<'_>) -> Result<(), LogError> 
 
 /// The file name of the WAL segment numbered `sequence`.
 fn segment_file_name(sequence: u64) -> String {
-    format!("{sequence:020}.{WAL_EXTENSION}")
+    numbered_file_name(sequence, WAL_EXTENSION)
 }
 
 /// Creates an empty WAL segment and makes its folder entry durable.
 fn create_segment(dir: &Path, sequence: u64) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(dir.join(segment_file_name(sequence)))?;
-    sync_dir(dir)?;
-    Ok(file)
+    create_numbered_file(dir, sequence, WAL_EXTENSION)
 }
 
 /// The sequence numbers of the WAL segments in `dir`, ascending. Other files are ignored.
 fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
-    let mut sequences = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.extension().and_then(|extension| extension.to_str()) != Some(WAL_EXTENSION) {
-            continue;
-        }
-        let parsed = path
-            .file_stem()
-            .and_then(|stem| stem.to_str())
-            .and_then(|stem| stem.parse().ok());
-        match parsed {
-            Some(sequence) => sequences.push(sequence),
-            None => {
-                tracing::warn!(file = %path.display(), "ignoring unexpected file in the WAL folder")
-            }
-        }
-    }
-    sequences.sort_unstable();
-    Ok(sequences)
+    list_numbered_files(dir, WAL_EXTENSION)
 }
 
 #[cfg(test)]

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use chorus_core::config::ChorusConfig;
 use chorus_core::metrics::Metrics;
-use chorus_core::presence::{LocalBus, LocalPresence};
 use chorus_kafka::{KafkaLog, KafkaLogConfig};
 use chorus_log::embedded::{EmbeddedLog, EmbeddedLogConfig};
 use chorus_log::{EventLog, NewRecord, TopicSettings};
@@ -199,14 +198,11 @@ async fn measure(mode: &Mode, events: u64, args: &Args) -> anyhow::Result<(Value
     let context = |snapshot_every_events: usize| {
         let mut config = config.clone();
         config.router.snapshot_every_events = snapshot_every_events;
-        RouterContext {
-            config: Arc::new(config.router_config()),
-            log: log.clone(),
-            presence: Arc::new(LocalPresence::default()),
-            bus: Arc::new(LocalBus::default()),
-            fallback: None,
-            metrics: Arc::new(Metrics::new()),
-        }
+        RouterContext::in_process(
+            Arc::new(config.router_config()),
+            log.clone(),
+            Arc::new(Metrics::new()),
+        )
     };
     let full_fold = context(0);
     let with_snapshot = context(config.router.snapshot_every_events);

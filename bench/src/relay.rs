@@ -14,13 +14,13 @@
 //!    conversation), one append per frame, a session's frames one after the other, as Chorus's
 //!    sessions do. The record carries the event frame the recipient will get, the recipient and
 //!    the sender's ack frame (parsing `dm:a:b` is the only "IM" it knows);
-//! 2. **copier**: a consumer group on `ingress`; per assigned partition a worker that owns the
-//!    partition's `timeline` fenced writer and copies the batches that queued while it was
-//!    appending in one fenced append (Kafka: one transaction per partition per batch, as Chorus's
-//!    router today), then acks each sender — the ack means what Chorus's means: in `timeline`;
+//! 2. **copier**: a consumer group on `ingress` whose member's transactional writer copies the
+//!    polls that queued while the last transaction committed in one transaction, with the
+//!    `ingress` offsets (one transaction per cycle for every partition, as Chorus's router),
+//!    then acks each sender — the ack means what Chorus's means: in `timeline`;
 //! 3. **deliverer**: a consumer group on `timeline` that writes each record's event frame to the
 //!    recipient's socket. (Chorus's router delivers straight after its append instead of reading
-//!    `timeline` back; a fenced append returns only once readers can see its records, so the
+//!    `timeline` back; a commit returns only once readers can see its records, so the
 //!    extra read costs the relay little: its delivery p50 is at or below its ack p50.)
 //!
 //! What it does not do, and Chorus does: sequence numbers, membership, dedup, validation, Avro,
@@ -41,7 +41,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use chorus_log::{EventLog, FencedWriter, NewRecord, PartitionId, PollEvent, Record, StartFrom};
+use chorus_log::{
+    EventLog, NewRecord, PartitionId, PollEvent, Record, StartFrom, TransactionalWriter,
+};
 use chorus_process::ChildServer;
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
@@ -61,11 +63,10 @@ const OUTBOX: usize = 1024;
 const SLOW_SESSION: Duration = Duration::from_secs(10);
 /// Most records one poll of `ingress` or `timeline` returns (Chorus's router polls 2,048).
 const POLL_RECORDS: usize = 2048;
-/// Most records of one fenced append: the batches that queued while the last one committed
-/// (Chorus's router coalesces up to four polls' worth).
+/// Most records of one transaction: the polls that queued while the last one committed.
 const MAX_APPEND: usize = 4 * POLL_RECORDS;
-/// Polled batches queued per partition worker.
-const WORKER_QUEUE: usize = 4;
+/// Polled batches queued for the copier's transaction task.
+const COPY_QUEUE: usize = 8;
 /// How long the relay may take to own every partition before it says it listens.
 const READY_PATIENCE: Duration = Duration::from_secs(50);
 /// How long the bench waits for the relay to say it listens.
@@ -326,8 +327,15 @@ fn ingress_record(user: &str, text: &str) -> Result<NewRecord, Value> {
     )
 }
 
-/// The copier: a member of the copier group on `ingress` that hands each assigned partition's
-/// records to that partition's worker. Says `ready` once it owns every partition.
+/// What the copier's poll loop hands its transaction task.
+enum Copy {
+    Records(Vec<Record>),
+    /// Answered once everything handed before it is committed (a revocation's drain).
+    Flush(oneshot::Sender<()>),
+}
+
+/// The copier: a member of the copier group on `ingress` that hands the polled records to one
+/// transaction task. Says `ready` once it owns every partition.
 async fn copy(
     log: Arc<dyn EventLog>,
     names: Names,
@@ -338,96 +346,95 @@ async fn copy(
     let mut consumer = log
         .consumer(&names.copier_group, &names.ingress, StartFrom::Earliest)
         .await?;
+    let writer = consumer.transactional_writer(&names.copier_group).await?;
+    let (copies, queued) = mpsc::channel(COPY_QUEUE);
+    let mut task = tokio::spawn(copy_all(
+        writer,
+        names.timeline.clone(),
+        queued,
+        sessions.clone(),
+    ));
     let mut ready = Some(ready);
-    let mut workers: HashMap<PartitionId, Worker> = HashMap::new();
     loop {
-        match consumer
+        let handed = match consumer
             .poll(POLL_RECORDS, Duration::from_millis(250))
             .await?
         {
-            PollEvent::Assigned(assigned) => {
-                // opened side by side: on Kafka each is an `init_transactions` round trip
-                let writers = futures_util::future::try_join_all(
-                    assigned
-                        .iter()
-                        .map(|partition| log.fenced_writer(&names.timeline, *partition)),
-                )
-                .await?;
-                for (partition, writer) in assigned.into_iter().zip(writers) {
-                    let (batches, queued) = mpsc::channel(WORKER_QUEUE);
-                    let task = tokio::spawn(copy_partition(writer, queued, sessions.clone()));
-                    workers.insert(partition, Worker { batches, task });
-                }
-                if workers.len() == partitions
+            PollEvent::Assigned(_) => {
+                if consumer.assignment().len() == partitions
                     && let Some(ready) = ready.take()
                 {
                     let _ = ready.send(());
                 }
+                true
             }
-            PollEvent::Revoked(revoked) => {
-                for partition in revoked {
-                    if let Some(worker) = workers.remove(&partition) {
-                        // the worker copies what it was handed, then ends
-                        drop(worker.batches);
-                        worker.task.await??;
-                    }
-                }
+            PollEvent::Revoked(_) => {
+                // what was handed commits before the next poll releases the partitions
+                let (flushed, done) = oneshot::channel();
+                copies.send(Copy::Flush(flushed)).await.is_ok() && done.await.is_ok()
             }
-            PollEvent::Records(records) => {
-                for (partition, batch) in chorus_log::by_partition(records) {
-                    let worker = workers
-                        .get_mut(&partition)
-                        .with_context(|| format!("records of unassigned partition {partition}"))?;
-                    if worker.batches.send(batch).await.is_err() {
-                        // a worker only stops on an error: it is the relay's
-                        let worker = workers.remove(&partition).expect("just found");
-                        worker.task.await??;
-                        anyhow::bail!("the worker of partition {partition} stopped");
-                    }
-                }
-            }
-            PollEvent::Idle => {}
+            PollEvent::Records(records) => copies.send(Copy::Records(records)).await.is_ok(),
+            PollEvent::Idle => true,
+        };
+        if !handed {
+            // the task only stops on an error: it is the relay's
+            (&mut task).await??;
+            anyhow::bail!("the copier's transaction task stopped");
         }
     }
 }
 
-/// A partition's copier worker and the queue of batches it copies.
-struct Worker {
-    batches: mpsc::Sender<Vec<Record>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-/// Copies one partition's `ingress` records to its `timeline` partition through the fenced
-/// writer, every batch that queued during the last append in one append, and acks each sender
-/// once the append returned (durable and visible in `timeline`). Stops at the first error.
-async fn copy_partition(
-    mut writer: Box<dyn FencedWriter>,
-    mut batches: mpsc::Receiver<Vec<Record>>,
+/// Copies `ingress` records to the same partitions of `timeline` through the copier's
+/// transactional writer: everything that queued during the last commit in one transaction,
+/// with the `ingress` offsets (Kafka: one transaction per cycle for every partition, as Chorus's
+/// router), then acks each sender once it committed (durable and visible in `timeline`).
+/// Stops at the first error.
+async fn copy_all(
+    mut writer: Box<dyn TransactionalWriter>,
+    timeline: String,
+    mut queued: mpsc::Receiver<Copy>,
     sessions: Sessions,
 ) -> anyhow::Result<()> {
-    while let Some(mut batch) = batches.recv().await {
-        while batch.len() < MAX_APPEND
-            && let Ok(more) = batches.try_recv()
-        {
-            batch.extend(more);
+    while let Some(first) = queued.recv().await {
+        let mut records = Vec::new();
+        let mut flushes = Vec::new();
+        let mut next = Some(first);
+        while let Some(copy) = next.take() {
+            match copy {
+                Copy::Records(batch) => records.extend(batch),
+                Copy::Flush(flushed) => flushes.push(flushed),
+            }
+            if records.len() < MAX_APPEND {
+                next = queued.try_recv().ok();
+            }
         }
-        let mut acks = Vec::with_capacity(batch.len());
-        let copies = batch
-            .into_iter()
-            .map(|record| {
-                if let (Some(from), Some(ack)) = (record.header(FROM), record.header(ACK)) {
-                    acks.push((from.to_vec(), ack.to_vec()));
-                }
-                NewRecord {
-                    key: record.key,
-                    value: record.value,
-                    headers: record.headers,
-                }
-            })
-            .collect();
-        writer.append(copies).await?;
-        for (from, ack) in acks {
-            sessions.send(&from, &ack).await;
+        if !records.is_empty() {
+            let mut offsets: HashMap<PartitionId, u64> = HashMap::new();
+            let mut acks = Vec::with_capacity(records.len());
+            let copies = records
+                .into_iter()
+                .map(|record| {
+                    let next = offsets.entry(record.partition).or_default();
+                    *next = (*next).max(record.offset + 1);
+                    if let (Some(from), Some(ack)) = (record.header(FROM), record.header(ACK)) {
+                        acks.push((from.to_vec(), ack.to_vec()));
+                    }
+                    let copy = NewRecord {
+                        key: record.key,
+                        value: record.value,
+                        headers: record.headers,
+                    };
+                    (record.partition, copy)
+                })
+                .collect();
+            let offsets: Vec<(PartitionId, u64)> = offsets.into_iter().collect();
+            writer.commit(&timeline, copies, &offsets).await?;
+            for (from, ack) in acks {
+                sessions.send(&from, &ack).await;
+            }
+        }
+        for flushed in flushes {
+            let _ = flushed.send(());
         }
     }
     Ok(())

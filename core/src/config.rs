@@ -650,6 +650,8 @@ pub struct RouterConfig {
     pub partitions: u32,
     /// `log.topic_prefix`: names the topics and the router's consumer group.
     pub topic_prefix: String,
+    /// `node_id` (unique per process in a cluster): names the router's transactional producer.
+    pub node_id: String,
     /// How long a revoked or stopping partition worker may drain before it is aborted: half the
     /// event log's consumer-group session timeout (`kafka.session_timeout_ms`), so the next
     /// owner is not kept waiting.
@@ -704,6 +706,7 @@ impl ChorusConfig {
             limits: self.limits.clone(),
             partitions: self.partitions(),
             topic_prefix: self.log.topic_prefix.clone(),
+            node_id: self.node_id.clone(),
             drain_timeout: Duration::from_millis(u64::from(self.kafka.session_timeout_ms) / 2),
         }
     }

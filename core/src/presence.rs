@@ -50,8 +50,9 @@ pub enum Delivery {
 /// each connection's order when a router that lost its partition still sends (a paused
 /// process, resumed after its successor took over):
 /// - `owner_epoch` is the sending router's ownership epoch of `partition`: the `timeline` end
-///   offset it found after opening the partition's fenced writer. The fenced writer guarantees
-///   that every record of an earlier owner lies below that offset, and an owner that appended
+///   offset it found when it recovered the partition, once the group said no transaction of an
+///   earlier holder could still commit. So every record of an earlier owner lies below that
+///   offset, and an owner that appended
 ///   anything started below its first record, so a later owner's epoch is strictly greater than
 ///   that of every earlier owner with something to deliver. A node drops a delivery whose epoch
 ///   is below the highest it has seen for the partition;

@@ -5,16 +5,17 @@
 
 use std::time::Duration;
 
-use chorus_log::{PartitionId, StartFrom};
+use chorus_log::StartFrom;
 use rdkafka::config::ClientConfig;
 
 /// Longest a metadata, watermark or offset request may take.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `transaction.timeout.ms` (and `message.timeout.ms`) of fenced writers: how long an open
-/// transaction of a writer that died unseen holds back read_committed readers, unless a successor
-/// fences it first.
-const TRANSACTION_TIMEOUT_MS: &str = "30000";
+/// `transaction.timeout.ms` of group members' transactional writers: how long the open
+/// transaction of a member that died or froze unseen holds back read_committed readers of the
+/// partitions it wrote (the coordinator then aborts it): a successor in another process cannot
+/// abort it by taking its transactional id, so it is kept short.
+const GROUP_TRANSACTION_TIMEOUT_MS: &str = "10000";
 
 /// Connection and topic settings of a [`KafkaLog`](crate::KafkaLog).
 #[derive(Debug, Clone)]
@@ -150,15 +151,12 @@ impl KafkaLogConfig {
         config
     }
 
-    /// The transactional producer of one partition's fenced writer, `transactional.id`
-    /// `chorus-writer-<topic>-<partition>`, the same in every process.
-    pub(crate) fn fenced_writer_config(&self, topic: &str, partition: PartitionId) -> ClientConfig {
-        let mut config = self.client_config(&format!("writer-{partition}"));
+    /// The transactional producer of a group member's writer, `transactional.id` `id` (given by
+    /// the caller, stable across restarts of one process).
+    pub(crate) fn transactional_writer_config(&self, id: &str) -> ClientConfig {
+        let mut config = self.client_config("txn");
         config
-            .set(
-                "transactional.id",
-                format!("chorus-writer-{topic}-{partition}"),
-            )
+            .set("transactional.id", id)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "1")
@@ -167,8 +165,8 @@ impl KafkaLogConfig {
             // default 100 ms was the p99 of every ack (see docs/BENCHMARKS.md).
             .set("retry.backoff.ms", "2")
             .set("retry.backoff.max.ms", "100")
-            .set("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS)
-            .set("message.timeout.ms", TRANSACTION_TIMEOUT_MS)
+            .set("transaction.timeout.ms", GROUP_TRANSACTION_TIMEOUT_MS)
+            .set("message.timeout.ms", GROUP_TRANSACTION_TIMEOUT_MS)
             .set("compression.type", "none");
         config
     }

@@ -9,7 +9,10 @@
 //!   after its `Assigned` event), hands them to librdkafka's (incremental) assign — which
 //!   librdkafka awaits before the rebalance goes on, so nothing is fetched for the partitions
 //!   before — and returns `Assigned`. A poll cancelled meanwhile keeps the assignment and
-//!   finishes it at the next poll. `poll` returns queued events **before** any record, and
+//!   finishes it at the next poll. The committed offsets are fetched with `require_stable`
+//!   (`read_committed`): an earlier holder's transaction that sent offsets of these partitions
+//!   has ended before `Assigned` is returned (the other half of KIP-447 fencing, see
+//!   `transactional.rs`). `poll` returns queued events **before** any record, and
 //!   [`Consumer::assignment`] reflects exactly the events returned so far.
 //! - [`Consumer::seek`] uses librdkafka's seek (a synchronous fetch-version barrier: nothing
 //!   fetched from the old position is returned afterwards); [`Consumer::commit`] is a
@@ -31,7 +34,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chorus_log::{Consumer, LogError, Offset, PartitionId, PollEvent, Record, StartFrom};
+use chorus_log::{
+    Consumer, LogError, Offset, PartitionId, PollEvent, Record, StartFrom, TransactionalWriter,
+};
 use futures_util::FutureExt;
 use parking_lot::Mutex;
 use rdkafka::client::ClientContext;
@@ -103,6 +108,10 @@ impl Inner {
             .map_err(backend)?;
         consumer.subscribe(&[topic]).map_err(backend)?;
         Ok(Box::new(KafkaConsumer {
+            inner: Arc::clone(self),
+            writable: Arc::new(Mutex::new(BTreeSet::new())),
+            gate: Arc::new(tokio::sync::RwLock::new(())),
+            writer_opened: false,
             consumer: Some(Arc::new(consumer)),
             topic: topic.to_owned(),
             start,
@@ -115,6 +124,11 @@ impl Inner {
     }
 }
 
+/// Longest an assignment waits for its committed offsets to be stable: past any transaction
+/// timeout the adapter's writers use (10 s) plus the coordinator's check interval, so every
+/// transaction that was pending has ended by then.
+const STABLE_OFFSETS_WAIT: Duration = Duration::from_secs(60);
+
 /// What a rebalance callback leaves for `poll`.
 enum Rebalance {
     /// Partitions given to this member and not yet assigned in librdkafka: `poll` positions
@@ -126,7 +140,7 @@ enum Rebalance {
 }
 
 /// Rebalance callbacks of a group consumer: queue what happened, with no broker round trip.
-struct GroupContext {
+pub(crate) struct GroupContext {
     topic: String,
     /// Rebalances for `poll`, in the order they happened.
     events: Mutex<VecDeque<Rebalance>>,
@@ -169,11 +183,22 @@ fn positioned<K>(consumer: &K, start: StartFrom, list: &TopicPartitionList) -> T
 where
     K: rdkafka::consumer::Consumer<GroupContext>,
 {
-    let committed = match consumer.committed_offsets(list.clone(), REQUEST_TIMEOUT) {
-        Ok(committed) => committed,
-        Err(error) => {
-            tracing::warn!(%error, "committed offsets unavailable in rebalance");
-            return list.clone();
+    // `read_committed` makes librdkafka ask with `require_stable`: the broker answers only once
+    // no transaction holding offsets of these partitions is pending (KIP-447), and librdkafka
+    // asks again while it is. Asked again past one request timeout, up to STABLE_OFFSETS_WAIT:
+    // by then every such transaction ended (the coordinator aborts what outlives its timeout).
+    let asking_since = std::time::Instant::now();
+    let committed = loop {
+        match consumer.committed_offsets(list.clone(), REQUEST_TIMEOUT) {
+            Ok(committed) => break committed,
+            Err(error) if asking_since.elapsed() < STABLE_OFFSETS_WAIT => {
+                tracing::debug!(%error, "committed offsets not stable yet; asking again");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "committed offsets unavailable in rebalance");
+                return list.clone();
+            }
         }
     };
     let mut positioned = TopicPartitionList::new();
@@ -287,6 +312,16 @@ impl ConsumerContext for GroupContext {
 
 /// A member of a consumer group; see the module docs for its event and drain rules.
 pub struct KafkaConsumer {
+    inner: Arc<Inner>,
+    /// The partitions this member's transactional writer may commit: held, or revoked and not
+    /// yet released (`held` plus `releasing`), shared with the writer.
+    writable: Arc<Mutex<BTreeSet<PartitionId>>>,
+    /// Held by the writer across a transaction (read), by `poll` across a release (write): a
+    /// partition is never released while a transaction that names it is under way, so its next
+    /// holder's stable offset fetch finds that transaction pending (and waits) or ended.
+    gate: Arc<tokio::sync::RwLock<()>>,
+    /// A member has at most one transactional writer.
+    writer_opened: bool,
     /// `None` only while dropping.
     consumer: Option<Arc<StreamConsumer<GroupContext>>>,
     topic: String,
@@ -312,14 +347,23 @@ impl KafkaConsumer {
     }
 
     fn release(&mut self) {
-        if let Some((list, _)) = self.releasing.take() {
+        if let Some((list, partitions)) = self.releasing.take() {
+            // the writer stops committing them before librdkafka lets the group move on
+            let mut writable = self.writable.lock();
+            for partition in &partitions {
+                writable.remove(partition);
+            }
+            drop(writable);
             release(self.client().as_ref(), &list);
         }
     }
 
     fn apply(&mut self, event: &PollEvent) {
         match event {
-            PollEvent::Assigned(partitions) => self.held.extend(partitions.iter().copied()),
+            PollEvent::Assigned(partitions) => {
+                self.held.extend(partitions.iter().copied());
+                self.writable.lock().extend(partitions.iter().copied());
+            }
             PollEvent::Revoked(partitions) => {
                 for partition in partitions {
                     self.held.remove(partition);
@@ -391,7 +435,11 @@ impl Consumer for KafkaConsumer {
     async fn poll(&mut self, max_records: usize, timeout: Duration) -> Result<PollEvent, LogError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let consumer = Arc::clone(self.client());
-        self.release();
+        if self.releasing.is_some() {
+            let gate = Arc::clone(&self.gate);
+            let _no_transaction_under_way = gate.write().await;
+            self.release();
+        }
         loop {
             if self.assigning.is_none() {
                 match consumer.context().events.lock().pop_front() {
@@ -445,6 +493,17 @@ impl Consumer for KafkaConsumer {
                 }
                 Some(Err(error)) => {
                     if matches!(error, KafkaError::MessageConsumptionFatal(_)) {
+                        // The group gave this member's place to another (a static member
+                        // replaced): fencing, as its writer would be told.
+                        if let Some((RDKafkaErrorCode::FencedInstanceId, reason)) =
+                            consumer.client().fatal_error()
+                        {
+                            tracing::warn!(reason, "group member fenced");
+                            return Err(LogError::Fenced {
+                                topic: self.topic.clone(),
+                                partition: self.held.first().copied().unwrap_or(0),
+                            });
+                        }
                         return Err(backend(error));
                     }
                     tracing::debug!(%error, "transient consumer error");
@@ -503,6 +562,29 @@ impl Consumer for KafkaConsumer {
             .map_err(backend)
     }
 
+    async fn transactional_writer(
+        &mut self,
+        id: &str,
+    ) -> Result<Box<dyn TransactionalWriter>, LogError> {
+        if self.writer_opened {
+            return Err(LogError::Backend(
+                "this member already has a transactional writer".into(),
+            ));
+        }
+        let writer = self
+            .inner
+            .open_transactional_writer(
+                id,
+                Arc::downgrade(self.client()),
+                &self.topic,
+                Arc::clone(&self.writable),
+                Arc::clone(&self.gate),
+            )
+            .await?;
+        self.writer_opened = true;
+        Ok(writer)
+    }
+
     fn assignment(&self) -> Vec<PartitionId> {
         self.held.iter().copied().collect()
     }
@@ -538,6 +620,8 @@ impl Drop for KafkaConsumer {
         }
         // Closing waits for deferred unassigns: do them first, and release at once from now on.
         self.release();
+        // the writer commits nothing more for a member that left
+        self.writable.lock().clear();
         let client = Arc::clone(self.client());
         client
             .context()

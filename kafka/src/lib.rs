@@ -23,31 +23,33 @@
 //!   and after `Revoked(ps)` no record of `ps` (the **drain rule**). The rules in full, with the
 //!   deferred unassign that lets a member commit revoked partitions until its next poll, are in
 //!   `group.rs`.
-//! - **Fenced writers** ([`EventLog::fenced_writer`]): one transactional producer per partition
-//!   (`transactional.id` `chorus-writer-<topic>-<partition>`); an append is one transaction and
-//!   returns once the last stable offset passed its records.
+//! - **Transactional writers** of group members
+//!   ([`Consumer::transactional_writer`](chorus_log::Consumer::transactional_writer)), KIP-447:
+//!   one transactional producer per member; a commit is one transaction holding records to any
+//!   partitions and the member's offsets with its group metadata, fenced by the group
+//!   generation; `Assigned` comes only after a `require_stable` offset fetch.
 //!
 //! Where each mechanism lives: `config.rs` (every librdkafka setting of every client),
 //! `metadata.rs` (partition counts, topic creation, last stable offsets), `produce.rs` (the
-//! idempotent producer's appends), `read.rs` (pooled plain readers, `read_range`), `fenced.rs`
-//! (the transactional fenced writer, the crate's only `unsafe`), `group.rs` (consumer groups and
-//! their rebalance rules). This file composes them into [`KafkaLog`].
+//! idempotent producer's appends), `read.rs` (pooled plain readers, `read_range`), `transactional.rs`
+//! (the group member's transactional writer), `transaction.rs` (its transaction mechanics, with
+//! the crate's only `unsafe`),
+//! `group.rs` (consumer groups and their rebalance rules). This file composes them into [`KafkaLog`].
 
 mod config;
-mod fenced;
 mod group;
 mod metadata;
 mod produce;
 mod read;
+mod transaction;
+mod transactional;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use chorus_log::{
-    Consumer, EventLog, FencedWriter, LogError, NewRecord, Offset, PartitionId, Record, StartFrom,
-};
+use chorus_log::{Consumer, EventLog, LogError, NewRecord, Offset, PartitionId, Record, StartFrom};
 use parking_lot::Mutex;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
@@ -186,15 +188,6 @@ impl EventLog for KafkaLog {
         self.inner
             .read_range(topic, partition, from, end, max)
             .await
-    }
-
-    /// A transactional producer per partition (see `fenced.rs`).
-    async fn fenced_writer(
-        &self,
-        topic: &str,
-        partition: PartitionId,
-    ) -> Result<Box<dyn FencedWriter>, LogError> {
-        self.inner.open_fenced_writer(topic, partition).await
     }
 
     /// The last stable offset (read_committed high watermark).

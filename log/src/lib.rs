@@ -14,20 +14,27 @@
 //! - a consumer group assigns each partition of a topic to at most one member at a time; a member
 //!   learns of revocations before another member is given the partition (embedded), or through
 //!   the broker's rebalance protocol (Kafka).
-//! - a **fenced writer** ([`EventLog::fenced_writer`]) is the single writer of one partition:
-//!   opening one fences every writer opened before it for the same topic and partition, in any
-//!   process sharing the log. Once the open returns, a fenced writer's appends fail with
-//!   [`LogError::Fenced`], and whatever it appended is either visible to a reader that starts
-//!   after the open, or never visible. This is how a zombie (a sequencer that lost its partition
-//!   but does not know it yet) is kept from writing over its successor (Kafka: transactions with
-//!   one `transactional.id` per partition; embedded: an epoch per partition);
+//! - a **transactional writer** ([`Consumer::transactional_writer`]) is consume-transform-produce
+//!   exactly once the way Kafka designed it (KIP-447): one writer per group member commits, in one
+//!   transaction, records to any partitions of an output topic together with the member's
+//!   "next to read" offsets of its input partitions — all visible (to readers and to
+//!   [`EventLog::committed`]) or none. It is fenced by the group: a commit naming an input
+//!   partition the member no longer holds fails with [`LogError::Fenced`] and nothing of it
+//!   becomes visible; and a member is told `Assigned(ps)` only once no transaction of an
+//!   earlier holder of `ps` can still commit (Kafka: the group generation checked by the
+//!   broker, and `require_stable` offset fetches; embedded: ownership checked at the commit,
+//!   which a release waits for). This is how a zombie (a sequencer that lost its partitions but
+//!   does not know it yet) is kept from writing over its successor. Embedded: the records are
+//!   durable before the offsets, so a crash between the two leaves the offsets behind, and a
+//!   crash during the records' own write (never acknowledged) may keep some partitions' records
+//!   and not others'; users whose resume point lives in their output (the router) lose nothing;
 //! - [`EventLog::read_range`] answers a catch-up read (recovery, rebuild) without guessing: an
 //!   empty answer means no record is left below the given end.
 //!
 //! Where the rest lives: this file holds the port (traits, records, [`LogError`]); partitioning
 //! in `partition.rs` ([`partition_for_key`], [`murmur2`], [`by_partition`]); the informational
 //! commit throttle in `throttle.rs` ([`CommitThrottle`]); the embedded adapter in [`embedded`];
-//! the port's conformance suite in `conformance.rs` (feature `testsuite`), whose
+//! the port's conformance suite in `conformance/` (feature `testsuite`), whose
 //! `event_log_conformance!` macro makes every check a test of the adapter that invokes it;
 //! [`Unavailability`] (`unavailability.rs`), the "unavailable" cause other ports' errors share.
 //! The Kafka adapter is the `chorus-kafka` crate.
@@ -110,7 +117,8 @@ pub enum PollEvent {
     Records(Vec<Record>),
     /// These partitions are now this member's. The consumer is positioned at the committed
     /// offset (or per [`StartFrom`]); call [`Consumer::seek`] before the next poll to start
-    /// elsewhere.
+    /// elsewhere. Every transaction of an earlier holder that covered them is settled by now
+    /// (committed or aborted; see [`Consumer::transactional_writer`]).
     Assigned(Vec<PartitionId>),
     /// These partitions are no longer this member's: finish (or drop) in-flight work for them
     /// before the next poll. No record of theirs is returned after this event.
@@ -156,7 +164,9 @@ pub enum LogError {
         #[source]
         source: BackendError,
     },
-    #[error("writer of partition {partition} of topic {topic} was fenced by a newer writer")]
+    #[error(
+        "writer of partition {partition} of topic {topic} was fenced: another group member holds it"
+    )]
     Fenced {
         topic: String,
         partition: PartitionId,
@@ -288,15 +298,6 @@ pub trait EventLog: Send + Sync + 'static {
         Ok(records)
     }
 
-    /// Opens the single writer of one partition, fencing every writer opened before it for the
-    /// same topic and partition (see the module docs). Open it *before* reading the partition to
-    /// recover state from it: everything a fenced writer got durable is then visible to the read.
-    async fn fenced_writer(
-        &self,
-        topic: &str,
-        partition: PartitionId,
-    ) -> Result<Box<dyn FencedWriter>, LogError>;
-
     /// The offset the next appended record of this partition will have (one past the last).
     async fn end_offset(&self, topic: &str, partition: PartitionId) -> Result<Offset, LogError>;
 
@@ -333,6 +334,15 @@ pub trait Consumer: Send {
     /// The partitions currently assigned to this member.
     fn assignment(&self) -> Vec<PartitionId>;
 
+    /// Opens this member's transactional writer (see the module docs and [`TransactionalWriter`]).
+    /// `id` names the writer across restarts of the same process (Kafka: its
+    /// `transactional.id`, so a restarted process aborts what its previous run left open); two
+    /// live processes must never share one. A member has at most one writer.
+    async fn transactional_writer(
+        &mut self,
+        id: &str,
+    ) -> Result<Box<dyn TransactionalWriter>, LogError>;
+
     /// The next offset this member reads in an assigned partition: one past the last record
     /// returned, or further once the adapter knows the records in between are not the
     /// application's (Kafka: transaction markers). `None` when not assigned or not known yet.
@@ -340,23 +350,28 @@ pub trait Consumer: Send {
     fn position(&self, partition: PartitionId) -> Option<Offset>;
 }
 
-/// The single writer of one partition; see [`EventLog::fenced_writer`].
+/// A group member's transactional writer; see [`Consumer::transactional_writer`].
 #[async_trait]
-pub trait FencedWriter: Send + Sync {
-    /// Appends records to the writer's partition and returns their offsets once they are durable
-    /// and visible to readers (within [`EventLog::end_offset`]). Fails with [`LogError::Fenced`] once a newer writer was opened;
-    /// after any error, whether the records became visible is unknown (Kafka: none did, except
-    /// after a commit whose outcome is unknown, such as one that timed out and still completes
-    /// in the background; embedded: at most a prefix, after a crash), so the owner must recover
-    /// from the log.
+pub trait TransactionalWriter: Send {
+    /// Appends `records` (each to its partition of `topic`) and commits `offsets` (the member's
+    /// "next to read" offsets of its input partitions) in one transaction, and returns the
+    /// records' offsets, in order, once all of it is durable and visible to readers (and the
+    /// offsets to [`EventLog::committed`]). `offsets` must name at least one input partition:
+    /// they are what fences the transaction.
     ///
-    /// Callers never retry an append through a fenced writer: a retry could append the same
-    /// records twice. After an error the owner gives the partition up (or crashes) and its
-    /// successor recovers from what the log holds.
-    async fn append(&mut self, records: Vec<NewRecord>) -> Result<Vec<Offset>, LogError>;
-
-    /// The partition this writer owns.
-    fn partition(&self) -> PartitionId;
+    /// Fails with [`LogError::Fenced`] (naming the member's input topic and the partition) when
+    /// the member no longer holds a partition of `offsets` — it was revoked and released, or the
+    /// member lost its place in the group without noticing (a long pause); nothing of the
+    /// transaction becomes visible then. After any other error, whether it became visible is
+    /// unknown (a commit whose outcome was lost), so the caller never retries (a retry could
+    /// write the same records twice): it gives its partitions up and their next holder recovers
+    /// from what the log holds.
+    async fn commit(
+        &mut self,
+        topic: &str,
+        records: Vec<(PartitionId, NewRecord)>,
+        offsets: &[(PartitionId, Offset)],
+    ) -> Result<Vec<Offset>, LogError>;
 }
 
 /// How long a catch-up read (recovery, rebuild) waits for records known to exist below the end

@@ -603,6 +603,114 @@ async fn invalid_names_and_oversized_records_are_refused() {
     assert_eq!(log.end_offset(TOPIC, 0).await.expect("end_offset"), 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_outside_its_topics_or_without_offsets_is_refused_and_writes_nothing() {
+    let dir = TempDir::new().expect("temp dir");
+    let log = open(dir.path());
+    log.ensure_topic(TOPIC).await.expect("ensure_topic");
+    log.ensure_topic("chorus.output")
+        .await
+        .expect("ensure_topic");
+    let mut consumer = log
+        .consumer("g", TOPIC, StartFrom::Earliest)
+        .await
+        .expect("consumer");
+    poll_until_assigned(consumer.as_mut(), 4).await;
+    let mut writer = consumer
+        .transactional_writer("router-1")
+        .await
+        .expect("open the writer");
+    assert!(
+        matches!(
+            consumer.transactional_writer("router-1").await,
+            Err(LogError::Backend(_))
+        ),
+        "a member has at most one writer"
+    );
+    let record = || vec![(0, NewRecord::new("k", b"v".to_vec()))];
+
+    let refusals = [
+        (
+            "no offsets",
+            writer.commit("chorus.output", record(), &[]).await,
+        ),
+        (
+            "an input partition out of range",
+            writer.commit("chorus.output", record(), &[(4, 0)]).await,
+        ),
+        (
+            "an unknown output topic",
+            writer.commit("chorus.missing", record(), &[(0, 0)]).await,
+        ),
+        (
+            "an output partition out of range",
+            writer
+                .commit(
+                    "chorus.output",
+                    vec![
+                        (0, NewRecord::new("k", b"v".to_vec())),
+                        (4, NewRecord::new("k", b"v".to_vec())),
+                    ],
+                    &[(0, 0)],
+                )
+                .await,
+        ),
+    ];
+    for (what, outcome) in refusals {
+        match (what, outcome) {
+            ("no offsets", Err(LogError::Backend(_)))
+            | ("an unknown output topic", Err(LogError::UnknownTopic(_))) => {}
+            (
+                "an input partition out of range",
+                Err(LogError::BadPartition { topic, partition }),
+            ) => {
+                assert_eq!((topic.as_str(), partition), (TOPIC, 4));
+            }
+            (
+                "an output partition out of range",
+                Err(LogError::BadPartition { topic, partition }),
+            ) => {
+                assert_eq!((topic.as_str(), partition), ("chorus.output", 4));
+            }
+            (what, other) => panic!("a commit with {what} must be refused, got {other:?}"),
+        }
+    }
+    for partition in 0..4 {
+        assert_eq!(
+            log.end_offset("chorus.output", partition)
+                .await
+                .expect("end"),
+            0
+        );
+        assert_eq!(
+            log.committed("g", TOPIC, partition)
+                .await
+                .expect("committed"),
+            None
+        );
+    }
+
+    let offsets = writer
+        .commit("chorus.output", Vec::new(), &[(2, 0)])
+        .await
+        .expect("a transaction of offsets only");
+    assert!(offsets.is_empty());
+    assert_eq!(
+        log.committed("g", TOPIC, 2).await.expect("committed"),
+        Some(0)
+    );
+
+    drop(consumer);
+    assert!(
+        matches!(
+            writer.commit("chorus.output", record(), &[(0, 0)]).await,
+            Err(LogError::Fenced { .. })
+        ),
+        "the writer of a member that left is fenced"
+    );
+    assert_eq!(log.end_offset("chorus.output", 0).await.expect("end"), 0);
+}
+
 async fn poll_until_assigned(consumer: &mut dyn Consumer, partitions: usize) -> Vec<u32> {
     let poll = async {
         while consumer.assignment().len() < partitions {

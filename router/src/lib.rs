@@ -2,19 +2,25 @@
 //!
 //! It consumes `ingress` in the consumer group `chorus-router`. Each assigned partition gets a
 //! worker that owns the partition's [`state::SequencerState`] and is the single writer of the
-//! same partition of `timeline`:
+//! same partition of `timeline`. Exactly once is Kafka's consume-transform-produce design
+//! (KIP-447), through the port's transactional writer (`Consumer::transactional_writer`):
 //!
-//! 1. on assignment, the worker first opens the partition's **fenced writer** of `timeline`
-//!    (Kafka: a transactional producer whose `transactional.id` names the partition), which
-//!    fences any earlier owner — a zombie router that lost the partition but still runs can no
-//!    longer append, and its open transaction is aborted. Then the state is recovered: the
-//!    newest usable snapshot of the partition's state ([`snapshot`], in `timeline-snapshots`,
-//!    written by the owner every `router.snapshot_every_events` events) is restored and the
-//!    `timeline` after it folded in (without a usable snapshot, the whole partition); the
-//!    ingress position to resume from is one past the highest `ingress_offset` found there. The checkpoint therefore lives in the sequencer's own
-//!    output and moves atomically with it (each batch is one transaction): an ingress record is
-//!    sequenced at most once, and exactly once once its timeline append is committed. Offset
-//!    commits of `ingress` are informational, so they are sent at most once a second;
+//! 1. the process has **one transactional writer**, `transactional.id`
+//!    `<prefix>chorus-router-<node_id>`, driven by the [`committer`] task: each cycle commits the
+//!    timeline records of every partition that has work together with their `ingress` offsets
+//!    and the group's metadata, in one transaction. It is fenced by the consumer group: a
+//!    zombie (a router that lost its partitions without noticing: a long pause) is no longer in
+//!    the group's generation, so its transaction is refused and aborted, and nothing it wrote
+//!    becomes visible. On assignment, the partition's state is recovered once the group says
+//!    no earlier holder's transaction can still commit (the `Assigned` event comes after a
+//!    stable offset fetch): the newest usable snapshot of the partition's state ([`snapshot`],
+//!    in `timeline-snapshots`, written by the owner every `router.snapshot_every_events`
+//!    events) is restored and the `timeline` after it folded in (without a usable snapshot, the
+//!    whole partition). The ingress position to resume from is one past the highest
+//!    `ingress_offset` found there: the checkpoint lives in the sequencer's own output and
+//!    moves atomically with it, so an ingress record is sequenced at most once, and exactly once
+//!    once its transaction committed. (The committed `ingress` offsets move in the same
+//!    transactions; they are what fences it, and what lag is measured by.)
 //! 2. each batch of ingress records is decoded (undecodable or invalid records from business
 //!    systems go to the dead-letter topic with the reason in a header), decided, and the
 //!    sequenced events are appended to `timeline` in one call;
@@ -37,6 +43,7 @@
 //!    bounded by half the consumer group's session timeout, so the next owner is not kept
 //!    waiting; past that the worker is aborted, which loses nothing (see `drain`).
 
+mod committer;
 pub mod group_limits;
 pub mod snapshot;
 pub mod state;
@@ -49,10 +56,10 @@ use std::time::Duration;
 use chorus_core::broadcast::BroadcastBus;
 use chorus_core::config::{RouterConfig, Topics};
 use chorus_core::metrics::Metrics;
-use chorus_core::presence::{NodeBus, Presence};
+use chorus_core::presence::{LocalBus, LocalPresence, NodeBus, Presence};
 use chorus_log::{
-    CommitThrottle, EventLog, LogError, Offset, PartitionId, PollEvent, Record, StartFrom,
-    TopicSettings, by_partition,
+    EventLog, LogError, Offset, PartitionId, PollEvent, Record, StartFrom, TopicSettings,
+    by_partition,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -62,6 +69,13 @@ use tokio_util::sync::CancellationToken;
 /// that share a Kafka cluster under different prefixes never share a group.
 pub fn router_group(config: &RouterConfig) -> String {
     format!("{}chorus-router", config.topic_prefix)
+}
+
+/// The `transactional.id` of the router process's writer: `<topic prefix>chorus-router-<node
+/// id>`, the same across restarts of one node (its new run aborts what the old one left open)
+/// and different between nodes (`node_id` is unique per process in a cluster).
+pub fn transactional_id(config: &RouterConfig) -> String {
+    format!("{}chorus-router-{}", config.topic_prefix, config.node_id)
 }
 
 /// Why the router stopped. Every variant but `WorkerExited` keeps its cause as its source.
@@ -121,13 +135,30 @@ pub struct RouterContext {
 }
 
 impl RouterContext {
+    /// A router whose presence and node bus live in this process ([`LocalPresence`],
+    /// [`LocalBus`], both new and empty) and that has no broadcast fallback: what a test or a
+    /// bench needs. Where another stage must share the presence or the bus, or a test attaches
+    /// its own node to the bus, set that field over this one
+    /// (`RouterContext { bus, ..RouterContext::in_process(config, log, metrics) }`).
+    pub fn in_process(
+        config: Arc<RouterConfig>,
+        log: Arc<dyn EventLog>,
+        metrics: Arc<Metrics>,
+    ) -> RouterContext {
+        RouterContext {
+            config,
+            log,
+            presence: Arc::new(LocalPresence::default()),
+            bus: Arc::new(LocalBus::default()),
+            fallback: None,
+            metrics,
+        }
+    }
+
     fn topics(&self) -> Topics {
         self.config.topics()
     }
 }
-
-/// How often the router commits its (informational) `ingress` offsets.
-const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A running partition worker.
 struct WorkerHandle {
@@ -157,11 +188,13 @@ pub async fn run(context: RouterContext, shutdown: CancellationToken) -> Result<
             StartFrom::Earliest,
         )
         .await?;
+    let writer = consumer
+        .transactional_writer(&transactional_id(&context.config))
+        .await?;
+    let (committer, committer_task) = committer::Committer::start(writer, topics.timeline.clone());
     let mut workers: HashMap<PartitionId, WorkerHandle> = HashMap::new();
     let batch_records = context.config.router.batch_records;
     let drain_limit = context.config.drain_timeout;
-    // informational only: the sequencer's checkpoint is in `timeline`
-    let mut commits = CommitThrottle::new(COMMIT_INTERVAL);
     let outcome = loop {
         if let Some(failed) = finished_worker(&mut workers).await {
             break Err(failed);
@@ -173,11 +206,8 @@ pub async fn run(context: RouterContext, shutdown: CancellationToken) -> Result<
         match polled? {
             PollEvent::Assigned(partitions) => {
                 for partition in partitions {
-                    // Fence any earlier owner first, then recover what it left.
-                    let writer = context
-                        .log
-                        .fenced_writer(&topics.timeline, partition)
-                        .await?;
+                    // No earlier holder's transaction can commit any more (`Assigned` comes
+                    // after a stable offset fetch, and the group fences a zombie): recover.
                     let recovered = worker::recover(&context, partition).await?;
                     let resume = recovered.state.next_ingress_offset();
                     consumer.seek(partition, resume)?;
@@ -198,17 +228,14 @@ pub async fn run(context: RouterContext, shutdown: CancellationToken) -> Result<
                         context.clone(),
                         partition,
                         recovered,
-                        writer,
+                        committer.clone(),
                         receiver,
                     ));
                     workers.insert(partition, WorkerHandle { batches, task });
                 }
             }
             PollEvent::Revoked(partitions) => {
-                let revoked = commits.take(&partitions);
-                if !revoked.is_empty() {
-                    let _ = consumer.commit(&revoked).await;
-                }
+                // Drained before the next poll: until then the writer may still commit them.
                 for partition in partitions {
                     let _ = context
                         .metrics
@@ -224,29 +251,25 @@ pub async fn run(context: RouterContext, shutdown: CancellationToken) -> Result<
                     let Some(handle) = workers.get(&partition) else {
                         continue;
                     };
-                    let next = batch.last().map(|record| record.offset + 1);
                     if handle.batches.send(batch).await.is_err() {
                         // the worker stopped; its result is collected at the top of the loop
                         continue;
-                    }
-                    if let Some(next) = next {
-                        commits.note(partition, next);
                     }
                 }
             }
             PollEvent::Idle => {}
         }
-        let due = commits.due();
-        if !due.is_empty() {
-            let _ = consumer.commit(&due).await;
-        }
     };
-    let last = commits.take_all();
-    if !last.is_empty() {
-        let _ = consumer.commit(&last).await;
-    }
     for (partition, handle) in workers.drain() {
         drain(partition, handle, drain_limit).await?;
+    }
+    // every worker is gone: the committer ends once its last batch is answered
+    drop(committer);
+    if tokio::time::timeout(drain_limit, committer_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!(?drain_limit, "committer did not finish in time");
     }
     outcome
 }
@@ -262,7 +285,7 @@ pub struct RecoveredPartition {
 
 /// Recovers a partition's state the way a newly assigned worker does (newest usable snapshot,
 /// then the timeline after it), without owning the partition: for tools that measure recovery.
-/// Without the fenced writer open, the timeline may still grow behind the result.
+/// Without the partition assigned, the timeline may still grow behind the result.
 pub async fn recover_partition(
     context: &RouterContext,
     partition: PartitionId,
@@ -296,8 +319,9 @@ async fn finished_worker(workers: &mut HashMap<PartitionId, WorkerHandle>) -> Op
 
 /// Lets a worker finish the batches it has, then stops it; bounded by `limit` (half the
 /// consumer group's session timeout), after which the worker is aborted. Aborting is safe: what
-/// it had not acknowledged is sequenced again by the next owner, whose fenced writer aborts any
-/// transaction left open.
+/// it had not acknowledged is sequenced again by the next owner; a transaction of it still in
+/// flight either commits before the next owner is told `Assigned` (the stable offset fetch
+/// waits for it) or never (the group has moved on: its offsets are refused).
 async fn drain(
     partition: PartitionId,
     handle: WorkerHandle,

@@ -5,7 +5,7 @@
 //! nothing is acknowledged before it is durable, and per-conversation order is kept.
 //!
 //! Every delivery of a timeline frame carries its [`Sequencing`]: the partition, this worker's
-//! ownership epoch (the `timeline` end found after the fenced writer opened, see
+//! ownership epoch (the `timeline` end found when it recovered the partition, see
 //! [`chorus_core::presence::Sequencing`]), the conversation and the seq, so that nodes can drop
 //! what a router sends after it lost the partition (a paused process resumed) and keep each
 //! connection's seq order. Before anything else a new owner delivers again the last
@@ -23,10 +23,11 @@ use chorus_core::error::ApiError;
 use chorus_core::presence::{Delivery, Frame, Sequencing};
 use chorus_core::protocol::outbound::{EventOutcome, event_json, read_json};
 use chorus_core::validate::validate_ingress;
-use chorus_log::{FencedWriter, NewRecord, Offset, PartitionId, Record};
+use chorus_log::{NewRecord, Offset, PartitionId, Record};
 use chorus_schemas::{EventBody, IngressEvent, TimelineEvent, decode_ingress, encode_timeline};
 use tokio::sync::mpsc;
 
+use crate::committer::Committer;
 use crate::snapshot::{self, Anchor};
 use crate::state::{Decision, SequencerState};
 use crate::{RouterContext, RouterError};
@@ -44,7 +45,7 @@ const RECOVERY_READ: usize = 4096;
 /// A partition as recovered by its new owner.
 pub(crate) struct Recovered {
     pub(crate) state: SequencerState,
-    /// The `timeline` end found once the fenced writer was open: this owner's epoch.
+    /// The `timeline` end found at recovery: this owner's epoch.
     pub(crate) owner_epoch: Offset,
     /// Where the fold started: the offset the restored snapshot covers, `None` from 0.
     pub(crate) snapshot_covers: Option<Offset>,
@@ -54,8 +55,9 @@ pub(crate) struct Recovered {
 
 /// Rebuilds a partition's state from its `timeline`, and the deliveries of its last
 /// `router.takeover_redelivery_events` sequenced events (with the members each had then).
-/// Call it only once this worker's fenced writer is open, so no earlier owner can still add to
-/// the timeline behind the recovered state (and the end found is an ownership epoch).
+/// Call it only once the partition was assigned (`Assigned` comes once no earlier holder's
+/// transaction can still commit), so no earlier owner can add to the timeline behind the
+/// recovered state (and the end found is an ownership epoch).
 pub(crate) async fn recover(
     context: &RouterContext,
     partition: PartitionId,
@@ -179,7 +181,7 @@ pub(crate) async fn run(
     context: RouterContext,
     partition: PartitionId,
     recovered: Recovered,
-    mut writer: Box<dyn FencedWriter>,
+    committer: Committer,
     mut batches: mpsc::Receiver<Vec<Record>>,
 ) -> Result<(), RouterError> {
     let Recovered {
@@ -338,8 +340,13 @@ pub(crate) async fn run(
             let count = timeline_records.len() as u64;
             let last_value_crc = crc32fast::hash(&last.value);
             let appending = std::time::Instant::now();
-            let offsets =
-                append_timeline_batch_crash_only(writer.as_mut(), timeline_records).await?;
+            let offsets = append_timeline_batch_crash_only(
+                &committer,
+                partition,
+                timeline_records,
+                state.next_ingress_offset(),
+            )
+            .await?;
             tracing::trace!(partition, count, elapsed = ?appending.elapsed(), "timeline batch appended");
             context.metrics.events_sequenced.inc_by(count);
             if let Some(last_offset) = offsets.last() {
@@ -486,19 +493,23 @@ impl Snapshots {
     }
 }
 
-/// Appends a decided batch to the partition's `timeline` through the fenced writer. Crash-only:
-/// never retried. The state has already applied every event of the batch (seqs assigned, dedup
-/// window moved) and the append may have landed in part or in full before failing (Kafka: a
-/// transaction whose commit outcome is unknown), so a retry could write the same events twice
-/// under new offsets, and going on without them would leave holes in the seqs. On failure the
-/// error stops this worker and with it the router (nothing of the batch is acknowledged); the
-/// partition's next owner opens its fenced writer, which aborts an open transaction, and
-/// recovers the state from what the log holds.
+/// Appends a decided batch to the partition's `timeline`, with the partition's `ingress` offset
+/// after it, in the router's next transaction ([`Committer`]). Crash-only: never retried. The
+/// state has already applied every event of the batch (seqs assigned, dedup window moved) and
+/// the transaction may have committed before the failure was seen (a commit whose outcome is
+/// unknown), so a retry could write the same events twice under new offsets, and going on
+/// without them would leave holes in the seqs. On failure the error stops this worker and with
+/// it the router (nothing of the batch is acknowledged); the partition's next owner recovers the
+/// state from what the log holds once no transaction of this one can still commit.
 async fn append_timeline_batch_crash_only(
-    writer: &mut dyn FencedWriter,
+    committer: &Committer,
+    partition: PartitionId,
     timeline_records: Vec<NewRecord>,
+    next_ingress: Offset,
 ) -> Result<Vec<Offset>, chorus_log::LogError> {
-    writer.append(timeline_records).await
+    committer
+        .commit(partition, timeline_records, next_ingress)
+        .await
 }
 
 fn origin_of(event: &IngressEvent) -> Option<(String, String)> {
@@ -706,7 +717,6 @@ mod tests {
 
     use chorus_core::config::ChorusConfig;
     use chorus_core::metrics::Metrics;
-    use chorus_core::presence::{LocalBus, LocalPresence};
     use chorus_log::EventLog;
     use chorus_log::embedded::{EmbeddedLog, EmbeddedLogConfig};
 
@@ -753,14 +763,11 @@ mod tests {
             EventBody::ReadCursorMoved { seq: 5 },
         ));
         log.append(&topics.timeline, records).await.expect("append");
-        let context = RouterContext {
-            config: Arc::new(config.router_config()),
-            log: log.clone(),
-            presence: Arc::new(LocalPresence::default()),
-            bus: Arc::new(LocalBus::default()),
-            fallback: None,
-            metrics: Arc::new(Metrics::new()),
-        };
+        let context = RouterContext::in_process(
+            Arc::new(config.router_config()),
+            log.clone(),
+            Arc::new(Metrics::new()),
+        );
         let recovered = recover(&context, 0).await.expect("recover");
         assert_eq!(recovered.owner_epoch, 6, "the timeline end is the epoch");
         assert_eq!(recovered.state.last_seq("dm:alice:bob"), 5);

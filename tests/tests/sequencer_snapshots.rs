@@ -11,7 +11,7 @@ use std::sync::Arc;
 use chorus_core::config::ChorusConfig;
 use chorus_core::metrics::Metrics;
 use chorus_core::presence::conformance::CollectingSink;
-use chorus_core::presence::{Delivery, LocalBus, LocalPresence, NodeBus};
+use chorus_core::presence::{Delivery, LocalBus, NodeBus};
 use chorus_kafka::{KafkaLog, KafkaLogConfig};
 use chorus_log::embedded::{EmbeddedLog, EmbeddedLogConfig};
 use chorus_log::{EventLog, NewRecord, Offset, TopicSettings};
@@ -63,14 +63,11 @@ fn config(prefix: &str, every: usize, redelivery: usize) -> ChorusConfig {
 }
 
 fn router_context(config: &ChorusConfig, log: &Arc<dyn EventLog>) -> RouterContext {
-    RouterContext {
-        config: Arc::new(config.router_config()),
-        log: Arc::clone(log),
-        presence: Arc::new(LocalPresence::default()),
-        bus: Arc::new(LocalBus::default()),
-        fallback: None,
-        metrics: Arc::new(Metrics::new()),
-    }
+    RouterContext::in_process(
+        Arc::new(config.router_config()),
+        Arc::clone(log),
+        Arc::new(Metrics::new()),
+    )
 }
 
 fn unique(name: &str) -> String {

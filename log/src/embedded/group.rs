@@ -6,6 +6,11 @@
 //! until its next poll (so it can finish and commit in-flight work), and releases it there (or
 //! when dropped). Only a partition without owner is given to its target (`Assigned` at the
 //! target's next poll). So at any instant a partition has at most one owner.
+//!
+//! Transactions of a member's writer (`transactions.rs`) commit only for partitions it owns, and
+//! a release waits for the member's commit in flight (`EmbeddedConsumer::poll`, and `Drop`), so
+//! a partition's next owner is assigned it only once no transaction of an earlier owner can
+//! still commit.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -22,11 +27,14 @@ use super::LogShared;
 use super::files::{group_file_stem, write_file_atomically};
 use super::frame::{ReadLimits, frame_len};
 use super::partition::PartitionLog;
+use super::transactions::{CommitGate, EmbeddedTransactionalWriter};
 use super::{MAX_READ_BYTES, TopicLog};
-use crate::{Consumer, LogError, Offset, PartitionId, PollEvent, Record, StartFrom};
+use crate::{
+    Consumer, LogError, Offset, PartitionId, PollEvent, Record, StartFrom, TransactionalWriter,
+};
 
 /// Identifies a member within its (group, topic).
-type MemberId = u64;
+pub(super) type MemberId = u64;
 
 /// The committed offsets file of one (group, topic).
 #[derive(Debug, Serialize, Deserialize)]
@@ -271,8 +279,24 @@ impl GroupShared {
         membership.wake_all();
     }
 
+    /// The first of `partitions` that `member_id` does not own, if any (released, never held,
+    /// or out of range), as of now.
+    pub(super) fn first_not_owned(
+        &self,
+        member_id: MemberId,
+        partitions: impl IntoIterator<Item = PartitionId>,
+    ) -> Option<PartitionId> {
+        let membership = self.membership.lock();
+        partitions.into_iter().find(|&partition| {
+            membership.owners.get(partition as usize).copied().flatten() != Some(member_id)
+        })
+    }
+
     /// Records the offsets and returns once they (or a later version) are on disk.
-    async fn commit(self: &Arc<Self>, offsets: &[(PartitionId, Offset)]) -> Result<(), LogError> {
+    pub(super) async fn commit(
+        self: &Arc<Self>,
+        offsets: &[(PartitionId, Offset)],
+    ) -> Result<(), LogError> {
         let version = {
             let mut committed = self.offsets.lock();
             committed.pending.extend(offsets.iter().copied());
@@ -314,8 +338,9 @@ impl GroupShared {
 
 /// A member of a consumer group on one topic of an [`EmbeddedLog`](super::EmbeddedLog).
 pub(super) struct EmbeddedConsumer {
-    /// Keeps the log (its directory lock and files) open while this member lives.
-    _log: Arc<LogShared>,
+    /// Keeps the log (its directory lock and files) open while this member lives; its
+    /// transactional writer appends through it.
+    log: Arc<LogShared>,
     /// The topic consumed.
     topic: Arc<TopicLog>,
     /// The group's shared state.
@@ -333,6 +358,11 @@ pub(super) struct EmbeddedConsumer {
     revoking: Vec<PartitionId>,
     /// Where the next poll starts reading, rotated so no partition is starved.
     fairness_cursor: usize,
+    /// Held (read) by each commit of this member's transactional writer, taken (write) before
+    /// this member releases partitions (`transactions.rs`).
+    commit_gate: CommitGate,
+    /// Whether this member opened its transactional writer (it has at most one).
+    writer_opened: bool,
 }
 
 impl EmbeddedConsumer {
@@ -345,7 +375,7 @@ impl EmbeddedConsumer {
         let (member_id, wakeup) = group.join();
         tracing::debug!(group = %group.group, topic = %topic.name, member_id, "consumer joined");
         EmbeddedConsumer {
-            _log: log,
+            log,
             topic,
             group,
             member_id,
@@ -354,6 +384,8 @@ impl EmbeddedConsumer {
             positions: BTreeMap::new(),
             revoking: Vec::new(),
             fairness_cursor: 0,
+            commit_gate: CommitGate::default(),
+            writer_opened: false,
         }
     }
 
@@ -449,6 +481,19 @@ impl Consumer for EmbeddedConsumer {
     async fn poll(&mut self, max_records: usize, timeout: Duration) -> Result<PollEvent, LogError> {
         let deadline = tokio::time::Instant::now().checked_add(timeout);
         if !self.revoking.is_empty() {
+            // The one place a member gives partitions up while it lives: after its commit in
+            // flight, if any. So when the next holder is assigned them, no transaction of this
+            // member can still commit (a later one finds them not owned and is fenced). Taken
+            // before `revoking` is emptied, so a poll that times out (`Idle`) or is cancelled
+            // while it waits releases nothing: a later poll does.
+            let gate = self.commit_gate.write();
+            let _no_commit_in_flight = match deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline, gate).await {
+                    Ok(no_commit_in_flight) => no_commit_in_flight,
+                    Err(_) => return Ok(PollEvent::Idle),
+                },
+                None => gate.await,
+            };
             let released = std::mem::take(&mut self.revoking);
             self.group
                 .membership
@@ -533,21 +578,65 @@ impl Consumer for EmbeddedConsumer {
         self.positions.keys().copied().collect()
     }
 
+    async fn transactional_writer(
+        &mut self,
+        id: &str,
+    ) -> Result<Box<dyn TransactionalWriter>, LogError> {
+        if self.writer_opened {
+            return Err(LogError::Backend(format!(
+                "group member {} of group {} already has a transactional writer",
+                self.member_id, self.group.group
+            )));
+        }
+        self.writer_opened = true;
+        Ok(Box::new(EmbeddedTransactionalWriter::new(
+            Arc::clone(&self.log),
+            Arc::clone(&self.topic),
+            Arc::clone(&self.group),
+            self.member_id,
+            Arc::clone(&self.commit_gate),
+            id,
+        )))
+    }
+
     fn position(&self, partition: PartitionId) -> Option<Offset> {
         self.positions.get(&partition).copied()
     }
 }
 
 impl Drop for EmbeddedConsumer {
+    /// Leaves the group, releasing every partition, after the commit of this member's writer in
+    /// flight, if any (as a release in `poll` does). When one is in flight, a helper thread
+    /// waits for it and leaves: a plain thread rather than a tokio task, so the member leaves
+    /// even if no runtime is current or the runtime shuts down.
     fn drop(&mut self) {
-        self.group.leave(self.member_id);
-        tracing::debug!(group = %self.group.group, topic = %self.topic.name, member_id = self.member_id, "consumer left");
+        let group = Arc::clone(&self.group);
+        let member_id = self.member_id;
+        tracing::debug!(group = %group.group, topic = %self.topic.name, member_id, "consumer leaving");
+        if let Ok(_no_commit_in_flight) = self.commit_gate.try_write() {
+            group.leave(member_id);
+            return;
+        }
+        let commit_gate = Arc::clone(&self.commit_gate);
+        let leave_after_commit = std::thread::Builder::new()
+            .name("chorus-log-leave".to_owned())
+            .spawn(move || {
+                let _no_commit_in_flight = commit_gate.blocking_write();
+                group.leave(member_id);
+            });
+        if let Err(error) = leave_after_commit {
+            // Without a thread, leaving now beats never leaving: the commit in flight was
+            // checked when it started, so it completes, and the next holder may see it late.
+            tracing::warn!(%error, member_id, "could not wait for the commit in flight; leaving now");
+            self.group.leave(member_id);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{EventLog, NewRecord};
 
     fn membership(partitions: usize) -> Membership {
         Membership {
@@ -621,6 +710,92 @@ mod tests {
             state.owners,
             vec![Some(first), Some(second), Some(first), Some(second)]
         );
+    }
+
+    /// An embedded log on a fresh folder with one 2-partition topic, and its group `g` there.
+    async fn log_with_group() -> (
+        tempfile::TempDir,
+        Arc<super::super::EmbeddedLog>,
+        Arc<TopicLog>,
+        Arc<GroupShared>,
+    ) {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let mut config = super::super::EmbeddedLogConfig::new(dir.path());
+        config.partitions = 2;
+        let log = super::super::EmbeddedLog::open(config).expect("open the log");
+        log.ensure_topic("t").await.expect("ensure_topic");
+        let topic = log.shared.topic("t").expect("topic");
+        let group = log.shared.groups.get_or_create("g", &topic).expect("group");
+        (dir, log, topic, group)
+    }
+
+    fn join(
+        log: &super::super::EmbeddedLog,
+        topic: &Arc<TopicLog>,
+        group: &Arc<GroupShared>,
+    ) -> EmbeddedConsumer {
+        EmbeddedConsumer::join(
+            Arc::clone(&log.shared),
+            Arc::clone(topic),
+            Arc::clone(group),
+            StartFrom::Earliest,
+        )
+    }
+
+    const PATIENCE: Duration = Duration::from_secs(10);
+    /// How long a poll shows that a partition did *not* move (a wrong move shows up well
+    /// within it; a right answer never depends on it).
+    const SETTLE: Duration = Duration::from_millis(50);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_release_waits_for_the_commit_in_flight() {
+        let (_dir, log, topic, group) = log_with_group().await;
+        let mut first = join(&log, &topic, &group);
+        let first_id = first.member_id;
+        let assigned = first.poll(10, PATIENCE).await.expect("poll");
+        assert_eq!(assigned, PollEvent::Assigned(vec![0, 1]));
+        let mut second = join(&log, &topic, &group);
+        let revoked = first.poll(10, PATIENCE).await.expect("poll");
+        assert_eq!(revoked, PollEvent::Revoked(vec![1]));
+
+        let commit_in_flight = Arc::clone(&first.commit_gate).read_owned().await;
+        let timed_out = first.poll(10, SETTLE).await.expect("poll");
+        assert_eq!(timed_out, PollEvent::Idle, "a poll keeps its timeout");
+        assert_eq!(group.first_not_owned(first_id, [0, 1]), None);
+        let releasing = tokio::spawn(async move {
+            let event = first.poll(10, PATIENCE).await.expect("poll");
+            (first, event)
+        });
+        let while_committing = second.poll(10, SETTLE).await.expect("poll");
+        assert_eq!(while_committing, PollEvent::Idle, "released under a commit");
+        assert_eq!(group.first_not_owned(first_id, [0, 1]), None);
+        drop(commit_in_flight);
+        let assigned = second.poll(10, PATIENCE).await.expect("poll");
+        assert_eq!(assigned, PollEvent::Assigned(vec![1]));
+        assert_eq!(group.first_not_owned(first_id, [0, 1]), Some(1));
+        // Wake the first member's poll, which released partition 1 and kept partition 0.
+        log.append_to("t", 0, vec![NewRecord::new("k", b"v".to_vec())])
+            .await
+            .expect("append");
+        let (_first, after_release) = releasing.await.expect("poll task");
+        assert!(matches!(after_release, PollEvent::Records(records) if records.len() == 1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_dropped_during_a_commit_leaves_after_it() {
+        let (_dir, log, topic, group) = log_with_group().await;
+        let mut first = join(&log, &topic, &group);
+        let assigned = first.poll(10, PATIENCE).await.expect("poll");
+        assert_eq!(assigned, PollEvent::Assigned(vec![0, 1]));
+        let mut second = join(&log, &topic, &group);
+
+        let commit_in_flight = Arc::clone(&first.commit_gate).read_owned().await;
+        drop(first);
+        let while_committing = second.poll(10, SETTLE).await.expect("poll");
+        assert_eq!(while_committing, PollEvent::Idle, "left under a commit");
+        drop(commit_in_flight);
+        let assigned = second.poll(10, PATIENCE).await.expect("poll");
+        assert_eq!(assigned, PollEvent::Assigned(vec![0, 1]));
     }
 
     #[test]

@@ -90,6 +90,15 @@
 //! are written to the group's file atomically (temp file, fsync, rename, fsync folder) before
 //! `commit` returns; concurrent commits of a group are folded into one write.
 //!
+//! # Transactional writers
+//!
+//! A member's transactional writer (`transactions.rs`) checks that the member owns every input
+//! partition it commits offsets for (else [`LogError::Fenced`], nothing written), appends the
+//! records in one group commit, then commits the offsets. A release waits for the commit in
+//! flight, so a partition is assigned only once no transaction of its earlier holder can still
+//! commit. The records are durable before the offsets: a crash between the two leaves the
+//! offsets behind, never ahead (a consumer whose resume point lives in its output loses nothing).
+//!
 //! # Bounds
 //!
 //! - one read or poll returns at most 4 MiB of records (but always at least one record);
@@ -106,6 +115,7 @@ mod files;
 mod frame;
 mod group;
 mod partition;
+mod transactions;
 mod wal;
 mod writer;
 
@@ -128,9 +138,7 @@ use self::partition::{PartitionLimits, PartitionLog};
 use self::wal::Wal;
 pub use self::writer::WriterStats;
 use self::writer::{AppendRequest, WriterShared, failed_log_error, spawn_writer};
-use super::{
-    Consumer, EventLog, FencedWriter, LogError, NewRecord, Offset, PartitionId, Record, StartFrom,
-};
+use super::{Consumer, EventLog, LogError, NewRecord, Offset, PartitionId, Record, StartFrom};
 
 /// Partitions of a new topic unless configured otherwise.
 pub const DEFAULT_PARTITIONS: u32 = 8;
@@ -423,6 +431,59 @@ impl LogShared {
     }
 }
 
+/// The records of one call grouped by partition (one batch per partition touched, for one
+/// group commit), remembering where each input record went.
+struct PartitionBatches {
+    /// The records of each partition touched, in order of first appearance.
+    batches: Vec<(Arc<PartitionLog>, Vec<NewRecord>)>,
+    /// Per input record, in input order: its partition, its batch and its index in the batch.
+    placements: Vec<(PartitionId, usize, usize)>,
+}
+
+impl PartitionBatches {
+    /// Groups `(partition, record)` pairs of `topic`; a partition out of range is an error.
+    fn group(
+        topic: &TopicLog,
+        records: Vec<(PartitionId, NewRecord)>,
+    ) -> Result<PartitionBatches, LogError> {
+        let mut batches: Vec<(Arc<PartitionLog>, Vec<NewRecord>)> = Vec::new();
+        let mut batch_of_partition: HashMap<PartitionId, usize> = HashMap::new();
+        let mut placements: Vec<(PartitionId, usize, usize)> = Vec::with_capacity(records.len());
+        for (partition, record) in records {
+            let Some(partition_log) = topic.partitions.get(partition as usize) else {
+                return Err(LogError::BadPartition {
+                    topic: topic.name.clone(),
+                    partition,
+                });
+            };
+            let batch = *batch_of_partition.entry(partition).or_insert_with(|| {
+                batches.push((Arc::clone(partition_log), Vec::new()));
+                batches.len() - 1
+            });
+            placements.push((partition, batch, batches[batch].1.len()));
+            batches[batch].1.push(record);
+        }
+        Ok(PartitionBatches {
+            batches,
+            placements,
+        })
+    }
+
+    /// Appends every batch in one request to the writer (one group commit) and returns
+    /// `(partition, offset)` per input record, in input order, once all are durable.
+    async fn submit(self, shared: &LogShared) -> Result<Vec<(PartitionId, Offset)>, LogError> {
+        if self.batches.is_empty() {
+            return Ok(Vec::new());
+        }
+        let offsets = shared.submit(self.batches).await?;
+        Ok(self
+            .placements
+            .into_iter()
+            .map(|(partition, batch, index)| (partition, offsets[batch][index]))
+            .collect())
+    }
+}
+
 /// Takes the exclusive lock of the data folder, so two processes never write the same files.
 fn lock_directory(dir: &Path) -> Result<File, LogError> {
     let path = dir.join(LOCK_FILE_NAME);
@@ -545,27 +606,17 @@ impl EventLog for EmbeddedLog {
             return Ok(Vec::new());
         }
         let partition_count = topic_log.partitions.len() as u32;
-        // Group by partition, remembering where each input record went.
-        let mut batches: Vec<(Arc<PartitionLog>, Vec<NewRecord>)> = Vec::new();
-        let mut batch_of_partition: HashMap<PartitionId, usize> = HashMap::new();
-        let mut placements: Vec<(PartitionId, usize, usize)> = Vec::with_capacity(records.len());
-        for record in records {
-            let partition = super::partition_for_key(&record.key, partition_count);
-            let batch = *batch_of_partition.entry(partition).or_insert_with(|| {
-                batches.push((
-                    Arc::clone(&topic_log.partitions[partition as usize]),
-                    Vec::new(),
-                ));
-                batches.len() - 1
-            });
-            placements.push((partition, batch, batches[batch].1.len()));
-            batches[batch].1.push(record);
-        }
-        let offsets = self.shared.submit(batches).await?;
-        Ok(placements
+        let placed = records
             .into_iter()
-            .map(|(partition, batch, index)| (partition, offsets[batch][index]))
-            .collect())
+            .map(|record| {
+                (
+                    super::partition_for_key(&record.key, partition_count),
+                    record,
+                )
+            })
+            .collect();
+        let batches = PartitionBatches::group(&topic_log, placed)?;
+        batches.submit(&self.shared).await
     }
 
     async fn append_to(
@@ -603,26 +654,6 @@ impl EventLog for EmbeddedLog {
         Ok(self.shared.partition(topic, partition)?.end_offset())
     }
 
-    async fn fenced_writer(
-        &self,
-        topic: &str,
-        partition: PartitionId,
-    ) -> Result<Box<dyn FencedWriter>, LogError> {
-        let partition_log = self.shared.partition(topic, partition)?;
-        let epoch = {
-            let mut current = partition_log.fence.lock().await;
-            *current += 1;
-            *current
-        };
-        Ok(Box::new(EmbeddedFencedWriter {
-            shared: Arc::clone(&self.shared),
-            partition_log,
-            topic: topic.to_owned(),
-            partition,
-            epoch,
-        }))
-    }
-
     async fn committed(
         &self,
         group: &str,
@@ -644,41 +675,5 @@ impl EventLog for EmbeddedLog {
         let consumer =
             EmbeddedConsumer::join(Arc::clone(&self.shared), topic_log, group_state, start);
         Ok(Box::new(consumer))
-    }
-}
-
-/// A fenced writer of the embedded log: appends only while its epoch is the partition's current
-/// one, holding the partition's fence lock across the append.
-struct EmbeddedFencedWriter {
-    shared: Arc<LogShared>,
-    partition_log: Arc<PartitionLog>,
-    topic: String,
-    partition: PartitionId,
-    epoch: u64,
-}
-
-#[async_trait]
-impl FencedWriter for EmbeddedFencedWriter {
-    async fn append(&mut self, records: Vec<NewRecord>) -> Result<Vec<Offset>, LogError> {
-        let current = self.partition_log.fence.lock().await;
-        if *current != self.epoch {
-            return Err(LogError::Fenced {
-                topic: self.topic.clone(),
-                partition: self.partition,
-            });
-        }
-        if records.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut offsets = self
-            .shared
-            .submit(vec![(Arc::clone(&self.partition_log), records)])
-            .await?;
-        drop(current);
-        Ok(offsets.pop().unwrap_or_default())
-    }
-
-    fn partition(&self) -> PartitionId {
-        self.partition
     }
 }

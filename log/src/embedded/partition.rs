@@ -209,10 +209,6 @@ pub(super) struct PartitionLog {
     durable_end: watch::Sender<Offset>,
     /// Where the next record goes; only the writer thread locks it.
     writable: Mutex<WritableState>,
-    /// The epoch of the partition's current fenced writer (in memory: a process restart ends
-    /// every writer anyway). A writer holds the lock across its whole append, so opening a new
-    /// writer waits for an append in flight, which is then visible to the new owner's reads.
-    pub(super) fence: tokio::sync::Mutex<u64>,
 }
 
 /// Records of one partition staged by the writer for one group commit.
@@ -423,7 +419,6 @@ impl PartitionLog {
             }),
             durable_end,
             writable: Mutex::new(writable),
-            fence: tokio::sync::Mutex::new(0),
         })
     }
 

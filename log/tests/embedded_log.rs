@@ -742,3 +742,93 @@ async fn poll_records(consumer: &mut dyn Consumer, count: usize) -> Vec<chorus_l
         .await
         .expect("records in time")
 }
+
+/// A transaction's offsets are visible at once and reach the group's file without a synced
+/// write per transaction: within the write interval while the member stays, and when it leaves
+/// (a reopen finds the last ones).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_offsets_are_written_within_a_second_and_when_the_member_leaves() {
+    let dir = TempDir::new().expect("temp dir");
+    let offsets_file = |dir: &Path| {
+        let mut found = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(folder) = stack.pop() {
+            for entry in fs::read_dir(&folder).expect("read dir").flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if fs::read_to_string(&path).is_ok_and(|text| text.contains("\"tx-group\""))
+                {
+                    found.push(fs::read_to_string(&path).expect("read"));
+                }
+            }
+        }
+        found
+    };
+    {
+        let log = open(dir.path());
+        log.ensure_topic(TOPIC).await.expect("ensure_topic");
+        log.ensure_topic("chorus.output")
+            .await
+            .expect("ensure_topic");
+        let mut consumer = log
+            .consumer("tx-group", TOPIC, StartFrom::Earliest)
+            .await
+            .expect("consumer");
+        poll_until_assigned(consumer.as_mut(), 4).await;
+        let mut writer = consumer
+            .transactional_writer("router-1")
+            .await
+            .expect("writer");
+        for round in 1..=3u64 {
+            writer
+                .commit(
+                    "chorus.output",
+                    vec![(1, NewRecord::new("k", round.to_string().into_bytes()))],
+                    &[(1, round)],
+                )
+                .await
+                .expect("commit");
+            assert_eq!(
+                log.committed("tx-group", TOPIC, 1)
+                    .await
+                    .expect("committed"),
+                Some(round),
+                "visible at once"
+            );
+        }
+        // the scheduled write lands within the interval, with the last offsets of it
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let written = offsets_file(dir.path());
+            if written.iter().any(|text| text.contains("\"1\": 3")) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "transaction offsets never written: {written:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        writer
+            .commit(
+                "chorus.output",
+                vec![(1, NewRecord::new("k", b"4".to_vec()))],
+                &[(1, 4)],
+            )
+            .await
+            .expect("commit");
+        drop(writer);
+        // leaving writes what the schedule has not written yet
+        drop(consumer);
+        log.close().await;
+    }
+    let log = open(dir.path());
+    assert_eq!(
+        log.committed("tx-group", TOPIC, 1)
+            .await
+            .expect("committed"),
+        Some(4),
+        "the offsets of the last transaction before the member left survive a reopen"
+    );
+}

@@ -33,6 +33,10 @@ use crate::{
     Consumer, LogError, Offset, PartitionId, PollEvent, Record, StartFrom, TransactionalWriter,
 };
 
+/// Longest the offsets of a transactional commit wait before they are written to the group's
+/// file (see `GroupShared::commit_transacted`).
+pub(super) const TRANSACTED_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Identifies a member within its (group, topic).
 pub(super) type MemberId = u64;
 
@@ -152,14 +156,16 @@ enum AssignmentChange {
 /// The committed offsets of a group, with versions to fold concurrent commits into one write.
 #[derive(Default)]
 struct CommittedOffsets {
-    /// Offsets requested by commits, durable or not yet.
+    /// Offsets requested by commits, durable or not yet; what `committed` answers.
     pending: BTreeMap<PartitionId, Offset>,
     /// Bumped by every commit request.
     pending_version: u64,
-    /// Offsets known to be on disk; what `committed` answers.
+    /// Offsets known to be on disk.
     durable: BTreeMap<PartitionId, Offset>,
     /// The `pending_version` that `durable` reflects.
     durable_version: u64,
+    /// A write of transactions' offsets is scheduled (`commit_transacted`).
+    write_scheduled: bool,
 }
 
 /// Round robin over members in join order: partition `p` goes to member `p % members`.
@@ -249,8 +255,10 @@ impl GroupShared {
         })
     }
 
+    /// The latest committed offset: durable once a plain commit returned, within
+    /// [`TRANSACTED_PERSIST_INTERVAL`] of a transactional one (see [`Self::commit_transacted`]).
     fn committed(&self, partition: PartitionId) -> Option<Offset> {
-        self.offsets.lock().durable.get(&partition).copied()
+        self.offsets.lock().pending.get(&partition).copied()
     }
 
     fn join(&self) -> (MemberId, Arc<Notify>) {
@@ -268,6 +276,7 @@ impl GroupShared {
     }
 
     fn leave(&self, member_id: MemberId) {
+        self.persist_pending();
         let mut membership = self.membership.lock();
         membership.members.retain(|member| member.id != member_id);
         for owner in &mut membership.owners {
@@ -309,6 +318,68 @@ impl GroupShared {
             .map_err(|join_error| {
                 LogError::backend_failure_while("offset commit task failed", join_error)
             })?
+    }
+
+    /// Commits the offsets of a transaction: visible at once (to `committed` and to the next
+    /// holder's start position), written to the group's file within
+    /// [`TRANSACTED_PERSIST_INTERVAL`] (one scheduled write covers every transaction of that
+    /// interval) or when a member leaves, never one synced file per transaction. A crash loses
+    /// at most that interval of offsets: they stay behind the records, never ahead (the
+    /// transactional writer's documented embedded guarantee), and the router resumes from its
+    /// timeline anyway.
+    pub(super) fn commit_transacted(self: &Arc<Self>, offsets: &[(PartitionId, Offset)]) {
+        let schedule = {
+            let mut committed = self.offsets.lock();
+            committed.pending.extend(offsets.iter().copied());
+            committed.pending_version += 1;
+            !std::mem::replace(&mut committed.write_scheduled, true)
+        };
+        if !schedule {
+            return;
+        }
+        let group = Arc::clone(self);
+        let write = async move {
+            tokio::time::sleep(TRANSACTED_PERSIST_INTERVAL).await;
+            let version = {
+                let mut committed = group.offsets.lock();
+                committed.write_scheduled = false;
+                committed.pending_version
+            };
+            let writing = Arc::clone(&group);
+            match tokio::task::spawn_blocking(move || writing.persist_up_to(version)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(group = %group.group, %error, "transaction offsets not written")
+                }
+                Err(error) => {
+                    tracing::warn!(group = %group.group, %error, "transaction offsets task failed")
+                }
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(write)),
+            Err(_) => {
+                self.offsets.lock().write_scheduled = false;
+                if let Err(error) = self.persist_up_to(u64::MAX) {
+                    tracing::warn!(group = %self.group, %error, "transaction offsets not written");
+                }
+            }
+        }
+    }
+
+    /// Writes what is committed and not yet on disk (a member leaving: its last transactions'
+    /// offsets do not wait for the scheduled write). Blocking.
+    fn persist_pending(&self) {
+        let version = {
+            let committed = self.offsets.lock();
+            if committed.durable_version >= committed.pending_version {
+                return;
+            }
+            committed.pending_version
+        };
+        if let Err(error) = self.persist_up_to(version) {
+            tracing::warn!(group = %self.group, %error, "committed offsets not written on leave");
+        }
     }
 
     fn persist_up_to(&self, version: u64) -> Result<(), LogError> {

@@ -13,8 +13,10 @@
 //!
 //! Durability and visibility, honestly: the records are appended in one group commit (one WAL
 //! sync however many output partitions they touch) and are durable and visible to readers
-//! before the offsets are written to the group's file. A crash (or a failed offset write, or a
-//! commit future dropped) between the two leaves the records without the offsets: the offsets
+//! before the offsets are committed. The offsets are visible at once and written to the group's
+//! file within a second (`GroupShared::commit_transacted`: one write for all the transactions of
+//! that second, not one synced file each). A crash (or a failed offset write, or a commit future
+//! dropped) between the two leaves the records without (the last second of) the offsets: they
 //! stay behind, never ahead, so a consumer whose resume point lives in its output (the router)
 //! loses nothing and re-reads what it must dedupe. A crash during the records' group commit
 //! (never acknowledged) may leave a prefix of them, like any append (`wal.rs`). Between the two
@@ -106,7 +108,7 @@ impl TransactionalWriter for EmbeddedTransactionalWriter {
             });
         }
         let placed = batches.submit(&self.shared).await?;
-        self.group.commit(offsets).await?;
+        self.group.commit_transacted(offsets);
         Ok(placed.into_iter().map(|(_, offset)| offset).collect())
     }
 }

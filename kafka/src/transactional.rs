@@ -242,9 +242,7 @@ impl TransactionalWriter for KafkaTransactionalWriter {
         offsets: &[(PartitionId, Offset)],
     ) -> Result<Vec<Offset>, LogError> {
         let Some((first, _)) = offsets.first() else {
-            return Err(LogError::Backend(
-                "a transaction names the input offsets it commits: they are what fences it".into(),
-            ));
+            return Err(LogError::TransactionWithoutOffsets);
         };
         let first = *first;
         let partition_count = self.inner.partition_count(topic).await?;

@@ -171,6 +171,9 @@ pub enum LogError {
         topic: String,
         partition: PartitionId,
     },
+    /// A [`TransactionalWriter::commit`] that names no input offset: they are what fences it.
+    #[error("a transaction must commit at least one input offset: they are what fence it")]
+    TransactionWithoutOffsets,
 }
 
 /// The error of a backend call kept inside a [`LogError`] (rdkafka, tokio, serde...).

@@ -658,7 +658,7 @@ async fn a_transaction_outside_its_topics_or_without_offsets_is_refused_and_writ
     ];
     for (what, outcome) in refusals {
         match (what, outcome) {
-            ("no offsets", Err(LogError::Backend(_)))
+            ("no offsets", Err(LogError::TransactionWithoutOffsets))
             | ("an unknown output topic", Err(LogError::UnknownTopic(_))) => {}
             (
                 "an input partition out of range",

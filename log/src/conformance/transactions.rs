@@ -18,6 +18,56 @@ use super::{
 };
 use crate::{EventLog, LogError, NewRecord, Offset, PartitionId, Record, StartFrom};
 
+/// The start every check shares: fresh input topic I and output topic O (2+ partitions each),
+/// one input record per partition, and a first member of a fresh group holding every partition
+/// of I with its writer open.
+struct Setup {
+    input: String,
+    output: String,
+    input_partitions: u32,
+    output_partitions: u32,
+    group: String,
+    /// "Next to read" of each input partition after the one record appended to it.
+    input_ends: BTreeMap<PartitionId, Offset>,
+    members: Vec<Member>,
+    writer: Box<dyn crate::TransactionalWriter>,
+}
+
+async fn first_member_with_writer(
+    harness: &Harness,
+    log: &Arc<dyn EventLog>,
+    label: &str,
+) -> Setup {
+    let input = new_topic(harness, log, &format!("{label}-input")).await;
+    let output = new_topic(harness, log, &format!("{label}-output")).await;
+    let input_partitions = partition_count_of_at_least_two(log, &input).await;
+    let output_partitions = partition_count_of_at_least_two(log, &output).await;
+    let group = unique_name(harness, &format!("{label}-group"));
+    let input_ends = append_one_per_partition(log, &input, input_partitions, 0).await;
+    let mut members = vec![Member::join(log, &group, &input, StartFrom::Earliest, "first").await];
+    drive_members(
+        &mut members,
+        "the first member holds every input partition",
+        |members| members[0].held.len() == input_partitions as usize,
+    )
+    .await;
+    let writer = members[0]
+        .consumer
+        .transactional_writer(&unique_name(harness, &format!("{label}-writer")))
+        .await
+        .expect("open the first member's writer");
+    Setup {
+        input,
+        output,
+        input_partitions,
+        output_partitions,
+        group,
+        input_ends,
+        members,
+        writer,
+    }
+}
+
 /// A member of group G holding every partition of input topic I commits, twice, records to two
 /// partitions of output topic O with its "next to read" offsets of I: the offsets returned
 /// strictly increase per partition across both transactions and are where `read` and
@@ -117,25 +167,16 @@ pub async fn a_transaction_commits_records_and_offsets_together(harness: &Harnes
 /// only partitions it still holds succeeds, and so does B's naming `ps`.
 pub async fn a_member_that_released_a_partition_is_fenced(harness: &Harness) {
     let log = (harness.open)().await;
-    let input = new_topic(harness, &log, "fenced-txn-input").await;
-    let output = new_topic(harness, &log, "fenced-txn-output").await;
-    let input_partitions = partition_count_of_at_least_two(&log, &input).await;
-    let output_partitions = partition_count_of_at_least_two(&log, &output).await;
-    let group = unique_name(harness, "fenced-txn-group");
-    let input_ends = append_one_per_partition(&log, &input, input_partitions, 0).await;
-
-    let mut members = vec![Member::join(&log, &group, &input, StartFrom::Earliest, "first").await];
-    drive_members(
-        &mut members,
-        "the first member holds every input partition",
-        |members| members[0].held.len() == input_partitions as usize,
-    )
-    .await;
-    let mut first_writer = members[0]
-        .consumer
-        .transactional_writer(&unique_name(harness, "first-writer"))
-        .await
-        .expect("open the first member's writer");
+    let Setup {
+        input,
+        output,
+        input_partitions,
+        output_partitions,
+        group,
+        input_ends,
+        mut members,
+        writer: mut first_writer,
+    } = first_member_with_writer(harness, &log, "fenced-txn").await;
     members.push(Member::join(&log, &group, &input, StartFrom::Earliest, "second").await);
     drive_members(
         &mut members,
@@ -246,25 +287,16 @@ pub async fn a_member_that_released_a_partition_is_fenced(harness: &Harness) {
 /// those offsets.
 pub async fn a_revoked_partition_may_commit_until_the_next_poll(harness: &Harness) {
     let log = (harness.open)().await;
-    let input = new_topic(harness, &log, "revoked-txn-input").await;
-    let output = new_topic(harness, &log, "revoked-txn-output").await;
-    let input_partitions = partition_count_of_at_least_two(&log, &input).await;
-    partition_count_of_at_least_two(&log, &output).await;
-    let group = unique_name(harness, "revoked-txn-group");
-    let input_ends = append_one_per_partition(&log, &input, input_partitions, 0).await;
-
-    let mut members = vec![Member::join(&log, &group, &input, StartFrom::Earliest, "first").await];
-    drive_members(
-        &mut members,
-        "the first member holds every input partition",
-        |members| members[0].held.len() == input_partitions as usize,
-    )
-    .await;
-    let mut writer = members[0]
-        .consumer
-        .transactional_writer(&unique_name(harness, "revoked-writer"))
-        .await
-        .expect("open the first member's writer");
+    let Setup {
+        input,
+        output,
+        input_partitions,
+        group,
+        input_ends,
+        mut members,
+        mut writer,
+        ..
+    } = first_member_with_writer(harness, &log, "revoked-txn").await;
     members.push(Member::join(&log, &group, &input, StartFrom::Earliest, "second").await);
     // `drive_members` stops right after the event that ends the wait: the first member has
     // not polled since it was told of the revocation.

@@ -82,10 +82,7 @@ impl TransactionalWriter for EmbeddedTransactionalWriter {
         offsets: &[(PartitionId, Offset)],
     ) -> Result<Vec<Offset>, LogError> {
         if offsets.is_empty() {
-            return Err(LogError::Backend(
-                "a transaction must commit at least one input offset: they are what fence it"
-                    .to_owned(),
-            ));
+            return Err(LogError::TransactionWithoutOffsets);
         }
         for &(partition, _) in offsets {
             if partition as usize >= self.input_topic.partitions.len() {

@@ -3,7 +3,7 @@
 //! and an append returns only after the delivery report of *every* record of the call came back
 //! OK, so an acknowledged record is on every in-sync replica. Records of one call keep their
 //! order per partition (idempotence keeps order across retries). A full local queue is waited
-//! out (backoff), never an error. The fenced writer produces through the same [`produce_with`],
+//! out (backoff), never an error. The transactional writer produces through the same [`produce_with`],
 //! inside its transaction.
 
 use std::sync::Arc;
@@ -28,11 +28,11 @@ impl Inner {
             return Ok(Vec::new());
         }
         let partitions = self.partition_count(topic).await?;
-        let placed = records
+        let placed: Vec<(PartitionId, NewRecord)> = records
             .into_iter()
             .map(|record| (partition_for_key(&record.key, partitions), record))
             .collect();
-        produce_with(&self.producer, topic, placed).await
+        produce_with(&self.producer, topic, &placed).await
     }
 
     /// Appends every record to `partition`.
@@ -46,11 +46,11 @@ impl Inner {
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        let placed = records
+        let placed: Vec<(PartitionId, NewRecord)> = records
             .into_iter()
             .map(|record| (partition, record))
             .collect();
-        let placements = produce_with(&self.producer, topic, placed).await?;
+        let placements = produce_with(&self.producer, topic, &placed).await?;
         Ok(placements.into_iter().map(|(_, offset)| offset).collect())
     }
 }
@@ -59,10 +59,10 @@ impl Inner {
 pub(crate) async fn produce_with(
     producer: &FutureProducer,
     topic: &str,
-    records: Vec<(PartitionId, NewRecord)>,
+    records: &[(PartitionId, NewRecord)],
 ) -> Result<Vec<(PartitionId, Offset)>, LogError> {
     let mut deliveries: Vec<DeliveryFuture> = Vec::with_capacity(records.len());
-    for (partition, record) in &records {
+    for (partition, record) in records {
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (name, value) in &record.headers {
             headers = headers.insert(Header {

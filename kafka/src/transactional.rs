@@ -154,7 +154,7 @@ impl KafkaTransactionalWriter {
         producer
             .begin_transaction()
             .map_err(|error| Attempt::Done(transaction_error(&self.input_topic, first, error)))?;
-        let placements = match produce_with(producer, topic, records.to_vec()).await {
+        let placements = match produce_with(producer, topic, records).await {
             Ok(placements) => placements,
             Err(error) => {
                 if let Some(fenced) = self.producer_fenced(producer, first) {

@@ -37,8 +37,8 @@
 //! 4. a failed timeline append stops the router with an error (crash-only, never retried:
 //!    `worker::append_timeline_batch_crash_only`): the state may hold events the log lacks, and a
 //!    retry could append the batch twice, so only recovery from the log by the partition's next
-//!    owner is trusted. A fenced append means another router owns the partition: nothing of the
-//!    batch is acknowledged;
+//!    owner is trusted. A fenced commit means the group gave the partition to another router:
+//!    nothing of the batch is acknowledged;
 //! 5. on revocation and shutdown the worker finishes the batches it was given (explicit drain),
 //!    bounded by half the consumer group's session timeout, so the next owner is not kept
 //!    waiting; past that the worker is aborted, which loses nothing (see `drain`).

@@ -284,7 +284,7 @@ async fn a_paused_router_never_reorders_a_conversation_and_its_tail_arrives_live
     let nodes = [&node_one, &node_two];
     let mut routers = [(first_router, "r1"), (second_router, "r2")];
     for cycle in 1..=PAUSES {
-        // the routers split the partitions (one that stopped on its fenced append is restarted)
+        // the routers split the partitions (one that stopped on its fenced commit is restarted)
         let deadline = tokio::time::Instant::now() + STEP;
         let owner = loop {
             for (server, name) in routers.iter_mut() {

@@ -69,7 +69,14 @@ impl Server {
     pub async fn start(mode: &Mode) -> anyhow::Result<Server> {
         let work = tempfile::tempdir()?;
         let config = work.path().join("chorus.toml");
-        std::fs::File::create(&config)?.write_all(CONFIG.as_bytes())?;
+        let mut file = std::fs::File::create(&config)?;
+        file.write_all(CONFIG.as_bytes())?;
+        // a setting to compare side by side, e.g. "[projector]\nsearch_commit_interval_ms = 1000"
+        if let Ok(extra) = std::env::var("CHORUS_BENCH_EXTRA_CONFIG") {
+            file.write_all(b"\n")?;
+            file.write_all(extra.as_bytes())?;
+        }
+        drop(file);
         let binary = chorus_process::chorus_binary();
         let prefix = format!("bench{}x{}.", std::process::id(), crate::unix_micros());
         let command = |args: &[&str]| {

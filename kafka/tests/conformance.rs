@@ -4,6 +4,8 @@
 //! prints. Without that variable every test is skipped with a notice, except under `CI=true`,
 //! where a missing broker is a failure.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -11,24 +13,6 @@ use chorus_kafka::{KafkaLog, KafkaLogConfig};
 use chorus_log::EventLog;
 use chorus_log::conformance::{Harness, OpenLog};
 use futures_util::FutureExt;
-
-/// The broker's bootstrap address, or `None` (after a notice) when tests should be skipped.
-fn bootstrap(test: &str) -> Option<String> {
-    match std::env::var("CHORUS_KAFKA_BOOTSTRAP") {
-        Ok(bootstrap) if !bootstrap.trim().is_empty() => Some(bootstrap),
-        _ if std::env::var("CI").is_ok_and(|ci| ci == "true") => panic!(
-            "CHORUS_KAFKA_BOOTSTRAP is not set but CI=true: start a broker with \
-             `scripts/services/kafka start` and export the address it prints"
-        ),
-        _ => {
-            eprintln!(
-                "skipping {test}: CHORUS_KAFKA_BOOTSTRAP is not set \
-                 (run `scripts/services/kafka start` and export what it prints)"
-            );
-            None
-        }
-    }
-}
 
 /// A harness whose `open` connects a new [`KafkaLog`] to the same broker (a "restart").
 fn harness(bootstrap: String, test: &str) -> Harness {
@@ -55,7 +39,7 @@ fn harness(bootstrap: String, test: &str) -> Harness {
 
 /// The harness of one conformance check, or `None` (after a notice) when it is skipped.
 fn check_harness(check: &'static str) -> Option<Harness> {
-    bootstrap(check).map(|bootstrap| harness(bootstrap, check))
+    common::bootstrap(check).map(|bootstrap| harness(bootstrap, check))
 }
 
 chorus_log::event_log_conformance!(
@@ -70,7 +54,7 @@ async fn seek_moves_the_position() {
     use chorus_log::{Consumer, LogError, NewRecord, PollEvent, Record, StartFrom};
     use std::time::Duration;
 
-    let Some(bootstrap) = bootstrap("seek_moves_the_position") else {
+    let Some(bootstrap) = common::bootstrap("seek_moves_the_position") else {
         return;
     };
     let harness = harness(bootstrap, "seek");
@@ -156,7 +140,8 @@ async fn revoked_partitions_can_be_committed_before_the_next_poll() {
     use std::collections::BTreeSet;
     use std::time::Duration;
 
-    let Some(bootstrap) = bootstrap("revoked_partitions_can_be_committed_before_the_next_poll")
+    let Some(bootstrap) =
+        common::bootstrap("revoked_partitions_can_be_committed_before_the_next_poll")
     else {
         return;
     };

@@ -7,24 +7,13 @@
 //! Needs `CHORUS_KAFKA_BOOTSTRAP` (`scripts/services/kafka start`); skipped without it, except
 //! under `CI=true`, where a missing broker is a failure.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chorus_kafka::{KafkaLog, KafkaLogConfig};
 use chorus_log::{Consumer, EventLog, LogError, NewRecord, PollEvent, StartFrom};
-
-fn bootstrap() -> Option<String> {
-    match std::env::var("CHORUS_KAFKA_BOOTSTRAP") {
-        Ok(bootstrap) if !bootstrap.trim().is_empty() => Some(bootstrap),
-        _ if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
-            panic!("CHORUS_KAFKA_BOOTSTRAP is not set but CI=true")
-        }
-        _ => {
-            eprintln!("skipped: CHORUS_KAFKA_BOOTSTRAP is not set (scripts/services/kafka start)");
-            None
-        }
-    }
-}
 
 /// A log whose group members join as the static member `instance`.
 fn static_member_log(bootstrap: &str, instance: &str) -> Arc<dyn EventLog> {
@@ -67,7 +56,7 @@ async fn visible(log: &Arc<dyn EventLog>, topic: &str, partition: u32) -> Vec<Ve
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_the_group_replaced_commits_nothing() {
-    let Some(bootstrap) = bootstrap() else {
+    let Some(bootstrap) = common::bootstrap(module_path!()) else {
         return;
     };
     let nanos = SystemTime::now()

@@ -5,6 +5,8 @@
 //! Needs `CHORUS_KAFKA_BOOTSTRAP` (`scripts/services/kafka start`); skipped without it, except
 //! under `CI=true`, where a missing broker is a failure.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,19 +15,6 @@ use chorus_log::{EventLog, TopicSettings};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, ConfigSource, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
-
-fn bootstrap() -> Option<String> {
-    match std::env::var("CHORUS_KAFKA_BOOTSTRAP") {
-        Ok(bootstrap) if !bootstrap.trim().is_empty() => Some(bootstrap),
-        _ if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
-            panic!("CHORUS_KAFKA_BOOTSTRAP is not set but CI=true")
-        }
-        _ => {
-            eprintln!("skipped: CHORUS_KAFKA_BOOTSTRAP is not set (scripts/services/kafka start)");
-            None
-        }
-    }
-}
 
 fn kafka_log(bootstrap: &str) -> Arc<dyn EventLog> {
     KafkaLog::new(KafkaLogConfig::new(bootstrap, 2, 1, 6000)).expect("kafka log")
@@ -57,7 +46,7 @@ async fn topic_config(bootstrap: &str, topic: &str, name: &str) -> (Option<Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_created_topic_carries_its_retention_and_cleanup_policy() {
-    let Some(bootstrap) = bootstrap() else {
+    let Some(bootstrap) = common::bootstrap(module_path!()) else {
         return;
     };
     let nanos = SystemTime::now()

@@ -832,3 +832,43 @@ async fn transaction_offsets_are_written_within_a_second_and_when_the_member_lea
         "the offsets of the last transaction before the member left survive a reopen"
     );
 }
+
+/// The folder carries its on-disk format: a fresh or older (unmarked) folder is marked with this
+/// binary's, and a folder in a newer format is refused with an error that says so, so a
+/// downgrade never opens data it cannot fully read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_in_a_newer_format_is_refused_and_others_are_marked() {
+    let dir = TempDir::new().expect("temp dir");
+    let marker = dir.path().join("@format");
+    {
+        let log = open(dir.path());
+        log.ensure_topic(TOPIC).await.expect("ensure_topic");
+        log.close().await;
+    }
+    let written = fs::read_to_string(&marker).expect("a fresh folder is marked");
+    let version: u32 = written.trim().parse().expect("a version number");
+    assert!(version >= 2, "the write-ahead log's format: {written:?}");
+
+    // an unmarked folder (format 1, before the marker) opens and is marked
+    fs::remove_file(&marker).expect("remove the marker");
+    {
+        let log = open(dir.path());
+        assert_eq!(log.partition_count(TOPIC).await.expect("topic kept"), 4);
+        log.close().await;
+    }
+    assert_eq!(fs::read_to_string(&marker).expect("marked again"), written);
+
+    fs::write(&marker, format!("{}\n", version + 1)).expect("write a newer format");
+    match EmbeddedLog::open(config(dir.path())) {
+        Err(LogError::Backend(message)) => {
+            assert!(message.contains("newer"), "says why: {message}");
+        }
+        Err(other) => panic!("a newer format must be refused clearly, got {other:?}"),
+        Ok(_) => panic!("a newer format must be refused"),
+    }
+    assert_eq!(
+        fs::read_to_string(&marker).expect("marker"),
+        format!("{}\n", version + 1),
+        "a refused folder is left as it was"
+    );
+}

@@ -148,6 +148,12 @@ pub const DEFAULT_MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 const MAX_READ_BYTES: usize = 4 * 1024 * 1024;
 /// The lock file; `@` cannot appear in topic names, so no topic folder can collide with it.
 const LOCK_FILE_NAME: &str = "@lock";
+/// The folder's on-disk format version (see [`check_format`]).
+const FORMAT_FILE_NAME: &str = "@format";
+/// The on-disk format this binary writes and reads: 1, partition segment files only (no marker
+/// was written then); 2, the same plus the write-ahead log shared by all partitions (`@wal/`),
+/// which holds acknowledged records not yet in their segments.
+const FORMAT_VERSION: u32 = 2;
 /// Partition count file of a topic folder.
 const TOPIC_METADATA_FILE_NAME: &str = "topic.json";
 /// Folder of committed offsets files inside a topic folder.
@@ -269,6 +275,7 @@ impl EmbeddedLog {
         }
         fs::create_dir_all(&config.dir)?;
         let directory_lock = lock_directory(&config.dir)?;
+        check_format(&config.dir)?;
         let limits = PartitionLimits {
             segment_bytes: tuning.segment_bytes.max(1),
             tail_cache_bytes: tuning.tail_cache_bytes,
@@ -482,6 +489,41 @@ impl PartitionBatches {
             .map(|(partition, batch, index)| (partition, offsets[batch][index]))
             .collect())
     }
+}
+
+/// Refuses a folder written in a newer on-disk format than this binary knows (a downgrade
+/// would not see what only the newer format holds: for format 2, acknowledged records still in
+/// the write-ahead log), and marks the folder with [`FORMAT_VERSION`] otherwise (a folder
+/// without the marker is format 1, which this binary reads and upgrades). Binaries of format 1
+/// predate the marker and cannot check it: docs/ARCHITECTURE.md says not to downgrade past it.
+fn check_format(dir: &Path) -> Result<(), LogError> {
+    let path = dir.join(FORMAT_FILE_NAME);
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let found: u32 = text.trim().parse().map_err(|_| {
+                LogError::Backend(format!(
+                    "embedded log folder {}: unreadable format marker {:?} in {}",
+                    dir.display(),
+                    text.trim(),
+                    path.display()
+                ))
+            })?;
+            if found > FORMAT_VERSION {
+                return Err(LogError::Backend(format!(
+                    "embedded log folder {} is in on-disk format {found}, written by a newer Chorus; \
+                     this binary reads formats up to {FORMAT_VERSION}: run the newer binary",
+                    dir.display()
+                )));
+            }
+            if found == FORMAT_VERSION {
+                return Ok(());
+            }
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(LogError::Io(error)),
+    }
+    write_file_atomically(&path, format!("{FORMAT_VERSION}\n").as_bytes())?;
+    Ok(())
 }
 
 /// Takes the exclusive lock of the data folder, so two processes never write the same files.

@@ -158,7 +158,8 @@ export class ChorusError extends Error {
  * - `baseline` `{ conversation, seq }`: tracking starts after `seq`; earlier messages are history
  *   (load them with `messages(…, { before_seq })`);
  * - `event` (a timeline event plus `origin`: `live` or `fill`), in seq order per conversation;
- * - `ack` (the ack frame), `read`, `typing`, `error` (error frames not tied to an outbox entry,
+ * - `ack` (the ack frame), `accepted` (a send forwarded to its conversation's home region: durable,
+ *   its ack follows), `read`, `typing`, `error` (error frames not tied to an outbox entry,
  *   failed token renewals, and a conversation list cut short: code `incomplete`);
  * - `token` `{ token, exp }`: a renewed token, now used for everything (e.g. to keep it for a reload);
  * - `renewed` `{ exp }`: the live session took the renewed token (`auth_ok`);
@@ -476,6 +477,17 @@ export class ChorusClient {
           entry.resolve(frame);
         }
         this.emit("ack", frame);
+        break;
+      }
+      case "accepted": {
+        // durable, waiting for its home region to sequence it (docs/protocol.md): no resends on
+        // this connection; the ack follows, however long the link between regions takes
+        const entry = this.outbox.get(frame.id);
+        if (entry) {
+          this.clearAckTimer(entry);
+          entry.accepted = true;
+        }
+        this.emit("accepted", frame);
         break;
       }
       case "error": {

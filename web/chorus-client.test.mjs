@@ -306,6 +306,22 @@ test("a send waits in the outbox and is resent with the same id until acked", as
   assert.equal(server.socket.sent.length, 2, "nothing resent once acked");
 });
 
+test("an accepted send (homed in another region) is not resent; its ack resolves it", async () => {
+  const { server, timers, client } = setup();
+  const accepted = [];
+  client.on("accepted", (frame) => accepted.push(frame.id));
+  client.start();
+  await welcome(server);
+  const { id, acked } = client.send("dm:alice:bob", "across regions");
+  server.socket.deliver({ type: "accepted", id, conversation: "dm:alice:bob", home: "west" });
+  assert.deepEqual(accepted, [id]);
+  timers.fire();
+  assert.equal(server.socket.sent.length, 1, "no resend while its home sequences it");
+  server.socket.deliver({ type: "ack", id, conversation: "dm:alice:bob", seq: 7, event_id: "e" });
+  assert.equal((await acked).seq, 7);
+  assert.equal(client.outbox.size, 0);
+});
+
 test("a refused send is rejected with its code and not resent", async () => {
   const { server, timers, client } = setup();
   client.start();

@@ -36,6 +36,91 @@ pub struct ChorusConfig {
     pub clickhouse: ClickHouseSection,
     pub web: WebSection,
     pub http: HttpSection,
+    pub regions: RegionsSection,
+}
+
+/// Two or more regions, each a Chorus cluster with its own Kafka, linked by MirrorMaker 2
+/// (docs/MULTI_REGION.md). A region's name is its `cluster`, which is also its MirrorMaker
+/// alias. Every region must be given the same `default_home` and `users`: every node derives a
+/// conversation's home region from them without asking anyone.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegionsSection {
+    /// The other regions, by their `cluster` names. Empty (the default): one region.
+    pub peers: Vec<String>,
+    /// The home region of a user `users` does not name. Empty: this region.
+    pub default_home: String,
+    /// User → home region. A direct conversation is homed where its lexicographically smaller
+    /// user is; a group where it was created.
+    pub users: std::collections::BTreeMap<String, String>,
+}
+
+impl RegionsSection {
+    /// Whether this node is one region of several.
+    pub fn enabled(&self) -> bool {
+        !self.peers.is_empty()
+    }
+
+    /// The home region of `user`, given this region's name.
+    pub fn home_of_user<'a>(&'a self, user: &str, local: &'a str) -> &'a str {
+        match self.users.get(user) {
+            Some(region) => region,
+            None if self.default_home.is_empty() => local,
+            None => &self.default_home,
+        }
+    }
+
+    fn validate(&self, cluster: &str, topic_prefix: &str) -> Result<(), ConfigError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        // MirrorMaker's DefaultReplicationPolicy reads the part of a topic name before its first
+        // `.` as a cluster alias: no local topic name may hold one, nor may a region's name
+        let plain = |name: &str| {
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-')
+        };
+        if !plain(cluster) {
+            return Err(invalid(
+                "cluster",
+                "with [regions], use ascii letters, digits, '_' or '-' (it is the MirrorMaker alias)",
+            ));
+        }
+        if let Some(peer) = self.peers.iter().find(|peer| !plain(peer)) {
+            return Err(invalid(
+                "regions.peers",
+                format!("{peer:?}: use ascii letters, digits, '_' or '-'"),
+            ));
+        }
+        if self.peers.iter().any(|peer| peer == cluster) {
+            return Err(invalid(
+                "regions.peers",
+                "must not name this region (cluster)",
+            ));
+        }
+        if topic_prefix.contains('.') {
+            return Err(invalid(
+                "log.topic_prefix",
+                "must not contain '.' with [regions] (MirrorMaker's replication separator)",
+            ));
+        }
+        let known = |region: &str| region == cluster || self.peers.iter().any(|p| p == region);
+        if !self.default_home.is_empty() && !known(&self.default_home) {
+            return Err(invalid(
+                "regions.default_home",
+                "must be this region (cluster) or one of regions.peers",
+            ));
+        }
+        if let Some((user, region)) = self.users.iter().find(|(_, region)| !known(region)) {
+            return Err(invalid(
+                "regions.users",
+                format!("{user} = {region:?}: not this region (cluster) nor one of regions.peers"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The web client the ingest nodes serve at `/`.
@@ -335,6 +420,7 @@ impl Default for ChorusConfig {
             clickhouse: ClickHouseSection::default(),
             web: WebSection::default(),
             http: HttpSection::default(),
+            regions: RegionsSection::default(),
         }
     }
 }
@@ -452,6 +538,15 @@ impl ChorusConfig {
                     self.dev_mode = value.parse().map_err(|_| invalid(name, "true or false"))?;
                 }
                 "CHORUS_JWT_SECRET" => self.auth.jwt_secret = value.clone(),
+                "CHORUS_REGIONS_PEERS" => {
+                    self.regions.peers = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|peer| !peer.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                }
+                "CHORUS_REGIONS_DEFAULT_HOME" => self.regions.default_home = value.clone(),
                 "CHORUS_API_KEY" => self.auth.api_key = value.clone(),
                 _ => {}
             }
@@ -474,6 +569,14 @@ impl ChorusConfig {
             return Err(invalid("cluster", "must not be empty"));
         }
         self.http.validate()?;
+        self.regions
+            .validate(&self.cluster, &self.log.topic_prefix)?;
+        if self.regions.enabled() && self.kafka.bootstrap.trim().is_empty() {
+            return Err(invalid(
+                "regions.peers",
+                "regions are Kafka clusters linked by MirrorMaker: set [kafka] bootstrap",
+            ));
+        }
         let limits = &self.limits;
         let positive = [
             ("limits.max_frame_bytes", limits.max_frame_bytes),
@@ -626,6 +729,33 @@ pub struct Topics {
 }
 
 impl Topics {
+    /// Where this region appends the events of conversations homed in `home`:
+    /// `<prefix>forward-<home>`, which MirrorMaker copies to `home` (docs/MULTI_REGION.md).
+    pub fn forward(&self, home: &str) -> String {
+        let prefix = self.ingress.strip_suffix("ingress").unwrap_or_default();
+        format!("{prefix}forward-{home}")
+    }
+
+    /// The names of every topic this region writes, for the check that none holds MirrorMaker's
+    /// replication separator (`.`): the fixed ones and the forward topic of each of `peers`.
+    pub fn local_names(&self, peers: &[String]) -> Vec<String> {
+        let mut names = vec![
+            self.ingress.clone(),
+            self.timeline.clone(),
+            self.dead_letter.clone(),
+            self.deliveries.clone(),
+            self.timeline_snapshots.clone(),
+        ];
+        names.extend(peers.iter().map(|peer| self.forward(peer)));
+        names
+    }
+
+    /// The name MirrorMaker 2's `DefaultReplicationPolicy` gives, in this cluster, to
+    /// `region`'s topic `topic`: `<region>.<topic>`.
+    pub fn mirrored(region: &str, topic: &str) -> String {
+        format!("{region}.{topic}")
+    }
+
     pub fn with_prefix(prefix: &str) -> Self {
         Topics {
             ingress: format!("{prefix}ingress"),
@@ -652,6 +782,11 @@ pub struct RouterConfig {
     pub topic_prefix: String,
     /// `node_id` (unique per process in a cluster): names the router's transactional producer.
     pub node_id: String,
+    /// `cluster`: this region's name; with `[regions]`, events of conversations homed elsewhere
+    /// are forwarded there.
+    pub cluster: String,
+    /// `[regions]`.
+    pub regions: RegionsSection,
     /// How long a revoked or stopping partition worker may drain before it is aborted: half the
     /// event log's consumer-group session timeout (`kafka.session_timeout_ms`), so the next
     /// owner is not kept waiting.
@@ -707,6 +842,8 @@ impl ChorusConfig {
             partitions: self.partitions(),
             topic_prefix: self.log.topic_prefix.clone(),
             node_id: self.node_id.clone(),
+            cluster: self.cluster.clone(),
+            regions: self.regions.clone(),
             drain_timeout: Duration::from_millis(u64::from(self.kafka.session_timeout_ms) / 2),
         }
     }
@@ -777,5 +914,76 @@ mod tests {
                 .to_string()
                 .contains("auth.jwt_secret")
         );
+    }
+
+    #[test]
+    fn no_local_topic_name_holds_the_replication_separator() {
+        let regions = ChorusConfig::from_toml(
+            "cluster = \"east\"\ndev_mode = true\n[log]\ntopic_prefix = \"prod-\"\n\
+             [kafka]\nbootstrap = \"127.0.0.1:9092\"\n\
+             [regions]\npeers = [\"west\", \"north\"]\ndefault_home = \"east\"\n\
+             [regions.users]\nbob = \"west\"\n",
+            "regions.toml",
+        )
+        .unwrap();
+        regions.validate().unwrap();
+        let names = regions.topics().local_names(&regions.regions.peers);
+        assert!(names.contains(&"prod-forward-west".to_owned()), "{names:?}");
+        assert!(names.contains(&"prod-timeline".to_owned()), "{names:?}");
+        for name in &names {
+            assert!(
+                !name.contains('.'),
+                "local topic {name} holds MirrorMaker's separator"
+            );
+        }
+        assert_eq!(
+            Topics::mirrored("west", &regions.topics().timeline),
+            "west.prod-timeline"
+        );
+        assert_eq!(regions.regions.home_of_user("bob", "east"), "west");
+        assert_eq!(regions.regions.home_of_user("alice", "east"), "east");
+        // what would put a `.` into a local topic name, or name an unknown region, is refused
+        for (change, key) in [
+            (
+                Box::new(|c: &mut ChorusConfig| c.log.topic_prefix = "run.".into())
+                    as Box<dyn Fn(&mut ChorusConfig)>,
+                "log.topic_prefix",
+            ),
+            (Box::new(|c| c.cluster = "east.1".into()), "cluster"),
+            (
+                Box::new(|c| c.regions.peers.push("a.b".into())),
+                "regions.peers",
+            ),
+            (
+                Box::new(|c| c.regions.peers.push("east".into())),
+                "regions.peers",
+            ),
+            (
+                Box::new(|c| c.regions.default_home = "south".into()),
+                "regions.default_home",
+            ),
+            (Box::new(|c| c.kafka.bootstrap.clear()), "regions.peers"),
+            (
+                Box::new(|c| {
+                    c.regions.users.insert("carol".into(), "south".into());
+                }),
+                "regions.users",
+            ),
+        ] {
+            let mut config = regions.clone();
+            change(&mut config);
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains(key), "{key}: {error}");
+        }
+        // one region: a prefix may hold a `.` (tests use `<run>.`)
+        let single = ChorusConfig {
+            dev_mode: true,
+            log: LogSection {
+                topic_prefix: "run.".into(),
+                ..LogSection::default()
+            },
+            ..ChorusConfig::default()
+        };
+        single.validate().unwrap();
     }
 }

@@ -46,6 +46,16 @@ pub struct Metrics {
     pub router_snapshot_fallbacks: IntCounterVec,
     /// Sequencer snapshots a router wrote, by outcome (`written`, `failed`).
     pub router_snapshots: IntCounterVec,
+    /// Events of another region's mirrored timeline a router decided, by source region and
+    /// outcome (`applied`, `duplicate`, `held`, `foreign`) (docs/MULTI_REGION.md).
+    pub region_mirror_events: IntCounterVec,
+    /// Mirrored events a router holds because an earlier seq of their conversation has not
+    /// arrived (a hole waiting for the mirror), by source region.
+    pub region_mirror_held: IntGaugeVec,
+    /// Events a router forwarded to their conversation's home region, by home.
+    pub region_forwarded: IntCounterVec,
+    /// Records the region relay copied from a mirrored topic into `ingress`, by source topic.
+    pub region_relayed: IntCounterVec,
     /// Open TCP connections of the HTTP listener (HTTP and upgraded WebSocket together).
     pub http_connections_open: IntGauge,
     /// Connections refused at `http.max_open_connections` (answered 503 and closed).
@@ -153,6 +163,38 @@ impl Metrics {
             &["from"],
         )
         .expect("valid");
+        let region_mirror_events = IntCounterVec::new(
+            Opts::new(
+                "region_mirror_events_total",
+                "events of a peer region's mirrored timeline, by source and outcome",
+            ),
+            &["source", "outcome"],
+        )
+        .expect("valid");
+        let region_mirror_held = IntGaugeVec::new(
+            Opts::new(
+                "region_mirror_held",
+                "mirrored events held until an earlier seq of their conversation arrives",
+            ),
+            &["source"],
+        )
+        .expect("valid");
+        let region_forwarded = IntCounterVec::new(
+            Opts::new(
+                "region_forwarded_total",
+                "events forwarded to their conversation's home region, by home",
+            ),
+            &["home"],
+        )
+        .expect("valid");
+        let region_relayed = IntCounterVec::new(
+            Opts::new(
+                "region_relayed_total",
+                "records copied from a mirrored topic into ingress, by source topic",
+            ),
+            &["topic"],
+        )
+        .expect("valid");
         let router_snapshot_fallbacks = IntCounterVec::new(
             Opts::new(
                 "router_snapshot_fallbacks_total",
@@ -224,6 +266,10 @@ impl Metrics {
             Box::new(router_recoveries.clone()),
             Box::new(router_snapshot_fallbacks.clone()),
             Box::new(router_snapshots.clone()),
+            Box::new(region_mirror_events.clone()),
+            Box::new(region_mirror_held.clone()),
+            Box::new(region_forwarded.clone()),
+            Box::new(region_relayed.clone()),
             Box::new(http_connections_open.clone()),
             Box::new(http_connections_rejected.clone()),
             Box::new(http_connections_evicted.clone()),
@@ -253,6 +299,10 @@ impl Metrics {
             router_recoveries,
             router_snapshot_fallbacks,
             router_snapshots,
+            region_mirror_events,
+            region_mirror_held,
+            region_forwarded,
+            region_relayed,
             http_connections_open,
             http_connections_rejected,
             http_connections_evicted,

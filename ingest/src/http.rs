@@ -191,6 +191,9 @@ impl Ingest {
                 EventOutcome::Failed { error, .. } => {
                     json!({"id": id, "error": error.http_body()["error"]})
                 }
+                EventOutcome::Accepted { home, .. } => {
+                    json!({"id": id, "accepted": true, "home": home})
+                }
             };
         }
         Ok(json_response(200, &json!({"results": results})))
@@ -268,6 +271,11 @@ impl Ingest {
                 &json!({"id": request.id, "seq": seq, "event_id": event_id}),
             )),
             Some(EventOutcome::Failed { error, .. }) => Err(error),
+            // a group is homed where it is created, so its creation is never forwarded
+            Some(EventOutcome::Accepted { home, .. }) => Ok(json_response(
+                202,
+                &json!({"id": request.id, "accepted": true, "home": home}),
+            )),
             None => Err(ApiError::new(ErrorCode::Internal, "no outcome")),
         }
     }

@@ -3,7 +3,7 @@
 //! once for consume-transform-produce as KIP-447 designed it. One transactional producer per
 //! member, `transactional.id` given by the caller (stable across restarts of one process, so
 //! `init_transactions` aborts what the previous run left open). Each commit is one transaction:
-//! the records (to any partitions of the output topic), then the member's input offsets with
+//! the records (to any partitions of the output topics), then the member's input offsets with
 //! `send_offsets_to_transaction` and the consumer's group metadata, then the commit.
 //!
 //! Fencing, at three lines:
@@ -28,7 +28,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chorus_log::{LogError, NewRecord, Offset, PartitionId, TransactionalWriter};
+use chorus_log::{LogError, Offset, Output, PartitionId, TransactionalWriter};
 use parking_lot::Mutex;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::producer::{FutureProducer, Producer};
@@ -146,15 +146,17 @@ impl KafkaTransactionalWriter {
     async fn attempt(
         &self,
         producer: &Arc<FutureProducer>,
-        topic: &str,
-        records: &[(PartitionId, NewRecord)],
+        outputs: &[Output],
         offsets: &TopicPartitionList,
         first: PartitionId,
-    ) -> Result<Vec<(PartitionId, Offset)>, Attempt> {
+    ) -> Result<Vec<Vec<(PartitionId, Offset)>>, Attempt> {
         producer
             .begin_transaction()
             .map_err(|error| Attempt::Done(transaction_error(&self.input_topic, first, error)))?;
-        let placements = match produce_with(producer, topic, records).await {
+        let producing = outputs
+            .iter()
+            .map(|output| produce_with(producer, &output.topic, &output.records));
+        let placements = match futures_util::future::try_join_all(producing).await {
             Ok(placements) => placements,
             Err(error) => {
                 if let Some(fenced) = self.producer_fenced(producer, first) {
@@ -235,22 +237,24 @@ fn is_fatal(code: rdkafka::error::RDKafkaErrorCode) -> bool {
 
 #[async_trait]
 impl TransactionalWriter for KafkaTransactionalWriter {
-    async fn commit(
+    async fn commit_outputs(
         &mut self,
-        topic: &str,
-        records: Vec<(PartitionId, NewRecord)>,
+        outputs: Vec<Output>,
         offsets: &[(PartitionId, Offset)],
-    ) -> Result<Vec<Offset>, LogError> {
+    ) -> Result<Vec<Vec<Offset>>, LogError> {
         let Some((first, _)) = offsets.first() else {
             return Err(LogError::TransactionWithoutOffsets);
         };
         let first = *first;
-        let partition_count = self.inner.partition_count(topic).await?;
-        if let Some((partition, _)) = records.iter().find(|(p, _)| *p >= partition_count) {
-            return Err(LogError::BadPartition {
-                topic: topic.to_owned(),
-                partition: *partition,
-            });
+        for output in &outputs {
+            let partition_count = self.inner.partition_count(&output.topic).await?;
+            if let Some((partition, _)) = output.records.iter().find(|(p, _)| *p >= partition_count)
+            {
+                return Err(LogError::BadPartition {
+                    topic: output.topic.clone(),
+                    partition: *partition,
+                });
+            }
         }
         let mut list = TopicPartitionList::new();
         for (partition, offset) in offsets {
@@ -267,7 +271,7 @@ impl TransactionalWriter for KafkaTransactionalWriter {
         let _released_after_this = gate.read().await;
         let placements = loop {
             self.check_held(offsets)?;
-            match self.attempt(&producer, topic, &records, &list, first).await {
+            match self.attempt(&producer, &outputs, &list, first).await {
                 Ok(placements) => break placements,
                 Err(Attempt::Done(error)) => return Err(error),
                 Err(Attempt::Again(failure)) if tokio::time::Instant::now() < deadline => {
@@ -284,18 +288,23 @@ impl TransactionalWriter for KafkaTransactionalWriter {
         };
         // The coordinator writes the markers after answering the commit: wait until every
         // touched partition's last stable offset passed its records (visible when this returns).
-        let mut ends: BTreeMap<PartitionId, Offset> = BTreeMap::new();
-        for (partition, offset) in &placements {
-            let end = ends.entry(*partition).or_default();
-            *end = (*end).max(offset + 1);
+        let mut ends: BTreeMap<(&str, PartitionId), Offset> = BTreeMap::new();
+        for (output, placed) in outputs.iter().zip(&placements) {
+            for (partition, offset) in placed {
+                let end = ends.entry((output.topic.as_str(), *partition)).or_default();
+                *end = (*end).max(offset + 1);
+            }
         }
         let waits = ends
             .into_iter()
-            .map(|(partition, end)| await_visible(&self.inner, topic, partition, end));
+            .map(|((topic, partition), end)| await_visible(&self.inner, topic, partition, end));
         for waited in futures_util::future::join_all(waits).await {
             waited?;
         }
-        Ok(placements.into_iter().map(|(_, offset)| offset).collect())
+        Ok(placements
+            .into_iter()
+            .map(|placed| placed.into_iter().map(|(_, offset)| offset).collect())
+            .collect())
     }
 }
 

@@ -3,7 +3,10 @@
 //! design of issue 14 builds on): a local topic `t` of one cluster appears on the other as
 //! `<alias>.t` with the same partitions, and in each partition the same keys, values and headers
 //! in the same order; a transaction aborted on the source never reaches the other side (MirrorMaker
-//! reads with `read_committed`), while the committed ones around it do.
+//! reads with `read_committed`), while the committed ones around it do; and a record carrying the
+//! header `chorus-mirrored` (what a region's router writes when it applies an event from the other
+//! region's mirrored timeline) never crosses back (MirrorMaker's `Filter` SMT with a
+//! `HasHeaderKey` predicate), while the records around it do, in order.
 //!
 //! MirrorMaker copies at least once: after a restart or a task rebalance it may copy a record
 //! again. The checks therefore compare each partition's records up to such re-copies (each value
@@ -25,6 +28,12 @@ use chorus_kafka::{KafkaLog, KafkaLogConfig};
 use chorus_log::{Consumer, EventLog, LogError, NewRecord, PartitionId, PollEvent, StartFrom};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+/// The header a region's router puts on every record it applied from the other region's
+/// mirrored timeline (its value: the home region); MirrorMaker's `Filter` SMT with a
+/// `HasHeaderKey` predicate on it (scripts/services/mirrormaker, deploy/regions/mm2.properties)
+/// keeps such records from crossing back.
+const MIRRORED_HEADER: &str = "chorus-mirrored";
 
 /// How long a record may take to reach the other cluster, a new topic's discovery
 /// (`refresh.topics.interval.seconds`) and MirrorMaker's task reconfiguration included.
@@ -90,12 +99,14 @@ async fn wait_for_topic(log: &Arc<dyn EventLog>, topic: &str, deadline: Instant)
 }
 
 /// Reads partition `partition` of `topic` on `log` until it holds every record of `expected`,
-/// polling until `deadline`; asserts that, re-copies aside, it holds exactly `expected` in order.
+/// polling until `deadline`; asserts that, re-copies aside, it holds exactly `expected` in order,
+/// and in particular none of the values in `dropped` nor any record with `MIRRORED_HEADER`.
 async fn assert_partition_mirrored(
     log: &Arc<dyn EventLog>,
     topic: &str,
     partition: PartitionId,
     expected: &[Mirrored],
+    dropped: &HashSet<Vec<u8>>,
     deadline: Instant,
 ) {
     let wanted: HashSet<&Vec<u8>> = expected.iter().map(|(_, value, _)| value).collect();
@@ -115,6 +126,14 @@ async fn assert_partition_mirrored(
             .expect("read the mirrored partition");
         for record in records {
             next = record.offset + 1;
+            assert!(
+                !dropped.contains(&record.value) && record.header(MIRRORED_HEADER).is_none(),
+                "{topic}/{partition} holds a record its source marked `{MIRRORED_HEADER}`, which \
+                 MirrorMaker's filter must drop: {:?} at offset {} with headers {:?}",
+                String::from_utf8_lossy(&record.value),
+                record.offset,
+                record.headers
+            );
             assert!(
                 wanted.contains(&record.value),
                 "{topic}/{partition} holds a record that was never written to its source (or was \
@@ -193,7 +212,15 @@ async fn assert_topic_mirrored(
     let partitions = wait_for_topic(target, remote, deadline).await;
     assert_eq!(partitions, 2, "{remote} keeps its source's partitions");
     for (partition, records) in expected {
-        assert_partition_mirrored(target, remote, *partition, records, deadline).await;
+        assert_partition_mirrored(
+            target,
+            remote,
+            *partition,
+            records,
+            &HashSet::new(),
+            deadline,
+        )
+        .await;
     }
 }
 
@@ -381,7 +408,15 @@ async fn an_aborted_transaction_never_reaches_the_other_cluster() {
     let remote = format!("east.{timeline}");
     let deadline = Instant::now() + MIRROR_DEADLINE;
     wait_for_topic(&west, &remote, deadline).await;
-    assert_partition_mirrored(&west, &remote, partition, &committed, deadline).await;
+    assert_partition_mirrored(
+        &west,
+        &remote,
+        partition,
+        &committed,
+        &HashSet::new(),
+        deadline,
+    )
+    .await;
     let end = west.end_offset(&remote, partition).await.expect("end");
     let on_west = west
         .read_range(&remote, partition, 0, end, 100)
@@ -393,4 +428,185 @@ async fn an_aborted_transaction_never_reaches_the_other_cluster() {
             .all(|record| !record.value.starts_with(b"aborted")),
         "no record of the aborted transaction on west: {on_west:?}"
     );
+}
+
+/// Every record of `topic`/`partition` on `log` up to its current end, in offset order.
+async fn read_all(
+    log: &Arc<dyn EventLog>,
+    topic: &str,
+    partition: PartitionId,
+) -> Vec<chorus_log::Record> {
+    let end = log.end_offset(topic, partition).await.expect("end offset");
+    let mut records = Vec::new();
+    let mut next = 0;
+    while next < end {
+        let batch = log
+            .read_range(topic, partition, next, end, 500)
+            .await
+            .expect("read the partition");
+        let Some(last) = batch.last() else {
+            break; // only transaction markers are left
+        };
+        next = last.offset + 1;
+        records.extend(batch);
+    }
+    records
+}
+
+/// Timeline records `label-<i>` for `range`; those whose index `marked` accepts carry
+/// `MIRRORED_HEADER` with value `home`, as a region's router writes the events it applied from
+/// `home`'s mirrored timeline. Every record carries one more, unrelated header.
+fn timeline_mix(
+    label: &str,
+    range: std::ops::Range<usize>,
+    home: &str,
+    marked: impl Fn(usize) -> bool,
+) -> Vec<NewRecord> {
+    range
+        .map(|i| {
+            let record = NewRecord::new(
+                b"conversation-1".to_vec(),
+                format!("{label}-{i}").into_bytes(),
+            )
+            .with_header("client-message-id", format!("{label}-cmid-{i}"));
+            if marked(i) {
+                record.with_header(MIRRORED_HEADER, home)
+            } else {
+                record
+            }
+        })
+        .collect()
+}
+
+/// Splits `records` into what must reach the other cluster (unmarked, in order) and the values
+/// that must not (marked).
+fn split_marked(records: &[NewRecord]) -> (Vec<Mirrored>, HashSet<Vec<u8>>) {
+    let (marked, plain): (Vec<&NewRecord>, Vec<&NewRecord>) = records.iter().partition(|record| {
+        record
+            .headers
+            .iter()
+            .any(|(name, _)| name == MIRRORED_HEADER)
+    });
+    (
+        plain.into_iter().map(copy_of).collect(),
+        marked
+            .into_iter()
+            .map(|record| record.value.clone())
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_marked_as_mirrored_never_cross_back() {
+    let Some((east_bootstrap, west_bootstrap)) = clusters() else {
+        return;
+    };
+    let (east, west) = (kafka_log(&east_bootstrap), kafka_log(&west_bootstrap));
+    let run = run_prefix("loop");
+    let timeline = format!("{run}timeline");
+    assert_eq!(
+        east.ensure_topic(&timeline).await.expect("east timeline"),
+        2
+    );
+    assert_eq!(
+        west.ensure_topic(&timeline).await.expect("west timeline"),
+        2
+    );
+
+    // east, partition 0, in transactions as the router writes its timeline: east's own events
+    // between events it applied from west's mirror (marked), a transaction of marked events
+    // only, and an unmarked one last, so its arrival on west proves everything before it was
+    // read past
+    let (_member, mut writer, input_partition) = router_like_writer(&east, &run).await;
+    let east_batches = [
+        timeline_mix("east-tx", 0..6, "west", |i| i % 2 == 1),
+        timeline_mix("east-tx", 6..9, "west", |_| true),
+        timeline_mix("east-tx", 9..12, "west", |i| i == 10),
+    ];
+    for (at, batch) in east_batches.iter().enumerate() {
+        writer
+            .commit(
+                &timeline,
+                batch.iter().cloned().map(|record| (0, record)).collect(),
+                &[(input_partition, at as u64 + 1)],
+            )
+            .await
+            .expect("the east transaction commits");
+    }
+    let east_tx: Vec<NewRecord> = east_batches.concat();
+    // east, partition 1, plain appends: a marked run at the start, in the middle and at the end
+    // (followed by one unmarked record)
+    let east_plain = timeline_mix("east-plain", 0..14, "west", |i| {
+        i < 2 || (6..9).contains(&i) || i == 12
+    });
+    east.append_to(&timeline, 1, east_plain.clone())
+        .await
+        .expect("append to east");
+    // west, partition 0: the other direction, marked with east as their home
+    let west_plain = timeline_mix("west-plain", 0..10, "east", |i| i % 3 == 0);
+    west.append_to(&timeline, 0, west_plain.clone())
+        .await
+        .expect("append to west");
+
+    // the sources hold every record, the marked ones with their header
+    for (log, partition, written) in [
+        (&east, 0, &east_tx),
+        (&east, 1, &east_plain),
+        (&west, 0, &west_plain),
+    ] {
+        let held: Vec<Mirrored> = read_all(log, &timeline, partition)
+            .await
+            .into_iter()
+            .map(|record| (record.key, record.value, record.headers))
+            .collect();
+        assert_eq!(
+            held,
+            written.iter().map(copy_of).collect::<Vec<_>>(),
+            "{timeline}/{partition} holds what was written"
+        );
+    }
+
+    let started = Instant::now();
+    let deadline = started + MIRROR_DEADLINE;
+    let on_west = format!("east.{timeline}");
+    let on_east = format!("west.{timeline}");
+    wait_for_topic(&west, &on_west, deadline).await;
+    wait_for_topic(&east, &on_east, deadline).await;
+    for (target, remote, partition, written) in [
+        (&west, &on_west, 0, &east_tx),
+        (&west, &on_west, 1, &east_plain),
+        (&east, &on_east, 0, &west_plain),
+    ] {
+        let (expected, dropped) = split_marked(written);
+        assert!(!expected.is_empty() && !dropped.is_empty());
+        assert_partition_mirrored(target, remote, partition, &expected, &dropped, deadline).await;
+    }
+    eprintln!(
+        "unmarked records mirrored, marked ones dropped, {:.1} s after the appends",
+        started.elapsed().as_secs_f64()
+    );
+
+    // nothing was copied back: no `<alias>.<alias>.` topic, no mirrored record in either local
+    // timeline beyond what was written there
+    for (log, cycled) in [
+        (&east, format!("west.east.{timeline}")),
+        (&west, format!("east.west.{timeline}")),
+    ] {
+        assert!(
+            matches!(
+                log.partition_count(&cycled).await,
+                Err(LogError::UnknownTopic(_))
+            ),
+            "{cycled} must not exist"
+        );
+    }
+    for (log, partition, written) in [
+        (&east, 0, east_tx.len()),
+        (&east, 1, east_plain.len()),
+        (&west, 0, west_plain.len()),
+        (&west, 1, 0),
+    ] {
+        let held = read_all(log, &timeline, partition).await;
+        assert_eq!(held.len(), written, "{timeline}/{partition} gained nothing");
+    }
 }

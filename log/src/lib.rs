@@ -374,7 +374,31 @@ pub trait TransactionalWriter: Send {
         topic: &str,
         records: Vec<(PartitionId, NewRecord)>,
         offsets: &[(PartitionId, Offset)],
-    ) -> Result<Vec<Offset>, LogError>;
+    ) -> Result<Vec<Offset>, LogError> {
+        let output = Output {
+            topic: topic.to_owned(),
+            records,
+        };
+        let mut placed = self.commit_outputs(vec![output], offsets).await?;
+        Ok(placed.pop().unwrap_or_default())
+    }
+
+    /// [`TransactionalWriter::commit`] to several output topics at once: every output's records
+    /// and the offsets in one transaction, all visible or none. Returns each output's record
+    /// offsets, in the order of `outputs`. The same fencing and failure rules apply.
+    async fn commit_outputs(
+        &mut self,
+        outputs: Vec<Output>,
+        offsets: &[(PartitionId, Offset)],
+    ) -> Result<Vec<Vec<Offset>>, LogError>;
+}
+
+/// The records one transaction appends to one topic ([`TransactionalWriter::commit_outputs`]).
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub topic: String,
+    /// Each record with its partition of `topic`.
+    pub records: Vec<(PartitionId, NewRecord)>,
 }
 
 /// How long a catch-up read (recovery, rebuild) waits for records known to exist below the end

@@ -1,7 +1,8 @@
 //! One transaction per cycle for the whole router process (KIP-447).
 //!
-//! Every partition worker hands its decided batch — the timeline records and the `ingress`
-//! offset after the batch — to the process's one [`TransactionalWriter`], through this task.
+//! Every partition worker hands its decided batch — the timeline records, the events it
+//! forwards to their home regions, and the `ingress` offset after the batch — to the process's
+//! one [`TransactionalWriter`], through this task.
 //! The task takes every batch waiting when it is free and commits them all in one transaction:
 //! the records to their `timeline` partitions, the `ingress` offsets with the consumer group's
 //! metadata. While a transaction commits, the next cycle's batches gather, so under load one
@@ -16,7 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use chorus_log::{LogError, NewRecord, Offset, PartitionId, TransactionalWriter};
+use chorus_log::{LogError, NewRecord, Offset, Output, PartitionId, TransactionalWriter};
 use tokio::sync::{mpsc, oneshot};
 
 /// Batches waiting for the committer before workers wait for it.
@@ -26,6 +27,8 @@ const QUEUE: usize = 64;
 struct Request {
     partition: PartitionId,
     records: Vec<NewRecord>,
+    /// Events forwarded to their home region: `(forward topic, record)`, to the same partition.
+    forwards: Vec<(String, NewRecord)>,
     /// The partition's `ingress` offset after the batch ("next to read").
     next_ingress: Offset,
     reply: oneshot::Sender<Result<Vec<Offset>, LogError>>,
@@ -48,18 +51,21 @@ impl Committer {
         (Committer { requests }, task)
     }
 
-    /// Commits `records` to `partition` of `timeline` with the partition's ingress offset, in
-    /// the next transaction; returns the records' offsets once committed and visible.
+    /// Commits `records` to `partition` of `timeline`, and `forwards` to the same partition of
+    /// their forward topics, with the partition's ingress offset, in the next transaction;
+    /// returns the timeline records' offsets once committed and visible.
     pub(crate) async fn commit(
         &self,
         partition: PartitionId,
         records: Vec<NewRecord>,
+        forwards: Vec<(String, NewRecord)>,
         next_ingress: Offset,
     ) -> Result<Vec<Offset>, LogError> {
         let (reply, answer) = oneshot::channel();
         let request = Request {
             partition,
             records,
+            forwards,
             next_ingress,
             reply,
         };
@@ -83,6 +89,7 @@ async fn run(
         }
         let mut offsets: BTreeMap<PartitionId, Offset> = BTreeMap::new();
         let mut records = Vec::with_capacity(cycle.iter().map(|r| r.records.len()).sum());
+        let mut forwards: BTreeMap<String, Vec<(PartitionId, NewRecord)>> = BTreeMap::new();
         let mut replies = Vec::with_capacity(cycle.len());
         for request in cycle {
             let next = offsets.entry(request.partition).or_default();
@@ -94,11 +101,29 @@ async fn run(
                     .into_iter()
                     .map(|record| (request.partition, record)),
             );
+            for (topic, record) in request.forwards {
+                forwards
+                    .entry(topic)
+                    .or_default()
+                    .push((request.partition, record));
+            }
         }
         let offsets: Vec<(PartitionId, Offset)> = offsets.into_iter().collect();
         let committing = std::time::Instant::now();
         let count = records.len();
-        let outcome = writer.commit(&timeline, records, &offsets).await;
+        let mut outputs = vec![Output {
+            topic: timeline.clone(),
+            records,
+        }];
+        outputs.extend(
+            forwards
+                .into_iter()
+                .map(|(topic, records)| Output { topic, records }),
+        );
+        let outcome = writer
+            .commit_outputs(outputs, &offsets)
+            .await
+            .map(|mut placed| placed.swap_remove(0));
         tracing::trace!(
             partitions = offsets.len(),
             count,

@@ -45,6 +45,7 @@
 
 mod committer;
 pub mod group_limits;
+pub mod regions;
 pub mod snapshot;
 pub mod state;
 mod worker;
@@ -86,6 +87,15 @@ pub enum RouterError {
     /// A worker returned without an error while the router still ran.
     #[error("partition {partition} worker stopped: exited")]
     WorkerExited { partition: PartitionId },
+    /// The region relay returned without an error while the router still ran.
+    #[error("region relay stopped: exited")]
+    RelayExited,
+    /// The region relay's task panicked or was cancelled.
+    #[error("region relay stopped: {source}")]
+    RelayTask {
+        #[source]
+        source: tokio::task::JoinError,
+    },
     /// A worker's task panicked or was cancelled.
     #[error("partition {partition} worker stopped: {source}")]
     WorkerTask {
@@ -180,6 +190,16 @@ pub async fn run(context: RouterContext, shutdown: CancellationToken) -> Result<
             .ensure_topic_with(&topics.timeline_snapshots, TopicSettings::compacted())
             .await?;
     }
+    for peer in &context.config.regions.peers {
+        context.log.ensure_topic(&topics.forward(peer)).await?;
+    }
+    // with `[regions]`, the relay copies the peers' mirrored topics into `ingress`
+    let relay_stop = shutdown.child_token();
+    let mut relay = context
+        .config
+        .regions
+        .enabled()
+        .then(|| tokio::spawn(regions::relay(context.clone(), relay_stop.clone())));
     let mut consumer = context
         .log
         .consumer(
@@ -198,6 +218,13 @@ pub async fn run(context: RouterContext, shutdown: CancellationToken) -> Result<
     let outcome = loop {
         if let Some(failed) = finished_worker(&mut workers).await {
             break Err(failed);
+        }
+        if let Some(task) = relay.take_if(|task| task.is_finished()) {
+            break Err(match task.await {
+                Ok(Ok(())) => RouterError::RelayExited,
+                Ok(Err(error)) => error,
+                Err(source) => RouterError::RelayTask { source },
+            });
         }
         let polled = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
@@ -260,6 +287,12 @@ pub async fn run(context: RouterContext, shutdown: CancellationToken) -> Result<
             PollEvent::Idle => {}
         }
     };
+    relay_stop.cancel();
+    if let Some(task) = relay
+        && tokio::time::timeout(drain_limit, task).await.is_err()
+    {
+        tracing::warn!(?drain_limit, "region relay did not stop in time");
+    }
     for (partition, handle) in workers.drain() {
         drain(partition, handle, drain_limit).await?;
     }

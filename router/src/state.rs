@@ -50,6 +50,24 @@ pub enum Decision {
     Duplicate { seq: u64, event_id: String },
     /// Refuse it.
     Reject(ApiError),
+    /// The conversation is homed in region `home`, whose router sequences it: forward the event
+    /// there (`forward-<home>`) and tell the sender it is accepted. Nothing is applied here.
+    Forward { home: String },
+}
+
+/// What a router does with an event of another region's mirrored `timeline`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MirrorDecision {
+    /// The next event of its conversation (or a read mark): append it to the local `timeline`
+    /// as it is (with this region's ingress offset), already applied to the state.
+    Apply(TimelineEvent),
+    /// At or below the conversation's last seq: a re-copy by MirrorMaker. Dropped.
+    Duplicate,
+    /// Beyond the next seq: the events between have not arrived. Held until they do.
+    Hole { expected: u64 },
+    /// The conversation is not homed in the region the event came from (a misconfigured home
+    /// rule, or this region's own event come back): refused.
+    Foreign,
 }
 
 /// One conversation's state.
@@ -63,6 +81,9 @@ struct ConversationState {
     owner: Option<String>,
     /// Whether the group has been created (direct conversations exist implicitly).
     created: bool,
+    /// The region where the group was created: its home (the `origin_cluster` of its
+    /// `conversation_created`). Empty for direct conversations.
+    home: String,
     /// Per seq (index seq-1): the interned sender of a message, `NOT_A_MESSAGE`, with
     /// `RECALLED_BIT` once recalled. Four bytes per event, so edits and recalls can be checked.
     senders: Vec<u32>,
@@ -99,6 +120,24 @@ pub struct SequencerState {
     group_limits: GroupLimits,
     /// Recent group creations per creator, for `group_limits`.
     group_creations: GroupCreations,
+    /// Where conversations are homed when this is one region of several; `None`: one region.
+    regions: Option<HomeRule>,
+}
+
+/// The home rule of a region among several (`[regions]`, docs/MULTI_REGION.md): a direct
+/// conversation is homed where its lexicographically smaller user is, a group where it was
+/// created. Only the home region's router gives a conversation seqs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HomeRule {
+    /// This region (`cluster`).
+    pub local: String,
+    pub regions: chorus_core::config::RegionsSection,
+}
+
+impl HomeRule {
+    fn is_peer(&self, region: &str) -> bool {
+        self.regions.peers.iter().any(|peer| peer == region)
+    }
 }
 
 impl SequencerState {
@@ -114,13 +153,43 @@ impl SequencerState {
             folded_ingress_offset: 0,
             group_limits: GroupLimits::from_limits(&LimitsSection::default(), 1),
             group_creations: GroupCreations::default(),
+            regions: None,
         }
+    }
+
+    /// This region's home rule; without one every conversation is homed here.
+    pub fn with_home_rule(mut self, rule: HomeRule) -> Self {
+        self.regions = Some(rule);
+        self
+    }
+
+    /// The region a conversation is homed in when that is another region (a peer); `None`
+    /// when it is homed here (or is a group this region has not seen created: a creation here
+    /// makes it this region's).
+    pub fn remote_home(&self, conversation: &str) -> Option<&str> {
+        let rule = self.regions.as_ref()?;
+        let home = match Conversation::parse(conversation).ok()? {
+            Conversation::Direct { .. } => {
+                let (first, _) = conversation.strip_prefix("dm:")?.split_once(':')?;
+                rule.regions.home_of_user(first, &rule.local)
+            }
+            Conversation::Group { .. } => self.conversations.get(conversation)?.home.as_str(),
+        };
+        rule.is_peer(home).then_some(home)
     }
 
     /// A state with the configured dedup window and group limits (what the router uses).
     pub fn for_config(config: &RouterConfig) -> Self {
-        SequencerState::new(config.router.dedup_window)
-            .with_group_limits(GroupLimits::from_limits(&config.limits, config.partitions))
+        let state = SequencerState::new(config.router.dedup_window)
+            .with_group_limits(GroupLimits::from_limits(&config.limits, config.partitions));
+        if config.regions.enabled() {
+            state.with_home_rule(HomeRule {
+                local: config.cluster.clone(),
+                regions: config.regions.clone(),
+            })
+        } else {
+            state
+        }
     }
 
     /// Replaces the group limits.
@@ -212,6 +281,7 @@ impl SequencerState {
             }
             EventBody::ConversationCreated { members, .. } => {
                 state.created = true;
+                state.home = event.origin_cluster.clone();
                 state.members.extend(members.iter().cloned());
                 if !members.contains(&event.sender) {
                     state.owner = None;
@@ -262,6 +332,13 @@ impl SequencerState {
         if let Err(error) = self.check(&event) {
             return Decision::Reject(error);
         }
+        // Checked against this region's view of it (what the mirror brought), so what is
+        // refused here never travels; the home decides again against its own.
+        if let Some(home) = self.remote_home(&event.conversation) {
+            return Decision::Forward {
+                home: home.to_owned(),
+            };
+        }
         let seq = event
             .body
             .is_sequenced()
@@ -279,6 +356,42 @@ impl SequencerState {
         };
         self.apply(&timeline);
         Decision::Sequence(timeline)
+    }
+
+    /// Decides an event of region `source`'s mirrored `timeline` (copied into this region's
+    /// `ingress` at `ingress_offset`): applied only when it is its conversation's next seq, so
+    /// the local `timeline` holds each event once and in order whatever MirrorMaker re-copies.
+    pub fn decide_mirrored(
+        &mut self,
+        mut event: TimelineEvent,
+        source: &str,
+        ingress_offset: u64,
+    ) -> MirrorDecision {
+        let home = match (&event.body, self.remote_home(&event.conversation)) {
+            (_, Some(home)) => home.to_owned(),
+            // a group this region has not seen yet comes into being with its creation
+            (EventBody::ConversationCreated { .. }, None)
+                if !self.conversations.contains_key(&event.conversation) =>
+            {
+                event.origin_cluster.clone()
+            }
+            _ => return MirrorDecision::Foreign,
+        };
+        if home != source {
+            return MirrorDecision::Foreign;
+        }
+        event.ingress_offset = ingress_offset;
+        if let Some(seq) = event.seq {
+            let last = self.last_seq(&event.conversation);
+            if seq <= last {
+                return MirrorDecision::Duplicate;
+            }
+            if seq > last + 1 {
+                return MirrorDecision::Hole { expected: last + 1 };
+            }
+        }
+        self.apply(&event);
+        MirrorDecision::Apply(event)
     }
 
     fn check(&self, event: &IngressEvent) -> Result<(), ApiError> {

@@ -19,17 +19,19 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use chorus_core::broadcast::EVERY_NODE;
-use chorus_core::error::ApiError;
 use chorus_core::presence::{Delivery, Frame, Sequencing};
 use chorus_core::protocol::outbound::{EventOutcome, event_json, read_json};
 use chorus_core::validate::validate_ingress;
 use chorus_log::{NewRecord, Offset, PartitionId, Record};
-use chorus_schemas::{EventBody, IngressEvent, TimelineEvent, decode_ingress, encode_timeline};
+use chorus_schemas::{
+    EventBody, IngressEvent, TimelineEvent, decode_ingress, decode_timeline, encode_timeline,
+};
 use tokio::sync::mpsc;
 
 use crate::committer::Committer;
+use crate::regions;
 use crate::snapshot::{self, Anchor};
-use crate::state::{Decision, SequencerState};
+use crate::state::{Decision, MirrorDecision, SequencerState};
 use crate::{RouterContext, RouterError};
 
 /// Batches of notices waiting for the notifier before the sequencer waits for it.
@@ -145,6 +147,11 @@ pub(crate) async fn recover(
             }
         }
     }
+    if context.config.regions.enabled() {
+        // events this partition forwarded moved its ingress position without a timeline record
+        let forwarded = crate::regions::forwarded_through(context, partition).await?;
+        state.handled_through(forwarded);
+    }
     Ok(Recovered {
         state,
         owner_epoch: end,
@@ -225,6 +232,7 @@ pub(crate) async fn run(
     let max_batch = context.config.router.batch_records.max(1) * COALESCE_BATCHES;
     let mut lag_updated: Option<std::time::Instant> = None;
     let mut snapshots = Snapshots::new(context.config.router.snapshot_every_events);
+    let mut mirrored = Mirrored::default();
     while let Some(mut batch) = batches.recv().await {
         // under load, batches queue up while a transaction commits: take them all in one
         while batch.len() < max_batch
@@ -233,6 +241,7 @@ pub(crate) async fn run(
             batch.extend(more);
         }
         let mut timeline_records = Vec::with_capacity(batch.len());
+        let mut forwards: Vec<(String, NewRecord)> = Vec::new();
         let mut dead_letters = Vec::new();
         let mut notices = Vec::with_capacity(batch.len());
         for record in batch {
@@ -241,6 +250,29 @@ pub(crate) async fn run(
             }
             let offset = record.offset;
             state.handled_through(offset + 1);
+            if let Some(source) = mirror_source(&context, &record) {
+                let applied = mirrored.decide(&context, &mut state, &record, source, offset);
+                match applied {
+                    Ok(applied) => {
+                        for (event, record) in applied {
+                            notices.extend(sequenced_notices(
+                                &state,
+                                &event,
+                                mirrored_ack_target(&context, &event, &record),
+                                owner,
+                            ));
+                            timeline_records.push(record);
+                        }
+                    }
+                    Err(error) => dead_letters.push(dead_letter(
+                        &record,
+                        &topics.ingress,
+                        "undecodable",
+                        &error,
+                    )),
+                }
+                continue;
+            }
             let event = match decode_ingress(&record.value) {
                 Ok(event) => event,
                 Err(error) => {
@@ -253,52 +285,111 @@ pub(crate) async fn run(
                     continue;
                 }
             };
-            let origin = origin_of(&event);
+            if record.header(regions::OUTCOME_HEADER).is_some() {
+                // the outcome of an event this region forwarded, sent back by its home
+                match returned_outcome(&context, &record, &event) {
+                    Some(notice) => notices.push(notice),
+                    None => tracing::debug!(offset, "returned outcome without a local sender"),
+                }
+                continue;
+            }
+            let origin = origin_of(&context, &event);
+            let returns_to = return_topic(&context, &event);
             if let Err(error) = validate_ingress(&event, &context.config.limits) {
                 context.metrics.reject(error.code.as_str());
-                match origin {
-                    Some((node, session)) => {
-                        notices.push(error_notice(node, session, &event, error))
+                let outcome = EventOutcome::Failed {
+                    client_msg_id: event.client_msg_id.clone(),
+                    error,
+                };
+                match (origin, returns_to) {
+                    (Some((node, session)), _) => notices.push(Notice::ToSender {
+                        node,
+                        session,
+                        outcome,
+                    }),
+                    (None, Some(topic)) => forwards.push((topic, return_record(&record, &outcome))),
+                    (None, None) => {
+                        let EventOutcome::Failed { error, .. } = outcome else {
+                            unreachable!("built as Failed above")
+                        };
+                        dead_letters.push(dead_letter(
+                            &record,
+                            &topics.ingress,
+                            error.code.as_str(),
+                            &error.message,
+                        ))
                     }
-                    None => dead_letters.push(dead_letter(
-                        &record,
-                        &topics.ingress,
-                        error.code.as_str(),
-                        &error.message,
-                    )),
                 }
                 continue;
             }
             let client_msg_id = event.client_msg_id.clone();
             let conversation = event.conversation.clone();
+            let remote_origin = (event.origin_node.clone(), event.origin_session.clone());
             match state.decide(event, offset) {
                 Decision::Sequence(timeline_event) => {
                     let value = encode_timeline(&timeline_event)
                         .map_err(|source| RouterError::EncodeTimeline { partition, source })?;
-                    timeline_records.push(NewRecord::new(
-                        timeline_event.conversation.as_bytes(),
-                        value,
-                    ));
+                    let mut timeline_record =
+                        NewRecord::new(timeline_event.conversation.as_bytes(), value);
+                    if origin.is_none()
+                        && let (Some(node), Some(session)) = (&remote_origin.0, &remote_origin.1)
+                    {
+                        // forwarded from another region: its router acks the sender once the
+                        // event came back through the mirror
+                        timeline_record = timeline_record
+                            .with_header(regions::ORIGIN_NODE_HEADER, node.as_str())
+                            .with_header(regions::ORIGIN_SESSION_HEADER, session.as_str());
+                    }
+                    timeline_records.push(timeline_record);
                     notices.extend(sequenced_notices(&state, &timeline_event, origin, owner));
                 }
-                Decision::Duplicate { seq, event_id } => {
+                Decision::Forward { home } => {
+                    context
+                        .metrics
+                        .region_forwarded
+                        .with_label_values(&[home.as_str()])
+                        .inc();
+                    let mut forward = NewRecord::new(record.key.clone(), record.value.clone())
+                        .with_header(regions::FORWARDED_FROM_HEADER, offset.to_string());
+                    forward.headers.extend(record.headers.iter().cloned());
+                    forwards.push((topics.forward(&home), forward));
                     if let Some((node, session)) = origin {
                         notices.push(Notice::ToSender {
                             node,
                             session,
-                            outcome: EventOutcome::Acked {
+                            outcome: EventOutcome::Accepted {
                                 client_msg_id,
                                 conversation,
-                                seq,
-                                event_id,
+                                home,
                             },
                         });
                     }
                 }
+                Decision::Duplicate { seq, event_id } => {
+                    let outcome = EventOutcome::Acked {
+                        client_msg_id,
+                        conversation,
+                        seq,
+                        event_id,
+                    };
+                    match (origin, returns_to) {
+                        (Some((node, session)), _) => notices.push(Notice::ToSender {
+                            node,
+                            session,
+                            outcome,
+                        }),
+                        // a retry forwarded from another region: its sender may be on a new
+                        // session, which only this answer reaches
+                        (None, Some(topic)) => {
+                            forwards.push((topic, return_record(&record, &outcome)))
+                        }
+                        (None, None) => {}
+                    }
+                }
                 Decision::Reject(error) => {
                     context.metrics.reject(error.code.as_str());
-                    match origin {
-                        Some((node, session)) => notices.push(Notice::ToSender {
+                    match (origin, returns_to) {
+                        (Some((node, session)), _) => notices.push(Notice::ToSender {
                             node,
                             session,
                             outcome: EventOutcome::Failed {
@@ -306,7 +397,16 @@ pub(crate) async fn run(
                                 error,
                             },
                         }),
-                        None => dead_letters.push(dead_letter(
+                        // refused by its home after the forwarding region accepted it (the
+                        // conversation changed in between): the sender learns why
+                        (None, Some(topic)) => {
+                            let outcome = EventOutcome::Failed {
+                                client_msg_id,
+                                error,
+                            };
+                            forwards.push((topic, return_record(&record, &outcome)));
+                        }
+                        (None, None) => dead_letters.push(dead_letter(
                             &record,
                             &topics.ingress,
                             error.code.as_str(),
@@ -336,20 +436,23 @@ pub(crate) async fn run(
                 .append(&topics.dead_letter, dead_letters)
                 .await?;
         }
-        if let Some(last) = timeline_records.last() {
+        if !timeline_records.is_empty() || !forwards.is_empty() {
             let count = timeline_records.len() as u64;
-            let last_value_crc = crc32fast::hash(&last.value);
+            let last_value_crc = timeline_records
+                .last()
+                .map(|last| crc32fast::hash(&last.value));
             let appending = std::time::Instant::now();
             let offsets = append_timeline_batch_crash_only(
                 &committer,
                 partition,
                 timeline_records,
+                forwards,
                 state.next_ingress_offset(),
             )
             .await?;
             tracing::trace!(partition, count, elapsed = ?appending.elapsed(), "timeline batch appended");
             context.metrics.events_sequenced.inc_by(count);
-            if let Some(last_offset) = offsets.last() {
+            if let (Some(last_offset), Some(last_value_crc)) = (offsets.last(), last_value_crc) {
                 let anchor = Anchor {
                     offset: *last_offset,
                     value_crc: last_value_crc,
@@ -505,29 +608,220 @@ async fn append_timeline_batch_crash_only(
     committer: &Committer,
     partition: PartitionId,
     timeline_records: Vec<NewRecord>,
+    forwards: Vec<(String, NewRecord)>,
     next_ingress: Offset,
 ) -> Result<Vec<Offset>, chorus_log::LogError> {
     committer
-        .commit(partition, timeline_records, next_ingress)
+        .commit(partition, timeline_records, forwards, next_ingress)
         .await
 }
 
-fn origin_of(event: &IngressEvent) -> Option<(String, String)> {
+/// The sender's node and session to tell the outcome to, when the sender is connected to this
+/// region (with `[regions]`, an event forwarded from another region is acked by that region's
+/// router once it came back through the mirror).
+fn origin_of(context: &RouterContext, event: &IngressEvent) -> Option<(String, String)> {
+    if context.config.regions.enabled() && event.origin_cluster != context.config.cluster {
+        return None;
+    }
     match (&event.origin_node, &event.origin_session) {
         (Some(node), Some(session)) => Some((node.clone(), session.clone())),
         _ => None,
     }
 }
 
-fn error_notice(node: String, session: String, event: &IngressEvent, error: ApiError) -> Notice {
-    Notice::ToSender {
+/// Where the outcome of an event forwarded from another region goes when it is not a new
+/// timeline event (a refusal, or the ack of a retry): back to that region, on its
+/// `forward-<region>` topic, which MirrorMaker carries there. `None` for events of this region.
+fn return_topic(context: &RouterContext, event: &IngressEvent) -> Option<String> {
+    let regions = &context.config.regions;
+    let from_peer = regions.peers.contains(&event.origin_cluster);
+    (from_peer && event.origin_node.is_some() && event.origin_session.is_some())
+        .then(|| context.config.topics().forward(&event.origin_cluster))
+}
+
+/// The record that carries `outcome` back to the region a forwarded event came from: the event
+/// itself (which names its sender's node and session) with the outcome's frame in a header.
+fn return_record(record: &Record, outcome: &EventOutcome) -> NewRecord {
+    NewRecord::new(record.key.clone(), record.value.clone())
+        .with_header(regions::OUTCOME_HEADER, outcome.frame().to_string())
+}
+
+/// The notice of an outcome a home region sent back for an event this region forwarded.
+fn returned_outcome(
+    context: &RouterContext,
+    record: &Record,
+    event: &IngressEvent,
+) -> Option<Notice> {
+    let (node, session) = origin_of(context, event)?;
+    let text = std::str::from_utf8(record.header(regions::OUTCOME_HEADER)?).ok()?;
+    let outcome = chorus_core::protocol::outbound::outcome_from_frame_text(text).ok()?;
+    Some(Notice::ToSender {
         node,
         session,
-        outcome: EventOutcome::Failed {
-            client_msg_id: event.client_msg_id.clone(),
-            error,
-        },
+        outcome,
+    })
+}
+
+/// The peer region an ingress record was relayed from, when it is an event of that peer's
+/// mirrored `timeline` (and the peer is configured).
+fn mirror_source<'a>(context: &'a RouterContext, record: &Record) -> Option<&'a str> {
+    let source = record.header(regions::MIRROR_SOURCE_HEADER)?;
+    context
+        .config
+        .regions
+        .peers
+        .iter()
+        .find(|peer| peer.as_bytes() == source)
+        .map(String::as_str)
+}
+
+/// The sender to ack for a mirrored event applied here: one connected to this region, named by
+/// the headers its home put on it.
+fn mirrored_ack_target(
+    context: &RouterContext,
+    event: &TimelineEvent,
+    record: &NewRecord,
+) -> Option<(String, String)> {
+    if event.origin_cluster != context.config.cluster {
+        return None;
     }
+    let text = |name: &str| {
+        record
+            .headers
+            .iter()
+            .find(|(header, _)| header == name)
+            .and_then(|(_, value)| String::from_utf8(value.clone()).ok())
+    };
+    Some((
+        text(regions::ORIGIN_NODE_HEADER)?,
+        text(regions::ORIGIN_SESSION_HEADER)?,
+    ))
+}
+
+/// Most mirrored events a partition holds while it waits for a hole to be filled.
+const MAX_HELD: usize = 100_000;
+
+/// Events of peers' mirrored timelines held until their conversation's earlier seqs arrive.
+#[derive(Default)]
+struct Mirrored {
+    /// conversation → seq → (source region, the relayed record).
+    held: HashMap<String, BTreeMap<u64, (String, Record)>>,
+    count: usize,
+}
+
+impl Mirrored {
+    /// Decides one relayed record of `source`'s timeline: the events to append now (this one
+    /// and any held ones it lets through), each with its local `timeline` record, which names
+    /// its home and keeps the ack target the home put on it. An undecodable record is an error
+    /// (dead-lettered: the mirror carries only what a home router wrote).
+    fn decide(
+        &mut self,
+        context: &RouterContext,
+        state: &mut SequencerState,
+        record: &Record,
+        source: &str,
+        offset: Offset,
+    ) -> Result<Vec<(TimelineEvent, NewRecord)>, String> {
+        let event = decode_timeline(&record.value).map_err(|error| error.to_string())?;
+        let outcomes = &context.metrics.region_mirror_events;
+        let conversation = event.conversation.clone();
+        let seq = event.seq;
+        let mut applied = Vec::new();
+        match state.decide_mirrored(event, source, offset) {
+            MirrorDecision::Apply(event) => {
+                outcomes.with_label_values(&[source, "applied"]).inc();
+                applied.push(mirrored_record(event, record, source)?);
+            }
+            MirrorDecision::Duplicate => {
+                outcomes.with_label_values(&[source, "duplicate"]).inc();
+                return Ok(applied);
+            }
+            MirrorDecision::Foreign => {
+                outcomes.with_label_values(&[source, "foreign"]).inc();
+                tracing::warn!(%conversation, source, "mirrored event not homed in its source region; ignored");
+                return Ok(applied);
+            }
+            MirrorDecision::Hole { expected } => {
+                outcomes.with_label_values(&[source, "held"]).inc();
+                if self.count >= MAX_HELD {
+                    tracing::error!(%conversation, source, ?seq, expected, "too many mirrored events held; dropped (the mirror lost events)");
+                    return Ok(applied);
+                }
+                tracing::warn!(%conversation, source, ?seq, expected, "hole in a mirrored timeline; holding the event");
+                if let Some(seq) = seq
+                    && self
+                        .held
+                        .entry(conversation)
+                        .or_default()
+                        .insert(seq, (source.to_owned(), record.clone()))
+                        .is_none()
+                {
+                    self.count += 1;
+                }
+                self.publish(context);
+                return Ok(applied);
+            }
+        }
+        // the event may have filled a hole: what waited behind it follows
+        while let Some(held) = self.held.get_mut(&conversation) {
+            let next = state.last_seq(&conversation) + 1;
+            let Some((held_source, held_record)) = held.remove(&next) else {
+                // anything at or below the last seq is a duplicate now
+                let before = held.len();
+                held.retain(|seq, _| *seq > next);
+                self.count -= before - held.len();
+                if held.is_empty() {
+                    self.held.remove(&conversation);
+                }
+                break;
+            };
+            self.count -= 1;
+            let event = decode_timeline(&held_record.value).map_err(|error| error.to_string())?;
+            if let MirrorDecision::Apply(event) = state.decide_mirrored(event, &held_source, offset)
+            {
+                outcomes
+                    .with_label_values(&[held_source.as_str(), "applied"])
+                    .inc();
+                applied.push(mirrored_record(event, &held_record, &held_source)?);
+            }
+        }
+        self.publish(context);
+        Ok(applied)
+    }
+
+    fn publish(&self, context: &RouterContext) {
+        for peer in &context.config.regions.peers {
+            let held = self
+                .held
+                .values()
+                .flat_map(|held| held.values())
+                .filter(|(source, _)| source == peer)
+                .count();
+            context
+                .metrics
+                .region_mirror_held
+                .with_label_values(&[peer.as_str()])
+                .set(held as i64);
+        }
+    }
+}
+
+/// The local `timeline` record of an event applied from `home`'s mirrored timeline: marked
+/// [`regions::MIRRORED_HEADER`] (never mirrored back), with the ack target its home put on it.
+fn mirrored_record(
+    event: TimelineEvent,
+    relayed: &Record,
+    home: &str,
+) -> Result<(TimelineEvent, NewRecord), String> {
+    let value = encode_timeline(&event).map_err(|error| error.to_string())?;
+    let mut record = NewRecord::new(event.conversation.as_bytes(), value)
+        .with_header(regions::MIRRORED_HEADER, home);
+    for name in [regions::ORIGIN_NODE_HEADER, regions::ORIGIN_SESSION_HEADER] {
+        if let Some(value) = relayed.header(name) {
+            record = record.with_header(name, value.to_vec());
+        }
+    }
+    Ok((event, record))
 }
 
 fn dead_letter(record: &Record, source_topic: &str, reason: &str, detail: &str) -> NewRecord {

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::error::ApiError;
 
 /// What became of one event, for its sender: sequenced (or already sequenced, for a retried
-/// id), or refused with an error.
+/// id), refused with an error, or accepted for a home region that sequences it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventOutcome {
     /// The event is durable in `timeline` with this seq.
@@ -27,6 +27,14 @@ pub enum EventOutcome {
     Failed {
         client_msg_id: Option<String>,
         error: ApiError,
+    },
+    /// The event is durable but not sequenced yet: its conversation is homed in another region
+    /// (`home`), where it was forwarded; the `ack` follows once the home sequenced it and the
+    /// event came back through the mirror (docs/MULTI_REGION.md).
+    Accepted {
+        client_msg_id: Option<String>,
+        conversation: String,
+        home: String,
     },
 }
 
@@ -44,6 +52,16 @@ impl EventOutcome {
                 client_msg_id,
                 error,
             } => error.ws_frame(client_msg_id.as_deref()),
+            EventOutcome::Accepted {
+                client_msg_id,
+                conversation,
+                home,
+            } => json!({
+                "type": "accepted",
+                "id": client_msg_id,
+                "conversation": conversation,
+                "home": home,
+            }),
         }
     }
 }
@@ -150,11 +168,23 @@ pub mod outcome_as_frame_text {
                     error: ApiError::new(code, text_field("message")?),
                 })
             }
+            Some("accepted") => Ok(EventOutcome::Accepted {
+                client_msg_id,
+                conversation: text_field("conversation")?,
+                home: text_field("home")?,
+            }),
             _ => Err(D::Error::custom(
-                "outcome frame is neither `ack` nor `error`",
+                "outcome frame is neither `ack`, `accepted` nor `error`",
             )),
         }
     }
+}
+
+/// Reads an outcome back from its frame's text ([`EventOutcome::frame`]): what a home region
+/// sends back for an event forwarded to it (docs/MULTI_REGION.md).
+pub fn outcome_from_frame_text(text: &str) -> Result<EventOutcome, serde_json::Error> {
+    let quoted = serde_json::to_string(text)?;
+    outcome_as_frame_text::deserialize(&mut serde_json::Deserializer::from_str(&quoted))
 }
 
 fn ack_json(client_msg_id: Option<&str>, conversation: &str, seq: u64, event_id: &str) -> Value {

@@ -51,7 +51,7 @@ pub use self::records::{
 pub use self::transactions::{
     a_member_that_released_a_partition_is_fenced,
     a_revoked_partition_may_commit_until_the_next_poll,
-    a_transaction_commits_records_and_offsets_together,
+    a_transaction_commits_records_and_offsets_together, a_transaction_spans_output_topics,
 };
 use crate::{Consumer, EventLog, Offset, PartitionId, PollEvent, Record, StartFrom};
 
@@ -126,6 +126,7 @@ macro_rules! event_log_conformance {
             a_transaction_commits_records_and_offsets_together,
             a_member_that_released_a_partition_is_fenced,
             a_revoked_partition_may_commit_until_the_next_poll,
+            a_transaction_spans_output_topics,
         ]);
     };
     (@tests $context:tt [$($check:ident),* $(,)?]) => {

@@ -160,6 +160,73 @@ pub async fn a_transaction_commits_records_and_offsets_together(harness: &Harnes
     }
 }
 
+/// A member commits one transaction to two output topics O1 and O2 with its offsets of I: each
+/// output's offsets come back in the order of the outputs, both topics hold their records there,
+/// and the offsets are committed. (Fencing is the same code path for one output or several.)
+pub async fn a_transaction_spans_output_topics(harness: &Harness) {
+    let log = (harness.open)().await;
+    let mut setup = first_member_with_writer(harness, &log, "txn-outputs").await;
+    let second = new_topic(harness, &log, "txn-outputs-second").await;
+    let offsets: Vec<(PartitionId, Offset)> = setup.input_ends.clone().into_iter().collect();
+    let outputs: Vec<crate::Output> = [&setup.output, &second]
+        .into_iter()
+        .enumerate()
+        .map(|(index, topic)| crate::Output {
+            topic: topic.clone(),
+            records: (0..3)
+                .map(|n| {
+                    let value = format!("output-{index}-record-{n}").into_bytes();
+                    (n % 2, NewRecord::new(format!("key-{n}"), value))
+                })
+                .collect(),
+        })
+        .collect();
+    let placed = setup
+        .writer
+        .commit_outputs(outputs.clone(), &offsets)
+        .await
+        .expect("commit to two topics");
+    assert_eq!(placed.len(), 2, "one list of offsets per output");
+    for (output, offsets_of_output) in outputs.iter().zip(&placed) {
+        assert_eq!(
+            offsets_of_output.len(),
+            output.records.len(),
+            "one offset per record of {}",
+            output.topic
+        );
+        let mut expected: BTreeMap<PartitionId, Vec<(Offset, Vec<u8>)>> = BTreeMap::new();
+        for ((partition, record), offset) in output.records.iter().zip(offsets_of_output) {
+            expected
+                .entry(*partition)
+                .or_default()
+                .push((*offset, record.value.clone()));
+        }
+        for (partition, records) in expected {
+            let found: Vec<(Offset, Vec<u8>)> =
+                read_exactly(&log, &output.topic, partition, 0, records.len())
+                    .await
+                    .into_iter()
+                    .map(|record| (record.offset, record.value))
+                    .collect();
+            assert_eq!(
+                found, records,
+                "{} partition {partition} holds the records at the offsets returned",
+                output.topic
+            );
+        }
+    }
+    for (partition, offset) in &offsets {
+        assert_eq!(
+            log.committed(&setup.group, &setup.input, *partition)
+                .await
+                .expect("committed"),
+            Some(*offset),
+            "the transaction committed the offset of input partition {partition}"
+        );
+    }
+    drop(setup.members);
+}
+
 /// A holds every partition of I and opens its writer; B joins, A is told `Revoked(ps)` and
 /// polls again (releasing `ps`), B is told `Assigned(ps)`. A commit of A naming a partition of
 /// `ps` (with one it still holds) fails with [`LogError::Fenced`] naming I and that partition,

@@ -476,6 +476,28 @@ impl PartitionBatches {
         })
     }
 
+    /// Joins groupings (of any topics) into one, for one group commit; returns it with the
+    /// number of input records of each grouping, in order.
+    fn concat(groupings: Vec<PartitionBatches>) -> (PartitionBatches, Vec<usize>) {
+        let mut joined = PartitionBatches {
+            batches: Vec::new(),
+            placements: Vec::new(),
+        };
+        let mut counts = Vec::with_capacity(groupings.len());
+        for grouping in groupings {
+            let shift = joined.batches.len();
+            counts.push(grouping.placements.len());
+            joined.batches.extend(grouping.batches);
+            joined.placements.extend(
+                grouping
+                    .placements
+                    .into_iter()
+                    .map(|(partition, batch, index)| (partition, batch + shift, index)),
+            );
+        }
+        (joined, counts)
+    }
+
     /// Appends every batch in one request to the writer (one group commit) and returns
     /// `(partition, offset)` per input record, in input order, once all are durable.
     async fn submit(self, shared: &LogShared) -> Result<Vec<(PartitionId, Offset)>, LogError> {

@@ -1,7 +1,7 @@
 //! Transactional writers of the embedded log: consume-transform-produce (KIP-447) without a
 //! broker.
 //!
-//! A group member's writer ([`EmbeddedTransactionalWriter`]) commits records to an output topic
+//! A group member's writer ([`EmbeddedTransactionalWriter`]) commits records to output topics
 //! together with the member's "next to read" offsets of its input partitions. It is fenced by the
 //! group: a commit goes ahead only if the member *owns* every input partition it names (a
 //! partition revoked but not yet released, between `Revoked` and the member's next poll, is
@@ -30,7 +30,7 @@ use tokio::sync::RwLock;
 
 use super::group::{GroupShared, MemberId};
 use super::{LogShared, PartitionBatches, TopicLog};
-use crate::{LogError, NewRecord, Offset, PartitionId, TransactionalWriter};
+use crate::{LogError, Offset, Output, PartitionId, TransactionalWriter};
 
 /// Held (read) by a commit in flight, (write) by a release of the member's partitions.
 pub(super) type CommitGate = Arc<RwLock<()>>;
@@ -75,12 +75,11 @@ impl EmbeddedTransactionalWriter {
 
 #[async_trait]
 impl TransactionalWriter for EmbeddedTransactionalWriter {
-    async fn commit(
+    async fn commit_outputs(
         &mut self,
-        topic: &str,
-        records: Vec<(PartitionId, NewRecord)>,
+        outputs: Vec<Output>,
         offsets: &[(PartitionId, Offset)],
-    ) -> Result<Vec<Offset>, LogError> {
+    ) -> Result<Vec<Vec<Offset>>, LogError> {
         if offsets.is_empty() {
             return Err(LogError::TransactionWithoutOffsets);
         }
@@ -92,8 +91,13 @@ impl TransactionalWriter for EmbeddedTransactionalWriter {
                 });
             }
         }
-        let output_topic = self.shared.topic(topic)?;
-        let batches = PartitionBatches::group(&output_topic, records)?;
+        // every output's batches go into one group commit: one WAL sync for the transaction
+        let mut grouped = Vec::with_capacity(outputs.len());
+        for output in outputs {
+            let output_topic = self.shared.topic(&output.topic)?;
+            grouped.push(PartitionBatches::group(&output_topic, output.records)?);
+        }
+        let (batches, counts) = PartitionBatches::concat(grouped);
 
         let _commit_in_flight = self.commit_gate.read().await;
         let input_partitions = offsets.iter().map(|&(partition, _)| partition);
@@ -106,6 +110,10 @@ impl TransactionalWriter for EmbeddedTransactionalWriter {
         }
         let placed = batches.submit(&self.shared).await?;
         self.group.commit_transacted(offsets);
-        Ok(placed.into_iter().map(|(_, offset)| offset).collect())
+        let mut placed = placed.into_iter().map(|(_, offset)| offset);
+        Ok(counts
+            .into_iter()
+            .map(|count| placed.by_ref().take(count).collect())
+            .collect())
     }
 }

@@ -678,3 +678,154 @@ fn a_smaller_dedup_window_keeps_the_newest_ids_of_an_image() {
         Decision::Duplicate { seq: 10, .. }
     ));
 }
+
+/// East's state among two regions: bob is homed in west, everyone else in east.
+fn east() -> SequencerState {
+    let mut regions = chorus_core::config::RegionsSection {
+        peers: vec!["west".into()],
+        default_home: "east".into(),
+        ..Default::default()
+    };
+    regions.users.insert("bob".into(), "west".into());
+    SequencerState::new(100).with_home_rule(HomeRule {
+        local: "east".into(),
+        regions,
+    })
+}
+
+/// A sequenced event of west's timeline.
+fn from_west(conversation: &str, seq: u64, body: EventBody) -> TimelineEvent {
+    TimelineEvent {
+        conversation: conversation.into(),
+        seq: Some(seq),
+        event_id: format!("west-{conversation}-{seq}"),
+        sender: "bob".into(),
+        ts_ms: 1,
+        origin_cluster: "west".into(),
+        client_msg_id: Some(format!("w{seq}")),
+        ingress_offset: 900 + seq,
+        body,
+    }
+}
+
+#[test]
+fn a_conversation_homed_in_another_region_is_forwarded_and_not_sequenced_here() {
+    let mut state = east();
+    // dm:alice:bob is homed with alice (the smaller id): east sequences it
+    let mut alice = ingress("dm:alice:bob", "alice", "a1", text("hi"));
+    alice.origin_cluster = "east".into();
+    assert_eq!(seq_of(&state.decide(alice, 0)), Some(1));
+    // dm:bob:carol is homed with bob, in west: forwarded, whoever sends it from here
+    let mut carol = ingress("dm:bob:carol", "carol", "c1", text("hi"));
+    carol.origin_cluster = "east".into();
+    assert_eq!(
+        state.decide(carol, 1),
+        Decision::Forward {
+            home: "west".into()
+        }
+    );
+    assert_eq!(state.last_seq("dm:bob:carol"), 0, "nothing applied here");
+    // refused here against the local view: never forwarded
+    let outsider = ingress("dm:bob:carol", "dave", "d1", text("hi"));
+    assert_eq!(
+        code_of(&state.decide(outsider, 2)),
+        Some(ErrorCode::Forbidden)
+    );
+    // a group created here is homed here; one created in west (seen through the mirror) there
+    let created = ingress(
+        "g:east-team",
+        "alice",
+        "g1",
+        EventBody::ConversationCreated {
+            title: None,
+            members: vec!["alice".into(), "bob".into()],
+        },
+    );
+    assert_eq!(seq_of(&state.decide(created, 3)), Some(1));
+    assert_eq!(state.remote_home("g:east-team"), None);
+    let west_group = from_west(
+        "g:west-team",
+        1,
+        EventBody::ConversationCreated {
+            title: None,
+            members: vec!["alice".into(), "bob".into()],
+        },
+    );
+    assert!(matches!(
+        state.decide_mirrored(west_group, "west", 4),
+        MirrorDecision::Apply(_)
+    ));
+    assert_eq!(state.remote_home("g:west-team"), Some("west"));
+    let mut in_west_group = ingress("g:west-team", "alice", "a2", text("hello"));
+    in_west_group.origin_cluster = "east".into();
+    assert_eq!(
+        state.decide(in_west_group, 5),
+        Decision::Forward {
+            home: "west".into()
+        }
+    );
+    // creating it again here is refused (it exists, homed in west)
+    let again = ingress(
+        "g:west-team",
+        "alice",
+        "g2",
+        EventBody::ConversationCreated {
+            title: None,
+            members: vec!["alice".into()],
+        },
+    );
+    assert_eq!(
+        code_of(&state.decide(again, 6)),
+        Some(ErrorCode::BadRequest)
+    );
+}
+
+#[test]
+fn a_mirrored_event_is_applied_only_as_its_conversations_next_seq() {
+    let mut state = east();
+    let dm = "dm:bob:carol";
+    let applied = |decision: MirrorDecision| match decision {
+        MirrorDecision::Apply(event) => event.seq,
+        other => panic!("not applied: {other:?}"),
+    };
+    let first = state.decide_mirrored(from_west(dm, 1, text("1")), "west", 10);
+    let MirrorDecision::Apply(event) = &first else {
+        panic!("applied: {first:?}");
+    };
+    assert_eq!(
+        event.ingress_offset, 10,
+        "kept at this region's ingress offset"
+    );
+    assert_eq!(state.next_ingress_offset(), 11);
+    assert_eq!(
+        applied(state.decide_mirrored(from_west(dm, 2, text("2")), "west", 11)),
+        Some(2)
+    );
+    // a re-copy changes nothing
+    assert_eq!(
+        state.decide_mirrored(from_west(dm, 1, text("1")), "west", 12),
+        MirrorDecision::Duplicate
+    );
+    // a hole waits
+    assert_eq!(
+        state.decide_mirrored(from_west(dm, 4, text("4")), "west", 13),
+        MirrorDecision::Hole { expected: 3 }
+    );
+    assert_eq!(state.last_seq(dm), 2);
+    // only the home's timeline is applied: east's own conversation, or west claiming it, is not
+    assert_eq!(
+        state.decide_mirrored(from_west("dm:alice:bob", 1, text("x")), "west", 14),
+        MirrorDecision::Foreign
+    );
+    assert_eq!(
+        state.decide_mirrored(from_west(dm, 3, text("3")), "north", 15),
+        MirrorDecision::Foreign
+    );
+    // a retry from here of an event the mirror brought back is answered here
+    let mut retry = ingress(dm, "bob", "w2", text("2"));
+    retry.origin_cluster = "east".into();
+    assert!(matches!(
+        state.decide(retry, 16),
+        Decision::Duplicate { seq: 2, .. }
+    ));
+}

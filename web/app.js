@@ -45,6 +45,7 @@ function conversationState(id) {
       items: new Map(),
       /** client message id → text, until its event or ack arrives */
       pending: new Map(),
+      queuedFor: new Map(), // client id -> home region, for a pending send answered `accepted`
       /** every message with seq >= floor is known; history below it loads on scroll */
       floor: 1,
       loadingHistory: null,
@@ -151,6 +152,13 @@ function start(token, user, device) {
     })
     .on("event", applyEvent)
     .on("ack", applyAck)
+    .on("accepted", ({ id, conversation, home }) => {
+      // durable, waiting for its home region to sequence it (docs/MULTI_REGION.md)
+      const state = conversationState(conversation);
+      if (!state.pending.has(id)) return;
+      state.queuedFor.set(id, home);
+      if (conversation === view.openId) renderMessages();
+    })
     .on("read", (frame) => {
       const state = conversationState(frame.conversation);
       if (frame.user === view.me) {
@@ -244,6 +252,7 @@ function applyAck(ack) {
   const text = state.pending.get(ack.id);
   if (text === undefined) return;
   state.pending.delete(ack.id);
+  state.queuedFor.delete(ack.id);
   if (!state.items.has(ack.seq)) {
     state.items.set(ack.seq, { seq: ack.seq, sender: view.me, ts: Date.now(), text, edited: false, recalled: false, origin: "ack" });
   }
@@ -373,7 +382,7 @@ function renderMessages({ keepScroll = false } = {}) {
   const readByOthers = Math.max(0, ...state.othersRead.values());
   const items = [...state.items.values()].sort((left, right) => left.seq - right.seq).map((item) => renderItem(state, item, readByOthers));
   for (const [clientId, text] of state.pending) {
-    items.push(renderItem(state, { seq: null, clientId, sender: view.me, text, pending: true }, readByOthers));
+    items.push(renderItem(state, { seq: null, clientId, sender: view.me, text, pending: true, queuedFor: state.queuedFor.get(clientId) }, readByOthers));
   }
   list.replaceChildren(...items);
   if (atBottom && !keepScroll) list.scrollTop = list.scrollHeight;
@@ -407,7 +416,8 @@ function renderItem(state, item, readByOthers) {
   entry.append(sender, text);
   const meta = document.createElement("span");
   meta.className = "meta";
-  meta.textContent = [item.edited ? "edited" : "", item.ts ? new Date(item.ts).toLocaleTimeString() : "sending…"].filter(Boolean).join(" · ");
+  const unsent = item.queuedFor ? `queued for ${item.queuedFor}` : "sending…";
+  meta.textContent = [item.edited ? "edited" : "", item.ts ? new Date(item.ts).toLocaleTimeString() : unsent].filter(Boolean).join(" · ");
   entry.append(meta);
   if (mine && !item.pending) {
     const mark = document.createElement("span");

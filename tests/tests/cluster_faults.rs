@@ -17,12 +17,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use chorus_kafka::{KafkaLog, KafkaLogConfig};
-use chorus_log::EventLog;
+mod common;
+
 use chorus_tests::{
     Api, ChildServer, OwnRedis, Participant, distributed_services, free_port, metric, metrics_text,
     role_arguments, role_environment,
 };
+use common::{direct, timeline};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -84,14 +85,6 @@ fn port_of(server: &ChildServer) -> anyhow::Result<u16> {
     Ok(port.trim_end_matches('/').parse()?)
 }
 
-fn direct(a: &str, b: &str) -> String {
-    if a < b {
-        format!("dm:{a}:{b}")
-    } else {
-        format!("dm:{b}:{a}")
-    }
-}
-
 /// Every event of a conversation from the search node's history, read as `user`.
 async fn history(api: &Api, user: &str, conversation: &str) -> anyhow::Result<Vec<Value>> {
     api.events(user, conversation, 0).await
@@ -119,46 +112,6 @@ fn check_history(conversation: &str, events: &[Value]) -> anyhow::Result<BTreeMa
         }
     }
     Ok(ids)
-}
-
-/// The sequenced events of `conversations` as the `timeline` topic holds them (read_committed):
-/// conversation → [(seq, client message id)].
-async fn timeline(
-    bootstrap: &str,
-    topic: &str,
-    conversations: &BTreeSet<String>,
-) -> anyhow::Result<BTreeMap<String, Vec<(u64, Option<String>)>>> {
-    let kafka = chorus_core::config::KafkaSection::default();
-    let log: Arc<dyn EventLog> = KafkaLog::new(KafkaLogConfig::new(
-        bootstrap,
-        chorus_core::config::DISTRIBUTED_PARTITIONS,
-        kafka.replication_factor,
-        kafka.session_timeout_ms,
-    ))?;
-    let mut found: BTreeMap<String, Vec<(u64, Option<String>)>> = BTreeMap::new();
-    for partition in 0..log.partition_count(topic).await? {
-        let end = log.end_offset(topic, partition).await?;
-        let mut position = 0;
-        loop {
-            let records = log
-                .read_range(topic, partition, position, end, 1000)
-                .await?;
-            let Some(last) = records.last() else { break };
-            position = last.offset + 1;
-            for record in records {
-                let event = chorus_schemas::decode_timeline(&record.value)?;
-                if conversations.contains(&event.conversation)
-                    && let Some(seq) = event.seq
-                {
-                    found
-                        .entry(event.conversation.clone())
-                        .or_default()
-                        .push((seq, event.client_msg_id.clone()));
-                }
-            }
-        }
-    }
-    Ok(found)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

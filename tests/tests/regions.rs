@@ -22,9 +22,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use chorus_kafka::{KafkaLog, KafkaLogConfig};
-use chorus_log::EventLog;
+mod common;
+
 use chorus_tests::{Api, ChildServer, Client, distributed_services, role_arguments};
+use common::{direct, timeline};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
@@ -140,14 +141,6 @@ fn kill_9_mirrormaker() -> anyhow::Result<()> {
         .status()?;
     ensure!(status.success(), "kill -9 {pid}: {status}");
     Ok(())
-}
-
-fn direct(a: &str, b: &str) -> String {
-    if a < b {
-        format!("dm:{a}:{b}")
-    } else {
-        format!("dm:{b}:{a}")
-    }
 }
 
 /// What one user's devices saw and were told.
@@ -313,40 +306,6 @@ impl Device {
             }
         }
     }
-}
-
-/// The sequenced events of `conversations` in one region's `timeline`: conversation →
-/// [(seq, client message id)], in log order.
-async fn timeline(
-    bootstrap: &str,
-    topic: &str,
-    conversations: &BTreeSet<String>,
-) -> anyhow::Result<BTreeMap<String, Vec<(u64, Option<String>)>>> {
-    let log: Arc<dyn EventLog> = KafkaLog::new(KafkaLogConfig::new(bootstrap, 4, 1, 6000))?;
-    let mut found: BTreeMap<String, Vec<(u64, Option<String>)>> = BTreeMap::new();
-    for partition in 0..log.partition_count(topic).await? {
-        let end = log.end_offset(topic, partition).await?;
-        let mut position = 0;
-        loop {
-            let records = log
-                .read_range(topic, partition, position, end, 1000)
-                .await?;
-            let Some(last) = records.last() else { break };
-            position = last.offset + 1;
-            for record in records {
-                let event = chorus_schemas::decode_timeline(&record.value)?;
-                if conversations.contains(&event.conversation)
-                    && let Some(seq) = event.seq
-                {
-                    found
-                        .entry(event.conversation.clone())
-                        .or_default()
-                        .push((seq, event.client_msg_id.clone()));
-                }
-            }
-        }
-    }
-    Ok(found)
 }
 
 /// Waits until both regions' histories of `conversation` hold `count` events, then checks them:

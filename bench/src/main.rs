@@ -20,6 +20,8 @@
 //!   driven by the `dm` client (`relay`); `suite` and `dm --relay` put it beside Chorus.
 //! - `recovery`: sequencer recovery time against timeline length, folding the whole partition
 //!   and from a snapshot plus the tail (`recovery`).
+//! - `regions`: two regions linked by MirrorMaker 2, each with its own Kafka and Redis database: a
+//!   cross-region DM against a same-region DM in the same run, and the mirror lag (`regions`).
 //!
 //! A tool, not a test: nothing asserts timings (the smoke test only checks that it runs).
 
@@ -29,6 +31,7 @@ mod idle;
 mod projection;
 mod raw;
 mod recovery;
+mod regions;
 mod relay;
 mod report;
 mod server;
@@ -93,6 +96,9 @@ enum Scenario {
     Relay(traffic::Args),
     /// Sequencer recovery time against timeline length, full fold and from a snapshot.
     Recovery(recovery::Args),
+    /// Two regions linked by MirrorMaker 2: a cross-region DM against a same-region DM, and the
+    /// mirror lag (its own Kafka and Redis flags; --kafka and --redis do not apply).
+    Regions(regions::Args),
     /// The raw relay's process, started by the bench (not a scenario).
     #[command(hide = true)]
     RelayServe(relay::ServeArgs),
@@ -352,6 +358,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::RelayServe(args) => return relay::serve(args).await,
         Scenario::Recovery(args) => vec![recovery::run(&mode, &args).await?],
+        Scenario::Regions(args) => regions::run(&args).await?,
         Scenario::Raw(args) => {
             let outcome = raw_baseline(&mode, &args).await?;
             let rows = vec![

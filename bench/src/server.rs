@@ -1,7 +1,8 @@
 //! The Chorus under test, started by the bench as child processes of the `chorus` binary beside
 //! `chorus-bench` (release build; `CHORUS_BIN` names another): `chorus serve` on a fresh data
 //! directory (embedded mode), or a router and an ingest node on a Kafka broker and a
-//! redis-server (distributed mode, fresh topic prefix per run). Child processes keep the server's
+//! redis-server (distributed mode, fresh topic prefix per run), or those roles as one region of
+//! several ([`Region`], for `regions`). Child processes keep the server's
 //! memory and CPU apart from the clients', so the bench can report resident bytes per session and
 //! deliveries per CPU-second of Chorus alone. Launching (waiting at most a minute for each role's
 //! "listening" line, draining its output, killing it on drop) and the `/proc` readings are
@@ -53,6 +54,18 @@ pub struct Server {
     _work: tempfile::TempDir,
 }
 
+/// One region of several linked by MirrorMaker 2 (`regions`), on top of [`Mode::Distributed`]:
+/// what its roles are told beside the bench's usual settings.
+pub struct Region {
+    /// The region's name, its `cluster` and MirrorMaker alias (`east`, `west`).
+    pub cluster: String,
+    /// The run's topic prefix, the same in every region: MirrorMaker mirrors the topics it names
+    /// and the roles read the peers' mirrored topics under it. No `.` (MirrorMaker's separator).
+    pub topic_prefix: String,
+    /// TOML appended to the bench's config: the `[regions]` table with this region's peers.
+    pub config: String,
+}
+
 /// The limits a bench run needs (everything else stays default).
 const CONFIG: &str = r#"
 [limits]
@@ -67,10 +80,28 @@ idle_timeout_ms = 3600000
 
 impl Server {
     pub async fn start(mode: &Mode) -> anyhow::Result<Server> {
+        Self::launch(mode, None).await
+    }
+
+    /// The distributed roles of one region of several: as [`Server::start`], with the region's
+    /// name, the run's topic prefix and the `[regions]` table.
+    pub async fn start_region(mode: &Mode, region: &Region) -> anyhow::Result<Server> {
+        anyhow::ensure!(
+            matches!(mode, Mode::Distributed { .. }),
+            "a region runs the distributed roles"
+        );
+        Self::launch(mode, Some(region)).await
+    }
+
+    async fn launch(mode: &Mode, region: Option<&Region>) -> anyhow::Result<Server> {
         let work = tempfile::tempdir()?;
         let config = work.path().join("chorus.toml");
         let mut file = std::fs::File::create(&config)?;
         file.write_all(CONFIG.as_bytes())?;
+        if let Some(region) = region {
+            file.write_all(b"\n")?;
+            file.write_all(region.config.as_bytes())?;
+        }
         // a setting to compare side by side, e.g. "[projector]\nsearch_commit_interval_ms = 1000"
         if let Ok(extra) = std::env::var("CHORUS_BENCH_EXTRA_CONFIG") {
             file.write_all(b"\n")?;
@@ -78,7 +109,10 @@ impl Server {
         }
         drop(file);
         let binary = chorus_process::chorus_binary();
-        let prefix = format!("bench{}x{}.", std::process::id(), crate::unix_micros());
+        let prefix = match region {
+            Some(region) => region.topic_prefix.clone(),
+            None => format!("bench{}x{}.", std::process::id(), crate::unix_micros()),
+        };
         let command = |args: &[&str]| {
             let mut command = Command::new(&binary);
             command
@@ -106,8 +140,14 @@ impl Server {
                     process
                         .env("CHORUS_KAFKA_BOOTSTRAP", bootstrap)
                         .env("CHORUS_REDIS_URL", redis)
-                        .env("CHORUS_TOPIC_PREFIX", &prefix)
-                        .env("CHORUS_NODE_ID", format!("{prefix}{role}"));
+                        .env("CHORUS_TOPIC_PREFIX", &prefix);
+                    match region {
+                        Some(region) => process.env("CHORUS_CLUSTER", &region.cluster).env(
+                            "CHORUS_NODE_ID",
+                            format!("{prefix}{}-{role}", region.cluster),
+                        ),
+                        None => process.env("CHORUS_NODE_ID", format!("{prefix}{role}")),
+                    };
                     commands.push(process);
                 }
             }

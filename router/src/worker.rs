@@ -1097,4 +1097,109 @@ mod tests {
         let recovered = recover(&context, 0).await.expect("recover");
         assert!(recovered.tail.is_empty(), "0 turns the redelivery off");
     }
+
+    /// east's router context, with bob homed in west.
+    fn east_context(log: Arc<dyn EventLog>) -> RouterContext {
+        let mut config = ChorusConfig {
+            cluster: "east".into(),
+            ..ChorusConfig::default()
+        };
+        config.regions.peers = vec!["west".into()];
+        config.regions.default_home = "east".into();
+        config.regions.users.insert("bob".into(), "west".into());
+        RouterContext::in_process(
+            Arc::new(config.router_config()),
+            log,
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    /// West's timeline event `seq` of `dm:bob:carol` (homed in west), as the relay copies it into
+    /// east's ingress at `offset`: marked with its source, and the ack target its home put on it.
+    fn relayed(seq: u64, offset: Offset) -> Record {
+        let event = TimelineEvent {
+            conversation: "dm:bob:carol".into(),
+            seq: Some(seq),
+            event_id: format!("w{seq}"),
+            sender: "carol".into(),
+            ts_ms: 1,
+            origin_cluster: "east".into(),
+            client_msg_id: Some(format!("c{seq}")),
+            ingress_offset: 100 + seq,
+            body: EventBody::MessageSent {
+                text: format!("{seq}"),
+            },
+        };
+        Record {
+            partition: 0,
+            offset,
+            timestamp_ms: 1,
+            key: event.conversation.as_bytes().to_vec(),
+            value: encode_timeline(&event).expect("encode"),
+            headers: vec![
+                (regions::MIRROR_SOURCE_HEADER.into(), b"west".to_vec()),
+                (regions::ORIGIN_NODE_HEADER.into(), b"east-n1".to_vec()),
+                (
+                    regions::ORIGIN_SESSION_HEADER.into(),
+                    format!("s{seq}").into_bytes(),
+                ),
+            ],
+        }
+    }
+
+    #[tokio::test]
+    async fn mirrored_events_behind_a_hole_wait_for_it_then_follow_in_seq_order() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log: Arc<dyn EventLog> =
+            EmbeddedLog::open(EmbeddedLogConfig::new(dir.path())).expect("log");
+        let context = east_context(log);
+        let mut state = SequencerState::for_config(&context.config);
+        let mut mirrored = Mirrored::default();
+        let mut decide = |record: Record, state: &mut SequencerState| {
+            let source = mirror_source(&context, &record).expect("relayed from west");
+            mirrored
+                .decide(&context, state, &record, source, record.offset)
+                .expect("decodable")
+                .into_iter()
+                .map(|(event, record)| {
+                    assert_eq!(record.headers[0].0, regions::MIRRORED_HEADER);
+                    assert_eq!(record.headers[0].1, b"west");
+                    let ack = mirrored_ack_target(&context, &event, &record);
+                    (event.seq.expect("seq"), event.ingress_offset, ack)
+                })
+                .collect::<Vec<_>>()
+        };
+        let ack = |seq: u64| Some(("east-n1".to_owned(), format!("s{seq}")));
+        assert_eq!(decide(relayed(1, 10), &mut state), [(1, 10, ack(1))]);
+        // 2 is late: 3 and 4 wait for it
+        assert!(decide(relayed(3, 11), &mut state).is_empty());
+        assert!(decide(relayed(4, 12), &mut state).is_empty());
+        assert_eq!(state.last_seq("dm:bob:carol"), 1);
+        let held = context
+            .metrics
+            .region_mirror_held
+            .with_label_values(&["west"])
+            .get();
+        assert_eq!(held, 2, "the held events are visible in metrics");
+        assert_eq!(
+            decide(relayed(2, 13), &mut state),
+            [(2, 13, ack(2)), (3, 13, ack(3)), (4, 13, ack(4))],
+            "the hole filled, what waited follows in seq order (at the filling record's offset)"
+        );
+        assert_eq!(
+            context
+                .metrics
+                .region_mirror_held
+                .with_label_values(&["west"])
+                .get(),
+            0
+        );
+        // MirrorMaker's re-copies change nothing
+        assert!(decide(relayed(3, 14), &mut state).is_empty());
+        assert_eq!(state.last_seq("dm:bob:carol"), 4);
+        // an ingress record that names no configured peer is not a mirrored event
+        let mut forged = relayed(5, 15);
+        forged.headers[0].1 = b"north".to_vec();
+        assert!(mirror_source(&context, &forged).is_none());
+    }
 }

@@ -754,6 +754,56 @@ async fn two_regions_serve_one_conversation_through_mirrormaker() -> anyhow::Res
             .all(|event| event["client_msg_id"] != "cut-removed"),
         "the refused message is in neither region"
     );
+    // 3. edits, recalls and read marks take the same path: bob, in west, edits and recalls his
+    // messages of the conversation homed in east, and marks it read; alice, in east, sees each
+    let mut alice_device = Client::connect(&east_ingest.ws_url(), &alice, None).await?;
+    let last = 2 * per_stream as u64 + 20;
+    for (id, frame) in [
+        (
+            "edit-across",
+            json!({"type": "edit", "id": "edit-across", "conversation": dm_east,
+                "seq": first, "text": "edited across regions"}),
+        ),
+        (
+            "recall-across",
+            json!({"type": "recall", "id": "recall-across", "conversation": dm_east,
+                "seq": first + 1}),
+        ),
+    ] {
+        bob_device.send_json(frame).await?;
+        let answer = bob_device
+            .expect(|frame| frame["id"] == id && frame["type"] != "event")
+            .await?;
+        ensure!(answer["type"] == "accepted", "{id}: {answer}");
+        let ack = bob_device
+            .expect(|frame| frame["id"] == id && frame["type"] == "ack")
+            .await?;
+        let seq = ack["seq"].as_u64().context("seq")?;
+        let event = alice_device
+            .expect(|frame| frame["type"] == "event" && frame["seq"] == seq)
+            .await?;
+        ensure!(
+            event["conversation"] == dm_east.as_str() && event["sender"] == bob.as_str(),
+            "{id} reaches east: {event}"
+        );
+    }
+    bob_device
+        .send_json(json!({"type": "read", "conversation": dm_east, "seq": last + 2}))
+        .await?;
+    let read = alice_device
+        .expect(|frame| frame["type"] == "read" && frame["user"] == bob.as_str())
+        .await?;
+    ensure!(
+        read["seq"] == last + 2,
+        "bob's read mark reaches east: {read}"
+    );
+    let messages = Api::new(&west_search.url).messages(&bob, &dm_east).await?;
+    let edited = messages.iter().find(|message| message["seq"] == first);
+    ensure!(
+        edited.is_some_and(|message| message["text"] == "edited across regions"),
+        "west's history has the edit its home sequenced: {edited:?}"
+    );
+
     // what MirrorMaker's restart re-copied, as the routers counted it (informational)
     for (region, router) in [("east", &_east_router_two), ("west", &_west_router)] {
         let metrics = chorus_tests::metrics_text(&router.url).await?;

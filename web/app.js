@@ -144,10 +144,11 @@ function start(token, user, device) {
     })
     .on("conversation", (summary) => {
       const state = conversationState(summary.id);
-      const firstSight = state.lastSeq === 0 && state.readSeq === 0;
       state.lastSeq = Math.max(state.lastSeq, summary.last_seq);
       state.readSeq = Math.max(state.readSeq, summary.read_seq);
-      if (firstSight && summary.id !== view.openId) state.unread = summary.last_seq - summary.read_seq;
+      // the server counts messages of others after the user's read cursor (the same on every
+      // device); a server without the count gives the seqs after the cursor
+      if (summary.id !== view.openId) state.unread = summary.unread ?? Math.max(0, summary.last_seq - summary.read_seq);
       renderConversations();
     })
     .on("event", applyEvent)
@@ -213,7 +214,8 @@ function applyEvent(event) {
         origin: event.origin,
       });
       if (event.sender === view.me) state.pending.delete(event.client_msg_id);
-      else if (event.conversation !== view.openId || document.visibilityState !== "visible") state.unread += 1;
+      // the count each sync brings covers what a fill hands over; live events add to it
+      else if (event.origin === "live" && (event.conversation !== view.openId || document.visibilityState !== "visible")) state.unread += 1;
       break;
     case "edit": {
       const target = state.items.get(event.target_seq);

@@ -154,7 +154,8 @@ export class ChorusError extends Error {
  * Events (subscribe with `on(type, handler)`):
  * - `status` `{ state }`: `connecting`, `open`, `closed` (will retry), `paused`, `stopped`;
  * - `welcome` `{ user, session }`;
- * - `conversation` `{ id, last_seq, read_seq }` for each conversation at every sync;
+ * - `conversation` `{ id, last_seq, read_seq, unread }` for each conversation at every sync (`unread`:
+ *   messages of others after the user's read cursor, counted by the server);
  * - `baseline` `{ conversation, seq }`: tracking starts after `seq`; earlier messages are history
  *   (load them with `messages(…, { before_seq })`);
  * - `event` (a timeline event plus `origin`: `live` or `fill`), in seq order per conversation;

@@ -38,7 +38,7 @@ use chorus_core::metrics::Metrics;
 use chorus_log::{Offset, PartitionId};
 use chorus_schemas::TimelineEvent;
 use chorus_store::history::{
-    ConversationSummary, HistoryError, HistoryStore, MessagePage, MessageView,
+    ConversationSummary, HistoryError, HistoryStore, MessagePage, MessageView, UNREAD_CAP,
 };
 use chorus_store::position::records_to_apply;
 use clickhouse::{Client, Row, RowOwned, RowWrite};
@@ -283,6 +283,41 @@ impl ClickHouseHistory {
             .fetch_all::<Summary>()
             .through(&self.guard)
             .await?;
+        // messages of others after the user's read cursor, not recalled (rows of one record
+        // may not be merged yet: count distinct seqs)
+        #[derive(Row, Deserialize)]
+        struct Unread {
+            conversation: String,
+            unread: u64,
+        }
+        let unread = self
+            .client
+            .query(
+                "SELECT m.conversation AS conversation, \
+                 least(toUInt64(uniqExact(m.seq)), ?) AS unread \
+                 FROM events AS m \
+                 LEFT JOIN (SELECT conversation, max(read_seq) AS read_seq FROM events \
+                   WHERE has(?, conversation) AND kind = 'read' AND sender = ? \
+                   GROUP BY conversation) AS r ON m.conversation = r.conversation \
+                 WHERE has(?, m.conversation) AND m.kind = 'message' AND m.sender != ? \
+                   AND m.seq > r.read_seq \
+                   AND (m.conversation, m.seq) NOT IN (SELECT conversation, target_seq \
+                     FROM events WHERE has(?, conversation) AND kind = 'recall') \
+                 GROUP BY m.conversation",
+            )
+            .bind(UNREAD_CAP)
+            .bind(&joined)
+            .bind(user)
+            .bind(&joined)
+            .bind(user)
+            .bind(&joined)
+            .fetch_all::<Unread>()
+            .through(&self.guard)
+            .await?;
+        let mut unread_by_id: HashMap<String, u64> = unread
+            .into_iter()
+            .map(|row| (row.conversation, row.unread))
+            .collect();
         let mut by_id: HashMap<String, Summary> = summaries
             .into_iter()
             .map(|summary| (summary.conversation.clone(), summary))
@@ -294,6 +329,7 @@ impl ClickHouseHistory {
                 ConversationSummary {
                     last_seq: summary.as_ref().map_or(0, |s| s.last_seq),
                     read_seq: summary.as_ref().map_or(0, |s| s.read_seq),
+                    unread: unread_by_id.remove(&id).unwrap_or(0),
                     title: summary.and_then(|s| s.title),
                     id,
                 }

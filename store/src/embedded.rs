@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use crate::history::{
-    ConversationSummary, HistoryError, HistoryStore, MessagePage, MessageView,
+    ConversationSummary, HistoryError, HistoryStore, MessagePage, MessageView, UNREAD_CAP,
     direct_conversation_members,
 };
 use crate::position::records_to_apply;
@@ -550,6 +550,7 @@ fn read_conversations(
     let user_conversations = transaction.open_table(USER_CONVERSATIONS)?;
     let conversations = transaction.open_table(CONVERSATIONS)?;
     let read_cursors = transaction.open_table(READ_CURSORS)?;
+    let messages = transaction.open_table(MESSAGES)?;
     let mut summaries = Vec::new();
     for entry in user_conversations.range((user, after.unwrap_or(""))..)? {
         if summaries.len() >= limit {
@@ -571,10 +572,24 @@ fn read_conversations(
             .get((conversation, user))?
             .map(|stored| stored.value())
             .unwrap_or(0);
+        let mut unread = 0;
+        if read_seq < stored.last_seq {
+            for entry in messages.range((conversation, read_seq + 1)..=(conversation, u64::MAX))? {
+                let (_, bytes) = entry?;
+                let message: StoredMessage = serde_json::from_slice(bytes.value())?;
+                if message.sender != user && !message.recalled {
+                    unread += 1;
+                    if unread == UNREAD_CAP {
+                        break;
+                    }
+                }
+            }
+        }
         summaries.push(ConversationSummary {
             id: conversation.to_owned(),
             last_seq: stored.last_seq,
             read_seq,
+            unread,
             title: stored.title,
         });
     }

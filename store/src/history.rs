@@ -61,9 +61,17 @@ pub struct ConversationSummary {
     pub last_seq: u64,
     /// The caller's read cursor, 0 if they have not read anything.
     pub read_seq: u64,
+    /// Messages after the caller's read cursor sent by someone else and not recalled, counted up
+    /// to [`UNREAD_CAP`] (a count of `UNREAD_CAP` means that many or more). The cursor is the
+    /// user's, not a device's, so every device of the user sees the same count.
+    pub unread: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
 }
+
+/// The highest unread count a summary reports: what a client shows as "999+" costs a bounded
+/// read however far behind its user is.
+pub const UNREAD_CAP: u64 = 1000;
 
 /// The error that caused a storage failure (an adapter's own error, or a message where there is
 /// none), kept as the failure's `source`.

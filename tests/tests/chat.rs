@@ -374,6 +374,15 @@ async fn typing_and_read_marks_are_delivered_without_a_seq() -> anyhow::Result<(
     let (_, list) = server.api().get("bob", "/v1/conversations").await?;
     assert_eq!(list["conversations"][0]["read_seq"], 1);
     assert_eq!(list["conversations"][0]["last_seq"], 2);
+    assert_eq!(
+        list["conversations"][0]["unread"], 1,
+        "alice's message after bob's read mark"
+    );
+    let (_, list) = server.api().get("alice", "/v1/conversations").await?;
+    assert_eq!(
+        list["conversations"][0]["unread"], 0,
+        "alice's own messages are never unread to her"
+    );
     let events = server.api().events("bob", "dm:alice:bob", 0).await?;
     assert_eq!(
         seqs(&events),

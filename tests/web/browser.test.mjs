@@ -185,6 +185,8 @@ try {
     // a fresh page: the group's past is history now, loaded page by page
     await bob.page.reload();
     await bob.page.locator('#status[data-state="open"]').waitFor();
+    // the server's unread count: alice's 45 messages, not the creation event
+    await conversationItem(bob, "g:team").locator(".unread", { hasText: /^45$/ }).waitFor();
     await conversationItem(bob, "g:team").click();
     await bob.page.locator("#messages li.message", { hasText: inSeqOrder.at(-1) }).waitFor();
     const firstShown = await bob.page.locator("#messages li.message .text").first().textContent();

@@ -69,6 +69,7 @@ macro_rules! history_conformance {
             messages_reflect_edits_and_recalls,
             message_pages_are_ascending_windows,
             conversations_list_memberships_with_read_cursors,
+            unread_counts_follow_the_read_cursor,
             conversation_pages_list_each_conversation_once,
             conversation_pages_skip_conversations_left,
             group_membership_follows_member_events,
@@ -621,33 +622,35 @@ pub async fn conversations_list_memberships_with_read_cursors(
     timeline.push("g:a", "carol", added(&["dave"]));
     timeline.apply_to(store, 0).await?;
 
-    let summary =
-        |id: &str, last_seq: u64, read_seq: u64, title: Option<&str>| ConversationSummary {
+    let summary = |id: &str, last_seq: u64, read_seq: u64, unread: u64, title: Option<&str>| {
+        ConversationSummary {
             id: id.to_owned(),
             last_seq,
             read_seq,
+            unread,
             title: title.map(str::to_owned),
-        };
+        }
+    };
     assert_eq!(
         store.conversations("alice").await?,
         vec![
-            summary("dm:alice:bob", 1, 0, None),
-            summary("g:a", 3, 0, Some("Ay")),
-            summary("g:b", 3, 3, Some("Bee")),
+            summary("dm:alice:bob", 1, 0, 1, None),
+            summary("g:a", 3, 0, 1, Some("Ay")),
+            summary("g:b", 3, 3, 0, Some("Bee")),
         ],
         "sorted by id; last_seq counts member events; a lower cursor never moves it back"
     );
     assert_eq!(
         store.conversations("bob").await?,
         vec![
-            summary("dm:alice:bob", 1, 1, None),
-            summary("g:b", 3, 0, Some("Bee"))
+            summary("dm:alice:bob", 1, 1, 0, None),
+            summary("g:b", 3, 0, 1, Some("Bee"))
         ],
-        "read cursors are per user"
+        "read cursors are per user; one's own messages are never unread"
     );
     assert_eq!(
         store.conversations("dave").await?,
-        vec![summary("g:a", 3, 0, Some("Ay"))]
+        vec![summary("g:a", 3, 0, 1, Some("Ay"))]
     );
     assert!(store.conversations("nobody").await?.is_empty());
 
@@ -657,15 +660,82 @@ pub async fn conversations_list_memberships_with_read_cursors(
     assert_eq!(
         store.conversations("alice").await?,
         vec![
-            summary("dm:alice:bob", 1, 0, None),
-            summary("g:b", 3, 3, Some("Bee"))
+            summary("dm:alice:bob", 1, 0, 1, None),
+            summary("g:b", 3, 3, 0, Some("Bee"))
         ],
         "a removed member no longer lists the conversation"
     );
     assert_eq!(
         store.conversations("carol").await?,
-        vec![summary("g:a", 4, 0, Some("Ay"))]
+        vec![summary("g:a", 4, 0, 0, Some("Ay"))]
     );
+    Ok(())
+}
+
+/// A summary's `unread` counts the messages after the user's read cursor that someone else
+/// sent and did not recall (not member events, edits or recalls themselves, nor the user's own),
+/// is the same for every device of the user (the cursor is the user's), and stops at
+/// [`UNREAD_CAP`](super::UNREAD_CAP).
+pub async fn unread_counts_follow_the_read_cursor(
+    store: &dyn HistoryStore,
+) -> Result<(), HistoryError> {
+    let unread_of = async |user: &str, conversation: &str| -> Result<u64, HistoryError> {
+        let summaries = store.conversations(user).await?;
+        Ok(summaries
+            .iter()
+            .find(|summary| summary.id == conversation)
+            .map_or(0, |summary| summary.unread))
+    };
+    let mut timeline = TimelineWriter::new();
+    timeline.push("g:u", "alice", created(None, &["alice", "bob", "carol"])); // 1
+    timeline.push("g:u", "bob", sent("one")); // 2
+    timeline.push("g:u", "carol", sent("two")); // 3
+    timeline.push("g:u", "alice", sent("mine")); // 4
+    timeline.push("g:u", "bob", sent("three")); // 5
+    timeline.push("g:u", "bob", edited(5, "three!")); // 6
+    timeline.push("g:u", "carol", sent("recalled soon")); // 7
+    timeline.push("g:u", "carol", recalled(7)); // 8
+    timeline.push("g:u", "alice", added(&["dave"])); // 9
+    timeline.apply_to(store, 0).await?;
+    assert_eq!(
+        unread_of("alice", "g:u").await?,
+        3,
+        "bob's two messages and carol's one, not mine, the edit, the recall or the member event"
+    );
+    assert_eq!(
+        unread_of("bob", "g:u").await?,
+        2,
+        "carol's and alice's, not his own"
+    );
+    timeline.push("g:u", "alice", read_up_to(3));
+    timeline.apply_to(store, 0).await?;
+    assert_eq!(
+        unread_of("alice", "g:u").await?,
+        1,
+        "only bob's after seq 3"
+    );
+    assert_eq!(
+        unread_of("bob", "g:u").await?,
+        2,
+        "another user's cursor changes nothing"
+    );
+    timeline.push("g:u", "alice", read_up_to(9));
+    timeline.apply_to(store, 0).await?;
+    assert_eq!(unread_of("alice", "g:u").await?, 0);
+
+    let many = usize::try_from(super::UNREAD_CAP).expect("small") + 5;
+    for n in 0..many {
+        timeline.push("dm:alice:bob", "bob", sent(&format!("m{n}")));
+    }
+    timeline.apply_to(store, 0).await?;
+    assert_eq!(
+        unread_of("alice", "dm:alice:bob").await?,
+        super::UNREAD_CAP,
+        "counted up to the cap"
+    );
+    timeline.push("dm:alice:bob", "alice", read_up_to(many as u64 - 2));
+    timeline.apply_to(store, 0).await?;
+    assert_eq!(unread_of("alice", "dm:alice:bob").await?, 2);
     Ok(())
 }
 

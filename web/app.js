@@ -52,6 +52,7 @@ function conversationState(id) {
       lastSeq: 0,
       readSeq: 0,
       unread: 0,
+      muted: false,
       /** user → the seq up to which they read (from live `read` frames) */
       othersRead: new Map(),
       /** user → until when their typing indicator shows */
@@ -149,6 +150,8 @@ function start(token, user, device) {
       // the server counts messages of others after the user's read cursor (the same on every
       // device); a server without the count gives the seqs after the cursor
       if (summary.id !== view.openId) state.unread = summary.unread ?? Math.max(0, summary.last_seq - summary.read_seq);
+      state.muted = Boolean(summary.muted);
+      if (summary.id === view.openId) renderMuteToggle();
       renderConversations();
     })
     .on("event", applyEvent)
@@ -170,6 +173,11 @@ function start(token, user, device) {
         state.othersRead.set(frame.user, Math.max(state.othersRead.get(frame.user) ?? 0, frame.seq));
         if (frame.conversation === view.openId) renderMessages();
       }
+    })
+    .on("mute", ({ conversation, muted }) => {
+      conversationState(conversation).muted = muted;
+      renderConversations();
+      if (conversation === view.openId) renderMuteToggle();
     })
     .on("typing", (frame) => {
       if (frame.user === view.me) return;
@@ -287,6 +295,13 @@ function renderConversations() {
         const name = document.createElement("span");
         name.textContent = displayName(state);
         item.append(name);
+        if (state.muted) {
+          const mark = document.createElement("span");
+          mark.className = "muted";
+          mark.title = "muted";
+          mark.textContent = "🔕";
+          item.append(mark);
+        }
         if (state.unread > 0) {
           const badge = document.createElement("span");
           badge.className = "unread";
@@ -306,6 +321,7 @@ async function openConversation(id) {
   element("editing").hidden = true;
   element("chat-title").textContent = displayName(state);
   element("composer").hidden = false;
+  renderMuteToggle();
   renderConversations();
   renderMessages();
   renderTyping();
@@ -313,6 +329,19 @@ async function openConversation(id) {
   element("message-input").focus();
   await fillScreen(state);
 }
+
+/** The open conversation's mute button: muting changes nothing about delivery, only this list. */
+function renderMuteToggle() {
+  const toggle = element("mute-toggle");
+  const state = view.openId && view.conversations.get(view.openId);
+  toggle.hidden = !state;
+  if (state) toggle.textContent = state.muted ? "Unmute" : "Mute";
+}
+
+element("mute-toggle").addEventListener("click", () => {
+  const state = view.openId && view.conversations.get(view.openId);
+  if (state) view.client.mute(state.id, !state.muted);
+});
 
 element("open-form").addEventListener("submit", (submitted) => {
   submitted.preventDefault();

@@ -154,11 +154,12 @@ export class ChorusError extends Error {
  * Events (subscribe with `on(type, handler)`):
  * - `status` `{ state }`: `connecting`, `open`, `closed` (will retry), `paused`, `stopped`;
  * - `welcome` `{ user, session }`;
- * - `conversation` `{ id, last_seq, read_seq, unread }` for each conversation at every sync (`unread`:
+ * - `conversation` `{ id, last_seq, read_seq, unread, muted }` for each conversation at every sync (`unread`:
  *   messages of others after the user's read cursor, counted by the server);
  * - `baseline` `{ conversation, seq }`: tracking starts after `seq`; earlier messages are history
  *   (load them with `messages(…, { before_seq })`);
  * - `event` (a timeline event plus `origin`: `live` or `fill`), in seq order per conversation;
+ * - `mute` `{ conversation, muted }`: this user (on any device) muted or unmuted a conversation;
  * - `ack` (the ack frame), `accepted` (a send forwarded to its conversation's home region: durable,
  *   its ack follows), `read`, `typing`, `error` (error frames not tied to an outbox entry,
  *   failed token renewals, and a conversation list cut short: code `incomplete`);
@@ -205,6 +206,7 @@ export class ChorusClient {
     this.outbox = new Map();
     /** conversation → the latest read cursor not yet sent (sent on the next open) */
     this.unsentReads = new Map();
+    this.unsentMutes = new Map();
     /** conversation → the running fill (one at a time per conversation) */
     this.fills = new Map();
     this.socket = null;
@@ -465,6 +467,7 @@ export class ChorusClient {
         this.sendAuth(); // a token renewed while this connection was opening
         for (const entry of this.outbox.values()) this.transmit(entry);
         for (const [conversation, seq] of this.unsentReads) this.read(conversation, seq);
+        for (const [conversation, muted] of this.unsentMutes) this.mute(conversation, muted);
         this.sync().catch((error) => this.emit("error", { code: error.code ?? "unavailable", message: String(error.message ?? error) }));
         break;
       case "event":
@@ -511,6 +514,7 @@ export class ChorusClient {
         break;
       case "read":
       case "typing":
+      case "mute":
         this.emit(frame.type, frame);
         break;
       default:
@@ -654,6 +658,16 @@ export class ChorusClient {
   }
 
   /** Ephemeral: dropped when not connected. */
+  /** Mutes (or unmutes) a conversation for this user; every device of theirs gets a `mute`. */
+  mute(conversation, muted) {
+    if (this.state === "open" && this.socket) {
+      this.socket.send(JSON.stringify({ type: "mute", conversation, muted }));
+      this.unsentMutes.delete(conversation);
+    } else {
+      this.unsentMutes.set(conversation, muted);
+    }
+  }
+
   typing(conversation) {
     if (this.state === "open" && this.socket) this.socket.send(JSON.stringify({ type: "typing", conversation }));
   }

@@ -322,6 +322,19 @@ test("an accepted send (homed in another region) is not resent; its ack resolves
   assert.equal(client.outbox.size, 0);
 });
 
+test("a mute waits for the connection, and every mute frame is handed over", async () => {
+  const { server, client } = setup();
+  const mutes = [];
+  client.on("mute", (frame) => mutes.push(frame));
+  client.start();
+  client.mute("g:team", true);
+  assert.equal(server.socket.sent.length, 0, "not sent before welcome");
+  await welcome(server);
+  assert.deepEqual(server.socket.sent, [{ type: "mute", conversation: "g:team", muted: true }]);
+  server.socket.deliver({ type: "mute", conversation: "g:team", muted: true });
+  assert.deepEqual(mutes, [{ type: "mute", conversation: "g:team", muted: true }]);
+});
+
 test("a refused send is rejected with its code and not resent", async () => {
   const { server, timers, client } = setup();
   client.start();

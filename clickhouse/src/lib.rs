@@ -268,6 +268,7 @@ impl ClickHouseHistory {
             conversation: String,
             last_seq: u64,
             read_seq: u64,
+            muted: u8,
             title: Option<String>,
         }
         let summaries = self
@@ -275,9 +276,11 @@ impl ClickHouseHistory {
             .query(
                 "SELECT conversation, max(seq) AS last_seq, \
                  maxIf(read_seq, kind = 'read' AND sender = ?) AS read_seq, \
+                 argMaxIf(muted, offset, kind = 'mute' AND sender = ?) AS muted, \
                  anyIf(title, kind = 'conversation_created') AS title \
                  FROM events WHERE has(?, conversation) GROUP BY conversation",
             )
+            .bind(user)
             .bind(user)
             .bind(&joined)
             .fetch_all::<Summary>()
@@ -330,6 +333,7 @@ impl ClickHouseHistory {
                     last_seq: summary.as_ref().map_or(0, |s| s.last_seq),
                     read_seq: summary.as_ref().map_or(0, |s| s.read_seq),
                     unread: unread_by_id.remove(&id).unwrap_or(0),
+                    muted: summary.as_ref().is_some_and(|s| s.muted != 0),
                     title: summary.and_then(|s| s.title),
                     id,
                 }

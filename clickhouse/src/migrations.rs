@@ -14,7 +14,10 @@ use clickhouse::Client;
 use crate::guard::Guard;
 
 /// The migrations, in order; the number is the schema version each one brings.
-const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("../migrations/0001_history.sql"))];
+const MIGRATIONS: &[(u32, &str)] = &[
+    (1, include_str!("../migrations/0001_history.sql")),
+    (2, include_str!("../migrations/0002_muted.sql")),
+];
 
 /// Whether the schema is in place, and what applying it needs.
 pub(crate) struct Schema {

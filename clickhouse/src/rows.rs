@@ -30,6 +30,8 @@ pub(crate) struct EventRow {
     pub(crate) title: Option<String>,
     pub(crate) members: Vec<String>,
     pub(crate) read_seq: u64,
+    /// `mute` rows: 1 muted, 0 unmuted (migration 2).
+    pub(crate) muted: u8,
 }
 
 /// One membership change in `members`: whether `user` is in `conversation` as of `seq`.
@@ -50,7 +52,7 @@ pub(crate) struct PositionRow {
 
 /// The columns of [`EventRow`], in order, for `SELECT`s.
 pub(crate) const EVENT_COLUMNS: &str = "partition, offset, conversation, seq, event_id, kind, sender, ts_ms, \
-     origin_cluster, client_msg_id, ingress_offset, text, target_seq, title, members, read_seq";
+     origin_cluster, client_msg_id, ingress_offset, text, target_seq, title, members, read_seq, muted";
 
 impl EventRow {
     pub(crate) fn from_event(
@@ -75,6 +77,7 @@ impl EventRow {
             title: None,
             members: Vec::new(),
             read_seq: 0,
+            muted: 0,
         };
         match &event.body {
             EventBody::MessageSent { text } => row.text = text.clone(),
@@ -91,6 +94,7 @@ impl EventRow {
                 row.members = members.clone()
             }
             EventBody::ReadCursorMoved { seq } => row.read_seq = *seq,
+            EventBody::ConversationMuted { muted } => row.muted = u8::from(*muted),
         }
         row
     }
@@ -116,6 +120,9 @@ impl EventRow {
                 members: self.members,
             },
             "read" => EventBody::ReadCursorMoved { seq: self.read_seq },
+            "mute" => EventBody::ConversationMuted {
+                muted: self.muted != 0,
+            },
             other => {
                 return Err(HistoryError::Storage(
                     format!(

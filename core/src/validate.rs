@@ -113,7 +113,7 @@ pub fn validate_ingress(
             group_only()?;
             check_members(members, false)?;
         }
-        EventBody::ReadCursorMoved { .. } => {}
+        EventBody::ReadCursorMoved { .. } | EventBody::ConversationMuted { .. } => {}
     }
     Ok(conversation)
 }

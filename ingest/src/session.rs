@@ -561,6 +561,10 @@ impl Session {
             ClientFrame::Read { conversation, seq } => {
                 (conversation, None, EventBody::ReadCursorMoved { seq })
             }
+            ClientFrame::Mute {
+                conversation,
+                muted,
+            } => (conversation, None, EventBody::ConversationMuted { muted }),
             ClientFrame::Typing { conversation } => return self.typing(&conversation).await,
             ClientFrame::Ping | ClientFrame::Auth { .. } => return Ok(()),
         };

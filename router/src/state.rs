@@ -475,6 +475,12 @@ impl SequencerState {
                 }
                 Ok(())
             }
+            EventBody::ConversationMuted { .. } => {
+                if !is_member {
+                    return forbidden("not a member of this conversation");
+                }
+                Ok(())
+            }
             EventBody::ReadCursorMoved { seq } => {
                 if !is_member {
                     return forbidden("not a member of this conversation");

@@ -30,7 +30,7 @@ use crate::event::{EventBody, IngressEvent, TimelineEvent};
 pub const SINGLE_OBJECT_MARKER: [u8; 2] = [0xC3, 0x01];
 
 /// Event record schemas, in the order of the envelope's `body` union.
-const EVENT_SCHEMAS: [(&str, &str); 7] = [
+const EVENT_SCHEMAS: [(&str, &str); 8] = [
     (
         "chorus.MessageSent",
         include_str!("../avro/message_sent.avsc"),
@@ -59,12 +59,21 @@ const EVENT_SCHEMAS: [(&str, &str); 7] = [
         "chorus.ReadCursorMoved",
         include_str!("../avro/read_cursor_moved.avsc"),
     ),
+    (
+        "chorus.ConversationMuted",
+        include_str!("../avro/conversation_muted.avsc"),
+    ),
 ];
 
 const INGRESS_SCHEMA: &str = include_str!("../avro/ingress_event.avsc");
 const TIMELINE_SCHEMA: &str = include_str!("../avro/timeline_event.avsc");
 /// Earlier versions of the timeline envelope, still readable.
-const TIMELINE_HISTORY: [&str; 1] = [include_str!("../avro/history/timeline_event.v1.avsc")];
+const TIMELINE_HISTORY: [&str; 2] = [
+    include_str!("../avro/history/timeline_event.v1.avsc"),
+    include_str!("../avro/history/timeline_event.v2.avsc"),
+];
+/// Earlier versions of the ingress envelope, still readable.
+const INGRESS_HISTORY: [&str; 1] = [include_str!("../avro/history/ingress_event.v1.avsc")];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -269,7 +278,7 @@ impl EnvelopeSchemas {
 
 /// The schemas of `ingress` records.
 pub static INGRESS: LazyLock<EnvelopeSchemas> =
-    LazyLock::new(|| EnvelopeSchemas::load(INGRESS_SCHEMA, &[]));
+    LazyLock::new(|| EnvelopeSchemas::load(INGRESS_SCHEMA, &INGRESS_HISTORY));
 /// The schemas of `timeline` records.
 pub static TIMELINE: LazyLock<EnvelopeSchemas> =
     LazyLock::new(|| EnvelopeSchemas::load(TIMELINE_SCHEMA, &TIMELINE_HISTORY));
@@ -431,6 +440,9 @@ fn body_value(body: &EventBody) -> Result<Value, CodecError> {
         EventBody::ReadCursorMoved { seq } => {
             (6, vec![("seq".into(), Value::Long(to_long("seq", *seq)?))])
         }
+        EventBody::ConversationMuted { muted } => {
+            (7, vec![("muted".into(), Value::Boolean(*muted))])
+        }
     };
     Ok(Value::Union(branch, Box::new(Value::Record(fields))))
 }
@@ -572,6 +584,9 @@ impl Fields<'_> {
             "chorus.ReadCursorMoved" => EventBody::ReadCursorMoved {
                 seq: body.unsigned("seq")?,
             },
+            "chorus.ConversationMuted" => EventBody::ConversationMuted {
+                muted: body.boolean("muted")?,
+            },
             _ => {
                 return Err(CodecError::Field {
                     field: "body",
@@ -611,6 +626,7 @@ mod tests {
                 members: vec!["bob".into()],
             },
             EventBody::ReadCursorMoved { seq: 9 },
+            EventBody::ConversationMuted { muted: true },
         ]
     }
 

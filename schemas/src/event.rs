@@ -26,6 +26,9 @@ pub enum EventBody {
     MembersRemoved { members: Vec<String> },
     /// `chorus.ReadCursorMoved`: the sender has read up to `seq`. Logged, but takes no seq itself.
     ReadCursorMoved { seq: u64 },
+    /// `chorus.ConversationMuted`: the sender muted (or unmuted) the conversation for themself.
+    /// No effect on delivery; logged, but takes no seq itself.
+    ConversationMuted { muted: bool },
 }
 
 /// The protocol's name for a timeline event's kind (`"message"`, `"edit"`, …).
@@ -38,6 +41,7 @@ pub enum EventKind {
     MembersAdded,
     MembersRemoved,
     Read,
+    Mute,
 }
 
 impl EventKind {
@@ -51,6 +55,7 @@ impl EventKind {
             EventKind::MembersAdded => "members_added",
             EventKind::MembersRemoved => "members_removed",
             EventKind::Read => "read",
+            EventKind::Mute => "mute",
         }
     }
 }
@@ -65,12 +70,17 @@ impl EventBody {
             EventBody::MembersAdded { .. } => EventKind::MembersAdded,
             EventBody::MembersRemoved { .. } => EventKind::MembersRemoved,
             EventBody::ReadCursorMoved { .. } => EventKind::Read,
+            EventBody::ConversationMuted { .. } => EventKind::Mute,
         }
     }
 
-    /// Whether the event takes a sequence number (everything but read cursors).
+    /// Whether the event takes a sequence number (everything but read cursors and mutes, which
+    /// are one member's own state).
     pub fn is_sequenced(&self) -> bool {
-        !matches!(self, EventBody::ReadCursorMoved { .. })
+        !matches!(
+            self,
+            EventBody::ReadCursorMoved { .. } | EventBody::ConversationMuted { .. }
+        )
     }
 }
 

@@ -8,8 +8,8 @@ use apache_avro::rabin::Rabin;
 use apache_avro::schema_compatibility::SchemaCompatibility;
 use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
-use chorus_schemas::codec::{SINGLE_OBJECT_MARKER, TIMELINE, self_contained_schema_json};
-use chorus_schemas::{EventBody, decode_timeline};
+use chorus_schemas::codec::{INGRESS, SINGLE_OBJECT_MARKER, TIMELINE, self_contained_schema_json};
+use chorus_schemas::{EventBody, decode_ingress, decode_timeline};
 
 #[test]
 fn v1_timeline_records_decode_with_the_current_schema() {
@@ -55,4 +55,87 @@ fn v1_timeline_records_decode_with_the_current_schema() {
         "the field added in v2 takes its default"
     );
     assert_eq!(event.body, EventBody::MessageSent { text: "old".into() });
+}
+
+/// Writes `value` as a single-object record of the (self-contained) `schema_json`.
+fn record_of(schema_json: &str, value: Value) -> (Schema, Vec<u8>) {
+    let json = self_contained_schema_json(schema_json);
+    let schema = Schema::parse_str(&json.to_string()).unwrap();
+    let datum = GenericDatumWriter::builder(&schema)
+        .build()
+        .unwrap()
+        .write_value_to_vec(value)
+        .unwrap();
+    let mut record = SINGLE_OBJECT_MARKER.to_vec();
+    record.extend_from_slice(&schema.fingerprint::<Rabin>().bytes);
+    record.extend_from_slice(&datum);
+    (schema, record)
+}
+
+/// A read mark (union branch 6), the same in every version's body union.
+fn read_mark_body() -> Value {
+    Value::Union(
+        6,
+        Box::new(Value::Record(vec![("seq".into(), Value::Long(4))])),
+    )
+}
+
+#[test]
+fn envelopes_written_before_the_mute_event_decode_with_the_current_schemas() {
+    let (v2, record) = record_of(
+        include_str!("../avro/history/timeline_event.v2.avsc"),
+        Value::Record(vec![
+            ("conversation".into(), Value::String("g:team".into())),
+            ("seq".into(), Value::Union(0, Box::new(Value::Null))),
+            ("event_id".into(), Value::String("e9".into())),
+            ("sender".into(), Value::String("bob".into())),
+            ("ts_ms".into(), Value::Long(2000)),
+            ("origin_cluster".into(), Value::String("east".into())),
+            (
+                "client_msg_id".into(),
+                Value::Union(0, Box::new(Value::Null)),
+            ),
+            ("ingress_offset".into(), Value::Long(40)),
+            ("body".into(), read_mark_body()),
+        ]),
+    );
+    assert!(SchemaCompatibility::can_read(&v2, TIMELINE.current).is_ok());
+    let event = decode_timeline(&record).unwrap();
+    assert_eq!(event.origin_cluster, "east");
+    assert_eq!(event.body, EventBody::ReadCursorMoved { seq: 4 });
+
+    let (v1, record) = record_of(
+        include_str!("../avro/history/ingress_event.v1.avsc"),
+        Value::Record(vec![
+            ("event_id".into(), Value::String("e10".into())),
+            ("conversation".into(), Value::String("g:team".into())),
+            ("sender".into(), Value::String("bob".into())),
+            (
+                "client_msg_id".into(),
+                Value::Union(0, Box::new(Value::Null)),
+            ),
+            ("ts_ms".into(), Value::Long(2001)),
+            ("origin_cluster".into(), Value::String("west".into())),
+            ("origin_node".into(), Value::Union(0, Box::new(Value::Null))),
+            (
+                "origin_session".into(),
+                Value::Union(0, Box::new(Value::Null)),
+            ),
+            ("trusted".into(), Value::Boolean(true)),
+            ("body".into(), read_mark_body()),
+        ]),
+    );
+    assert!(SchemaCompatibility::can_read(&v1, INGRESS.current).is_ok());
+    let event = decode_ingress(&record).unwrap();
+    assert_eq!(event.origin_cluster, "west");
+    assert!(event.trusted);
+    assert_eq!(event.body, EventBody::ReadCursorMoved { seq: 4 });
+
+    // and the mute event itself round-trips with the current schemas
+    let mut muted = event.clone();
+    muted.body = EventBody::ConversationMuted { muted: true };
+    assert_eq!(
+        decode_ingress(&chorus_schemas::encode_ingress(&muted).unwrap()).unwrap(),
+        muted
+    );
 }

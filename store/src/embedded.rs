@@ -7,6 +7,8 @@
 //! - `members` (conversation, user) and `user_conversations` (user, conversation), kept as
 //!   mirror images so both "who is in it" and "what is a user in" are range scans;
 //! - `read_cursors` (conversation, user) → the highest seq the user has read;
+//! - `muted` (conversation, user), present while the user has muted the conversation (the last
+//!   mute event in log order decides);
 //! - `positions` partition → next offset to apply.
 //!
 //! Invariants:
@@ -56,6 +58,8 @@ const MEMBERS: TableDefinition<(&str, &str), ()> = TableDefinition::new("members
 const USER_CONVERSATIONS: TableDefinition<(&str, &str), ()> =
     TableDefinition::new("user_conversations");
 const READ_CURSORS: TableDefinition<(&str, &str), u64> = TableDefinition::new("read_cursors");
+/// (conversation, user) present while the user has the conversation muted.
+const MUTED: TableDefinition<(&str, &str), ()> = TableDefinition::new("muted");
 const POSITIONS: TableDefinition<u32, u64> = TableDefinition::new("positions");
 
 /// A message as stored in `messages`.
@@ -232,6 +236,7 @@ fn create_tables(database: &Database) -> Result<(), EmbeddedError> {
     transaction.open_table(MEMBERS)?;
     transaction.open_table(USER_CONVERSATIONS)?;
     transaction.open_table(READ_CURSORS)?;
+    transaction.open_table(MUTED)?;
     transaction.open_table(POSITIONS)?;
     transaction.commit()?;
     Ok(())
@@ -297,6 +302,8 @@ struct WriteTables<'transaction> {
     user_conversations: Table<'transaction, (&'static str, &'static str), ()>,
     /// Read cursors, for `conversations`.
     read_cursors: Table<'transaction, (&'static str, &'static str), u64>,
+    /// Muted conversations, for `conversations`.
+    muted: Table<'transaction, (&'static str, &'static str), ()>,
 }
 
 impl<'transaction> WriteTables<'transaction> {
@@ -308,6 +315,7 @@ impl<'transaction> WriteTables<'transaction> {
             members: transaction.open_table(MEMBERS)?,
             user_conversations: transaction.open_table(USER_CONVERSATIONS)?,
             read_cursors: transaction.open_table(READ_CURSORS)?,
+            muted: transaction.open_table(MUTED)?,
         })
     }
 
@@ -319,6 +327,15 @@ impl<'transaction> WriteTables<'transaction> {
         }
         if let EventBody::ReadCursorMoved { seq: read_seq } = &event.body {
             return self.move_read_cursor(conversation, &event.sender, *read_seq);
+        }
+        if let EventBody::ConversationMuted { muted } = &event.body {
+            if *muted {
+                self.muted
+                    .insert((conversation, event.sender.as_str()), ())?;
+            } else {
+                self.muted.remove((conversation, event.sender.as_str()))?;
+            }
+            return Ok(());
         }
         let Some(seq) = event.seq else {
             warn!(
@@ -379,8 +396,8 @@ impl<'transaction> WriteTables<'transaction> {
                     }
                 }
             }
-            // Handled above: read cursors take no seq.
-            EventBody::ReadCursorMoved { .. } => {}
+            // Handled above: read cursors and mutes take no seq.
+            EventBody::ReadCursorMoved { .. } | EventBody::ConversationMuted { .. } => {}
         }
         Ok(())
     }
@@ -551,6 +568,7 @@ fn read_conversations(
     let conversations = transaction.open_table(CONVERSATIONS)?;
     let read_cursors = transaction.open_table(READ_CURSORS)?;
     let messages = transaction.open_table(MESSAGES)?;
+    let muted = transaction.open_table(MUTED)?;
     let mut summaries = Vec::new();
     for entry in user_conversations.range((user, after.unwrap_or(""))..)? {
         if summaries.len() >= limit {
@@ -590,6 +608,7 @@ fn read_conversations(
             last_seq: stored.last_seq,
             read_seq,
             unread,
+            muted: muted.get((conversation, user))?.is_some(),
             title: stored.title,
         });
     }

@@ -65,6 +65,9 @@ pub struct ConversationSummary {
     /// to [`UNREAD_CAP`] (a count of `UNREAD_CAP` means that many or more). The cursor is the
     /// user's, not a device's, so every device of the user sees the same count.
     pub unread: u64,
+    /// Whether the caller muted the conversation (no effect on delivery; clients and push
+    /// notifications honour it).
+    pub muted: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
 }

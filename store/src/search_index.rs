@@ -324,7 +324,8 @@ impl SearchIndex {
                 EventBody::ConversationCreated { .. }
                 | EventBody::MembersAdded { .. }
                 | EventBody::MembersRemoved { .. }
-                | EventBody::ReadCursorMoved { .. } => {}
+                | EventBody::ReadCursorMoved { .. }
+                | EventBody::ConversationMuted { .. } => {}
             }
         }
         Ok(())

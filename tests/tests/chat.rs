@@ -351,6 +351,79 @@ async fn edit_and_recall_show_in_history_and_search() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mute_is_the_users_own_and_changes_no_delivery() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let url = server.ws_url();
+    let mut alice = Client::connect(&url, "alice", Some("phone")).await?;
+    let mut alice_laptop = Client::connect(&url, "alice", Some("laptop")).await?;
+    let mut bob = Client::connect(&url, "bob", None).await?;
+    let mut carol = Client::connect(&url, "carol", None).await?;
+    alice.send_message("m1", "dm:alice:bob", "hi").await?;
+    alice
+        .send_json(json!({"type": "mute", "conversation": "dm:alice:bob", "muted": true}))
+        .await?;
+    let mute = alice_laptop.expect(|frame| frame["type"] == "mute").await?;
+    assert_eq!(
+        mute,
+        json!({"type": "mute", "conversation": "dm:alice:bob", "muted": true}),
+        "every device of the user hears of it"
+    );
+    // delivery is unchanged, and the other member is not told
+    bob.send_message("b1", "dm:alice:bob", "still there?")
+        .await?;
+    alice
+        .expect(|frame| frame["type"] == "event" && frame["seq"] == 2)
+        .await?;
+    let list = |user: &'static str| {
+        let api = server.api();
+        async move {
+            let (_, list) = api.get(user, "/v1/conversations").await?;
+            anyhow::Ok(list["conversations"][0].clone())
+        }
+    };
+    let summary = list("alice").await?;
+    assert_eq!(summary["muted"], true);
+    assert_eq!(summary["last_seq"], 2, "a mute takes no seq");
+    assert_eq!(list("bob").await?["muted"], false, "mutes are per user");
+    let events = server.api().events("bob", "dm:alice:bob", 0).await?;
+    assert!(
+        events.iter().all(|event| event["kind"] != "mute"),
+        "a mute is not a timeline event of the conversation: {events:?}"
+    );
+    // a non-member cannot mute it
+    carol
+        .send_json(json!({"type": "mute", "conversation": "dm:alice:bob", "muted": true}))
+        .await?;
+    let refused = carol.expect(|frame| frame["type"] == "error").await?;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    alice
+        .send_json(json!({"type": "mute", "conversation": "dm:alice:bob", "muted": false}))
+        .await?;
+    alice_laptop
+        .expect(|frame| frame["type"] == "mute" && frame["muted"] == false)
+        .await?;
+    assert_eq!(list("alice").await?["muted"], false, "unmuted");
+    // mutes and events of the conversation reach a connection in log order: everything bob
+    // gets before alice's next message would include a mute, had he been told
+    alice.send_message("m2", "dm:alice:bob", "back").await?;
+    let until = tokio::time::Instant::now() + chorus_tests::WAIT;
+    loop {
+        let frame = bob
+            .next_frame(until)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("bob did not get alice's next message"))?;
+        assert_ne!(
+            frame["type"], "mute",
+            "the other member never hears of a mute"
+        );
+        if frame["type"] == "event" && frame["seq"] == 3 {
+            break;
+        }
+    }
+    server.served.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_and_read_marks_are_delivered_without_a_seq() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
     let url = server.ws_url();

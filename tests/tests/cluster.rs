@@ -98,6 +98,24 @@ async fn users_on_two_ingest_nodes_chat_through_kafka_and_redis() -> anyhow::Res
         .expect(|frame| frame["kind"] == "conversation_created")
         .await?;
 
+    // a mute goes through the router to every device of its user and into the search node's
+    // projection
+    alice
+        .send_json(json!({"type": "mute", "conversation": conversation, "muted": true}))
+        .await?;
+    alice.expect(|frame| frame["type"] == "mute").await?;
+    let (_, listed) = Api::new(&search.url)
+        .get(&alice_id, "/v1/conversations")
+        .await?;
+    let muted: Vec<&serde_json::Value> = listed["conversations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|item| item["muted"] == true)
+        .collect();
+    assert_eq!(muted.len(), 1, "{listed}");
+    assert_eq!(muted[0]["id"], conversation.as_str());
+
     let history = Api::new(&search.url)
         .events(&alice_id, &conversation, 0)
         .await?;

@@ -69,6 +69,19 @@ async fn write_history(server: &TestServer) -> anyhow::Result<()> {
     bob.outcome("r").await?;
     bob.send_json(json!({"type": "read", "conversation": "g:ops", "seq": 10}))
         .await?;
+    bob.send_json(json!({"type": "mute", "conversation": "g:ops", "muted": true}))
+        .await?;
+    bob.expect(|frame| frame["type"] == "mute").await?;
+    let (_, listed) = api.get("bob", "/v1/conversations").await?;
+    let ops = listed["conversations"]
+        .as_array()
+        .and_then(|list| list.iter().find(|item| item["id"] == "g:ops"))
+        .cloned()
+        .unwrap_or_default();
+    anyhow::ensure!(
+        ops["muted"] == true,
+        "the mute is in the projection the replay must rebuild: {ops}"
+    );
     api.business(json!([{"type": "remove_members", "id": "rm", "conversation": "g:ops", "members": ["carol"]}])).await?;
     Ok(())
 }

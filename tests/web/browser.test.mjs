@@ -202,6 +202,24 @@ try {
     await expectMessages(bob, inSeqOrder);
   });
 
+  await step("bob mutes the group on one page; his other page and a reload show it, delivery goes on", async () => {
+    const bobPhone = await login("bob");
+    await conversationItem(bob, "g:team").click();
+    await bob.page.locator("#mute-toggle", { hasText: "Mute" }).click();
+    await bob.page.locator("#mute-toggle", { hasText: "Unmute" }).waitFor();
+    await conversationItem(bob, "g:team").locator(".muted").waitFor();
+    await conversationItem(bobPhone, "g:team").locator(".muted").waitFor();
+    await sendAcked(alice, "still delivered when muted");
+    await bob.page.locator("#messages li.message", { hasText: "still delivered when muted" }).waitFor();
+    await bobPhone.page.reload();
+    await bobPhone.page.locator('#status[data-state="open"]').waitFor();
+    await conversationItem(bobPhone, "g:team").locator(".muted").waitFor();
+    await bob.page.locator("#mute-toggle", { hasText: "Unmute" }).click();
+    await bob.page.locator("#mute-toggle", { hasText: "Mute" }).waitFor();
+    await conversationItem(bobPhone, "g:team").locator(".muted").waitFor({ state: "detached" });
+    await bobPhone.context.close();
+  });
+
   await step("a search for a Chinese word finds the right message", async () => {
     await bob.page.fill("#search-input", "北京");
     await bob.page.press("#search-input", "Enter");

@@ -36,6 +36,11 @@ pub enum ClientFrame {
     Typing {
         conversation: String,
     },
+    /// Mutes (or unmutes) a conversation for the user: no effect on delivery.
+    Mute {
+        conversation: String,
+        muted: bool,
+    },
     Ping,
     /// Renews the session's token without reconnecting.
     Auth {

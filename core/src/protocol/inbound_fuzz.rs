@@ -19,16 +19,17 @@ use crate::error::ErrorCode;
 /// Inputs of one short run under `cargo test`.
 const SHORT_RUN_ITERATIONS: usize = 10_000;
 
-const FRAME_TYPES: [&str; 9] = [
-    "send", "edit", "recall", "read", "typing", "ping", "auth", "Send", "pong",
+const FRAME_TYPES: [&str; 10] = [
+    "send", "edit", "recall", "read", "typing", "mute", "ping", "auth", "Send", "pong",
 ];
-const FIELD_NAMES: [&str; 8] = [
+const FIELD_NAMES: [&str; 9] = [
     "type",
     "id",
     "conversation",
     "text",
     "seq",
     "token",
+    "muted",
     "",
     "extra",
 ];
@@ -183,6 +184,7 @@ fn check_frame(text: &str) {
                 ClientFrame::Recall { .. } => "recall",
                 ClientFrame::Read { .. } => "read",
                 ClientFrame::Typing { .. } => "typing",
+                ClientFrame::Mute { .. } => "mute",
                 ClientFrame::Ping => "ping",
                 ClientFrame::Auth { .. } => "auth",
             };

@@ -109,8 +109,16 @@ pub fn event_json(event: &TimelineEvent) -> Value {
         EventBody::ReadCursorMoved { seq } => {
             object.insert("read_seq".into(), json!(seq));
         }
+        EventBody::ConversationMuted { muted } => {
+            object.insert("muted".into(), json!(muted));
+        }
     }
     frame
+}
+
+/// The `mute` frame, to the user's own devices only: they muted (or unmuted) the conversation.
+pub fn mute_json(conversation: &str, muted: bool) -> Value {
+    json!({"type": "mute", "conversation": conversation, "muted": muted})
 }
 
 /// The `read` frame: a member moved their read cursor (no seq of its own).

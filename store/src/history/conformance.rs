@@ -70,6 +70,7 @@ macro_rules! history_conformance {
             message_pages_are_ascending_windows,
             conversations_list_memberships_with_read_cursors,
             unread_counts_follow_the_read_cursor,
+            mutes_are_per_user_and_the_last_one_counts,
             conversation_pages_list_each_conversation_once,
             conversation_pages_skip_conversations_left,
             group_membership_follows_member_events,
@@ -194,6 +195,10 @@ fn removed(members: &[&str]) -> EventBody {
     EventBody::MembersRemoved {
         members: members.iter().map(|member| (*member).to_owned()).collect(),
     }
+}
+
+fn muted(muted: bool) -> EventBody {
+    EventBody::ConversationMuted { muted }
 }
 
 fn read_up_to(seq: u64) -> EventBody {
@@ -628,6 +633,7 @@ pub async fn conversations_list_memberships_with_read_cursors(
             last_seq,
             read_seq,
             unread,
+            muted: false,
             title: title.map(str::to_owned),
         }
     };
@@ -668,6 +674,63 @@ pub async fn conversations_list_memberships_with_read_cursors(
     assert_eq!(
         store.conversations("carol").await?,
         vec![summary("g:a", 4, 0, 0, Some("Ay"))]
+    );
+    Ok(())
+}
+
+/// A summary's `muted` is the user's own: the last mute event of the user in the conversation
+/// decides, another user's mutes change nothing, and a mute takes no seq.
+pub async fn mutes_are_per_user_and_the_last_one_counts(
+    store: &dyn HistoryStore,
+) -> Result<(), HistoryError> {
+    let muted_of = async |user: &str, conversation: &str| -> Result<Option<bool>, HistoryError> {
+        let summaries = store.conversations(user).await?;
+        Ok(summaries
+            .iter()
+            .find(|summary| summary.id == conversation)
+            .map(|summary| summary.muted))
+    };
+    let mut timeline = TimelineWriter::new();
+    timeline.push("g:m", "alice", created(None, &["alice", "bob"]));
+    timeline.push("g:m", "bob", sent("hi"));
+    timeline.push("dm:alice:bob", "alice", sent("hello"));
+    timeline.push("g:m", "alice", muted(true));
+    timeline.apply_to(store, 0).await?;
+    assert_eq!(muted_of("alice", "g:m").await?, Some(true));
+    assert_eq!(
+        muted_of("bob", "g:m").await?,
+        Some(false),
+        "mutes are per user"
+    );
+    assert_eq!(
+        muted_of("alice", "dm:alice:bob").await?,
+        Some(false),
+        "per conversation"
+    );
+    let summaries = store.conversations("alice").await?;
+    let group = summaries.iter().find(|summary| summary.id == "g:m");
+    assert_eq!(
+        group.map(|summary| summary.last_seq),
+        Some(2),
+        "a mute takes no seq"
+    );
+    timeline.push("g:m", "alice", muted(false));
+    timeline.push("g:m", "bob", muted(true));
+    timeline.apply_to(store, 0).await?;
+    assert_eq!(
+        muted_of("alice", "g:m").await?,
+        Some(false),
+        "the last one counts"
+    );
+    assert_eq!(muted_of("bob", "g:m").await?, Some(true));
+    timeline.push("g:m", "alice", muted(true));
+    timeline.push("g:m", "alice", muted(false));
+    timeline.push("g:m", "alice", muted(true));
+    timeline.apply_to(store, 0).await?;
+    assert_eq!(
+        muted_of("alice", "g:m").await?,
+        Some(true),
+        "within one batch too"
     );
     Ok(())
 }

@@ -53,6 +53,7 @@ function conversationState(id) {
       readSeq: 0,
       unread: 0,
       muted: false,
+      blocked: false,
       /** user → the seq up to which they read (from live `read` frames) */
       othersRead: new Map(),
       /** user → until when their typing indicator shows */
@@ -151,6 +152,7 @@ function start(token, user, device) {
       // device); a server without the count gives the seqs after the cursor
       if (summary.id !== view.openId) state.unread = summary.unread ?? Math.max(0, summary.last_seq - summary.read_seq);
       state.muted = Boolean(summary.muted);
+      state.blocked = Boolean(summary.blocked);
       if (summary.id === view.openId) renderMuteToggle();
       renderConversations();
     })
@@ -173,6 +175,10 @@ function start(token, user, device) {
         state.othersRead.set(frame.user, Math.max(state.othersRead.get(frame.user) ?? 0, frame.seq));
         if (frame.conversation === view.openId) renderMessages();
       }
+    })
+    .on("block", ({ conversation, blocked }) => {
+      conversationState(conversation).blocked = blocked;
+      if (conversation === view.openId) renderMuteToggle();
     })
     .on("mute", ({ conversation, muted }) => {
       conversationState(conversation).muted = muted;
@@ -336,7 +342,25 @@ function renderMuteToggle() {
   const state = view.openId && view.conversations.get(view.openId);
   toggle.hidden = !state;
   if (state) toggle.textContent = state.muted ? "Unmute" : "Mute";
+  // blocking is between two users: offered in direct conversations
+  const block = element("block-toggle");
+  const other = state ? dmPeer(state.id) : null;
+  block.hidden = !other;
+  if (other) block.textContent = state.blocked ? `Unblock ${other}` : `Block ${other}`;
 }
+
+/** The other user of a direct conversation of mine, or null. */
+function dmPeer(id) {
+  const parts = id.startsWith("dm:") ? id.slice(3).split(":") : [];
+  if (parts.length !== 2) return null;
+  return parts[0] === view.me ? parts[1] : parts[0];
+}
+
+element("block-toggle").addEventListener("click", () => {
+  const state = view.openId && view.conversations.get(view.openId);
+  const other = state && dmPeer(state.id);
+  if (other) view.client.block(other, !state.blocked);
+});
 
 element("mute-toggle").addEventListener("click", () => {
   const state = view.openId && view.conversations.get(view.openId);

@@ -154,12 +154,13 @@ export class ChorusError extends Error {
  * Events (subscribe with `on(type, handler)`):
  * - `status` `{ state }`: `connecting`, `open`, `closed` (will retry), `paused`, `stopped`;
  * - `welcome` `{ user, session }`;
- * - `conversation` `{ id, last_seq, read_seq, unread, muted }` for each conversation at every sync (`unread`:
+ * - `conversation` `{ id, last_seq, read_seq, unread, muted, blocked }` for each conversation at every sync (`unread`:
  *   messages of others after the user's read cursor, counted by the server);
  * - `baseline` `{ conversation, seq }`: tracking starts after `seq`; earlier messages are history
  *   (load them with `messages(…, { before_seq })`);
  * - `event` (a timeline event plus `origin`: `live` or `fill`), in seq order per conversation;
  * - `mute` `{ conversation, muted }`: this user (on any device) muted or unmuted a conversation;
+ * - `block` `{ conversation, user, blocked }`: this user (on any device) blocked or unblocked `user`;
  * - `ack` (the ack frame), `accepted` (a send forwarded to its conversation's home region: durable,
  *   its ack follows), `read`, `typing`, `error` (error frames not tied to an outbox entry,
  *   failed token renewals, and a conversation list cut short: code `incomplete`);
@@ -207,6 +208,7 @@ export class ChorusClient {
     /** conversation → the latest read cursor not yet sent (sent on the next open) */
     this.unsentReads = new Map();
     this.unsentMutes = new Map();
+    this.unsentBlocks = new Map();
     /** conversation → the running fill (one at a time per conversation) */
     this.fills = new Map();
     this.socket = null;
@@ -468,6 +470,7 @@ export class ChorusClient {
         for (const entry of this.outbox.values()) this.transmit(entry);
         for (const [conversation, seq] of this.unsentReads) this.read(conversation, seq);
         for (const [conversation, muted] of this.unsentMutes) this.mute(conversation, muted);
+        for (const [user, blocked] of this.unsentBlocks) this.block(user, blocked);
         this.sync().catch((error) => this.emit("error", { code: error.code ?? "unavailable", message: String(error.message ?? error) }));
         break;
       case "event":
@@ -515,6 +518,7 @@ export class ChorusClient {
       case "read":
       case "typing":
       case "mute":
+      case "block":
         this.emit(frame.type, frame);
         break;
       default:
@@ -665,6 +669,16 @@ export class ChorusClient {
       this.unsentMutes.delete(conversation);
     } else {
       this.unsentMutes.set(conversation, muted);
+    }
+  }
+
+  /** Blocks (or unblocks) `user`: their direct messages to this user are refused (`blocked`). */
+  block(user, blocked) {
+    if (this.state === "open" && this.socket) {
+      this.socket.send(JSON.stringify({ type: "block", user, blocked }));
+      this.unsentBlocks.delete(user);
+    } else {
+      this.unsentBlocks.set(user, blocked);
     }
   }
 

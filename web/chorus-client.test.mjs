@@ -335,6 +335,18 @@ test("a mute waits for the connection, and every mute frame is handed over", asy
   assert.deepEqual(mutes, [{ type: "mute", conversation: "g:team", muted: true }]);
 });
 
+test("a block waits for the connection, and every block frame is handed over", async () => {
+  const { server, client } = setup();
+  const blocks = [];
+  client.on("block", (frame) => blocks.push(frame));
+  client.start();
+  client.block("mallory", true);
+  await welcome(server);
+  assert.deepEqual(server.socket.sent, [{ type: "block", user: "mallory", blocked: true }]);
+  server.socket.deliver({ type: "block", conversation: "dm:alice:mallory", user: "mallory", blocked: true });
+  assert.equal(blocks.length, 1);
+});
+
 test("a refused send is rejected with its code and not resent", async () => {
   const { server, timers, client } = setup();
   client.start();

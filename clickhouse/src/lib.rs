@@ -269,6 +269,7 @@ impl ClickHouseHistory {
             last_seq: u64,
             read_seq: u64,
             muted: u8,
+            blocked: u8,
             title: Option<String>,
         }
         let summaries = self
@@ -277,9 +278,11 @@ impl ClickHouseHistory {
                 "SELECT conversation, max(seq) AS last_seq, \
                  maxIf(read_seq, kind = 'read' AND sender = ?) AS read_seq, \
                  argMaxIf(muted, offset, kind = 'mute' AND sender = ?) AS muted, \
+                 argMaxIf(blocked, offset, kind = 'block' AND sender = ?) AS blocked, \
                  anyIf(title, kind = 'conversation_created') AS title \
                  FROM events WHERE has(?, conversation) GROUP BY conversation",
             )
+            .bind(user)
             .bind(user)
             .bind(user)
             .bind(&joined)
@@ -334,6 +337,7 @@ impl ClickHouseHistory {
                     read_seq: summary.as_ref().map_or(0, |s| s.read_seq),
                     unread: unread_by_id.remove(&id).unwrap_or(0),
                     muted: summary.as_ref().is_some_and(|s| s.muted != 0),
+                    blocked: summary.as_ref().is_some_and(|s| s.blocked != 0),
                     title: summary.and_then(|s| s.title),
                     id,
                 }

@@ -17,6 +17,7 @@ use crate::guard::Guard;
 const MIGRATIONS: &[(u32, &str)] = &[
     (1, include_str!("../migrations/0001_history.sql")),
     (2, include_str!("../migrations/0002_muted.sql")),
+    (3, include_str!("../migrations/0003_blocked.sql")),
 ];
 
 /// Whether the schema is in place, and what applying it needs.

@@ -32,6 +32,8 @@ pub(crate) struct EventRow {
     pub(crate) read_seq: u64,
     /// `mute` rows: 1 muted, 0 unmuted (migration 2).
     pub(crate) muted: u8,
+    /// `block` rows: 1 blocked, 0 unblocked (migration 3).
+    pub(crate) blocked: u8,
 }
 
 /// One membership change in `members`: whether `user` is in `conversation` as of `seq`.
@@ -52,7 +54,7 @@ pub(crate) struct PositionRow {
 
 /// The columns of [`EventRow`], in order, for `SELECT`s.
 pub(crate) const EVENT_COLUMNS: &str = "partition, offset, conversation, seq, event_id, kind, sender, ts_ms, \
-     origin_cluster, client_msg_id, ingress_offset, text, target_seq, title, members, read_seq, muted";
+     origin_cluster, client_msg_id, ingress_offset, text, target_seq, title, members, read_seq, muted, blocked";
 
 impl EventRow {
     pub(crate) fn from_event(
@@ -78,6 +80,7 @@ impl EventRow {
             members: Vec::new(),
             read_seq: 0,
             muted: 0,
+            blocked: 0,
         };
         match &event.body {
             EventBody::MessageSent { text } => row.text = text.clone(),
@@ -95,6 +98,7 @@ impl EventRow {
             }
             EventBody::ReadCursorMoved { seq } => row.read_seq = *seq,
             EventBody::ConversationMuted { muted } => row.muted = u8::from(*muted),
+            EventBody::UserBlocked { blocked } => row.blocked = u8::from(*blocked),
         }
         row
     }
@@ -122,6 +126,9 @@ impl EventRow {
             "read" => EventBody::ReadCursorMoved { seq: self.read_seq },
             "mute" => EventBody::ConversationMuted {
                 muted: self.muted != 0,
+            },
+            "block" => EventBody::UserBlocked {
+                blocked: self.blocked != 0,
             },
             other => {
                 return Err(HistoryError::Storage(

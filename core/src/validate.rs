@@ -114,6 +114,11 @@ pub fn validate_ingress(
             check_members(members, false)?;
         }
         EventBody::ReadCursorMoved { .. } | EventBody::ConversationMuted { .. } => {}
+        EventBody::UserBlocked { .. } => {
+            if !matches!(conversation, Conversation::Direct { .. }) {
+                return Err(bad("a user is blocked in their direct conversation"));
+            }
+        }
     }
     Ok(conversation)
 }

@@ -30,7 +30,7 @@ use chorus_core::auth::{Claims, unix_millis};
 use chorus_core::auth_limit::{CredentialKind, RequestOrigin, authenticate};
 use chorus_core::error::{ApiError, ErrorCode};
 use chorus_core::http::{bearer_token, error_response};
-use chorus_core::ids::Conversation;
+use chorus_core::ids::{Conversation, validate_user};
 use chorus_core::metrics::Metrics;
 use chorus_core::presence::Delivery;
 use chorus_core::protocol::inbound::{ClientFrame, parse_client_frame};
@@ -565,6 +565,18 @@ impl Session {
                 conversation,
                 muted,
             } => (conversation, None, EventBody::ConversationMuted { muted }),
+            ClientFrame::Block { user, blocked } => {
+                validate_user(&user)
+                    .map_err(|error| ApiError::new(ErrorCode::BadRequest, error.to_string()))?;
+                if user == self.user {
+                    return Err(ApiError::new(
+                        ErrorCode::BadRequest,
+                        "one cannot block oneself",
+                    ));
+                }
+                let conversation = Conversation::direct(&self.user, &user);
+                (conversation, None, EventBody::UserBlocked { blocked })
+            }
             ClientFrame::Typing { conversation } => return self.typing(&conversation).await,
             ClientFrame::Ping | ClientFrame::Auth { .. } => return Ok(()),
         };

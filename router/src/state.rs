@@ -84,6 +84,8 @@ struct ConversationState {
     /// The region where the group was created: its home (the `origin_cluster` of its
     /// `conversation_created`). Empty for direct conversations.
     home: String,
+    /// Direct conversations: the members who have blocked the other one (sorted, at most two).
+    blocked_by: Vec<String>,
     /// Per seq (index seq-1): the interned sender of a message, `NOT_A_MESSAGE`, with
     /// `RECALLED_BIT` once recalled. Four bytes per event, so edits and recalls can be checked.
     senders: Vec<u32>,
@@ -253,6 +255,18 @@ impl SequencerState {
     pub fn apply(&mut self, event: &TimelineEvent) {
         self.next_ingress_offset = self.next_ingress_offset.max(event.ingress_offset + 1);
         self.folded_ingress_offset = self.folded_ingress_offset.max(event.ingress_offset + 1);
+        if let EventBody::UserBlocked { blocked } = &event.body {
+            let state = self
+                .conversations
+                .entry(event.conversation.clone())
+                .or_default();
+            state.blocked_by.retain(|user| user != &event.sender);
+            if *blocked {
+                state.blocked_by.push(event.sender.clone());
+                state.blocked_by.sort();
+            }
+            return;
+        }
         let Some(seq) = event.seq else {
             return; // read cursors change nothing the sequencer checks
         };
@@ -473,9 +487,13 @@ impl SequencerState {
                 if !own {
                     return forbidden("only the sender may change a message");
                 }
+                if matches!(event.body, EventBody::MessageEdited { .. }) {
+                    // new words are a new message to the one who blocked; a recall is not
+                    return self.check_not_blocked(event, state);
+                }
                 Ok(())
             }
-            EventBody::ConversationMuted { .. } => {
+            EventBody::ConversationMuted { .. } | EventBody::UserBlocked { .. } => {
                 if !is_member {
                     return forbidden("not a member of this conversation");
                 }
@@ -497,10 +515,32 @@ impl SequencerState {
                 if !is_member && !event.trusted {
                     return forbidden("not a member of this conversation");
                 }
-                Ok(())
+                self.check_not_blocked(event, state)
             }
             EventBody::ConversationCreated { .. } => Ok(()),
         }
+    }
+
+    /// Refuses a user's message (or edit) in a direct conversation whose other member blocked
+    /// them. Business systems are not users: they are never blocked.
+    fn check_not_blocked(
+        &self,
+        event: &IngressEvent,
+        state: Option<&ConversationState>,
+    ) -> Result<(), ApiError> {
+        let blocked = state.is_some_and(|state| {
+            state
+                .blocked_by
+                .iter()
+                .any(|blocker| blocker != &event.sender)
+        });
+        if blocked && !event.trusted {
+            return Err(ApiError::new(
+                ErrorCode::Blocked,
+                "the other member of this conversation has blocked you",
+            ));
+        }
+        Ok(())
     }
 
     /// The folded part of the state, serialized (postcard) for a snapshot: exactly what

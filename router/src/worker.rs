@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use chorus_core::broadcast::EVERY_NODE;
 use chorus_core::presence::{Delivery, Frame, Sequencing};
-use chorus_core::protocol::outbound::{EventOutcome, event_json, mute_json, read_json};
+use chorus_core::protocol::outbound::{EventOutcome, block_json, event_json, mute_json, read_json};
 use chorus_core::validate::validate_ingress;
 use chorus_log::{NewRecord, Offset, PartitionId, Record};
 use chorus_schemas::{
@@ -865,9 +865,22 @@ fn sequenced_notices(
                 sequencing,
             });
         }
-        // a mute is the sender's own: only their devices hear of it
+        // a mute or a block is the sender's own: only their devices hear of it
         (EventBody::ConversationMuted { muted }, _) => {
             let frame = mute_json(&event.conversation, *muted);
+            notices.push(Notice::Deliver {
+                members: vec![event.sender.clone()],
+                frame: frame.to_string().into(),
+                sequencing,
+            });
+        }
+        (EventBody::UserBlocked { blocked }, _) => {
+            let other = members
+                .iter()
+                .find(|member| **member != event.sender)
+                .cloned()
+                .unwrap_or_default();
+            let frame = block_json(&event.conversation, &other, *blocked);
             notices.push(Notice::Deliver {
                 members: vec![event.sender.clone()],
                 frame: frame.to_string().into(),

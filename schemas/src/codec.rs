@@ -30,7 +30,7 @@ use crate::event::{EventBody, IngressEvent, TimelineEvent};
 pub const SINGLE_OBJECT_MARKER: [u8; 2] = [0xC3, 0x01];
 
 /// Event record schemas, in the order of the envelope's `body` union.
-const EVENT_SCHEMAS: [(&str, &str); 8] = [
+const EVENT_SCHEMAS: [(&str, &str); 9] = [
     (
         "chorus.MessageSent",
         include_str!("../avro/message_sent.avsc"),
@@ -63,17 +63,25 @@ const EVENT_SCHEMAS: [(&str, &str); 8] = [
         "chorus.ConversationMuted",
         include_str!("../avro/conversation_muted.avsc"),
     ),
+    (
+        "chorus.UserBlocked",
+        include_str!("../avro/user_blocked.avsc"),
+    ),
 ];
 
 const INGRESS_SCHEMA: &str = include_str!("../avro/ingress_event.avsc");
 const TIMELINE_SCHEMA: &str = include_str!("../avro/timeline_event.avsc");
 /// Earlier versions of the timeline envelope, still readable.
-const TIMELINE_HISTORY: [&str; 2] = [
+const TIMELINE_HISTORY: [&str; 3] = [
     include_str!("../avro/history/timeline_event.v1.avsc"),
     include_str!("../avro/history/timeline_event.v2.avsc"),
+    include_str!("../avro/history/timeline_event.v3.avsc"),
 ];
 /// Earlier versions of the ingress envelope, still readable.
-const INGRESS_HISTORY: [&str; 1] = [include_str!("../avro/history/ingress_event.v1.avsc")];
+const INGRESS_HISTORY: [&str; 2] = [
+    include_str!("../avro/history/ingress_event.v1.avsc"),
+    include_str!("../avro/history/ingress_event.v2.avsc"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -443,6 +451,9 @@ fn body_value(body: &EventBody) -> Result<Value, CodecError> {
         EventBody::ConversationMuted { muted } => {
             (7, vec![("muted".into(), Value::Boolean(*muted))])
         }
+        EventBody::UserBlocked { blocked } => {
+            (8, vec![("blocked".into(), Value::Boolean(*blocked))])
+        }
     };
     Ok(Value::Union(branch, Box::new(Value::Record(fields))))
 }
@@ -587,6 +598,9 @@ impl Fields<'_> {
             "chorus.ConversationMuted" => EventBody::ConversationMuted {
                 muted: body.boolean("muted")?,
             },
+            "chorus.UserBlocked" => EventBody::UserBlocked {
+                blocked: body.boolean("blocked")?,
+            },
             _ => {
                 return Err(CodecError::Field {
                     field: "body",
@@ -627,6 +641,7 @@ mod tests {
             },
             EventBody::ReadCursorMoved { seq: 9 },
             EventBody::ConversationMuted { muted: true },
+            EventBody::UserBlocked { blocked: true },
         ]
     }
 

@@ -29,6 +29,9 @@ pub enum EventBody {
     /// `chorus.ConversationMuted`: the sender muted (or unmuted) the conversation for themself.
     /// No effect on delivery; logged, but takes no seq itself.
     ConversationMuted { muted: bool },
+    /// `chorus.UserBlocked`: in a direct conversation, the sender blocked (or unblocked) the
+    /// other member, whose messages to them are refused meanwhile. Logged, but takes no seq.
+    UserBlocked { blocked: bool },
 }
 
 /// The protocol's name for a timeline event's kind (`"message"`, `"edit"`, …).
@@ -42,6 +45,7 @@ pub enum EventKind {
     MembersRemoved,
     Read,
     Mute,
+    Block,
 }
 
 impl EventKind {
@@ -56,6 +60,7 @@ impl EventKind {
             EventKind::MembersRemoved => "members_removed",
             EventKind::Read => "read",
             EventKind::Mute => "mute",
+            EventKind::Block => "block",
         }
     }
 }
@@ -71,15 +76,18 @@ impl EventBody {
             EventBody::MembersRemoved { .. } => EventKind::MembersRemoved,
             EventBody::ReadCursorMoved { .. } => EventKind::Read,
             EventBody::ConversationMuted { .. } => EventKind::Mute,
+            EventBody::UserBlocked { .. } => EventKind::Block,
         }
     }
 
-    /// Whether the event takes a sequence number (everything but read cursors and mutes, which
-    /// are one member's own state).
+    /// Whether the event takes a sequence number (everything but read cursors, mutes and
+    /// blocks, which are one member's own state).
     pub fn is_sequenced(&self) -> bool {
         !matches!(
             self,
-            EventBody::ReadCursorMoved { .. } | EventBody::ConversationMuted { .. }
+            EventBody::ReadCursorMoved { .. }
+                | EventBody::ConversationMuted { .. }
+                | EventBody::UserBlocked { .. }
         )
     }
 }

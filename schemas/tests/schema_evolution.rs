@@ -82,8 +82,46 @@ fn read_mark_body() -> Value {
 
 #[test]
 fn envelopes_written_before_the_mute_event_decode_with_the_current_schemas() {
-    let (v2, record) = record_of(
+    check_older_envelopes(
         include_str!("../avro/history/timeline_event.v2.avsc"),
+        include_str!("../avro/history/ingress_event.v1.avsc"),
+    );
+}
+
+#[test]
+fn envelopes_written_before_the_block_event_decode_with_the_current_schemas() {
+    check_older_envelopes(
+        include_str!("../avro/history/timeline_event.v3.avsc"),
+        include_str!("../avro/history/ingress_event.v2.avsc"),
+    );
+    let mut blocked = chorus_schemas::IngressEvent {
+        event_id: "e11".into(),
+        conversation: "dm:alice:bob".into(),
+        sender: "alice".into(),
+        client_msg_id: None,
+        ts_ms: 3,
+        origin_cluster: "east".into(),
+        origin_node: None,
+        origin_session: None,
+        trusted: false,
+        body: EventBody::UserBlocked { blocked: true },
+    };
+    assert_eq!(
+        decode_ingress(&chorus_schemas::encode_ingress(&blocked).unwrap()).unwrap(),
+        blocked
+    );
+    blocked.body = EventBody::UserBlocked { blocked: false };
+    assert_eq!(
+        decode_ingress(&chorus_schemas::encode_ingress(&blocked).unwrap()).unwrap(),
+        blocked
+    );
+}
+
+/// A timeline record written with `timeline_json` and an ingress record written with
+/// `ingress_json` (older envelopes) decode with the current schemas.
+fn check_older_envelopes(timeline_json: &str, ingress_json: &str) {
+    let (v2, record) = record_of(
+        timeline_json,
         Value::Record(vec![
             ("conversation".into(), Value::String("g:team".into())),
             ("seq".into(), Value::Union(0, Box::new(Value::Null))),
@@ -105,7 +143,7 @@ fn envelopes_written_before_the_mute_event_decode_with_the_current_schemas() {
     assert_eq!(event.body, EventBody::ReadCursorMoved { seq: 4 });
 
     let (v1, record) = record_of(
-        include_str!("../avro/history/ingress_event.v1.avsc"),
+        ingress_json,
         Value::Record(vec![
             ("event_id".into(), Value::String("e10".into())),
             ("conversation".into(), Value::String("g:team".into())),

@@ -8,7 +8,8 @@
 //!   mirror images so both "who is in it" and "what is a user in" are range scans;
 //! - `read_cursors` (conversation, user) → the highest seq the user has read;
 //! - `muted` (conversation, user), present while the user has muted the conversation (the last
-//!   mute event in log order decides);
+//!   mute event in log order decides); `blocked` likewise for a user who blocked the other member
+//!   of a direct conversation;
 //! - `positions` partition → next offset to apply.
 //!
 //! Invariants:
@@ -60,6 +61,9 @@ const USER_CONVERSATIONS: TableDefinition<(&str, &str), ()> =
 const READ_CURSORS: TableDefinition<(&str, &str), u64> = TableDefinition::new("read_cursors");
 /// (conversation, user) present while the user has the conversation muted.
 const MUTED: TableDefinition<(&str, &str), ()> = TableDefinition::new("muted");
+/// (conversation, user) present while the user has blocked the other member of the direct
+/// conversation.
+const BLOCKED: TableDefinition<(&str, &str), ()> = TableDefinition::new("blocked");
 const POSITIONS: TableDefinition<u32, u64> = TableDefinition::new("positions");
 
 /// A message as stored in `messages`.
@@ -237,6 +241,7 @@ fn create_tables(database: &Database) -> Result<(), EmbeddedError> {
     transaction.open_table(USER_CONVERSATIONS)?;
     transaction.open_table(READ_CURSORS)?;
     transaction.open_table(MUTED)?;
+    transaction.open_table(BLOCKED)?;
     transaction.open_table(POSITIONS)?;
     transaction.commit()?;
     Ok(())
@@ -304,6 +309,8 @@ struct WriteTables<'transaction> {
     read_cursors: Table<'transaction, (&'static str, &'static str), u64>,
     /// Muted conversations, for `conversations`.
     muted: Table<'transaction, (&'static str, &'static str), ()>,
+    /// Blocks, for `conversations`.
+    blocked: Table<'transaction, (&'static str, &'static str), ()>,
 }
 
 impl<'transaction> WriteTables<'transaction> {
@@ -316,6 +323,7 @@ impl<'transaction> WriteTables<'transaction> {
             user_conversations: transaction.open_table(USER_CONVERSATIONS)?,
             read_cursors: transaction.open_table(READ_CURSORS)?,
             muted: transaction.open_table(MUTED)?,
+            blocked: transaction.open_table(BLOCKED)?,
         })
     }
 
@@ -328,12 +336,16 @@ impl<'transaction> WriteTables<'transaction> {
         if let EventBody::ReadCursorMoved { seq: read_seq } = &event.body {
             return self.move_read_cursor(conversation, &event.sender, *read_seq);
         }
-        if let EventBody::ConversationMuted { muted } = &event.body {
-            if *muted {
-                self.muted
-                    .insert((conversation, event.sender.as_str()), ())?;
+        let flag = match &event.body {
+            EventBody::ConversationMuted { muted } => Some((&mut self.muted, *muted)),
+            EventBody::UserBlocked { blocked } => Some((&mut self.blocked, *blocked)),
+            _ => None,
+        };
+        if let Some((table, set)) = flag {
+            if set {
+                table.insert((conversation, event.sender.as_str()), ())?;
             } else {
-                self.muted.remove((conversation, event.sender.as_str()))?;
+                table.remove((conversation, event.sender.as_str()))?;
             }
             return Ok(());
         }
@@ -396,8 +408,10 @@ impl<'transaction> WriteTables<'transaction> {
                     }
                 }
             }
-            // Handled above: read cursors and mutes take no seq.
-            EventBody::ReadCursorMoved { .. } | EventBody::ConversationMuted { .. } => {}
+            // Handled above: read cursors, mutes and blocks take no seq.
+            EventBody::ReadCursorMoved { .. }
+            | EventBody::ConversationMuted { .. }
+            | EventBody::UserBlocked { .. } => {}
         }
         Ok(())
     }
@@ -569,6 +583,7 @@ fn read_conversations(
     let read_cursors = transaction.open_table(READ_CURSORS)?;
     let messages = transaction.open_table(MESSAGES)?;
     let muted = transaction.open_table(MUTED)?;
+    let blocked = transaction.open_table(BLOCKED)?;
     let mut summaries = Vec::new();
     for entry in user_conversations.range((user, after.unwrap_or(""))..)? {
         if summaries.len() >= limit {
@@ -609,6 +624,7 @@ fn read_conversations(
             read_seq,
             unread,
             muted: muted.get((conversation, user))?.is_some(),
+            blocked: blocked.get((conversation, user))?.is_some(),
             title: stored.title,
         });
     }

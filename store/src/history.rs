@@ -68,6 +68,8 @@ pub struct ConversationSummary {
     /// Whether the caller muted the conversation (no effect on delivery; clients and push
     /// notifications honour it).
     pub muted: bool,
+    /// Direct conversations: whether the caller blocked the other member.
+    pub blocked: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
 }

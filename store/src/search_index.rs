@@ -325,7 +325,8 @@ impl SearchIndex {
                 | EventBody::MembersAdded { .. }
                 | EventBody::MembersRemoved { .. }
                 | EventBody::ReadCursorMoved { .. }
-                | EventBody::ConversationMuted { .. } => {}
+                | EventBody::ConversationMuted { .. }
+                | EventBody::UserBlocked { .. } => {}
             }
         }
         Ok(())

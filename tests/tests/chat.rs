@@ -424,6 +424,72 @@ async fn a_mute_is_the_users_own_and_changes_no_delivery() -> anyhow::Result<()>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_user_gets_a_clear_refusal_until_unblocked() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let url = server.ws_url();
+    let mut alice = Client::connect(&url, "alice", Some("phone")).await?;
+    let mut alice_laptop = Client::connect(&url, "alice", Some("laptop")).await?;
+    let mut bob = Client::connect(&url, "bob", None).await?;
+    bob.send_message("b1", "dm:alice:bob", "hi").await?;
+    alice
+        .send_json(json!({"type": "block", "user": "bob", "blocked": true}))
+        .await?;
+    let block = alice_laptop
+        .expect(|frame| frame["type"] == "block")
+        .await?;
+    assert_eq!(
+        block,
+        json!({"type": "block", "conversation": "dm:alice:bob", "user": "bob", "blocked": true}),
+        "every device of the one who blocks hears of it"
+    );
+    bob.send_json(
+        json!({"type": "send", "id": "b2", "conversation": "dm:alice:bob", "text": "hello?"}),
+    )
+    .await?;
+    let refusal = bob
+        .expect(|frame| frame["id"] == "b2" && frame["type"] != "event")
+        .await?;
+    assert_eq!(refusal["type"], "error", "{refusal}");
+    assert_eq!(refusal["code"], "blocked", "a clear code: {refusal}");
+    // alice may still write; bob may still take his own message back
+    let ack = alice.send_message("a1", "dm:alice:bob", "I can").await?;
+    assert_eq!(
+        ack["seq"], 2,
+        "the block took no seq, the refusal none either"
+    );
+    bob.send_json(json!({"type": "recall", "id": "r1", "conversation": "dm:alice:bob", "seq": 1}))
+        .await?;
+    bob.outcome("r1").await?;
+    let list = |user: &'static str| {
+        let api = server.api();
+        async move {
+            let (_, list) = api.get(user, "/v1/conversations").await?;
+            anyhow::Ok(list["conversations"][0]["blocked"].clone())
+        }
+    };
+    assert_eq!(list("alice").await?, true);
+    assert_eq!(list("bob").await?, false, "the blocker's own");
+    // one cannot block oneself; a bad user id is refused
+    alice
+        .send_json(json!({"type": "block", "user": "alice", "blocked": true}))
+        .await?;
+    let own = alice.expect(|frame| frame["type"] == "error").await?;
+    assert_eq!(own["code"], "bad_request", "{own}");
+    alice
+        .send_json(json!({"type": "block", "user": "bob", "blocked": false}))
+        .await?;
+    alice_laptop
+        .expect(|frame| frame["type"] == "block" && frame["blocked"] == false)
+        .await?;
+    let ack = bob
+        .send_message("b3", "dm:alice:bob", "hello again")
+        .await?;
+    assert_eq!(ack["seq"], 4, "unblocking restores it");
+    assert_eq!(list("alice").await?, false);
+    server.served.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_and_read_marks_are_delivered_without_a_seq() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
     let url = server.ws_url();

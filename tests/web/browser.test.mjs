@@ -220,6 +220,22 @@ try {
     await bobPhone.context.close();
   });
 
+  await step("bob blocks alice: her next message is refused with a clear code; unblocked, it goes through", async () => {
+    await conversationItem(bob, DM).click();
+    await bob.page.locator("#block-toggle", { hasText: "Block alice" }).click();
+    await bob.page.locator("#block-toggle", { hasText: "Unblock alice" }).waitFor();
+    await conversationItem(alice, DM).click();
+    const refused = alice.page.waitForEvent("dialog");
+    await send(alice, "are you there?");
+    const dialog = await refused;
+    if (!dialog.message().includes("(blocked)")) throw new Error(`unexpected refusal: ${dialog.message()}`);
+    await alice.page.locator("#messages li.message.pending").waitFor({ state: "detached" });
+    await bob.page.locator("#block-toggle", { hasText: "Unblock alice" }).click();
+    await bob.page.locator("#block-toggle", { hasText: "Block alice" }).waitFor();
+    await sendAcked(alice, "hello again");
+    await bob.page.locator("#messages li.message", { hasText: "hello again" }).waitFor();
+  });
+
   await step("a search for a Chinese word finds the right message", async () => {
     await bob.page.fill("#search-input", "北京");
     await bob.page.press("#search-input", "Enter");

@@ -41,6 +41,11 @@ pub enum ClientFrame {
         conversation: String,
         muted: bool,
     },
+    /// Blocks (or unblocks) a user: their direct messages to this user are refused meanwhile.
+    Block {
+        user: String,
+        blocked: bool,
+    },
     Ping,
     /// Renews the session's token without reconnecting.
     Auth {

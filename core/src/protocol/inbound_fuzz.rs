@@ -19,10 +19,10 @@ use crate::error::ErrorCode;
 /// Inputs of one short run under `cargo test`.
 const SHORT_RUN_ITERATIONS: usize = 10_000;
 
-const FRAME_TYPES: [&str; 10] = [
-    "send", "edit", "recall", "read", "typing", "mute", "ping", "auth", "Send", "pong",
+const FRAME_TYPES: [&str; 11] = [
+    "send", "edit", "recall", "read", "typing", "mute", "block", "ping", "auth", "Send", "pong",
 ];
-const FIELD_NAMES: [&str; 9] = [
+const FIELD_NAMES: [&str; 11] = [
     "type",
     "id",
     "conversation",
@@ -30,6 +30,8 @@ const FIELD_NAMES: [&str; 9] = [
     "seq",
     "token",
     "muted",
+    "user",
+    "blocked",
     "",
     "extra",
 ];
@@ -185,6 +187,7 @@ fn check_frame(text: &str) {
                 ClientFrame::Read { .. } => "read",
                 ClientFrame::Typing { .. } => "typing",
                 ClientFrame::Mute { .. } => "mute",
+                ClientFrame::Block { .. } => "block",
                 ClientFrame::Ping => "ping",
                 ClientFrame::Auth { .. } => "auth",
             };

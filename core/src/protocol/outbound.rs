@@ -112,6 +112,9 @@ pub fn event_json(event: &TimelineEvent) -> Value {
         EventBody::ConversationMuted { muted } => {
             object.insert("muted".into(), json!(muted));
         }
+        EventBody::UserBlocked { blocked } => {
+            object.insert("blocked".into(), json!(blocked));
+        }
     }
     frame
 }
@@ -119,6 +122,12 @@ pub fn event_json(event: &TimelineEvent) -> Value {
 /// The `mute` frame, to the user's own devices only: they muted (or unmuted) the conversation.
 pub fn mute_json(conversation: &str, muted: bool) -> Value {
     json!({"type": "mute", "conversation": conversation, "muted": muted})
+}
+
+/// The `block` frame, to the blocking user's own devices only: they blocked (or unblocked)
+/// `user`, the other member of `conversation`.
+pub fn block_json(conversation: &str, user: &str, blocked: bool) -> Value {
+    json!({"type": "block", "conversation": conversation, "user": user, "blocked": blocked})
 }
 
 /// The `read` frame: a member moved their read cursor (no seq of its own).

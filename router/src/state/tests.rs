@@ -829,3 +829,82 @@ fn a_mirrored_event_is_applied_only_as_its_conversations_next_seq() {
         Decision::Duplicate { seq: 2, .. }
     ));
 }
+
+#[test]
+fn a_blocked_user_cannot_message_the_one_who_blocked_them_until_unblocked() {
+    let mut state = SequencerState::new(100);
+    let dm = "dm:alice:bob";
+    assert_eq!(
+        seq_of(&state.decide(ingress(dm, "bob", "b1", text("hi")), 0)),
+        Some(1)
+    );
+    let block = |blocked: bool| EventBody::UserBlocked { blocked };
+    let decided = state.decide(ingress(dm, "alice", "k1", block(true)), 1);
+    let Decision::Sequence(event) = decided else {
+        panic!("a block is logged: {decided:?}");
+    };
+    assert_eq!(event.seq, None, "a block takes no seq");
+    assert_eq!(
+        code_of(&state.decide(ingress(dm, "bob", "b2", text("hello?")), 2)),
+        Some(ErrorCode::Blocked)
+    );
+    assert_eq!(
+        code_of(&state.decide(
+            ingress(
+                dm,
+                "bob",
+                "b3",
+                EventBody::MessageEdited {
+                    target_seq: 1,
+                    text: "x".into()
+                }
+            ),
+            3
+        )),
+        Some(ErrorCode::Blocked),
+        "an edit is new words too"
+    );
+    assert!(
+        matches!(
+            state.decide(
+                ingress(
+                    dm,
+                    "bob",
+                    "b4",
+                    EventBody::MessageRecalled { target_seq: 1 }
+                ),
+                4
+            ),
+            Decision::Sequence(_)
+        ),
+        "the blocked may still take their own message back"
+    );
+    assert_eq!(
+        seq_of(&state.decide(ingress(dm, "alice", "a1", text("I can still write")), 5)),
+        Some(3),
+        "the one who blocked is not blocked"
+    );
+    let mut business = ingress(dm, "bob", "biz", text("from the shop"));
+    business.trusted = true;
+    assert_eq!(
+        seq_of(&state.decide(business, 6)),
+        Some(4),
+        "business systems are never blocked"
+    );
+    assert!(matches!(
+        state.decide(ingress(dm, "alice", "k2", block(false)), 7),
+        Decision::Sequence(_)
+    ));
+    assert_eq!(
+        seq_of(&state.decide(ingress(dm, "bob", "b5", text("hello again")), 8)),
+        Some(5),
+        "unblocking restores it"
+    );
+    // the block is part of the fold: recovery (and a snapshot) decide the same
+    let mut replayed = SequencerState::new(100);
+    replayed.apply(&event);
+    assert_eq!(
+        code_of(&replayed.decide(ingress(dm, "bob", "b6", text("again")), 9)),
+        Some(ErrorCode::Blocked)
+    );
+}

@@ -71,6 +71,7 @@ macro_rules! history_conformance {
             conversations_list_memberships_with_read_cursors,
             unread_counts_follow_the_read_cursor,
             mutes_are_per_user_and_the_last_one_counts,
+            blocks_are_the_blockers_own,
             conversation_pages_list_each_conversation_once,
             conversation_pages_skip_conversations_left,
             group_membership_follows_member_events,
@@ -634,6 +635,7 @@ pub async fn conversations_list_memberships_with_read_cursors(
             read_seq,
             unread,
             muted: false,
+            blocked: false,
             title: title.map(str::to_owned),
         }
     };
@@ -732,6 +734,39 @@ pub async fn mutes_are_per_user_and_the_last_one_counts(
         Some(true),
         "within one batch too"
     );
+    Ok(())
+}
+
+/// A direct conversation's summary says whether the caller blocked the other member: the
+/// blocker's own flag, the last block event decides, and a block takes no seq.
+pub async fn blocks_are_the_blockers_own(store: &dyn HistoryStore) -> Result<(), HistoryError> {
+    let blocked_of = async |user: &str| -> Result<Option<(bool, u64)>, HistoryError> {
+        let summaries = store.conversations(user).await?;
+        Ok(summaries
+            .iter()
+            .find(|summary| summary.id == "dm:alice:bob")
+            .map(|summary| (summary.blocked, summary.last_seq)))
+    };
+    let block = |blocked: bool| EventBody::UserBlocked { blocked };
+    let mut timeline = TimelineWriter::new();
+    timeline.push("dm:alice:bob", "bob", sent("hi"));
+    timeline.push("dm:alice:bob", "alice", block(true));
+    timeline.apply_to(store, 0).await?;
+    assert_eq!(blocked_of("alice").await?, Some((true, 1)), "no seq taken");
+    assert_eq!(
+        blocked_of("bob").await?,
+        Some((false, 1)),
+        "the blocker's own"
+    );
+    timeline.push("dm:alice:bob", "alice", block(false));
+    timeline.push("dm:alice:bob", "bob", block(true));
+    timeline.apply_to(store, 0).await?;
+    assert_eq!(
+        blocked_of("alice").await?,
+        Some((false, 1)),
+        "the last one counts"
+    );
+    assert_eq!(blocked_of("bob").await?, Some((true, 1)));
     Ok(())
 }
 

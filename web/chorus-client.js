@@ -651,37 +651,35 @@ export class ChorusClient {
     return this.submit({ type: "recall", conversation, seq });
   }
 
-  /** Moves my read cursor (no ack; the latest one is sent again after a reconnect if unsent). */
-  read(conversation, seq) {
+  /**
+   * Sends a frame that states the user's latest choice about `key` (a read mark, a mute, a
+   * block): now when connected, else the latest one per key goes out on the next connection.
+   */
+  sendLatest(unsent, key, value, frame) {
     if (this.state === "open" && this.socket) {
-      this.socket.send(JSON.stringify({ type: "read", conversation, seq }));
-      this.unsentReads.delete(conversation);
+      this.socket.send(JSON.stringify(frame));
+      unsent.delete(key);
     } else {
-      this.unsentReads.set(conversation, seq);
+      unsent.set(key, value);
     }
   }
 
-  /** Ephemeral: dropped when not connected. */
+  /** Moves my read cursor (no ack; the latest one is sent again after a reconnect if unsent). */
+  read(conversation, seq) {
+    this.sendLatest(this.unsentReads, conversation, seq, { type: "read", conversation, seq });
+  }
+
   /** Mutes (or unmutes) a conversation for this user; every device of theirs gets a `mute`. */
   mute(conversation, muted) {
-    if (this.state === "open" && this.socket) {
-      this.socket.send(JSON.stringify({ type: "mute", conversation, muted }));
-      this.unsentMutes.delete(conversation);
-    } else {
-      this.unsentMutes.set(conversation, muted);
-    }
+    this.sendLatest(this.unsentMutes, conversation, muted, { type: "mute", conversation, muted });
   }
 
   /** Blocks (or unblocks) `user`: their direct messages to this user are refused (`blocked`). */
   block(user, blocked) {
-    if (this.state === "open" && this.socket) {
-      this.socket.send(JSON.stringify({ type: "block", user, blocked }));
-      this.unsentBlocks.delete(user);
-    } else {
-      this.unsentBlocks.set(user, blocked);
-    }
+    this.sendLatest(this.unsentBlocks, user, blocked, { type: "block", user, blocked });
   }
 
+  /** Ephemeral: dropped when not connected. */
   typing(conversation) {
     if (this.state === "open" && this.socket) this.socket.send(JSON.stringify({ type: "typing", conversation }));
   }

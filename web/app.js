@@ -54,6 +54,7 @@ function conversationState(id) {
       unread: 0,
       muted: false,
       blocked: false,
+      pins: [],
       /** user → the seq up to which they read (from live `read` frames) */
       othersRead: new Map(),
       /** user → until when their typing indicator shows */
@@ -241,6 +242,10 @@ function applyEvent(event) {
       if (target) Object.assign(target, { text: "", recalled: true });
       break;
     }
+    case "pin":
+      state.items.set(event.seq, { seq: event.seq, notice: `${event.sender} ${event.pinned ? "pinned" : "unpinned"} #${event.target_seq}` });
+      if (event.conversation === view.openId) loadPins(state);
+      break;
     case "conversation_created":
       state.title = event.title ?? state.title;
       state.items.set(event.seq, { seq: event.seq, notice: `${event.sender} created ${event.title ?? event.conversation}` });
@@ -333,6 +338,8 @@ async function openConversation(id) {
   renderTyping();
   markRead();
   element("message-input").focus();
+  element("pins").hidden = true;
+  loadPins(state);
   await fillScreen(state);
 }
 
@@ -481,7 +488,39 @@ function renderItem(state, item, readByOthers) {
     entry.append(mark);
     if (!item.recalled) entry.append(actions(state, item));
   }
+  if (!item.pending && !item.recalled && item.seq !== null) {
+    // any member pins any message, for everyone
+    const pinned = state.pins.some((pin) => pin.message.seq === item.seq);
+    const pin = document.createElement("button");
+    pin.type = "button";
+    pin.className = "pin";
+    pin.textContent = pinned ? "unpin" : "pin";
+    pin.addEventListener("click", () => view.client.pin(state.id, item.seq, !pinned).acked.catch(showRefusal));
+    entry.append(pin);
+  }
   return entry;
+}
+
+/** Reads the open conversation's pinned messages and shows them above the messages. */
+async function loadPins(state) {
+  try {
+    state.pins = await view.client.pins(state.id);
+  } catch {
+    return; // shown again at the next pin event or when the conversation is opened
+  }
+  if (state.id !== view.openId) return;
+  const bar = element("pins");
+  bar.replaceChildren(
+    ...state.pins.map((pin) => {
+      const item = document.createElement("li");
+      item.dataset.seq = pin.message.seq;
+      item.textContent = `📌 ${pin.message.recalled ? "message recalled" : pin.message.text} — ${pin.message.sender}`;
+      item.title = `pinned by ${pin.pinned_by}`;
+      return item;
+    }),
+  );
+  bar.hidden = state.pins.length === 0;
+  renderMessages();
 }
 
 function actions(state, item) {

@@ -651,6 +651,11 @@ export class ChorusClient {
     return this.submit({ type: "recall", conversation, seq });
   }
 
+  /** Pins (or unpins) message `seq` for every member; acked like a send (the pin takes a seq). */
+  pin(conversation, seq, pinned = true) {
+    return this.submit({ type: "pin", conversation, seq, pinned });
+  }
+
   /**
    * Sends a frame that states the user's latest choice about `key` (a read mark, a mute, a
    * block): now when connected, else the latest one per key goes out on the next connection.
@@ -705,6 +710,12 @@ export class ChorusClient {
     for (const [name, value] of Object.entries(page)) if (value !== undefined) query.set(name, String(value));
     const { messages } = await this.request("GET", `/v1/conversations/${encodeURIComponent(conversation)}/messages?${query}`);
     return messages;
+  }
+
+  /** The conversation's pinned messages, most recently pinned first. */
+  async pins(conversation) {
+    const { pins } = await this.request("GET", `/v1/conversations/${encodeURIComponent(conversation)}/pins`);
+    return pins;
   }
 
   async search(text, { conversation, limit = 20 } = {}) {

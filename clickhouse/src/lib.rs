@@ -38,7 +38,8 @@ use chorus_core::metrics::Metrics;
 use chorus_log::{Offset, PartitionId};
 use chorus_schemas::TimelineEvent;
 use chorus_store::history::{
-    ConversationSummary, HistoryError, HistoryStore, MessagePage, MessageView, UNREAD_CAP,
+    ConversationSummary, HistoryError, HistoryStore, MAX_PINS, MessagePage, MessageView, PinView,
+    UNREAD_CAP,
 };
 use chorus_store::position::records_to_apply;
 use clickhouse::{Client, Row, RowOwned, RowWrite};
@@ -459,6 +460,43 @@ impl HistoryStore for ClickHouseHistory {
             .through(&self.guard)
             .await?;
         rows.into_iter().map(EventRow::into_event).collect()
+    }
+
+    async fn pins(&self, conversation: &str) -> Result<Vec<PinView>, HistoryError> {
+        // the latest pin event per message decides (rows of one record may not be merged yet:
+        // argMax by seq is the same for copies)
+        #[derive(Row, Deserialize)]
+        struct Pin {
+            target_seq: u64,
+            pinned_by: String,
+            pinned_seq: u64,
+        }
+        let pins = self
+            .client
+            .query(
+                "SELECT target_seq, argMax(sender, seq) AS pinned_by, max(seq) AS pinned_seq \
+                 FROM events WHERE conversation = ? AND kind = 'pin' \
+                 GROUP BY target_seq HAVING argMax(pinned, seq) = 1 \
+                 ORDER BY pinned_seq DESC LIMIT ?",
+            )
+            .bind(conversation)
+            .bind(MAX_PINS as u64)
+            .fetch_all::<Pin>()
+            .through(&self.guard)
+            .await?;
+        let mut views = Vec::with_capacity(pins.len());
+        for pin in pins {
+            let page = MessagePage::After(pin.target_seq.saturating_sub(1));
+            let message = self.messages(conversation, page, 1).await?.pop();
+            if let Some(message) = message.filter(|message| message.seq == pin.target_seq) {
+                views.push(PinView {
+                    message,
+                    pinned_by: pin.pinned_by,
+                    pinned_seq: pin.pinned_seq,
+                });
+            }
+        }
+        Ok(views)
     }
 
     async fn messages(

@@ -18,6 +18,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (1, include_str!("../migrations/0001_history.sql")),
     (2, include_str!("../migrations/0002_muted.sql")),
     (3, include_str!("../migrations/0003_blocked.sql")),
+    (4, include_str!("../migrations/0004_pinned.sql")),
 ];
 
 /// Whether the schema is in place, and what applying it needs.

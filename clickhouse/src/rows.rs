@@ -34,6 +34,8 @@ pub(crate) struct EventRow {
     pub(crate) muted: u8,
     /// `block` rows: 1 blocked, 0 unblocked (migration 3).
     pub(crate) blocked: u8,
+    /// `pin` rows: 1 pinned, 0 unpinned (migration 4).
+    pub(crate) pinned: u8,
 }
 
 /// One membership change in `members`: whether `user` is in `conversation` as of `seq`.
@@ -54,7 +56,7 @@ pub(crate) struct PositionRow {
 
 /// The columns of [`EventRow`], in order, for `SELECT`s.
 pub(crate) const EVENT_COLUMNS: &str = "partition, offset, conversation, seq, event_id, kind, sender, ts_ms, \
-     origin_cluster, client_msg_id, ingress_offset, text, target_seq, title, members, read_seq, muted, blocked";
+     origin_cluster, client_msg_id, ingress_offset, text, target_seq, title, members, read_seq, muted, blocked, pinned";
 
 impl EventRow {
     pub(crate) fn from_event(
@@ -81,6 +83,7 @@ impl EventRow {
             read_seq: 0,
             muted: 0,
             blocked: 0,
+            pinned: 0,
         };
         match &event.body {
             EventBody::MessageSent { text } => row.text = text.clone(),
@@ -99,6 +102,10 @@ impl EventRow {
             EventBody::ReadCursorMoved { seq } => row.read_seq = *seq,
             EventBody::ConversationMuted { muted } => row.muted = u8::from(*muted),
             EventBody::UserBlocked { blocked } => row.blocked = u8::from(*blocked),
+            EventBody::MessagePinned { target_seq, pinned } => {
+                row.target_seq = *target_seq;
+                row.pinned = u8::from(*pinned);
+            }
         }
         row
     }
@@ -129,6 +136,10 @@ impl EventRow {
             },
             "block" => EventBody::UserBlocked {
                 blocked: self.blocked != 0,
+            },
+            "pin" => EventBody::MessagePinned {
+                target_seq: self.target_seq,
+                pinned: self.pinned != 0,
             },
             other => {
                 return Err(HistoryError::Storage(

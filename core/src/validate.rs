@@ -91,7 +91,7 @@ pub fn validate_ingress(
                 return Err(bad("seq must be at least 1"));
             }
         }
-        EventBody::MessageRecalled { target_seq } => {
+        EventBody::MessageRecalled { target_seq } | EventBody::MessagePinned { target_seq, .. } => {
             if *target_seq == 0 {
                 return Err(bad("seq must be at least 1"));
             }

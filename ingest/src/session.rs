@@ -565,6 +565,19 @@ impl Session {
                 conversation,
                 muted,
             } => (conversation, None, EventBody::ConversationMuted { muted }),
+            ClientFrame::Pin {
+                id,
+                conversation,
+                seq,
+                pinned,
+            } => (
+                conversation,
+                Some(id),
+                EventBody::MessagePinned {
+                    target_seq: seq,
+                    pinned,
+                },
+            ),
             ClientFrame::Block { user, blocked } => {
                 validate_user(&user)
                     .map_err(|error| ApiError::new(ErrorCode::BadRequest, error.to_string()))?;

@@ -493,6 +493,29 @@ impl SequencerState {
                 }
                 Ok(())
             }
+            EventBody::MessagePinned { target_seq, pinned } => {
+                if !is_member {
+                    return forbidden("not a member of this conversation");
+                }
+                let slot = state
+                    .and_then(|state| state.senders.get((*target_seq as usize).wrapping_sub(1)));
+                let Some(&slot) = slot else {
+                    return Err(ApiError::new(ErrorCode::NotFound, "no such message"));
+                };
+                if slot == NOT_A_MESSAGE {
+                    return Err(ApiError::new(
+                        ErrorCode::BadRequest,
+                        "that seq is not a message",
+                    ));
+                }
+                if *pinned && slot & RECALLED_BIT != 0 {
+                    return Err(ApiError::new(
+                        ErrorCode::NotFound,
+                        "that message was recalled",
+                    ));
+                }
+                Ok(())
+            }
             EventBody::ConversationMuted { .. } | EventBody::UserBlocked { .. } => {
                 if !is_member {
                     return forbidden("not a member of this conversation");

@@ -30,7 +30,7 @@ use crate::event::{EventBody, IngressEvent, TimelineEvent};
 pub const SINGLE_OBJECT_MARKER: [u8; 2] = [0xC3, 0x01];
 
 /// Event record schemas, in the order of the envelope's `body` union.
-const EVENT_SCHEMAS: [(&str, &str); 9] = [
+const EVENT_SCHEMAS: [(&str, &str); 10] = [
     (
         "chorus.MessageSent",
         include_str!("../avro/message_sent.avsc"),
@@ -67,20 +67,26 @@ const EVENT_SCHEMAS: [(&str, &str); 9] = [
         "chorus.UserBlocked",
         include_str!("../avro/user_blocked.avsc"),
     ),
+    (
+        "chorus.MessagePinned",
+        include_str!("../avro/message_pinned.avsc"),
+    ),
 ];
 
 const INGRESS_SCHEMA: &str = include_str!("../avro/ingress_event.avsc");
 const TIMELINE_SCHEMA: &str = include_str!("../avro/timeline_event.avsc");
 /// Earlier versions of the timeline envelope, still readable.
-const TIMELINE_HISTORY: [&str; 3] = [
+const TIMELINE_HISTORY: [&str; 4] = [
     include_str!("../avro/history/timeline_event.v1.avsc"),
     include_str!("../avro/history/timeline_event.v2.avsc"),
     include_str!("../avro/history/timeline_event.v3.avsc"),
+    include_str!("../avro/history/timeline_event.v4.avsc"),
 ];
 /// Earlier versions of the ingress envelope, still readable.
-const INGRESS_HISTORY: [&str; 2] = [
+const INGRESS_HISTORY: [&str; 3] = [
     include_str!("../avro/history/ingress_event.v1.avsc"),
     include_str!("../avro/history/ingress_event.v2.avsc"),
+    include_str!("../avro/history/ingress_event.v3.avsc"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -454,6 +460,16 @@ fn body_value(body: &EventBody) -> Result<Value, CodecError> {
         EventBody::UserBlocked { blocked } => {
             (8, vec![("blocked".into(), Value::Boolean(*blocked))])
         }
+        EventBody::MessagePinned { target_seq, pinned } => (
+            9,
+            vec![
+                (
+                    "target_seq".into(),
+                    Value::Long(to_long("target_seq", *target_seq)?),
+                ),
+                ("pinned".into(), Value::Boolean(*pinned)),
+            ],
+        ),
     };
     Ok(Value::Union(branch, Box::new(Value::Record(fields))))
 }
@@ -601,6 +617,10 @@ impl Fields<'_> {
             "chorus.UserBlocked" => EventBody::UserBlocked {
                 blocked: body.boolean("blocked")?,
             },
+            "chorus.MessagePinned" => EventBody::MessagePinned {
+                target_seq: body.unsigned("target_seq")?,
+                pinned: body.boolean("pinned")?,
+            },
             _ => {
                 return Err(CodecError::Field {
                     field: "body",
@@ -642,6 +662,10 @@ mod tests {
             EventBody::ReadCursorMoved { seq: 9 },
             EventBody::ConversationMuted { muted: true },
             EventBody::UserBlocked { blocked: true },
+            EventBody::MessagePinned {
+                target_seq: 3,
+                pinned: true,
+            },
         ]
     }
 

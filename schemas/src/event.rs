@@ -32,6 +32,9 @@ pub enum EventBody {
     /// `chorus.UserBlocked`: in a direct conversation, the sender blocked (or unblocked) the
     /// other member, whose messages to them are refused meanwhile. Logged, but takes no seq.
     UserBlocked { blocked: bool },
+    /// `chorus.MessagePinned`: a member pinned (or unpinned) the message `target_seq`. Takes a
+    /// seq: every member sees it.
+    MessagePinned { target_seq: u64, pinned: bool },
 }
 
 /// The protocol's name for a timeline event's kind (`"message"`, `"edit"`, …).
@@ -46,6 +49,7 @@ pub enum EventKind {
     Read,
     Mute,
     Block,
+    Pin,
 }
 
 impl EventKind {
@@ -61,6 +65,7 @@ impl EventKind {
             EventKind::Read => "read",
             EventKind::Mute => "mute",
             EventKind::Block => "block",
+            EventKind::Pin => "pin",
         }
     }
 }
@@ -77,6 +82,7 @@ impl EventBody {
             EventBody::ReadCursorMoved { .. } => EventKind::Read,
             EventBody::ConversationMuted { .. } => EventKind::Mute,
             EventBody::UserBlocked { .. } => EventKind::Block,
+            EventBody::MessagePinned { .. } => EventKind::Pin,
         }
     }
 

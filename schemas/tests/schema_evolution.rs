@@ -117,6 +117,14 @@ fn envelopes_written_before_the_block_event_decode_with_the_current_schemas() {
     );
 }
 
+#[test]
+fn envelopes_written_before_the_pin_event_decode_with_the_current_schemas() {
+    check_older_envelopes(
+        include_str!("../avro/history/timeline_event.v4.avsc"),
+        include_str!("../avro/history/ingress_event.v3.avsc"),
+    );
+}
+
 /// A timeline record written with `timeline_json` and an ingress record written with
 /// `ingress_json` (older envelopes) decode with the current schemas.
 fn check_older_envelopes(timeline_json: &str, ingress_json: &str) {

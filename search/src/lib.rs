@@ -5,6 +5,7 @@
 //!   `limit`); `next` names the cursor of the next page when there is one;
 //! - `GET /v1/conversations/{id}/events?after_seq&limit`: the timeline, for gap filling;
 //! - `GET /v1/conversations/{id}/messages?after_seq|before_seq&limit`: messages as they stand;
+//! - `GET /v1/conversations/{id}/pins`: the pinned messages, most recently pinned first;
 //! - `GET /v1/search?q&conversation&limit`: full-text search with snippets; `q` is parsed by the
 //!   bounded grammar of `chorus_store::search_query` before anything is read, and one over
 //!   `limits.max_search_query_bytes`, `_depth` or `_clauses` answers `400 bad_request` naming
@@ -267,6 +268,19 @@ impl SearchApi {
         Ok(json_response(200, &json!({"messages": messages})))
     }
 
+    /// The conversation's pinned messages, most recently pinned first.
+    async fn pins(&self, claims: Claims, conversation: String) -> Result<Response, ApiError> {
+        self.consistent_authorize(&claims.sub, &conversation)
+            .await?;
+        let pins = self
+            .history
+            .get()
+            .pins(&conversation)
+            .await
+            .map_err(unavailable)?;
+        Ok(json_response(200, &json!({"pins": pins})))
+    }
+
     async fn search(&self, claims: Claims, query: SearchQuery) -> Result<Response, ApiError> {
         if query.q.trim().is_empty() {
             return Err(ApiError::new(ErrorCode::BadRequest, "q must not be empty"));
@@ -356,6 +370,7 @@ pub fn routes(api: Arc<SearchApi>) -> BoxedFilter<(Response,)> {
                     (Err(error), _) => Err(error),
                     (Ok(claims), "events") => api.events(claims, conversation, page).await,
                     (Ok(claims), "messages") => api.messages(claims, conversation, page).await,
+                    (Ok(claims), "pins") => api.pins(claims, conversation).await,
                     (Ok(_), _) => Err(ApiError::new(ErrorCode::NotFound, "no such endpoint")),
                 })
             },

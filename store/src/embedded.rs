@@ -10,6 +10,7 @@
 //! - `muted` (conversation, user), present while the user has muted the conversation (the last
 //!   mute event in log order decides); `blocked` likewise for a user who blocked the other member
 //!   of a direct conversation;
+//! - `pins` (conversation, message seq) → (seq of the pin, who pinned it);
 //! - `positions` partition → next offset to apply.
 //!
 //! Invariants:
@@ -47,8 +48,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use crate::history::{
-    ConversationSummary, HistoryError, HistoryStore, MessagePage, MessageView, UNREAD_CAP,
-    direct_conversation_members,
+    ConversationSummary, HistoryError, HistoryStore, MAX_PINS, MessagePage, MessageView, PinView,
+    UNREAD_CAP, direct_conversation_members,
 };
 use crate::position::records_to_apply;
 
@@ -64,6 +65,8 @@ const MUTED: TableDefinition<(&str, &str), ()> = TableDefinition::new("muted");
 /// (conversation, user) present while the user has blocked the other member of the direct
 /// conversation.
 const BLOCKED: TableDefinition<(&str, &str), ()> = TableDefinition::new("blocked");
+/// (conversation, pinned message seq) → (seq of the pin event, who pinned it).
+const PINS: TableDefinition<(&str, u64), (u64, &str)> = TableDefinition::new("pins");
 const POSITIONS: TableDefinition<u32, u64> = TableDefinition::new("positions");
 
 /// A message as stored in `messages`.
@@ -242,6 +245,7 @@ fn create_tables(database: &Database) -> Result<(), EmbeddedError> {
     transaction.open_table(READ_CURSORS)?;
     transaction.open_table(MUTED)?;
     transaction.open_table(BLOCKED)?;
+    transaction.open_table(PINS)?;
     transaction.open_table(POSITIONS)?;
     transaction.commit()?;
     Ok(())
@@ -311,6 +315,8 @@ struct WriteTables<'transaction> {
     muted: Table<'transaction, (&'static str, &'static str), ()>,
     /// Blocks, for `conversations`.
     blocked: Table<'transaction, (&'static str, &'static str), ()>,
+    /// Pinned messages, for `pins`.
+    pins: Table<'transaction, (&'static str, u64), (u64, &'static str)>,
 }
 
 impl<'transaction> WriteTables<'transaction> {
@@ -324,6 +330,7 @@ impl<'transaction> WriteTables<'transaction> {
             read_cursors: transaction.open_table(READ_CURSORS)?,
             muted: transaction.open_table(MUTED)?,
             blocked: transaction.open_table(BLOCKED)?,
+            pins: transaction.open_table(PINS)?,
         })
     }
 
@@ -361,6 +368,14 @@ impl<'transaction> WriteTables<'transaction> {
             .insert((conversation, seq), serde_json::to_vec(event)?.as_slice())?;
         self.record_conversation_seq(conversation, seq, &event.body)?;
         match &event.body {
+            EventBody::MessagePinned { target_seq, pinned } => {
+                if *pinned {
+                    self.pins
+                        .insert((conversation, *target_seq), (seq, event.sender.as_str()))?;
+                } else {
+                    self.pins.remove((conversation, *target_seq))?;
+                }
+            }
             EventBody::MessageSent { text } => {
                 let message = StoredMessage {
                     event_id: event.event_id.clone(),
@@ -631,6 +646,30 @@ fn read_conversations(
     Ok(summaries)
 }
 
+fn read_pins(database: &Database, conversation: &str) -> Result<Vec<PinView>, EmbeddedError> {
+    let transaction = database.begin_read()?;
+    let pins = transaction.open_table(PINS)?;
+    let messages = transaction.open_table(MESSAGES)?;
+    let mut found = Vec::new();
+    for entry in pins.range((conversation, 0)..=(conversation, u64::MAX))? {
+        let (key, value) = entry?;
+        let (_, seq) = key.value();
+        let (pinned_seq, pinned_by) = value.value();
+        let Some(stored) = messages.get((conversation, seq))? else {
+            continue;
+        };
+        let message: StoredMessage = serde_json::from_slice(stored.value())?;
+        found.push(PinView {
+            message: message.into_view(seq),
+            pinned_by: pinned_by.to_owned(),
+            pinned_seq,
+        });
+    }
+    found.sort_by_key(|pin| std::cmp::Reverse(pin.pinned_seq));
+    found.truncate(MAX_PINS);
+    Ok(found)
+}
+
 fn read_is_member(
     database: &Database,
     conversation: &str,
@@ -696,6 +735,12 @@ impl HistoryStore for EmbeddedHistory {
     ) -> Result<Vec<MessageView>, HistoryError> {
         let conversation = conversation.to_owned();
         self.run_blocking(move |database| read_messages(database, &conversation, page, limit))
+            .await
+    }
+
+    async fn pins(&self, conversation: &str) -> Result<Vec<PinView>, HistoryError> {
+        let conversation = conversation.to_owned();
+        self.run_blocking(move |database| read_pins(database, &conversation))
             .await
     }
 

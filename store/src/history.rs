@@ -54,6 +54,19 @@ pub struct MessageView {
     pub recalled: bool,
 }
 
+/// A pinned message (`GET /v1/conversations/{id}/pins`): the message as it stands now, who
+/// pinned it and the seq of the pin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PinView {
+    pub message: MessageView,
+    pub pinned_by: String,
+    /// The seq of the `pin` event.
+    pub pinned_seq: u64,
+}
+
+/// Most pins [`HistoryStore::pins`] returns (the most recent ones).
+pub const MAX_PINS: usize = 100;
+
 /// One entry of `GET /v1/conversations`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConversationSummary {
@@ -138,6 +151,10 @@ pub trait HistoryStore: Send + Sync + 'static {
         page: MessagePage,
         limit: usize,
     ) -> Result<Vec<MessageView>, HistoryError>;
+
+    /// The conversation's pinned messages, most recently pinned first, at most [`MAX_PINS`]. A
+    /// message pinned twice counts once (its latest pin); an unpinned one is gone.
+    async fn pins(&self, conversation: &str) -> Result<Vec<PinView>, HistoryError>;
 
     /// The conversations `user` is a member of, with last seq and the user's read cursor.
     async fn conversations(&self, user: &str) -> Result<Vec<ConversationSummary>, HistoryError>;

@@ -326,7 +326,8 @@ impl SearchIndex {
                 | EventBody::MembersRemoved { .. }
                 | EventBody::ReadCursorMoved { .. }
                 | EventBody::ConversationMuted { .. }
-                | EventBody::UserBlocked { .. } => {}
+                | EventBody::UserBlocked { .. }
+                | EventBody::MessagePinned { .. } => {}
             }
         }
         Ok(())

@@ -490,6 +490,67 @@ async fn a_blocked_user_gets_a_clear_refusal_until_unblocked() -> anyhow::Result
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_pin_and_unpin_messages_every_member_sees_the_list() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let url = server.ws_url();
+    let mut alice = Client::connect(&url, "alice", None).await?;
+    let mut bob = Client::connect(&url, "bob", None).await?;
+    let mut carol = Client::connect(&url, "carol", None).await?;
+    alice
+        .send_message("m1", "dm:alice:bob", "the address is 北京路 5")
+        .await?;
+    alice.send_message("m2", "dm:alice:bob", "see you").await?;
+    bob.send_json(json!({"type": "pin", "id": "p1", "conversation": "dm:alice:bob", "seq": 1, "pinned": true}))
+        .await?;
+    let ack = bob.outcome("p1").await?;
+    assert_eq!(ack["seq"], 3, "a pin takes a seq");
+    let event = alice
+        .expect(|frame| frame["type"] == "event" && frame["kind"] == "pin")
+        .await?;
+    assert_eq!(event["target_seq"], 1);
+    assert_eq!(event["pinned"], true);
+    assert_eq!(event["sender"], "bob");
+    let pins = |user: &'static str| {
+        let api = server.api();
+        async move {
+            let (status, body) = api.get(user, "/v1/conversations/dm:alice:bob/pins").await?;
+            anyhow::Ok((status, body["pins"].clone()))
+        }
+    };
+    let (status, listed) = pins("alice").await?;
+    assert_eq!(status, 200);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["message"]["seq"], 1);
+    assert_eq!(listed[0]["message"]["text"], "the address is 北京路 5");
+    assert_eq!(listed[0]["pinned_by"], "bob");
+    assert_eq!(listed[0]["pinned_seq"], 3);
+    let (status, _) = pins("carol").await?;
+    assert_eq!(status, 403, "the list is for members");
+    // refusals, each with its code
+    for (id, seq, code, who) in [
+        ("p2", 9, "not_found", "bob"),
+        ("p3", 3, "bad_request", "bob"),
+        ("p4", 1, "forbidden", "carol"),
+    ] {
+        let client = if who == "bob" { &mut bob } else { &mut carol };
+        client
+            .send_json(json!({"type": "pin", "id": id, "conversation": "dm:alice:bob", "seq": seq, "pinned": true}))
+            .await?;
+        let refused = client
+            .expect(|frame| frame["id"] == id && frame["type"] == "error")
+            .await?;
+        assert_eq!(refused["code"], code, "{id}: {refused}");
+    }
+    alice
+        .send_json(json!({"type": "pin", "id": "p5", "conversation": "dm:alice:bob", "seq": 1, "pinned": false}))
+        .await?;
+    alice.outcome("p5").await?;
+    let (_, listed) = pins("bob").await?;
+    assert_eq!(listed, json!([]), "unpinned");
+    server.served.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_and_read_marks_are_delivered_without_a_seq() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
     let url = server.ws_url();

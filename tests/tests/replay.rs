@@ -30,6 +30,10 @@ async fn snapshot(api: &Api) -> anyhow::Result<Value> {
                 format!("{user}/{id}/messages"),
                 json!(api.messages(user, &id).await?),
             );
+            let (_, pins) = api
+                .get(user, &format!("/v1/conversations/{id}/pins"))
+                .await?;
+            snapshot.insert(format!("{user}/{id}/pins"), pins);
         }
         for query in ["北京", "meeting", "report", "station"] {
             snapshot.insert(
@@ -69,6 +73,12 @@ async fn write_history(server: &TestServer) -> anyhow::Result<()> {
     bob.outcome("r").await?;
     bob.send_json(json!({"type": "read", "conversation": "g:ops", "seq": 10}))
         .await?;
+    alice
+        .send_json(
+            json!({"type": "pin", "id": "pin", "conversation": "g:ops", "seq": 2, "pinned": true}),
+        )
+        .await?;
+    alice.outcome("pin").await?;
     bob.send_json(json!({"type": "mute", "conversation": "g:ops", "muted": true}))
         .await?;
     bob.expect(|frame| frame["type"] == "mute").await?;

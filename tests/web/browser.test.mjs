@@ -236,6 +236,15 @@ try {
     await bob.page.locator("#messages li.message", { hasText: "hello again" }).waitFor();
   });
 
+  await step("alice pins a message: bob sees it in the pinned bar; unpinned, it is gone", async () => {
+    await alice.page.locator("#messages li.message", { hasText: "hello again" }).locator("button.pin", { hasText: "pin" }).click();
+    await bob.page.locator("#pins li", { hasText: "hello again" }).waitFor();
+    await alice.page.locator("#pins li", { hasText: "hello again" }).waitFor();
+    await bob.page.locator("#messages li.notice", { hasText: "alice pinned" }).waitFor();
+    await bob.page.locator("#messages li.message", { hasText: "hello again" }).locator("button.pin", { hasText: "unpin" }).click();
+    await alice.page.locator("#pins").waitFor({ state: "hidden" });
+  });
+
   await step("a search for a Chinese word finds the right message", async () => {
     await bob.page.fill("#search-input", "北京");
     await bob.page.press("#search-input", "Enter");

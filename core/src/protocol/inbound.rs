@@ -41,6 +41,13 @@ pub enum ClientFrame {
         conversation: String,
         muted: bool,
     },
+    /// Pins (or unpins) message `seq` of the conversation, for every member to see.
+    Pin {
+        id: String,
+        conversation: String,
+        seq: u64,
+        pinned: bool,
+    },
     /// Blocks (or unblocks) a user: their direct messages to this user are refused meanwhile.
     Block {
         user: String,

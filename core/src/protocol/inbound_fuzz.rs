@@ -19,10 +19,11 @@ use crate::error::ErrorCode;
 /// Inputs of one short run under `cargo test`.
 const SHORT_RUN_ITERATIONS: usize = 10_000;
 
-const FRAME_TYPES: [&str; 11] = [
-    "send", "edit", "recall", "read", "typing", "mute", "block", "ping", "auth", "Send", "pong",
+const FRAME_TYPES: [&str; 12] = [
+    "send", "edit", "recall", "read", "typing", "mute", "block", "pin", "ping", "auth", "Send",
+    "pong",
 ];
-const FIELD_NAMES: [&str; 11] = [
+const FIELD_NAMES: [&str; 12] = [
     "type",
     "id",
     "conversation",
@@ -32,6 +33,7 @@ const FIELD_NAMES: [&str; 11] = [
     "muted",
     "user",
     "blocked",
+    "pinned",
     "",
     "extra",
 ];
@@ -188,6 +190,7 @@ fn check_frame(text: &str) {
                 ClientFrame::Typing { .. } => "typing",
                 ClientFrame::Mute { .. } => "mute",
                 ClientFrame::Block { .. } => "block",
+                ClientFrame::Pin { .. } => "pin",
                 ClientFrame::Ping => "ping",
                 ClientFrame::Auth { .. } => "auth",
             };

@@ -115,6 +115,10 @@ pub fn event_json(event: &TimelineEvent) -> Value {
         EventBody::UserBlocked { blocked } => {
             object.insert("blocked".into(), json!(blocked));
         }
+        EventBody::MessagePinned { target_seq, pinned } => {
+            object.insert("target_seq".into(), json!(target_seq));
+            object.insert("pinned".into(), json!(pinned));
+        }
     }
     frame
 }

@@ -908,3 +908,54 @@ fn a_blocked_user_cannot_message_the_one_who_blocked_them_until_unblocked() {
         Some(ErrorCode::Blocked)
     );
 }
+
+#[test]
+fn any_member_pins_a_message_that_exists_and_is_not_recalled() {
+    let mut state = SequencerState::new(100);
+    let dm = "dm:alice:bob";
+    let pin = |target_seq: u64, pinned: bool| EventBody::MessagePinned { target_seq, pinned };
+    assert_eq!(
+        seq_of(&state.decide(ingress(dm, "alice", "a1", text("hi")), 0)),
+        Some(1)
+    );
+    assert_eq!(
+        seq_of(&state.decide(ingress(dm, "bob", "p1", pin(1, true)), 1)),
+        Some(2),
+        "a pin takes a seq; any member may pin"
+    );
+    assert_eq!(
+        code_of(&state.decide(ingress(dm, "carol", "p2", pin(1, true)), 2)),
+        Some(ErrorCode::Forbidden)
+    );
+    assert_eq!(
+        code_of(&state.decide(ingress(dm, "bob", "p3", pin(9, true)), 3)),
+        Some(ErrorCode::NotFound)
+    );
+    assert_eq!(
+        code_of(&state.decide(ingress(dm, "bob", "p4", pin(2, true)), 4)),
+        Some(ErrorCode::BadRequest),
+        "a pin is not a message"
+    );
+    assert!(matches!(
+        state.decide(
+            ingress(
+                dm,
+                "alice",
+                "r1",
+                EventBody::MessageRecalled { target_seq: 1 }
+            ),
+            5
+        ),
+        Decision::Sequence(_)
+    ));
+    assert_eq!(
+        code_of(&state.decide(ingress(dm, "bob", "p5", pin(1, true)), 6)),
+        Some(ErrorCode::NotFound),
+        "a recalled message cannot be pinned"
+    );
+    assert_eq!(
+        seq_of(&state.decide(ingress(dm, "bob", "p6", pin(1, false)), 7)),
+        Some(4),
+        "but it can be unpinned"
+    );
+}

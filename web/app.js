@@ -215,6 +215,10 @@ function showStatus(state) {
 // ---- events ----------------------------------------------------------------------------------
 
 function applyEvent(event) {
+  if (event.kind === "members_removed" && (event.members ?? []).includes(view.me)) {
+    forgetConversation(event.conversation); // I left, or was removed
+    return;
+  }
   const state = conversationState(event.conversation);
   state.lastSeq = Math.max(state.lastSeq, event.seq);
   switch (event.kind) {
@@ -354,6 +358,7 @@ function renderMuteToggle() {
   const other = state ? dmPeer(state.id) : null;
   block.hidden = !other;
   if (other) block.textContent = state.blocked ? `Unblock ${other}` : `Block ${other}`;
+  element("leave-group").hidden = !state || !state.id.startsWith("g:");
 }
 
 /** The other user of a direct conversation of mine, or null. */
@@ -361,6 +366,29 @@ function dmPeer(id) {
   const parts = id.startsWith("dm:") ? id.slice(3).split(":") : [];
   if (parts.length !== 2) return null;
   return parts[0] === view.me ? parts[1] : parts[0];
+}
+
+element("leave-group").addEventListener("click", () => {
+  const state = view.openId && view.conversations.get(view.openId);
+  if (!state) return;
+  view.client
+    .leave(state.id)
+    .acked.then(() => forgetConversation(state.id))
+    .catch(showRefusal);
+});
+
+/** Takes a conversation I am no longer in off the list (and closes it if open). */
+function forgetConversation(id) {
+  view.conversations.delete(id);
+  if (view.openId === id) {
+    view.openId = null;
+    element("chat-title").textContent = "Pick a conversation";
+    element("composer").hidden = true;
+    element("pins").hidden = true;
+    element("messages").replaceChildren();
+    renderMuteToggle();
+  }
+  renderConversations();
 }
 
 element("block-toggle").addEventListener("click", () => {

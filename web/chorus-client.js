@@ -651,6 +651,11 @@ export class ChorusClient {
     return this.submit({ type: "recall", conversation, seq });
   }
 
+  /** Leaves a group (its owner cannot); acked like a send (the leave takes a seq). */
+  leave(conversation) {
+    return this.submit({ type: "leave", conversation });
+  }
+
   /** Pins (or unpins) message `seq` for every member; acked like a send (the pin takes a seq). */
   pin(conversation, seq, pinned = true) {
     return this.submit({ type: "pin", conversation, seq, pinned });

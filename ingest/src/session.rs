@@ -565,6 +565,14 @@ impl Session {
                 conversation,
                 muted,
             } => (conversation, None, EventBody::ConversationMuted { muted }),
+            ClientFrame::Leave { id, conversation } => {
+                let members = vec![self.user.clone()];
+                (
+                    conversation,
+                    Some(id),
+                    EventBody::MembersRemoved { members },
+                )
+            }
             ClientFrame::Pin {
                 id,
                 conversation,

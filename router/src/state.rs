@@ -445,6 +445,19 @@ impl SequencerState {
                 let is_owner = state
                     .and_then(|state| state.owner.as_ref())
                     .is_some_and(|owner| owner == &event.sender);
+                let leaving = matches!(&event.body, EventBody::MembersRemoved { members }
+                    if members.len() == 1 && members[0] == event.sender);
+                if leaving && !event.trusted {
+                    // a member leaves on their own; the owner stays (nobody else could manage
+                    // the group's members: ownership cannot be handed over yet)
+                    if !is_member {
+                        return forbidden("not a member of this conversation");
+                    }
+                    if is_owner {
+                        return forbidden("the owner of a group cannot leave it");
+                    }
+                    return Ok(());
+                }
                 if !event.trusted && !is_owner {
                     return forbidden("only the owner of a group manages its members");
                 }

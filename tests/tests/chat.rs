@@ -551,6 +551,60 @@ async fn members_pin_and_unpin_messages_every_member_sees_the_list() -> anyhow::
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_leaves_a_group_and_stops_receiving_it() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let url = server.ws_url();
+    let mut alice = Client::connect(&url, "alice", None).await?;
+    let mut bob = Client::connect(&url, "bob", None).await?;
+    let created = server
+        .api()
+        .post(
+            &token("alice", None),
+            "/v1/conversations",
+            &json!({"id": "g:club", "members": ["bob"], "title": "Club"}),
+        )
+        .await?;
+    assert_eq!(created.0, 201, "{created:?}");
+    alice.send_message("m1", "g:club", "welcome").await?;
+    bob.send_json(json!({"type": "leave", "id": "bye", "conversation": "g:club"}))
+        .await?;
+    let ack = bob.outcome("bye").await?;
+    assert_eq!(ack["seq"], 3, "leaving is an event with its seq");
+    let left = alice
+        .expect(|frame| frame["type"] == "event" && frame["kind"] == "members_removed")
+        .await?;
+    assert_eq!(left["members"], json!(["bob"]));
+    assert_eq!(left["sender"], "bob");
+    let (_, list) = server.api().get("bob", "/v1/conversations").await?;
+    assert!(
+        list["conversations"]
+            .as_array()
+            .is_some_and(|list| list.iter().all(|item| item["id"] != "g:club")),
+        "no longer listed: {list}"
+    );
+    // bob gets nothing more of it: alice's next message reaches alice's own socket only
+    alice.send_message("m2", "g:club", "bye bob").await?;
+    bob.send_json(json!({"type": "send", "id": "late", "conversation": "g:club", "text": "wait"}))
+        .await?;
+    let refused = bob.expect(|frame| frame["id"] == "late").await?;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    // alice's message was sequenced before bob's refused send, in the same partition: had bob
+    // been sent it, it would have reached his socket before the refusal (kept in the backlog)
+    while let Some(frame) = bob.next_frame(tokio::time::Instant::now()).await? {
+        assert_ne!(
+            frame["seq"], 4,
+            "a member who left gets no new event: {frame}"
+        );
+    }
+    alice
+        .send_json(json!({"type": "leave", "id": "owner", "conversation": "g:club"}))
+        .await?;
+    let refused = alice.expect(|frame| frame["id"] == "owner").await?;
+    assert_eq!(refused["code"], "forbidden", "the owner stays: {refused}");
+    server.served.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_and_read_marks_are_delivered_without_a_seq() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
     let url = server.ws_url();

@@ -258,6 +258,18 @@ try {
     await bob.page.locator('#messages li.message.highlight[data-seq="2"]', { hasText: "我们明天在北京开会" }).waitFor();
   });
 
+  await step("bob leaves the group: it is gone from his list; the owner cannot leave", async () => {
+    await conversationItem(bob, "g:team").click();
+    await bob.page.locator("#leave-group").click();
+    await conversationItem(bob, "g:team").waitFor({ state: "detached" });
+    await conversationItem(alice, "g:team").click();
+    await alice.page.locator("#messages li.notice", { hasText: "bob left" }).waitFor();
+    const refused = alice.page.waitForEvent("dialog");
+    await alice.page.locator("#leave-group").click();
+    const dialog = await refused;
+    if (!dialog.message().includes("(forbidden)")) throw new Error(`unexpected: ${dialog.message()}`);
+  });
+
   for (const who of [alice, bob]) {
     const path = join(artifacts, `web-client-${who.user}.png`);
     await who.page.screenshot({ path, fullPage: true });

@@ -41,6 +41,11 @@ pub enum ClientFrame {
         conversation: String,
         muted: bool,
     },
+    /// Leaves a group (its owner cannot).
+    Leave {
+        id: String,
+        conversation: String,
+    },
     /// Pins (or unpins) message `seq` of the conversation, for every member to see.
     Pin {
         id: String,

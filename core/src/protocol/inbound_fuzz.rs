@@ -19,9 +19,9 @@ use crate::error::ErrorCode;
 /// Inputs of one short run under `cargo test`.
 const SHORT_RUN_ITERATIONS: usize = 10_000;
 
-const FRAME_TYPES: [&str; 12] = [
-    "send", "edit", "recall", "read", "typing", "mute", "block", "pin", "ping", "auth", "Send",
-    "pong",
+const FRAME_TYPES: [&str; 13] = [
+    "send", "edit", "recall", "read", "typing", "mute", "block", "pin", "leave", "ping", "auth",
+    "Send", "pong",
 ];
 const FIELD_NAMES: [&str; 12] = [
     "type",
@@ -191,6 +191,7 @@ fn check_frame(text: &str) {
                 ClientFrame::Mute { .. } => "mute",
                 ClientFrame::Block { .. } => "block",
                 ClientFrame::Pin { .. } => "pin",
+                ClientFrame::Leave { .. } => "leave",
                 ClientFrame::Ping => "ping",
                 ClientFrame::Auth { .. } => "auth",
             };

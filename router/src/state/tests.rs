@@ -959,3 +959,45 @@ fn any_member_pins_a_message_that_exists_and_is_not_recalled() {
         "but it can be unpinned"
     );
 }
+
+#[test]
+fn a_member_leaves_a_group_on_their_own_but_its_owner_cannot() {
+    let mut state = SequencerState::new(100);
+    let group = "g:club";
+    let created = EventBody::ConversationCreated {
+        title: None,
+        members: vec!["alice".into(), "bob".into(), "carol".into()],
+    };
+    assert_eq!(
+        seq_of(&state.decide(ingress(group, "alice", "c", created), 0)),
+        Some(1)
+    );
+    let leave = |who: &str| EventBody::MembersRemoved {
+        members: vec![who.to_owned()],
+    };
+    assert_eq!(
+        seq_of(&state.decide(ingress(group, "bob", "l1", leave("bob")), 1)),
+        Some(2),
+        "bob leaves"
+    );
+    assert_eq!(
+        code_of(&state.decide(ingress(group, "bob", "m1", text("still here?")), 2)),
+        Some(ErrorCode::Forbidden),
+        "and is no longer a member"
+    );
+    assert_eq!(
+        code_of(&state.decide(ingress(group, "bob", "l2", leave("bob")), 3)),
+        Some(ErrorCode::Forbidden),
+        "leaving twice: not a member"
+    );
+    assert_eq!(
+        code_of(&state.decide(ingress(group, "alice", "l3", leave("alice")), 4)),
+        Some(ErrorCode::Forbidden),
+        "the owner cannot leave"
+    );
+    assert_eq!(
+        code_of(&state.decide(ingress(group, "carol", "r1", leave("alice")), 5)),
+        Some(ErrorCode::Forbidden),
+        "removing someone else is still the owner's"
+    );
+}

@@ -476,17 +476,7 @@ impl SequencerState {
                 if !is_member {
                     return forbidden("not a member of this conversation");
                 }
-                let slot = state
-                    .and_then(|state| state.senders.get((*target_seq as usize).wrapping_sub(1)));
-                let Some(&slot) = slot else {
-                    return Err(ApiError::new(ErrorCode::NotFound, "no such message"));
-                };
-                if slot == NOT_A_MESSAGE {
-                    return Err(ApiError::new(
-                        ErrorCode::BadRequest,
-                        "that seq is not a message",
-                    ));
-                }
+                let slot = message_slot(state, *target_seq)?;
                 if slot & RECALLED_BIT != 0 {
                     return Err(ApiError::new(
                         ErrorCode::NotFound,
@@ -510,17 +500,7 @@ impl SequencerState {
                 if !is_member {
                     return forbidden("not a member of this conversation");
                 }
-                let slot = state
-                    .and_then(|state| state.senders.get((*target_seq as usize).wrapping_sub(1)));
-                let Some(&slot) = slot else {
-                    return Err(ApiError::new(ErrorCode::NotFound, "no such message"));
-                };
-                if slot == NOT_A_MESSAGE {
-                    return Err(ApiError::new(
-                        ErrorCode::BadRequest,
-                        "that seq is not a message",
-                    ));
-                }
+                let slot = message_slot(state, *target_seq)?;
                 if *pinned && slot & RECALLED_BIT != 0 {
                     return Err(ApiError::new(
                         ErrorCode::NotFound,
@@ -607,6 +587,22 @@ impl SequencerState {
         self.folded_ingress_offset = image.folded_ingress_offset;
         self.group_creations = image.group_creations;
     }
+}
+
+/// The sender slot of message `target_seq` (an edit's, recall's or pin's target): `not_found`
+/// when there is no such seq, `bad_request` when it is not a message.
+fn message_slot(state: Option<&ConversationState>, target_seq: u64) -> Result<u32, ApiError> {
+    let slot = state.and_then(|state| state.senders.get((target_seq as usize).wrapping_sub(1)));
+    let Some(&slot) = slot else {
+        return Err(ApiError::new(ErrorCode::NotFound, "no such message"));
+    };
+    if slot == NOT_A_MESSAGE {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "that seq is not a message",
+        ));
+    }
+    Ok(slot)
 }
 
 /// The folded state as a snapshot holds it; decoded by [`decode_folded`], put back by

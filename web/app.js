@@ -19,6 +19,10 @@ const view = {
   openId: null,
   /** the message being edited: `{ conversation, seq }` */
   editing: null,
+  /** the message the next send answers: `{ conversation, seq }` */
+  replying: null,
+  /** the message being forwarded: `{ conversation, seq }` */
+  forwarding: null,
   /** the message a search hit pointed at: `{ conversation, seq }` */
   highlight: null,
   lastTypingSent: 0,
@@ -41,7 +45,11 @@ function conversationState(id) {
     state = {
       id,
       title: null,
-      /** seq → message `{ seq, sender, ts, text, edited, recalled, origin }` or notice `{ seq, notice }` */
+      /**
+       * seq → message `{ seq, sender, ts, text, edited, recalled, origin, reply_to, mentions,
+       * forwarded_from }` or notice `{ seq, notice }`; `reply_to` is the seq answered (live) or
+       * `{ seq, sender, quote }` (history)
+       */
       items: new Map(),
       /** client message id → text, until its event or ack arrives */
       pending: new Map(),
@@ -52,6 +60,8 @@ function conversationState(id) {
       lastSeq: 0,
       readSeq: 0,
       unread: 0,
+      /** of the unread messages, those that mention me */
+      mentions: 0,
       muted: false,
       blocked: false,
       pins: [],
@@ -151,7 +161,10 @@ function start(token, user, device) {
       state.readSeq = Math.max(state.readSeq, summary.read_seq);
       // the server counts messages of others after the user's read cursor (the same on every
       // device); a server without the count gives the seqs after the cursor
-      if (summary.id !== view.openId) state.unread = summary.unread ?? Math.max(0, summary.last_seq - summary.read_seq);
+      if (summary.id !== view.openId) {
+        state.unread = summary.unread ?? Math.max(0, summary.last_seq - summary.read_seq);
+        state.mentions = summary.mentions ?? 0;
+      }
       state.muted = Boolean(summary.muted);
       state.blocked = Boolean(summary.blocked);
       if (summary.id === view.openId) renderMuteToggle();
@@ -171,6 +184,7 @@ function start(token, user, device) {
       if (frame.user === view.me) {
         state.readSeq = Math.max(state.readSeq, frame.seq);
         state.unread = 0;
+        state.mentions = 0;
         renderConversations();
       } else {
         state.othersRead.set(frame.user, Math.max(state.othersRead.get(frame.user) ?? 0, frame.seq));
@@ -231,10 +245,16 @@ function applyEvent(event) {
         edited: false,
         recalled: false,
         origin: event.origin,
+        reply_to: event.reply_to,
+        mentions: event.mentions ?? [],
+        forwarded_from: event.forwarded_from,
       });
       if (event.sender === view.me) state.pending.delete(event.client_msg_id);
       // the count each sync brings covers what a fill hands over; live events add to it
-      else if (event.origin === "live" && (event.conversation !== view.openId || document.visibilityState !== "visible")) state.unread += 1;
+      else if (event.origin === "live" && (event.conversation !== view.openId || document.visibilityState !== "visible")) {
+        state.unread += 1;
+        if ((event.mentions ?? []).includes(view.me)) state.mentions += 1;
+      }
       break;
     case "edit": {
       const target = state.items.get(event.target_seq);
@@ -289,6 +309,7 @@ function markRead() {
   const state = view.openId && view.conversations.get(view.openId);
   if (!state || document.visibilityState !== "visible") return;
   state.unread = 0;
+  state.mentions = 0;
   if (state.lastSeq > state.readSeq) {
     state.readSeq = state.lastSeq;
     view.client.read(state.id, state.lastSeq);
@@ -317,6 +338,13 @@ function renderConversations() {
           mark.textContent = "🔕";
           item.append(mark);
         }
+        if (state.mentions > 0) {
+          const badge = document.createElement("span");
+          badge.className = "mention-count";
+          badge.title = "mentions of you";
+          badge.textContent = `@${state.mentions}`;
+          item.append(badge);
+        }
         if (state.unread > 0) {
           const badge = document.createElement("span");
           badge.className = "unread";
@@ -334,6 +362,10 @@ async function openConversation(id) {
   view.openId = id;
   view.editing = null;
   element("editing").hidden = true;
+  view.replying = null;
+  element("replying").hidden = true;
+  view.forwarding = null;
+  element("forward-form").hidden = true;
   element("chat-title").textContent = displayName(state);
   element("composer").hidden = false;
   renderMuteToggle();
@@ -497,13 +529,23 @@ function renderItem(state, item, readByOthers) {
   if (item.clientId) entry.dataset.clientId = item.clientId;
   entry.dataset.sender = item.sender;
   entry.dataset.origin = item.origin ?? "pending";
+  entry.classList.toggle("mentions-me", (item.mentions ?? []).includes(view.me));
   const sender = document.createElement("span");
   sender.className = "sender";
   sender.textContent = item.sender;
+  entry.append(sender);
+  if (item.forwarded_from) {
+    const forwarded = document.createElement("span");
+    forwarded.className = "forwarded";
+    forwarded.textContent = `forwarded from ${item.forwarded_from.sender}`;
+    entry.append(forwarded);
+  }
+  const quote = replyQuote(state, item);
+  if (quote) entry.append(quote);
   const text = document.createElement("span");
   text.className = "text";
   text.textContent = item.recalled ? "message recalled" : item.text;
-  entry.append(sender, text);
+  entry.append(text);
   const meta = document.createElement("span");
   meta.className = "meta";
   const unsent = item.queuedFor ? `queued for ${item.queuedFor}` : "sending…";
@@ -524,10 +566,79 @@ function renderItem(state, item, readByOthers) {
     pin.className = "pin";
     pin.textContent = pinned ? "unpin" : "pin";
     pin.addEventListener("click", () => view.client.pin(state.id, item.seq, !pinned).acked.catch(showRefusal));
-    entry.append(pin);
+    entry.append(pin, button("reply", "reply", () => startReply(state, item)), button("forward", "forward", () => startForward(state, item)));
   }
   return entry;
 }
+
+function button(className, label, onClick) {
+  const made = document.createElement("button");
+  made.type = "button";
+  made.className = className;
+  made.textContent = label;
+  made.addEventListener("click", onClick);
+  return made;
+}
+
+/**
+ * The quote of the message a reply answers, which jumps to it when clicked: from the message
+ * itself when it is loaded (as it stands now), else from the history's quote.
+ */
+function replyQuote(state, item) {
+  if (item.reply_to === undefined || item.reply_to === null) return null;
+  const seq = typeof item.reply_to === "object" ? item.reply_to.seq : item.reply_to;
+  const original = state.items.get(seq);
+  const known = original && !original.notice ? original : typeof item.reply_to === "object" ? { sender: item.reply_to.sender, text: item.reply_to.quote, recalled: item.reply_to.quote === null } : null;
+  const quote = document.createElement("span");
+  quote.className = "reply-quote";
+  quote.dataset.replyTo = seq;
+  const words = known ? (known.recalled ? "message recalled" : (known.text ?? "")) : `message #${seq}`;
+  quote.textContent = `↩ ${known?.sender ?? ""}${known?.sender ? ": " : ""}${[...words].slice(0, 100).join("")}`;
+  quote.addEventListener("click", () => jumpTo(state.id, seq));
+  return quote;
+}
+
+function startReply(state, item) {
+  view.replying = { conversation: state.id, seq: item.seq };
+  view.editing = null;
+  element("editing").hidden = true;
+  element("replying").hidden = false;
+  element("replying").querySelector("span").textContent = `${item.sender}: ${[...(item.text ?? "")].slice(0, 40).join("")}`;
+  element("message-input").focus();
+}
+
+function startForward(state, item) {
+  view.forwarding = { conversation: state.id, seq: item.seq };
+  element("forward-form").hidden = false;
+  element("forward-form").querySelector("span").textContent = `#${item.seq} (${item.sender})`;
+  element("forward-to").focus();
+}
+
+element("cancel-reply").addEventListener("click", () => {
+  view.replying = null;
+  element("replying").hidden = true;
+});
+
+element("cancel-forward").addEventListener("click", () => {
+  view.forwarding = null;
+  element("forward-form").hidden = true;
+});
+
+element("forward-form").addEventListener("submit", (submitted) => {
+  submitted.preventDefault();
+  const target = element("forward-to").value.trim();
+  const forwarding = view.forwarding;
+  if (!target || !forwarding) return;
+  const conversation = target.startsWith("g:") || target.startsWith("dm:") ? target : dmId(view.me, target);
+  element("forward-to").value = "";
+  element("forward-form").hidden = true;
+  view.forwarding = null;
+  view.client
+    .forward(conversation, forwarding.conversation, forwarding.seq)
+    .acked.then(() => conversationState(conversation))
+    .then(() => renderConversations())
+    .catch(showRefusal);
+});
 
 /** Reads the open conversation's pinned messages and shows them above the messages. */
 async function loadPins(state) {
@@ -597,7 +708,10 @@ element("composer").addEventListener("submit", (submitted) => {
     element("editing").hidden = true;
     return;
   }
-  const { id, acked } = view.client.send(state.id, text);
+  const replyTo = view.replying?.conversation === state.id ? view.replying.seq : undefined;
+  view.replying = null;
+  element("replying").hidden = true;
+  const { id, acked } = view.client.send(state.id, text, undefined, { replyTo });
   state.pending.set(id, text);
   renderMessages();
   element("messages").scrollTop = element("messages").scrollHeight;

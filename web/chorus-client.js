@@ -154,8 +154,9 @@ export class ChorusError extends Error {
  * Events (subscribe with `on(type, handler)`):
  * - `status` `{ state }`: `connecting`, `open`, `closed` (will retry), `paused`, `stopped`;
  * - `welcome` `{ user, session }`;
- * - `conversation` `{ id, last_seq, read_seq, unread, muted, blocked }` for each conversation at every sync (`unread`:
- *   messages of others after the user's read cursor, counted by the server);
+ * - `conversation` `{ id, last_seq, read_seq, unread, mentions, muted, blocked }` for each conversation at every sync
+ *   (`unread`: messages of others after the user's read cursor, counted by the server;
+ *   `mentions`: those of them that mention the user);
  * - `baseline` `{ conversation, seq }`: tracking starts after `seq`; earlier messages are history
  *   (load them with `messages(…, { before_seq })`);
  * - `event` (a timeline event plus `origin`: `live` or `fill`), in seq order per conversation;
@@ -639,8 +640,19 @@ export class ChorusClient {
     entry.timer = null;
   }
 
-  send(conversation, text, id) {
-    return this.submit({ type: "send", id, conversation, text });
+  /** Sends a message; `replyTo`: the seq of the message it answers (same conversation). */
+  send(conversation, text, id, { replyTo } = {}) {
+    const frame = { type: "send", id, conversation, text };
+    if (replyTo !== undefined && replyTo !== null) frame.reply_to = replyTo;
+    return this.submit(frame);
+  }
+
+  /**
+   * Forwards message `seq` of `source` into `conversation`: a new message of mine that names its
+   * origin (`forwarded_from`); acked like a send.
+   */
+  forward(conversation, source, seq) {
+    return this.submit({ type: "forward", conversation, source, seq });
   }
 
   edit(conversation, seq, text) {

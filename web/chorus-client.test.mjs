@@ -322,6 +322,25 @@ test("an accepted send (homed in another region) is not resent; its ack resolves
   assert.equal(client.outbox.size, 0);
 });
 
+test("a reply names the seq it answers; a forward names its source; both wait for their acks", async () => {
+  const { server, timers, client } = setup();
+  client.start();
+  await welcome(server);
+  const reply = client.send("g:team", "yes", undefined, { replyTo: 7 });
+  const forward = client.forward("dm:alice:bob", "g:team", 7);
+  assert.deepEqual(server.socket.sent, [
+    { type: "send", id: reply.id, conversation: "g:team", text: "yes", reply_to: 7 },
+    { type: "forward", id: forward.id, conversation: "dm:alice:bob", source: "g:team", seq: 7 },
+  ]);
+  timers.fire();
+  assert.deepEqual(server.socket.sent.slice(2).map((frame) => frame.id), [reply.id, forward.id], "both resent until acked");
+  server.socket.deliver({ type: "ack", id: forward.id, conversation: "dm:alice:bob", seq: 3, event_id: "e" });
+  assert.equal((await forward.acked).seq, 3);
+  const plain = client.send("g:team", "no reply");
+  assert.equal(server.socket.sent.at(-1).reply_to, undefined, "a plain send carries no reply_to");
+  assert.ok(plain.id);
+});
+
 test("a mute waits for the connection, and every mute frame is handed over", async () => {
   const { server, client } = setup();
   const mutes = [];

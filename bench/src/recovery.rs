@@ -114,9 +114,7 @@ fn message(index: u64, conversations: u64) -> IngressEvent {
         origin_node: Some("node".into()),
         origin_session: Some("session".into()),
         trusted: false,
-        body: EventBody::MessageSent {
-            text: "x".repeat(100),
-        },
+        body: EventBody::message("x".repeat(100)),
     }
 }
 

@@ -53,7 +53,7 @@ use chorus_core::config::ChorusConfig;
 use chorus_core::metrics::Metrics;
 use chorus_core::presence::{NodeBus, Presence};
 use chorus_core::swap::Swap;
-use chorus_ingest::membership::{Membership, MembershipError};
+use chorus_ingest::membership::{Membership, MembershipError, StoredMessage};
 use chorus_ingest::{Ingest, IngestDependencies};
 use chorus_kafka::{KafkaLog, KafkaLogConfig};
 use chorus_log::EventLog;
@@ -112,13 +112,22 @@ impl RunningRole {
 }
 
 /// Typing in distributed ingest nodes without ClickHouse: only direct conversations (whose
-/// members are in their id); group typing answers `unavailable`, as no membership view is shared.
+/// members are in their id); group typing and forwarding answer `unavailable`, as no membership
+/// or history view is shared.
 struct NoGroupMembership;
 
 #[async_trait]
 impl Membership for NoGroupMembership {
     async fn members(&self, _conversation: &str) -> Result<Vec<String>, MembershipError> {
         Err(MembershipError::NoGroupView)
+    }
+
+    async fn message(
+        &self,
+        _conversation: &str,
+        _seq: u64,
+    ) -> Result<Option<StoredMessage>, MembershipError> {
+        Err(MembershipError::NoHistoryView)
     }
 }
 
@@ -482,7 +491,12 @@ async fn start_role(
                 match open_clickhouse(&config, &metrics, &mut probes) {
                     Some(history) => {
                         let history: Arc<dyn chorus_store::HistoryStore> = history;
-                        Arc::new(HistoryMembership(Arc::new(Swap::new(history))))
+                        Arc::new(HistoryMembership::new(
+                            &config,
+                            Arc::new(Swap::new(history)),
+                            log.clone(),
+                            None,
+                        ))
                     }
                     None => Arc::new(NoGroupMembership),
                 };

@@ -12,6 +12,7 @@ use std::fs::File;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -20,31 +21,109 @@ use chorus_core::config::ChorusConfig;
 use chorus_core::data_layout::DataLayout;
 use chorus_core::metrics::Metrics;
 use chorus_core::presence::{LocalBus, LocalPresence, NodeBus, Presence};
+use chorus_core::progress::ProjectionProgress;
 use chorus_core::swap::Swap;
-use chorus_ingest::membership::{Membership, MembershipError};
+use chorus_ingest::membership::{Membership, MembershipError, StoredMessage};
 use chorus_ingest::{Ingest, IngestDependencies};
-use chorus_log::EventLog;
 use chorus_log::embedded::{EmbeddedLog, EmbeddedLogConfig};
+use chorus_log::{EventLog, partition_for_key};
 use chorus_projector::{Projections, ProjectorSettings};
 use chorus_router::RouterContext;
 use chorus_search::{SearchApi, SearchApiConfig};
 use chorus_store::HistoryStore;
+use chorus_store::history::MessagePage;
 use warp::Filter;
 
 use crate::admin::{Routes, admin_replay, operations};
 use crate::lifecycle::{NodeTasks, Stage};
 
-/// Membership for typing indicators, read from the (swappable) history projection.
-pub(crate) struct HistoryMembership(pub(crate) Arc<Swap<dyn HistoryStore>>);
+/// Membership (typing) and messages (forwarding) for the ingest stage, read from the
+/// (swappable) history projection. A message is read once the history holds what the log held
+/// of its conversation's partition (at most `projector.read_barrier_ms`), so a message just
+/// acked, or just edited, is forwarded as it stands.
+pub(crate) struct HistoryMembership {
+    pub(crate) history: Arc<Swap<dyn HistoryStore>>,
+    pub(crate) log: Arc<dyn EventLog>,
+    pub(crate) timeline_topic: String,
+    pub(crate) partitions: u32,
+    pub(crate) read_barrier: Duration,
+    /// The local projector's progress; `None` where other processes project (the stored
+    /// position is polled instead).
+    pub(crate) progress: Option<Arc<ProjectionProgress>>,
+}
+
+impl HistoryMembership {
+    pub(crate) fn new(
+        config: &ChorusConfig,
+        history: Arc<Swap<dyn HistoryStore>>,
+        log: Arc<dyn EventLog>,
+        progress: Option<Arc<ProjectionProgress>>,
+    ) -> Self {
+        HistoryMembership {
+            history,
+            log,
+            timeline_topic: config.topics().timeline,
+            partitions: config.partitions(),
+            read_barrier: Duration::from_millis(config.projector.read_barrier_ms),
+            progress,
+        }
+    }
+
+    /// Waits, bounded, until the history has applied what the log holds of `conversation`'s
+    /// partition; answers with what it has after that.
+    async fn caught_up(&self, conversation: &str) {
+        let partition = partition_for_key(conversation.as_bytes(), self.partitions);
+        let Ok(end) = self.log.end_offset(&self.timeline_topic, partition).await else {
+            return;
+        };
+        if let Some(progress) = &self.progress {
+            progress.wait_for(partition, end, self.read_barrier).await;
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + self.read_barrier;
+        while tokio::time::Instant::now() < deadline {
+            match self.history.get().position(partition).await {
+                Ok(position) if position < end => {
+                    tokio::time::sleep(POSITION_POLL).await;
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
+/// How often a read that waits for another process's projection polls its stored position.
+const POSITION_POLL: Duration = Duration::from_millis(20);
 
 #[async_trait]
 impl Membership for HistoryMembership {
     async fn members(&self, conversation: &str) -> Result<Vec<String>, MembershipError> {
-        self.0
+        self.history
             .get()
             .members(conversation)
             .await
             .map_err(|error| MembershipError::Store(Box::new(error)))
+    }
+
+    async fn message(
+        &self,
+        conversation: &str,
+        seq: u64,
+    ) -> Result<Option<StoredMessage>, MembershipError> {
+        self.caught_up(conversation).await;
+        let page = self
+            .history
+            .get()
+            .messages(conversation, MessagePage::After(seq.saturating_sub(1)), 1)
+            .await
+            .map_err(|error| MembershipError::Store(Box::new(error)))?;
+        Ok(page
+            .into_iter()
+            .find(|message| message.seq == seq)
+            .map(|message| StoredMessage {
+                sender: message.sender,
+                text: message.text,
+            }))
     }
 }
 
@@ -134,7 +213,12 @@ pub async fn serve(config: ChorusConfig) -> anyhow::Result<Served> {
             log: log.clone(),
             presence: presence.clone(),
             bus: bus.clone(),
-            membership: Arc::new(HistoryMembership(projections.history.clone())),
+            membership: Arc::new(HistoryMembership::new(
+                &config,
+                projections.history.clone(),
+                log.clone(),
+                Some(projections.history_progress.clone()),
+            )),
             tokens: tokens.clone(),
             metrics: metrics.clone(),
         },

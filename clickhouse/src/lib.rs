@@ -39,7 +39,7 @@ use chorus_log::{Offset, PartitionId};
 use chorus_schemas::TimelineEvent;
 use chorus_store::history::{
     ConversationSummary, HistoryError, HistoryStore, MAX_PINS, MessagePage, MessageView, PinView,
-    UNREAD_CAP,
+    ReplyView, UNREAD_CAP,
 };
 use chorus_store::position::records_to_apply;
 use clickhouse::{Client, Row, RowOwned, RowWrite};
@@ -296,12 +296,14 @@ impl ClickHouseHistory {
         struct Unread {
             conversation: String,
             unread: u64,
+            mentions: u64,
         }
         let unread = self
             .client
             .query(
                 "SELECT m.conversation AS conversation, \
-                 least(toUInt64(uniqExact(m.seq)), ?) AS unread \
+                 least(toUInt64(uniqExact(m.seq)), ?) AS unread, \
+                 least(toUInt64(uniqExactIf(m.seq, has(m.mentions, ?))), ?) AS mentions \
                  FROM events AS m \
                  LEFT JOIN (SELECT conversation, max(read_seq) AS read_seq FROM events \
                    WHERE has(?, conversation) AND kind = 'read' AND sender = ? \
@@ -313,6 +315,8 @@ impl ClickHouseHistory {
                  GROUP BY m.conversation",
             )
             .bind(UNREAD_CAP)
+            .bind(user)
+            .bind(UNREAD_CAP)
             .bind(&joined)
             .bind(user)
             .bind(&joined)
@@ -321,9 +325,9 @@ impl ClickHouseHistory {
             .fetch_all::<Unread>()
             .through(&self.guard)
             .await?;
-        let mut unread_by_id: HashMap<String, u64> = unread
+        let mut unread_by_id: HashMap<String, (u64, u64)> = unread
             .into_iter()
-            .map(|row| (row.conversation, row.unread))
+            .map(|row| (row.conversation, (row.unread, row.mentions)))
             .collect();
         let mut by_id: HashMap<String, Summary> = summaries
             .into_iter()
@@ -333,10 +337,12 @@ impl ClickHouseHistory {
             .into_iter()
             .map(|id| {
                 let summary = by_id.remove(&id);
+                let (unread, mentions) = unread_by_id.remove(&id).unwrap_or((0, 0));
                 ConversationSummary {
                     last_seq: summary.as_ref().map_or(0, |s| s.last_seq),
                     read_seq: summary.as_ref().map_or(0, |s| s.read_seq),
-                    unread: unread_by_id.remove(&id).unwrap_or(0),
+                    unread,
+                    mentions,
                     muted: summary.as_ref().is_some_and(|s| s.muted != 0),
                     blocked: summary.as_ref().is_some_and(|s| s.blocked != 0),
                     title: summary.and_then(|s| s.title),
@@ -344,6 +350,59 @@ impl ClickHouseHistory {
                 }
             })
             .collect())
+    }
+
+    /// `message` rows (of one conversation) as the messages stand now, by seq: their edits and
+    /// recalls applied in the order they were sequenced. A reply's quote is left to the caller
+    /// (its seq only).
+    async fn as_they_stand(
+        &self,
+        conversation: &str,
+        messages: Vec<EventRow>,
+    ) -> Result<BTreeMap<u64, MessageView>, HistoryError> {
+        if messages.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let seqs: Vec<u64> = messages.iter().map(|row| row.seq).collect();
+        let changes = self
+            .client
+            .query(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events FINAL WHERE conversation = ? \
+                 AND kind IN ('edit', 'recall') AND has(?, target_seq) ORDER BY seq"
+            ))
+            .bind(conversation)
+            .bind(&seqs)
+            .fetch_all::<EventRow>()
+            .through(&self.guard)
+            .await?;
+        let mut views: BTreeMap<u64, MessageView> = messages
+            .into_iter()
+            .map(|row| {
+                let message = row.message();
+                let mut view =
+                    MessageView::new(row.seq, row.event_id, row.sender, row.ts_ms, row.text);
+                view.reply_to = message.reply_to.map(|seq| ReplyView::of(seq, None));
+                view.mentions = message.mentions;
+                view.forwarded_from = message.forwarded_from;
+                (view.seq, view)
+            })
+            .collect();
+        for change in changes {
+            let Some(view) = views.get_mut(&change.target_seq) else {
+                continue;
+            };
+            if view.recalled {
+                continue; // a recalled message stays recalled
+            }
+            if change.kind == "edit" {
+                view.text = Some(change.text);
+                view.edited = true;
+            } else {
+                view.text = None;
+                view.recalled = true;
+            }
+        }
+        Ok(views)
     }
 
     /// The current members of a conversation (only `user`, when given), sorted.
@@ -529,54 +588,32 @@ impl HistoryStore for ClickHouseHistory {
             .through(&self.guard)
             .await?;
         messages.sort_by_key(|row| row.seq);
-        let Some((first, last)) = messages
-            .first()
-            .zip(messages.last())
-            .map(|(first, last)| (first.seq, last.seq))
-        else {
-            return Ok(Vec::new());
-        };
-        // edits and recalls of these messages, in the order they were sequenced
-        let changes = self
-            .client
-            .query(&format!(
-                "SELECT {EVENT_COLUMNS} FROM events FINAL WHERE conversation = ? \
-                 AND kind IN ('edit', 'recall') AND target_seq BETWEEN ? AND ? ORDER BY seq"
-            ))
-            .bind(conversation)
-            .bind(first)
-            .bind(last)
-            .fetch_all::<EventRow>()
-            .through(&self.guard)
-            .await?;
-        let mut views: BTreeMap<u64, MessageView> = messages
-            .into_iter()
-            .map(|row| {
-                let view = MessageView {
-                    seq: row.seq,
-                    event_id: row.event_id,
-                    sender: row.sender,
-                    ts: row.ts_ms,
-                    text: Some(row.text),
-                    edited: false,
-                    recalled: false,
-                };
-                (view.seq, view)
-            })
+        let mut views = self.as_they_stand(conversation, messages).await?;
+        // the messages these answer, as they stand (one more read for the whole page)
+        let targets: Vec<u64> = views
+            .values()
+            .filter_map(|view| view.reply_to.as_ref().map(|reply| reply.seq))
             .collect();
-        for change in changes {
-            let Some(view) = views.get_mut(&change.target_seq) else {
-                continue;
-            };
-            if view.recalled {
-                continue; // a recalled message stays recalled
-            }
-            if change.kind == "edit" {
-                view.text = Some(change.text);
-                view.edited = true;
-            } else {
-                view.text = None;
-                view.recalled = true;
+        if !targets.is_empty() {
+            let originals = self
+                .client
+                .query(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM events FINAL WHERE conversation = ? \
+                     AND kind = 'message' AND has(?, seq)"
+                ))
+                .bind(conversation)
+                .bind(&targets)
+                .fetch_all::<EventRow>()
+                .through(&self.guard)
+                .await?;
+            let originals = self.as_they_stand(conversation, originals).await?;
+            for view in views.values_mut() {
+                if let Some(reply) = &mut view.reply_to {
+                    let original = originals
+                        .get(&reply.seq)
+                        .map(|original| (original.sender.clone(), original.text.clone()));
+                    *reply = ReplyView::of(reply.seq, original);
+                }
             }
         }
         Ok(views.into_values().collect())

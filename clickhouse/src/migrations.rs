@@ -19,6 +19,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (2, include_str!("../migrations/0002_muted.sql")),
     (3, include_str!("../migrations/0003_blocked.sql")),
     (4, include_str!("../migrations/0004_pinned.sql")),
+    (5, include_str!("../migrations/0005_replies.sql")),
 ];
 
 /// Whether the schema is in place, and what applying it needs.

@@ -5,7 +5,7 @@
 //! exactly the event [`EventRow::from_event`] was made from.
 
 use chorus_log::{Offset, PartitionId};
-use chorus_schemas::{EventBody, TimelineEvent};
+use chorus_schemas::{EventBody, ForwardOrigin, Message, TimelineEvent};
 use chorus_store::history::{HistoryError, direct_conversation_members};
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
@@ -36,6 +36,15 @@ pub(crate) struct EventRow {
     pub(crate) blocked: u8,
     /// `pin` rows: 1 pinned, 0 unpinned (migration 4).
     pub(crate) pinned: u8,
+    /// `message` rows: the seq answered, 0 for none (migration 5).
+    pub(crate) reply_to: u64,
+    /// `message` rows: the members mentioned (migration 5).
+    pub(crate) mentions: Vec<String>,
+    /// `message` rows: the conversation, seq and sender forwarded from; an empty conversation
+    /// when not forwarded (migration 5).
+    pub(crate) forwarded_conversation: String,
+    pub(crate) forwarded_seq: u64,
+    pub(crate) forwarded_sender: String,
 }
 
 /// One membership change in `members`: whether `user` is in `conversation` as of `seq`.
@@ -56,7 +65,8 @@ pub(crate) struct PositionRow {
 
 /// The columns of [`EventRow`], in order, for `SELECT`s.
 pub(crate) const EVENT_COLUMNS: &str = "partition, offset, conversation, seq, event_id, kind, sender, ts_ms, \
-     origin_cluster, client_msg_id, ingress_offset, text, target_seq, title, members, read_seq, muted, blocked, pinned";
+     origin_cluster, client_msg_id, ingress_offset, text, target_seq, title, members, read_seq, muted, blocked, pinned, \
+     reply_to, mentions, forwarded_conversation, forwarded_seq, forwarded_sender";
 
 impl EventRow {
     pub(crate) fn from_event(
@@ -84,9 +94,23 @@ impl EventRow {
             muted: 0,
             blocked: 0,
             pinned: 0,
+            reply_to: 0,
+            mentions: Vec::new(),
+            forwarded_conversation: String::new(),
+            forwarded_seq: 0,
+            forwarded_sender: String::new(),
         };
         match &event.body {
-            EventBody::MessageSent { text } => row.text = text.clone(),
+            EventBody::MessageSent(message) => {
+                row.text = message.text.clone();
+                row.reply_to = message.reply_to.unwrap_or(0);
+                row.mentions = message.mentions.clone();
+                if let Some(origin) = &message.forwarded_from {
+                    row.forwarded_conversation = origin.conversation.clone();
+                    row.forwarded_seq = origin.seq;
+                    row.forwarded_sender = origin.sender.clone();
+                }
+            }
             EventBody::MessageEdited { target_seq, text } => {
                 row.target_seq = *target_seq;
                 row.text = text.clone();
@@ -110,9 +134,25 @@ impl EventRow {
         row
     }
 
+    /// A `message` row's message.
+    pub(crate) fn message(&self) -> Message {
+        Message {
+            text: self.text.clone(),
+            reply_to: (self.reply_to > 0).then_some(self.reply_to),
+            mentions: self.mentions.clone(),
+            forwarded_from: (!self.forwarded_conversation.is_empty()).then(|| {
+                Box::new(ForwardOrigin {
+                    conversation: self.forwarded_conversation.clone(),
+                    seq: self.forwarded_seq,
+                    sender: self.forwarded_sender.clone(),
+                })
+            }),
+        }
+    }
+
     pub(crate) fn into_event(self) -> Result<TimelineEvent, HistoryError> {
         let body = match self.kind.as_str() {
-            "message" => EventBody::MessageSent { text: self.text },
+            "message" => EventBody::MessageSent(self.message()),
             "edit" => EventBody::MessageEdited {
                 target_seq: self.target_seq,
                 text: self.text,
@@ -192,7 +232,17 @@ mod tests {
     #[test]
     fn events_round_trip_through_rows() {
         let bodies = vec![
-            EventBody::MessageSent { text: "hi".into() },
+            EventBody::message("hi"),
+            EventBody::MessageSent(Message {
+                text: "@b look".into(),
+                reply_to: Some(1),
+                mentions: vec!["b".into()],
+                forwarded_from: Some(Box::new(ForwardOrigin {
+                    conversation: "dm:a:b".into(),
+                    seq: 3,
+                    sender: "b".into(),
+                })),
+            }),
             EventBody::MessageEdited {
                 target_seq: 1,
                 text: "hello".into(),

@@ -48,7 +48,7 @@ async fn migrations_apply_once_and_survive_reopening() {
     let first = ClickHouseHistory::open(&config, Arc::new(Metrics::new()))
         .await
         .expect("open");
-    assert_eq!(first.schema_version().await.expect("version"), 4);
+    assert_eq!(first.schema_version().await.expect("version"), 5);
     let event = chorus_schemas::TimelineEvent {
         conversation: "dm:a:b".into(),
         seq: Some(1),
@@ -58,9 +58,7 @@ async fn migrations_apply_once_and_survive_reopening() {
         origin_cluster: "local".into(),
         client_msg_id: None,
         ingress_offset: 0,
-        body: chorus_schemas::EventBody::MessageSent {
-            text: "kept".into(),
-        },
+        body: chorus_schemas::EventBody::message("kept"),
     };
     first
         .apply(0, &[(0, event.clone())], 1)
@@ -106,7 +104,7 @@ async fn analytics_count_messages_per_day_conversation_and_sender() {
             ingress_offset: seq,
             body,
         };
-    let text = |t: &str| EventBody::MessageSent { text: t.into() };
+    let text = |t: &str| EventBody::message(t);
     let records = vec![
         event("dm:a:b", 1, "a", day_one, text("1")),
         event("dm:a:b", 2, "b", day_one + 1000, text("2")),

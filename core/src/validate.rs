@@ -15,6 +15,8 @@ use crate::ids::{Conversation, has_control_or_bidi, validate_user};
 pub const MAX_CLIENT_MSG_ID_BYTES: usize = 128;
 /// Longest group title.
 pub const MAX_TITLE_BYTES: usize = 256;
+/// Most members one message mentions (the sequencer keeps the first ones named).
+pub const MAX_MENTIONS: usize = 50;
 
 fn bad(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::BadRequest, message)
@@ -84,7 +86,22 @@ pub fn validate_ingress(
         }
     };
     match &event.body {
-        EventBody::MessageSent { text } => check_text(text)?,
+        EventBody::MessageSent(message) => {
+            check_text(&message.text)?;
+            if message.reply_to == Some(0) {
+                return Err(bad("reply_to must be at least 1"));
+            }
+            if message.mentions.len() > MAX_MENTIONS {
+                return Err(bad("too many mentions"));
+            }
+            if let Some(origin) = &message.forwarded_from {
+                Conversation::parse(&origin.conversation)
+                    .map_err(|error| bad(error.to_string()))?;
+                if origin.seq == 0 {
+                    return Err(bad("seq must be at least 1"));
+                }
+            }
+        }
         EventBody::MessageEdited { target_seq, text } => {
             check_text(text)?;
             if *target_seq == 0 {
@@ -145,19 +162,17 @@ mod tests {
     #[test]
     fn sizes_and_shapes() {
         let limits = LimitsSection::default();
-        let ok = event("dm:alice:bob", EventBody::MessageSent { text: "hi".into() });
+        let ok = event("dm:alice:bob", EventBody::message("hi"));
         assert!(validate_ingress(&ok, &limits).is_ok());
         let big = event(
             "dm:alice:bob",
-            EventBody::MessageSent {
-                text: "x".repeat(16 * 1024 + 1),
-            },
+            EventBody::message("x".repeat(16 * 1024 + 1)),
         );
         assert_eq!(
             validate_ingress(&big, &limits).unwrap_err().code,
             ErrorCode::TooLarge
         );
-        let empty = event("dm:alice:bob", EventBody::MessageSent { text: "  ".into() });
+        let empty = event("dm:alice:bob", EventBody::message("  "));
         assert_eq!(
             validate_ingress(&empty, &limits).unwrap_err().code,
             ErrorCode::BadRequest
@@ -172,7 +187,7 @@ mod tests {
             validate_ingress(&dm_members, &limits).unwrap_err().code,
             ErrorCode::BadRequest
         );
-        let bad_id = event("dm:bob:alice", EventBody::MessageSent { text: "hi".into() });
+        let bad_id = event("dm:bob:alice", EventBody::message("hi"));
         assert_eq!(
             validate_ingress(&bad_id, &limits).unwrap_err().code,
             ErrorCode::BadRequest
@@ -184,37 +199,32 @@ mod tests {
         let limits = LimitsSection::default();
         let text_with_them = event(
             "dm:alice:bob",
-            EventBody::MessageSent {
-                text: "abc \u{202E}cba\n\ttabbed".into(),
-            },
+            EventBody::message("abc \u{202E}cba\n\ttabbed"),
         );
         assert!(validate_ingress(&text_with_them, &limits).is_ok());
         for character in ["\u{202E}", "\u{2067}", "\u{200F}", "\n", "\u{0}", "\u{9B}"] {
-            let mut client_id = event("dm:alice:bob", EventBody::MessageSent { text: "hi".into() });
+            let mut client_id = event("dm:alice:bob", EventBody::message("hi"));
             client_id.client_msg_id = Some(format!("m{character}1"));
             assert_eq!(
                 validate_ingress(&client_id, &limits).unwrap_err().code,
                 ErrorCode::BadRequest,
                 "client message id with {character:?}"
             );
-            let mut event_id = event("dm:alice:bob", EventBody::MessageSent { text: "hi".into() });
+            let mut event_id = event("dm:alice:bob", EventBody::message("hi"));
             event_id.event_id = format!("e{character}");
             assert_eq!(
                 validate_ingress(&event_id, &limits).unwrap_err().code,
                 ErrorCode::BadRequest,
                 "event id with {character:?}"
             );
-            let mut sender = event("g:team", EventBody::MessageSent { text: "hi".into() });
+            let mut sender = event("g:team", EventBody::message("hi"));
             sender.sender = format!("ali{character}ce");
             assert_eq!(
                 validate_ingress(&sender, &limits).unwrap_err().code,
                 ErrorCode::BadRequest,
                 "sender with {character:?}"
             );
-            let conversation = event(
-                &format!("g:te{character}am"),
-                EventBody::MessageSent { text: "hi".into() },
-            );
+            let conversation = event(&format!("g:te{character}am"), EventBody::message("hi"));
             assert_eq!(
                 validate_ingress(&conversation, &limits).unwrap_err().code,
                 ErrorCode::BadRequest,

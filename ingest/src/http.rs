@@ -34,6 +34,9 @@ enum BusinessEvent {
         conversation: String,
         sender: String,
         text: String,
+        /// The seq of the message (same conversation) this one answers.
+        #[serde(default)]
+        reply_to: Option<u64>,
     },
     CreateGroup {
         id: String,
@@ -206,7 +209,17 @@ impl Ingest {
                 conversation,
                 sender,
                 text,
-            } => (conversation, sender, id, EventBody::MessageSent { text }),
+                reply_to,
+            } => (
+                conversation,
+                sender,
+                id,
+                EventBody::MessageSent(chorus_schemas::Message {
+                    text,
+                    reply_to,
+                    ..chorus_schemas::Message::default()
+                }),
+            ),
             BusinessEvent::CreateGroup {
                 id,
                 conversation,

@@ -535,7 +535,25 @@ impl Session {
                 id,
                 conversation,
                 text,
-            } => (conversation, Some(id), EventBody::MessageSent { text }),
+                reply_to,
+            } => (
+                conversation,
+                Some(id),
+                EventBody::MessageSent(chorus_schemas::Message {
+                    text,
+                    reply_to,
+                    ..chorus_schemas::Message::default()
+                }),
+            ),
+            ClientFrame::Forward {
+                id,
+                conversation,
+                source,
+                seq,
+            } => {
+                let body = self.forwarded(&source, seq).await?;
+                (conversation, Some(id), body)
+            }
             ClientFrame::Edit {
                 id,
                 conversation,
@@ -617,13 +635,13 @@ impl Session {
         self.ingest.append(std::slice::from_ref(&event)).await
     }
 
-    /// Typing is ephemeral: checked against membership, delivered to the other members' nodes,
-    /// never logged.
-    async fn typing(&self, conversation_id: &str) -> Result<(), ApiError> {
+    /// The members of a conversation: a direct one's from its id, a group's from the membership
+    /// view.
+    async fn members_of(&self, conversation_id: &str) -> Result<Vec<String>, ApiError> {
         let conversation = Conversation::parse(conversation_id)
             .map_err(|error| ApiError::new(ErrorCode::BadRequest, error.to_string()))?;
-        let members = match conversation {
-            Conversation::Direct { first, second } => vec![first, second],
+        match conversation {
+            Conversation::Direct { first, second } => Ok(vec![first, second]),
             Conversation::Group { .. } => self
                 .ingest
                 .membership
@@ -634,8 +652,53 @@ impl Session {
                         ErrorCode::Unavailable,
                         format!("membership unavailable: {error}"),
                     )
-                })?,
+                }),
+        }
+    }
+
+    /// A copy of message `seq` of `source`, naming its origin: what forwarding sends. Reading
+    /// `source` is authorized as the history API authorizes reads (a member now); the copy is
+    /// then a send into the target, which the sequencer checks like any other.
+    async fn forwarded(&self, source: &str, seq: u64) -> Result<EventBody, ApiError> {
+        if !self.members_of(source).await?.contains(&self.user) {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "not a member of the conversation forwarded from",
+            ));
+        }
+        let message = self
+            .ingest
+            .membership
+            .message(source, seq)
+            .await
+            .map_err(|error| {
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!("history unavailable: {error}"),
+                )
+            })?
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such message"))?;
+        let Some(text) = message.text else {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                "that message was recalled",
+            ));
         };
+        Ok(EventBody::MessageSent(chorus_schemas::Message {
+            text,
+            forwarded_from: Some(Box::new(chorus_schemas::ForwardOrigin {
+                conversation: source.to_owned(),
+                seq,
+                sender: message.sender,
+            })),
+            ..chorus_schemas::Message::default()
+        }))
+    }
+
+    /// Typing is ephemeral: checked against membership, delivered to the other members' nodes,
+    /// never logged.
+    async fn typing(&self, conversation_id: &str) -> Result<(), ApiError> {
+        let members = self.members_of(conversation_id).await?;
         if !members.contains(&self.user) {
             return Err(ApiError::new(
                 ErrorCode::Forbidden,

@@ -473,7 +473,7 @@ mod tests {
                 origin_node: None,
                 origin_session: None,
                 trusted: false,
-                body: EventBody::MessageSent { text: "hi".into() },
+                body: EventBody::message("hi"),
             };
             state.decide(event, offset);
         }

@@ -11,7 +11,8 @@
 //! - seq per conversation starts at 1 and has no holes; read cursors take no seq;
 //! - a direct conversation `dm:a:b` has exactly a and b as members; a group exists once created
 //!   and its members come from `conversation_created`, `members_added`, `members_removed`;
-//! - only members send, read or type; only the sender of a message edits or recalls it, and not
+//! - only members send, read or type; a reply answers a message of the conversation that is
+//!   not recalled; a group message mentions the members its text names as `@user`; only the sender of a message edits or recalls it, and not
 //!   once it is recalled; only the owner (the creator) or a trusted business system manages
 //!   members; trusted business systems may send as any sender;
 //! - a retried client message id (same conversation and sender) gets the original outcome back
@@ -32,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use chorus_core::config::{LimitsSection, RouterConfig};
 use chorus_core::error::{ApiError, ErrorCode};
 use chorus_core::ids::Conversation;
+use chorus_core::validate::MAX_MENTIONS;
 use chorus_schemas::{EventBody, IngressEvent, TimelineEvent};
 
 use crate::group_limits::{GroupCreations, GroupLimits};
@@ -60,7 +62,7 @@ pub enum Decision {
 pub enum MirrorDecision {
     /// The next event of its conversation (or a read mark): append it to the local `timeline`
     /// as it is (with this region's ingress offset), already applied to the state.
-    Apply(TimelineEvent),
+    Apply(Box<TimelineEvent>),
     /// At or below the conversation's last seq: a re-copy by MirrorMaker. Dropped.
     Duplicate,
     /// Beyond the next seq: the events between have not arrived. Held until they do.
@@ -271,7 +273,7 @@ impl SequencerState {
             return; // read cursors change nothing the sequencer checks
         };
         let sender_index = match &event.body {
-            EventBody::MessageSent { .. } => self.intern(&event.sender),
+            EventBody::MessageSent(_) => self.intern(&event.sender),
             _ => NOT_A_MESSAGE,
         };
         let state = self
@@ -357,6 +359,10 @@ impl SequencerState {
             .body
             .is_sequenced()
             .then(|| self.last_seq(&event.conversation) + 1);
+        let mut event = event;
+        if let EventBody::MessageSent(message) = &mut event.body {
+            message.mentions = self.mentions_in(&event.conversation, &event.sender, &message.text);
+        }
         let timeline = TimelineEvent {
             conversation: event.conversation,
             seq,
@@ -405,7 +411,7 @@ impl SequencerState {
             }
         }
         self.apply(&event);
-        MirrorDecision::Apply(event)
+        MirrorDecision::Apply(Box::new(event))
     }
 
     fn check(&self, event: &IngressEvent) -> Result<(), ApiError> {
@@ -527,14 +533,53 @@ impl SequencerState {
                 }
                 Ok(())
             }
-            EventBody::MessageSent { .. } => {
+            EventBody::MessageSent(message) => {
                 if !is_member && !event.trusted {
                     return forbidden("not a member of this conversation");
+                }
+                if let Some(reply_to) = message.reply_to {
+                    let slot = message_slot(state, reply_to)?;
+                    if slot & RECALLED_BIT != 0 {
+                        return Err(ApiError::new(
+                            ErrorCode::NotFound,
+                            "the message replied to was recalled",
+                        ));
+                    }
                 }
                 self.check_not_blocked(event, state)
             }
             EventBody::ConversationCreated { .. } => Ok(()),
         }
+    }
+
+    /// The members of group `conversation` other than `sender` that `text` names as `@user`, in
+    /// order of first mention, at most [`MAX_MENTIONS`]: what a message carries as its mentions.
+    /// Names that are not members are not mentions (they stay plain text). Direct
+    /// conversations have none.
+    fn mentions_in(&self, conversation: &str, sender: &str, text: &str) -> Vec<String> {
+        let Some(state) = self
+            .conversations
+            .get(conversation)
+            .filter(|state| state.created)
+        else {
+            return Vec::new();
+        };
+        let mut mentions: Vec<String> = Vec::new();
+        for name in mentioned_names(text) {
+            if mentions.len() == MAX_MENTIONS {
+                break;
+            }
+            let member = [name, name.trim_end_matches(['.', '-'])]
+                .into_iter()
+                .find(|candidate| state.members.contains(*candidate));
+            if let Some(member) = member
+                && member != sender
+                && !mentions.iter().any(|known| known == member)
+            {
+                mentions.push(member.to_owned());
+            }
+        }
+        mentions
     }
 
     /// Refuses a user's message (or edit) in a direct conversation whose other member blocked
@@ -587,6 +632,26 @@ impl SequencerState {
         self.folded_ingress_offset = image.folded_ingress_offset;
         self.group_creations = image.group_creations;
     }
+}
+
+/// The words of `text` written as `@name` (an `@` at the start or after a space, then the
+/// characters of a user id), without the `@`.
+fn mentioned_names(text: &str) -> impl Iterator<Item = &str> {
+    let is_id_byte = |byte: u8| byte.is_ascii_alphanumeric() || b"_-.@".contains(&byte);
+    let bytes = text.as_bytes();
+    (0..bytes.len()).filter_map(move |at| {
+        let starts = bytes[at] == b'@' && (at == 0 || bytes[at - 1].is_ascii_whitespace());
+        if !starts {
+            return None;
+        }
+        let rest = &bytes[at + 1..];
+        let len = rest
+            .iter()
+            .position(|byte| !is_id_byte(*byte))
+            .unwrap_or(rest.len())
+            .min(chorus_core::ids::MAX_ID_BYTES);
+        (len > 0).then(|| &text[at + 1..at + 1 + len])
+    })
 }
 
 /// The sender slot of message `target_seq` (an edit's, recall's or pin's target): `not_found`

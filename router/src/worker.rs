@@ -730,7 +730,7 @@ impl Mirrored {
         match state.decide_mirrored(event, source, offset) {
             MirrorDecision::Apply(event) => {
                 outcomes.with_label_values(&[source, "applied"]).inc();
-                applied.push(mirrored_record(event, record, source)?);
+                applied.push(mirrored_record(*event, record, source)?);
             }
             MirrorDecision::Duplicate => {
                 outcomes.with_label_values(&[source, "duplicate"]).inc();
@@ -782,7 +782,7 @@ impl Mirrored {
                 outcomes
                     .with_label_values(&[held_source.as_str(), "applied"])
                     .inc();
-                applied.push(mirrored_record(event, &held_record, &held_source)?);
+                applied.push(mirrored_record(*event, &held_record, &held_source)?);
             }
         }
         self.publish(context);
@@ -1069,7 +1069,7 @@ mod tests {
         let mut records: Vec<NewRecord> = (1..=5)
             .map(|seq| {
                 let text = format!("message {seq}");
-                timeline_event(Some(seq), seq, EventBody::MessageSent { text })
+                timeline_event(Some(seq), seq, EventBody::message(text))
             })
             .collect();
         // a read mark takes no seq and is not delivered again
@@ -1148,9 +1148,7 @@ mod tests {
             origin_cluster: "east".into(),
             client_msg_id: Some(format!("c{seq}")),
             ingress_offset: 100 + seq,
-            body: EventBody::MessageSent {
-                text: format!("{seq}"),
-            },
+            body: EventBody::message(format!("{seq}")),
         };
         Record {
             partition: 0,

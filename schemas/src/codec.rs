@@ -24,7 +24,7 @@ use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 
-use crate::event::{EventBody, IngressEvent, TimelineEvent};
+use crate::event::{EventBody, ForwardOrigin, IngressEvent, Message, TimelineEvent};
 
 /// The two-byte marker that opens an Avro single-object encoded value.
 pub const SINGLE_OBJECT_MARKER: [u8; 2] = [0xC3, 0x01];
@@ -76,17 +76,19 @@ const EVENT_SCHEMAS: [(&str, &str); 10] = [
 const INGRESS_SCHEMA: &str = include_str!("../avro/ingress_event.avsc");
 const TIMELINE_SCHEMA: &str = include_str!("../avro/timeline_event.avsc");
 /// Earlier versions of the timeline envelope, still readable.
-const TIMELINE_HISTORY: [&str; 4] = [
+const TIMELINE_HISTORY: [&str; 5] = [
     include_str!("../avro/history/timeline_event.v1.avsc"),
     include_str!("../avro/history/timeline_event.v2.avsc"),
     include_str!("../avro/history/timeline_event.v3.avsc"),
     include_str!("../avro/history/timeline_event.v4.avsc"),
+    include_str!("../avro/history/timeline_event.v5.avsc"),
 ];
 /// Earlier versions of the ingress envelope, still readable.
-const INGRESS_HISTORY: [&str; 3] = [
+const INGRESS_HISTORY: [&str; 4] = [
     include_str!("../avro/history/ingress_event.v1.avsc"),
     include_str!("../avro/history/ingress_event.v2.avsc"),
     include_str!("../avro/history/ingress_event.v3.avsc"),
+    include_str!("../avro/history/ingress_event.v4.avsc"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -422,7 +424,7 @@ fn from_long(field: &'static str, value: i64) -> Result<u64, CodecError> {
 /// numbers): cast, it would encode as a negative number that no decoder accepts.
 fn body_value(body: &EventBody) -> Result<Value, CodecError> {
     let (branch, fields): (u32, Vec<(String, Value)>) = match body {
-        EventBody::MessageSent { text } => (0, vec![("text".into(), Value::String(text.clone()))]),
+        EventBody::MessageSent(message) => (0, message_fields(message)?),
         EventBody::MessageEdited { target_seq, text } => (
             1,
             vec![
@@ -472,6 +474,34 @@ fn body_value(body: &EventBody) -> Result<Value, CodecError> {
         ),
     };
     Ok(Value::Union(branch, Box::new(Value::Record(fields))))
+}
+
+/// The fields of a `chorus.MessageSent` record.
+fn message_fields(message: &Message) -> Result<Vec<(String, Value)>, CodecError> {
+    let reply_to = match message.reply_to {
+        Some(seq) => Value::Union(1, Box::new(Value::Long(to_long("reply_to", seq)?))),
+        None => Value::Union(0, Box::new(Value::Null)),
+    };
+    let forwarded_from = match &message.forwarded_from {
+        Some(origin) => Value::Union(
+            1,
+            Box::new(Value::Record(vec![
+                (
+                    "conversation".into(),
+                    Value::String(origin.conversation.clone()),
+                ),
+                ("seq".into(), Value::Long(to_long("seq", origin.seq)?)),
+                ("sender".into(), Value::String(origin.sender.clone())),
+            ])),
+        ),
+        None => Value::Union(0, Box::new(Value::Null)),
+    };
+    Ok(vec![
+        ("text".into(), Value::String(message.text.clone())),
+        ("reply_to".into(), reply_to),
+        ("forwarded_from".into(), forwarded_from),
+        ("mentions".into(), string_array(&message.mentions)),
+    ])
 }
 
 fn field_error(field: &'static str, value: &Value) -> CodecError {
@@ -567,6 +597,59 @@ impl Fields<'_> {
         from_long(field, value)
     }
 
+    /// A field that older writers of its record lacked: `None` when absent.
+    fn added(&mut self, field: &'static str) -> Option<Value> {
+        let index = self.entries.iter().position(|(name, _)| name == field)?;
+        Some(self.entries.swap_remove(index).1)
+    }
+
+    /// A `chorus.MessageSent` record; v1 writers had `text` only.
+    fn message(&mut self) -> Result<Message, CodecError> {
+        let text = self.string("text")?;
+        let reply_to = match self.added("reply_to") {
+            None => None,
+            Some(Value::Union(_, inner)) => match *inner {
+                Value::Null => None,
+                Value::Long(seq) => Some(from_long("reply_to", seq)?),
+                other => return Err(field_error("reply_to", &other)),
+            },
+            Some(other) => return Err(field_error("reply_to", &other)),
+        };
+        let mentions = match self.added("mentions") {
+            None => Vec::new(),
+            Some(value) => {
+                self.entries.push(("mentions".into(), value));
+                self.string_array("mentions")?
+            }
+        };
+        let forwarded_from = match self.added("forwarded_from") {
+            None => None,
+            Some(Value::Union(_, inner)) => match *inner {
+                Value::Null => None,
+                Value::Record(entries) => {
+                    let mut origin = Fields {
+                        entries,
+                        writer: self.writer,
+                        defaults: self.defaults,
+                    };
+                    Some(Box::new(ForwardOrigin {
+                        conversation: origin.string("conversation")?,
+                        seq: origin.unsigned("seq")?,
+                        sender: origin.string("sender")?,
+                    }))
+                }
+                other => return Err(field_error("forwarded_from", &other)),
+            },
+            Some(other) => return Err(field_error("forwarded_from", &other)),
+        };
+        Ok(Message {
+            text,
+            reply_to,
+            mentions,
+            forwarded_from,
+        })
+    }
+
     fn body(&mut self) -> Result<EventBody, CodecError> {
         let (branch, record) = match self.take("body")? {
             Value::Union(branch, inner) => match *inner {
@@ -588,9 +671,7 @@ impl Fields<'_> {
             defaults: &no_defaults,
         };
         Ok(match branch_name.as_str() {
-            "chorus.MessageSent" => EventBody::MessageSent {
-                text: body.string("text")?,
-            },
+            "chorus.MessageSent" => EventBody::MessageSent(body.message()?),
             "chorus.MessageEdited" => EventBody::MessageEdited {
                 target_seq: body.unsigned("target_seq")?,
                 text: body.string("text")?,
@@ -637,9 +718,17 @@ mod tests {
 
     fn sample_bodies() -> Vec<EventBody> {
         vec![
-            EventBody::MessageSent {
-                text: "今天我们去北京开会".into(),
-            },
+            EventBody::message("今天我们去北京开会"),
+            EventBody::MessageSent(Message {
+                text: "@bob see above".into(),
+                reply_to: Some(3),
+                mentions: vec!["bob".into()],
+                forwarded_from: Some(Box::new(ForwardOrigin {
+                    conversation: "dm:alice:bob".into(),
+                    seq: 9,
+                    sender: "bob".into(),
+                })),
+            }),
             EventBody::MessageEdited {
                 target_seq: 7,
                 text: "new".into(),
@@ -737,9 +826,7 @@ mod tests {
             origin_cluster: "local".into(),
             client_msg_id: None,
             ingress_offset: 0,
-            body: EventBody::MessageSent {
-                text: "hello".into(),
-            },
+            body: EventBody::message("hello"),
         })
         .unwrap();
         for cut in 10..good.len() {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventBody {
     /// `chorus.MessageSent`: a new message.
-    MessageSent { text: String },
+    MessageSent(Message),
     /// `chorus.MessageEdited`: the sender replaces the text of their message `target_seq`.
     MessageEdited { target_seq: u64, text: String },
     /// `chorus.MessageRecalled`: the sender withdraws their message `target_seq`.
@@ -35,6 +35,39 @@ pub enum EventBody {
     /// `chorus.MessagePinned`: a member pinned (or unpinned) the message `target_seq`. Takes a
     /// seq: every member sees it.
     MessagePinned { target_seq: u64, pinned: bool },
+}
+
+/// A new message (`chorus.MessageSent`): its text, and what it answers, names or copies.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub text: String,
+    /// The seq of the message of the same conversation this one answers.
+    pub reply_to: Option<u64>,
+    /// The members of a group the text names as `@user`, in order of first mention. Set by the
+    /// sequencer from the text and the members as of the message; empty in direct
+    /// conversations.
+    pub mentions: Vec<String>,
+    /// The message this one is a copy of, when it was forwarded (boxed: rare, and every event
+    /// carries the field).
+    pub forwarded_from: Option<Box<ForwardOrigin>>,
+}
+
+/// Where a forwarded message came from: the original's conversation, seq and sender.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardOrigin {
+    pub conversation: String,
+    pub seq: u64,
+    pub sender: String,
+}
+
+impl EventBody {
+    /// A plain message: `text`, answering, naming and copying nothing.
+    pub fn message(text: impl Into<String>) -> EventBody {
+        EventBody::MessageSent(Message {
+            text: text.into(),
+            ..Message::default()
+        })
+    }
 }
 
 /// The protocol's name for a timeline event's kind (`"message"`, `"edit"`, …).
@@ -73,7 +106,7 @@ impl EventKind {
 impl EventBody {
     pub fn kind(&self) -> EventKind {
         match self {
-            EventBody::MessageSent { .. } => EventKind::Message,
+            EventBody::MessageSent(_) => EventKind::Message,
             EventBody::MessageEdited { .. } => EventKind::Edit,
             EventBody::MessageRecalled { .. } => EventKind::Recall,
             EventBody::ConversationCreated { .. } => EventKind::ConversationCreated,

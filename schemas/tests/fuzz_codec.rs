@@ -24,6 +24,13 @@ const SHORT_RUN_ITERATIONS: usize = 20_000;
 #[derive(Debug, Clone, TypeGenerator)]
 enum BodySeed {
     Sent(String),
+    /// A message with a reply, mentions and a forward origin (conversation, seq, sender).
+    Rich(
+        String,
+        Option<u64>,
+        Vec<String>,
+        Option<(String, u64, String)>,
+    ),
     Edited(u64, String),
     Recalled(u64),
     Created(Option<String>, Vec<String>),
@@ -39,13 +46,33 @@ impl BodySeed {
             BodySeed::Edited(seq, _) | BodySeed::Recalled(seq) | BodySeed::Read(seq) => {
                 i64::try_from(*seq).is_ok()
             }
+            BodySeed::Rich(_, reply_to, _, origin) => {
+                reply_to.is_none_or(|seq| i64::try_from(seq).is_ok())
+                    && origin
+                        .as_ref()
+                        .is_none_or(|(_, seq, _)| i64::try_from(*seq).is_ok())
+            }
             _ => true,
         }
     }
 
     fn body(&self) -> EventBody {
         match self.clone() {
-            BodySeed::Sent(text) => EventBody::MessageSent { text },
+            BodySeed::Sent(text) => EventBody::message(text),
+            BodySeed::Rich(text, reply_to, mentions, origin) => {
+                EventBody::MessageSent(chorus_schemas::Message {
+                    text,
+                    reply_to,
+                    mentions,
+                    forwarded_from: origin.map(|(conversation, seq, sender)| {
+                        Box::new(chorus_schemas::ForwardOrigin {
+                            conversation,
+                            seq,
+                            sender,
+                        })
+                    }),
+                })
+            }
             BodySeed::Edited(target_seq, text) => EventBody::MessageEdited { target_seq, text },
             BodySeed::Recalled(target_seq) => EventBody::MessageRecalled { target_seq },
             BodySeed::Created(title, members) => EventBody::ConversationCreated { title, members },
@@ -266,10 +293,7 @@ fn fuzz_avro_decoder() {
 /// after a valid fingerprint must be an error, not an allocation of that size or a panic.
 #[test]
 fn huge_and_negative_lengths_are_errors() {
-    let valid = encode_timeline(&small_timeline_event(EventBody::MessageSent {
-        text: "x".into(),
-    }))
-    .unwrap();
+    let valid = encode_timeline(&small_timeline_event(EventBody::message("x"))).unwrap();
     let header = &valid[..10];
     for varint in [
         vec![0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], // i64::MAX

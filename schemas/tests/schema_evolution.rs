@@ -54,7 +54,7 @@ fn v1_timeline_records_decode_with_the_current_schema() {
         event.origin_cluster, "local",
         "the field added in v2 takes its default"
     );
-    assert_eq!(event.body, EventBody::MessageSent { text: "old".into() });
+    assert_eq!(event.body, EventBody::message("old"));
 }
 
 /// Writes `value` as a single-object record of the (self-contained) `schema_json`.
@@ -183,5 +183,75 @@ fn check_older_envelopes(timeline_json: &str, ingress_json: &str) {
     assert_eq!(
         decode_ingress(&chorus_schemas::encode_ingress(&muted).unwrap()).unwrap(),
         muted
+    );
+}
+
+/// A message written before `chorus.MessageSent` gained `reply_to`, `mentions` and
+/// `forwarded_from` (envelopes v5 / v4, which inline that record's v1) decodes as a plain
+/// message; so does one in every older envelope.
+#[test]
+fn messages_written_before_replies_decode_as_plain_messages() {
+    let message_v1 = || {
+        Value::Union(
+            0,
+            Box::new(Value::Record(vec![(
+                "text".into(),
+                Value::String("你好 old".into()),
+            )])),
+        )
+    };
+    for timeline_json in [
+        include_str!("../avro/history/timeline_event.v2.avsc"),
+        include_str!("../avro/history/timeline_event.v4.avsc"),
+        include_str!("../avro/history/timeline_event.v5.avsc"),
+    ] {
+        let (schema, record) = record_of(
+            timeline_json,
+            Value::Record(vec![
+                ("conversation".into(), Value::String("g:team".into())),
+                ("seq".into(), Value::Union(1, Box::new(Value::Long(7)))),
+                ("event_id".into(), Value::String("e7".into())),
+                ("sender".into(), Value::String("bob".into())),
+                ("ts_ms".into(), Value::Long(3000)),
+                ("origin_cluster".into(), Value::String("east".into())),
+                (
+                    "client_msg_id".into(),
+                    Value::Union(0, Box::new(Value::Null)),
+                ),
+                ("ingress_offset".into(), Value::Long(41)),
+                ("body".into(), message_v1()),
+            ]),
+        );
+        assert!(SchemaCompatibility::can_read(&schema, TIMELINE.current).is_ok());
+        assert_eq!(
+            decode_timeline(&record).unwrap().body,
+            EventBody::message("你好 old")
+        );
+    }
+    let (schema, record) = record_of(
+        include_str!("../avro/history/ingress_event.v4.avsc"),
+        Value::Record(vec![
+            ("event_id".into(), Value::String("e12".into())),
+            ("conversation".into(), Value::String("g:team".into())),
+            ("sender".into(), Value::String("bob".into())),
+            (
+                "client_msg_id".into(),
+                Value::Union(1, Box::new(Value::String("c12".into()))),
+            ),
+            ("ts_ms".into(), Value::Long(3001)),
+            ("origin_cluster".into(), Value::String("west".into())),
+            ("origin_node".into(), Value::Union(0, Box::new(Value::Null))),
+            (
+                "origin_session".into(),
+                Value::Union(0, Box::new(Value::Null)),
+            ),
+            ("trusted".into(), Value::Boolean(false)),
+            ("body".into(), message_v1()),
+        ]),
+    );
+    assert!(SchemaCompatibility::can_read(&schema, INGRESS.current).is_ok());
+    assert_eq!(
+        decode_ingress(&record).unwrap().body,
+        EventBody::message("你好 old")
     );
 }

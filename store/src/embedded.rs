@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chorus_log::{Offset, PartitionId};
-use chorus_schemas::{EventBody, TimelineEvent};
+use chorus_schemas::{EventBody, ForwardOrigin, TimelineEvent};
 use parking_lot::Mutex;
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
@@ -49,7 +49,7 @@ use tracing::{debug, warn};
 
 use crate::history::{
     ConversationSummary, HistoryError, HistoryStore, MAX_PINS, MessagePage, MessageView, PinView,
-    UNREAD_CAP, direct_conversation_members,
+    ReplyView, UNREAD_CAP, direct_conversation_members,
 };
 use crate::position::records_to_apply;
 
@@ -84,11 +84,39 @@ struct StoredMessage {
     edited: bool,
     /// Whether the sender has recalled it.
     recalled: bool,
+    /// The seq this message answers.
+    #[serde(default)]
+    reply_to: Option<u64>,
+    /// The members it mentions.
+    #[serde(default)]
+    mentions: Vec<String>,
+    /// Where it was forwarded from.
+    #[serde(default)]
+    forwarded_from: Option<Box<ForwardOrigin>>,
 }
 
 impl StoredMessage {
-    fn into_view(self, seq: u64) -> MessageView {
-        MessageView {
+    /// The view of this message, the message it answers quoted from `messages`.
+    fn into_view(
+        self,
+        seq: u64,
+        messages: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+        conversation: &str,
+    ) -> Result<MessageView, EmbeddedError> {
+        let reply_to = match self.reply_to {
+            Some(target) => {
+                let original = match messages.get((conversation, target))? {
+                    Some(bytes) => {
+                        let original: StoredMessage = serde_json::from_slice(bytes.value())?;
+                        Some((original.sender, original.text))
+                    }
+                    None => None,
+                };
+                Some(ReplyView::of(target, original))
+            }
+            None => None,
+        };
+        Ok(MessageView {
             seq,
             event_id: self.event_id,
             sender: self.sender,
@@ -96,7 +124,10 @@ impl StoredMessage {
             text: self.text,
             edited: self.edited,
             recalled: self.recalled,
-        }
+            reply_to,
+            mentions: self.mentions,
+            forwarded_from: self.forwarded_from,
+        })
     }
 }
 
@@ -376,14 +407,17 @@ impl<'transaction> WriteTables<'transaction> {
                     self.pins.remove((conversation, *target_seq))?;
                 }
             }
-            EventBody::MessageSent { text } => {
+            EventBody::MessageSent(sent) => {
                 let message = StoredMessage {
                     event_id: event.event_id.clone(),
                     sender: event.sender.clone(),
                     ts_ms: event.ts_ms,
-                    text: Some(text.clone()),
+                    text: Some(sent.text.clone()),
                     edited: false,
                     recalled: false,
+                    reply_to: sent.reply_to,
+                    mentions: sent.mentions.clone(),
+                    forwarded_from: sent.forwarded_from.clone(),
                 };
                 self.messages.insert(
                     (conversation, seq),
@@ -568,7 +602,7 @@ fn read_messages(
             for entry in range.take(limit) {
                 let (key, bytes) = entry?;
                 let stored: StoredMessage = serde_json::from_slice(bytes.value())?;
-                views.push(stored.into_view(key.value().1));
+                views.push(stored.into_view(key.value().1, &messages, conversation)?);
             }
         }
         MessagePage::Before(before_seq) => {
@@ -576,7 +610,7 @@ fn read_messages(
             for entry in range.rev().take(limit) {
                 let (key, bytes) = entry?;
                 let stored: StoredMessage = serde_json::from_slice(bytes.value())?;
-                views.push(stored.into_view(key.value().1));
+                views.push(stored.into_view(key.value().1, &messages, conversation)?);
             }
             views.reverse();
         }
@@ -620,13 +654,16 @@ fn read_conversations(
             .get((conversation, user))?
             .map(|stored| stored.value())
             .unwrap_or(0);
-        let mut unread = 0;
+        let (mut unread, mut mentions) = (0, 0);
         if read_seq < stored.last_seq {
             for entry in messages.range((conversation, read_seq + 1)..=(conversation, u64::MAX))? {
                 let (_, bytes) = entry?;
                 let message: StoredMessage = serde_json::from_slice(bytes.value())?;
                 if message.sender != user && !message.recalled {
                     unread += 1;
+                    if message.mentions.iter().any(|mentioned| mentioned == user) {
+                        mentions += 1;
+                    }
                     if unread == UNREAD_CAP {
                         break;
                     }
@@ -638,6 +675,7 @@ fn read_conversations(
             last_seq: stored.last_seq,
             read_seq,
             unread,
+            mentions,
             muted: muted.get((conversation, user))?.is_some(),
             blocked: blocked.get((conversation, user))?.is_some(),
             title: stored.title,
@@ -660,7 +698,7 @@ fn read_pins(database: &Database, conversation: &str) -> Result<Vec<PinView>, Em
         };
         let message: StoredMessage = serde_json::from_slice(stored.value())?;
         found.push(PinView {
-            message: message.into_view(seq),
+            message: message.into_view(seq, &messages, conversation)?,
             pinned_by: pinned_by.to_owned(),
             pinned_seq,
         });

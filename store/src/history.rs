@@ -11,10 +11,13 @@
 //! - `events` returns the timeline (sequenced events only, never read cursors) in seq order;
 //! - `messages` returns the messages (`message_sent` events only) as they stand now: an edit
 //!   replaces the text and sets `edited`; a recall clears the text and sets `recalled`, keeping
-//!   the seq (and `edited`); edits and recalls of unknown or recalled messages are ignored;
+//!   the seq (and `edited`); edits and recalls of unknown or recalled messages are ignored; a
+//!   reply quotes the message it answers as that message stands now ([`ReplyView`]); mentions
+//!   and the forward origin are the message's own;
 //! - `conversations` lists the conversations the user is currently a member of, sorted by id,
 //!   with the highest seq of any sequenced event and the user's read cursor, which only moves
-//!   forward; `conversations_page` returns the same list in pages: the first `limit` entries
+//!   forward, and the unread messages (of others, not recalled) and of those the ones mentioning
+//!   the user, both counted up to [`UNREAD_CAP`]; `conversations_page` returns the same list in pages: the first `limit` entries
 //!   with an id greater than the cursor `after` (from the start without one), so paging through
 //!   with the last id of each page as the next cursor lists every conversation exactly once;
 //! - membership: a group's members come from `conversation_created` (exactly its listed
@@ -27,7 +30,7 @@ pub mod conformance;
 use async_trait::async_trait;
 pub use chorus_log::Unavailability;
 use chorus_log::{Offset, PartitionId};
-use chorus_schemas::TimelineEvent;
+use chorus_schemas::{ForwardOrigin, TimelineEvent};
 use serde::Serialize;
 
 /// `(a, b)` for a direct conversation id `dm:<a>:<b>`, `None` for any other id: the two members
@@ -52,6 +55,74 @@ pub struct MessageView {
     pub text: Option<String>,
     pub edited: bool,
     pub recalled: bool,
+    /// The message this one answers, quoted as it stands now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<ReplyView>,
+    /// The members the message mentions (groups only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<String>,
+    /// Where the message was forwarded from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forwarded_from: Option<Box<ForwardOrigin>>,
+}
+
+impl MessageView {
+    /// A message as sent: not edited, recalled, answered or forwarded.
+    pub fn new(seq: u64, event_id: String, sender: String, ts: i64, text: String) -> Self {
+        MessageView {
+            seq,
+            event_id,
+            sender,
+            ts,
+            text: Some(text),
+            edited: false,
+            recalled: false,
+            reply_to: None,
+            mentions: Vec::new(),
+            forwarded_from: None,
+        }
+    }
+}
+
+/// The message a reply answers, as it stands now: its seq, its sender and the start of its
+/// text ([`QUOTE_CHARS`] characters at most; `None` once recalled, or when the history has no
+/// such message).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplyView {
+    pub seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    pub quote: Option<String>,
+}
+
+/// Longest quote of a replied-to message, in characters.
+pub const QUOTE_CHARS: usize = 100;
+
+impl ReplyView {
+    /// The quote of the message replied to, from what the history holds of it: `(sender,
+    /// current text)`, the text `None` once recalled.
+    pub fn of(seq: u64, original: Option<(String, Option<String>)>) -> ReplyView {
+        match original {
+            Some((sender, text)) => ReplyView {
+                seq,
+                sender: Some(sender),
+                quote: text.map(|text| quote_of(&text)),
+            },
+            None => ReplyView {
+                seq,
+                sender: None,
+                quote: None,
+            },
+        }
+    }
+}
+
+/// The first [`QUOTE_CHARS`] characters of `text`, with `…` when cut.
+pub fn quote_of(text: &str) -> String {
+    match text.char_indices().nth(QUOTE_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
 }
 
 /// A pinned message (`GET /v1/conversations/{id}/pins`): the message as it stands now, who
@@ -81,6 +152,8 @@ pub struct ConversationSummary {
     /// Whether the caller muted the conversation (no effect on delivery; clients and push
     /// notifications honour it).
     pub muted: bool,
+    /// Of the unread messages, those that mention the caller (same cap).
+    pub mentions: u64,
     /// Direct conversations: whether the caller blocked the other member.
     pub blocked: bool,
     #[serde(skip_serializing_if = "Option::is_none")]

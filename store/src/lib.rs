@@ -22,6 +22,7 @@ pub mod tokenizer;
 
 pub use embedded::EmbeddedHistory;
 pub use history::{
-    ConversationSummary, HistoryError, HistoryStore, MessagePage, MessageView, Unavailability,
+    ConversationSummary, HistoryError, HistoryStore, MessagePage, MessageView, ReplyView,
+    Unavailability,
 };
 pub use search_index::{SearchError, SearchHit, SearchIndex, SearchQueryLimits};

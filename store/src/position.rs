@@ -60,7 +60,7 @@ mod tests {
             origin_cluster: "local".into(),
             client_msg_id: None,
             ingress_offset: offset,
-            body: EventBody::MessageSent { text: "hi".into() },
+            body: EventBody::message("hi"),
         };
         (offset, event)
     }

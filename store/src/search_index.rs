@@ -283,7 +283,7 @@ impl SearchIndex {
         for (_, event) in records.iter().copied() {
             let conversation = event.conversation.as_str();
             match &event.body {
-                EventBody::MessageSent { text } => {
+                EventBody::MessageSent(chorus_schemas::Message { text, .. }) => {
                     let Some(seq) = event.seq else {
                         warn!(conversation, event_id = %event.event_id, "message without a seq");
                         continue;

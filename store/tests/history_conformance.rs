@@ -55,7 +55,7 @@ async fn run_all_passes_with_a_store_factory() {
     .unwrap();
     assert_eq!(
         stores_made.load(Ordering::Relaxed),
-        13,
+        15,
         "one fresh store per check"
     );
 }
@@ -70,9 +70,7 @@ fn message(conversation: &str, seq: u64, text: &str) -> TimelineEvent {
         origin_cluster: "test".to_owned(),
         client_msg_id: None,
         ingress_offset: seq,
-        body: EventBody::MessageSent {
-            text: text.to_owned(),
-        },
+        body: EventBody::message(text),
     }
 }
 

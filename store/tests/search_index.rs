@@ -28,14 +28,7 @@ fn event(conversation: &str, seq: u64, sender: &str, body: EventBody) -> Timelin
 }
 
 fn sent(conversation: &str, seq: u64, sender: &str, text: &str) -> TimelineEvent {
-    event(
-        conversation,
-        seq,
-        sender,
-        EventBody::MessageSent {
-            text: text.to_owned(),
-        },
-    )
+    event(conversation, seq, sender, EventBody::message(text))
 }
 
 fn edited(

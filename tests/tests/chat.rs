@@ -681,3 +681,163 @@ async fn health_and_metrics() -> anyhow::Result<()> {
     }
     server.served.shutdown().await
 }
+
+/// Sends `frame` and returns its error frame's code (the frame must be refused).
+async fn refusal(client: &mut Client, frame: Value) -> anyhow::Result<String> {
+    let id = frame["id"].as_str().unwrap_or_default().to_owned();
+    client.send_json(frame).await?;
+    let answer = client
+        .expect(|frame| {
+            frame["id"] == id.as_str() && (frame["type"] == "error" || frame["type"] == "ack")
+        })
+        .await?;
+    anyhow::ensure!(answer["type"] == "error", "{id} was not refused: {answer}");
+    Ok(answer["code"].as_str().unwrap_or_default().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_quote_mentions_count_and_forwards_name_their_origin() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let url = server.ws_url();
+    let api = server.api();
+    let mut alice = Client::connect(&url, "alice", None).await?;
+    let mut bob = Client::connect(&url, "bob", None).await?;
+    let mut carol = Client::connect(&url, "carol", None).await?;
+    let mut mallory = Client::connect(&url, "mallory", None).await?;
+    let created = api
+        .post(
+            &token("alice", None),
+            "/v1/conversations",
+            &json!({"id": "g:team", "members": ["bob", "carol"], "title": "Team"}),
+        )
+        .await?;
+    assert_eq!(created.0, 201, "{created:?}");
+    alice
+        .send_message("m1", "g:team", "lunch at noon? 中午吃饭")
+        .await?; // seq 2
+
+    // a reply names the message it answers; @names of members are mentions, others plain text
+    bob.send_json(json!({"type": "send", "id": "r1", "conversation": "g:team",
+        "text": "@alice yes! @mallory is not in here", "reply_to": 2}))
+        .await?;
+    assert_eq!(bob.outcome("r1").await?["seq"], 3);
+    let event = alice
+        .expect(|frame| frame["type"] == "event" && frame["seq"] == 3)
+        .await?;
+    assert_eq!(event["reply_to"], 2);
+    assert_eq!(event["mentions"], json!(["alice"]));
+    let messages = api.messages("carol", "g:team").await?;
+    assert_eq!(
+        messages[1]["reply_to"],
+        json!({"seq": 2, "sender": "alice", "quote": "lunch at noon? 中午吃饭"}),
+        "history quotes the message answered"
+    );
+    assert_eq!(messages[1]["mentions"], json!(["alice"]));
+    let summary = |list: &Value| {
+        list["conversations"]
+            .as_array()
+            .and_then(|list| list.iter().find(|item| item["id"] == "g:team").cloned())
+            .unwrap_or_default()
+    };
+    let (_, list) = api.get("alice", "/v1/conversations").await?;
+    assert_eq!(summary(&list)["unread"], 1);
+    assert_eq!(summary(&list)["mentions"], 1, "{list}");
+    let (_, list) = api.get("carol", "/v1/conversations").await?;
+    assert_eq!(summary(&list)["mentions"], 0, "carol was not named");
+
+    // refusals of replies, each with its code
+    assert_eq!(
+        refusal(
+            &mut bob,
+            json!({"type": "send", "id": "r2", "conversation": "g:team",
+            "text": "to nothing", "reply_to": 99})
+        )
+        .await?,
+        "not_found"
+    );
+    assert_eq!(
+        refusal(
+            &mut bob,
+            json!({"type": "send", "id": "r3", "conversation": "g:team",
+            "text": "to zero", "reply_to": 0})
+        )
+        .await?,
+        "bad_request"
+    );
+    alice.send_message("m2", "g:team", "wrong chat").await?; // seq 4
+    alice
+        .send_json(json!({"type": "recall", "id": "x", "conversation": "g:team", "seq": 4}))
+        .await?;
+    alice.outcome("x").await?; // seq 5
+    assert_eq!(
+        refusal(
+            &mut bob,
+            json!({"type": "send", "id": "r4", "conversation": "g:team",
+            "text": "to a recalled one", "reply_to": 4})
+        )
+        .await?,
+        "not_found"
+    );
+
+    // forwarding copies a message into another conversation of the sender, naming its origin
+    carol
+        .send_json(
+            json!({"type": "forward", "id": "f1", "conversation": "dm:bob:carol",
+            "source": "g:team", "seq": 2}),
+        )
+        .await?;
+    assert_eq!(carol.outcome("f1").await?["seq"], 1);
+    let forwarded = bob
+        .expect(|frame| frame["type"] == "event" && frame["conversation"] == "dm:bob:carol")
+        .await?;
+    assert_eq!(forwarded["text"], "lunch at noon? 中午吃饭");
+    assert_eq!(forwarded["sender"], "carol");
+    assert_eq!(
+        forwarded["forwarded_from"],
+        json!({"conversation": "g:team", "seq": 2, "sender": "alice"})
+    );
+    let copied = api.messages("bob", "dm:bob:carol").await?;
+    assert_eq!(copied[0]["forwarded_from"]["conversation"], "g:team");
+    let hits = api.search("bob", "中午").await?;
+    assert_eq!(
+        hits.len(),
+        2,
+        "the copy is searchable in its conversation: {hits:?}"
+    );
+    // refusals of forwards: not a member of the source, no such message, a recalled one, and a
+    // target the sender is not in (the sequencer's check)
+    for (frame, code) in [
+        (
+            json!({"type": "forward", "id": "f2", "conversation": "dm:alice:mallory",
+                "source": "g:team", "seq": 2}),
+            "forbidden",
+        ),
+        (
+            json!({"type": "forward", "id": "f3", "conversation": "dm:alice:mallory",
+                "source": "dm:alice:bob", "seq": 1}),
+            "forbidden",
+        ),
+    ] {
+        assert_eq!(refusal(&mut mallory, frame).await?, code);
+    }
+    for (frame, code) in [
+        (
+            json!({"type": "forward", "id": "f4", "conversation": "dm:bob:carol",
+                "source": "g:team", "seq": 99}),
+            "not_found",
+        ),
+        (
+            json!({"type": "forward", "id": "f5", "conversation": "dm:bob:carol",
+                "source": "g:team", "seq": 4}),
+            "not_found",
+        ),
+        (
+            json!({"type": "forward", "id": "f6", "conversation": "dm:alice:bob",
+                "source": "g:team", "seq": 2}),
+            "forbidden",
+        ),
+    ] {
+        assert_eq!(refusal(&mut carol, frame).await?, code);
+    }
+    server.served.shutdown().await
+}

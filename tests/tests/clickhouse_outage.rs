@@ -22,9 +22,7 @@ fn message(seq: u64) -> TimelineEvent {
         origin_cluster: "local".into(),
         client_msg_id: None,
         ingress_offset: seq,
-        body: EventBody::MessageSent {
-            text: format!("message {seq}"),
-        },
+        body: EventBody::message(format!("message {seq}")),
     }
 }
 

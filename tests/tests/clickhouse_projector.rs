@@ -39,9 +39,7 @@ fn body(k: u64) -> EventBody {
     } else if k.is_multiple_of(25) {
         EventBody::MessageRecalled { target_seq: k - 2 }
     } else {
-        EventBody::MessageSent {
-            text: format!("message {k} 你好"),
-        }
+        EventBody::message(format!("message {k} 你好"))
     }
 }
 

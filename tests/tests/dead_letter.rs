@@ -18,7 +18,7 @@ fn direct_event(id: &str, conversation: &str, text: &str) -> IngressEvent {
         origin_node: None,
         origin_session: None,
         trusted: true,
-        body: EventBody::MessageSent { text: text.into() },
+        body: EventBody::message(text),
     }
 }
 

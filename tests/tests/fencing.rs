@@ -34,9 +34,7 @@ fn message(run: &str, conversation: &str, id: &str) -> NewRecord {
         origin_node: Some(format!("{run}-node")),
         origin_session: Some("session-1".to_owned()),
         trusted: false,
-        body: EventBody::MessageSent {
-            text: format!("text of {id}"),
-        },
+        body: EventBody::message(format!("text of {id}")),
     };
     NewRecord::new(
         conversation.as_bytes(),

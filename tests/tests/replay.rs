@@ -45,7 +45,8 @@ async fn snapshot(api: &Api) -> anyhow::Result<Value> {
     Ok(Value::Object(snapshot))
 }
 
-/// Groups, direct messages, an edit, a recall, a read mark and a removal.
+/// Groups, direct messages, an edit, a recall, a read mark, a pin, a reply with mentions, a
+/// forward, a mute and a removal.
 async fn write_history(server: &TestServer) -> anyhow::Result<()> {
     let api = server.api();
     api.business(json!([{"type": "create_group", "id": "g1", "conversation": "g:ops", "members": ["alice", "bob", "carol"], "title": "Ops"}])).await?;
@@ -79,6 +80,27 @@ async fn write_history(server: &TestServer) -> anyhow::Result<()> {
         )
         .await?;
     alice.outcome("pin").await?;
+    bob.send_json(
+        json!({"type": "send", "id": "reply", "conversation": "g:ops",
+        "text": "@alice @carol which station?", "reply_to": 2}),
+    )
+    .await?;
+    bob.outcome("reply").await?;
+    alice
+        .send_json(
+            json!({"type": "forward", "id": "fwd", "conversation": "dm:alice:bob",
+            "source": "g:ops", "seq": 2}),
+        )
+        .await?;
+    alice.outcome("fwd").await?;
+    let quoted = api.messages("alice", "g:ops").await?;
+    anyhow::ensure!(
+        quoted.iter().any(
+            |message| message["reply_to"]["quote"] == "meet at the station"
+                && message["mentions"] == json!(["alice", "carol"])
+        ),
+        "the reply's quote and mentions are in the projection the replay must rebuild"
+    );
     bob.send_json(json!({"type": "mute", "conversation": "g:ops", "muted": true}))
         .await?;
     bob.expect(|frame| frame["type"] == "mute").await?;
@@ -139,7 +161,7 @@ async fn replay_rebuilds_identical_projections() -> anyhow::Result<()> {
     let ops = history
         .messages("g:ops", chorus_store::history::MessagePage::After(0), 100)
         .await?;
-    assert_eq!(ops.len(), 40);
+    assert_eq!(ops.len(), 41, "alice's 40 and bob's reply");
     log.close().await;
     drop((log, history, index));
 
@@ -151,7 +173,7 @@ async fn replay_rebuilds_identical_projections() -> anyhow::Result<()> {
     );
     assert_eq!(
         after["bob/g:ops/messages"].as_array().map(Vec::len),
-        Some(40)
+        Some(41)
     );
     restarted.shutdown().await
 }

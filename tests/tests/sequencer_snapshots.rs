@@ -139,24 +139,9 @@ async fn grow_timeline(
                     target_seq: 1 + offset % 40,
                 },
             ),
-            4 | 5 => ingress(
-                "g:crew",
-                "bob",
-                &id,
-                EventBody::MessageSent { text: "hi".into() },
-            ),
-            6 => ingress(
-                "dm:bob:carol",
-                "carol",
-                &id,
-                EventBody::MessageSent { text: "yo".into() },
-            ),
-            _ => ingress(
-                "dm:alice:bob",
-                "alice",
-                &id,
-                EventBody::MessageSent { text: "hey".into() },
-            ),
+            4 | 5 => ingress("g:crew", "bob", &id, EventBody::message("hi")),
+            6 => ingress("dm:bob:carol", "carol", &id, EventBody::message("yo")),
+            _ => ingress("dm:alice:bob", "alice", &id, EventBody::message("hey")),
         };
         if let Decision::Sequence(sequenced) = state.decide(event, offset) {
             batch.push(NewRecord::new(
@@ -349,12 +334,7 @@ async fn a_snapshot_newer_than_the_redelivery_tail_is_passed_over_for_an_older_o
 }
 
 fn message(node: &str, id: &str, text: &str) -> NewRecord {
-    let mut event = ingress(
-        "dm:alice:bob",
-        "alice",
-        id,
-        EventBody::MessageSent { text: text.into() },
-    );
+    let mut event = ingress("dm:alice:bob", "alice", id, EventBody::message(text));
     event.origin_node = Some(node.to_owned());
     event.origin_session = Some("session-1".to_owned());
     NewRecord::new(

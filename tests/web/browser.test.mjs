@@ -5,7 +5,8 @@
 //
 // alice and bob log in from two browser contexts and chat; bob goes offline while alice sends
 // and comes back to every message in order (filled from /events); edits, recalls, typing, read
-// marks, a group with history loaded by scrolling back, and a Chinese search. Every wait is for
+// marks, a group with history loaded by scrolling back, mutes, blocks, pins, a reply with a
+// mention and a forward, leaving a group, and a Chinese search. Every wait is for
 // a condition in the page (playwright's waiting locators and waitForFunction), never a sleep.
 // Screenshots are saved in the artifact directory. Exit code 0 when every step passed.
 import { mkdirSync } from "node:fs";
@@ -243,6 +244,27 @@ try {
     await bob.page.locator("#messages li.notice", { hasText: "alice pinned" }).waitFor();
     await bob.page.locator("#messages li.message", { hasText: "hello again" }).locator("button.pin", { hasText: "unpin" }).click();
     await alice.page.locator("#pins").waitFor({ state: "hidden" });
+  });
+
+  await step("bob replies in the group naming @alice: she sees a mention count and the quote, which jumps to the original; she forwards the reply to bob", async () => {
+    await conversationItem(bob, "g:team").click();
+    const original = bob.page.locator("#messages li.message", { hasText: "still delivered when muted" });
+    await original.locator("button.reply").click();
+    await bob.page.locator("#replying", { hasText: "still delivered when muted" }).waitFor();
+    await sendAcked(bob, "@alice got it");
+    await conversationItem(alice, "g:team").locator(".mention-count", { hasText: "@1" }).waitFor();
+    await conversationItem(alice, "g:team").click();
+    const reply = alice.page.locator("#messages li.message.mentions-me", { hasText: "@alice got it" });
+    await reply.locator(".reply-quote", { hasText: "alice: still delivered when muted" }).click();
+    await alice.page.locator("#messages li.message.highlight", { hasText: "still delivered when muted" }).waitFor();
+    await conversationItem(alice, "g:team").locator(".mention-count").waitFor({ state: "detached" });
+    await reply.locator("button.forward").click();
+    await alice.page.fill("#forward-to", "bob");
+    await alice.page.click("#forward-form button[type=submit]");
+    await conversationItem(bob, DM).click();
+    const copy = bob.page.locator("#messages li.message", { hasText: "@alice got it" });
+    await copy.locator(".forwarded", { hasText: "forwarded from bob" }).waitFor();
+    dmTexts.push("@alice got it");
   });
 
   await step("a search for a Chinese word finds the right message", async () => {

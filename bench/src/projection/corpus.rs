@@ -383,7 +383,7 @@ impl Iterator for Events<'_> {
         let sender = members[self.random.below(members.len() as u64) as usize];
         let language = self.language();
         let text = self.message_text(language);
-        let event = self.ingress(conversation, sender, EventBody::MessageSent { text });
+        let event = self.ingress(conversation, sender, EventBody::message(text));
         Some(GeneratedEvent {
             conversation,
             language: Some(language),

@@ -122,7 +122,7 @@ pub(super) async fn write_timeline(
         batch.push(NewRecord::new(event.conversation.as_bytes(), value));
         timeline.events += 1;
         match (event.body, generated.language) {
-            (EventBody::MessageSent { text }, Some(language)) => {
+            (EventBody::MessageSent(chorus_schemas::Message { text, .. }), Some(language)) => {
                 timeline.messages += 1;
                 timeline.text_bytes += text.len() as u64;
                 let slot = match language {

@@ -17,6 +17,17 @@ pub enum ClientFrame {
         id: String,
         conversation: String,
         text: String,
+        /// The seq of the message (same conversation) this one answers.
+        #[serde(default)]
+        reply_to: Option<u64>,
+    },
+    /// Copies message `seq` of conversation `source` (which the sender must be able to read)
+    /// into `conversation`, as a new message naming its origin.
+    Forward {
+        id: String,
+        conversation: String,
+        source: String,
+        seq: u64,
     },
     Edit {
         id: String,

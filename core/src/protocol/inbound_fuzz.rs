@@ -19,11 +19,11 @@ use crate::error::ErrorCode;
 /// Inputs of one short run under `cargo test`.
 const SHORT_RUN_ITERATIONS: usize = 10_000;
 
-const FRAME_TYPES: [&str; 13] = [
-    "send", "edit", "recall", "read", "typing", "mute", "block", "pin", "leave", "ping", "auth",
-    "Send", "pong",
+const FRAME_TYPES: [&str; 14] = [
+    "send", "edit", "recall", "read", "typing", "mute", "block", "pin", "leave", "forward", "ping",
+    "auth", "Send", "pong",
 ];
-const FIELD_NAMES: [&str; 12] = [
+const FIELD_NAMES: [&str; 14] = [
     "type",
     "id",
     "conversation",
@@ -34,6 +34,8 @@ const FIELD_NAMES: [&str; 12] = [
     "user",
     "blocked",
     "pinned",
+    "reply_to",
+    "source",
     "",
     "extra",
 ];
@@ -192,6 +194,7 @@ fn check_frame(text: &str) {
                 ClientFrame::Block { .. } => "block",
                 ClientFrame::Pin { .. } => "pin",
                 ClientFrame::Leave { .. } => "leave",
+                ClientFrame::Forward { .. } => "forward",
                 ClientFrame::Ping => "ping",
                 ClientFrame::Auth { .. } => "auth",
             };

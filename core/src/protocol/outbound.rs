@@ -87,8 +87,24 @@ pub fn event_json(event: &TimelineEvent) -> Value {
         object.insert("origin_cluster".into(), json!(event.origin_cluster));
     }
     match &event.body {
-        EventBody::MessageSent { text } => {
-            object.insert("text".into(), json!(text));
+        EventBody::MessageSent(message) => {
+            object.insert("text".into(), json!(message.text));
+            if let Some(reply_to) = message.reply_to {
+                object.insert("reply_to".into(), json!(reply_to));
+            }
+            if !message.mentions.is_empty() {
+                object.insert("mentions".into(), json!(message.mentions));
+            }
+            if let Some(origin) = &message.forwarded_from {
+                object.insert(
+                    "forwarded_from".into(),
+                    json!({
+                        "conversation": origin.conversation,
+                        "seq": origin.seq,
+                        "sender": origin.sender,
+                    }),
+                );
+            }
         }
         EventBody::MessageEdited { target_seq, text } => {
             object.insert("target_seq".into(), json!(target_seq));

@@ -22,6 +22,9 @@ use chorus_schemas::{EventBody, TimelineEvent};
 
 use super::{ConversationSummary, HistoryError, HistoryStore, MessagePage, MessageView};
 
+mod replies;
+pub use replies::*;
+
 /// More than any check stores, so that "everything" reads are never truncated.
 const READ_ALL: usize = 1_000;
 
@@ -73,6 +76,8 @@ macro_rules! history_conformance {
             mutes_are_per_user_and_the_last_one_counts,
             blocks_are_the_blockers_own,
             pins_list_pinned_messages_newest_first,
+            replies_quote_the_message_they_answer,
+            mention_counts_follow_the_read_cursor,
             conversation_pages_list_each_conversation_once,
             conversation_pages_skip_conversations_left,
             group_membership_follows_member_events,
@@ -164,9 +169,7 @@ impl TimelineWriter {
 }
 
 fn sent(text: &str) -> EventBody {
-    EventBody::MessageSent {
-        text: text.to_owned(),
-    }
+    EventBody::message(text)
 }
 
 fn edited(target_seq: u64, text: &str) -> EventBody {
@@ -209,15 +212,13 @@ fn read_up_to(seq: u64) -> EventBody {
 
 /// The view of a message that `sent_event` created, as it stands when untouched.
 fn fresh_view(sent_event: &TimelineEvent, text: &str) -> MessageView {
-    MessageView {
-        seq: sent_event.seq.unwrap_or_default(),
-        event_id: sent_event.event_id.clone(),
-        sender: sent_event.sender.clone(),
-        ts: sent_event.ts_ms,
-        text: Some(text.to_owned()),
-        edited: false,
-        recalled: false,
-    }
+    MessageView::new(
+        sent_event.seq.unwrap_or_default(),
+        sent_event.event_id.clone(),
+        sent_event.sender.clone(),
+        sent_event.ts_ms,
+        text.to_owned(),
+    )
 }
 
 fn seqs(views: &[MessageView]) -> Vec<u64> {
@@ -635,6 +636,7 @@ pub async fn conversations_list_memberships_with_read_cursors(
             last_seq,
             read_seq,
             unread,
+            mentions: 0,
             muted: false,
             blocked: false,
             title: title.map(str::to_owned),

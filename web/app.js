@@ -65,6 +65,8 @@ function conversationState(id) {
       muted: false,
       blocked: false,
       pins: [],
+      /** message seq → whether its reactions must be read again once the read in flight ends */
+      refreshing: new Map(),
       /** user → the seq up to which they read (from live `read` frames) */
       othersRead: new Map(),
       /** user → until when their typing indicator shows */
@@ -266,6 +268,10 @@ function applyEvent(event) {
       if (target) Object.assign(target, { text: "", recalled: true });
       break;
     }
+    case "reaction":
+      // the counts are the server's (a user's reaction counts once): read them again
+      refreshReactions(state, event.target_seq);
+      break;
     case "pin":
       state.items.set(event.seq, { seq: event.seq, notice: `${event.sender} ${event.pinned ? "pinned" : "unpinned"} #${event.target_seq}` });
       if (event.conversation === view.openId) loadPins(state);
@@ -567,8 +573,62 @@ function renderItem(state, item, readByOthers) {
     pin.textContent = pinned ? "unpin" : "pin";
     pin.addEventListener("click", () => view.client.pin(state.id, item.seq, !pinned).acked.catch(showRefusal));
     entry.append(pin, button("reply", "reply", () => startReply(state, item)), button("forward", "forward", () => startForward(state, item)));
+    entry.append(reactionBar(state, item));
   }
   return entry;
+}
+
+/** Quick reactions offered on every message. */
+const QUICK_REACTIONS = ["👍", "❤️", "😂", "🎉"];
+
+/**
+ * A message's reactions: one chip per emoji with its count (mine marked), which toggles my
+ * reaction, and the quick reactions not used yet.
+ */
+function reactionBar(state, item) {
+  const bar = document.createElement("span");
+  bar.className = "reactions";
+  const counts = item.reactions ?? [];
+  for (const { emoji, count, me } of counts) {
+    const chip = button("reaction", `${emoji} ${count}`, () => view.client.react(state.id, item.seq, emoji, !me).acked.catch(showRefusal));
+    chip.classList.toggle("mine", me);
+    chip.dataset.emoji = emoji;
+    bar.append(chip);
+  }
+  for (const emoji of QUICK_REACTIONS.filter((emoji) => !counts.some((count) => count.emoji === emoji))) {
+    const add = button("add-reaction", emoji, () => view.client.react(state.id, item.seq, emoji, true).acked.catch(showRefusal));
+    add.dataset.emoji = emoji;
+    add.title = `react with ${emoji}`;
+    bar.append(add);
+  }
+  return bar;
+}
+
+/**
+ * Reads message `seq`'s reactions again (after a reaction event) and shows them. One read per
+ * message at a time; events that arrive meanwhile make one more read after it.
+ */
+async function refreshReactions(state, seq) {
+  if (state.refreshing.has(seq)) {
+    state.refreshing.set(seq, true);
+    return;
+  }
+  state.refreshing.set(seq, false);
+  try {
+    const page = await view.client.messages(state.id, { after_seq: seq - 1, limit: 1 });
+    const message = page.find((candidate) => candidate.seq === seq);
+    const item = state.items.get(seq);
+    if (message && item && !item.notice) {
+      item.reactions = message.reactions ?? [];
+      if (state.id === view.openId) renderMessages({ keepScroll: true });
+    }
+  } catch {
+    // shown again with the next reaction, or when history is read
+  } finally {
+    const again = state.refreshing.get(seq);
+    state.refreshing.delete(seq);
+    if (again) refreshReactions(state, seq);
+  }
 }
 
 function button(className, label, onClick) {

@@ -668,6 +668,11 @@ export class ChorusClient {
     return this.submit({ type: "leave", conversation });
   }
 
+  /** Adds (or takes back) my reaction `emoji` to message `seq`; acked like a send (it takes a seq). */
+  react(conversation, seq, emoji, added = true) {
+    return this.submit({ type: "react", conversation, seq, emoji, added });
+  }
+
   /** Pins (or unpins) message `seq` for every member; acked like a send (the pin takes a seq). */
   pin(conversation, seq, pinned = true) {
     return this.submit({ type: "pin", conversation, seq, pinned });

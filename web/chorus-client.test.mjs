@@ -322,7 +322,7 @@ test("an accepted send (homed in another region) is not resent; its ack resolves
   assert.equal(client.outbox.size, 0);
 });
 
-test("a reply names the seq it answers; a forward names its source; both wait for their acks", async () => {
+test("a reply names the seq it answers, a forward its source, a reaction its message; they wait for their acks", async () => {
   const { server, timers, client } = setup();
   client.start();
   await welcome(server);
@@ -336,6 +336,8 @@ test("a reply names the seq it answers; a forward names its source; both wait fo
   assert.deepEqual(server.socket.sent.slice(2).map((frame) => frame.id), [reply.id, forward.id], "both resent until acked");
   server.socket.deliver({ type: "ack", id: forward.id, conversation: "dm:alice:bob", seq: 3, event_id: "e" });
   assert.equal((await forward.acked).seq, 3);
+  const reaction = client.react("g:team", 7, "👍", false);
+  assert.deepEqual(server.socket.sent.at(-1), { type: "react", id: reaction.id, conversation: "g:team", seq: 7, emoji: "👍", added: false });
   const plain = client.send("g:team", "no reply");
   assert.equal(server.socket.sent.at(-1).reply_to, undefined, "a plain send carries no reply_to");
   assert.ok(plain.id);

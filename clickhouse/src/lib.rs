@@ -39,7 +39,7 @@ use chorus_log::{Offset, PartitionId};
 use chorus_schemas::TimelineEvent;
 use chorus_store::history::{
     ConversationSummary, HistoryError, HistoryStore, MAX_PINS, MessagePage, MessageView, PinView,
-    ReplyView, UNREAD_CAP,
+    ReactionCount, ReplyView, UNREAD_CAP, rank_reactions,
 };
 use chorus_store::position::records_to_apply;
 use clickhouse::{Client, Row, RowOwned, RowWrite};
@@ -519,6 +519,57 @@ impl HistoryStore for ClickHouseHistory {
             .through(&self.guard)
             .await?;
         rows.into_iter().map(EventRow::into_event).collect()
+    }
+
+    async fn reactions(
+        &self,
+        conversation: &str,
+        seqs: &[u64],
+        viewer: &str,
+    ) -> Result<BTreeMap<u64, Vec<ReactionCount>>, HistoryError> {
+        if seqs.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        // each user's latest reaction event per (message, emoji) decides (rows of one record
+        // may not be merged yet: argMax by seq is the same for copies)
+        #[derive(Row, Deserialize)]
+        struct Count {
+            target_seq: u64,
+            emoji: String,
+            count: u64,
+            me: u8,
+        }
+        let counts = self
+            .client
+            .query(
+                "SELECT target_seq, emoji, countIf(state = 1) AS count, \
+                 toUInt8(countIf(state = 1 AND sender = ?) > 0) AS me FROM ( \
+                   SELECT target_seq, emoji, sender, argMax(added, seq) AS state FROM events \
+                   WHERE conversation = ? AND kind = 'reaction' AND has(?, target_seq) \
+                   GROUP BY target_seq, emoji, sender) \
+                 GROUP BY target_seq, emoji HAVING count > 0",
+            )
+            .bind(viewer)
+            .bind(conversation)
+            .bind(seqs)
+            .fetch_all::<Count>()
+            .through(&self.guard)
+            .await?;
+        let mut by_seq: BTreeMap<u64, Vec<ReactionCount>> = BTreeMap::new();
+        for count in counts {
+            by_seq
+                .entry(count.target_seq)
+                .or_default()
+                .push(ReactionCount {
+                    emoji: count.emoji,
+                    count: count.count,
+                    me: count.me != 0,
+                });
+        }
+        Ok(by_seq
+            .into_iter()
+            .map(|(seq, counts)| (seq, rank_reactions(counts)))
+            .collect())
     }
 
     async fn pins(&self, conversation: &str) -> Result<Vec<PinView>, HistoryError> {

@@ -20,6 +20,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (3, include_str!("../migrations/0003_blocked.sql")),
     (4, include_str!("../migrations/0004_pinned.sql")),
     (5, include_str!("../migrations/0005_replies.sql")),
+    (6, include_str!("../migrations/0006_reactions.sql")),
 ];
 
 /// Whether the schema is in place, and what applying it needs.

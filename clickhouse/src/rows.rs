@@ -45,6 +45,9 @@ pub(crate) struct EventRow {
     pub(crate) forwarded_conversation: String,
     pub(crate) forwarded_seq: u64,
     pub(crate) forwarded_sender: String,
+    /// `reaction` rows: the emoji, and 1 added or 0 removed (migration 6).
+    pub(crate) emoji: String,
+    pub(crate) added: u8,
 }
 
 /// One membership change in `members`: whether `user` is in `conversation` as of `seq`.
@@ -66,7 +69,7 @@ pub(crate) struct PositionRow {
 /// The columns of [`EventRow`], in order, for `SELECT`s.
 pub(crate) const EVENT_COLUMNS: &str = "partition, offset, conversation, seq, event_id, kind, sender, ts_ms, \
      origin_cluster, client_msg_id, ingress_offset, text, target_seq, title, members, read_seq, muted, blocked, pinned, \
-     reply_to, mentions, forwarded_conversation, forwarded_seq, forwarded_sender";
+     reply_to, mentions, forwarded_conversation, forwarded_seq, forwarded_sender, emoji, added";
 
 impl EventRow {
     pub(crate) fn from_event(
@@ -99,6 +102,8 @@ impl EventRow {
             forwarded_conversation: String::new(),
             forwarded_seq: 0,
             forwarded_sender: String::new(),
+            emoji: String::new(),
+            added: 0,
         };
         match &event.body {
             EventBody::MessageSent(message) => {
@@ -129,6 +134,15 @@ impl EventRow {
             EventBody::MessagePinned { target_seq, pinned } => {
                 row.target_seq = *target_seq;
                 row.pinned = u8::from(*pinned);
+            }
+            EventBody::ReactionChanged {
+                target_seq,
+                emoji,
+                added,
+            } => {
+                row.target_seq = *target_seq;
+                row.emoji = emoji.clone();
+                row.added = u8::from(*added);
             }
         }
         row
@@ -180,6 +194,11 @@ impl EventRow {
             "pin" => EventBody::MessagePinned {
                 target_seq: self.target_seq,
                 pinned: self.pinned != 0,
+            },
+            "reaction" => EventBody::ReactionChanged {
+                target_seq: self.target_seq,
+                emoji: self.emoji,
+                added: self.added != 0,
             },
             other => {
                 return Err(HistoryError::Storage(
@@ -259,6 +278,11 @@ mod tests {
                 members: vec!["a".into()],
             },
             EventBody::ReadCursorMoved { seq: 4 },
+            EventBody::ReactionChanged {
+                target_seq: 1,
+                emoji: "🎉".into(),
+                added: true,
+            },
         ];
         for (index, body) in bodies.into_iter().enumerate() {
             let read = matches!(body, EventBody::ReadCursorMoved { .. });

@@ -17,6 +17,8 @@ pub const MAX_CLIENT_MSG_ID_BYTES: usize = 128;
 pub const MAX_TITLE_BYTES: usize = 256;
 /// Most members one message mentions (the sequencer keeps the first ones named).
 pub const MAX_MENTIONS: usize = 50;
+/// Longest reaction (an emoji, possibly a sequence of several code points with modifiers).
+pub const MAX_EMOJI_BYTES: usize = 32;
 
 fn bad(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::BadRequest, message)
@@ -111,6 +113,22 @@ pub fn validate_ingress(
         EventBody::MessageRecalled { target_seq } | EventBody::MessagePinned { target_seq, .. } => {
             if *target_seq == 0 {
                 return Err(bad("seq must be at least 1"));
+            }
+        }
+        EventBody::ReactionChanged {
+            target_seq, emoji, ..
+        } => {
+            if *target_seq == 0 {
+                return Err(bad("seq must be at least 1"));
+            }
+            if emoji.is_empty()
+                || emoji.len() > MAX_EMOJI_BYTES
+                || emoji.chars().any(char::is_whitespace)
+                || has_control_or_bidi(emoji)
+            {
+                return Err(bad(format!(
+                    "emoji must be 1-{MAX_EMOJI_BYTES} bytes without spaces, control or bidi characters"
+                )));
             }
         }
         EventBody::ConversationCreated { title, members } => {

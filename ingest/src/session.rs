@@ -604,6 +604,21 @@ impl Session {
                     pinned,
                 },
             ),
+            ClientFrame::React {
+                id,
+                conversation,
+                seq,
+                emoji,
+                added,
+            } => (
+                conversation,
+                Some(id),
+                EventBody::ReactionChanged {
+                    target_seq: seq,
+                    emoji,
+                    added,
+                },
+            ),
             ClientFrame::Block { user, blocked } => {
                 validate_user(&user)
                     .map_err(|error| ApiError::new(ErrorCode::BadRequest, error.to_string()))?;

@@ -502,12 +502,21 @@ impl SequencerState {
                 }
                 Ok(())
             }
-            EventBody::MessagePinned { target_seq, pinned } => {
+            EventBody::MessagePinned {
+                target_seq,
+                pinned: set,
+            }
+            | EventBody::ReactionChanged {
+                target_seq,
+                added: set,
+                ..
+            } => {
+                // pins and reactions: any member, on a message, not added to a recalled one
                 if !is_member {
                     return forbidden("not a member of this conversation");
                 }
                 let slot = message_slot(state, *target_seq)?;
-                if *pinned && slot & RECALLED_BIT != 0 {
+                if *set && slot & RECALLED_BIT != 0 {
                     return Err(ApiError::new(
                         ErrorCode::NotFound,
                         "that message was recalled",

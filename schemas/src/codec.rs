@@ -30,7 +30,7 @@ use crate::event::{EventBody, ForwardOrigin, IngressEvent, Message, TimelineEven
 pub const SINGLE_OBJECT_MARKER: [u8; 2] = [0xC3, 0x01];
 
 /// Event record schemas, in the order of the envelope's `body` union.
-const EVENT_SCHEMAS: [(&str, &str); 10] = [
+const EVENT_SCHEMAS: [(&str, &str); 11] = [
     (
         "chorus.MessageSent",
         include_str!("../avro/message_sent.avsc"),
@@ -71,24 +71,30 @@ const EVENT_SCHEMAS: [(&str, &str); 10] = [
         "chorus.MessagePinned",
         include_str!("../avro/message_pinned.avsc"),
     ),
+    (
+        "chorus.ReactionChanged",
+        include_str!("../avro/reaction_changed.avsc"),
+    ),
 ];
 
 const INGRESS_SCHEMA: &str = include_str!("../avro/ingress_event.avsc");
 const TIMELINE_SCHEMA: &str = include_str!("../avro/timeline_event.avsc");
 /// Earlier versions of the timeline envelope, still readable.
-const TIMELINE_HISTORY: [&str; 5] = [
+const TIMELINE_HISTORY: [&str; 6] = [
     include_str!("../avro/history/timeline_event.v1.avsc"),
     include_str!("../avro/history/timeline_event.v2.avsc"),
     include_str!("../avro/history/timeline_event.v3.avsc"),
     include_str!("../avro/history/timeline_event.v4.avsc"),
     include_str!("../avro/history/timeline_event.v5.avsc"),
+    include_str!("../avro/history/timeline_event.v6.avsc"),
 ];
 /// Earlier versions of the ingress envelope, still readable.
-const INGRESS_HISTORY: [&str; 4] = [
+const INGRESS_HISTORY: [&str; 5] = [
     include_str!("../avro/history/ingress_event.v1.avsc"),
     include_str!("../avro/history/ingress_event.v2.avsc"),
     include_str!("../avro/history/ingress_event.v3.avsc"),
     include_str!("../avro/history/ingress_event.v4.avsc"),
+    include_str!("../avro/history/ingress_event.v5.avsc"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -472,6 +478,21 @@ fn body_value(body: &EventBody) -> Result<Value, CodecError> {
                 ("pinned".into(), Value::Boolean(*pinned)),
             ],
         ),
+        EventBody::ReactionChanged {
+            target_seq,
+            emoji,
+            added,
+        } => (
+            10,
+            vec![
+                (
+                    "target_seq".into(),
+                    Value::Long(to_long("target_seq", *target_seq)?),
+                ),
+                ("emoji".into(), Value::String(emoji.clone())),
+                ("added".into(), Value::Boolean(*added)),
+            ],
+        ),
     };
     Ok(Value::Union(branch, Box::new(Value::Record(fields))))
 }
@@ -702,6 +723,11 @@ impl Fields<'_> {
                 target_seq: body.unsigned("target_seq")?,
                 pinned: body.boolean("pinned")?,
             },
+            "chorus.ReactionChanged" => EventBody::ReactionChanged {
+                target_seq: body.unsigned("target_seq")?,
+                emoji: body.string("emoji")?,
+                added: body.boolean("added")?,
+            },
             _ => {
                 return Err(CodecError::Field {
                     field: "body",
@@ -754,6 +780,11 @@ mod tests {
             EventBody::MessagePinned {
                 target_seq: 3,
                 pinned: true,
+            },
+            EventBody::ReactionChanged {
+                target_seq: 3,
+                emoji: "👍🏽".into(),
+                added: true,
             },
         ]
     }

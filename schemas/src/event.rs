@@ -35,6 +35,13 @@ pub enum EventBody {
     /// `chorus.MessagePinned`: a member pinned (or unpinned) the message `target_seq`. Takes a
     /// seq: every member sees it.
     MessagePinned { target_seq: u64, pinned: bool },
+    /// `chorus.ReactionChanged`: a member added (or removed) their reaction `emoji` to the
+    /// message `target_seq`. Takes a seq: every member sees it.
+    ReactionChanged {
+        target_seq: u64,
+        emoji: String,
+        added: bool,
+    },
 }
 
 /// A new message (`chorus.MessageSent`): its text, and what it answers, names or copies.
@@ -83,6 +90,7 @@ pub enum EventKind {
     Mute,
     Block,
     Pin,
+    Reaction,
 }
 
 impl EventKind {
@@ -99,6 +107,7 @@ impl EventKind {
             EventKind::Mute => "mute",
             EventKind::Block => "block",
             EventKind::Pin => "pin",
+            EventKind::Reaction => "reaction",
         }
     }
 }
@@ -116,6 +125,7 @@ impl EventBody {
             EventBody::ConversationMuted { .. } => EventKind::Mute,
             EventBody::UserBlocked { .. } => EventKind::Block,
             EventBody::MessagePinned { .. } => EventKind::Pin,
+            EventBody::ReactionChanged { .. } => EventKind::Reaction,
         }
     }
 

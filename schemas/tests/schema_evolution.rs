@@ -255,3 +255,11 @@ fn messages_written_before_replies_decode_as_plain_messages() {
         EventBody::message("你好 old")
     );
 }
+
+#[test]
+fn envelopes_written_before_the_reaction_event_decode_with_the_current_schemas() {
+    check_older_envelopes(
+        include_str!("../avro/history/timeline_event.v6.avsc"),
+        include_str!("../avro/history/ingress_event.v5.avsc"),
+    );
+}

@@ -37,7 +37,7 @@ use chorus_core::progress::ProjectionProgress;
 use chorus_core::protocol::outbound::event_json;
 use chorus_core::swap::Swap;
 use chorus_log::{EventLog, PartitionId, partition_for_key};
-use chorus_store::history::MessagePage;
+use chorus_store::history::{MessagePage, MessageView};
 use chorus_store::search_index::parse_user_query;
 use chorus_store::{HistoryError, HistoryStore, SearchError, SearchIndex, SearchQueryLimits};
 use serde::Deserialize;
@@ -259,12 +259,18 @@ impl SearchApi {
             (_, Some(before)) => MessagePage::Before(before),
             (after, None) => MessagePage::After(after.unwrap_or(0)),
         };
-        let messages = self
-            .history
-            .get()
+        let history = self.history.get();
+        let mut messages = history
             .messages(&conversation, which, limit)
             .await
             .map_err(unavailable)?;
+        with_reactions(
+            history.as_ref(),
+            &conversation,
+            &claims.sub,
+            messages.iter_mut(),
+        )
+        .await?;
         Ok(json_response(200, &json!({"messages": messages})))
     }
 
@@ -272,12 +278,15 @@ impl SearchApi {
     async fn pins(&self, claims: Claims, conversation: String) -> Result<Response, ApiError> {
         self.consistent_authorize(&claims.sub, &conversation)
             .await?;
-        let pins = self
-            .history
-            .get()
-            .pins(&conversation)
-            .await
-            .map_err(unavailable)?;
+        let history = self.history.get();
+        let mut pins = history.pins(&conversation).await.map_err(unavailable)?;
+        with_reactions(
+            history.as_ref(),
+            &conversation,
+            &claims.sub,
+            pins.iter_mut().map(|pin| &mut pin.message),
+        )
+        .await?;
         Ok(json_response(200, &json!({"pins": pins})))
     }
 
@@ -321,6 +330,32 @@ impl SearchApi {
         .map_err(search_failure)?;
         Ok(json_response(200, &json!({"hits": hits})))
     }
+}
+
+/// Adds each message's reactions, as `reader` sees them (whether they reacted); a recalled
+/// message shows none.
+async fn with_reactions<'a>(
+    history: &dyn HistoryStore,
+    conversation: &str,
+    reader: &str,
+    messages: impl Iterator<Item = &'a mut MessageView>,
+) -> Result<(), ApiError> {
+    let mut messages: Vec<&mut MessageView> =
+        messages.filter(|message| !message.recalled).collect();
+    let seqs: Vec<u64> = messages.iter().map(|message| message.seq).collect();
+    if seqs.is_empty() {
+        return Ok(());
+    }
+    let mut reactions = history
+        .reactions(conversation, &seqs, reader)
+        .await
+        .map_err(unavailable)?;
+    for message in messages.iter_mut() {
+        if let Some(counts) = reactions.remove(&message.seq) {
+            message.reactions = counts;
+        }
+    }
+    Ok(())
 }
 
 /// A refused query is the caller's `400 bad_request`; anything else, the index's `503`.

@@ -32,6 +32,7 @@
 //! - a direct conversation `dm:<a>:<b>` gets its members `a` and `b` on its first event; member
 //!   events addressed to a direct conversation are ignored, so it keeps exactly those two.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -49,7 +50,7 @@ use tracing::{debug, warn};
 
 use crate::history::{
     ConversationSummary, HistoryError, HistoryStore, MAX_PINS, MessagePage, MessageView, PinView,
-    ReplyView, UNREAD_CAP, direct_conversation_members,
+    ReactionCount, ReplyView, UNREAD_CAP, direct_conversation_members, rank_reactions,
 };
 use crate::position::records_to_apply;
 
@@ -68,6 +69,8 @@ const BLOCKED: TableDefinition<(&str, &str), ()> = TableDefinition::new("blocked
 /// (conversation, pinned message seq) → (seq of the pin event, who pinned it).
 const PINS: TableDefinition<(&str, u64), (u64, &str)> = TableDefinition::new("pins");
 const POSITIONS: TableDefinition<u32, u64> = TableDefinition::new("positions");
+/// (conversation, message seq, emoji, user) of every reaction in place.
+const REACTIONS: TableDefinition<(&str, u64, &str, &str), ()> = TableDefinition::new("reactions");
 
 /// A message as stored in `messages`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -127,6 +130,7 @@ impl StoredMessage {
             reply_to,
             mentions: self.mentions,
             forwarded_from: self.forwarded_from,
+            reactions: Vec::new(),
         })
     }
 }
@@ -277,6 +281,7 @@ fn create_tables(database: &Database) -> Result<(), EmbeddedError> {
     transaction.open_table(MUTED)?;
     transaction.open_table(BLOCKED)?;
     transaction.open_table(PINS)?;
+    transaction.open_table(REACTIONS)?;
     transaction.open_table(POSITIONS)?;
     transaction.commit()?;
     Ok(())
@@ -348,6 +353,7 @@ struct WriteTables<'transaction> {
     blocked: Table<'transaction, (&'static str, &'static str), ()>,
     /// Pinned messages, for `pins`.
     pins: Table<'transaction, (&'static str, u64), (u64, &'static str)>,
+    reactions: Table<'transaction, (&'static str, u64, &'static str, &'static str), ()>,
 }
 
 impl<'transaction> WriteTables<'transaction> {
@@ -362,6 +368,7 @@ impl<'transaction> WriteTables<'transaction> {
             muted: transaction.open_table(MUTED)?,
             blocked: transaction.open_table(BLOCKED)?,
             pins: transaction.open_table(PINS)?,
+            reactions: transaction.open_table(REACTIONS)?,
         })
     }
 
@@ -399,6 +406,23 @@ impl<'transaction> WriteTables<'transaction> {
             .insert((conversation, seq), serde_json::to_vec(event)?.as_slice())?;
         self.record_conversation_seq(conversation, seq, &event.body)?;
         match &event.body {
+            EventBody::ReactionChanged {
+                target_seq,
+                emoji,
+                added,
+            } => {
+                let key = (
+                    conversation,
+                    *target_seq,
+                    emoji.as_str(),
+                    event.sender.as_str(),
+                );
+                if *added {
+                    self.reactions.insert(key, ())?;
+                } else {
+                    self.reactions.remove(key)?;
+                }
+            }
             EventBody::MessagePinned { target_seq, pinned } => {
                 if *pinned {
                     self.pins
@@ -708,6 +732,40 @@ fn read_pins(database: &Database, conversation: &str) -> Result<Vec<PinView>, Em
     Ok(found)
 }
 
+fn read_reactions(
+    database: &Database,
+    conversation: &str,
+    seqs: &[u64],
+    viewer: &str,
+) -> Result<BTreeMap<u64, Vec<ReactionCount>>, EmbeddedError> {
+    let transaction = database.begin_read()?;
+    let reactions = transaction.open_table(REACTIONS)?;
+    let mut found = BTreeMap::new();
+    for &seq in seqs {
+        let mut counts: Vec<ReactionCount> = Vec::new();
+        let next = seq.saturating_add(1);
+        for entry in reactions.range((conversation, seq, "", "")..(conversation, next, "", ""))? {
+            let (key, _) = entry?;
+            let (_, _, emoji, user) = key.value();
+            match counts.iter_mut().find(|count| count.emoji == emoji) {
+                Some(count) => {
+                    count.count += 1;
+                    count.me |= user == viewer;
+                }
+                None => counts.push(ReactionCount {
+                    emoji: emoji.to_owned(),
+                    count: 1,
+                    me: user == viewer,
+                }),
+            }
+        }
+        if !counts.is_empty() {
+            found.insert(seq, rank_reactions(counts));
+        }
+    }
+    Ok(found)
+}
+
 fn read_is_member(
     database: &Database,
     conversation: &str,
@@ -773,6 +831,19 @@ impl HistoryStore for EmbeddedHistory {
     ) -> Result<Vec<MessageView>, HistoryError> {
         let conversation = conversation.to_owned();
         self.run_blocking(move |database| read_messages(database, &conversation, page, limit))
+            .await
+    }
+
+    async fn reactions(
+        &self,
+        conversation: &str,
+        seqs: &[u64],
+        viewer: &str,
+    ) -> Result<BTreeMap<u64, Vec<ReactionCount>>, HistoryError> {
+        let conversation = conversation.to_owned();
+        let seqs = seqs.to_vec();
+        let viewer = viewer.to_owned();
+        self.run_blocking(move |database| read_reactions(database, &conversation, &seqs, &viewer))
             .await
     }
 

@@ -27,6 +27,8 @@
 #[cfg(any(test, feature = "testsuite"))]
 pub mod conformance;
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 pub use chorus_log::Unavailability;
 use chorus_log::{Offset, PartitionId};
@@ -64,6 +66,35 @@ pub struct MessageView {
     /// Where the message was forwarded from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub forwarded_from: Option<Box<ForwardOrigin>>,
+    /// The reactions to it, for the reader ([`HistoryStore::reactions`]; the read API adds them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<ReactionCount>,
+}
+
+/// One emoji's reactions to a message: how many users reacted with it, and whether the reader
+/// did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReactionCount {
+    pub emoji: String,
+    pub count: u64,
+    pub me: bool,
+}
+
+/// Most distinct emojis [`HistoryStore::reactions`] returns per message (the most used).
+pub const MAX_REACTION_KINDS: usize = 20;
+
+/// Orders one message's reaction counts (most used first, then by emoji) and keeps the first
+/// [`MAX_REACTION_KINDS`]: the rule of every adapter.
+pub fn rank_reactions(mut counts: Vec<ReactionCount>) -> Vec<ReactionCount> {
+    counts.retain(|count| count.count > 0);
+    counts.sort_by(|left, right| {
+        right
+            .count
+            .cmp(&left.count)
+            .then_with(|| left.emoji.cmp(&right.emoji))
+    });
+    counts.truncate(MAX_REACTION_KINDS);
+    counts
 }
 
 impl MessageView {
@@ -80,6 +111,7 @@ impl MessageView {
             reply_to: None,
             mentions: Vec::new(),
             forwarded_from: None,
+            reactions: Vec::new(),
         }
     }
 }
@@ -224,6 +256,16 @@ pub trait HistoryStore: Send + Sync + 'static {
         page: MessagePage,
         limit: usize,
     ) -> Result<Vec<MessageView>, HistoryError>;
+
+    /// The reactions to the messages `seqs` of `conversation`, by seq (messages without any
+    /// are absent): per emoji the number of users whose latest reaction event with it added it,
+    /// and whether `viewer` is one of them, ordered and cut by [`rank_reactions`].
+    async fn reactions(
+        &self,
+        conversation: &str,
+        seqs: &[u64],
+        viewer: &str,
+    ) -> Result<BTreeMap<u64, Vec<ReactionCount>>, HistoryError>;
 
     /// The conversation's pinned messages, most recently pinned first, at most [`MAX_PINS`]. A
     /// message pinned twice counts once (its latest pin); an unpinned one is gone.

@@ -327,7 +327,8 @@ impl SearchIndex {
                 | EventBody::ReadCursorMoved { .. }
                 | EventBody::ConversationMuted { .. }
                 | EventBody::UserBlocked { .. }
-                | EventBody::MessagePinned { .. } => {}
+                | EventBody::MessagePinned { .. }
+                | EventBody::ReactionChanged { .. } => {}
             }
         }
         Ok(())

@@ -841,3 +841,102 @@ async fn replies_quote_mentions_count_and_forwards_name_their_origin() -> anyhow
     }
     server.served.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reactions_count_each_member_once_and_every_member_sees_them() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let url = server.ws_url();
+    let api = server.api();
+    let mut alice = Client::connect(&url, "alice", None).await?;
+    let mut bob = Client::connect(&url, "bob", None).await?;
+    let mut carol = Client::connect(&url, "carol", None).await?;
+    let created = api
+        .post(
+            &token("alice", None),
+            "/v1/conversations",
+            &json!({"id": "g:fun", "members": ["bob", "carol"]}),
+        )
+        .await?;
+    assert_eq!(created.0, 201, "{created:?}");
+    alice.send_message("m1", "g:fun", "we shipped it").await?; // seq 2
+    let react = |id: &str, emoji: &str, added: bool| json!({"type": "react", "id": id, "conversation": "g:fun", "seq": 2, "emoji": emoji, "added": added});
+    bob.send_json(react("b1", "🎉", true)).await?;
+    assert_eq!(bob.outcome("b1").await?["seq"], 3, "a reaction takes a seq");
+    let event = alice
+        .expect(|frame| frame["type"] == "event" && frame["kind"] == "reaction")
+        .await?;
+    assert_eq!(
+        (
+            &event["target_seq"],
+            &event["emoji"],
+            &event["added"],
+            &event["sender"]
+        ),
+        (&json!(2), &json!("🎉"), &json!(true), &json!("bob"))
+    );
+    bob.send_json(react("b2", "🎉", true)).await?; // the same again: counted once
+    bob.outcome("b2").await?;
+    carol.send_json(react("c1", "🎉", true)).await?;
+    carol.outcome("c1").await?;
+    carol.send_json(react("c2", "👍", true)).await?;
+    carol.outcome("c2").await?;
+    carol.send_json(react("c3", "👍", false)).await?; // taken back
+    carol.outcome("c3").await?;
+    let reactions_seen_by = |user: &'static str| {
+        let api = server.api();
+        async move {
+            let messages = api.messages(user, "g:fun").await?;
+            anyhow::Ok(messages[0]["reactions"].clone())
+        }
+    };
+    assert_eq!(
+        reactions_seen_by("bob").await?,
+        json!([{"emoji": "🎉", "count": 2, "me": true}])
+    );
+    assert_eq!(
+        reactions_seen_by("alice").await?,
+        json!([{"emoji": "🎉", "count": 2, "me": false}]),
+        "whether one reacted is the reader's"
+    );
+    // refusals, each with its code
+    let mut mallory = Client::connect(&url, "mallory", None).await?;
+    assert_eq!(
+        refusal(&mut mallory, react("x1", "🎉", true)).await?,
+        "forbidden"
+    );
+    for (frame, code) in [
+        (
+            json!({"type": "react", "id": "x2", "conversation": "g:fun", "seq": 99, "emoji": "🎉"}),
+            "not_found",
+        ),
+        (
+            json!({"type": "react", "id": "x3", "conversation": "g:fun", "seq": 3, "emoji": "🎉"}),
+            "bad_request",
+        ),
+        (
+            json!({"type": "react", "id": "x4", "conversation": "g:fun", "seq": 2, "emoji": "a b"}),
+            "bad_request",
+        ),
+        (
+            json!({"type": "react", "id": "x5", "conversation": "g:fun", "seq": 2, "emoji": "🎉".repeat(9)}),
+            "bad_request",
+        ),
+    ] {
+        assert_eq!(refusal(&mut carol, frame).await?, code);
+    }
+    alice
+        .send_json(json!({"type": "recall", "id": "r", "conversation": "g:fun", "seq": 2}))
+        .await?;
+    alice.outcome("r").await?;
+    assert_eq!(
+        refusal(&mut carol, react("x6", "😮", true)).await?,
+        "not_found",
+        "no new reaction to a recalled message"
+    );
+    assert_eq!(
+        reactions_seen_by("carol").await?,
+        Value::Null,
+        "a recalled message shows none"
+    );
+    server.served.shutdown().await
+}

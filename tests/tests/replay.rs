@@ -46,7 +46,7 @@ async fn snapshot(api: &Api) -> anyhow::Result<Value> {
 }
 
 /// Groups, direct messages, an edit, a recall, a read mark, a pin, a reply with mentions, a
-/// forward, a mute and a removal.
+/// forward, a reaction, a mute and a removal.
 async fn write_history(server: &TestServer) -> anyhow::Result<()> {
     let api = server.api();
     api.business(json!([{"type": "create_group", "id": "g1", "conversation": "g:ops", "members": ["alice", "bob", "carol"], "title": "Ops"}])).await?;
@@ -93,13 +93,18 @@ async fn write_history(server: &TestServer) -> anyhow::Result<()> {
         )
         .await?;
     alice.outcome("fwd").await?;
+    bob.send_json(
+        json!({"type": "react", "id": "like", "conversation": "g:ops", "seq": 2, "emoji": "👍"}),
+    )
+    .await?;
+    bob.outcome("like").await?;
     let quoted = api.messages("alice", "g:ops").await?;
     anyhow::ensure!(
         quoted.iter().any(
             |message| message["reply_to"]["quote"] == "meet at the station"
                 && message["mentions"] == json!(["alice", "carol"])
-        ),
-        "the reply's quote and mentions are in the projection the replay must rebuild"
+        ) && quoted[0]["reactions"] == json!([{"emoji": "👍", "count": 1, "me": false}]),
+        "the reply's quote, its mentions and the reaction are in the projection the replay must rebuild"
     );
     bob.send_json(json!({"type": "mute", "conversation": "g:ops", "muted": true}))
         .await?;

@@ -6,7 +6,7 @@
 // alice and bob log in from two browser contexts and chat; bob goes offline while alice sends
 // and comes back to every message in order (filled from /events); edits, recalls, typing, read
 // marks, a group with history loaded by scrolling back, mutes, blocks, pins, a reply with a
-// mention and a forward, leaving a group, and a Chinese search. Every wait is for
+// mention and a forward, reactions, leaving a group, and a Chinese search. Every wait is for
 // a condition in the page (playwright's waiting locators and waitForFunction), never a sleep.
 // Screenshots are saved in the artifact directory. Exit code 0 when every step passed.
 import { mkdirSync } from "node:fs";
@@ -265,6 +265,19 @@ try {
     const copy = bob.page.locator("#messages li.message", { hasText: "@alice got it" });
     await copy.locator(".forwarded", { hasText: "forwarded from bob" }).waitFor();
     dmTexts.push("@alice got it");
+  });
+
+  await step("alice and bob react to the reply: each sees the count and whether they reacted; bob takes his back", async () => {
+    await conversationItem(bob, "g:team").click();
+    const onAlice = alice.page.locator("#messages li.message", { hasText: "@alice got it" });
+    const onBob = bob.page.locator("#messages li.message", { hasText: "@alice got it" });
+    await onAlice.locator('button.add-reaction[data-emoji="👍"]').click();
+    await onAlice.locator('button.reaction.mine[data-emoji="👍"]', { hasText: "👍 1" }).waitFor();
+    await onBob.locator('button.reaction:not(.mine)[data-emoji="👍"]', { hasText: "👍 1" }).click();
+    await onAlice.locator('button.reaction.mine[data-emoji="👍"]', { hasText: "👍 2" }).waitFor();
+    await onBob.locator('button.reaction.mine[data-emoji="👍"]', { hasText: "👍 2" }).click();
+    await onAlice.locator('button.reaction.mine[data-emoji="👍"]', { hasText: "👍 1" }).waitFor();
+    await onBob.locator('button.reaction:not(.mine)[data-emoji="👍"]', { hasText: "👍 1" }).waitFor();
   });
 
   await step("a search for a Chinese word finds the right message", async () => {

@@ -64,6 +64,15 @@ pub enum ClientFrame {
         seq: u64,
         pinned: bool,
     },
+    /// Adds (or removes) the user's reaction `emoji` to message `seq` of the conversation.
+    React {
+        id: String,
+        conversation: String,
+        seq: u64,
+        emoji: String,
+        #[serde(default = "added_by_default")]
+        added: bool,
+    },
     /// Blocks (or unblocks) a user: their direct messages to this user are refused meanwhile.
     Block {
         user: String,
@@ -74,6 +83,11 @@ pub enum ClientFrame {
     Auth {
         token: String,
     },
+}
+
+/// A `react` frame without `added` adds the reaction.
+fn added_by_default() -> bool {
+    true
 }
 
 /// A client frame that could not be parsed: the `bad_request` to answer with, and the frame's

@@ -19,11 +19,11 @@ use crate::error::ErrorCode;
 /// Inputs of one short run under `cargo test`.
 const SHORT_RUN_ITERATIONS: usize = 10_000;
 
-const FRAME_TYPES: [&str; 14] = [
-    "send", "edit", "recall", "read", "typing", "mute", "block", "pin", "leave", "forward", "ping",
-    "auth", "Send", "pong",
+const FRAME_TYPES: [&str; 15] = [
+    "send", "edit", "recall", "read", "typing", "mute", "block", "pin", "leave", "forward",
+    "react", "ping", "auth", "Send", "pong",
 ];
-const FIELD_NAMES: [&str; 14] = [
+const FIELD_NAMES: [&str; 16] = [
     "type",
     "id",
     "conversation",
@@ -36,6 +36,8 @@ const FIELD_NAMES: [&str; 14] = [
     "pinned",
     "reply_to",
     "source",
+    "emoji",
+    "added",
     "",
     "extra",
 ];
@@ -195,6 +197,7 @@ fn check_frame(text: &str) {
                 ClientFrame::Pin { .. } => "pin",
                 ClientFrame::Leave { .. } => "leave",
                 ClientFrame::Forward { .. } => "forward",
+                ClientFrame::React { .. } => "react",
                 ClientFrame::Ping => "ping",
                 ClientFrame::Auth { .. } => "auth",
             };

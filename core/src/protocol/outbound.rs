@@ -135,6 +135,15 @@ pub fn event_json(event: &TimelineEvent) -> Value {
             object.insert("target_seq".into(), json!(target_seq));
             object.insert("pinned".into(), json!(pinned));
         }
+        EventBody::ReactionChanged {
+            target_seq,
+            emoji,
+            added,
+        } => {
+            object.insert("target_seq".into(), json!(target_seq));
+            object.insert("emoji".into(), json!(emoji));
+            object.insert("added".into(), json!(added));
+        }
     }
     frame
 }

@@ -22,7 +22,9 @@ use chorus_schemas::{EventBody, TimelineEvent};
 
 use super::{ConversationSummary, HistoryError, HistoryStore, MessagePage, MessageView};
 
+mod reactions;
 mod replies;
+pub use reactions::*;
 pub use replies::*;
 
 /// More than any check stores, so that "everything" reads are never truncated.
@@ -78,6 +80,7 @@ macro_rules! history_conformance {
             pins_list_pinned_messages_newest_first,
             replies_quote_the_message_they_answer,
             mention_counts_follow_the_read_cursor,
+            reactions_count_each_user_once,
             conversation_pages_list_each_conversation_once,
             conversation_pages_skip_conversations_left,
             group_membership_follows_member_events,

@@ -1,5 +1,5 @@
-//! Tests of the conversation features the sequencer checks: blocks, pins, leaving, replies and
-//! mentions.
+//! Tests of the conversation features the sequencer checks: blocks, pins, reactions, leaving,
+//! replies and mentions.
 
 use super::*;
 
@@ -316,4 +316,52 @@ fn a_group_message_mentions_the_members_its_text_names() {
     ));
     assert_eq!(mentioned.len(), MAX_MENTIONS);
     assert_eq!(mentioned[..], many[..MAX_MENTIONS]);
+}
+
+#[test]
+fn any_member_reacts_to_a_message_that_exists_and_is_not_recalled() {
+    let mut state = SequencerState::new(100);
+    let dm = "dm:alice:bob";
+    let react = |target_seq: u64, added: bool| EventBody::ReactionChanged {
+        target_seq,
+        emoji: "👍".into(),
+        added,
+    };
+    assert_eq!(
+        seq_of(&state.decide(ingress(dm, "alice", "a1", text("hi")), 0)),
+        Some(1)
+    );
+    assert_eq!(
+        seq_of(&state.decide(ingress(dm, "bob", "r1", react(1, true)), 1)),
+        Some(2),
+        "a reaction takes a seq: every member sees it"
+    );
+    assert_eq!(
+        code_of(&state.decide(ingress(dm, "carol", "r2", react(1, true)), 2)),
+        Some(ErrorCode::Forbidden)
+    );
+    assert_eq!(
+        code_of(&state.decide(ingress(dm, "bob", "r3", react(7, true)), 3)),
+        Some(ErrorCode::NotFound)
+    );
+    assert_eq!(
+        code_of(&state.decide(ingress(dm, "bob", "r4", react(2, true)), 4)),
+        Some(ErrorCode::BadRequest),
+        "a reaction is not a message"
+    );
+    let recall = EventBody::MessageRecalled { target_seq: 1 };
+    assert_eq!(
+        seq_of(&state.decide(ingress(dm, "alice", "a2", recall), 5)),
+        Some(3)
+    );
+    assert_eq!(
+        code_of(&state.decide(ingress(dm, "bob", "r5", react(1, true)), 6)),
+        Some(ErrorCode::NotFound),
+        "no new reaction to a recalled message"
+    );
+    assert_eq!(
+        seq_of(&state.decide(ingress(dm, "bob", "r6", react(1, false)), 7)),
+        Some(4),
+        "but one can be taken back"
+    );
 }

@@ -231,8 +231,8 @@ function showStatus(state) {
 // ---- events ----------------------------------------------------------------------------------
 
 function applyEvent(event) {
-  if (event.kind === "members_removed" && (event.members ?? []).includes(view.me)) {
-    forgetConversation(event.conversation); // I left, or was removed
+  if ((event.kind === "members_removed" || event.kind === "disband") && (event.members ?? []).includes(view.me)) {
+    forgetConversation(event.conversation); // I left, was removed, or the group was disbanded
     return;
   }
   const state = conversationState(event.conversation);
@@ -280,12 +280,25 @@ function applyEvent(event) {
       state.title = event.title ?? state.title;
       state.items.set(event.seq, { seq: event.seq, notice: `${event.sender} created ${event.title ?? event.conversation}` });
       break;
+    case "role":
+      state.items.set(event.seq, {
+        seq: event.seq,
+        notice: event.role === "owner" ? `${event.sender} made ${event.member} the owner` : `${event.sender} made ${event.member} ${event.role === "admin" ? "an admin" : "a member"}`,
+      });
+      if (event.conversation === view.openId) loadRoster(state);
+      break;
+    case "rename":
+      state.title = event.title;
+      state.items.set(event.seq, { seq: event.seq, notice: `${event.sender} renamed the group to ${event.title}` });
+      if (event.conversation === view.openId) element("chat-title").textContent = displayName(state);
+      break;
     case "members_added":
     case "members_removed":
       state.items.set(event.seq, {
         seq: event.seq,
         notice: `${(event.members ?? []).join(", ")} ${event.kind === "members_added" ? "joined" : "left"}`,
       });
+      if (event.conversation === view.openId) loadRoster(state);
       break;
     default:
       break;
@@ -382,8 +395,96 @@ async function openConversation(id) {
   element("message-input").focus();
   element("pins").hidden = true;
   loadPins(state);
+  element("roster").hidden = true;
+  loadRoster(state);
   await fillScreen(state);
 }
+
+// ---- group members and roles -----------------------------------------------------------------
+
+/** Reads the open group's members and roles; shows the management controls my role allows. */
+async function loadRoster(state) {
+  if (!state.id.startsWith("g:")) {
+    element("members-toggle").hidden = true;
+    return;
+  }
+  try {
+    state.roster = await view.client.members(state.id);
+  } catch {
+    return; // shown again at the next member event or when the group is opened
+  }
+  if (state.id !== view.openId) return;
+  renderRoster(state);
+}
+
+function myRole(state) {
+  return (state.roster ?? []).find((member) => member.user === view.me)?.role ?? "member";
+}
+
+function renderRoster(state) {
+  const mine = myRole(state);
+  const manages = mine === "owner" || mine === "admin";
+  element("members-toggle").hidden = false;
+  element("rename-group").hidden = !manages;
+  element("disband-group").hidden = mine !== "owner";
+  element("add-member-form").hidden = !manages;
+  const act = (label, className, run) => button(className, label, () => run().acked.then(() => loadRoster(state)).catch(showRefusal));
+  element("roster-list").replaceChildren(
+    ...(state.roster ?? []).map(({ user, role }) => {
+      const item = document.createElement("li");
+      item.dataset.user = user;
+      item.dataset.role = role;
+      const name = document.createElement("span");
+      name.textContent = `${user}${role === "member" ? "" : ` (${role})`}`;
+      item.append(name);
+      if (manages && user !== view.me && role !== "owner") {
+        if (role === "admin") item.append(act("demote", "demote", () => view.client.setRole(state.id, user, "member")));
+        else item.append(act("make admin", "promote", () => view.client.setRole(state.id, user, "admin")));
+        item.append(act("remove", "remove", () => view.client.removeMembers(state.id, [user])));
+      }
+      if (mine === "owner" && user !== view.me) item.append(act("make owner", "transfer", () => view.client.setRole(state.id, user, "owner")));
+      return item;
+    }),
+  );
+}
+
+element("members-toggle").addEventListener("click", () => {
+  element("roster").hidden = !element("roster").hidden;
+});
+
+element("add-member-form").addEventListener("submit", (submitted) => {
+  submitted.preventDefault();
+  const state = view.openId && view.conversations.get(view.openId);
+  const members = element("add-member").value.split(/[\s,]+/).filter(Boolean);
+  if (!state || members.length === 0) return;
+  element("add-member").value = "";
+  view.client.addMembers(state.id, members).acked.then(() => loadRoster(state)).catch(showRefusal);
+});
+
+element("rename-group").addEventListener("click", () => {
+  const state = view.openId && view.conversations.get(view.openId);
+  if (!state) return;
+  element("rename-form").hidden = false;
+  element("rename-input").value = state.title ?? "";
+  element("rename-input").focus();
+});
+
+element("rename-form").addEventListener("submit", (submitted) => {
+  submitted.preventDefault();
+  const state = view.openId && view.conversations.get(view.openId);
+  const title = element("rename-input").value.trim();
+  element("rename-form").hidden = true;
+  if (state && title) view.client.rename(state.id, title).acked.catch(showRefusal);
+});
+
+element("disband-group").addEventListener("click", () => {
+  const state = view.openId && view.conversations.get(view.openId);
+  if (!state || !confirm(`Disband ${displayName(state)} for everyone?`)) return;
+  view.client
+    .disband(state.id)
+    .acked.then(() => forgetConversation(state.id))
+    .catch(showRefusal);
+});
 
 /** The open conversation's mute button: muting changes nothing about delivery, only this list. */
 function renderMuteToggle() {
@@ -397,6 +498,9 @@ function renderMuteToggle() {
   block.hidden = !other;
   if (other) block.textContent = state.blocked ? `Unblock ${other}` : `Block ${other}`;
   element("leave-group").hidden = !state || !state.id.startsWith("g:");
+  if (!state || !state.id.startsWith("g:")) {
+    for (const id of ["members-toggle", "rename-group", "disband-group", "roster", "rename-form"]) element(id).hidden = true;
+  }
 }
 
 /** The other user of a direct conversation of mine, or null. */
@@ -423,6 +527,7 @@ function forgetConversation(id) {
     element("chat-title").textContent = "Pick a conversation";
     element("composer").hidden = true;
     element("pins").hidden = true;
+    element("roster").hidden = true;
     element("messages").replaceChildren();
     renderMuteToggle();
   }

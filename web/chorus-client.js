@@ -663,6 +663,31 @@ export class ChorusClient {
     return this.submit({ type: "recall", conversation, seq });
   }
 
+  /** Adds members to a group (its owner and admins); acked like a send. */
+  addMembers(conversation, members) {
+    return this.submit({ type: "add_members", conversation, members });
+  }
+
+  /** Removes members from a group (its owner and admins; never the owner); acked like a send. */
+  removeMembers(conversation, members) {
+    return this.submit({ type: "remove_members", conversation, members });
+  }
+
+  /** Gives `user` the role `admin` or `member` (owner and admins), or `owner` (the owner hands over). */
+  setRole(conversation, user, role) {
+    return this.submit({ type: "role", conversation, user, role });
+  }
+
+  /** Renames a group (its owner and admins); acked like a send. */
+  rename(conversation, title) {
+    return this.submit({ type: "rename", conversation, title });
+  }
+
+  /** Ends a group (its owner): everyone is removed; acked like a send. */
+  disband(conversation) {
+    return this.submit({ type: "disband", conversation });
+  }
+
   /** Leaves a group (its owner cannot); acked like a send (the leave takes a seq). */
   leave(conversation) {
     return this.submit({ type: "leave", conversation });
@@ -732,6 +757,12 @@ export class ChorusClient {
     for (const [name, value] of Object.entries(page)) if (value !== undefined) query.set(name, String(value));
     const { messages } = await this.request("GET", `/v1/conversations/${encodeURIComponent(conversation)}/messages?${query}`);
     return messages;
+  }
+
+  /** A group's members with their roles (`owner`, `admin`, `member`): owner, admins, then the others. */
+  async members(conversation) {
+    const { members } = await this.request("GET", `/v1/conversations/${encodeURIComponent(conversation)}/members`);
+    return members;
   }
 
   /** The conversation's pinned messages, most recently pinned first. */

@@ -338,6 +338,20 @@ test("a reply names the seq it answers, a forward its source, a reaction its mes
   assert.equal((await forward.acked).seq, 3);
   const reaction = client.react("g:team", 7, "👍", false);
   assert.deepEqual(server.socket.sent.at(-1), { type: "react", id: reaction.id, conversation: "g:team", seq: 7, emoji: "👍", added: false });
+  const frames = [
+    client.addMembers("g:team", ["dave"]),
+    client.removeMembers("g:team", ["carol"]),
+    client.setRole("g:team", "bob", "admin"),
+    client.rename("g:team", "新名字"),
+    client.disband("g:team"),
+  ];
+  assert.deepEqual(server.socket.sent.slice(-5), [
+    { type: "add_members", id: frames[0].id, conversation: "g:team", members: ["dave"] },
+    { type: "remove_members", id: frames[1].id, conversation: "g:team", members: ["carol"] },
+    { type: "role", id: frames[2].id, conversation: "g:team", user: "bob", role: "admin" },
+    { type: "rename", id: frames[3].id, conversation: "g:team", title: "新名字" },
+    { type: "disband", id: frames[4].id, conversation: "g:team" },
+  ]);
   const plain = client.send("g:team", "no reply");
   assert.equal(server.socket.sent.at(-1).reply_to, undefined, "a plain send carries no reply_to");
   assert.ok(plain.id);

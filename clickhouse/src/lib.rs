@@ -38,8 +38,8 @@ use chorus_core::metrics::Metrics;
 use chorus_log::{Offset, PartitionId};
 use chorus_schemas::TimelineEvent;
 use chorus_store::history::{
-    ConversationSummary, HistoryError, HistoryStore, MAX_PINS, MessagePage, MessageView, PinView,
-    ReactionCount, ReplyView, UNREAD_CAP, rank_reactions,
+    ConversationSummary, HistoryError, HistoryStore, MAX_PINS, MemberView, MessagePage,
+    MessageView, PinView, ReactionCount, ReplyView, Roles, UNREAD_CAP, rank_reactions, sort_roster,
 };
 use chorus_store::position::records_to_apply;
 use clickhouse::{Client, Row, RowOwned, RowWrite};
@@ -280,7 +280,7 @@ impl ClickHouseHistory {
                  maxIf(read_seq, kind = 'read' AND sender = ?) AS read_seq, \
                  argMaxIf(muted, offset, kind = 'mute' AND sender = ?) AS muted, \
                  argMaxIf(blocked, offset, kind = 'block' AND sender = ?) AS blocked, \
-                 anyIf(title, kind = 'conversation_created') AS title \
+                 argMaxIf(title, seq, kind IN ('conversation_created', 'rename')) AS title \
                  FROM events WHERE has(?, conversation) GROUP BY conversation",
             )
             .bind(user)
@@ -696,5 +696,58 @@ impl HistoryStore for ClickHouseHistory {
 
     async fn members(&self, conversation: &str) -> Result<Vec<String>, HistoryError> {
         self.member_state(conversation, None).await
+    }
+
+    async fn removed_at(
+        &self,
+        conversation: &str,
+        user: &str,
+    ) -> Result<Option<u64>, HistoryError> {
+        // the latest membership change decides (rows of one record may not be merged yet)
+        let removed = self
+            .client
+            .query(
+                "SELECT max(seq) FROM members WHERE conversation = ? AND user = ? \
+                 GROUP BY user HAVING argMax(present, seq) = 0",
+            )
+            .bind(conversation)
+            .bind(user)
+            .fetch_all::<u64>()
+            .through(&self.guard)
+            .await?;
+        Ok(removed.into_iter().next())
+    }
+
+    async fn roster(&self, conversation: &str) -> Result<Vec<MemberView>, HistoryError> {
+        let members = self.member_state(conversation, None).await?;
+        if members.is_empty() {
+            return Ok(Vec::new());
+        }
+        // the events that give and end roles, folded in seq order (the rule of `Roles`)
+        let changes = self
+            .client
+            .query(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events FINAL WHERE conversation = ? \
+                 AND kind IN ('conversation_created', 'role', 'members_removed', 'disband') \
+                 ORDER BY seq"
+            ))
+            .bind(conversation)
+            .fetch_all::<EventRow>()
+            .through(&self.guard)
+            .await?;
+        let mut roles = Roles::default();
+        for row in changes {
+            let event = row.into_event()?;
+            roles.apply(&event.sender, &event.body);
+        }
+        let mut roster: Vec<MemberView> = members
+            .into_iter()
+            .map(|user| MemberView {
+                role: roles.of(&user),
+                user,
+            })
+            .collect();
+        sort_roster(&mut roster);
+        Ok(roster)
     }
 }

@@ -5,7 +5,7 @@
 //! exactly the event [`EventRow::from_event`] was made from.
 
 use chorus_log::{Offset, PartitionId};
-use chorus_schemas::{EventBody, ForwardOrigin, Message, TimelineEvent};
+use chorus_schemas::{EventBody, ForwardOrigin, Message, Role, TimelineEvent};
 use chorus_store::history::{HistoryError, direct_conversation_members};
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
@@ -144,6 +144,12 @@ impl EventRow {
                 row.emoji = emoji.clone();
                 row.added = u8::from(*added);
             }
+            EventBody::RoleChanged { member, role } => {
+                row.members = vec![member.clone()];
+                row.text = role.as_str().to_owned();
+            }
+            EventBody::ConversationRenamed { title } => row.title = Some(title.clone()),
+            EventBody::ConversationDisbanded { members } => row.members = members.clone(),
         }
         row
     }
@@ -200,6 +206,24 @@ impl EventRow {
                 emoji: self.emoji,
                 added: self.added != 0,
             },
+            "role" => EventBody::RoleChanged {
+                member: self.members.into_iter().next().unwrap_or_default(),
+                role: Role::parse(&self.text).ok_or_else(|| {
+                    HistoryError::Storage(
+                        format!(
+                            "unknown role {:?} at {}/{}",
+                            self.text, self.partition, self.offset
+                        )
+                        .into(),
+                    )
+                })?,
+            },
+            "rename" => EventBody::ConversationRenamed {
+                title: self.title.unwrap_or_default(),
+            },
+            "disband" => EventBody::ConversationDisbanded {
+                members: self.members,
+            },
             other => {
                 return Err(HistoryError::Storage(
                     format!(
@@ -236,10 +260,12 @@ pub(crate) fn membership_changes(event: &TimelineEvent) -> Vec<(String, bool)> {
                 .map(|member| (member.clone(), true))
                 .collect()
         }
-        EventBody::MembersRemoved { members } => members
-            .iter()
-            .map(|member| (member.clone(), false))
-            .collect(),
+        EventBody::MembersRemoved { members } | EventBody::ConversationDisbanded { members } => {
+            members
+                .iter()
+                .map(|member| (member.clone(), false))
+                .collect()
+        }
         _ => Vec::new(),
     }
 }
@@ -282,6 +308,16 @@ mod tests {
                 target_seq: 1,
                 emoji: "🎉".into(),
                 added: true,
+            },
+            EventBody::RoleChanged {
+                member: "b".into(),
+                role: Role::Admin,
+            },
+            EventBody::ConversationRenamed {
+                title: "New".into(),
+            },
+            EventBody::ConversationDisbanded {
+                members: vec!["a".into(), "b".into()],
             },
         ];
         for (index, body) in bodies.into_iter().enumerate() {

@@ -154,6 +154,27 @@ pub fn validate_ingress(
                 return Err(bad("a user is blocked in their direct conversation"));
             }
         }
+        EventBody::RoleChanged { member, .. } => {
+            group_only()?;
+            validate_user(member).map_err(|error| bad(error.to_string()))?;
+        }
+        EventBody::ConversationRenamed { title } => {
+            group_only()?;
+            if title.trim().is_empty() {
+                return Err(bad("title must not be empty"));
+            }
+            if title.len() > MAX_TITLE_BYTES {
+                return Err(ApiError::new(
+                    ErrorCode::TooLarge,
+                    format!("title longer than {MAX_TITLE_BYTES} bytes"),
+                ));
+            }
+        }
+        // the sequencer lists the members; what an ingress event lists is replaced
+        EventBody::ConversationDisbanded { members } => {
+            group_only()?;
+            check_members(members, true)?;
+        }
     }
     Ok(conversation)
 }

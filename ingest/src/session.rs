@@ -604,6 +604,54 @@ impl Session {
                     pinned,
                 },
             ),
+            ClientFrame::AddMembers {
+                id,
+                conversation,
+                members,
+            } => (conversation, Some(id), EventBody::MembersAdded { members }),
+            ClientFrame::RemoveMembers {
+                id,
+                conversation,
+                members,
+            } => (
+                conversation,
+                Some(id),
+                EventBody::MembersRemoved { members },
+            ),
+            ClientFrame::Role {
+                id,
+                conversation,
+                user,
+                role,
+            } => {
+                let role = chorus_schemas::Role::parse(&role).ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::BadRequest,
+                        "role must be \"owner\", \"admin\" or \"member\"",
+                    )
+                })?;
+                (
+                    conversation,
+                    Some(id),
+                    EventBody::RoleChanged { member: user, role },
+                )
+            }
+            ClientFrame::Rename {
+                id,
+                conversation,
+                title,
+            } => (
+                conversation,
+                Some(id),
+                EventBody::ConversationRenamed { title },
+            ),
+            ClientFrame::Disband { id, conversation } => (
+                conversation,
+                Some(id),
+                EventBody::ConversationDisbanded {
+                    members: Vec::new(),
+                },
+            ),
             ClientFrame::React {
                 id,
                 conversation,

@@ -10,11 +10,15 @@
 //! Rules (`docs/protocol.md`):
 //! - seq per conversation starts at 1 and has no holes; read cursors take no seq;
 //! - a direct conversation `dm:a:b` has exactly a and b as members; a group exists once created
-//!   and its members come from `conversation_created`, `members_added`, `members_removed`;
+//!   and its members come from `conversation_created`, `members_added`, `members_removed` and
+//!   `disband` (which removes everyone; a disbanded group takes no more events);
 //! - only members send, read or type; a reply answers a message of the conversation that is
-//!   not recalled; a group message mentions the members its text names as `@user`; only the sender of a message edits or recalls it, and not
-//!   once it is recalled; only the owner (the creator) or a trusted business system manages
-//!   members; trusted business systems may send as any sender;
+//!   not recalled; a group message mentions the members its text names as `@user`; only the
+//!   sender of a message edits or recalls it, and not once it is recalled;
+//! - a group's creator is its owner; the owner and admins (or a trusted business system) add
+//!   and remove members (never the owner), promote and demote them and rename the group; only
+//!   the owner hands ownership over (becoming an admin) and disbands it; any member but the
+//!   owner leaves; trusted business systems may send as any sender;
 //! - a retried client message id (same conversation and sender) gets the original outcome back
 //!   instead of a second event, within a window of the most recent `dedup_window` ids;
 //! - a group never grows past `limits.max_group_members` members, and a user creates at most
@@ -34,7 +38,7 @@ use chorus_core::config::{LimitsSection, RouterConfig};
 use chorus_core::error::{ApiError, ErrorCode};
 use chorus_core::ids::Conversation;
 use chorus_core::validate::MAX_MENTIONS;
-use chorus_schemas::{EventBody, IngressEvent, TimelineEvent};
+use chorus_schemas::{EventBody, IngressEvent, Role, TimelineEvent};
 
 use crate::group_limits::{GroupCreations, GroupLimits};
 
@@ -79,8 +83,13 @@ struct ConversationState {
     last_seq: u64,
     /// Group members (empty for direct conversations, whose members are in their id).
     members: HashSet<String>,
-    /// The group's creator; `None` for direct conversations and groups made by business systems.
+    /// The group's owner: its creator until they hand ownership over; `None` for direct
+    /// conversations and groups made by business systems.
     owner: Option<String>,
+    /// The group's admins (never the owner), who manage it with the owner.
+    admins: HashSet<String>,
+    /// Set once the owner disbanded the group: it takes no more events.
+    disbanded: bool,
     /// Whether the group has been created (direct conversations exist implicitly).
     created: bool,
     /// The region where the group was created: its home (the `origin_cluster` of its
@@ -315,7 +324,27 @@ impl SequencerState {
             EventBody::MembersRemoved { members } => {
                 for member in members {
                     state.members.remove(member);
+                    state.admins.remove(member);
                 }
+            }
+            EventBody::RoleChanged { member, role } => match role {
+                Role::Owner => {
+                    if let Some(previous) = state.owner.replace(member.clone()) {
+                        state.admins.insert(previous);
+                    }
+                    state.admins.remove(member);
+                }
+                Role::Admin => {
+                    state.admins.insert(member.clone());
+                }
+                Role::Member => {
+                    state.admins.remove(member);
+                }
+            },
+            EventBody::ConversationDisbanded { .. } => {
+                state.disbanded = true;
+                state.members.clear();
+                state.admins.clear();
             }
             _ => {}
         }
@@ -360,8 +389,18 @@ impl SequencerState {
             .is_sequenced()
             .then(|| self.last_seq(&event.conversation) + 1);
         let mut event = event;
-        if let EventBody::MessageSent(message) = &mut event.body {
-            message.mentions = self.mentions_in(&event.conversation, &event.sender, &message.text);
+        match &mut event.body {
+            EventBody::MessageSent(message) => {
+                message.mentions =
+                    self.mentions_in(&event.conversation, &event.sender, &message.text);
+            }
+            EventBody::ConversationDisbanded { members } => {
+                // the members removed, as of now (what the ingress event listed is replaced)
+                let mut current = self.members(&event.conversation);
+                current.sort();
+                *members = current;
+            }
+            _ => {}
         }
         let timeline = TimelineEvent {
             conversation: event.conversation,
@@ -446,26 +485,42 @@ impl SequencerState {
                 format!("no conversation {}", event.conversation),
             ));
         }
+        if state.is_some_and(|state| state.disbanded) {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("{} was disbanded", event.conversation),
+            ));
+        }
+        let owner = state.and_then(|state| state.owner.as_deref());
+        let is_owner = owner == Some(event.sender.as_str());
+        // owners and admins manage a group (members, roles, title), as do business systems
+        let manages = event.trusted
+            || (is_member
+                && (is_owner || state.is_some_and(|state| state.admins.contains(&event.sender))));
         match &event.body {
             EventBody::MembersAdded { .. } | EventBody::MembersRemoved { .. } => {
-                let is_owner = state
-                    .and_then(|state| state.owner.as_ref())
-                    .is_some_and(|owner| owner == &event.sender);
                 let leaving = matches!(&event.body, EventBody::MembersRemoved { members }
                     if members.len() == 1 && members[0] == event.sender);
                 if leaving && !event.trusted {
-                    // a member leaves on their own; the owner stays (nobody else could manage
-                    // the group's members: ownership cannot be handed over yet)
+                    // a member leaves on their own; the owner hands ownership over first
                     if !is_member {
                         return forbidden("not a member of this conversation");
                     }
                     if is_owner {
-                        return forbidden("the owner of a group cannot leave it");
+                        return forbidden(
+                            "the owner of a group cannot leave it (hand ownership over first)",
+                        );
                     }
                     return Ok(());
                 }
-                if !event.trusted && !is_owner {
-                    return forbidden("only the owner of a group manages its members");
+                if !manages {
+                    return forbidden("only the owner and admins of a group manage its members");
+                }
+                if let EventBody::MembersRemoved { members } = &event.body
+                    && !event.trusted
+                    && owner.is_some_and(|owner| members.iter().any(|member| member == owner))
+                {
+                    return forbidden("the owner of a group cannot be removed");
                 }
                 if let (EventBody::MembersAdded { members }, Some(state)) = (&event.body, state) {
                     let newcomers: HashSet<&String> = members
@@ -474,6 +529,36 @@ impl SequencerState {
                         .collect();
                     self.group_limits
                         .check_size(state.members.len() + newcomers.len())?;
+                }
+                Ok(())
+            }
+            EventBody::RoleChanged { member, role } => {
+                if !manages {
+                    return forbidden("only the owner and admins of a group change roles");
+                }
+                if !state.is_some_and(|state| state.members.contains(member)) {
+                    return Err(ApiError::new(
+                        ErrorCode::BadRequest,
+                        format!("{member} is not a member of this group"),
+                    ));
+                }
+                if owner == Some(member.as_str()) {
+                    return forbidden("the owner's role changes only when they hand it over");
+                }
+                if *role == Role::Owner && !is_owner && !event.trusted {
+                    return forbidden("only the owner hands ownership over");
+                }
+                Ok(())
+            }
+            EventBody::ConversationRenamed { .. } => {
+                if !manages {
+                    return forbidden("only the owner and admins of a group rename it");
+                }
+                Ok(())
+            }
+            EventBody::ConversationDisbanded { .. } => {
+                if !is_owner && !event.trusted {
+                    return forbidden("only the owner of a group disbands it");
                 }
                 Ok(())
             }

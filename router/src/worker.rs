@@ -900,7 +900,9 @@ fn sequenced_notices(
                     },
                 });
             }
-            if let EventBody::MembersRemoved { members: removed } = &event.body {
+            if let EventBody::MembersRemoved { members: removed }
+            | EventBody::ConversationDisbanded { members: removed } = &event.body
+            {
                 // the removed learn of their removal too
                 members.extend(removed.iter().cloned());
             }

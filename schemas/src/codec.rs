@@ -24,13 +24,13 @@ use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 
-use crate::event::{EventBody, ForwardOrigin, IngressEvent, Message, TimelineEvent};
+use crate::event::{EventBody, ForwardOrigin, IngressEvent, Message, Role, TimelineEvent};
 
 /// The two-byte marker that opens an Avro single-object encoded value.
 pub const SINGLE_OBJECT_MARKER: [u8; 2] = [0xC3, 0x01];
 
 /// Event record schemas, in the order of the envelope's `body` union.
-const EVENT_SCHEMAS: [(&str, &str); 11] = [
+const EVENT_SCHEMAS: [(&str, &str); 14] = [
     (
         "chorus.MessageSent",
         include_str!("../avro/message_sent.avsc"),
@@ -75,26 +75,40 @@ const EVENT_SCHEMAS: [(&str, &str); 11] = [
         "chorus.ReactionChanged",
         include_str!("../avro/reaction_changed.avsc"),
     ),
+    (
+        "chorus.RoleChanged",
+        include_str!("../avro/role_changed.avsc"),
+    ),
+    (
+        "chorus.ConversationRenamed",
+        include_str!("../avro/conversation_renamed.avsc"),
+    ),
+    (
+        "chorus.ConversationDisbanded",
+        include_str!("../avro/conversation_disbanded.avsc"),
+    ),
 ];
 
 const INGRESS_SCHEMA: &str = include_str!("../avro/ingress_event.avsc");
 const TIMELINE_SCHEMA: &str = include_str!("../avro/timeline_event.avsc");
 /// Earlier versions of the timeline envelope, still readable.
-const TIMELINE_HISTORY: [&str; 6] = [
+const TIMELINE_HISTORY: [&str; 7] = [
     include_str!("../avro/history/timeline_event.v1.avsc"),
     include_str!("../avro/history/timeline_event.v2.avsc"),
     include_str!("../avro/history/timeline_event.v3.avsc"),
     include_str!("../avro/history/timeline_event.v4.avsc"),
     include_str!("../avro/history/timeline_event.v5.avsc"),
     include_str!("../avro/history/timeline_event.v6.avsc"),
+    include_str!("../avro/history/timeline_event.v7.avsc"),
 ];
 /// Earlier versions of the ingress envelope, still readable.
-const INGRESS_HISTORY: [&str; 5] = [
+const INGRESS_HISTORY: [&str; 6] = [
     include_str!("../avro/history/ingress_event.v1.avsc"),
     include_str!("../avro/history/ingress_event.v2.avsc"),
     include_str!("../avro/history/ingress_event.v3.avsc"),
     include_str!("../avro/history/ingress_event.v4.avsc"),
     include_str!("../avro/history/ingress_event.v5.avsc"),
+    include_str!("../avro/history/ingress_event.v6.avsc"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -493,6 +507,19 @@ fn body_value(body: &EventBody) -> Result<Value, CodecError> {
                 ("added".into(), Value::Boolean(*added)),
             ],
         ),
+        EventBody::RoleChanged { member, role } => (
+            11,
+            vec![
+                ("member".into(), Value::String(member.clone())),
+                ("role".into(), Value::String(role.as_str().to_owned())),
+            ],
+        ),
+        EventBody::ConversationRenamed { title } => {
+            (12, vec![("title".into(), Value::String(title.clone()))])
+        }
+        EventBody::ConversationDisbanded { members } => {
+            (13, vec![("members".into(), string_array(members))])
+        }
     };
     Ok(Value::Union(branch, Box::new(Value::Record(fields))))
 }
@@ -728,6 +755,23 @@ impl Fields<'_> {
                 emoji: body.string("emoji")?,
                 added: body.boolean("added")?,
             },
+            "chorus.RoleChanged" => {
+                let member = body.string("member")?;
+                let role = body.string("role")?;
+                EventBody::RoleChanged {
+                    member,
+                    role: Role::parse(&role).ok_or_else(|| CodecError::Field {
+                        field: "role",
+                        problem: format!("unknown role {role:?}"),
+                    })?,
+                }
+            }
+            "chorus.ConversationRenamed" => EventBody::ConversationRenamed {
+                title: body.string("title")?,
+            },
+            "chorus.ConversationDisbanded" => EventBody::ConversationDisbanded {
+                members: body.string_array("members")?,
+            },
             _ => {
                 return Err(CodecError::Field {
                     field: "body",
@@ -785,6 +829,20 @@ mod tests {
                 target_seq: 3,
                 emoji: "👍🏽".into(),
                 added: true,
+            },
+            EventBody::RoleChanged {
+                member: "bob".into(),
+                role: Role::Admin,
+            },
+            EventBody::RoleChanged {
+                member: "carol".into(),
+                role: Role::Owner,
+            },
+            EventBody::ConversationRenamed {
+                title: "新名字".into(),
+            },
+            EventBody::ConversationDisbanded {
+                members: vec!["alice".into(), "bob".into()],
             },
         ]
     }

@@ -42,6 +42,45 @@ pub enum EventBody {
         emoji: String,
         added: bool,
     },
+    /// `chorus.RoleChanged`: in a group, the sender gave `member` the role `role` (an owner
+    /// handing over ownership becomes an admin). Takes a seq.
+    RoleChanged { member: String, role: Role },
+    /// `chorus.ConversationRenamed`: the group's new title. Takes a seq.
+    ConversationRenamed { title: String },
+    /// `chorus.ConversationDisbanded`: the owner ended the group; `members` (set by the
+    /// sequencer: the members as of then) are removed, and it takes no more events. Takes a seq.
+    ConversationDisbanded { members: Vec<String> },
+}
+
+/// A member's role in a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Manages the group: members, roles, title; alone hands over ownership and disbands it.
+    Owner,
+    /// Manages members, roles (but the owner's) and the title with the owner.
+    Admin,
+    Member,
+}
+
+impl Role {
+    /// The name in the log and the protocol (`"owner"`, `"admin"`, `"member"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Role> {
+        match name {
+            "owner" => Some(Role::Owner),
+            "admin" => Some(Role::Admin),
+            "member" => Some(Role::Member),
+            _ => None,
+        }
+    }
 }
 
 /// A new message (`chorus.MessageSent`): its text, and what it answers, names or copies.
@@ -91,6 +130,9 @@ pub enum EventKind {
     Block,
     Pin,
     Reaction,
+    Role,
+    Rename,
+    Disband,
 }
 
 impl EventKind {
@@ -108,6 +150,9 @@ impl EventKind {
             EventKind::Block => "block",
             EventKind::Pin => "pin",
             EventKind::Reaction => "reaction",
+            EventKind::Role => "role",
+            EventKind::Rename => "rename",
+            EventKind::Disband => "disband",
         }
     }
 }
@@ -126,6 +171,9 @@ impl EventBody {
             EventBody::UserBlocked { .. } => EventKind::Block,
             EventBody::MessagePinned { .. } => EventKind::Pin,
             EventBody::ReactionChanged { .. } => EventKind::Reaction,
+            EventBody::RoleChanged { .. } => EventKind::Role,
+            EventBody::ConversationRenamed { .. } => EventKind::Rename,
+            EventBody::ConversationDisbanded { .. } => EventKind::Disband,
         }
     }
 

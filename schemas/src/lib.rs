@@ -16,4 +16,4 @@ pub mod codec;
 pub mod event;
 
 pub use codec::{CodecError, decode_ingress, decode_timeline, encode_ingress, encode_timeline};
-pub use event::{EventBody, EventKind, ForwardOrigin, IngressEvent, Message, TimelineEvent};
+pub use event::{EventBody, EventKind, ForwardOrigin, IngressEvent, Message, Role, TimelineEvent};

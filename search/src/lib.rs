@@ -6,6 +6,7 @@
 //! - `GET /v1/conversations/{id}/events?after_seq&limit`: the timeline, for gap filling;
 //! - `GET /v1/conversations/{id}/messages?after_seq|before_seq&limit`: messages as they stand;
 //! - `GET /v1/conversations/{id}/pins`: the pinned messages, most recently pinned first;
+//! - `GET /v1/conversations/{id}/members`: a group's members and their roles (members only);
 //! - `GET /v1/search?q&conversation&limit`: full-text search with snippets; `q` is parsed by the
 //!   bounded grammar of `chorus_store::search_query` before anything is read, and one over
 //!   `limits.max_search_query_bytes`, `_depth` or `_clauses` answers `400 bad_request` naming
@@ -14,7 +15,9 @@
 //!
 //! Every read is scoped to the caller: a conversation the caller is not a member of answers 403,
 //! whether or not it exists (so non-members learn nothing about it), and search only ever looks
-//! in the caller's conversations.
+//! in the caller's conversations. A former member of a group (removed, left, or the group
+//! disbanded) reads it up to the event that removed them: events, messages, pins and a search
+//! scoped to it stop there ([`Scope`]); it is no longer in their list.
 //!
 //! Reads are consistent with the log (read-your-writes): before answering, a read takes the end
 //! offset of the relevant `timeline` partitions and waits, at most `projector.read_barrier_ms`,
@@ -157,37 +160,44 @@ impl SearchApi {
         partition_for_key(conversation.as_bytes(), self.partitions())
     }
 
-    /// Checks that `user` may read `conversation_id`.
-    async fn authorize(&self, user: &str, conversation_id: &str) -> Result<(), ApiError> {
+    /// What `user` may read of `conversation_id`: all of it as a member, up to their removal
+    /// as a former member of a group, nothing otherwise.
+    async fn authorize(&self, user: &str, conversation_id: &str) -> Result<Scope, ApiError> {
         let conversation = Conversation::parse(conversation_id)
             .map_err(|error| ApiError::new(ErrorCode::BadRequest, error.to_string()))?;
+        let not_a_member =
+            || ApiError::new(ErrorCode::Forbidden, "not a member of this conversation");
         if let Conversation::Direct { .. } = conversation {
             if conversation.is_direct_member(user) {
-                return Ok(());
+                return Ok(Scope::All);
             }
-            return Err(ApiError::new(
-                ErrorCode::Forbidden,
-                "not a member of this conversation",
-            ));
+            return Err(not_a_member());
         }
-        if self
-            .history
-            .get()
+        let history = self.history.get();
+        if history
             .is_member(conversation_id, user)
             .await
             .map_err(unavailable)?
         {
-            return Ok(());
+            return Ok(Scope::All);
         }
-        Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "not a member of this conversation",
-        ))
+        match history
+            .removed_at(conversation_id, user)
+            .await
+            .map_err(unavailable)?
+        {
+            Some(removal) => Ok(Scope::UpTo(removal)),
+            None => Err(not_a_member()),
+        }
     }
 
     /// Waits for the history projection of the conversation's partition, then authorizes: a
-    /// member just added may read at once, a member just removed may not.
-    async fn consistent_authorize(&self, user: &str, conversation: &str) -> Result<(), ApiError> {
+    /// member just added may read at once, a member just removed only up to their removal.
+    async fn consistent_authorize(
+        &self,
+        user: &str,
+        conversation: &str,
+    ) -> Result<Scope, ApiError> {
         let partition = self.partition_of(conversation);
         self.barrier(&self.history_progress, &BTreeSet::from([partition]))
             .await;
@@ -227,7 +237,8 @@ impl SearchApi {
         conversation: String,
         page: PageQuery,
     ) -> Result<Response, ApiError> {
-        self.consistent_authorize(&claims.sub, &conversation)
+        let scope = self
+            .consistent_authorize(&claims.sub, &conversation)
             .await?;
         let limit = page.limit.unwrap_or(100).clamp(1, MAX_PAGE);
         let events = self
@@ -236,7 +247,11 @@ impl SearchApi {
             .events(&conversation, page.after_seq.unwrap_or(0), limit)
             .await
             .map_err(unavailable)?;
-        let events: Vec<_> = events.iter().map(event_json).collect();
+        let events: Vec<_> = events
+            .iter()
+            .take_while(|event| event.seq.is_some_and(|seq| scope.admits(seq)))
+            .map(event_json)
+            .collect();
         Ok(json_response(200, &json!({"events": events})))
     }
 
@@ -246,7 +261,8 @@ impl SearchApi {
         conversation: String,
         page: PageQuery,
     ) -> Result<Response, ApiError> {
-        self.consistent_authorize(&claims.sub, &conversation)
+        let scope = self
+            .consistent_authorize(&claims.sub, &conversation)
             .await?;
         let limit = page.limit.unwrap_or(50).clamp(1, MAX_PAGE);
         let which = match (page.after_seq, page.before_seq) {
@@ -256,7 +272,7 @@ impl SearchApi {
                     "give after_seq or before_seq, not both",
                 ));
             }
-            (_, Some(before)) => MessagePage::Before(before),
+            (_, Some(before)) => MessagePage::Before(scope.bound_before(before)),
             (after, None) => MessagePage::After(after.unwrap_or(0)),
         };
         let history = self.history.get();
@@ -264,6 +280,7 @@ impl SearchApi {
             .messages(&conversation, which, limit)
             .await
             .map_err(unavailable)?;
+        messages.retain(|message| scope.admits(message.seq));
         with_reactions(
             history.as_ref(),
             &conversation,
@@ -274,12 +291,44 @@ impl SearchApi {
         Ok(json_response(200, &json!({"messages": messages})))
     }
 
+    /// A group's members and their roles: for its members only.
+    async fn members(&self, claims: Claims, conversation: String) -> Result<Response, ApiError> {
+        if self
+            .consistent_authorize(&claims.sub, &conversation)
+            .await?
+            != Scope::All
+        {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "not a member of this conversation",
+            ));
+        }
+        let members = match Conversation::parse(&conversation) {
+            Ok(Conversation::Direct { first, second }) => [first, second]
+                .into_iter()
+                .map(|user| json!({"user": user, "role": "member"}))
+                .collect(),
+            _ => self
+                .history
+                .get()
+                .roster(&conversation)
+                .await
+                .map_err(unavailable)?
+                .into_iter()
+                .map(|member| json!(member))
+                .collect::<Vec<_>>(),
+        };
+        Ok(json_response(200, &json!({"members": members})))
+    }
+
     /// The conversation's pinned messages, most recently pinned first.
     async fn pins(&self, claims: Claims, conversation: String) -> Result<Response, ApiError> {
-        self.consistent_authorize(&claims.sub, &conversation)
+        let scope = self
+            .consistent_authorize(&claims.sub, &conversation)
             .await?;
         let history = self.history.get();
         let mut pins = history.pins(&conversation).await.map_err(unavailable)?;
+        pins.retain(|pin| scope.admits(pin.pinned_seq) && scope.admits(pin.message.seq));
         with_reactions(
             history.as_ref(),
             &conversation,
@@ -297,9 +346,10 @@ impl SearchApi {
         // parsed before anything is read: a query over a bound costs nothing
         let text_query =
             parse_user_query(&query.q, &self.config.query_limits).map_err(search_failure)?;
+        let mut scope = Scope::All;
         let conversations: Vec<String> = match &query.conversation {
             Some(conversation) => {
-                self.consistent_authorize(&claims.sub, conversation).await?;
+                scope = self.consistent_authorize(&claims.sub, conversation).await?;
                 vec![conversation.clone()]
             }
             None => {
@@ -322,13 +372,41 @@ impl SearchApi {
         self.barrier(&self.search_progress, &partitions).await;
         let limit = query.limit.unwrap_or(20).clamp(1, MAX_HITS);
         let index = self.index.get();
-        let hits = tokio::task::spawn_blocking(move || {
+        let mut hits = tokio::task::spawn_blocking(move || {
             index.search_parsed(text_query.as_ref(), &conversations, limit)
         })
         .await
         .map_err(|error| ApiError::new(ErrorCode::Internal, error.to_string()))?
         .map_err(search_failure)?;
+        // a former member finds what they could read: the best hits up to their removal
+        hits.retain(|hit| scope.admits(hit.seq));
         Ok(json_response(200, &json!({"hits": hits})))
+    }
+}
+
+/// What a caller may read of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// A member: all of it.
+    All,
+    /// A former member of a group: up to the event that removed them (that one included).
+    UpTo(u64),
+}
+
+impl Scope {
+    fn admits(self, seq: u64) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::UpTo(last) => seq <= last,
+        }
+    }
+
+    /// A page before `before` within the scope.
+    fn bound_before(self, before: u64) -> u64 {
+        match self {
+            Scope::All => before,
+            Scope::UpTo(last) => before.min(last.saturating_add(1)),
+        }
     }
 }
 
@@ -406,6 +484,7 @@ pub fn routes(api: Arc<SearchApi>) -> BoxedFilter<(Response,)> {
                     (Ok(claims), "events") => api.events(claims, conversation, page).await,
                     (Ok(claims), "messages") => api.messages(claims, conversation, page).await,
                     (Ok(claims), "pins") => api.pins(claims, conversation).await,
+                    (Ok(claims), "members") => api.members(claims, conversation).await,
                     (Ok(_), _) => Err(ApiError::new(ErrorCode::NotFound, "no such endpoint")),
                 })
             },

@@ -3,7 +3,7 @@
 //! Tables:
 //! - `events` (conversation, seq) → the sequenced [`TimelineEvent`] as JSON;
 //! - `messages` (conversation, seq) → the message as it stands now (JSON `StoredMessage`);
-//! - `conversations` conversation → last seq and title (JSON `StoredConversation`);
+//! - `conversations` conversation → last seq, title and roles (JSON `StoredConversation`);
 //! - `members` (conversation, user) and `user_conversations` (user, conversation), kept as
 //!   mirror images so both "who is in it" and "what is a user in" are range scans;
 //! - `read_cursors` (conversation, user) → the highest seq the user has read;
@@ -11,6 +11,9 @@
 //!   mute event in log order decides); `blocked` likewise for a user who blocked the other member
 //!   of a direct conversation;
 //! - `pins` (conversation, message seq) → (seq of the pin, who pinned it);
+//! - `reactions` (conversation, message seq, emoji, user), present while the reaction is;
+//! - `former_members` (conversation, user) → the seq that removed a former member (cleared
+//!   when they are added again);
 //! - `positions` partition → next offset to apply.
 //!
 //! Invariants:
@@ -49,8 +52,9 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use crate::history::{
-    ConversationSummary, HistoryError, HistoryStore, MAX_PINS, MessagePage, MessageView, PinView,
-    ReactionCount, ReplyView, UNREAD_CAP, direct_conversation_members, rank_reactions,
+    ConversationSummary, HistoryError, HistoryStore, MAX_PINS, MemberView, MessagePage,
+    MessageView, PinView, ReactionCount, ReplyView, Roles, UNREAD_CAP, direct_conversation_members,
+    rank_reactions, sort_roster,
 };
 use crate::position::records_to_apply;
 
@@ -71,6 +75,8 @@ const PINS: TableDefinition<(&str, u64), (u64, &str)> = TableDefinition::new("pi
 const POSITIONS: TableDefinition<u32, u64> = TableDefinition::new("positions");
 /// (conversation, message seq, emoji, user) of every reaction in place.
 const REACTIONS: TableDefinition<(&str, u64, &str, &str), ()> = TableDefinition::new("reactions");
+/// (conversation, user) → the seq that removed a former member.
+const FORMER_MEMBERS: TableDefinition<(&str, &str), u64> = TableDefinition::new("former_members");
 
 /// A message as stored in `messages`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,8 +146,12 @@ impl StoredMessage {
 struct StoredConversation {
     /// The highest seq of any sequenced event of the conversation.
     last_seq: u64,
-    /// The group title from `ConversationCreated`; `None` for direct conversations.
+    /// The group title from `ConversationCreated` or the latest rename; `None` for direct
+    /// conversations.
     title: Option<String>,
+    /// The group's owner and admins.
+    #[serde(default)]
+    roles: Roles,
 }
 
 /// Everything that can go wrong inside the adapter, before it is mapped to [`HistoryError`].
@@ -282,6 +292,7 @@ fn create_tables(database: &Database) -> Result<(), EmbeddedError> {
     transaction.open_table(BLOCKED)?;
     transaction.open_table(PINS)?;
     transaction.open_table(REACTIONS)?;
+    transaction.open_table(FORMER_MEMBERS)?;
     transaction.open_table(POSITIONS)?;
     transaction.commit()?;
     Ok(())
@@ -354,6 +365,7 @@ struct WriteTables<'transaction> {
     /// Pinned messages, for `pins`.
     pins: Table<'transaction, (&'static str, u64), (u64, &'static str)>,
     reactions: Table<'transaction, (&'static str, u64, &'static str, &'static str), ()>,
+    former_members: Table<'transaction, (&'static str, &'static str), u64>,
 }
 
 impl<'transaction> WriteTables<'transaction> {
@@ -369,6 +381,7 @@ impl<'transaction> WriteTables<'transaction> {
             blocked: transaction.open_table(BLOCKED)?,
             pins: transaction.open_table(PINS)?,
             reactions: transaction.open_table(REACTIONS)?,
+            former_members: transaction.open_table(FORMER_MEMBERS)?,
         })
     }
 
@@ -404,7 +417,7 @@ impl<'transaction> WriteTables<'transaction> {
         };
         self.events
             .insert((conversation, seq), serde_json::to_vec(event)?.as_slice())?;
-        self.record_conversation_seq(conversation, seq, &event.body)?;
+        self.record_conversation_seq(conversation, seq, &event.sender, &event.body)?;
         match &event.body {
             EventBody::ReactionChanged {
                 target_seq,
@@ -474,13 +487,16 @@ impl<'transaction> WriteTables<'transaction> {
                     }
                 }
             }
-            EventBody::MembersRemoved { members } => {
+            EventBody::MembersRemoved { members }
+            | EventBody::ConversationDisbanded { members } => {
                 if direct_conversation_members(conversation).is_none() {
                     for member in members {
-                        self.remove_member(conversation, member)?;
+                        self.remove_member(conversation, member, seq)?;
                     }
                 }
             }
+            // kept with the conversation (`record_conversation_seq`)
+            EventBody::RoleChanged { .. } | EventBody::ConversationRenamed { .. } => {}
             // Handled above: read cursors, mutes and blocks take no seq.
             EventBody::ReadCursorMoved { .. }
             | EventBody::ConversationMuted { .. }
@@ -489,11 +505,13 @@ impl<'transaction> WriteTables<'transaction> {
         Ok(())
     }
 
-    /// Raises the conversation's last seq, and sets its title when it is created.
+    /// Raises the conversation's last seq, sets its title when it is created or renamed, and
+    /// folds its roles.
     fn record_conversation_seq(
         &mut self,
         conversation: &str,
         seq: u64,
+        sender: &str,
         body: &EventBody,
     ) -> Result<(), EmbeddedError> {
         let mut stored = match self.conversations.get(conversation)? {
@@ -501,9 +519,12 @@ impl<'transaction> WriteTables<'transaction> {
             None => StoredConversation::default(),
         };
         stored.last_seq = stored.last_seq.max(seq);
-        if let EventBody::ConversationCreated { title, .. } = body {
-            stored.title = title.clone();
+        match body {
+            EventBody::ConversationCreated { title, .. } => stored.title = title.clone(),
+            EventBody::ConversationRenamed { title } => stored.title = Some(title.clone()),
+            _ => {}
         }
+        stored.roles.apply(sender, body);
         self.conversations
             .insert(conversation, serde_json::to_vec(&stored)?.as_slice())?;
         Ok(())
@@ -549,11 +570,20 @@ impl<'transaction> WriteTables<'transaction> {
         }
         self.members.insert((conversation, user), ())?;
         self.user_conversations.insert((user, conversation), ())?;
+        self.former_members.remove((conversation, user))?;
         Ok(())
     }
 
-    fn remove_member(&mut self, conversation: &str, user: &str) -> Result<(), EmbeddedError> {
-        self.members.remove((conversation, user))?;
+    /// Removes a member by the event `seq`, up to which they may still read.
+    fn remove_member(
+        &mut self,
+        conversation: &str,
+        user: &str,
+        seq: u64,
+    ) -> Result<(), EmbeddedError> {
+        if self.members.remove((conversation, user))?.is_some() {
+            self.former_members.insert((conversation, user), seq)?;
+        }
         self.user_conversations.remove((user, conversation))?;
         Ok(())
     }
@@ -776,6 +806,36 @@ fn read_is_member(
     Ok(members.get((conversation, user))?.is_some())
 }
 
+fn read_removed_at(
+    database: &Database,
+    conversation: &str,
+    user: &str,
+) -> Result<Option<u64>, EmbeddedError> {
+    let transaction = database.begin_read()?;
+    let former = transaction.open_table(FORMER_MEMBERS)?;
+    Ok(former.get((conversation, user))?.map(|seq| seq.value()))
+}
+
+fn read_roster(database: &Database, conversation: &str) -> Result<Vec<MemberView>, EmbeddedError> {
+    let roles = {
+        let transaction = database.begin_read()?;
+        let conversations = transaction.open_table(CONVERSATIONS)?;
+        match conversations.get(conversation)? {
+            Some(bytes) => serde_json::from_slice::<StoredConversation>(bytes.value())?.roles,
+            None => Roles::default(),
+        }
+    };
+    let mut roster: Vec<MemberView> = read_members(database, conversation)?
+        .into_iter()
+        .map(|user| MemberView {
+            role: roles.of(&user),
+            user,
+        })
+        .collect();
+    sort_roster(&mut roster);
+    Ok(roster)
+}
+
 fn read_members(database: &Database, conversation: &str) -> Result<Vec<String>, EmbeddedError> {
     let transaction = database.begin_read()?;
     let members = transaction.open_table(MEMBERS)?;
@@ -883,6 +943,23 @@ impl HistoryStore for EmbeddedHistory {
     async fn members(&self, conversation: &str) -> Result<Vec<String>, HistoryError> {
         let conversation = conversation.to_owned();
         self.run_blocking(move |database| read_members(database, &conversation))
+            .await
+    }
+
+    async fn removed_at(
+        &self,
+        conversation: &str,
+        user: &str,
+    ) -> Result<Option<u64>, HistoryError> {
+        let conversation = conversation.to_owned();
+        let user = user.to_owned();
+        self.run_blocking(move |database| read_removed_at(database, &conversation, &user))
+            .await
+    }
+
+    async fn roster(&self, conversation: &str) -> Result<Vec<MemberView>, HistoryError> {
+        let conversation = conversation.to_owned();
+        self.run_blocking(move |database| read_roster(database, &conversation))
             .await
     }
 }

@@ -21,8 +21,12 @@
 //!   with an id greater than the cursor `after` (from the start without one), so paging through
 //!   with the last id of each page as the next cursor lists every conversation exactly once;
 //! - membership: a group's members come from `conversation_created` (exactly its listed
-//!   members: a user creating a group lists themself; a business system does not), `members_added` and `members_removed`; a direct conversation `dm:<a>:<b>` has exactly
-//!   `a` and `b` as members from its first event on.
+//!   members: a user creating a group lists themself; a business system does not),
+//!   `members_added`, `members_removed` and `disband` (everyone removed); a direct conversation
+//!   `dm:<a>:<b>` has exactly `a` and `b` as members from its first event on; a former member's
+//!   removal seq is kept (`removed_at`: they read up to it), and cleared when they are added
+//!   again; roles follow [`Roles`]; a group's title is its latest `conversation_created` or
+//!   `rename` title.
 
 #[cfg(any(test, feature = "testsuite"))]
 pub mod conformance;
@@ -32,7 +36,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 pub use chorus_log::Unavailability;
 use chorus_log::{Offset, PartitionId};
-use chorus_schemas::{ForwardOrigin, TimelineEvent};
+use chorus_schemas::{EventBody, ForwardOrigin, Role, TimelineEvent};
 use serde::Serialize;
 
 /// `(a, b)` for a direct conversation id `dm:<a>:<b>`, `None` for any other id: the two members
@@ -167,6 +171,84 @@ pub struct PinView {
     pub pinned_seq: u64,
 }
 
+/// A member of a group and their role (`GET /v1/conversations/{id}/members`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemberView {
+    pub user: String,
+    pub role: Role,
+}
+
+/// Orders a roster: the owner, then admins, then members, each by user id.
+pub fn sort_roster(roster: &mut [MemberView]) {
+    let rank = |role: Role| match role {
+        Role::Owner => 0,
+        Role::Admin => 1,
+        Role::Member => 2,
+    };
+    roster.sort_by(|left, right| {
+        rank(left.role)
+            .cmp(&rank(right.role))
+            .then_with(|| left.user.cmp(&right.user))
+    });
+}
+
+/// The owner and admins of a group as its timeline says, folded one event at a time (in seq
+/// order): the creator owns it (when they are among its members); a hand-over makes the new
+/// owner's predecessor an admin; a removal or the disbanding ends a member's role. The rule of
+/// every adapter.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Roles {
+    pub owner: Option<String>,
+    pub admins: std::collections::BTreeSet<String>,
+}
+
+impl Roles {
+    pub fn apply(&mut self, sender: &str, body: &EventBody) {
+        match body {
+            EventBody::ConversationCreated { members, .. } => {
+                self.owner = members
+                    .iter()
+                    .any(|member| member == sender)
+                    .then(|| sender.to_owned());
+            }
+            EventBody::RoleChanged { member, role } => match role {
+                Role::Owner => {
+                    if let Some(previous) = self.owner.replace(member.clone()) {
+                        self.admins.insert(previous);
+                    }
+                    self.admins.remove(member);
+                }
+                Role::Admin => {
+                    self.admins.insert(member.clone());
+                }
+                Role::Member => {
+                    self.admins.remove(member);
+                }
+            },
+            EventBody::MembersRemoved { members } => {
+                for member in members {
+                    self.admins.remove(member);
+                }
+            }
+            EventBody::ConversationDisbanded { .. } => {
+                self.admins.clear();
+            }
+            _ => {}
+        }
+    }
+
+    /// `user`'s role.
+    pub fn of(&self, user: &str) -> Role {
+        if self.owner.as_deref() == Some(user) {
+            Role::Owner
+        } else if self.admins.contains(user) {
+            Role::Admin
+        } else {
+            Role::Member
+        }
+    }
+}
+
 /// Most pins [`HistoryStore::pins`] returns (the most recent ones).
 pub const MAX_PINS: usize = 100;
 
@@ -293,6 +375,16 @@ pub trait HistoryStore: Send + Sync + 'static {
 
     /// Whether `user` is a member of `conversation` (false for unknown conversations).
     async fn is_member(&self, conversation: &str, user: &str) -> Result<bool, HistoryError>;
+
+    /// The seq of the event that removed `user` from group `conversation` (a removal, their
+    /// leaving, or the group's disbanding), when they were a member and are not now: they may
+    /// read the group up to it. `None` for members and for users who never were.
+    async fn removed_at(&self, conversation: &str, user: &str)
+    -> Result<Option<u64>, HistoryError>;
+
+    /// The group's members with their roles (owner first, then admins, then the others, each
+    /// sorted); empty when unknown.
+    async fn roster(&self, conversation: &str) -> Result<Vec<MemberView>, HistoryError>;
 
     /// The members of `conversation` (empty when unknown).
     async fn members(&self, conversation: &str) -> Result<Vec<String>, HistoryError>;

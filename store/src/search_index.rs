@@ -328,7 +328,10 @@ impl SearchIndex {
                 | EventBody::ConversationMuted { .. }
                 | EventBody::UserBlocked { .. }
                 | EventBody::MessagePinned { .. }
-                | EventBody::ReactionChanged { .. } => {}
+                | EventBody::ReactionChanged { .. }
+                | EventBody::RoleChanged { .. }
+                | EventBody::ConversationRenamed { .. }
+                | EventBody::ConversationDisbanded { .. } => {}
             }
         }
         Ok(())

@@ -132,10 +132,37 @@ async fn groups_are_members_only_for_writes_reads_and_search() -> anyhow::Result
         json!(["mallory"]),
         "the removed member learns of it"
     );
-    let (status, _) = api
+    let (status, body) = api
         .get("mallory", "/v1/conversations/g:team/events?after_seq=0")
         .await?;
-    assert_eq!(status, 403, "read access ends with membership");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["events"]
+            .as_array()
+            .and_then(|events| events.last())
+            .map(|event| &event["seq"]),
+        Some(&json!(5)),
+        "read access stops at the removal: {body}"
+    );
+    alice
+        .send_message("m2", "g:team", "planning without mallory")
+        .await?;
+    assert_eq!(
+        api.search("mallory", "planning").await?,
+        Vec::<Value>::new(),
+        "a former member's search no longer covers the group"
+    );
+    let texts: Vec<Value> = api
+        .messages("mallory", "g:team")
+        .await?
+        .iter()
+        .map(|message| message["text"].clone())
+        .collect();
+    assert_eq!(
+        texts,
+        vec![json!("quarterly planning meeting"), json!("thanks")],
+        "messages up to the removal only"
+    );
     let refused = mallory
         .send_message("x3", "g:team", "still here?")
         .await
@@ -937,6 +964,198 @@ async fn reactions_count_each_member_once_and_every_member_sees_them() -> anyhow
         reactions_seen_by("carol").await?,
         Value::Null,
         "a recalled message shows none"
+    );
+    server.served.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_roles_renames_removals_and_disbanding() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let url = server.ws_url();
+    let api = server.api();
+    let mut alice = Client::connect(&url, "alice", None).await?;
+    let mut bob = Client::connect(&url, "bob", None).await?;
+    let mut carol = Client::connect(&url, "carol", None).await?;
+    let created = api
+        .post(
+            &token("alice", None),
+            "/v1/conversations",
+            &json!({"id": "g:crew", "members": ["bob", "carol"], "title": "Crew"}),
+        )
+        .await?;
+    assert_eq!(created.0, 201, "{created:?}");
+    let roster = |user: &'static str| {
+        let api = server.api();
+        async move {
+            let (status, body) = api.get(user, "/v1/conversations/g:crew/members").await?;
+            anyhow::Ok((status, body["members"].clone()))
+        }
+    };
+    assert_eq!(
+        roster("bob").await?,
+        (
+            200,
+            json!([{"user": "alice", "role": "owner"}, {"user": "bob", "role": "member"},
+                   {"user": "carol", "role": "member"}])
+        )
+    );
+    let frame = |id: &str, body: Value| {
+        let mut frame = body;
+        frame["id"] = json!(id);
+        frame["conversation"] = json!("g:crew");
+        frame
+    };
+    // a member manages nothing
+    for body in [
+        json!({"type": "add_members", "members": ["dave"]}),
+        json!({"type": "remove_members", "members": ["carol"]}),
+        json!({"type": "role", "user": "carol", "role": "admin"}),
+        json!({"type": "rename", "title": "Bob's"}),
+        json!({"type": "disband"}),
+    ] {
+        let kind = body["type"].clone();
+        assert_eq!(
+            refusal(&mut bob, frame(&format!("no-{kind}"), body)).await?,
+            "forbidden",
+            "{kind}"
+        );
+    }
+    // the owner promotes bob, who then adds dave and renames the group
+    alice
+        .send_json(frame(
+            "p",
+            json!({"type": "role", "user": "bob", "role": "admin"}),
+        ))
+        .await?;
+    alice.outcome("p").await?;
+    let promoted = carol
+        .expect(|frame| frame["type"] == "event" && frame["kind"] == "role")
+        .await?;
+    assert_eq!(
+        (&promoted["member"], &promoted["role"]),
+        (&json!("bob"), &json!("admin"))
+    );
+    bob.send_json(frame(
+        "add",
+        json!({"type": "add_members", "members": ["dave"]}),
+    ))
+    .await?;
+    bob.outcome("add").await?;
+    bob.send_json(frame("ren", json!({"type": "rename", "title": "船员"})))
+        .await?;
+    bob.outcome("ren").await?;
+    let (_, list) = api.get("carol", "/v1/conversations").await?;
+    assert_eq!(list["conversations"][0]["title"], "船员", "{list}");
+    assert_eq!(
+        refusal(
+            &mut bob,
+            frame(
+                "x1",
+                json!({"type": "remove_members", "members": ["alice"]})
+            )
+        )
+        .await?,
+        "forbidden",
+        "nobody removes the owner"
+    );
+    assert_eq!(
+        refusal(
+            &mut bob,
+            frame(
+                "x2",
+                json!({"type": "role", "user": "bob", "role": "owner"})
+            )
+        )
+        .await?,
+        "forbidden",
+        "only the owner hands over"
+    );
+    assert_eq!(
+        refusal(
+            &mut bob,
+            frame(
+                "x3",
+                json!({"type": "role", "user": "carol", "role": "king"})
+            )
+        )
+        .await?,
+        "bad_request"
+    );
+    // carol is removed: she reads up to her removal, not what follows
+    alice
+        .send_message("m1", "g:crew", "before carol left")
+        .await?;
+    bob.send_json(frame(
+        "rm",
+        json!({"type": "remove_members", "members": ["carol"]}),
+    ))
+    .await?;
+    let removal_seq = bob.outcome("rm").await?["seq"].as_u64().unwrap_or_default();
+    alice
+        .send_message("m2", "g:crew", "after carol left")
+        .await?;
+    let texts: Vec<Value> = api
+        .messages("carol", "g:crew")
+        .await?
+        .iter()
+        .map(|message| message["text"].clone())
+        .collect();
+    assert_eq!(texts, vec![json!("before carol left")]);
+    let events = api.events("carol", "g:crew", 0).await?;
+    assert_eq!(
+        events.last().map(|event| event["seq"].clone()),
+        Some(json!(removal_seq)),
+        "events up to her removal, that one included"
+    );
+    let (status, hits) = api
+        .get("carol", "/v1/search?q=carol&conversation=g:crew")
+        .await?;
+    assert_eq!(status, 200);
+    assert_eq!(
+        hits["hits"].as_array().map(Vec::len),
+        Some(1),
+        "only what she could read: {hits}"
+    );
+    assert_eq!(roster("carol").await?.0, 403, "the roster is for members");
+    let (status, _) = api
+        .get("mallory", "/v1/conversations/g:crew/messages")
+        .await?;
+    assert_eq!(status, 403, "never a member: nothing");
+    // the owner hands over to bob (alice becomes an admin and may leave); bob disbands
+    alice
+        .send_json(frame(
+            "t",
+            json!({"type": "role", "user": "bob", "role": "owner"}),
+        ))
+        .await?;
+    alice.outcome("t").await?;
+    assert_eq!(
+        roster("dave").await?.1,
+        json!([{"user": "bob", "role": "owner"}, {"user": "alice", "role": "admin"},
+               {"user": "dave", "role": "member"}])
+    );
+    bob.send_json(frame("end", json!({"type": "disband"})))
+        .await?;
+    let disband_seq = bob.outcome("end").await?["seq"].clone();
+    let disbanded = alice
+        .expect(|frame| frame["type"] == "event" && frame["kind"] == "disband")
+        .await?;
+    assert_eq!(disbanded["members"], json!(["alice", "bob", "dave"]));
+    assert_eq!(
+        refusal(
+            &mut alice,
+            frame("late", json!({"type": "send", "text": "hello?"}))
+        )
+        .await?,
+        "not_found",
+        "a disbanded group takes nothing more"
+    );
+    let (_, list) = api.get("bob", "/v1/conversations").await?;
+    assert_eq!(list["conversations"], json!([]), "listed by no one");
+    let events = api.events("dave", "g:crew", 0).await?;
+    assert_eq!(
+        events.last().map(|event| event["seq"].clone()),
+        Some(disband_seq)
     );
     server.served.shutdown().await
 }

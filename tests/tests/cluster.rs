@@ -162,6 +162,64 @@ async fn users_on_two_ingest_nodes_chat_through_kafka_and_redis() -> anyhow::Res
     let hits = search_api.search(&bob_id, "nodes").await?;
     assert_eq!(hits.len(), 1, "{hits:?}");
 
+    // group roles across nodes: alice (node one) owns a group and promotes bob (node two), who
+    // adds carol, mentions alice and removes carol; carol reads the group up to her removal
+    let team = format!("g:{run}t");
+    let carol_id = format!("{run}carol");
+    let (status, body) = Api::new(&node_one.url)
+        .post(
+            &chorus_tests::token(&alice_id, None),
+            "/v1/conversations",
+            &json!({"id": team, "members": [bob_id]}),
+        )
+        .await?;
+    assert_eq!(status, 201, "{body}");
+    let in_team = |id: &str, body: serde_json::Value| {
+        let mut frame = body;
+        frame["id"] = json!(id);
+        frame["conversation"] = json!(team);
+        frame
+    };
+    alice
+        .send_json(in_team(
+            "promote",
+            json!({"type": "role", "user": bob_id, "role": "admin"}),
+        ))
+        .await?;
+    alice.outcome("promote").await?;
+    bob.send_json(in_team(
+        "add",
+        json!({"type": "add_members", "members": [carol_id]}),
+    ))
+    .await?;
+    bob.outcome("add").await?;
+    let mention = format!("@{alice_id} welcome carol");
+    let seq_of_mention = bob.send_message("hi", &team, &mention).await?["seq"].clone();
+    let mentioned = alice
+        .expect(|frame| frame["type"] == "event" && frame["seq"] == seq_of_mention)
+        .await?;
+    assert_eq!(mentioned["mentions"], json!([alice_id]));
+    bob.send_json(in_team(
+        "rm",
+        json!({"type": "remove_members", "members": [carol_id]}),
+    ))
+    .await?;
+    let removal = bob.outcome("rm").await?["seq"].clone();
+    bob.send_message("after", &team, "carol is gone").await?;
+    let carols_view = Api::new(&search.url).events(&carol_id, &team, 0).await?;
+    assert_eq!(
+        carols_view.last().map(|event| event["seq"].clone()),
+        Some(removal),
+        "a former member reads up to her removal: {carols_view:?}"
+    );
+    let (_, roster) = Api::new(&search.url)
+        .get(&alice_id, &format!("/v1/conversations/{team}/members"))
+        .await?;
+    assert_eq!(
+        roster["members"],
+        json!([{"user": alice_id, "role": "owner"}, {"user": bob_id, "role": "admin"}])
+    );
+
     // replay on Kafka: the search node rebuilds its projections from the topics and switches over
     let (status, body) = search_api
         .post(API_KEY, "/v1/admin/replay", &json!({"projection": "all"}))

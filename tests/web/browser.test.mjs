@@ -6,7 +6,8 @@
 // alice and bob log in from two browser contexts and chat; bob goes offline while alice sends
 // and comes back to every message in order (filled from /events); edits, recalls, typing, read
 // marks, a group with history loaded by scrolling back, mutes, blocks, pins, a reply with a
-// mention and a forward, reactions, leaving a group, and a Chinese search. Every wait is for
+// mention and a forward, reactions, group roles and a rename, leaving a group, and a Chinese
+// search. Every wait is for
 // a condition in the page (playwright's waiting locators and waitForFunction), never a sleep.
 // Screenshots are saved in the artifact directory. Exit code 0 when every step passed.
 import { mkdirSync } from "node:fs";
@@ -291,6 +292,22 @@ try {
     }
     await hit.first().click();
     await bob.page.locator('#messages li.message.highlight[data-seq="2"]', { hasText: "我们明天在北京开会" }).waitFor();
+  });
+
+  await step("alice makes bob an admin; bob renames the group and alice sees the new title", async () => {
+    await conversationItem(alice, "g:team").click();
+    await alice.page.click("#members-toggle");
+    await alice.page.locator('#roster-list li[data-user="alice"][data-role="owner"]').waitFor();
+    await alice.page.locator('#roster-list li[data-user="bob"] button.promote').click();
+    await alice.page.locator('#roster-list li[data-user="bob"][data-role="admin"]').waitFor();
+    await conversationItem(bob, "g:team").click();
+    await bob.page.locator("#rename-group").click();
+    await bob.page.fill("#rename-input", "dream team");
+    await bob.page.click("#rename-form button[type=submit]");
+    await alice.page.locator("#chat-title", { hasText: "dream team" }).waitFor();
+    await conversationItem(alice, "g:team").locator("span", { hasText: "dream team" }).waitFor();
+    await bob.page.locator("#messages li.notice", { hasText: "bob renamed the group to dream team" }).waitFor();
+    if (await bob.page.locator("#disband-group").isVisible()) throw new Error("an admin is offered to disband");
   });
 
   await step("bob leaves the group: it is gone from his list; the owner cannot leave", async () => {

@@ -52,6 +52,36 @@ pub enum ClientFrame {
         conversation: String,
         muted: bool,
     },
+    /// Adds members to a group (its owner and admins).
+    AddMembers {
+        id: String,
+        conversation: String,
+        members: Vec<String>,
+    },
+    /// Removes members from a group (its owner and admins; never the owner).
+    RemoveMembers {
+        id: String,
+        conversation: String,
+        members: Vec<String>,
+    },
+    /// Gives a member of a group a role: `admin`, `member`, or `owner` (the owner hands over).
+    Role {
+        id: String,
+        conversation: String,
+        user: String,
+        role: String,
+    },
+    /// Renames a group (its owner and admins).
+    Rename {
+        id: String,
+        conversation: String,
+        title: String,
+    },
+    /// Ends a group (its owner): everyone is removed, it takes no more events.
+    Disband {
+        id: String,
+        conversation: String,
+    },
     /// Leaves a group (its owner cannot).
     Leave {
         id: String,

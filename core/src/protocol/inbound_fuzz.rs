@@ -19,11 +19,29 @@ use crate::error::ErrorCode;
 /// Inputs of one short run under `cargo test`.
 const SHORT_RUN_ITERATIONS: usize = 10_000;
 
-const FRAME_TYPES: [&str; 15] = [
-    "send", "edit", "recall", "read", "typing", "mute", "block", "pin", "leave", "forward",
-    "react", "ping", "auth", "Send", "pong",
+const FRAME_TYPES: [&str; 20] = [
+    "send",
+    "edit",
+    "recall",
+    "read",
+    "typing",
+    "mute",
+    "block",
+    "pin",
+    "leave",
+    "forward",
+    "react",
+    "add_members",
+    "remove_members",
+    "role",
+    "rename",
+    "disband",
+    "ping",
+    "auth",
+    "Send",
+    "pong",
 ];
-const FIELD_NAMES: [&str; 16] = [
+const FIELD_NAMES: [&str; 19] = [
     "type",
     "id",
     "conversation",
@@ -38,6 +56,9 @@ const FIELD_NAMES: [&str; 16] = [
     "source",
     "emoji",
     "added",
+    "members",
+    "role",
+    "title",
     "",
     "extra",
 ];
@@ -198,6 +219,11 @@ fn check_frame(text: &str) {
                 ClientFrame::Leave { .. } => "leave",
                 ClientFrame::Forward { .. } => "forward",
                 ClientFrame::React { .. } => "react",
+                ClientFrame::AddMembers { .. } => "add_members",
+                ClientFrame::RemoveMembers { .. } => "remove_members",
+                ClientFrame::Role { .. } => "role",
+                ClientFrame::Rename { .. } => "rename",
+                ClientFrame::Disband { .. } => "disband",
                 ClientFrame::Ping => "ping",
                 ClientFrame::Auth { .. } => "auth",
             };

@@ -144,6 +144,16 @@ pub fn event_json(event: &TimelineEvent) -> Value {
             object.insert("emoji".into(), json!(emoji));
             object.insert("added".into(), json!(added));
         }
+        EventBody::RoleChanged { member, role } => {
+            object.insert("member".into(), json!(member));
+            object.insert("role".into(), json!(role.as_str()));
+        }
+        EventBody::ConversationRenamed { title } => {
+            object.insert("title".into(), json!(title));
+        }
+        EventBody::ConversationDisbanded { members } => {
+            object.insert("members".into(), json!(members));
+        }
     }
     frame
 }

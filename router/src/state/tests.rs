@@ -529,8 +529,8 @@ fn recovery_from_the_timeline_rebuilds_the_same_state() {
 }
 
 /// A varied timeline decided by a live state: direct and group conversations, members
-/// added and removed, edits, recalls, read marks, retried ids, rejections (which leave no
-/// event), with a dedup window smaller than the number of ids.
+/// added and removed, roles changed, groups disbanded, edits, recalls, read marks, retried ids,
+/// rejections (which leave no event), with a dedup window smaller than the number of ids.
 fn generated_timeline(count: u64) -> Vec<TimelineEvent> {
     let mut live = SequencerState::new(50);
     let mut timeline = Vec::new();
@@ -588,6 +588,19 @@ fn generated_timeline(count: u64) -> Vec<TimelineEvent> {
                 read
             }
             6 => ingress(group, user, &id, text("to the group")),
+            7 if next(4) == 0 => {
+                let role = [Role::Admin, Role::Member, Role::Owner][next(3) as usize];
+                let member = users[next(5) as usize].to_owned();
+                ingress(group, user, &id, EventBody::RoleChanged { member, role })
+            }
+            8 if next(40) == 0 => ingress(
+                group,
+                user,
+                &id,
+                EventBody::ConversationDisbanded {
+                    members: Vec::new(),
+                },
+            ),
             _ => ingress(direct, user, &id, text("hello")),
         };
         if let Decision::Sequence(sequenced) = live.decide(event, offset) {

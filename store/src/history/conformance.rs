@@ -24,8 +24,10 @@ use super::{ConversationSummary, HistoryError, HistoryStore, MessagePage, Messag
 
 mod reactions;
 mod replies;
+mod roles;
 pub use reactions::*;
 pub use replies::*;
+pub use roles::*;
 
 /// More than any check stores, so that "everything" reads are never truncated.
 const READ_ALL: usize = 1_000;
@@ -81,6 +83,9 @@ macro_rules! history_conformance {
             replies_quote_the_message_they_answer,
             mention_counts_follow_the_read_cursor,
             reactions_count_each_user_once,
+            rosters_follow_role_changes,
+            renames_change_the_title,
+            former_members_keep_their_removal_seq,
             conversation_pages_list_each_conversation_once,
             conversation_pages_skip_conversations_left,
             group_membership_follows_member_events,

@@ -365,3 +365,121 @@ fn any_member_reacts_to_a_message_that_exists_and_is_not_recalled() {
         "but one can be taken back"
     );
 }
+
+#[test]
+fn owners_and_admins_manage_a_group_and_only_the_owner_hands_it_over_or_disbands_it() {
+    let mut state = SequencerState::new(100);
+    let group = "g:crew";
+    group_of(&mut state, group, &["alice", "bob", "carol", "dave"]);
+    let mut decide = |sender: &str, id: &str, body: EventBody| {
+        let offset = state.next_ingress_offset();
+        let decision = state.decide(ingress(group, sender, id, body), offset);
+        (seq_of(&decision), code_of(&decision))
+    };
+    let role = |member: &str, role: Role| EventBody::RoleChanged {
+        member: member.into(),
+        role,
+    };
+    let rename = |title: &str| EventBody::ConversationRenamed {
+        title: title.into(),
+    };
+    let add = |who: &str| EventBody::MembersAdded {
+        members: vec![who.into()],
+    };
+    let remove = |who: &str| EventBody::MembersRemoved {
+        members: vec![who.into()],
+    };
+    let forbidden = (None, Some(ErrorCode::Forbidden));
+    // a member manages nothing
+    assert_eq!(decide("bob", "b1", add("erin")), forbidden);
+    assert_eq!(decide("bob", "b2", rename("mine")), forbidden);
+    assert_eq!(decide("bob", "b3", role("carol", Role::Admin)), forbidden);
+    // the owner promotes bob; bob, an admin, manages members, roles and the title
+    assert_eq!(decide("alice", "a1", role("bob", Role::Admin)).0, Some(2));
+    assert_eq!(decide("bob", "b4", add("erin")).0, Some(3));
+    assert_eq!(decide("bob", "b5", rename("Crew")).0, Some(4));
+    assert_eq!(decide("bob", "b6", role("carol", Role::Admin)).0, Some(5));
+    assert_eq!(decide("carol", "c1", remove("erin")).0, Some(6));
+    assert_eq!(decide("carol", "c2", role("bob", Role::Member)).0, Some(7));
+    assert_eq!(decide("bob", "b7", add("frank")), forbidden, "demoted");
+    // nobody but the owner touches the owner; roles are for members
+    assert_eq!(decide("carol", "c3", remove("alice")), forbidden);
+    assert_eq!(
+        decide("carol", "c4", role("alice", Role::Member)),
+        forbidden
+    );
+    assert_eq!(decide("carol", "c5", role("carol", Role::Owner)), forbidden);
+    assert_eq!(
+        decide("carol", "c6", role("mallory", Role::Admin)),
+        (None, Some(ErrorCode::BadRequest))
+    );
+    assert_eq!(
+        decide(
+            "carol",
+            "c7",
+            EventBody::ConversationDisbanded { members: vec![] }
+        ),
+        forbidden
+    );
+    // the owner hands over to dave and becomes an admin; dave can disband, alice can leave
+    assert_eq!(decide("alice", "a2", role("dave", Role::Owner)).0, Some(8));
+    assert_eq!(
+        decide("alice", "a3", role("bob", Role::Owner)),
+        forbidden,
+        "no longer the owner"
+    );
+    assert_eq!(
+        decide("alice", "a4", add("frank")).0,
+        Some(9),
+        "an admin now"
+    );
+    assert_eq!(
+        decide("dave", "d1", remove("dave")),
+        forbidden,
+        "the new owner cannot leave"
+    );
+    assert_eq!(
+        decide("alice", "a5", remove("alice")).0,
+        Some(10),
+        "the old one can"
+    );
+    let offset = state.next_ingress_offset();
+    let disbanded = state.decide(
+        ingress(
+            group,
+            "dave",
+            "d2",
+            EventBody::ConversationDisbanded {
+                members: vec!["x".into()],
+            },
+        ),
+        offset,
+    );
+    let Decision::Sequence(event) = disbanded else {
+        panic!("disbanded: {disbanded:?}");
+    };
+    assert_eq!(
+        event.body,
+        EventBody::ConversationDisbanded {
+            members: vec!["bob".into(), "carol".into(), "dave".into(), "frank".into()]
+        },
+        "the sequencer lists the members removed"
+    );
+    assert_eq!(state.members(group), Vec::<String>::new());
+    let offset = state.next_ingress_offset();
+    assert_eq!(
+        code_of(&state.decide(ingress(group, "dave", "d3", text("anyone?")), offset)),
+        Some(ErrorCode::NotFound),
+        "a disbanded group takes no more events"
+    );
+    let created = EventBody::ConversationCreated {
+        title: None,
+        members: vec!["dave".into()],
+    };
+    let offset = state.next_ingress_offset();
+    assert_eq!(
+        code_of(&state.decide(ingress(group, "dave", "d4", created), offset)),
+        Some(ErrorCode::BadRequest),
+        "nor is it created again"
+    );
+}

@@ -62,6 +62,8 @@ function conversationState(id) {
       unread: 0,
       /** of the unread messages, those that mention me */
       mentions: 0,
+      /** how long its messages live, in seconds (null: forever or the node's default) */
+      ttl: null,
       muted: false,
       blocked: false,
       pins: [],
@@ -168,6 +170,7 @@ function start(token, user, device) {
         state.mentions = summary.mentions ?? 0;
       }
       state.muted = Boolean(summary.muted);
+      state.ttl = summary.message_ttl_s ?? null;
       state.blocked = Boolean(summary.blocked);
       if (summary.id === view.openId) renderMuteToggle();
       renderConversations();
@@ -286,6 +289,11 @@ function applyEvent(event) {
         notice: event.role === "owner" ? `${event.sender} made ${event.member} the owner` : `${event.sender} made ${event.member} ${event.role === "admin" ? "an admin" : "a member"}`,
       });
       if (event.conversation === view.openId) loadRoster(state);
+      break;
+    case "retention":
+      state.ttl = event.ttl_seconds > 0 ? event.ttl_seconds : null;
+      state.items.set(event.seq, { seq: event.seq, notice: `${event.sender} set messages to ${event.ttl_seconds > 0 ? `disappear after ${ttlLabel(event.ttl_seconds)}` : "the default lifetime"}` });
+      if (event.conversation === view.openId) renderRetention(state);
       break;
     case "rename":
       state.title = event.title;
@@ -406,6 +414,7 @@ async function openConversation(id) {
 async function loadRoster(state) {
   if (!state.id.startsWith("g:")) {
     element("members-toggle").hidden = true;
+    renderRetention(state);
     return;
   }
   try {
@@ -421,6 +430,34 @@ function myRole(state) {
   return (state.roster ?? []).find((member) => member.user === view.me)?.role ?? "member";
 }
 
+/** Choices of how long messages live (seconds; 0: the node's default). */
+const RETENTION_CHOICES = [
+  [0, "default lifetime"],
+  [3600, "1 hour"],
+  [86400, "1 day"],
+  [604800, "7 days"],
+  [2592000, "30 days"],
+];
+
+function ttlLabel(seconds) {
+  return RETENTION_CHOICES.find(([value]) => value === seconds)?.[1] ?? `${seconds} s`;
+}
+
+/** The open conversation's retention choice: a group's owner, or either member of a DM, sets it. */
+function renderRetention(state) {
+  const select = element("retention");
+  const allowed = state.id.startsWith("dm:") || myRole(state) === "owner";
+  select.hidden = !allowed;
+  const value = String(state.ttl ?? 0);
+  if (![...select.options].some((option) => option.value === value)) select.append(new Option(`${state.ttl} s`, value));
+  select.value = value;
+}
+
+element("retention").addEventListener("change", () => {
+  const state = view.openId && view.conversations.get(view.openId);
+  if (state) view.client.setRetention(state.id, Number(element("retention").value)).acked.catch(showRefusal);
+});
+
 function renderRoster(state) {
   const mine = myRole(state);
   const manages = mine === "owner" || mine === "admin";
@@ -429,6 +466,7 @@ function renderRoster(state) {
   element("disband-group").hidden = mine !== "owner";
   element("add-member-form").hidden = !manages;
   const act = (label, className, run) => button(className, label, () => run().acked.then(() => loadRoster(state)).catch(showRefusal));
+  renderRetention(state);
   element("roster-list").replaceChildren(
     ...(state.roster ?? []).map(({ user, role }) => {
       const item = document.createElement("li");
@@ -500,6 +538,9 @@ function renderMuteToggle() {
   element("leave-group").hidden = !state || !state.id.startsWith("g:");
   if (!state || !state.id.startsWith("g:")) {
     for (const id of ["members-toggle", "rename-group", "disband-group", "roster", "rename-form"]) element(id).hidden = true;
+  }
+  if (!state) {
+    element("retention").hidden = true;
   }
 }
 
@@ -613,7 +654,12 @@ function renderMessages({ keepScroll = false } = {}) {
   if (!state) return list.replaceChildren();
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
   const readByOthers = Math.max(0, ...state.othersRead.values());
-  const items = [...state.items.values()].sort((left, right) => left.seq - right.seq).map((item) => renderItem(state, item, readByOthers));
+  // messages older than the conversation's lifetime are gone from view as from history
+  const since = state.ttl ? Date.now() - state.ttl * 1000 : null;
+  const items = [...state.items.values()]
+    .filter((item) => item.notice || since === null || !item.ts || item.ts >= since)
+    .sort((left, right) => left.seq - right.seq)
+    .map((item) => renderItem(state, item, readByOthers));
   for (const [clientId, text] of state.pending) {
     items.push(renderItem(state, { seq: null, clientId, sender: view.me, text, pending: true, queuedFor: state.queuedFor.get(clientId) }, readByOthers));
   }

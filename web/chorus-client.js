@@ -683,6 +683,14 @@ export class ChorusClient {
     return this.submit({ type: "rename", conversation, title });
   }
 
+  /**
+   * Sets how long the conversation's messages live, in seconds (0: the node's default): a group's
+   * owner, or either member of a direct conversation; acked like a send.
+   */
+  setRetention(conversation, ttlSeconds) {
+    return this.submit({ type: "retention", conversation, ttl_seconds: ttlSeconds });
+  }
+
   /** Ends a group (its owner): everyone is removed; acked like a send. */
   disband(conversation) {
     return this.submit({ type: "disband", conversation });

@@ -344,13 +344,15 @@ test("a reply names the seq it answers, a forward its source, a reaction its mes
     client.setRole("g:team", "bob", "admin"),
     client.rename("g:team", "新名字"),
     client.disband("g:team"),
+    client.setRetention("g:team", 86400),
   ];
-  assert.deepEqual(server.socket.sent.slice(-5), [
+  assert.deepEqual(server.socket.sent.slice(-6), [
     { type: "add_members", id: frames[0].id, conversation: "g:team", members: ["dave"] },
     { type: "remove_members", id: frames[1].id, conversation: "g:team", members: ["carol"] },
     { type: "role", id: frames[2].id, conversation: "g:team", user: "bob", role: "admin" },
     { type: "rename", id: frames[3].id, conversation: "g:team", title: "新名字" },
     { type: "disband", id: frames[4].id, conversation: "g:team" },
+    { type: "retention", id: frames[5].id, conversation: "g:team", ttl_seconds: 86400 },
   ]);
   const plain = client.send("g:team", "no reply");
   assert.equal(server.socket.sent.at(-1).reply_to, undefined, "a plain send carries no reply_to");

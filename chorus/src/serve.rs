@@ -31,7 +31,7 @@ use chorus_projector::{Projections, ProjectorSettings};
 use chorus_router::RouterContext;
 use chorus_search::{SearchApi, SearchApiConfig};
 use chorus_store::HistoryStore;
-use chorus_store::history::MessagePage;
+use chorus_store::history::{MessagePage, expired_before};
 use warp::Filter;
 
 use crate::admin::{Routes, admin_replay, operations};
@@ -50,6 +50,9 @@ pub(crate) struct HistoryMembership {
     /// The local projector's progress; `None` where other processes project (the stored
     /// position is polled instead).
     pub(crate) progress: Option<Arc<ProjectionProgress>>,
+    /// How long messages live where a conversation set no time-to-live
+    /// (`projector.message_ttl_s`; `None`: forever).
+    pub(crate) message_ttl_s: Option<u64>,
 }
 
 impl HistoryMembership {
@@ -66,6 +69,8 @@ impl HistoryMembership {
             partitions: config.partitions(),
             read_barrier: Duration::from_millis(config.projector.read_barrier_ms),
             progress,
+            message_ttl_s: (config.projector.message_ttl_s > 0)
+                .then_some(config.projector.message_ttl_s),
         }
     }
 
@@ -111,19 +116,31 @@ impl Membership for HistoryMembership {
         seq: u64,
     ) -> Result<Option<StoredMessage>, MembershipError> {
         self.caught_up(conversation).await;
-        let page = self
-            .history
-            .get()
+        let store_error = |error| MembershipError::Store(Box::new(error));
+        let history = self.history.get();
+        let page = history
             .messages(conversation, MessagePage::After(seq.saturating_sub(1)), 1)
             .await
-            .map_err(|error| MembershipError::Store(Box::new(error)))?;
-        Ok(page
-            .into_iter()
-            .find(|message| message.seq == seq)
-            .map(|message| StoredMessage {
-                sender: message.sender,
-                text: message.text,
-            }))
+            .map_err(store_error)?;
+        let Some(message) = page.into_iter().find(|message| message.seq == seq) else {
+            return Ok(None);
+        };
+        // an expired message is gone for forwarding as for reading
+        let ttl = history
+            .retention(conversation)
+            .await
+            .map_err(store_error)?
+            .or(self.message_ttl_s);
+        if expired_before(ttl, chorus_core::auth::unix_millis())
+            .is_some_and(|since| message.ts < since)
+        {
+            return Ok(None);
+        }
+        Ok(Some(StoredMessage {
+            sender: message.sender,
+            ts_ms: message.ts,
+            text: message.text,
+        }))
     }
 }
 

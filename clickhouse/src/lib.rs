@@ -272,6 +272,7 @@ impl ClickHouseHistory {
             muted: u8,
             blocked: u8,
             title: Option<String>,
+            ttl_seconds: u64,
         }
         let summaries = self
             .client
@@ -280,7 +281,8 @@ impl ClickHouseHistory {
                  maxIf(read_seq, kind = 'read' AND sender = ?) AS read_seq, \
                  argMaxIf(muted, offset, kind = 'mute' AND sender = ?) AS muted, \
                  argMaxIf(blocked, offset, kind = 'block' AND sender = ?) AS blocked, \
-                 argMaxIf(title, seq, kind IN ('conversation_created', 'rename')) AS title \
+                 argMaxIf(title, seq, kind IN ('conversation_created', 'rename')) AS title, \
+                 argMaxIf(ttl_seconds, seq, kind = 'retention') AS ttl_seconds \
                  FROM events WHERE has(?, conversation) GROUP BY conversation",
             )
             .bind(user)
@@ -343,6 +345,9 @@ impl ClickHouseHistory {
                     read_seq: summary.as_ref().map_or(0, |s| s.read_seq),
                     unread,
                     mentions,
+                    message_ttl_s: summary
+                        .as_ref()
+                        .and_then(|s| (s.ttl_seconds > 0).then_some(s.ttl_seconds)),
                     muted: summary.as_ref().is_some_and(|s| s.muted != 0),
                     blocked: summary.as_ref().is_some_and(|s| s.blocked != 0),
                     title: summary.and_then(|s| s.title),
@@ -660,9 +665,9 @@ impl HistoryStore for ClickHouseHistory {
             let originals = self.as_they_stand(conversation, originals).await?;
             for view in views.values_mut() {
                 if let Some(reply) = &mut view.reply_to {
-                    let original = originals
-                        .get(&reply.seq)
-                        .map(|original| (original.sender.clone(), original.text.clone()));
+                    let original = originals.get(&reply.seq).map(|original| {
+                        (original.sender.clone(), original.text.clone(), original.ts)
+                    });
                     *reply = ReplyView::of(reply.seq, original);
                 }
             }
@@ -696,6 +701,20 @@ impl HistoryStore for ClickHouseHistory {
 
     async fn members(&self, conversation: &str) -> Result<Vec<String>, HistoryError> {
         self.member_state(conversation, None).await
+    }
+
+    async fn retention(&self, conversation: &str) -> Result<Option<u64>, HistoryError> {
+        let ttl = self
+            .client
+            .query(
+                "SELECT argMax(ttl_seconds, seq) FROM events \
+                 WHERE conversation = ? AND kind = 'retention'",
+            )
+            .bind(conversation)
+            .fetch_all::<u64>()
+            .through(&self.guard)
+            .await?;
+        Ok(ttl.into_iter().next().filter(|ttl| *ttl > 0))
     }
 
     async fn removed_at(

@@ -21,6 +21,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (4, include_str!("../migrations/0004_pinned.sql")),
     (5, include_str!("../migrations/0005_replies.sql")),
     (6, include_str!("../migrations/0006_reactions.sql")),
+    (7, include_str!("../migrations/0007_retention.sql")),
 ];
 
 /// Whether the schema is in place, and what applying it needs.

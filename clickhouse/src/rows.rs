@@ -48,6 +48,8 @@ pub(crate) struct EventRow {
     /// `reaction` rows: the emoji, and 1 added or 0 removed (migration 6).
     pub(crate) emoji: String,
     pub(crate) added: u8,
+    /// `retention` rows: the time-to-live in seconds (migration 7).
+    pub(crate) ttl_seconds: u64,
 }
 
 /// One membership change in `members`: whether `user` is in `conversation` as of `seq`.
@@ -69,7 +71,7 @@ pub(crate) struct PositionRow {
 /// The columns of [`EventRow`], in order, for `SELECT`s.
 pub(crate) const EVENT_COLUMNS: &str = "partition, offset, conversation, seq, event_id, kind, sender, ts_ms, \
      origin_cluster, client_msg_id, ingress_offset, text, target_seq, title, members, read_seq, muted, blocked, pinned, \
-     reply_to, mentions, forwarded_conversation, forwarded_seq, forwarded_sender, emoji, added";
+     reply_to, mentions, forwarded_conversation, forwarded_seq, forwarded_sender, emoji, added, ttl_seconds";
 
 impl EventRow {
     pub(crate) fn from_event(
@@ -104,6 +106,7 @@ impl EventRow {
             forwarded_sender: String::new(),
             emoji: String::new(),
             added: 0,
+            ttl_seconds: 0,
         };
         match &event.body {
             EventBody::MessageSent(message) => {
@@ -150,6 +153,7 @@ impl EventRow {
             }
             EventBody::ConversationRenamed { title } => row.title = Some(title.clone()),
             EventBody::ConversationDisbanded { members } => row.members = members.clone(),
+            EventBody::RetentionSet { ttl_seconds } => row.ttl_seconds = *ttl_seconds,
         }
         row
     }
@@ -223,6 +227,9 @@ impl EventRow {
             },
             "disband" => EventBody::ConversationDisbanded {
                 members: self.members,
+            },
+            "retention" => EventBody::RetentionSet {
+                ttl_seconds: self.ttl_seconds,
             },
             other => {
                 return Err(HistoryError::Storage(
@@ -319,6 +326,7 @@ mod tests {
             EventBody::ConversationDisbanded {
                 members: vec!["a".into(), "b".into()],
             },
+            EventBody::RetentionSet { ttl_seconds: 3600 },
         ];
         for (index, body) in bodies.into_iter().enumerate() {
             let read = matches!(body, EventBody::ReadCursorMoved { .. });

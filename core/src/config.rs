@@ -400,6 +400,9 @@ pub struct ProjectorSection {
     pub read_barrier_ms: u64,
     /// Longest wait before polled records are committed to the search index (batching by time).
     pub search_commit_interval_ms: u64,
+    /// How long messages live, in seconds, in conversations that set no time-to-live of their
+    /// own (`retention` events): older ones are no longer returned or found. 0: forever.
+    pub message_ttl_s: u64,
 }
 
 impl Default for ChorusConfig {
@@ -481,6 +484,7 @@ impl Default for ProjectorSection {
             batch_records: 4096,
             read_barrier_ms: 3000,
             search_commit_interval_ms: 250,
+            message_ttl_s: 0,
         }
     }
 }

@@ -17,6 +17,10 @@ pub const MAX_CLIENT_MSG_ID_BYTES: usize = 128;
 pub const MAX_TITLE_BYTES: usize = 256;
 /// Most members one message mentions (the sequencer keeps the first ones named).
 pub const MAX_MENTIONS: usize = 50;
+/// Shortest message time-to-live a conversation may set (a minute).
+pub const MIN_TTL_SECONDS: u64 = 60;
+/// Longest message time-to-live a conversation may set (ten years; 0 is the node's default).
+pub const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
 /// Longest reaction (an emoji, possibly a sequence of several code points with modifiers).
 pub const MAX_EMOJI_BYTES: usize = 32;
 
@@ -168,6 +172,13 @@ pub fn validate_ingress(
                     ErrorCode::TooLarge,
                     format!("title longer than {MAX_TITLE_BYTES} bytes"),
                 ));
+            }
+        }
+        EventBody::RetentionSet { ttl_seconds } => {
+            if *ttl_seconds != 0 && !(MIN_TTL_SECONDS..=MAX_TTL_SECONDS).contains(ttl_seconds) {
+                return Err(bad(format!(
+                    "ttl_seconds must be 0 (the node's default) or {MIN_TTL_SECONDS}-{MAX_TTL_SECONDS}"
+                )));
             }
         }
         // the sequencer lists the members; what an ingress event lists is replaced

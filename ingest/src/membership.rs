@@ -26,6 +26,8 @@ pub enum MembershipError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
     pub sender: String,
+    /// When it was sent, in milliseconds since the Unix epoch.
+    pub ts_ms: i64,
     /// `None` once recalled.
     pub text: Option<String>,
 }

@@ -645,6 +645,15 @@ impl Session {
                 Some(id),
                 EventBody::ConversationRenamed { title },
             ),
+            ClientFrame::Retention {
+                id,
+                conversation,
+                ttl_seconds,
+            } => (
+                conversation,
+                Some(id),
+                EventBody::RetentionSet { ttl_seconds },
+            ),
             ClientFrame::Disband { id, conversation } => (
                 conversation,
                 Some(id),

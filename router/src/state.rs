@@ -562,6 +562,16 @@ impl SequencerState {
                 }
                 Ok(())
             }
+            // a group's owner sets how long its messages live; in a direct conversation, either
+            // member (each owns it)
+            EventBody::RetentionSet { .. } => match conversation {
+                Conversation::Direct { .. } if is_member => Ok(()),
+                Conversation::Direct { .. } => forbidden("not a member of this conversation"),
+                Conversation::Group { .. } if is_owner || event.trusted => Ok(()),
+                Conversation::Group { .. } => {
+                    forbidden("only the owner of a group sets how long its messages live")
+                }
+            },
             EventBody::MessageEdited { target_seq, .. }
             | EventBody::MessageRecalled { target_seq } => {
                 if !is_member {

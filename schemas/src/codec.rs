@@ -30,7 +30,7 @@ use crate::event::{EventBody, ForwardOrigin, IngressEvent, Message, Role, Timeli
 pub const SINGLE_OBJECT_MARKER: [u8; 2] = [0xC3, 0x01];
 
 /// Event record schemas, in the order of the envelope's `body` union.
-const EVENT_SCHEMAS: [(&str, &str); 14] = [
+const EVENT_SCHEMAS: [(&str, &str); 15] = [
     (
         "chorus.MessageSent",
         include_str!("../avro/message_sent.avsc"),
@@ -87,12 +87,16 @@ const EVENT_SCHEMAS: [(&str, &str); 14] = [
         "chorus.ConversationDisbanded",
         include_str!("../avro/conversation_disbanded.avsc"),
     ),
+    (
+        "chorus.RetentionSet",
+        include_str!("../avro/retention_set.avsc"),
+    ),
 ];
 
 const INGRESS_SCHEMA: &str = include_str!("../avro/ingress_event.avsc");
 const TIMELINE_SCHEMA: &str = include_str!("../avro/timeline_event.avsc");
 /// Earlier versions of the timeline envelope, still readable.
-const TIMELINE_HISTORY: [&str; 7] = [
+const TIMELINE_HISTORY: [&str; 8] = [
     include_str!("../avro/history/timeline_event.v1.avsc"),
     include_str!("../avro/history/timeline_event.v2.avsc"),
     include_str!("../avro/history/timeline_event.v3.avsc"),
@@ -100,15 +104,17 @@ const TIMELINE_HISTORY: [&str; 7] = [
     include_str!("../avro/history/timeline_event.v5.avsc"),
     include_str!("../avro/history/timeline_event.v6.avsc"),
     include_str!("../avro/history/timeline_event.v7.avsc"),
+    include_str!("../avro/history/timeline_event.v8.avsc"),
 ];
 /// Earlier versions of the ingress envelope, still readable.
-const INGRESS_HISTORY: [&str; 6] = [
+const INGRESS_HISTORY: [&str; 7] = [
     include_str!("../avro/history/ingress_event.v1.avsc"),
     include_str!("../avro/history/ingress_event.v2.avsc"),
     include_str!("../avro/history/ingress_event.v3.avsc"),
     include_str!("../avro/history/ingress_event.v4.avsc"),
     include_str!("../avro/history/ingress_event.v5.avsc"),
     include_str!("../avro/history/ingress_event.v6.avsc"),
+    include_str!("../avro/history/ingress_event.v7.avsc"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -520,6 +526,13 @@ fn body_value(body: &EventBody) -> Result<Value, CodecError> {
         EventBody::ConversationDisbanded { members } => {
             (13, vec![("members".into(), string_array(members))])
         }
+        EventBody::RetentionSet { ttl_seconds } => (
+            14,
+            vec![(
+                "ttl_seconds".into(),
+                Value::Long(to_long("ttl_seconds", *ttl_seconds)?),
+            )],
+        ),
     };
     Ok(Value::Union(branch, Box::new(Value::Record(fields))))
 }
@@ -772,6 +785,9 @@ impl Fields<'_> {
             "chorus.ConversationDisbanded" => EventBody::ConversationDisbanded {
                 members: body.string_array("members")?,
             },
+            "chorus.RetentionSet" => EventBody::RetentionSet {
+                ttl_seconds: body.unsigned("ttl_seconds")?,
+            },
             _ => {
                 return Err(CodecError::Field {
                     field: "body",
@@ -843,6 +859,9 @@ mod tests {
             },
             EventBody::ConversationDisbanded {
                 members: vec!["alice".into(), "bob".into()],
+            },
+            EventBody::RetentionSet {
+                ttl_seconds: 86_400,
             },
         ]
     }

@@ -50,6 +50,9 @@ pub enum EventBody {
     /// `chorus.ConversationDisbanded`: the owner ended the group; `members` (set by the
     /// sequencer: the members as of then) are removed, and it takes no more events. Takes a seq.
     ConversationDisbanded { members: Vec<String> },
+    /// `chorus.RetentionSet`: the conversation's messages expire `ttl_seconds` after they were
+    /// sent (0: the node's default). Takes a seq.
+    RetentionSet { ttl_seconds: u64 },
 }
 
 /// A member's role in a group.
@@ -133,6 +136,7 @@ pub enum EventKind {
     Role,
     Rename,
     Disband,
+    Retention,
 }
 
 impl EventKind {
@@ -153,6 +157,7 @@ impl EventKind {
             EventKind::Role => "role",
             EventKind::Rename => "rename",
             EventKind::Disband => "disband",
+            EventKind::Retention => "retention",
         }
     }
 }
@@ -174,6 +179,7 @@ impl EventBody {
             EventBody::RoleChanged { .. } => EventKind::Role,
             EventBody::ConversationRenamed { .. } => EventKind::Rename,
             EventBody::ConversationDisbanded { .. } => EventKind::Disband,
+            EventBody::RetentionSet { .. } => EventKind::Retention,
         }
     }
 

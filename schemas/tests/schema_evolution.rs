@@ -271,3 +271,11 @@ fn envelopes_written_before_the_group_role_events_decode_with_the_current_schema
         include_str!("../avro/history/ingress_event.v6.avsc"),
     );
 }
+
+#[test]
+fn envelopes_written_before_the_retention_event_decode_with_the_current_schemas() {
+    check_older_envelopes(
+        include_str!("../avro/history/timeline_event.v8.avsc"),
+        include_str!("../avro/history/ingress_event.v7.avsc"),
+    );
+}

@@ -27,7 +27,7 @@
 //! The API reads only its slice of the configuration, [`SearchApiConfig`] (built by the
 //! composition with [`SearchApiConfig::from_config`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,13 +37,15 @@ use chorus_core::error::{ApiError, ErrorCode};
 use chorus_core::http::{json_response, respond, user_claims};
 use chorus_core::ids::Conversation;
 use chorus_core::progress::ProjectionProgress;
-use chorus_core::protocol::outbound::event_json;
 use chorus_core::swap::Swap;
 use chorus_log::{EventLog, PartitionId, partition_for_key};
 use chorus_store::history::{MessagePage, MessageView};
 use chorus_store::search_index::parse_user_query;
 use chorus_store::{HistoryError, HistoryStore, SearchError, SearchIndex, SearchQueryLimits};
 use serde::Deserialize;
+
+mod scope;
+use scope::Scope;
 use serde_json::json;
 use warp::Filter;
 use warp::filters::BoxedFilter;
@@ -67,6 +69,9 @@ pub struct SearchApiConfig {
     pub max_conversations_page: usize,
     /// Bounds of a search query (`limits.max_search_query_*`).
     pub query_limits: SearchQueryLimits,
+    /// How long messages live where a conversation set no time-to-live, in seconds
+    /// (`projector.message_ttl_s`; `None`: forever).
+    pub message_ttl_s: Option<u64>,
 }
 
 impl SearchApiConfig {
@@ -82,6 +87,8 @@ impl SearchApiConfig {
                 max_depth: config.limits.max_search_query_depth,
                 max_clauses: config.limits.max_search_query_clauses,
             },
+            message_ttl_s: (config.projector.message_ttl_s > 0)
+                .then_some(config.projector.message_ttl_s),
         }
     }
 }
@@ -160,16 +167,29 @@ impl SearchApi {
         partition_for_key(conversation.as_bytes(), self.partitions())
     }
 
-    /// What `user` may read of `conversation_id`: all of it as a member, up to their removal
-    /// as a former member of a group, nothing otherwise.
+    /// What `user` may read of `conversation_id` ([`Scope`]): all of it as a member, up to
+    /// their removal as a former member of a group, nothing otherwise; its expired messages
+    /// never.
     async fn authorize(&self, user: &str, conversation_id: &str) -> Result<Scope, ApiError> {
+        let scope = self.membership_scope(user, conversation_id).await?;
+        let ttl = self
+            .history
+            .get()
+            .retention(conversation_id)
+            .await
+            .map_err(unavailable)?
+            .or(self.config.message_ttl_s);
+        Ok(scope.with_retention(ttl))
+    }
+
+    async fn membership_scope(&self, user: &str, conversation_id: &str) -> Result<Scope, ApiError> {
         let conversation = Conversation::parse(conversation_id)
             .map_err(|error| ApiError::new(ErrorCode::BadRequest, error.to_string()))?;
         let not_a_member =
             || ApiError::new(ErrorCode::Forbidden, "not a member of this conversation");
         if let Conversation::Direct { .. } = conversation {
             if conversation.is_direct_member(user) {
-                return Ok(Scope::All);
+                return Ok(Scope::ALL);
             }
             return Err(not_a_member());
         }
@@ -179,14 +199,17 @@ impl SearchApi {
             .await
             .map_err(unavailable)?
         {
-            return Ok(Scope::All);
+            return Ok(Scope::ALL);
         }
         match history
             .removed_at(conversation_id, user)
             .await
             .map_err(unavailable)?
         {
-            Some(removal) => Ok(Scope::UpTo(removal)),
+            Some(removal) => Ok(Scope {
+                up_to: Some(removal),
+                sent_since: None,
+            }),
             None => Err(not_a_member()),
         }
     }
@@ -220,6 +243,10 @@ impl SearchApi {
             .conversations_page(&claims.sub, page.after.as_deref(), limit + 1)
             .await
             .map_err(unavailable)?;
+        for summary in &mut conversations {
+            // how long its messages live, the node's default where it set none
+            summary.message_ttl_s = summary.message_ttl_s.or(self.config.message_ttl_s);
+        }
         if conversations.len() <= limit {
             return Ok(json_response(200, &json!({"conversations": conversations})));
         }
@@ -250,7 +277,7 @@ impl SearchApi {
         let events: Vec<_> = events
             .iter()
             .take_while(|event| event.seq.is_some_and(|seq| scope.admits(seq)))
-            .map(event_json)
+            .map(|event| scope.event_item(event))
             .collect();
         Ok(json_response(200, &json!({"events": events})))
     }
@@ -280,7 +307,8 @@ impl SearchApi {
             .messages(&conversation, which, limit)
             .await
             .map_err(unavailable)?;
-        messages.retain(|message| scope.admits(message.seq));
+        messages.retain(|message| scope.shows(message));
+        messages.iter_mut().for_each(|message| scope.trim(message));
         with_reactions(
             history.as_ref(),
             &conversation,
@@ -293,10 +321,10 @@ impl SearchApi {
 
     /// A group's members and their roles: for its members only.
     async fn members(&self, claims: Claims, conversation: String) -> Result<Response, ApiError> {
-        if self
+        if !self
             .consistent_authorize(&claims.sub, &conversation)
             .await?
-            != Scope::All
+            .is_member()
         {
             return Err(ApiError::new(
                 ErrorCode::Forbidden,
@@ -328,7 +356,8 @@ impl SearchApi {
             .await?;
         let history = self.history.get();
         let mut pins = history.pins(&conversation).await.map_err(unavailable)?;
-        pins.retain(|pin| scope.admits(pin.pinned_seq) && scope.admits(pin.message.seq));
+        pins.retain(|pin| scope.admits(pin.pinned_seq) && scope.shows(&pin.message));
+        pins.iter_mut().for_each(|pin| scope.trim(&mut pin.message));
         with_reactions(
             history.as_ref(),
             &conversation,
@@ -346,11 +375,11 @@ impl SearchApi {
         // parsed before anything is read: a query over a bound costs nothing
         let text_query =
             parse_user_query(&query.q, &self.config.query_limits).map_err(search_failure)?;
-        let mut scope = Scope::All;
-        let conversations: Vec<String> = match &query.conversation {
+        // the scope of each conversation searched: membership, and when its messages expire
+        let scopes: HashMap<String, Scope> = match &query.conversation {
             Some(conversation) => {
-                scope = self.consistent_authorize(&claims.sub, conversation).await?;
-                vec![conversation.clone()]
+                let scope = self.consistent_authorize(&claims.sub, conversation).await?;
+                HashMap::from([(conversation.clone(), scope)])
             }
             None => {
                 let all: BTreeSet<PartitionId> = (0..self.partitions()).collect();
@@ -361,10 +390,14 @@ impl SearchApi {
                     .await
                     .map_err(unavailable)?
                     .into_iter()
-                    .map(|summary| summary.id)
+                    .map(|summary| {
+                        let ttl = summary.message_ttl_s.or(self.config.message_ttl_s);
+                        (summary.id, Scope::ALL.with_retention(ttl))
+                    })
                     .collect()
             }
         };
+        let conversations: Vec<String> = scopes.keys().cloned().collect();
         let partitions: BTreeSet<PartitionId> = conversations
             .iter()
             .map(|conversation| self.partition_of(conversation))
@@ -378,35 +411,13 @@ impl SearchApi {
         .await
         .map_err(|error| ApiError::new(ErrorCode::Internal, error.to_string()))?
         .map_err(search_failure)?;
-        // a former member finds what they could read: the best hits up to their removal
-        hits.retain(|hit| scope.admits(hit.seq));
+        // the best hits the caller may read: up to a former member's removal, not expired
+        hits.retain(|hit| {
+            scopes
+                .get(&hit.conversation)
+                .is_some_and(|scope| scope.admits(hit.seq) && !scope.expired(hit.ts))
+        });
         Ok(json_response(200, &json!({"hits": hits})))
-    }
-}
-
-/// What a caller may read of a conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Scope {
-    /// A member: all of it.
-    All,
-    /// A former member of a group: up to the event that removed them (that one included).
-    UpTo(u64),
-}
-
-impl Scope {
-    fn admits(self, seq: u64) -> bool {
-        match self {
-            Scope::All => true,
-            Scope::UpTo(last) => seq <= last,
-        }
-    }
-
-    /// A page before `before` within the scope.
-    fn bound_before(self, before: u64) -> u64 {
-        match self {
-            Scope::All => before,
-            Scope::UpTo(last) => before.min(last.saturating_add(1)),
-        }
     }
 }
 

@@ -117,7 +117,7 @@ impl StoredMessage {
                 let original = match messages.get((conversation, target))? {
                     Some(bytes) => {
                         let original: StoredMessage = serde_json::from_slice(bytes.value())?;
-                        Some((original.sender, original.text))
+                        Some((original.sender, original.text, original.ts_ms))
                     }
                     None => None,
                 };
@@ -152,6 +152,9 @@ struct StoredConversation {
     /// The group's owner and admins.
     #[serde(default)]
     roles: Roles,
+    /// The time-to-live of its messages in seconds, when it set one.
+    #[serde(default)]
+    message_ttl_s: Option<u64>,
 }
 
 /// Everything that can go wrong inside the adapter, before it is mapped to [`HistoryError`].
@@ -496,7 +499,9 @@ impl<'transaction> WriteTables<'transaction> {
                 }
             }
             // kept with the conversation (`record_conversation_seq`)
-            EventBody::RoleChanged { .. } | EventBody::ConversationRenamed { .. } => {}
+            EventBody::RoleChanged { .. }
+            | EventBody::ConversationRenamed { .. }
+            | EventBody::RetentionSet { .. } => {}
             // Handled above: read cursors, mutes and blocks take no seq.
             EventBody::ReadCursorMoved { .. }
             | EventBody::ConversationMuted { .. }
@@ -522,6 +527,9 @@ impl<'transaction> WriteTables<'transaction> {
         match body {
             EventBody::ConversationCreated { title, .. } => stored.title = title.clone(),
             EventBody::ConversationRenamed { title } => stored.title = Some(title.clone()),
+            EventBody::RetentionSet { ttl_seconds } => {
+                stored.message_ttl_s = (*ttl_seconds > 0).then_some(*ttl_seconds);
+            }
             _ => {}
         }
         stored.roles.apply(sender, body);
@@ -730,6 +738,7 @@ fn read_conversations(
             read_seq,
             unread,
             mentions,
+            message_ttl_s: stored.message_ttl_s,
             muted: muted.get((conversation, user))?.is_some(),
             blocked: blocked.get((conversation, user))?.is_some(),
             title: stored.title,
@@ -804,6 +813,15 @@ fn read_is_member(
     let transaction = database.begin_read()?;
     let members = transaction.open_table(MEMBERS)?;
     Ok(members.get((conversation, user))?.is_some())
+}
+
+fn read_retention(database: &Database, conversation: &str) -> Result<Option<u64>, EmbeddedError> {
+    let transaction = database.begin_read()?;
+    let conversations = transaction.open_table(CONVERSATIONS)?;
+    Ok(match conversations.get(conversation)? {
+        Some(bytes) => serde_json::from_slice::<StoredConversation>(bytes.value())?.message_ttl_s,
+        None => None,
+    })
 }
 
 fn read_removed_at(
@@ -954,6 +972,12 @@ impl HistoryStore for EmbeddedHistory {
         let conversation = conversation.to_owned();
         let user = user.to_owned();
         self.run_blocking(move |database| read_removed_at(database, &conversation, &user))
+            .await
+    }
+
+    async fn retention(&self, conversation: &str) -> Result<Option<u64>, HistoryError> {
+        let conversation = conversation.to_owned();
+        self.run_blocking(move |database| read_retention(database, &conversation))
             .await
     }
 

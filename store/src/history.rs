@@ -129,6 +129,17 @@ pub struct ReplyView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sender: Option<String>,
     pub quote: Option<String>,
+    /// When the answered message was sent (so a reader can drop the quote once it expired).
+    #[serde(skip)]
+    pub ts: Option<i64>,
+}
+
+/// The send time (milliseconds since the Unix epoch) before which messages living `ttl_s`
+/// seconds have expired at `now_ms`; `None` when they live forever. The one rule of message
+/// expiry: a message expires `ttl_s` after it was sent.
+pub fn expired_before(ttl_s: Option<u64>, now_ms: i64) -> Option<i64> {
+    let ttl_ms = i64::try_from(ttl_s?.saturating_mul(1000)).unwrap_or(i64::MAX);
+    Some(now_ms.saturating_sub(ttl_ms))
 }
 
 /// Longest quote of a replied-to message, in characters.
@@ -136,18 +147,20 @@ pub const QUOTE_CHARS: usize = 100;
 
 impl ReplyView {
     /// The quote of the message replied to, from what the history holds of it: `(sender,
-    /// current text)`, the text `None` once recalled.
-    pub fn of(seq: u64, original: Option<(String, Option<String>)>) -> ReplyView {
+    /// current text, sent at)`, the text `None` once recalled.
+    pub fn of(seq: u64, original: Option<(String, Option<String>, i64)>) -> ReplyView {
         match original {
-            Some((sender, text)) => ReplyView {
+            Some((sender, text, ts)) => ReplyView {
                 seq,
                 sender: Some(sender),
                 quote: text.map(|text| quote_of(&text)),
+                ts: Some(ts),
             },
             None => ReplyView {
                 seq,
                 sender: None,
                 quote: None,
+                ts: None,
             },
         }
     }
@@ -263,6 +276,9 @@ pub struct ConversationSummary {
     /// to [`UNREAD_CAP`] (a count of `UNREAD_CAP` means that many or more). The cursor is the
     /// user's, not a device's, so every device of the user sees the same count.
     pub unread: u64,
+    /// How long the conversation's messages live, in seconds, when it set a time-to-live
+    /// (`None`: the node's default; the read API puts that in).
+    pub message_ttl_s: Option<u64>,
     /// Whether the caller muted the conversation (no effect on delivery; clients and push
     /// notifications honour it).
     pub muted: bool,
@@ -381,6 +397,10 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// read the group up to it. `None` for members and for users who never were.
     async fn removed_at(&self, conversation: &str, user: &str)
     -> Result<Option<u64>, HistoryError>;
+
+    /// The time-to-live the conversation set for its messages, in seconds (its latest
+    /// `retention` event; `None` without one or when that one says 0: the node's default).
+    async fn retention(&self, conversation: &str) -> Result<Option<u64>, HistoryError>;
 
     /// The group's members with their roles (owner first, then admins, then the others, each
     /// sorted); empty when unknown.

@@ -331,7 +331,8 @@ impl SearchIndex {
                 | EventBody::ReactionChanged { .. }
                 | EventBody::RoleChanged { .. }
                 | EventBody::ConversationRenamed { .. }
-                | EventBody::ConversationDisbanded { .. } => {}
+                | EventBody::ConversationDisbanded { .. }
+                | EventBody::RetentionSet { .. } => {}
             }
         }
         Ok(())

@@ -46,7 +46,7 @@ async fn snapshot(api: &Api) -> anyhow::Result<Value> {
 }
 
 /// Groups, direct messages, an edit, a recall, a read mark, a pin, a reply with mentions, a
-/// forward, a reaction, a mute and a removal.
+/// forward, a reaction, a retention setting, a mute and a removal.
 async fn write_history(server: &TestServer) -> anyhow::Result<()> {
     let api = server.api();
     api.business(json!([{"type": "create_group", "id": "g1", "conversation": "g:ops", "members": ["alice", "bob", "carol"], "title": "Ops"}])).await?;
@@ -98,6 +98,9 @@ async fn write_history(server: &TestServer) -> anyhow::Result<()> {
     )
     .await?;
     bob.outcome("like").await?;
+    bob.send_json(json!({"type": "retention", "id": "ttl", "conversation": "dm:alice:bob", "ttl_seconds": 315_360_000}))
+        .await?;
+    bob.outcome("ttl").await?;
     let quoted = api.messages("alice", "g:ops").await?;
     anyhow::ensure!(
         quoted.iter().any(

@@ -6,8 +6,8 @@
 // alice and bob log in from two browser contexts and chat; bob goes offline while alice sends
 // and comes back to every message in order (filled from /events); edits, recalls, typing, read
 // marks, a group with history loaded by scrolling back, mutes, blocks, pins, a reply with a
-// mention and a forward, reactions, group roles and a rename, leaving a group, and a Chinese
-// search. Every wait is for
+// mention and a forward, reactions, a message lifetime, group roles and a rename, leaving a
+// group, and a Chinese search. Every wait is for
 // a condition in the page (playwright's waiting locators and waitForFunction), never a sleep.
 // Screenshots are saved in the artifact directory. Exit code 0 when every step passed.
 import { mkdirSync } from "node:fs";
@@ -235,6 +235,7 @@ try {
     await bob.page.locator("#block-toggle", { hasText: "Unblock alice" }).click();
     await bob.page.locator("#block-toggle", { hasText: "Block alice" }).waitFor();
     await sendAcked(alice, "hello again");
+    dmTexts.push("hello again");
     await bob.page.locator("#messages li.message", { hasText: "hello again" }).waitFor();
   });
 
@@ -279,6 +280,15 @@ try {
     await onBob.locator('button.reaction.mine[data-emoji="👍"]', { hasText: "👍 2" }).click();
     await onAlice.locator('button.reaction.mine[data-emoji="👍"]', { hasText: "👍 1" }).waitFor();
     await onBob.locator('button.reaction:not(.mine)[data-emoji="👍"]', { hasText: "👍 1" }).waitFor();
+  });
+
+  await step("alice makes the direct conversation's messages disappear after a day: bob sees the setting", async () => {
+    await conversationItem(alice, DM).click();
+    await alice.page.selectOption("#retention", "86400");
+    await conversationItem(bob, DM).click();
+    await bob.page.locator("#messages li.notice", { hasText: "alice set messages to disappear after 1 day" }).waitFor();
+    await bob.page.waitForFunction(() => document.querySelector("#retention").value === "86400");
+    await expectMessages(bob, dmTexts);
   });
 
   await step("a search for a Chinese word finds the right message", async () => {

@@ -77,6 +77,13 @@ pub enum ClientFrame {
         conversation: String,
         title: String,
     },
+    /// Sets how long the conversation's messages live, in seconds (0: the node's default): a
+    /// group's owner, or either member of a direct conversation.
+    Retention {
+        id: String,
+        conversation: String,
+        ttl_seconds: u64,
+    },
     /// Ends a group (its owner): everyone is removed, it takes no more events.
     Disband {
         id: String,

@@ -19,7 +19,7 @@ use crate::error::ErrorCode;
 /// Inputs of one short run under `cargo test`.
 const SHORT_RUN_ITERATIONS: usize = 10_000;
 
-const FRAME_TYPES: [&str; 20] = [
+const FRAME_TYPES: [&str; 21] = [
     "send",
     "edit",
     "recall",
@@ -36,12 +36,13 @@ const FRAME_TYPES: [&str; 20] = [
     "role",
     "rename",
     "disband",
+    "retention",
     "ping",
     "auth",
     "Send",
     "pong",
 ];
-const FIELD_NAMES: [&str; 19] = [
+const FIELD_NAMES: [&str; 20] = [
     "type",
     "id",
     "conversation",
@@ -59,6 +60,7 @@ const FIELD_NAMES: [&str; 19] = [
     "members",
     "role",
     "title",
+    "ttl_seconds",
     "",
     "extra",
 ];
@@ -224,6 +226,7 @@ fn check_frame(text: &str) {
                 ClientFrame::Role { .. } => "role",
                 ClientFrame::Rename { .. } => "rename",
                 ClientFrame::Disband { .. } => "disband",
+                ClientFrame::Retention { .. } => "retention",
                 ClientFrame::Ping => "ping",
                 ClientFrame::Auth { .. } => "auth",
             };

@@ -154,6 +154,9 @@ pub fn event_json(event: &TimelineEvent) -> Value {
         EventBody::ConversationDisbanded { members } => {
             object.insert("members".into(), json!(members));
         }
+        EventBody::RetentionSet { ttl_seconds } => {
+            object.insert("ttl_seconds".into(), json!(ttl_seconds));
+        }
     }
     frame
 }

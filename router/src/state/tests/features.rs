@@ -483,3 +483,36 @@ fn owners_and_admins_manage_a_group_and_only_the_owner_hands_it_over_or_disbands
         "nor is it created again"
     );
 }
+
+#[test]
+fn a_groups_owner_or_either_member_of_a_direct_conversation_sets_its_retention() {
+    let mut state = SequencerState::new(100);
+    group_of(&mut state, "g:keep", &["alice", "bob"]);
+    let mut decide = |conversation: &str, sender: &str, id: &str| {
+        let offset = state.next_ingress_offset();
+        let body = EventBody::RetentionSet {
+            ttl_seconds: 86_400,
+        };
+        let decision = state.decide(ingress(conversation, sender, id, body), offset);
+        (seq_of(&decision), code_of(&decision))
+    };
+    assert_eq!(
+        decide("g:keep", "alice", "a1"),
+        (Some(2), None),
+        "the owner"
+    );
+    assert_eq!(
+        decide("g:keep", "bob", "b1"),
+        (None, Some(ErrorCode::Forbidden)),
+        "not a member of the group's owner"
+    );
+    assert_eq!(
+        decide("dm:alice:bob", "bob", "b2"),
+        (Some(1), None),
+        "either member"
+    );
+    assert_eq!(
+        decide("dm:alice:bob", "carol", "c1"),
+        (None, Some(ErrorCode::Forbidden))
+    );
+}

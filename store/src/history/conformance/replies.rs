@@ -36,12 +36,12 @@ pub async fn replies_quote_the_message_they_answer(
     };
     let mut timeline = TimelineWriter::new();
     timeline.push("g:r", "alice", created(None, &["alice", "bob"])); // 1
-    timeline.push("g:r", "alice", sent("first")); // 2
+    let first = timeline.push("g:r", "alice", sent("first")); // 2
     timeline.push("g:r", "bob", sent(&long)); // 3
     timeline.push("g:r", "bob", reply("answer to first", 2)); // 4
     timeline.push("g:r", "alice", reply("answer to the long one", 3)); // 5
     timeline.push("g:r", "alice", edited(2, "first, edited")); // 6
-    timeline.push("g:r", "bob", sent("to recall")); // 7
+    let to_recall = timeline.push("g:r", "bob", sent("to recall")); // 7
     timeline.push("g:r", "alice", reply("answer to the recalled one", 7)); // 8
     timeline.push("g:r", "bob", recalled(7)); // 9
     timeline.push("g:r", "bob", reply("answer to nothing known", 99)); // 10
@@ -74,6 +74,7 @@ pub async fn replies_quote_the_message_they_answer(
             seq: 2,
             sender: Some("alice".to_owned()),
             quote: Some("first, edited".to_owned()),
+            ts: Some(first.ts_ms),
         }),
         "the quote is the answered message as it stands now"
     );
@@ -94,6 +95,7 @@ pub async fn replies_quote_the_message_they_answer(
             seq: 7,
             sender: Some("bob".to_owned()),
             quote: None,
+            ts: Some(to_recall.ts_ms),
         }),
         "a recalled message is not quoted"
     );
@@ -103,6 +105,7 @@ pub async fn replies_quote_the_message_they_answer(
             seq: 99,
             sender: None,
             quote: None,
+            ts: None,
         }),
         "an unknown message is named but not quoted"
     );

@@ -1,4 +1,5 @@
-//! Checks of group roles, renames, disbanding, and what former members may read.
+//! Checks of group roles, renames, disbanding, what former members may read, and how long a
+//! conversation's messages live.
 
 use chorus_schemas::{EventBody, Role};
 
@@ -142,5 +143,40 @@ pub async fn former_members_keep_their_removal_seq(
     }
     assert_eq!(store.members("g:f").await?, Vec::<String>::new());
     assert_eq!(store.roster("g:f").await?, Vec::new());
+    Ok(())
+}
+
+/// A conversation's time-to-live is its latest `retention` event's (0: none of its own), in
+/// `retention` and in the conversation list.
+pub async fn retention_is_the_latest_setting(store: &dyn HistoryStore) -> Result<(), HistoryError> {
+    let ttl_of_list = async |user: &str| -> Result<Option<u64>, HistoryError> {
+        let list = store.conversations(user).await?;
+        Ok(list
+            .iter()
+            .find(|summary| summary.id == "dm:alice:bob")
+            .and_then(|summary| summary.message_ttl_s))
+    };
+    let mut timeline = TimelineWriter::new();
+    timeline.push("dm:alice:bob", "alice", sent("hi"));
+    timeline.apply_to(store, 0).await?;
+    assert_eq!(store.retention("dm:alice:bob").await?, None);
+    assert_eq!(ttl_of_list("bob").await?, None);
+    let retention = |ttl_seconds: u64| EventBody::RetentionSet { ttl_seconds };
+    timeline.push("dm:alice:bob", "alice", retention(86_400));
+    timeline.apply_to(store, 0).await?;
+    assert_eq!(store.retention("dm:alice:bob").await?, Some(86_400));
+    assert_eq!(ttl_of_list("bob").await?, Some(86_400));
+    timeline.push("dm:alice:bob", "bob", retention(3_600));
+    timeline.apply_to(store, 0).await?;
+    assert_eq!(store.retention("dm:alice:bob").await?, Some(3_600));
+    timeline.push("dm:alice:bob", "bob", retention(0));
+    timeline.apply_to(store, 0).await?;
+    assert_eq!(
+        store.retention("dm:alice:bob").await?,
+        None,
+        "back to the default"
+    );
+    assert_eq!(ttl_of_list("alice").await?, None);
+    assert_eq!(store.retention("g:unknown").await?, None);
     Ok(())
 }

@@ -54,6 +54,28 @@ enum BusinessEvent {
         conversation: String,
         members: Vec<String>,
     },
+    /// Gives a member of a group a role (`owner`, `admin`, `member`).
+    SetRole {
+        id: String,
+        conversation: String,
+        member: String,
+        role: chorus_schemas::Role,
+    },
+    Rename {
+        id: String,
+        conversation: String,
+        title: String,
+    },
+    Disband {
+        id: String,
+        conversation: String,
+    },
+    /// How long the conversation's messages live, in seconds (0: the node's default).
+    SetRetention {
+        id: String,
+        conversation: String,
+        ttl_seconds: u64,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -250,6 +272,45 @@ impl Ingest {
                 SYSTEM_SENDER.to_owned(),
                 id,
                 EventBody::MembersRemoved { members },
+            ),
+            BusinessEvent::SetRole {
+                id,
+                conversation,
+                member,
+                role,
+            } => (
+                conversation,
+                SYSTEM_SENDER.to_owned(),
+                id,
+                EventBody::RoleChanged { member, role },
+            ),
+            BusinessEvent::Rename {
+                id,
+                conversation,
+                title,
+            } => (
+                conversation,
+                SYSTEM_SENDER.to_owned(),
+                id,
+                EventBody::ConversationRenamed { title },
+            ),
+            BusinessEvent::Disband { id, conversation } => (
+                conversation,
+                SYSTEM_SENDER.to_owned(),
+                id,
+                EventBody::ConversationDisbanded {
+                    members: Vec::new(),
+                },
+            ),
+            BusinessEvent::SetRetention {
+                id,
+                conversation,
+                ttl_seconds,
+            } => (
+                conversation,
+                SYSTEM_SENDER.to_owned(),
+                id,
+                EventBody::RetentionSet { ttl_seconds },
             ),
         };
         let mut ingress = self.new_event(conversation, sender, id, body);

@@ -34,7 +34,16 @@ async fn snapshot(api: &Api) -> anyhow::Result<Value> {
                 .get(user, &format!("/v1/conversations/{id}/pins"))
                 .await?;
             snapshot.insert(format!("{user}/{id}/pins"), pins);
+            let (_, members) = api
+                .get(user, &format!("/v1/conversations/{id}/members"))
+                .await?;
+            snapshot.insert(format!("{user}/{id}/members"), members);
         }
+        // what a former member still reads (carol was removed from g:ops)
+        snapshot.insert(
+            format!("{user}/g:ops/events-as-read"),
+            json!(api.events(user, "g:ops", 0).await?),
+        );
         for query in ["北京", "meeting", "report", "station"] {
             snapshot.insert(
                 format!("{user}/search/{query}"),
@@ -46,7 +55,7 @@ async fn snapshot(api: &Api) -> anyhow::Result<Value> {
 }
 
 /// Groups, direct messages, an edit, a recall, a read mark, a pin, a reply with mentions, a
-/// forward, a reaction, a retention setting, a mute and a removal.
+/// forward, a reaction, a retention setting, a mute, roles, a rename and a removal.
 async fn write_history(server: &TestServer) -> anyhow::Result<()> {
     let api = server.api();
     api.business(json!([{"type": "create_group", "id": "g1", "conversation": "g:ops", "members": ["alice", "bob", "carol"], "title": "Ops"}])).await?;
@@ -122,7 +131,29 @@ async fn write_history(server: &TestServer) -> anyhow::Result<()> {
         ops["muted"] == true,
         "the mute is in the projection the replay must rebuild: {ops}"
     );
-    api.business(json!([{"type": "remove_members", "id": "rm", "conversation": "g:ops", "members": ["carol"]}])).await?;
+    let results = api
+        .business(json!([
+            {"type": "set_role", "id": "own", "conversation": "g:ops", "member": "alice", "role": "owner"},
+            {"type": "set_role", "id": "adm", "conversation": "g:ops", "member": "bob", "role": "admin"},
+            {"type": "rename", "id": "ren", "conversation": "g:ops", "title": "Ops 运维"},
+            {"type": "remove_members", "id": "rm", "conversation": "g:ops", "members": ["carol"]}
+        ]))
+        .await?;
+    anyhow::ensure!(
+        results.iter().all(|result| result["seq"].is_u64()),
+        "{results:?}"
+    );
+    let (_, roster) = api.get("bob", "/v1/conversations/g:ops/members").await?;
+    anyhow::ensure!(
+        roster["members"]
+            == json!([{"user": "alice", "role": "owner"}, {"user": "bob", "role": "admin"}]),
+        "roles are in the projection the replay must rebuild: {roster}"
+    );
+    let carols = api.events("carol", "g:ops", 0).await?;
+    anyhow::ensure!(
+        carols.last().map(|event| event["kind"].clone()) == Some(json!("members_removed")),
+        "carol reads up to her removal: {carols:?}"
+    );
     Ok(())
 }
 

@@ -125,7 +125,7 @@ fn small_index(directory: &tempfile::TempDir) -> Arc<SearchIndex> {
                     origin_cluster: "local".into(),
                     client_msg_id: None,
                     ingress_offset: offset,
-                    body: EventBody::message((*text)),
+                    body: EventBody::message(*text),
                 },
             )
         })

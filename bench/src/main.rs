@@ -20,6 +20,8 @@
 //!   driven by the `dm` client (`relay`); `suite` and `dm --relay` put it beside Chorus.
 //! - `recovery`: sequencer recovery time against timeline length, folding the whole partition
 //!   and from a snapshot plus the tail (`recovery`).
+//! - `hook`: the before-send hook's cost on ack latency, the same traffic without and with an
+//!   allow-everything hook (`hook`);
 //! - `regions`: two regions linked by MirrorMaker 2, each with its own Kafka and Redis database: a
 //!   cross-region DM against a same-region DM in the same run, and the mirror lag (`regions`).
 //!
@@ -27,6 +29,7 @@
 
 mod centrifugo;
 mod fanout;
+mod hook;
 mod idle;
 mod projection;
 mod raw;
@@ -96,6 +99,8 @@ enum Scenario {
     Relay(traffic::Args),
     /// Sequencer recovery time against timeline length, full fold and from a snapshot.
     Recovery(recovery::Args),
+    /// The before-send hook's cost on ack latency: the same traffic without and with a hook.
+    Hook(hook::Args),
     /// Two regions linked by MirrorMaker 2: a cross-region DM against a same-region DM, and the
     /// mirror lag (its own Kafka and Redis flags; --kafka and --redis do not apply).
     Regions(regions::Args),
@@ -359,6 +364,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::RelayServe(args) => return relay::serve(args).await,
         Scenario::Recovery(args) => vec![recovery::run(&mode, &args).await?],
         Scenario::Regions(args) => regions::run(&args).await?,
+        Scenario::Hook(args) => vec![hook::run(&mode, &args).await?],
         Scenario::Raw(args) => {
             let outcome = raw_baseline(&mode, &args).await?;
             let rows = vec![

@@ -80,7 +80,12 @@ idle_timeout_ms = 3600000
 
 impl Server {
     pub async fn start(mode: &Mode) -> anyhow::Result<Server> {
-        Self::launch(mode, None).await
+        Self::launch(mode, None, "").await
+    }
+
+    /// As [`Server::start`], with `config` (TOML) appended to the bench's settings.
+    pub async fn start_with_config(mode: &Mode, config: &str) -> anyhow::Result<Server> {
+        Self::launch(mode, None, config).await
     }
 
     /// The distributed roles of one region of several: as [`Server::start`], with the region's
@@ -90,10 +95,10 @@ impl Server {
             matches!(mode, Mode::Distributed { .. }),
             "a region runs the distributed roles"
         );
-        Self::launch(mode, Some(region)).await
+        Self::launch(mode, Some(region), "").await
     }
 
-    async fn launch(mode: &Mode, region: Option<&Region>) -> anyhow::Result<Server> {
+    async fn launch(mode: &Mode, region: Option<&Region>, extra: &str) -> anyhow::Result<Server> {
         let work = tempfile::tempdir()?;
         let config = work.path().join("chorus.toml");
         let mut file = std::fs::File::create(&config)?;
@@ -102,6 +107,8 @@ impl Server {
             file.write_all(b"\n")?;
             file.write_all(region.config.as_bytes())?;
         }
+        file.write_all(b"\n")?;
+        file.write_all(extra.as_bytes())?;
         // a setting to compare side by side, e.g. "[projector]\nsearch_commit_interval_ms = 1000"
         if let Ok(extra) = std::env::var("CHORUS_BENCH_EXTRA_CONFIG") {
             file.write_all(b"\n")?;

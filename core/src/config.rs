@@ -12,6 +12,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod hooks;
+mod regions;
+pub use hooks::{HookPolicy, HooksSection};
+pub use regions::RegionsSection;
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChorusConfig {
@@ -37,90 +42,7 @@ pub struct ChorusConfig {
     pub web: WebSection,
     pub http: HttpSection,
     pub regions: RegionsSection,
-}
-
-/// Two or more regions, each a Chorus cluster with its own Kafka, linked by MirrorMaker 2
-/// (docs/MULTI_REGION.md). A region's name is its `cluster`, which is also its MirrorMaker
-/// alias. Every region must be given the same `default_home` and `users`: every node derives a
-/// conversation's home region from them without asking anyone.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RegionsSection {
-    /// The other regions, by their `cluster` names. Empty (the default): one region.
-    pub peers: Vec<String>,
-    /// The home region of a user `users` does not name. Empty: this region.
-    pub default_home: String,
-    /// User → home region. A direct conversation is homed where its lexicographically smaller
-    /// user is; a group where it was created.
-    pub users: std::collections::BTreeMap<String, String>,
-}
-
-impl RegionsSection {
-    /// Whether this node is one region of several.
-    pub fn enabled(&self) -> bool {
-        !self.peers.is_empty()
-    }
-
-    /// The home region of `user`, given this region's name.
-    pub fn home_of_user<'a>(&'a self, user: &str, local: &'a str) -> &'a str {
-        match self.users.get(user) {
-            Some(region) => region,
-            None if self.default_home.is_empty() => local,
-            None => &self.default_home,
-        }
-    }
-
-    fn validate(&self, cluster: &str, topic_prefix: &str) -> Result<(), ConfigError> {
-        if !self.enabled() {
-            return Ok(());
-        }
-        // MirrorMaker's DefaultReplicationPolicy reads the part of a topic name before its first
-        // `.` as a cluster alias: no local topic name may hold one, nor may a region's name
-        let plain = |name: &str| {
-            !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-')
-        };
-        if !plain(cluster) {
-            return Err(invalid(
-                "cluster",
-                "with [regions], use ascii letters, digits, '_' or '-' (it is the MirrorMaker alias)",
-            ));
-        }
-        if let Some(peer) = self.peers.iter().find(|peer| !plain(peer)) {
-            return Err(invalid(
-                "regions.peers",
-                format!("{peer:?}: use ascii letters, digits, '_' or '-'"),
-            ));
-        }
-        if self.peers.iter().any(|peer| peer == cluster) {
-            return Err(invalid(
-                "regions.peers",
-                "must not name this region (cluster)",
-            ));
-        }
-        if topic_prefix.contains('.') {
-            return Err(invalid(
-                "log.topic_prefix",
-                "must not contain '.' with [regions] (MirrorMaker's replication separator)",
-            ));
-        }
-        let known = |region: &str| region == cluster || self.peers.iter().any(|p| p == region);
-        if !self.default_home.is_empty() && !known(&self.default_home) {
-            return Err(invalid(
-                "regions.default_home",
-                "must be this region (cluster) or one of regions.peers",
-            ));
-        }
-        if let Some((user, region)) = self.users.iter().find(|(_, region)| !known(region)) {
-            return Err(invalid(
-                "regions.users",
-                format!("{user} = {region:?}: not this region (cluster) nor one of regions.peers"),
-            ));
-        }
-        Ok(())
-    }
+    pub hooks: HooksSection,
 }
 
 /// The web client the ingest nodes serve at `/`.
@@ -424,6 +346,7 @@ impl Default for ChorusConfig {
             web: WebSection::default(),
             http: HttpSection::default(),
             regions: RegionsSection::default(),
+            hooks: HooksSection::default(),
         }
     }
 }
@@ -517,7 +440,8 @@ impl ChorusConfig {
     /// `CHORUS_DATA_DIR`, `CHORUS_NODE_ID`, `CHORUS_CLUSTER`, `CHORUS_PARTITIONS`,
     /// `CHORUS_TOPIC_PREFIX`, `CHORUS_JWT_SECRET`, `CHORUS_API_KEY`, `CHORUS_DEV_MODE`,
     /// `CHORUS_KAFKA_BOOTSTRAP`, `CHORUS_REDIS_URL`, `CHORUS_CLICKHOUSE_URL`,
-    /// `CHORUS_CLICKHOUSE_DATABASE`, `CHORUS_CLICKHOUSE_PASSWORD`, `CHORUS_WEB_READ_URL`.
+    /// `CHORUS_CLICKHOUSE_DATABASE`, `CHORUS_CLICKHOUSE_PASSWORD`, `CHORUS_WEB_READ_URL`,
+    /// `CHORUS_HOOKS_BEFORE_SEND_URL`, `CHORUS_REGIONS_PEERS`, `CHORUS_REGIONS_DEFAULT_HOME`.
     pub fn apply_env(&mut self, environment: &HashMap<String, String>) -> Result<(), ConfigError> {
         for (name, value) in environment {
             match name.as_str() {
@@ -538,6 +462,7 @@ impl ChorusConfig {
                 "CHORUS_CLICKHOUSE_DATABASE" => self.clickhouse.database = value.clone(),
                 "CHORUS_CLICKHOUSE_PASSWORD" => self.clickhouse.password = value.clone(),
                 "CHORUS_WEB_READ_URL" => self.web.read_url = value.clone(),
+                "CHORUS_HOOKS_BEFORE_SEND_URL" => self.hooks.before_send_url = value.clone(),
                 "CHORUS_DEV_MODE" => {
                     self.dev_mode = value.parse().map_err(|_| invalid(name, "true or false"))?;
                 }
@@ -575,6 +500,7 @@ impl ChorusConfig {
         self.http.validate()?;
         self.regions
             .validate(&self.cluster, &self.log.topic_prefix)?;
+        self.hooks.validate()?;
         if self.regions.enabled() && self.kafka.bootstrap.trim().is_empty() {
             return Err(invalid(
                 "regions.peers",
@@ -827,6 +753,8 @@ pub struct IngestConfig {
     pub token_ttl_secs: u64,
     /// `log.topic_prefix`: names the `ingress` topic.
     pub topic_prefix: String,
+    /// `[hooks]`: the before-send hook.
+    pub hooks: HooksSection,
 }
 
 impl IngestConfig {
@@ -864,6 +792,7 @@ impl ChorusConfig {
             api_key: self.auth.api_key.clone(),
             token_ttl_secs: self.auth.token_ttl_secs,
             topic_prefix: self.log.topic_prefix.clone(),
+            hooks: self.hooks.clone(),
         }
     }
 }

@@ -16,6 +16,8 @@ pub enum ErrorCode {
     Internal,
     /// The recipient of a direct message has blocked its sender.
     Blocked,
+    /// A business system's before-send hook refused the message (its reason is the message).
+    Refused,
 }
 
 impl ErrorCode {
@@ -30,6 +32,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
             ErrorCode::Blocked => "blocked",
+            ErrorCode::Refused => "refused",
         }
     }
 
@@ -44,6 +47,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
             ErrorCode::Blocked => 403,
+            ErrorCode::Refused => 403,
         }
     }
 }

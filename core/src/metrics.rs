@@ -56,6 +56,12 @@ pub struct Metrics {
     pub region_forwarded: IntCounterVec,
     /// Records the region relay copied from a mirrored topic into `ingress`, by source topic.
     pub region_relayed: IntCounterVec,
+    /// Calls of a business hook, by hook (`before_send`) and outcome (`allow`, `refuse`,
+    /// `replace`, `failed`: no usable answer in time, `open`: not called, its breaker open).
+    pub hook_calls: IntCounterVec,
+    /// Messages the configured policy decided because a hook could not, by hook and policy
+    /// (`allow`, `refuse`).
+    pub hook_policy_applied: IntCounterVec,
     /// Open TCP connections of the HTTP listener (HTTP and upgraded WebSocket together).
     pub http_connections_open: IntGauge,
     /// Connections refused at `http.max_open_connections` (answered 503 and closed).
@@ -195,6 +201,22 @@ impl Metrics {
             &["topic"],
         )
         .expect("valid");
+        let hook_calls = IntCounterVec::new(
+            Opts::new(
+                "hook_calls_total",
+                "calls of a business hook, by hook and outcome",
+            ),
+            &["hook", "outcome"],
+        )
+        .expect("valid");
+        let hook_policy_applied = IntCounterVec::new(
+            Opts::new(
+                "hook_policy_applied_total",
+                "messages a hook's policy decided because the hook could not, by hook and policy",
+            ),
+            &["hook", "policy"],
+        )
+        .expect("valid");
         let router_snapshot_fallbacks = IntCounterVec::new(
             Opts::new(
                 "router_snapshot_fallbacks_total",
@@ -270,6 +292,8 @@ impl Metrics {
             Box::new(region_mirror_held.clone()),
             Box::new(region_forwarded.clone()),
             Box::new(region_relayed.clone()),
+            Box::new(hook_calls.clone()),
+            Box::new(hook_policy_applied.clone()),
             Box::new(http_connections_open.clone()),
             Box::new(http_connections_rejected.clone()),
             Box::new(http_connections_evicted.clone()),
@@ -303,6 +327,8 @@ impl Metrics {
             region_mirror_held,
             region_forwarded,
             region_relayed,
+            hook_calls,
+            hook_policy_applied,
             http_connections_open,
             http_connections_rejected,
             http_connections_evicted,

@@ -10,6 +10,7 @@
 //! before the upgrade), sessions per user (HTTP 429 before the upgrade), per-session outbox
 //! (slow consumers are closed with 1013).
 
+pub mod hook;
 mod http;
 pub mod hub;
 pub mod membership;
@@ -76,6 +77,8 @@ pub struct Ingest {
     ingress_topic: String,
     /// Set when presence may lack some of this node's sessions (a registration failed).
     presence_stale: AtomicBool,
+    /// The business system's before-send hook, when configured.
+    before_send: Option<hook::BeforeSendHook>,
 }
 
 fn quota(per_second: u32, burst: u32) -> Quota {
@@ -107,7 +110,7 @@ impl Ingest {
             bus: dependencies.bus,
             membership: dependencies.membership,
             tokens: dependencies.tokens,
-            metrics: dependencies.metrics,
+            metrics: dependencies.metrics.clone(),
             hub,
             connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
             user_limiter: RateLimiter::keyed(quota(
@@ -122,6 +125,10 @@ impl Ingest {
             sessions: TaskTracker::new(),
             ingress_topic: config.topics().ingress,
             presence_stale: AtomicBool::new(false),
+            before_send: hook::BeforeSendHook::from_config(
+                &config.hooks,
+                dependencies.metrics.clone(),
+            ),
             config,
         });
         // the limiter janitor is a task of the node's tracker and ends with it, never detached

@@ -691,7 +691,7 @@ impl Session {
             ClientFrame::Typing { conversation } => return self.typing(&conversation).await,
             ClientFrame::Ping | ClientFrame::Auth { .. } => return Ok(()),
         };
-        let event = IngressEvent {
+        let mut event = IngressEvent {
             event_id: uuid::Uuid::now_v7().to_string(),
             conversation,
             sender: self.user.clone(),
@@ -704,6 +704,14 @@ impl Session {
             body,
         };
         validate_ingress(&event, &self.ingest.config.limits)?;
+        if let Some(hook) = &self.ingest.before_send {
+            let original = event.body.clone();
+            hook.check(&mut event).await?;
+            if event.body != original {
+                // a replaced text meets the same limits
+                validate_ingress(&event, &self.ingest.config.limits)?;
+            }
+        }
         self.ingest.append(std::slice::from_ref(&event)).await
     }
 

@@ -6,6 +6,9 @@ use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts
 pub struct Metrics {
     /// The registry `/metrics` renders.
     registry: Registry,
+    /// The full name of every metric registered (`chorus_…`) with its label names, whether or
+    /// not it has a sample yet.
+    catalogue: std::collections::BTreeMap<String, Vec<String>>,
     /// Open WebSocket sessions on this node.
     pub connections: IntGauge,
     /// Events accepted at the edge and appended to `ingress`, by kind.
@@ -269,7 +272,8 @@ impl Metrics {
             &["kind"],
         )
         .expect("valid");
-        for collector in [
+        let mut catalogue = std::collections::BTreeMap::new();
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(events_in.clone()),
             Box::new(events_sequenced.clone()),
@@ -300,11 +304,19 @@ impl Metrics {
             Box::new(http_timeouts.clone()),
             Box::new(auth_failures.clone()),
             Box::new(auth_rate_limited.clone()),
-        ] {
+        ];
+        for collector in collectors {
+            catalogue.extend(collector.desc().iter().map(|desc| {
+                (
+                    format!("chorus_{}", desc.fq_name),
+                    desc.variable_labels.clone(),
+                )
+            }));
             registry.register(collector).expect("names are unique");
         }
         Metrics {
             registry,
+            catalogue,
             connections,
             events_in,
             events_sequenced,
@@ -338,6 +350,12 @@ impl Metrics {
         }
     }
 
+    /// Every metric's full name (`chorus_…`) and label names, sampled or not (a labelled metric
+    /// shows in `/metrics` only once it has a sample): what dashboards may query.
+    pub fn catalogue(&self) -> &std::collections::BTreeMap<String, Vec<String>> {
+        &self.catalogue
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
@@ -359,5 +377,90 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The words of `text` that start with `prefix` and go on with `[a-z_]`.
+    fn words_starting(text: &str, prefix: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut rest = text;
+        while let Some(at) = rest.find(prefix) {
+            let word: String = rest[at..]
+                .chars()
+                .take_while(|character| character.is_ascii_lowercase() || *character == '_')
+                .collect();
+            rest = &rest[at + word.len().max(1)..];
+            found.push(word);
+        }
+        found
+    }
+
+    /// The label names an expression groups by (`by (a, b)`).
+    fn grouping_labels(expr: &str) -> Vec<String> {
+        let mut labels = Vec::new();
+        let mut rest = expr;
+        while let Some(at) = rest.find("by (") {
+            let inside = &rest[at + 4..];
+            let end = inside.find(')').unwrap_or(inside.len());
+            labels.extend(
+                inside[..end]
+                    .split(',')
+                    .map(|label| label.trim().to_owned())
+                    .filter(|label| !label.is_empty()),
+            );
+            rest = &inside[end..];
+        }
+        labels
+    }
+
+    #[test]
+    fn every_metric_and_label_the_grafana_dashboard_queries_exists() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../deploy/grafana/chorus-dashboard.json"))
+                .expect("the dashboard is JSON");
+        let catalogue = Metrics::new().catalogue().clone();
+        let mut queried = std::collections::BTreeSet::new();
+        let panels = dashboard["panels"].as_array().expect("panels");
+        for panel in panels.iter().filter(|panel| panel["type"] != "row") {
+            let targets = panel["targets"].as_array().expect("targets");
+            assert!(!targets.is_empty(), "{} queries nothing", panel["title"]);
+            for target in targets {
+                let expr = target["expr"].as_str().expect("expr");
+                let metrics = words_starting(expr, "chorus_");
+                assert!(!metrics.is_empty(), "{expr}: no chorus metric");
+                for metric in &metrics {
+                    assert!(catalogue.contains_key(metric), "{expr}: no metric {metric}");
+                    queried.insert(metric.clone());
+                }
+                let legend = target["legendFormat"].as_str().unwrap_or_default();
+                let legend_labels: Vec<String> = legend
+                    .split("{{")
+                    .skip(1)
+                    .filter_map(|part| part.split_once("}}").map(|(label, _)| label.to_owned()))
+                    .collect();
+                for label in grouping_labels(expr).into_iter().chain(legend_labels) {
+                    // Prometheus itself labels every scraped series with its target
+                    if ["instance", "job"].contains(&label.as_str()) {
+                        continue;
+                    }
+                    assert!(
+                        metrics
+                            .iter()
+                            .any(|metric| catalogue[metric].contains(&label)),
+                        "{expr}: none of {metrics:?} has the label {label}"
+                    );
+                }
+            }
+        }
+        // and the dashboard shows every metric there is
+        let unshown: Vec<&String> = catalogue
+            .keys()
+            .filter(|name| !queried.contains(*name))
+            .collect();
+        assert!(unshown.is_empty(), "metrics no panel shows: {unshown:?}");
     }
 }

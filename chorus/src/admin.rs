@@ -23,7 +23,8 @@ use crate::health::Dependencies;
 /// A role's HTTP routes.
 pub(crate) type Routes = warp::filters::BoxedFilter<(warp::reply::Response,)>;
 
-/// `GET /health` (the node's dependencies, see [`crate::health`]) and `GET /metrics`.
+/// `GET /health` (the node's dependencies, see [`crate::health`]), `GET /metrics` and
+/// `GET /v1/openapi.json` (the HTTP API, [`crate::openapi`]).
 pub(crate) fn operations(metrics: Arc<Metrics>, dependencies: Arc<Dependencies>) -> Routes {
     let reported = dependencies.clone();
     let health = warp::path!("health").and(warp::get()).map(move || {
@@ -39,7 +40,14 @@ pub(crate) fn operations(metrics: Arc<Metrics>, dependencies: Arc<Dependencies>)
             "text/plain; version=0.0.4",
         ))
     });
-    health.or(metrics_route).unify().boxed()
+    let openapi = warp::path!("v1" / "openapi.json").and(warp::get()).map(|| {
+        warp::reply::Reply::into_response(warp::reply::with_header(
+            crate::openapi::DOCUMENT.as_str(),
+            "content-type",
+            "application/json",
+        ))
+    });
+    health.or(metrics_route).unify().or(openapi).unify().boxed()
 }
 
 #[derive(serde::Deserialize)]

@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod health;
 mod lifecycle;
+pub mod openapi;
 pub mod roles;
 pub mod serve;
 

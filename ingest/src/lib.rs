@@ -10,6 +10,7 @@
 //! before the upgrade), sessions per user (HTTP 429 before the upgrade), per-session outbox
 //! (slow consumers are closed with 1013).
 
+pub mod api_doc;
 pub mod hook;
 mod http;
 pub mod hub;
@@ -282,13 +283,30 @@ impl Ingest {
 
 /// The ingest node's HTTP routes: `POST /v1/events`, `POST /v1/conversations`,
 /// `POST /v1/dev/token` in dev mode, and the web client (`GET /`, `GET /web/<file>`, see
-/// [`web`]). (`/v1/ws` is served by [`server::serve`] itself.)
+/// [`web`]). (`/v1/ws` is served by [`server::serve`] itself; a request there that is not a
+/// WebSocket handshake is answered `426 Upgrade Required` here.)
 pub fn routes(ingest: Arc<Ingest>) -> BoxedFilter<(Response,)> {
+    let not_a_handshake = warp::path!("v1" / "ws").and(warp::get()).map(|| {
+        let mut response = chorus_core::http::json_response(
+            426,
+            &serde_json::json!({"error": {
+                "code": "bad_request",
+                "message": "GET /v1/ws is a WebSocket endpoint: send a WebSocket handshake"
+            }}),
+        );
+        response.headers_mut().insert(
+            warp::http::header::UPGRADE,
+            warp::http::HeaderValue::from_static("websocket"),
+        );
+        response
+    });
     let business = http::business_events(ingest.clone());
     let create = http::create_conversation(ingest.clone());
     let web = web::routes(&ingest.config.web.read_url);
     let dev_token = http::dev_token(ingest);
-    business
+    not_a_handshake
+        .or(business)
+        .unify()
         .or(create)
         .unify()
         .or(dev_token)

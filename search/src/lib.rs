@@ -44,6 +44,7 @@ use chorus_store::search_index::parse_user_query;
 use chorus_store::{HistoryError, HistoryStore, SearchError, SearchIndex, SearchQueryLimits};
 use serde::Deserialize;
 
+pub mod api_doc;
 mod scope;
 use scope::Scope;
 use serde_json::json;

@@ -51,7 +51,7 @@ pub fn direct_conversation_members(conversation: &str) -> Option<(&str, &str)> {
 }
 
 /// A message as it stands now (`GET /v1/conversations/{id}/messages`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct MessageView {
     pub seq: u64,
     pub event_id: String,
@@ -67,8 +67,9 @@ pub struct MessageView {
     /// The members the message mentions (groups only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mentions: Vec<String>,
-    /// Where the message was forwarded from.
+    /// Where the message was forwarded from: `{conversation, seq, sender}`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub forwarded_from: Option<Box<ForwardOrigin>>,
     /// The reactions to it, for the reader ([`HistoryStore::reactions`]; the read API adds them).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -77,7 +78,7 @@ pub struct MessageView {
 
 /// One emoji's reactions to a message: how many users reacted with it, and whether the reader
 /// did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ReactionCount {
     pub emoji: String,
     pub count: u64,
@@ -123,7 +124,7 @@ impl MessageView {
 /// The message a reply answers, as it stands now: its seq, its sender and the start of its
 /// text ([`QUOTE_CHARS`] characters at most; `None` once recalled, or when the history has no
 /// such message).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ReplyView {
     pub seq: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -176,7 +177,7 @@ pub fn quote_of(text: &str) -> String {
 
 /// A pinned message (`GET /v1/conversations/{id}/pins`): the message as it stands now, who
 /// pinned it and the seq of the pin.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct PinView {
     pub message: MessageView,
     pub pinned_by: String,
@@ -185,9 +186,11 @@ pub struct PinView {
 }
 
 /// A member of a group and their role (`GET /v1/conversations/{id}/members`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct MemberView {
     pub user: String,
+    /// `owner`, `admin` or `member`.
+    #[schema(value_type = String)]
     pub role: Role,
 }
 
@@ -266,7 +269,7 @@ impl Roles {
 pub const MAX_PINS: usize = 100;
 
 /// One entry of `GET /v1/conversations`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ConversationSummary {
     pub id: String,
     pub last_seq: u64,

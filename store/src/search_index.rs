@@ -58,7 +58,7 @@ use crate::search_query::build_user_query;
 use crate::tokenizer::{CHORUS_TOKENIZER_NAME, chorus_text_analyzer, register_chorus_tokenizer};
 
 /// One search result (`GET /v1/search`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SearchHit {
     pub conversation: String,
     pub seq: u64,

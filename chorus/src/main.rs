@@ -51,6 +51,11 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
+    /// Runs the push role: delivers `notifications` to the webhook of `[push]` on Kafka.
+    Push {
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
     /// Runs a search node (history/search API over its own projections) on Kafka.
     Search {
         #[arg(long)]
@@ -294,6 +299,16 @@ async fn main() -> anyhow::Result<()> {
         Command::Router { listen } => {
             run_role(
                 Role::Router,
+                cli.config.as_deref(),
+                &environment,
+                listen,
+                None,
+            )
+            .await
+        }
+        Command::Push { listen } => {
+            run_role(
+                Role::Push,
                 cli.config.as_deref(),
                 &environment,
                 listen,

@@ -76,6 +76,8 @@ pub enum Role {
     Router,
     Projector,
     Search,
+    /// Delivers `notifications` to the push webhook (`[push]`).
+    Push,
 }
 
 impl Role {
@@ -85,6 +87,7 @@ impl Role {
             Role::Router => "router",
             Role::Projector => "projector",
             Role::Search => "search",
+            Role::Push => "push",
         }
     }
 }
@@ -447,11 +450,32 @@ async fn start_role(
     let main_topic = match role {
         Role::Router | Role::Ingest => config.topics().ingress,
         Role::Projector | Role::Search => config.topics().timeline,
+        Role::Push => config.topics().notifications,
     };
     probe_kafka(log.clone(), main_topic, &mut probes);
     let addr = listener.local_addr()?;
     let role_name = role.name();
     let http = match role {
+        Role::Push => {
+            anyhow::ensure!(
+                config.push.delivers(),
+                "push.webhook_url is required for the push role"
+            );
+            let pusher = chorus_push::Pusher::new(
+                log,
+                chorus_push::PushSettings::new(config.push.clone(), &config.log.topic_prefix),
+                metrics.clone(),
+            );
+            let stop = tasks.token(Stage::Pipeline);
+            tasks.spawn(Stage::Pipeline, "push", async move {
+                Ok(pusher.run(stop).await?)
+            });
+            let routes = operations(metrics.clone(), dependencies.clone())
+                .recover(chorus_core::http::recover)
+                .unify()
+                .boxed();
+            RoleHttp::Plain(routes)
+        }
         Role::Router => {
             let (presence, bus) = open_redis(&config, metrics.clone(), &mut probes).await?;
             let fallback = BroadcastBus::open(

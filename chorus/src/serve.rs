@@ -252,6 +252,18 @@ pub async fn serve(config: ChorusConfig) -> anyhow::Result<Served> {
         fallback: None,
         metrics: metrics.clone(),
     };
+    if config.push.delivers() {
+        // notifications for offline members, to the webhook, as the push role does
+        let pusher = chorus_push::Pusher::new(
+            log.clone(),
+            chorus_push::PushSettings::new(config.push.clone(), &config.log.topic_prefix),
+            metrics.clone(),
+        );
+        let stop = tasks.token(Stage::Pipeline);
+        tasks.spawn(Stage::Pipeline, "push", async move {
+            Ok(pusher.run(stop).await?)
+        });
+    }
     let router_stop = tasks.token(Stage::Pipeline);
     tasks.spawn(Stage::Pipeline, "router", async move {
         Ok(chorus_router::run(router_context, router_stop).await?)

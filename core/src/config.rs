@@ -13,8 +13,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod hooks;
+mod push;
 mod regions;
 pub use hooks::{HookPolicy, HooksSection};
+pub use push::PushSection;
 pub use regions::RegionsSection;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -43,6 +45,7 @@ pub struct ChorusConfig {
     pub http: HttpSection,
     pub regions: RegionsSection,
     pub hooks: HooksSection,
+    pub push: PushSection,
 }
 
 /// The web client the ingest nodes serve at `/`.
@@ -347,6 +350,7 @@ impl Default for ChorusConfig {
             http: HttpSection::default(),
             regions: RegionsSection::default(),
             hooks: HooksSection::default(),
+            push: PushSection::default(),
         }
     }
 }
@@ -441,7 +445,8 @@ impl ChorusConfig {
     /// `CHORUS_TOPIC_PREFIX`, `CHORUS_JWT_SECRET`, `CHORUS_API_KEY`, `CHORUS_DEV_MODE`,
     /// `CHORUS_KAFKA_BOOTSTRAP`, `CHORUS_REDIS_URL`, `CHORUS_CLICKHOUSE_URL`,
     /// `CHORUS_CLICKHOUSE_DATABASE`, `CHORUS_CLICKHOUSE_PASSWORD`, `CHORUS_WEB_READ_URL`,
-    /// `CHORUS_HOOKS_BEFORE_SEND_URL`, `CHORUS_REGIONS_PEERS`, `CHORUS_REGIONS_DEFAULT_HOME`.
+    /// `CHORUS_HOOKS_BEFORE_SEND_URL`, `CHORUS_PUSH_NOTIFICATIONS`, `CHORUS_PUSH_WEBHOOK_URL`,
+    /// `CHORUS_REGIONS_PEERS`, `CHORUS_REGIONS_DEFAULT_HOME`.
     pub fn apply_env(&mut self, environment: &HashMap<String, String>) -> Result<(), ConfigError> {
         for (name, value) in environment {
             match name.as_str() {
@@ -463,6 +468,11 @@ impl ChorusConfig {
                 "CHORUS_CLICKHOUSE_PASSWORD" => self.clickhouse.password = value.clone(),
                 "CHORUS_WEB_READ_URL" => self.web.read_url = value.clone(),
                 "CHORUS_HOOKS_BEFORE_SEND_URL" => self.hooks.before_send_url = value.clone(),
+                "CHORUS_PUSH_WEBHOOK_URL" => self.push.webhook_url = value.clone(),
+                "CHORUS_PUSH_NOTIFICATIONS" => {
+                    self.push.notifications =
+                        value.parse().map_err(|_| invalid(name, "true or false"))?;
+                }
                 "CHORUS_DEV_MODE" => {
                     self.dev_mode = value.parse().map_err(|_| invalid(name, "true or false"))?;
                 }
@@ -501,6 +511,7 @@ impl ChorusConfig {
         self.regions
             .validate(&self.cluster, &self.log.topic_prefix)?;
         self.hooks.validate()?;
+        self.push.validate()?;
         if self.regions.enabled() && self.kafka.bootstrap.trim().is_empty() {
             return Err(invalid(
                 "regions.peers",
@@ -656,6 +667,10 @@ pub struct Topics {
     pub deliveries: String,
     /// Snapshots of the sequencer state, partition for partition with `timeline` (compacted).
     pub timeline_snapshots: String,
+    /// Push notifications for offline members (key = user), `[push]`.
+    pub notifications: String,
+    /// Notifications the webhook kept refusing.
+    pub notifications_dead_letter: String,
 }
 
 impl Topics {
@@ -675,6 +690,8 @@ impl Topics {
             self.dead_letter.clone(),
             self.deliveries.clone(),
             self.timeline_snapshots.clone(),
+            self.notifications.clone(),
+            self.notifications_dead_letter.clone(),
         ];
         names.extend(peers.iter().map(|peer| self.forward(peer)));
         names
@@ -693,6 +710,8 @@ impl Topics {
             dead_letter: format!("{prefix}dead-letter"),
             deliveries: format!("{prefix}deliveries"),
             timeline_snapshots: format!("{prefix}timeline-snapshots"),
+            notifications: format!("{prefix}notifications"),
+            notifications_dead_letter: format!("{prefix}notifications-dead-letter"),
         }
     }
 }
@@ -717,6 +736,8 @@ pub struct RouterConfig {
     pub cluster: String,
     /// `[regions]`.
     pub regions: RegionsSection,
+    /// `push.notifications`: whether messages make notifications for offline members.
+    pub notifications: bool,
     /// How long a revoked or stopping partition worker may drain before it is aborted: half the
     /// event log's consumer-group session timeout (`kafka.session_timeout_ms`), so the next
     /// owner is not kept waiting.
@@ -776,6 +797,7 @@ impl ChorusConfig {
             node_id: self.node_id.clone(),
             cluster: self.cluster.clone(),
             regions: self.regions.clone(),
+            notifications: self.push.notifications,
             drain_timeout: Duration::from_millis(u64::from(self.kafka.session_timeout_ms) / 2),
         }
     }

@@ -65,6 +65,11 @@ pub struct Metrics {
     /// Messages the configured policy decided because a hook could not, by hook and policy
     /// (`allow`, `refuse`).
     pub hook_policy_applied: IntCounterVec,
+    /// Push notifications routers wrote to `notifications`, by outcome (`appended`, `failed`).
+    pub notifications: IntCounterVec,
+    /// Notifications the push role handed over, by outcome (`delivered`: the webhook accepted
+    /// them, `retried`: a failed call tried again, `dead_lettered`: given up on).
+    pub push_deliveries: IntCounterVec,
     /// Open TCP connections of the HTTP listener (HTTP and upgraded WebSocket together).
     pub http_connections_open: IntGauge,
     /// Connections refused at `http.max_open_connections` (answered 503 and closed).
@@ -220,6 +225,22 @@ impl Metrics {
             &["hook", "policy"],
         )
         .expect("valid");
+        let notifications = IntCounterVec::new(
+            Opts::new(
+                "notifications_total",
+                "push notifications written for offline members, by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid");
+        let push_deliveries = IntCounterVec::new(
+            Opts::new(
+                "push_deliveries_total",
+                "notifications the push role handed to the webhook, by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid");
         let router_snapshot_fallbacks = IntCounterVec::new(
             Opts::new(
                 "router_snapshot_fallbacks_total",
@@ -298,6 +319,8 @@ impl Metrics {
             Box::new(region_relayed.clone()),
             Box::new(hook_calls.clone()),
             Box::new(hook_policy_applied.clone()),
+            Box::new(notifications.clone()),
+            Box::new(push_deliveries.clone()),
             Box::new(http_connections_open.clone()),
             Box::new(http_connections_rejected.clone()),
             Box::new(http_connections_evicted.clone()),
@@ -341,6 +364,8 @@ impl Metrics {
             region_relayed,
             hook_calls,
             hook_policy_applied,
+            notifications,
+            push_deliveries,
             http_connections_open,
             http_connections_rejected,
             http_connections_evicted,

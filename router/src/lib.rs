@@ -184,6 +184,9 @@ pub async fn run(context: RouterContext, shutdown: CancellationToken) -> Result<
     context.log.ensure_topic(&topics.ingress).await?;
     context.log.ensure_topic(&topics.timeline).await?;
     context.log.ensure_topic(&topics.dead_letter).await?;
+    if context.config.notifications {
+        context.log.ensure_topic(&topics.notifications).await?;
+    }
     if context.config.router.snapshot_every_events > 0 {
         context
             .log

@@ -97,6 +97,8 @@ struct ConversationState {
     home: String,
     /// Direct conversations: the members who have blocked the other one (sorted, at most two).
     blocked_by: Vec<String>,
+    /// The members who muted the conversation (sorted): they get no push notification.
+    muted_by: Vec<String>,
     /// Per seq (index seq-1): the interned sender of a message, `NOT_A_MESSAGE`, with
     /// `RECALLED_BIT` once recalled. Four bytes per event, so edits and recalls can be checked.
     senders: Vec<u32>,
@@ -229,6 +231,13 @@ impl SequencerState {
             .map_or(0, |state| state.last_seq)
     }
 
+    /// The members who muted a conversation (they get no push notification).
+    pub fn muted_by(&self, conversation: &str) -> &[String] {
+        self.conversations
+            .get(conversation)
+            .map_or(&[], |state| state.muted_by.as_slice())
+    }
+
     /// The members of a conversation as of the state.
     pub fn members(&self, conversation: &str) -> Vec<String> {
         match Conversation::parse(conversation) {
@@ -266,15 +275,25 @@ impl SequencerState {
     pub fn apply(&mut self, event: &TimelineEvent) {
         self.next_ingress_offset = self.next_ingress_offset.max(event.ingress_offset + 1);
         self.folded_ingress_offset = self.folded_ingress_offset.max(event.ingress_offset + 1);
-        if let EventBody::UserBlocked { blocked } = &event.body {
+        let flag = match &event.body {
+            EventBody::UserBlocked { blocked } => Some(*blocked),
+            EventBody::ConversationMuted { muted } => Some(*muted),
+            _ => None,
+        };
+        if let Some(set) = flag {
             let state = self
                 .conversations
                 .entry(event.conversation.clone())
                 .or_default();
-            state.blocked_by.retain(|user| user != &event.sender);
-            if *blocked {
-                state.blocked_by.push(event.sender.clone());
-                state.blocked_by.sort();
+            let users = if matches!(event.body, EventBody::UserBlocked { .. }) {
+                &mut state.blocked_by
+            } else {
+                &mut state.muted_by
+            };
+            users.retain(|user| user != &event.sender);
+            if set {
+                users.push(event.sender.clone());
+                users.sort();
             }
             return;
         }

@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 use crate::committer::Committer;
 
 mod mirrored;
+mod push;
 use crate::regions;
 use crate::snapshot::{self, Anchor};
 use crate::state::{Decision, SequencerState};
@@ -146,7 +147,9 @@ pub(crate) async fn recover(
                 if tail.len() == tail_events {
                     tail.pop_front();
                 }
-                tail.extend(sequenced_notices(&state, &event, None, owner));
+                // delivered again, not notified again: the previous owner wrote their
+                // notifications (or died first, and those are lost: worker/push.rs)
+                tail.extend(sequenced_notices(&state, &event, None, owner, false));
             }
         }
     }
@@ -179,11 +182,13 @@ enum Notice {
         session: String,
         outcome: EventOutcome,
     },
-    /// A sequenced event (or read mark) for the conversation's members.
+    /// A sequenced event (or read mark) for the conversation's members, and a message's push
+    /// notifications for those of them found offline.
     Deliver {
         members: Vec<String>,
         frame: Frame,
         sequencing: Sequencing,
+        push: Option<push::PushCandidate>,
     },
 }
 
@@ -263,6 +268,7 @@ pub(crate) async fn run(
                                 &event,
                                 mirrored_ack_target(&context, &event, &record),
                                 owner,
+                                context.config.notifications,
                             ));
                             timeline_records.push(record);
                         }
@@ -344,7 +350,13 @@ pub(crate) async fn run(
                             .with_header(regions::ORIGIN_SESSION_HEADER, session.as_str());
                     }
                     timeline_records.push(timeline_record);
-                    notices.extend(sequenced_notices(&state, &timeline_event, origin, owner));
+                    notices.extend(sequenced_notices(
+                        &state,
+                        &timeline_event,
+                        origin,
+                        owner,
+                        context.config.notifications,
+                    ));
                 }
                 Decision::Forward { home } => {
                     context
@@ -650,11 +662,14 @@ fn dead_letter(record: &Record, source_topic: &str, reason: &str, detail: &str) 
     dead
 }
 
+/// What to tell whom about a sequenced event once it is durable; `notifications`: whether a
+/// message makes push notifications (`push.notifications`).
 fn sequenced_notices(
     state: &SequencerState,
     event: &TimelineEvent,
     origin: Option<(String, String)>,
     owner: Owner,
+    notifications: bool,
 ) -> Vec<Notice> {
     let mut notices = Vec::with_capacity(2);
     let mut members = state.members(&event.conversation);
@@ -671,6 +686,7 @@ fn sequenced_notices(
                 members,
                 frame: frame.to_string().into(),
                 sequencing,
+                push: None,
             });
         }
         // a mute or a block is the sender's own: only their devices hear of it
@@ -680,6 +696,7 @@ fn sequenced_notices(
                 members: vec![event.sender.clone()],
                 frame: frame.to_string().into(),
                 sequencing,
+                push: None,
             });
         }
         (EventBody::UserBlocked { blocked }, _) => {
@@ -693,6 +710,7 @@ fn sequenced_notices(
                 members: vec![event.sender.clone()],
                 frame: frame.to_string().into(),
                 sequencing,
+                push: None,
             });
         }
         (_, Some(seq)) => {
@@ -718,11 +736,36 @@ fn sequenced_notices(
                 members,
                 frame: event_json(event).to_string().into(),
                 sequencing,
+                push: notifications
+                    .then(|| push::candidate(state, event))
+                    .flatten(),
             });
         }
         (_, None) => {}
     }
     notices
+}
+
+/// Appends a batch's push notifications (best effort: the messages are durable already; a
+/// failure loses these notifications, counted).
+async fn append_notifications(context: &RouterContext, records: Vec<NewRecord>) {
+    if records.is_empty() {
+        return;
+    }
+    let count = records.len() as u64;
+    let topic = context.config.topics().notifications;
+    let outcome = match context.log.append(&topic, records).await {
+        Ok(_) => "appended",
+        Err(error) => {
+            tracing::warn!(%error, count, "push notifications lost");
+            "failed"
+        }
+    };
+    context
+        .metrics
+        .notifications
+        .with_label_values(&[outcome])
+        .inc_by(count);
 }
 
 /// Sends acks, errors and deliveries: targeted through presence (one lookup for the whole
@@ -762,6 +805,18 @@ async fn notify(context: &RouterContext, notices: Vec<Notice>) {
     };
     let mut targeted: Vec<(String, Delivery)> = Vec::with_capacity(notices.len() * 2);
     let mut degraded: Vec<(String, Delivery)> = Vec::new();
+    let mut notifications: Vec<NewRecord> = Vec::new();
+    for notice in &notices {
+        if let Notice::Deliver {
+            members,
+            push: Some(candidate),
+            ..
+        } = notice
+        {
+            notifications.extend(push::records(context, members, candidate, located.as_ref()));
+        }
+    }
+    append_notifications(context, notifications).await;
     for notice in notices {
         match notice {
             Notice::ToSender {
@@ -778,6 +833,7 @@ async fn notify(context: &RouterContext, notices: Vec<Notice>) {
                 members,
                 frame,
                 sequencing,
+                push: _,
             } => match &located {
                 Some(located) => {
                     let mut by_node: BTreeMap<&String, Vec<String>> = BTreeMap::new();

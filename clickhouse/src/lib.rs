@@ -39,7 +39,7 @@ use chorus_log::{Offset, PartitionId};
 use chorus_schemas::TimelineEvent;
 use chorus_store::history::{
     ConversationSummary, HistoryError, HistoryStore, MAX_PINS, MemberView, MessagePage,
-    MessageView, PinView, ReactionCount, ReplyView, Roles, UNREAD_CAP, rank_reactions, sort_roster,
+    MessageView, PinView, ReactionCount, ReplyView, UNREAD_CAP, rank_reactions, roster_of,
 };
 use chorus_store::position::records_to_apply;
 use clickhouse::{Client, Row, RowOwned, RowWrite};
@@ -754,19 +754,11 @@ impl HistoryStore for ClickHouseHistory {
             .fetch_all::<EventRow>()
             .through(&self.guard)
             .await?;
-        let mut roles = Roles::default();
+        let mut roles = chorus_schemas::Roles::default();
         for row in changes {
             let event = row.into_event()?;
             roles.apply(&event.sender, &event.body);
         }
-        let mut roster: Vec<MemberView> = members
-            .into_iter()
-            .map(|user| MemberView {
-                role: roles.of(&user),
-                user,
-            })
-            .collect();
-        sort_roster(&mut roster);
-        Ok(roster)
+        Ok(roster_of(members, &roles))
     }
 }

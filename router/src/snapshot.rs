@@ -33,7 +33,7 @@ use chorus_log::{EventLog, LogError, NewRecord, Offset, PartitionId, Record};
 use crate::state::{FoldedImage, SequencerState, decode_folded};
 
 /// The snapshot format this binary writes and reads; any other is skipped (and counted).
-pub const FORMAT_VERSION: u8 = 5;
+pub const FORMAT_VERSION: u8 = 6;
 /// First bytes of every snapshot record.
 const MAGIC: [u8; 4] = *b"CHSS";
 /// Header bytes of a chunk: magic, version, partition, covers, last offset, last record CRC,

@@ -38,7 +38,7 @@ use chorus_core::config::{LimitsSection, RouterConfig};
 use chorus_core::error::{ApiError, ErrorCode};
 use chorus_core::ids::Conversation;
 use chorus_core::validate::MAX_MENTIONS;
-use chorus_schemas::{EventBody, IngressEvent, Role, TimelineEvent};
+use chorus_schemas::{EventBody, IngressEvent, Role, Roles, TimelineEvent};
 
 use crate::group_limits::{GroupCreations, GroupLimits};
 
@@ -83,11 +83,10 @@ struct ConversationState {
     last_seq: u64,
     /// Group members (empty for direct conversations, whose members are in their id).
     members: HashSet<String>,
-    /// The group's owner: its creator until they hand ownership over; `None` for direct
-    /// conversations and groups made by business systems.
-    owner: Option<String>,
-    /// The group's admins (never the owner), who manage it with the owner.
-    admins: HashSet<String>,
+    /// The group's owner (its creator until they hand ownership over; none for direct
+    /// conversations and groups made by business systems) and admins, who manage it with the
+    /// owner.
+    roles: Roles,
     /// Set once the owner disbanded the group: it takes no more events.
     disbanded: bool,
     /// Whether the group has been created (direct conversations exist implicitly).
@@ -327,10 +326,7 @@ impl SequencerState {
                 state.created = true;
                 state.home = event.origin_cluster.clone();
                 state.members.extend(members.iter().cloned());
-                if !members.contains(&event.sender) {
-                    state.owner = None;
-                } else {
-                    state.owner = Some(event.sender.clone());
+                if members.contains(&event.sender) {
                     self.group_creations.record(
                         &event.sender,
                         event.ts_ms,
@@ -343,30 +339,15 @@ impl SequencerState {
             EventBody::MembersRemoved { members } => {
                 for member in members {
                     state.members.remove(member);
-                    state.admins.remove(member);
                 }
             }
-            EventBody::RoleChanged { member, role } => match role {
-                Role::Owner => {
-                    if let Some(previous) = state.owner.replace(member.clone()) {
-                        state.admins.insert(previous);
-                    }
-                    state.admins.remove(member);
-                }
-                Role::Admin => {
-                    state.admins.insert(member.clone());
-                }
-                Role::Member => {
-                    state.admins.remove(member);
-                }
-            },
             EventBody::ConversationDisbanded { .. } => {
                 state.disbanded = true;
                 state.members.clear();
-                state.admins.clear();
             }
             _ => {}
         }
+        state.roles.apply(&event.sender, &event.body);
         if let Some(client_msg_id) = &event.client_msg_id {
             let key = DedupKey {
                 conversation: event.conversation.clone(),
@@ -510,12 +491,13 @@ impl SequencerState {
                 format!("{} was disbanded", event.conversation),
             ));
         }
-        let owner = state.and_then(|state| state.owner.as_deref());
+        let owner = state.and_then(|state| state.roles.owner.as_deref());
         let is_owner = owner == Some(event.sender.as_str());
         // owners and admins manage a group (members, roles, title), as do business systems
         let manages = event.trusted
             || (is_member
-                && (is_owner || state.is_some_and(|state| state.admins.contains(&event.sender))));
+                && (is_owner
+                    || state.is_some_and(|state| state.roles.admins.contains(&event.sender))));
         match &event.body {
             EventBody::MembersAdded { .. } | EventBody::MembersRemoved { .. } => {
                 let leaving = matches!(&event.body, EventBody::MembersRemoved { members }

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chorus_log::{Offset, PartitionId};
-use chorus_schemas::{EventBody, ForwardOrigin, TimelineEvent};
+use chorus_schemas::{EventBody, ForwardOrigin, Roles, TimelineEvent};
 use parking_lot::Mutex;
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
@@ -53,8 +53,8 @@ use tracing::{debug, warn};
 
 use crate::history::{
     ConversationSummary, HistoryError, HistoryStore, MAX_PINS, MemberView, MessagePage,
-    MessageView, PinView, ReactionCount, ReplyView, Roles, UNREAD_CAP, direct_conversation_members,
-    rank_reactions, sort_roster,
+    MessageView, PinView, ReactionCount, ReplyView, UNREAD_CAP, direct_conversation_members,
+    rank_reactions, roster_of,
 };
 use crate::position::records_to_apply;
 

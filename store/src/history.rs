@@ -25,7 +25,7 @@
 //!   `members_added`, `members_removed` and `disband` (everyone removed); a direct conversation
 //!   `dm:<a>:<b>` has exactly `a` and `b` as members from its first event on; a former member's
 //!   removal seq is kept (`removed_at`: they read up to it), and cleared when they are added
-//!   again; roles follow [`Roles`]; a group's title is its latest `conversation_created` or
+//!   again; roles follow [`chorus_schemas::Roles`]; a group's title is its latest `conversation_created` or
 //!   `rename` title.
 
 #[cfg(any(test, feature = "testsuite"))]
@@ -36,7 +36,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 pub use chorus_log::Unavailability;
 use chorus_log::{Offset, PartitionId};
-use chorus_schemas::{EventBody, ForwardOrigin, Role, TimelineEvent};
+use chorus_schemas::{ForwardOrigin, Role, Roles, TimelineEvent};
 use serde::Serialize;
 
 /// `(a, b)` for a direct conversation id `dm:<a>:<b>`, `None` for any other id: the two members
@@ -194,75 +194,27 @@ pub struct MemberView {
     pub role: Role,
 }
 
-/// Orders a roster: the owner, then admins, then members, each by user id.
-pub fn sort_roster(roster: &mut [MemberView]) {
+/// A group's roster: its members with their roles per `roles`, the owner first, then admins,
+/// then members, each by user id (the order of every adapter).
+pub fn roster_of(members: Vec<String>, roles: &Roles) -> Vec<MemberView> {
     let rank = |role: Role| match role {
         Role::Owner => 0,
         Role::Admin => 1,
         Role::Member => 2,
     };
+    let mut roster: Vec<MemberView> = members
+        .into_iter()
+        .map(|user| MemberView {
+            role: roles.of(&user),
+            user,
+        })
+        .collect();
     roster.sort_by(|left, right| {
         rank(left.role)
             .cmp(&rank(right.role))
             .then_with(|| left.user.cmp(&right.user))
     });
-}
-
-/// The owner and admins of a group as its timeline says, folded one event at a time (in seq
-/// order): the creator owns it (when they are among its members); a hand-over makes the new
-/// owner's predecessor an admin; a removal or the disbanding ends a member's role. The rule of
-/// every adapter.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct Roles {
-    pub owner: Option<String>,
-    pub admins: std::collections::BTreeSet<String>,
-}
-
-impl Roles {
-    pub fn apply(&mut self, sender: &str, body: &EventBody) {
-        match body {
-            EventBody::ConversationCreated { members, .. } => {
-                self.owner = members
-                    .iter()
-                    .any(|member| member == sender)
-                    .then(|| sender.to_owned());
-            }
-            EventBody::RoleChanged { member, role } => match role {
-                Role::Owner => {
-                    if let Some(previous) = self.owner.replace(member.clone()) {
-                        self.admins.insert(previous);
-                    }
-                    self.admins.remove(member);
-                }
-                Role::Admin => {
-                    self.admins.insert(member.clone());
-                }
-                Role::Member => {
-                    self.admins.remove(member);
-                }
-            },
-            EventBody::MembersRemoved { members } => {
-                for member in members {
-                    self.admins.remove(member);
-                }
-            }
-            EventBody::ConversationDisbanded { .. } => {
-                self.admins.clear();
-            }
-            _ => {}
-        }
-    }
-
-    /// `user`'s role.
-    pub fn of(&self, user: &str) -> Role {
-        if self.owner.as_deref() == Some(user) {
-            Role::Owner
-        } else if self.admins.contains(user) {
-            Role::Admin
-        } else {
-            Role::Member
-        }
-    }
+    roster
 }
 
 /// Most pins [`HistoryStore::pins`] returns (the most recent ones).

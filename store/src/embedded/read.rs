@@ -243,15 +243,7 @@ pub(super) fn read_roster(
             None => Roles::default(),
         }
     };
-    let mut roster: Vec<MemberView> = read_members(database, conversation)?
-        .into_iter()
-        .map(|user| MemberView {
-            role: roles.of(&user),
-            user,
-        })
-        .collect();
-    sort_roster(&mut roster);
-    Ok(roster)
+    Ok(roster_of(read_members(database, conversation)?, &roles))
 }
 
 pub(super) fn read_members(

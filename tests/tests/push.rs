@@ -1,7 +1,7 @@
 //! Offline push: routers write a notification for each member a message finds offline (not
 //! muted), and the push stage delivers them to a real HTTP webhook in this test, retrying and
-//! dead-lettering what keeps failing; a push process killed with `kill -9` loses nothing and
-//! repeats nothing the webhook acknowledged.
+//! dead-lettering what keeps failing; a push process killed with `kill -9` (`chorus serve`, and
+//! the push role on Kafka) loses nothing and repeats nothing the webhook acknowledged.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -288,5 +288,90 @@ async fn a_push_process_killed_with_kill_9_loses_and_repeats_nothing_acknowledge
         "no notification acknowledged twice: {ids:?}"
     );
     server.kill().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_push_role_on_kafka_killed_mid_call_is_replaced_and_repeats_nothing_acknowledged()
+-> anyhow::Result<()> {
+    let Some(services) = chorus_tests::distributed_services() else {
+        return Ok(());
+    };
+    let (webhook, url) = start_webhook().await?;
+    let (held_tx, mut held) = mpsc::unbounded_channel();
+    *webhook.held.lock() = Some(held_tx);
+    *webhook.hold.lock() = Some(2);
+    let run = format!("push{}", std::process::id());
+    let work = tempfile::tempdir()?;
+    let config = work.path().join("chorus.toml");
+    std::fs::write(
+        &config,
+        "[push]\nbatch_records = 3\ntimeout_ms = 60000\n[limits]\nmessage_burst = 1000\nuser_message_burst = 1000\n",
+    )?;
+    let role = |name: &str| {
+        vec![
+            "--config".to_owned(),
+            config.display().to_string(),
+            name.to_owned(),
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ]
+    };
+    let mut router_environment = chorus_tests::role_environment(&services, &run, "router");
+    router_environment.push(("CHORUS_PUSH_NOTIFICATIONS", "true".into()));
+    let _router = ChildServer::spawn(&role("router"), &router_environment).await?;
+    let ingest = ChildServer::spawn(
+        &role("ingest"),
+        &chorus_tests::role_environment(&services, &run, "ingest"),
+    )
+    .await?;
+    let mut push_environment = chorus_tests::role_environment(&services, &run, "push");
+    push_environment.push(("CHORUS_PUSH_WEBHOOK_URL", url.clone()));
+    let pusher = ChildServer::spawn(&role("push"), &push_environment).await?;
+
+    let alice_id = format!("{run}alice");
+    let bob_id = format!("{run}bob");
+    let conversation = format!("dm:{alice_id}:{bob_id}");
+    let mut alice = Client::connect(&ingest.ws_url(), &alice_id, None).await?;
+    let mut expected = BTreeSet::new();
+    for n in 0..12 {
+        let ack = alice
+            .send_message(&format!("m{n}"), &conversation, &format!("message {n}"))
+            .await?;
+        expected.insert(format!(
+            "{}:{bob_id}",
+            ack["event_id"].as_str().unwrap_or_default()
+        ));
+    }
+    // the push role's second call is in flight, unanswered: kill -9 it, start another
+    tokio::time::timeout(Duration::from_secs(30), held.recv()).await?;
+    pusher.kill().await?;
+    *webhook.hold.lock() = None;
+    let _pusher = ChildServer::spawn(&role("push"), &push_environment).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let acknowledged: BTreeSet<String> = webhook
+            .acknowledged
+            .lock()
+            .iter()
+            .filter_map(|n| n["id"].as_str().map(str::to_owned))
+            .collect();
+        if acknowledged == expected {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "acknowledged {} of {}",
+            acknowledged.len(),
+            expected.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await; // polls what the webhook records
+    }
+    let acknowledged = webhook.acknowledged.lock().len();
+    assert_eq!(
+        acknowledged,
+        expected.len(),
+        "the batch in flight at the kill is delivered by the next push role; nothing acknowledged comes twice"
+    );
     Ok(())
 }

@@ -85,3 +85,161 @@ pub(super) fn records(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chorus_core::config::ChorusConfig;
+    use chorus_core::metrics::Metrics;
+    use chorus_log::embedded::{EmbeddedLog, EmbeddedLogConfig};
+    use chorus_schemas::{IngressEvent, Message};
+
+    use super::*;
+    use crate::state::Decision;
+
+    fn context(
+        config: ChorusConfig,
+    ) -> Result<(RouterContext, tempfile::TempDir), Box<dyn std::error::Error>> {
+        let directory = tempfile::tempdir()?;
+        let log = EmbeddedLog::open(EmbeddedLogConfig::new(directory.path().join("log")))?;
+        let context = RouterContext::in_process(
+            Arc::new(config.router_config()),
+            log,
+            Arc::new(Metrics::new()),
+        );
+        Ok((context, directory))
+    }
+
+    fn decided(state: &mut SequencerState, sender: &str, body: EventBody) -> TimelineEvent {
+        let offset = state.next_ingress_offset();
+        let event = IngressEvent {
+            event_id: format!("e{offset}"),
+            conversation: "g:team".into(),
+            sender: sender.into(),
+            client_msg_id: None,
+            ts_ms: 7,
+            origin_cluster: "local".into(),
+            origin_node: None,
+            origin_session: None,
+            trusted: false,
+            body,
+        };
+        match state.decide(event, offset) {
+            Decision::Sequence(event) => event,
+            other => panic!("not sequenced: {other:?}"),
+        }
+    }
+
+    fn users(records: &[NewRecord]) -> Vec<String> {
+        records
+            .iter()
+            .map(|record| String::from_utf8_lossy(&record.key).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn offline_members_but_the_sender_and_those_who_muted_are_notified()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let (context, _directory) = context(ChorusConfig::default())?;
+        let mut state = SequencerState::new(100);
+        let members: Vec<String> = ["alice", "bob", "carol", "dave"].map(String::from).to_vec();
+        decided(
+            &mut state,
+            "alice",
+            EventBody::ConversationCreated {
+                title: None,
+                members: members.clone(),
+            },
+        );
+        decided(
+            &mut state,
+            "dave",
+            EventBody::ConversationMuted { muted: true },
+        );
+        let message = decided(&mut state, "alice", EventBody::message("hi @carol"));
+        let candidate = candidate(&state, &message).expect("a message has a candidate");
+        let online = HashMap::from([("bob".to_owned(), vec!["node-1".to_owned()])]);
+        let records = records(&context, &members, &candidate, Some(&online));
+        assert_eq!(
+            users(&records),
+            vec!["carol"],
+            "not alice (sender), bob (online), dave (muted)"
+        );
+        let notification: Value = serde_json::from_slice(&records[0].value)?;
+        assert_eq!(notification["mention"], true);
+        assert_eq!(notification["id"], "e2:carol");
+        assert_eq!(notification["seq"], 2);
+        assert_eq!(
+            users(&super::records(&context, &members, &candidate, None)),
+            vec!["bob", "carol"],
+            "presence unknown: every member who may be offline"
+        );
+        let reaction = decided(
+            &mut state,
+            "bob",
+            EventBody::ReactionChanged {
+                target_seq: 2,
+                emoji: "👍".into(),
+                added: true,
+            },
+        );
+        assert!(
+            super::candidate(&state, &reaction).is_none(),
+            "only messages notify"
+        );
+        let long = decided(
+            &mut state,
+            "alice",
+            EventBody::MessageSent(Message {
+                text: "长".repeat(500),
+                ..Message::default()
+            }),
+        );
+        let long = super::candidate(&state, &long).expect("candidate");
+        let record = &super::records(&context, &members, &long, Some(&online))[0];
+        let notification: Value = serde_json::from_slice(&record.value)?;
+        assert_eq!(
+            notification["text"]
+                .as_str()
+                .map(|text| text.chars().count()),
+            Some(PREVIEW_CHARS)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn with_regions_a_region_notifies_only_its_own_users() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let mut config = ChorusConfig {
+            cluster: "east".into(),
+            ..ChorusConfig::default()
+        };
+        config.regions.peers = vec!["west".into()];
+        config.regions.users.insert("bob".into(), "west".into());
+        let (context, _directory) = context(config)?;
+        let mut state = SequencerState::new(100);
+        let members: Vec<String> = ["alice", "bob", "carol"].map(String::from).to_vec();
+        decided(
+            &mut state,
+            "alice",
+            EventBody::ConversationCreated {
+                title: None,
+                members: members.clone(),
+            },
+        );
+        let message = decided(&mut state, "alice", EventBody::message("hello"));
+        let candidate = candidate(&state, &message).expect("candidate");
+        assert_eq!(
+            users(&records(
+                &context,
+                &members,
+                &candidate,
+                Some(&HashMap::new())
+            )),
+            vec!["carol"],
+            "bob is west's to notify"
+        );
+        Ok(())
+    }
+}

@@ -8,7 +8,7 @@ use chorus_core::config::ChorusConfig;
 use serde_yaml_ng::Value;
 
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
-const ROLES: [&str; 4] = ["ingest", "router", "projector", "search"];
+const ROLES: [&str; 5] = ["ingest", "router", "projector", "search", "push"];
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(format!("{DEPLOY}/{path}"))

@@ -109,9 +109,9 @@ impl BeforeSendHook {
     }
 
     /// Asks the hook about a user's message (a send, a forward or an edit; other events pass):
-    /// `Ok` lets it through, with its text replaced when the hook said so; `Err` is the
+    /// `Ok` lets it through, `Ok(true)` with its text replaced as the hook said; `Err` is the
     /// refusal to send back.
-    pub async fn check(&self, event: &mut IngressEvent) -> Result<(), ApiError> {
+    pub async fn check(&self, event: &mut IngressEvent) -> Result<bool, ApiError> {
         let (kind, text, reply_to, target_seq, forwarded_from) = match &event.body {
             EventBody::MessageSent(message) => (
                 "message",
@@ -123,7 +123,7 @@ impl BeforeSendHook {
             EventBody::MessageEdited { target_seq, text } => {
                 ("edit", text.as_str(), None, Some(*target_seq), None)
             }
-            _ => return Ok(()),
+            _ => return Ok(false),
         };
         let request = HookRequest {
             event_id: &event.event_id,
@@ -147,7 +147,7 @@ impl BeforeSendHook {
         match answer {
             Ok(HookAnswer::Allow) => {
                 outcome("allow");
-                Ok(())
+                Ok(false)
             }
             Ok(HookAnswer::Refuse { reason }) => {
                 outcome("refuse");
@@ -164,7 +164,7 @@ impl BeforeSendHook {
                     EventBody::MessageEdited { text, .. } => *text = replaced,
                     _ => {}
                 }
-                Ok(())
+                Ok(true)
             }
             Err(BreakerError::Open(_)) => {
                 outcome("open");
@@ -206,14 +206,14 @@ impl BeforeSendHook {
         Ok(serde_json::from_slice(&body)?)
     }
 
-    /// The policy's decision when the hook gave none.
-    fn fallback(&self) -> Result<(), ApiError> {
+    /// The policy's decision when the hook gave none (the text stays as it is).
+    fn fallback(&self) -> Result<bool, ApiError> {
         self.metrics
             .hook_policy_applied
             .with_label_values(&[HOOK, self.policy.as_str()])
             .inc();
         match self.policy {
-            HookPolicy::Allow => Ok(()),
+            HookPolicy::Allow => Ok(false),
             HookPolicy::Refuse => Err(ApiError::new(
                 ErrorCode::Unavailable,
                 "the message check is unavailable; try again",

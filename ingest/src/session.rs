@@ -704,13 +704,11 @@ impl Session {
             body,
         };
         validate_ingress(&event, &self.ingest.config.limits)?;
-        if let Some(hook) = &self.ingest.before_send {
-            let original = event.body.clone();
-            hook.check(&mut event).await?;
-            if event.body != original {
-                // a replaced text meets the same limits
-                validate_ingress(&event, &self.ingest.config.limits)?;
-            }
+        if let Some(hook) = &self.ingest.before_send
+            && hook.check(&mut event).await?
+        {
+            // a replaced text meets the same limits
+            validate_ingress(&event, &self.ingest.config.limits)?;
         }
         self.ingest.append(std::slice::from_ref(&event)).await
     }

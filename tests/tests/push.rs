@@ -67,6 +67,38 @@ async fn start_webhook() -> anyhow::Result<(Arc<Webhook>, String)> {
 }
 
 impl Webhook {
+    /// Waits until the webhook acknowledged every notification id of `expected`, then checks it
+    /// acknowledged each exactly once and nothing else.
+    async fn acknowledged_exactly(
+        &self,
+        expected: &BTreeSet<String>,
+        patience: Duration,
+    ) -> anyhow::Result<()> {
+        let ids = || -> Vec<String> {
+            self.acknowledged
+                .lock()
+                .iter()
+                .filter_map(|n| n["id"].as_str().map(str::to_owned))
+                .collect()
+        };
+        let deadline = tokio::time::Instant::now() + patience;
+        while ids().into_iter().collect::<BTreeSet<_>>() != *expected {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "acknowledged {} of {}",
+                ids().len(),
+                expected.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await; // polls what the webhook records
+        }
+        let ids = ids();
+        anyhow::ensure!(
+            ids.len() == expected.len(),
+            "a notification acknowledged twice: {ids:?}"
+        );
+        Ok(())
+    }
+
     /// Waits until the webhook acknowledged a notification that `matches`.
     async fn acknowledged_one(&self, matches: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
@@ -257,36 +289,9 @@ async fn a_push_process_killed_with_kill_9_loses_and_repeats_nothing_acknowledge
     server.kill().await?;
     *webhook.hold.lock() = None;
     let server = ChildServer::start(&data_dir, Some(&config)).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let acknowledged: BTreeSet<String> = webhook
-            .acknowledged
-            .lock()
-            .iter()
-            .filter_map(|n| n["id"].as_str().map(str::to_owned))
-            .collect();
-        if acknowledged == expected {
-            break;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "acknowledged {} of {}",
-            acknowledged.len(),
-            expected.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await; // polls what the webhook records
-    }
-    let ids: Vec<String> = webhook
-        .acknowledged
-        .lock()
-        .iter()
-        .filter_map(|n| n["id"].as_str().map(str::to_owned))
-        .collect();
-    assert_eq!(
-        ids.len(),
-        expected.len(),
-        "no notification acknowledged twice: {ids:?}"
-    );
+    webhook
+        .acknowledged_exactly(&expected, Duration::from_secs(20))
+        .await?;
     server.kill().await?;
     Ok(())
 }
@@ -348,30 +353,8 @@ async fn the_push_role_on_kafka_killed_mid_call_is_replaced_and_repeats_nothing_
     pusher.kill().await?;
     *webhook.hold.lock() = None;
     let _pusher = ChildServer::spawn(&role("push"), &push_environment).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let acknowledged: BTreeSet<String> = webhook
-            .acknowledged
-            .lock()
-            .iter()
-            .filter_map(|n| n["id"].as_str().map(str::to_owned))
-            .collect();
-        if acknowledged == expected {
-            break;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "acknowledged {} of {}",
-            acknowledged.len(),
-            expected.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await; // polls what the webhook records
-    }
-    let acknowledged = webhook.acknowledged.lock().len();
-    assert_eq!(
-        acknowledged,
-        expected.len(),
-        "the batch in flight at the kill is delivered by the next push role; nothing acknowledged comes twice"
-    );
+    webhook
+        .acknowledged_exactly(&expected, Duration::from_secs(60))
+        .await?;
     Ok(())
 }

@@ -222,6 +222,20 @@ async fn offline_members_get_notifications_the_webhook_receives() -> anyhow::Res
     alice
         .send_message("m3", "dm:alice:erin", "this one [fail]s")
         .await?;
+    // (a batch is dead-lettered whole: the next message is sent once this one is, so that it
+    // travels in a batch of its own)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !records(&log, "notifications-dead-letter")
+        .await?
+        .iter()
+        .any(|(key, n)| key == "erin" && n["text"] == "this one [fail]s")
+    {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "never dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await; // polls what the push task writes
+    }
     alice
         .send_message("m4", "dm:alice:erin", "after the failure")
         .await?;
@@ -230,9 +244,8 @@ async fn offline_members_get_notifications_the_webhook_receives() -> anyhow::Res
         .await?;
     let dead = records(&log, "notifications-dead-letter").await?;
     assert!(
-        dead.iter()
-            .any(|(key, n)| key == "erin" && n["text"] == "this one [fail]s"),
-        "{dead:?}"
+        dead.iter().all(|(_, n)| n["text"] == "this one [fail]s"),
+        "only the failing batch is dead-lettered: {dead:?}"
     );
     let text = metrics_text(&server.url()).await?;
     assert!(

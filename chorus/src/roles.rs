@@ -533,6 +533,9 @@ async fn start_role(
                     membership,
                     tokens,
                     metrics: metrics.clone(),
+                    // a node's own disk is no place for files other nodes serve: only a
+                    // configured (shared) store
+                    attachments: chorus_ingest::attachments::open_store(&config.attachments, None)?,
                 },
                 tasks.token(Stage::Edge),
             )

@@ -140,6 +140,7 @@ impl Membership for HistoryMembership {
             sender: message.sender,
             ts_ms: message.ts,
             text: message.text,
+            attachment: message.attachment,
         }))
     }
 }
@@ -238,6 +239,11 @@ pub async fn serve(config: ChorusConfig) -> anyhow::Result<Served> {
             )),
             tokens: tokens.clone(),
             metrics: metrics.clone(),
+            // files live beside the node's other data unless [attachments] names a store
+            attachments: chorus_ingest::attachments::open_store(
+                &config.attachments,
+                Some(&config.data_dir.join("attachments")),
+            )?,
         },
         tasks.token(Stage::Edge),
     )

@@ -389,6 +389,7 @@ impl ClickHouseHistory {
                 view.reply_to = message.reply_to.map(|seq| ReplyView::of(seq, None));
                 view.mentions = message.mentions;
                 view.forwarded_from = message.forwarded_from;
+                view.attachment = message.attachment;
                 (view.seq, view)
             })
             .collect();
@@ -404,6 +405,7 @@ impl ClickHouseHistory {
                 view.edited = true;
             } else {
                 view.text = None;
+                view.attachment = None;
                 view.recalled = true;
             }
         }

@@ -22,6 +22,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (5, include_str!("../migrations/0005_replies.sql")),
     (6, include_str!("../migrations/0006_reactions.sql")),
     (7, include_str!("../migrations/0007_retention.sql")),
+    (8, include_str!("../migrations/0008_attachments.sql")),
 ];
 
 /// Whether the schema is in place, and what applying it needs.

@@ -5,7 +5,7 @@
 //! exactly the event [`EventRow::from_event`] was made from.
 
 use chorus_log::{Offset, PartitionId};
-use chorus_schemas::{EventBody, ForwardOrigin, Message, Role, TimelineEvent};
+use chorus_schemas::{Attachment, EventBody, ForwardOrigin, Message, Role, TimelineEvent};
 use chorus_store::history::{HistoryError, direct_conversation_members};
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
@@ -50,6 +50,11 @@ pub(crate) struct EventRow {
     pub(crate) added: u8,
     /// `retention` rows: the time-to-live in seconds (migration 7).
     pub(crate) ttl_seconds: u64,
+    /// `message` rows: the file carried; an empty id when none (migration 8).
+    pub(crate) attachment_id: String,
+    pub(crate) attachment_name: String,
+    pub(crate) attachment_size: u64,
+    pub(crate) attachment_type: String,
 }
 
 /// One membership change in `members`: whether `user` is in `conversation` as of `seq`.
@@ -71,7 +76,8 @@ pub(crate) struct PositionRow {
 /// The columns of [`EventRow`], in order, for `SELECT`s.
 pub(crate) const EVENT_COLUMNS: &str = "partition, offset, conversation, seq, event_id, kind, sender, ts_ms, \
      origin_cluster, client_msg_id, ingress_offset, text, target_seq, title, members, read_seq, muted, blocked, pinned, \
-     reply_to, mentions, forwarded_conversation, forwarded_seq, forwarded_sender, emoji, added, ttl_seconds";
+     reply_to, mentions, forwarded_conversation, forwarded_seq, forwarded_sender, emoji, added, ttl_seconds, \
+     attachment_id, attachment_name, attachment_size, attachment_type";
 
 impl EventRow {
     pub(crate) fn from_event(
@@ -107,6 +113,10 @@ impl EventRow {
             emoji: String::new(),
             added: 0,
             ttl_seconds: 0,
+            attachment_id: String::new(),
+            attachment_name: String::new(),
+            attachment_size: 0,
+            attachment_type: String::new(),
         };
         match &event.body {
             EventBody::MessageSent(message) => {
@@ -117,6 +127,12 @@ impl EventRow {
                     row.forwarded_conversation = origin.conversation.clone();
                     row.forwarded_seq = origin.seq;
                     row.forwarded_sender = origin.sender.clone();
+                }
+                if let Some(attachment) = &message.attachment {
+                    row.attachment_id = attachment.id.clone();
+                    row.attachment_name = attachment.name.clone();
+                    row.attachment_size = attachment.size;
+                    row.attachment_type = attachment.content_type.clone();
                 }
             }
             EventBody::MessageEdited { target_seq, text } => {
@@ -169,6 +185,14 @@ impl EventRow {
                     conversation: self.forwarded_conversation.clone(),
                     seq: self.forwarded_seq,
                     sender: self.forwarded_sender.clone(),
+                })
+            }),
+            attachment: (!self.attachment_id.is_empty()).then(|| {
+                Box::new(Attachment {
+                    id: self.attachment_id.clone(),
+                    name: self.attachment_name.clone(),
+                    size: self.attachment_size,
+                    content_type: self.attachment_type.clone(),
                 })
             }),
         }
@@ -293,6 +317,12 @@ mod tests {
                     conversation: "dm:a:b".into(),
                     seq: 3,
                     sender: "b".into(),
+                })),
+                attachment: Some(Box::new(Attachment {
+                    id: "0f8fad5bd9cb469fa16570867728950e".into(),
+                    name: "plan.pdf".into(),
+                    size: 4096,
+                    content_type: "application/pdf".into(),
                 })),
             }),
             EventBody::MessageEdited {

@@ -48,7 +48,7 @@ async fn migrations_apply_once_and_survive_reopening() {
     let first = ClickHouseHistory::open(&config, Arc::new(Metrics::new()))
         .await
         .expect("open");
-    assert_eq!(first.schema_version().await.expect("version"), 7);
+    assert_eq!(first.schema_version().await.expect("version"), 8);
     let event = chorus_schemas::TimelineEvent {
         conversation: "dm:a:b".into(),
         seq: Some(1),

@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod attachments;
 mod hooks;
 mod push;
 mod regions;
+pub use attachments::AttachmentsSection;
 pub use hooks::{HookPolicy, HooksSection};
 pub use push::PushSection;
 pub use regions::RegionsSection;
@@ -46,6 +48,7 @@ pub struct ChorusConfig {
     pub regions: RegionsSection,
     pub hooks: HooksSection,
     pub push: PushSection,
+    pub attachments: AttachmentsSection,
 }
 
 /// The web client the ingest nodes serve at `/`.
@@ -351,6 +354,7 @@ impl Default for ChorusConfig {
             regions: RegionsSection::default(),
             hooks: HooksSection::default(),
             push: PushSection::default(),
+            attachments: AttachmentsSection::default(),
         }
     }
 }
@@ -446,7 +450,9 @@ impl ChorusConfig {
     /// `CHORUS_KAFKA_BOOTSTRAP`, `CHORUS_REDIS_URL`, `CHORUS_CLICKHOUSE_URL`,
     /// `CHORUS_CLICKHOUSE_DATABASE`, `CHORUS_CLICKHOUSE_PASSWORD`, `CHORUS_WEB_READ_URL`,
     /// `CHORUS_HOOKS_BEFORE_SEND_URL`, `CHORUS_PUSH_NOTIFICATIONS`, `CHORUS_PUSH_WEBHOOK_URL`,
-    /// `CHORUS_REGIONS_PEERS`, `CHORUS_REGIONS_DEFAULT_HOME`.
+    /// `CHORUS_REGIONS_PEERS`, `CHORUS_REGIONS_DEFAULT_HOME`, `CHORUS_ATTACHMENTS_STORE`,
+    /// `CHORUS_ATTACHMENTS_S3_ENDPOINT`, `CHORUS_ATTACHMENTS_S3_ACCESS_KEY_ID`,
+    /// `CHORUS_ATTACHMENTS_S3_SECRET_ACCESS_KEY`.
     pub fn apply_env(&mut self, environment: &HashMap<String, String>) -> Result<(), ConfigError> {
         for (name, value) in environment {
             match name.as_str() {
@@ -469,6 +475,14 @@ impl ChorusConfig {
                 "CHORUS_WEB_READ_URL" => self.web.read_url = value.clone(),
                 "CHORUS_HOOKS_BEFORE_SEND_URL" => self.hooks.before_send_url = value.clone(),
                 "CHORUS_PUSH_WEBHOOK_URL" => self.push.webhook_url = value.clone(),
+                "CHORUS_ATTACHMENTS_STORE" => self.attachments.store = value.clone(),
+                "CHORUS_ATTACHMENTS_S3_ENDPOINT" => self.attachments.s3_endpoint = value.clone(),
+                "CHORUS_ATTACHMENTS_S3_ACCESS_KEY_ID" => {
+                    self.attachments.s3_access_key_id = value.clone();
+                }
+                "CHORUS_ATTACHMENTS_S3_SECRET_ACCESS_KEY" => {
+                    self.attachments.s3_secret_access_key = value.clone();
+                }
                 "CHORUS_PUSH_NOTIFICATIONS" => {
                     self.push.notifications =
                         value.parse().map_err(|_| invalid(name, "true or false"))?;
@@ -512,6 +526,7 @@ impl ChorusConfig {
             .validate(&self.cluster, &self.log.topic_prefix)?;
         self.hooks.validate()?;
         self.push.validate()?;
+        self.attachments.validate()?;
         if self.regions.enabled() && self.kafka.bootstrap.trim().is_empty() {
             return Err(invalid(
                 "regions.peers",
@@ -776,6 +791,8 @@ pub struct IngestConfig {
     pub topic_prefix: String,
     /// `[hooks]`: the before-send hook.
     pub hooks: HooksSection,
+    /// `[attachments]`: limits of uploads (the store itself is a dependency of the stage).
+    pub attachments: AttachmentsSection,
 }
 
 impl IngestConfig {
@@ -815,6 +832,7 @@ impl ChorusConfig {
             token_ttl_secs: self.auth.token_ttl_secs,
             topic_prefix: self.log.topic_prefix.clone(),
             hooks: self.hooks.clone(),
+            attachments: self.attachments.clone(),
         }
     }
 }

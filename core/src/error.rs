@@ -18,6 +18,8 @@ pub enum ErrorCode {
     Blocked,
     /// A business system's before-send hook refused the message (its reason is the message).
     Refused,
+    /// An attachment's media type is not one this node accepts (`attachments.types`).
+    UnsupportedType,
 }
 
 impl ErrorCode {
@@ -33,6 +35,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Blocked => "blocked",
             ErrorCode::Refused => "refused",
+            ErrorCode::UnsupportedType => "unsupported_type",
         }
     }
 
@@ -48,6 +51,7 @@ impl ErrorCode {
             ErrorCode::Internal => 500,
             ErrorCode::Blocked => 403,
             ErrorCode::Refused => 403,
+            ErrorCode::UnsupportedType => 415,
         }
     }
 }

@@ -70,6 +70,9 @@ pub struct Metrics {
     /// Notifications the push role handed over, by outcome (`delivered`: the webhook accepted
     /// them, `retried`: a failed call tried again, `dead_lettered`: given up on).
     pub push_deliveries: IntCounterVec,
+    /// Attachment operations, by operation (`request`, `upload`, `download`, `forward`) and
+    /// outcome (`ok`, `refused`: the client's error, `failed`: the store's).
+    pub attachment_operations: IntCounterVec,
     /// Open TCP connections of the HTTP listener (HTTP and upgraded WebSocket together).
     pub http_connections_open: IntGauge,
     /// Connections refused at `http.max_open_connections` (answered 503 and closed).
@@ -217,6 +220,14 @@ impl Metrics {
             &["hook", "outcome"],
         )
         .expect("valid");
+        let attachment_operations = IntCounterVec::new(
+            Opts::new(
+                "attachment_operations_total",
+                "attachment operations, by operation and outcome",
+            ),
+            &["operation", "outcome"],
+        )
+        .expect("valid");
         let hook_policy_applied = IntCounterVec::new(
             Opts::new(
                 "hook_policy_applied_total",
@@ -321,6 +332,7 @@ impl Metrics {
             Box::new(hook_policy_applied.clone()),
             Box::new(notifications.clone()),
             Box::new(push_deliveries.clone()),
+            Box::new(attachment_operations.clone()),
             Box::new(http_connections_open.clone()),
             Box::new(http_connections_rejected.clone()),
             Box::new(http_connections_evicted.clone()),
@@ -366,6 +378,7 @@ impl Metrics {
             hook_policy_applied,
             notifications,
             push_deliveries,
+            attachment_operations,
             http_connections_open,
             http_connections_rejected,
             http_connections_evicted,

@@ -24,6 +24,66 @@ pub const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
 /// Longest reaction (an emoji, possibly a sequence of several code points with modifiers).
 pub const MAX_EMOJI_BYTES: usize = 32;
 
+/// Longest attachment name, in bytes.
+pub const MAX_ATTACHMENT_NAME_BYTES: usize = 255;
+/// Longest media type, in bytes.
+const MAX_MEDIA_TYPE_BYTES: usize = 127;
+
+/// An attachment id: 32 lowercase hex digits (a UUID's simple form), so it is safe as an
+/// object-store key.
+pub fn validate_attachment_id(id: &str) -> Result<(), ApiError> {
+    if id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(bad("an attachment id is 32 lowercase hex digits"))
+    }
+}
+
+/// A file name as shown to members: 1–255 bytes, no control or bidi characters, no path.
+pub fn validate_attachment_name(name: &str) -> Result<(), ApiError> {
+    if name.trim().is_empty() || name.len() > MAX_ATTACHMENT_NAME_BYTES {
+        return Err(bad(format!(
+            "an attachment name is 1 to {MAX_ATTACHMENT_NAME_BYTES} bytes"
+        )));
+    }
+    if has_control_or_bidi(name) || name.contains(['/', '\\']) {
+        return Err(bad(
+            "an attachment name must not contain control or bidi characters or slashes",
+        ));
+    }
+    Ok(())
+}
+
+/// A media type `type/subtype` (RFC 6838 characters, lowercase, no parameters).
+pub fn validate_media_type(media_type: &str) -> Result<(), ApiError> {
+    let token = |part: &str| {
+        !part.is_empty()
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$&-^_.+".contains(&b))
+    };
+    match media_type.split_once('/') {
+        Some((kind, subtype))
+            if media_type.len() <= MAX_MEDIA_TYPE_BYTES && token(kind) && token(subtype) =>
+        {
+            Ok(())
+        }
+        _ => Err(bad(
+            "a media type is `type/subtype` in lowercase (e.g. image/png)",
+        )),
+    }
+}
+
+fn check_attachment(attachment: &chorus_schemas::Attachment) -> Result<(), ApiError> {
+    validate_attachment_id(&attachment.id)?;
+    validate_attachment_name(&attachment.name)?;
+    validate_media_type(&attachment.content_type)
+}
+
 fn bad(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::BadRequest, message)
 }
@@ -93,7 +153,13 @@ pub fn validate_ingress(
     };
     match &event.body {
         EventBody::MessageSent(message) => {
-            check_text(&message.text)?;
+            if let Some(attachment) = &message.attachment {
+                check_attachment(attachment)?;
+            }
+            // a file may go without words (an empty text), never with blank ones
+            if message.attachment.is_none() || !message.text.is_empty() {
+                check_text(&message.text)?;
+            }
             if message.reply_to == Some(0) {
                 return Err(bad("reply_to must be at least 1"));
             }

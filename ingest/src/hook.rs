@@ -45,6 +45,9 @@ struct HookRequest<'a> {
     target_seq: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     forwarded_from: Option<&'a ForwardOrigin>,
+    /// The file the message carries: `{id, name, size, type}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attachment: Option<&'a chorus_schemas::Attachment>,
 }
 
 /// The hook's answer.
@@ -112,16 +115,17 @@ impl BeforeSendHook {
     /// `Ok` lets it through, `Ok(true)` with its text replaced as the hook said; `Err` is the
     /// refusal to send back.
     pub async fn check(&self, event: &mut IngressEvent) -> Result<bool, ApiError> {
-        let (kind, text, reply_to, target_seq, forwarded_from) = match &event.body {
+        let (kind, text, reply_to, target_seq, forwarded_from, attachment) = match &event.body {
             EventBody::MessageSent(message) => (
                 "message",
                 message.text.as_str(),
                 message.reply_to,
                 None,
                 message.forwarded_from.as_deref(),
+                message.attachment.as_deref(),
             ),
             EventBody::MessageEdited { target_seq, text } => {
-                ("edit", text.as_str(), None, Some(*target_seq), None)
+                ("edit", text.as_str(), None, Some(*target_seq), None, None)
             }
             _ => return Ok(false),
         };
@@ -136,6 +140,7 @@ impl BeforeSendHook {
             reply_to,
             target_seq,
             forwarded_from,
+            attachment,
         };
         let answer = self.breaker.call(self.ask(&request)).await;
         let outcome = |name: &str| {

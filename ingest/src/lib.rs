@@ -11,6 +11,7 @@
 //! (slow consumers are closed with 1013).
 
 pub mod api_doc;
+pub mod attachments;
 pub mod hook;
 mod http;
 pub mod hub;
@@ -51,6 +52,8 @@ pub struct IngestDependencies {
     pub membership: Arc<dyn Membership>,
     pub tokens: Arc<TokenAuthority>,
     pub metrics: Arc<Metrics>,
+    /// Where attachments are kept ([`attachments::open_store`]); `None`: attachments are off.
+    pub attachments: Option<Arc<dyn object_store::ObjectStore>>,
 }
 
 /// A running ingest node.
@@ -80,6 +83,8 @@ pub struct Ingest {
     presence_stale: AtomicBool,
     /// The business system's before-send hook, when configured.
     before_send: Option<hook::BeforeSendHook>,
+    /// Files that messages carry, when the node has a store for them.
+    attachments: Option<Arc<attachments::Attachments>>,
 }
 
 fn quota(per_second: u32, burst: u32) -> Quota {
@@ -130,6 +135,13 @@ impl Ingest {
                 &config.hooks,
                 dependencies.metrics.clone(),
             ),
+            attachments: dependencies.attachments.map(|store| {
+                Arc::new(attachments::Attachments::new(
+                    store,
+                    config.attachments.clone(),
+                    dependencies.metrics.clone(),
+                ))
+            }),
             config,
         });
         // the limiter janitor is a task of the node's tracker and ends with it, never detached
@@ -250,6 +262,26 @@ impl Ingest {
         Ok(())
     }
 
+    /// The members of a conversation: a direct one's two from its id, a group's from the
+    /// membership view.
+    async fn members_of(&self, conversation_id: &str) -> Result<Vec<String>, ApiError> {
+        let conversation = chorus_core::ids::Conversation::parse(conversation_id)
+            .map_err(|error| ApiError::new(ErrorCode::BadRequest, error.to_string()))?;
+        match conversation {
+            chorus_core::ids::Conversation::Direct { first, second } => Ok(vec![first, second]),
+            chorus_core::ids::Conversation::Group { .. } => self
+                .membership
+                .members(conversation_id)
+                .await
+                .map_err(|error| {
+                    ApiError::new(
+                        ErrorCode::Unavailable,
+                        format!("membership unavailable: {error}"),
+                    )
+                }),
+        }
+    }
+
     /// Appends events to `ingress`; returns once they are durable.
     async fn append(&self, events: &[IngressEvent]) -> Result<(), ApiError> {
         let mut records = Vec::with_capacity(events.len());
@@ -281,7 +313,8 @@ impl Ingest {
     }
 }
 
-/// The ingest node's HTTP routes: `POST /v1/events`, `POST /v1/conversations`,
+/// The ingest node's HTTP routes: `POST /v1/events`, `POST /v1/conversations`, attachments
+/// (`POST /v1/attachments`, `PUT`/`GET /v1/attachments/{id}`, see [`attachments`]),
 /// `POST /v1/dev/token` in dev mode, and the web client (`GET /`, `GET /web/<file>`, see
 /// [`web`]). (`/v1/ws` is served by [`server::serve`] itself; a request there that is not a
 /// WebSocket handshake is answered `426 Upgrade Required` here.)
@@ -301,6 +334,7 @@ pub fn routes(ingest: Arc<Ingest>) -> BoxedFilter<(Response,)> {
         response
     });
     let business = http::business_events(ingest.clone());
+    let files = attachments::routes(ingest.clone());
     let create = http::create_conversation(ingest.clone());
     let web = web::routes(&ingest.config.web.read_url);
     let dev_token = http::dev_token(ingest);
@@ -308,6 +342,8 @@ pub fn routes(ingest: Arc<Ingest>) -> BoxedFilter<(Response,)> {
         .or(business)
         .unify()
         .or(create)
+        .unify()
+        .or(files)
         .unify()
         .or(dev_token)
         .unify()

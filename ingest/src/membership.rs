@@ -30,6 +30,8 @@ pub struct StoredMessage {
     pub ts_ms: i64,
     /// `None` once recalled.
     pub text: Option<String>,
+    /// The file it carries.
+    pub attachment: Option<Box<chorus_schemas::Attachment>>,
 }
 
 #[async_trait]

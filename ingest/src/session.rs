@@ -536,22 +536,34 @@ impl Session {
                 conversation,
                 text,
                 reply_to,
-            } => (
-                conversation,
-                Some(id),
-                EventBody::MessageSent(chorus_schemas::Message {
-                    text,
-                    reply_to,
-                    ..chorus_schemas::Message::default()
-                }),
-            ),
+                attachment,
+            } => {
+                let attachment = match attachment {
+                    Some(file) => Some(Box::new(
+                        self.attachments()?
+                            .for_message(&self.user, &conversation, &file)
+                            .await?,
+                    )),
+                    None => None,
+                };
+                (
+                    conversation,
+                    Some(id),
+                    EventBody::MessageSent(chorus_schemas::Message {
+                        text,
+                        reply_to,
+                        attachment,
+                        ..chorus_schemas::Message::default()
+                    }),
+                )
+            }
             ClientFrame::Forward {
                 id,
                 conversation,
                 source,
                 seq,
             } => {
-                let body = self.forwarded(&source, seq).await?;
+                let body = self.forwarded(&source, seq, &conversation).await?;
                 (conversation, Some(id), body)
             }
             ClientFrame::Edit {
@@ -716,28 +728,13 @@ impl Session {
     /// The members of a conversation: a direct one's from its id, a group's from the membership
     /// view.
     async fn members_of(&self, conversation_id: &str) -> Result<Vec<String>, ApiError> {
-        let conversation = Conversation::parse(conversation_id)
-            .map_err(|error| ApiError::new(ErrorCode::BadRequest, error.to_string()))?;
-        match conversation {
-            Conversation::Direct { first, second } => Ok(vec![first, second]),
-            Conversation::Group { .. } => self
-                .ingest
-                .membership
-                .members(conversation_id)
-                .await
-                .map_err(|error| {
-                    ApiError::new(
-                        ErrorCode::Unavailable,
-                        format!("membership unavailable: {error}"),
-                    )
-                }),
-        }
+        self.ingest.members_of(conversation_id).await
     }
 
     /// A copy of message `seq` of `source`, naming its origin: what forwarding sends. Reading
     /// `source` is authorized as the history API authorizes reads (a member now); the copy is
     /// then a send into the target, which the sequencer checks like any other.
-    async fn forwarded(&self, source: &str, seq: u64) -> Result<EventBody, ApiError> {
+    async fn forwarded(&self, source: &str, seq: u64, target: &str) -> Result<EventBody, ApiError> {
         if !self.members_of(source).await?.contains(&self.user) {
             return Err(ApiError::new(
                 ErrorCode::Forbidden,
@@ -762,6 +759,15 @@ impl Session {
                 "that message was recalled",
             ));
         };
+        // the copy's file is a copy too, for the target's members
+        let attachment = match &message.attachment {
+            Some(file) => Some(Box::new(
+                self.attachments()?
+                    .copy_for(&self.user, target, file)
+                    .await?,
+            )),
+            None => None,
+        };
         Ok(EventBody::MessageSent(chorus_schemas::Message {
             text,
             forwarded_from: Some(Box::new(chorus_schemas::ForwardOrigin {
@@ -769,8 +775,18 @@ impl Session {
                 seq,
                 sender: message.sender,
             })),
+            attachment,
             ..chorus_schemas::Message::default()
         }))
+    }
+
+    fn attachments(&self) -> Result<&crate::attachments::Attachments, ApiError> {
+        self.ingest.attachments.as_deref().ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unavailable,
+                "attachments are off on this node: set attachments.store to a shared store",
+            )
+        })
     }
 
     /// Typing is ephemeral: checked against membership, delivered to the other members' nodes,

@@ -24,7 +24,9 @@ use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 
-use crate::event::{EventBody, ForwardOrigin, IngressEvent, Message, Role, TimelineEvent};
+use crate::event::{
+    Attachment, EventBody, ForwardOrigin, IngressEvent, Message, Role, TimelineEvent,
+};
 
 /// The two-byte marker that opens an Avro single-object encoded value.
 pub const SINGLE_OBJECT_MARKER: [u8; 2] = [0xC3, 0x01];
@@ -96,7 +98,7 @@ const EVENT_SCHEMAS: [(&str, &str); 15] = [
 const INGRESS_SCHEMA: &str = include_str!("../avro/ingress_event.avsc");
 const TIMELINE_SCHEMA: &str = include_str!("../avro/timeline_event.avsc");
 /// Earlier versions of the timeline envelope, still readable.
-const TIMELINE_HISTORY: [&str; 8] = [
+const TIMELINE_HISTORY: [&str; 9] = [
     include_str!("../avro/history/timeline_event.v1.avsc"),
     include_str!("../avro/history/timeline_event.v2.avsc"),
     include_str!("../avro/history/timeline_event.v3.avsc"),
@@ -105,9 +107,10 @@ const TIMELINE_HISTORY: [&str; 8] = [
     include_str!("../avro/history/timeline_event.v6.avsc"),
     include_str!("../avro/history/timeline_event.v7.avsc"),
     include_str!("../avro/history/timeline_event.v8.avsc"),
+    include_str!("../avro/history/timeline_event.v9.avsc"),
 ];
 /// Earlier versions of the ingress envelope, still readable.
-const INGRESS_HISTORY: [&str; 7] = [
+const INGRESS_HISTORY: [&str; 8] = [
     include_str!("../avro/history/ingress_event.v1.avsc"),
     include_str!("../avro/history/ingress_event.v2.avsc"),
     include_str!("../avro/history/ingress_event.v3.avsc"),
@@ -115,6 +118,7 @@ const INGRESS_HISTORY: [&str; 7] = [
     include_str!("../avro/history/ingress_event.v5.avsc"),
     include_str!("../avro/history/ingress_event.v6.avsc"),
     include_str!("../avro/history/ingress_event.v7.avsc"),
+    include_str!("../avro/history/ingress_event.v8.avsc"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -557,10 +561,29 @@ fn message_fields(message: &Message) -> Result<Vec<(String, Value)>, CodecError>
         ),
         None => Value::Union(0, Box::new(Value::Null)),
     };
+    let attachment = match &message.attachment {
+        Some(attachment) => Value::Union(
+            1,
+            Box::new(Value::Record(vec![
+                ("id".into(), Value::String(attachment.id.clone())),
+                ("name".into(), Value::String(attachment.name.clone())),
+                (
+                    "size".into(),
+                    Value::Long(to_long("size", attachment.size)?),
+                ),
+                (
+                    "content_type".into(),
+                    Value::String(attachment.content_type.clone()),
+                ),
+            ])),
+        ),
+        None => Value::Union(0, Box::new(Value::Null)),
+    };
     Ok(vec![
         ("text".into(), Value::String(message.text.clone())),
         ("reply_to".into(), reply_to),
         ("forwarded_from".into(), forwarded_from),
+        ("attachment".into(), attachment),
         ("mentions".into(), string_array(&message.mentions)),
     ])
 }
@@ -703,11 +726,33 @@ impl Fields<'_> {
             },
             Some(other) => return Err(field_error("forwarded_from", &other)),
         };
+        let attachment = match self.added("attachment") {
+            None => None,
+            Some(Value::Union(_, inner)) => match *inner {
+                Value::Null => None,
+                Value::Record(entries) => {
+                    let mut file = Fields {
+                        entries,
+                        writer: self.writer,
+                        defaults: self.defaults,
+                    };
+                    Some(Box::new(Attachment {
+                        id: file.string("id")?,
+                        name: file.string("name")?,
+                        size: file.unsigned("size")?,
+                        content_type: file.string("content_type")?,
+                    }))
+                }
+                other => return Err(field_error("attachment", &other)),
+            },
+            Some(other) => return Err(field_error("attachment", &other)),
+        };
         Ok(Message {
             text,
             reply_to,
             mentions,
             forwarded_from,
+            attachment,
         })
     }
 
@@ -813,6 +858,12 @@ mod tests {
                     conversation: "dm:alice:bob".into(),
                     seq: 9,
                     sender: "bob".into(),
+                })),
+                attachment: Some(Box::new(Attachment {
+                    id: "0f8fad5bd9cb469fa16570867728950e".into(),
+                    name: "北京.png".into(),
+                    size: 12_345,
+                    content_type: "image/png".into(),
                 })),
             }),
             EventBody::MessageEdited {

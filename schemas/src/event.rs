@@ -99,6 +99,22 @@ pub struct Message {
     /// The message this one is a copy of, when it was forwarded (boxed: rare, and every event
     /// carries the field).
     pub forwarded_from: Option<Box<ForwardOrigin>>,
+    /// The file the message carries (boxed: rare, and every event carries the field).
+    pub attachment: Option<Box<Attachment>>,
+}
+
+/// A file a message carries: uploaded through `POST /v1/attachments` before the message was
+/// sent; its bytes are in the object store under `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub id: String,
+    /// The file's name as the uploader gave it.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its media type (`image/png`, …) as declared at upload (`type` in JSON).
+    #[serde(rename = "type")]
+    pub content_type: String,
 }
 
 /// Where a forwarded message came from: the original's conversation, seq and sender.

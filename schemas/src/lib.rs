@@ -17,5 +17,7 @@ pub mod event;
 pub mod roles;
 
 pub use codec::{CodecError, decode_ingress, decode_timeline, encode_ingress, encode_timeline};
-pub use event::{EventBody, EventKind, ForwardOrigin, IngressEvent, Message, Role, TimelineEvent};
+pub use event::{
+    Attachment, EventBody, EventKind, ForwardOrigin, IngressEvent, Message, Role, TimelineEvent,
+};
 pub use roles::Roles;

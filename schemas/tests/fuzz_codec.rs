@@ -31,6 +31,8 @@ enum BodySeed {
         Vec<String>,
         Option<(String, u64, String)>,
     ),
+    /// A message carrying a file (text, id, name, size, type).
+    Attached(String, String, String, u32, String),
     Edited(u64, String),
     Recalled(u64),
     Created(Option<String>, Vec<String>),
@@ -71,6 +73,19 @@ impl BodySeed {
                             sender,
                         })
                     }),
+                    attachment: None,
+                })
+            }
+            BodySeed::Attached(text, id, name, size, content_type) => {
+                EventBody::MessageSent(chorus_schemas::Message {
+                    text,
+                    attachment: Some(Box::new(chorus_schemas::Attachment {
+                        id,
+                        name,
+                        size: u64::from(size),
+                        content_type,
+                    })),
+                    ..chorus_schemas::Message::default()
                 })
             }
             BodySeed::Edited(target_seq, text) => EventBody::MessageEdited { target_seq, text },

@@ -279,3 +279,62 @@ fn envelopes_written_before_the_retention_event_decode_with_the_current_schemas(
         include_str!("../avro/history/ingress_event.v7.avsc"),
     );
 }
+
+#[test]
+fn envelopes_written_before_attachments_decode_with_the_current_schemas() {
+    check_older_envelopes(
+        include_str!("../avro/history/timeline_event.v9.avsc"),
+        include_str!("../avro/history/ingress_event.v8.avsc"),
+    );
+}
+
+/// A message written before `chorus.MessageSent` gained `attachment` (envelope v9, which
+/// inlines that record's v2) keeps its reply, mentions and origin, and carries no attachment.
+#[test]
+fn messages_written_before_attachments_keep_their_fields() {
+    let (_, record) = record_of(
+        include_str!("../avro/history/timeline_event.v9.avsc"),
+        Value::Record(vec![
+            ("conversation".into(), Value::String("g:team".into())),
+            ("seq".into(), Value::Union(1, Box::new(Value::Long(5)))),
+            ("event_id".into(), Value::String("e11".into())),
+            ("sender".into(), Value::String("bob".into())),
+            ("ts_ms".into(), Value::Long(3000)),
+            ("origin_cluster".into(), Value::String("east".into())),
+            (
+                "client_msg_id".into(),
+                Value::Union(0, Box::new(Value::Null)),
+            ),
+            ("ingress_offset".into(), Value::Long(41)),
+            (
+                "body".into(),
+                Value::Union(
+                    0,
+                    Box::new(Value::Record(vec![
+                        ("text".into(), Value::String("@carol see 3".into())),
+                        ("reply_to".into(), Value::Union(1, Box::new(Value::Long(3)))),
+                        (
+                            "forwarded_from".into(),
+                            Value::Union(0, Box::new(Value::Null)),
+                        ),
+                        (
+                            "mentions".into(),
+                            Value::Array(vec![Value::String("carol".into())]),
+                        ),
+                    ])),
+                ),
+            ),
+        ]),
+    );
+    let event = decode_timeline(&record).unwrap();
+    assert_eq!(
+        event.body,
+        EventBody::MessageSent(chorus_schemas::Message {
+            text: "@carol see 3".into(),
+            reply_to: Some(3),
+            mentions: vec!["carol".into()],
+            forwarded_from: None,
+            attachment: None,
+        })
+    );
+}

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chorus_log::{Offset, PartitionId};
-use chorus_schemas::{EventBody, ForwardOrigin, Roles, TimelineEvent};
+use chorus_schemas::{Attachment, EventBody, ForwardOrigin, Roles, TimelineEvent};
 use parking_lot::Mutex;
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
@@ -105,6 +105,9 @@ struct StoredMessage {
     /// Where it was forwarded from.
     #[serde(default)]
     forwarded_from: Option<Box<ForwardOrigin>>,
+    /// The file it carries (dropped on recall).
+    #[serde(default)]
+    attachment: Option<Box<Attachment>>,
 }
 
 impl StoredMessage {
@@ -139,6 +142,7 @@ impl StoredMessage {
             reply_to,
             mentions: self.mentions,
             forwarded_from: self.forwarded_from,
+            attachment: self.attachment,
             reactions: Vec::new(),
         })
     }
@@ -461,6 +465,7 @@ impl<'transaction> WriteTables<'transaction> {
                     reply_to: sent.reply_to,
                     mentions: sent.mentions.clone(),
                     forwarded_from: sent.forwarded_from.clone(),
+                    attachment: sent.attachment.clone(),
                 };
                 self.messages.insert(
                     (conversation, seq),
@@ -477,6 +482,7 @@ impl<'transaction> WriteTables<'transaction> {
                 self.update_message(conversation, *target_seq, |message| {
                     message.text = None;
                     message.recalled = true;
+                    message.attachment = None;
                 })?;
             }
             EventBody::ConversationCreated { members, .. } => {

@@ -36,7 +36,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 pub use chorus_log::Unavailability;
 use chorus_log::{Offset, PartitionId};
-use chorus_schemas::{ForwardOrigin, Role, Roles, TimelineEvent};
+use chorus_schemas::{Attachment, ForwardOrigin, Role, Roles, TimelineEvent};
 use serde::Serialize;
 
 /// `(a, b)` for a direct conversation id `dm:<a>:<b>`, `None` for any other id: the two members
@@ -71,6 +71,10 @@ pub struct MessageView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub forwarded_from: Option<Box<ForwardOrigin>>,
+    /// The file it carries: `{id, name, size, type}` (`None` once recalled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub attachment: Option<Box<Attachment>>,
     /// The reactions to it, for the reader ([`HistoryStore::reactions`]; the read API adds them).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub reactions: Vec<ReactionCount>,
@@ -116,6 +120,7 @@ impl MessageView {
             reply_to: None,
             mentions: Vec::new(),
             forwarded_from: None,
+            attachment: None,
             reactions: Vec::new(),
         }
     }

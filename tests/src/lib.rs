@@ -31,7 +31,10 @@ pub use child_server::{ChildServer, chorus_binary, role_arguments, role_environm
 pub use credentials::{API_KEY, JWT_SECRET, token};
 pub use in_process::{TestServer, generous_limits, test_config};
 pub use participant::{ACK_PATIENCE, Participant, SEND_DEADLINE};
-pub use services::{OwnClickHouse, OwnRedis, clickhouse_service, distributed_services, free_port};
+pub use services::{
+    OwnClickHouse, OwnRedis, S3Service, clickhouse_service, distributed_services, free_port,
+    s3_service,
+};
 pub use slow_client::{
     PROMPT_ANSWER, health_status, open_partial_requests, partial_head_closed_after,
     read_until_closed,

@@ -10,7 +10,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::net::TcpStream;
 
-pub use chorus_process::services::{clickhouse_service, distributed_services};
+pub use chorus_process::services::{
+    S3Service, clickhouse_service, distributed_services, s3_service,
+};
 
 use crate::WAIT;
 

@@ -16,10 +16,15 @@ pub enum ClientFrame {
     Send {
         id: String,
         conversation: String,
+        #[serde(default)]
         text: String,
         /// The seq of the message (same conversation) this one answers.
         #[serde(default)]
         reply_to: Option<u64>,
+        /// The id of a file uploaded through `POST /v1/attachments` (by the sender, for this
+        /// conversation) that the message carries; `text` may then be empty.
+        #[serde(default)]
+        attachment: Option<String>,
     },
     /// Copies message `seq` of conversation `source` (which the sender must be able to read)
     /// into `conversation`, as a new message naming its origin.

@@ -105,6 +105,9 @@ pub fn event_json(event: &TimelineEvent) -> Value {
                     }),
                 );
             }
+            if let Some(attachment) = &message.attachment {
+                object.insert("attachment".into(), attachment_json(attachment));
+            }
         }
         EventBody::MessageEdited { target_seq, text } => {
             object.insert("target_seq".into(), json!(target_seq));
@@ -259,4 +262,14 @@ fn ack_json(client_msg_id: Option<&str>, conversation: &str, seq: u64, event_id:
 /// The `typing` frame.
 pub fn typing_json(conversation: &str, user: &str) -> Value {
     json!({"type": "typing", "conversation": conversation, "user": user})
+}
+
+/// An attachment as the protocol shows it: `{"id", "name", "size", "type"}`.
+pub fn attachment_json(attachment: &chorus_schemas::Attachment) -> Value {
+    json!({
+        "id": attachment.id,
+        "name": attachment.name,
+        "size": attachment.size,
+        "type": attachment.content_type,
+    })
 }

@@ -39,19 +39,23 @@ pub(super) fn candidate(state: &SequencerState, event: &TimelineEvent) -> Option
     };
     let seq = event.seq?;
     let preview: String = message.text.chars().take(PREVIEW_CHARS).collect();
+    let mut base = json!({
+        "conversation": event.conversation,
+        "seq": seq,
+        "event_id": event.event_id,
+        "sender": event.sender,
+        "ts": event.ts_ms,
+        "kind": "message",
+        "text": preview,
+    });
+    if let Some(attachment) = &message.attachment {
+        base["attachment"] = chorus_core::protocol::outbound::attachment_json(attachment);
+    }
     Some(PushCandidate {
         sender: event.sender.clone(),
         muted: state.muted_by(&event.conversation).to_vec(),
         mentions: message.mentions.clone(),
-        base: json!({
-            "conversation": event.conversation,
-            "seq": seq,
-            "event_id": event.event_id,
-            "sender": event.sender,
-            "ts": event.ts_ms,
-            "kind": "message",
-            "text": preview,
-        }),
+        base,
     })
 }
 

@@ -85,6 +85,7 @@ macro_rules! history_conformance {
             blocks_are_the_blockers_own,
             pins_list_pinned_messages_newest_first,
             replies_quote_the_message_they_answer,
+            attachments_are_kept_until_recalled,
             mention_counts_follow_the_read_cursor,
             reactions_count_each_user_once,
             rosters_follow_role_changes,

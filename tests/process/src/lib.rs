@@ -32,7 +32,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 
-pub use services::{clickhouse_service, distributed_services};
+pub use services::{S3Service, clickhouse_service, distributed_services, s3_service};
 
 /// What the `chorus` binary prints once a role serves (`Chorus is listening on http://…`).
 pub const LISTENING: &str = " is listening on ";

@@ -40,3 +40,47 @@ pub fn clickhouse_service() -> Option<String> {
         }
     }
 }
+
+/// An S3-compatible server to keep attachments in: `CHORUS_TEST_S3`
+/// (`http://key:secret@host:port/bucket`), which `scripts/test` sets once it started one
+/// (`scripts/services/s3`). Without it a test is skipped with a notice, except in CI
+/// (`CI=true`), where that is a failure.
+pub fn s3_service() -> Option<S3Service> {
+    match std::env::var("CHORUS_TEST_S3") {
+        Ok(url) => Some(
+            S3Service::parse(&url).expect("CHORUS_TEST_S3 is http://key:secret@host:port/bucket"),
+        ),
+        Err(_) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CHORUS_TEST_S3 must be set in CI (scripts/test starts the S3 server)")
+        }
+        Err(_) => {
+            eprintln!("skipped: CHORUS_TEST_S3 is not set (run ./scripts/test)");
+            None
+        }
+    }
+}
+
+/// Where the test S3 server is and how to sign in.
+#[derive(Debug, Clone)]
+pub struct S3Service {
+    /// `http://host:port`.
+    pub endpoint: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub bucket: String,
+}
+
+impl S3Service {
+    fn parse(url: &str) -> Option<S3Service> {
+        let rest = url.strip_prefix("http://")?;
+        let (credentials, rest) = rest.split_once('@')?;
+        let (access_key_id, secret_access_key) = credentials.split_once(':')?;
+        let (host, bucket) = rest.split_once('/')?;
+        Some(S3Service {
+            endpoint: format!("http://{host}"),
+            access_key_id: access_key_id.to_owned(),
+            secret_access_key: secret_access_key.to_owned(),
+            bucket: bucket.trim_matches('/').to_owned(),
+        })
+    }
+}

@@ -1,8 +1,8 @@
 //! Checks of what a message carries besides its text: the message it answers (quoted as that
 //! message stands now), the members it mentions (and the mention counts they make), and where
-//! it was forwarded from.
+//! it was forwarded from, and the file it carries.
 
-use chorus_schemas::{EventBody, ForwardOrigin, Message};
+use chorus_schemas::{Attachment, EventBody, ForwardOrigin, Message};
 
 use super::{READ_ALL, TimelineWriter, created, edited, read_up_to, recalled, sent};
 use crate::history::{HistoryError, HistoryStore, MessagePage, ReplyView, quote_of};
@@ -173,5 +173,65 @@ pub async fn mention_counts_follow_the_read_cursor(
     timeline.push("g:m", "bob", read_up_to(6));
     timeline.apply_to(store, 0).await?;
     assert_eq!(mentions_of("bob").await?, (0, 0));
+    Ok(())
+}
+
+/// A message's file (id, name, size, type) is kept with it, in `/messages` and in the events as
+/// logged; an edit keeps it; a recall drops it from the message as it stands.
+pub async fn attachments_are_kept_until_recalled(
+    store: &dyn HistoryStore,
+) -> Result<(), HistoryError> {
+    let file = |id: &str, name: &str| Attachment {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        size: 70_000,
+        content_type: "image/png".to_owned(),
+    };
+    let carrying = |text: &str, attachment: Attachment| {
+        EventBody::MessageSent(Message {
+            text: text.to_owned(),
+            attachment: Some(Box::new(attachment)),
+            ..Message::default()
+        })
+    };
+    let mut timeline = TimelineWriter::new();
+    timeline.push(
+        "dm:alice:bob",
+        "alice",
+        carrying("", file(&"a".repeat(32), "猫.png")),
+    ); // 1
+    timeline.push(
+        "dm:alice:bob",
+        "bob",
+        carrying("look", file(&"b".repeat(32), "dog.png")),
+    ); // 2
+    timeline.push("dm:alice:bob", "bob", edited(2, "look!")); // 3
+    timeline.push("dm:alice:bob", "alice", recalled(1)); // 4
+    timeline.apply_to(store, 0).await?;
+
+    let messages = store
+        .messages("dm:alice:bob", MessagePage::After(0), READ_ALL)
+        .await?;
+    assert_eq!(messages.len(), 2);
+    assert_eq!(
+        messages[0].attachment, None,
+        "a recalled message shows no file"
+    );
+    assert!(messages[0].recalled);
+    assert_eq!(
+        messages[1].attachment,
+        Some(Box::new(file(&"b".repeat(32), "dog.png"))),
+        "an edit keeps the file"
+    );
+    assert_eq!(messages[1].text.as_deref(), Some("look!"));
+    let events = store.events("dm:alice:bob", 0, 1).await?;
+    let EventBody::MessageSent(message) = &events[0].body else {
+        panic!("seq 1 is a message");
+    };
+    assert_eq!(
+        message.attachment,
+        Some(Box::new(file(&"a".repeat(32), "猫.png"))),
+        "the event as logged keeps its file"
+    );
     Ok(())
 }

@@ -360,3 +360,85 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod attachment_tests {
+    use super::*;
+
+    #[test]
+    fn attachment_ids_are_32_lowercase_hex_digits() {
+        assert!(validate_attachment_id(&"0a".repeat(16)).is_ok());
+        for bad in [
+            "",
+            "../../etc/passwd",
+            &"A".repeat(32),
+            &"0".repeat(31),
+            &"g".repeat(32),
+        ] {
+            assert!(validate_attachment_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn attachment_names_are_shown_names_not_paths() {
+        assert!(validate_attachment_name("猫 photo.png").is_ok());
+        assert!(validate_attachment_name(&"é".repeat(127)).is_ok());
+        for bad in [
+            "",
+            "  ",
+            "a/b.png",
+            "a\\b.png",
+            "line\nbreak",
+            "\u{202e}gnp.exe",
+            &"a".repeat(256),
+        ] {
+            assert!(validate_attachment_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn media_types_are_type_slash_subtype() {
+        for good in ["image/png", "application/vnd.ms-excel", "image/svg+xml"] {
+            assert!(validate_media_type(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "png",
+            "image/",
+            "/png",
+            "Image/PNG",
+            "text/html; charset=utf-8",
+        ] {
+            assert!(validate_media_type(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_message_with_a_file_may_have_no_text_but_not_blank_text() {
+        let limits = LimitsSection::default();
+        let event = |text: &str| IngressEvent {
+            event_id: "e1".into(),
+            conversation: "dm:a:b".into(),
+            sender: "a".into(),
+            client_msg_id: None,
+            ts_ms: 1,
+            origin_cluster: "local".into(),
+            origin_node: None,
+            origin_session: None,
+            trusted: false,
+            body: EventBody::MessageSent(chorus_schemas::Message {
+                text: text.into(),
+                attachment: Some(Box::new(chorus_schemas::Attachment {
+                    id: "0".repeat(32),
+                    name: "a.png".into(),
+                    size: 3,
+                    content_type: "image/png".into(),
+                })),
+                ..chorus_schemas::Message::default()
+            }),
+        };
+        assert!(validate_ingress(&event(""), &limits).is_ok());
+        assert!(validate_ingress(&event("look"), &limits).is_ok());
+        assert!(validate_ingress(&event("   "), &limits).is_err());
+    }
+}

@@ -75,6 +75,65 @@ fn create_conversation() {}
     responses((status = 200, body = DevToken), (status = 404)))]
 fn dev_token() {}
 
+#[derive(Serialize, ToSchema)]
+struct UploadUrl {
+    /// The attachment's id (32 hex digits): what a `send` frame's `attachment` names.
+    id: String,
+    /// Where to `PUT` the bytes (this node, with the same token).
+    upload_url: String,
+    method: String,
+    /// Until when the bytes may be put (milliseconds since the Unix epoch).
+    expires_at: i64,
+}
+
+/// An attachment as messages carry it.
+#[derive(Serialize, ToSchema)]
+struct AttachmentView {
+    id: String,
+    name: String,
+    size: u64,
+    #[serde(rename = "type")]
+    content_type: String,
+}
+
+/// Asks for an upload: a file for a conversation the caller is a member of.
+#[utoipa::path(post, path = "/v1/attachments", tag = "attachments",
+    request_body = crate::attachments::UploadRequest,
+    responses((status = 201, body = UploadUrl),
+              (status = 400, description = "a bad name, type or size"),
+              (status = 403, description = "not a member of the conversation"),
+              (status = 413, description = "`too_large`: over `attachments.max_bytes`"),
+              (status = 415, description = "`unsupported_type`: not in `attachments.types`"),
+              (status = 429), (status = 503, description = "no attachment store on this node")),
+    security(("user_token" = [])))]
+fn ask_for_upload() {}
+
+/// Uploads the bytes of an attachment asked for: exactly its size, by the user who asked,
+/// once, before it expires.
+#[utoipa::path(put, path = "/v1/attachments/{id}", tag = "attachments",
+    params(("id" = String, Path, description = "the attachment's id")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, body = AttachmentView),
+              (status = 400, description = "not the size asked for, or already uploaded"),
+              (status = 403, description = "asked for by another user"),
+              (status = 404, description = "no such upload, or expired"),
+              (status = 413, description = "more bytes than asked for"),
+              (status = 503)),
+    security(("user_token" = [])))]
+fn upload() {}
+
+/// Downloads an attachment: for the members of the conversation it was uploaded for. Images
+/// come as themselves (inline); other files as `application/octet-stream`, to be saved.
+#[utoipa::path(get, path = "/v1/attachments/{id}", tag = "attachments",
+    params(("id" = String, Path, description = "the attachment's id"),
+           ("token" = Option<String>, Query, description = "the user's token, when no Authorization header (for `<img src>`)")),
+    responses((status = 200, content_type = "application/octet-stream", description = "the file"),
+              (status = 401),
+              (status = 404, description = "no such attachment, or not a member"),
+              (status = 503)),
+    security(("user_token" = [])))]
+fn download() {}
+
 /// The web client's page.
 #[utoipa::path(get, path = "/", tag = "web",
     responses((status = 200, content_type = "text/html", description = "the page")))]
@@ -97,6 +156,9 @@ fn web_file() {}
     websocket,
     business_events,
     create_conversation,
+    ask_for_upload,
+    upload,
+    download,
     dev_token,
     page,
     web_config,

@@ -73,6 +73,7 @@ async fn the_openapi_document_names_every_route_and_every_route_it_names_answers
             let mut request = match method.as_str() {
                 "get" => http.get(&url),
                 "post" => http.post(&url),
+                "put" => http.put(&url),
                 other => panic!("{other} {path}: a method the test does not know"),
             };
             let schemes: Vec<&str> = operation["security"]
@@ -93,6 +94,9 @@ async fn the_openapi_document_names_every_route_and_every_route_it_names_answers
                     request.json(&json!({"id": "g:documented", "members": ["bob"]}))
                 }
                 "/v1/dev/token" => request.json(&json!({"user": "alice"})),
+                "/v1/attachments" => request.json(
+                    &json!({"conversation": "dm:alice:bob", "name": "a.txt", "size": 1, "type": "text/plain"}),
+                ),
                 "/v1/admin/replay" => request.json(&json!({"projection": "search"})),
                 _ => request,
             };

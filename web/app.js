@@ -1,5 +1,5 @@
 // The Chorus web page: log in, conversations, messages, history on scroll, search, edits and
-// recalls, typing and read marks. All protocol work (tracking, gap filling, reconnecting,
+// recalls, typing and read marks, files (images shown inline, other files as download links). All protocol work (tracking, gap filling, reconnecting,
 // resending) is in chorus-client.js; this file keeps the view state and draws it.
 import { ChorusClient, devToken, dmId, newClientId } from "./chorus-client.js";
 
@@ -47,11 +47,11 @@ function conversationState(id) {
       title: null,
       /**
        * seq → message `{ seq, sender, ts, text, edited, recalled, origin, reply_to, mentions,
-       * forwarded_from }` or notice `{ seq, notice }`; `reply_to` is the seq answered (live) or
-       * `{ seq, sender, quote }` (history)
+       * forwarded_from, attachment }` or notice `{ seq, notice }`; `reply_to` is the seq answered
+       * (live) or `{ seq, sender, quote }` (history); `attachment`: `{ id, name, size, type }`
        */
       items: new Map(),
-      /** client message id → text, until its event or ack arrives */
+      /** client message id → `{ text, attachment }`, until its event or ack arrives */
       pending: new Map(),
       queuedFor: new Map(), // client id -> home region, for a pending send answered `accepted`
       /** every message with seq >= floor is known; history below it loads on scroll */
@@ -253,6 +253,7 @@ function applyEvent(event) {
         reply_to: event.reply_to,
         mentions: event.mentions ?? [],
         forwarded_from: event.forwarded_from,
+        attachment: event.attachment,
       });
       if (event.sender === view.me) state.pending.delete(event.client_msg_id);
       // the count each sync brings covers what a fill hands over; live events add to it
@@ -321,12 +322,12 @@ function applyEvent(event) {
 /** An ack of my send: the message is stored with its seq (its event may come too; same seq). */
 function applyAck(ack) {
   const state = conversationState(ack.conversation);
-  const text = state.pending.get(ack.id);
-  if (text === undefined) return;
+  const sent = state.pending.get(ack.id);
+  if (sent === undefined) return;
   state.pending.delete(ack.id);
   state.queuedFor.delete(ack.id);
   if (!state.items.has(ack.seq)) {
-    state.items.set(ack.seq, { seq: ack.seq, sender: view.me, ts: Date.now(), text, edited: false, recalled: false, origin: "ack" });
+    state.items.set(ack.seq, { seq: ack.seq, sender: view.me, ts: Date.now(), text: sent.text, attachment: sent.attachment, edited: false, recalled: false, origin: "ack" });
   }
   state.lastSeq = Math.max(state.lastSeq, ack.seq);
   if (ack.conversation === view.openId) renderMessages();
@@ -660,8 +661,8 @@ function renderMessages({ keepScroll = false } = {}) {
     .filter((item) => item.notice || since === null || !item.ts || item.ts >= since)
     .sort((left, right) => left.seq - right.seq)
     .map((item) => renderItem(state, item, readByOthers));
-  for (const [clientId, text] of state.pending) {
-    items.push(renderItem(state, { seq: null, clientId, sender: view.me, text, pending: true, queuedFor: state.queuedFor.get(clientId) }, readByOthers));
+  for (const [clientId, { text, attachment }] of state.pending) {
+    items.push(renderItem(state, { seq: null, clientId, sender: view.me, text, attachment, pending: true, queuedFor: state.queuedFor.get(clientId) }, readByOthers));
   }
   list.replaceChildren(...items);
   if (atBottom && !keepScroll) list.scrollTop = list.scrollHeight;
@@ -703,6 +704,7 @@ function renderItem(state, item, readByOthers) {
   text.className = "text";
   text.textContent = item.recalled ? "message recalled" : item.text;
   entry.append(text);
+  if (item.attachment && !item.recalled) entry.append(attachmentView(item.attachment));
   const meta = document.createElement("span");
   meta.className = "meta";
   const unsent = item.queuedFor ? `queued for ${item.queuedFor}` : "sending…";
@@ -727,6 +729,59 @@ function renderItem(state, item, readByOthers) {
     entry.append(reactionBar(state, item));
   }
   return entry;
+}
+
+/** Types shown inline (the ones the server serves as themselves); other files are downloaded. */
+const INLINE_IMAGE_TYPES = new Set(["image/png", "image/jpeg", "image/gif", "image/webp", "image/avif"]);
+
+/** A size in bytes for people: `512 B`, `1.5 KB`, `25 MB`. */
+function humanSize(bytes) {
+  const units = ["B", "KB", "MB", "GB"];
+  let size = Number(bytes) || 0;
+  let unit = 0;
+  while (size >= 1024 && unit < units.length - 1) {
+    size /= 1024;
+    unit += 1;
+  }
+  return `${unit === 0 || size >= 10 ? Math.round(size) : size.toFixed(1)} ${units[unit]}`;
+}
+
+/** What a message without text says about its file: `📎 cat.png`. */
+function attachmentLabel(attachment) {
+  return attachment ? `📎 ${attachment.name}` : "";
+}
+
+/**
+ * A message's file: an image shown inline (bounded by the style sheet; a click opens it whole),
+ * or a download link with the file's name and size. Both read the file from the serving node with
+ * the token in the URL.
+ */
+function attachmentView(attachment) {
+  const box = document.createElement("span");
+  box.className = "attachment";
+  box.dataset.attachment = attachment.id;
+  const link = document.createElement("a");
+  link.href = view.client.attachmentUrl(attachment.id);
+  if (INLINE_IMAGE_TYPES.has(attachment.type)) {
+    link.target = "_blank";
+    link.rel = "noopener";
+    const image = document.createElement("img");
+    image.src = link.href;
+    image.alt = attachment.name;
+    image.title = `${attachment.name} (${humanSize(attachment.size)})`;
+    link.append(image);
+  } else {
+    box.classList.add("attachment-file");
+    link.download = attachment.name;
+    link.textContent = `📎 ${attachment.name}`;
+    const size = document.createElement("span");
+    size.className = "size";
+    size.textContent = humanSize(attachment.size);
+    box.append(link, size);
+    return box;
+  }
+  box.append(link);
+  return box;
 }
 
 /** Quick reactions offered on every message. */
@@ -803,7 +858,7 @@ function replyQuote(state, item) {
   const quote = document.createElement("span");
   quote.className = "reply-quote";
   quote.dataset.replyTo = seq;
-  const words = known ? (known.recalled ? "message recalled" : (known.text ?? "")) : `message #${seq}`;
+  const words = known ? (known.recalled ? "message recalled" : known.text || attachmentLabel(known.attachment)) : `message #${seq}`;
   quote.textContent = `↩ ${known?.sender ?? ""}${known?.sender ? ": " : ""}${[...words].slice(0, 100).join("")}`;
   quote.addEventListener("click", () => jumpTo(state.id, seq));
   return quote;
@@ -814,7 +869,7 @@ function startReply(state, item) {
   view.editing = null;
   element("editing").hidden = true;
   element("replying").hidden = false;
-  element("replying").querySelector("span").textContent = `${item.sender}: ${[...(item.text ?? "")].slice(0, 40).join("")}`;
+  element("replying").querySelector("span").textContent = `${item.sender}: ${[...(item.text || attachmentLabel(item.attachment))].slice(0, 40).join("")}`;
   element("message-input").focus();
 }
 
@@ -864,7 +919,7 @@ async function loadPins(state) {
     ...state.pins.map((pin) => {
       const item = document.createElement("li");
       item.dataset.seq = pin.message.seq;
-      item.textContent = `📌 ${pin.message.recalled ? "message recalled" : pin.message.text} — ${pin.message.sender}`;
+      item.textContent = `📌 ${pin.message.recalled ? "message recalled" : pin.message.text || attachmentLabel(pin.message.attachment)} — ${pin.message.sender}`;
       item.title = `pinned by ${pin.pinned_by}`;
       return item;
     }),
@@ -922,8 +977,13 @@ element("composer").addEventListener("submit", (submitted) => {
   const replyTo = view.replying?.conversation === state.id ? view.replying.seq : undefined;
   view.replying = null;
   element("replying").hidden = true;
-  const { id, acked } = view.client.send(state.id, text, undefined, { replyTo });
-  state.pending.set(id, text);
+  sendMessage(state, text, { replyTo });
+});
+
+/** Sends a message (with a file already uploaded: `attachment` `{ id, name, size, type }`). */
+function sendMessage(state, text, { replyTo, attachment } = {}) {
+  const { id, acked } = view.client.send(state.id, text, undefined, { replyTo, attachment: attachment?.id });
+  state.pending.set(id, { text, attachment });
   renderMessages();
   element("messages").scrollTop = element("messages").scrollHeight;
   acked.catch((error) => {
@@ -931,6 +991,46 @@ element("composer").addEventListener("submit", (submitted) => {
     renderMessages();
     showRefusal(error);
   });
+}
+
+element("attach").addEventListener("click", () => element("attach-input").click());
+
+/**
+ * A chosen file is uploaded to the open conversation, then sent in a message with the text typed
+ * (if any, and not an edit) and the reply being written. A refusal (too large, a type the node
+ * does not take) is shown like any other; the text stays in the composer then.
+ */
+element("attach-input").addEventListener("change", async () => {
+  const chooser = element("attach-input");
+  const file = chooser.files?.[0];
+  chooser.value = ""; // the same file can be chosen again
+  const state = view.openId && conversationState(view.openId);
+  if (!file || !state) return;
+  const attach = element("attach");
+  attach.disabled = true;
+  attach.title = `uploading ${file.name}…`;
+  let id;
+  try {
+    id = await view.client.uploadAttachment(state.id, file);
+  } catch (error) {
+    // a refusal has the server's code; a network failure has none
+    showRefusal(error.code ? error : { code: "unavailable", message: `upload failed: ${error.message}` });
+    return;
+  } finally {
+    attach.disabled = false;
+    attach.title = "attach a file (sent with the message typed, if any)";
+  }
+  // what is typed goes with the file unless it is an edit, or another conversation was opened
+  const input = element("message-input");
+  const withText = !view.editing && view.openId === state.id;
+  const text = withText ? input.value : "";
+  if (withText) input.value = "";
+  const replyTo = view.replying?.conversation === state.id ? view.replying.seq : undefined;
+  if (replyTo !== undefined) {
+    view.replying = null;
+    element("replying").hidden = true;
+  }
+  sendMessage(state, text, { replyTo, attachment: { id, name: file.name, size: file.size, type: file.type || "application/octet-stream" } });
 });
 
 element("message-input").addEventListener("input", () => {

@@ -640,10 +640,15 @@ export class ChorusClient {
     entry.timer = null;
   }
 
-  /** Sends a message; `replyTo`: the seq of the message it answers (same conversation). */
-  send(conversation, text, id, { replyTo } = {}) {
+  /**
+   * Sends a message; `replyTo`: the seq of the message it answers (same conversation);
+   * `attachment`: the id of a file uploaded for this conversation (`uploadAttachment`), when
+   * `text` may be empty.
+   */
+  send(conversation, text, id, { replyTo, attachment } = {}) {
     const frame = { type: "send", id, conversation, text };
     if (replyTo !== undefined && replyTo !== null) frame.reply_to = replyTo;
+    if (attachment !== undefined && attachment !== null) frame.attachment = attachment;
     return this.submit(frame);
   }
 
@@ -751,12 +756,37 @@ export class ChorusClient {
       headers: { authorization: `Bearer ${this.token}`, ...(body ? { "content-type": "application/json" } : {}) },
       body: body ? JSON.stringify(body) : undefined,
     });
-    const answer = await response.json().catch(() => ({}));
-    if (!response.ok) {
-      const error = answer.error ?? {};
-      throw new ChorusError(error.code ?? "unavailable", error.message ?? `HTTP ${response.status}`, response.status);
-    }
-    return answer;
+    return answerOf(response);
+  }
+
+  /**
+   * Uploads `file` (a `File` or `Blob`: its `name`, `size`, `type` and bytes) for
+   * `conversation`, in two steps on the serving node: `POST /v1/attachments` asks for an upload
+   * (refused at once when the file is too large, `too_large`, or of a type the node does not
+   * take, `unsupported_type`), then the bytes go to its `upload_url`. Resolves to the
+   * attachment's id, for `send(…, { attachment })`; a refusal rejects with a `ChorusError`
+   * carrying the server's code and message. A file without a type is sent as
+   * `application/octet-stream`.
+   */
+  async uploadAttachment(conversation, file) {
+    const type = file.type || "application/octet-stream";
+    const asked = await this.request("POST", "/v1/attachments", { conversation, name: file.name || "file", size: file.size, type });
+    const target = /^https?:/.test(asked.upload_url) ? asked.upload_url : `${this.baseUrl}${asked.upload_url}`;
+    const response = await this.fetchImpl(target, {
+      method: asked.method ?? "PUT",
+      headers: { authorization: `Bearer ${this.token}`, "content-type": type },
+      body: file,
+    });
+    await answerOf(response);
+    return asked.id;
+  }
+
+  /**
+   * Where attachment `id` is downloaded from (the serving node), with the current token in the
+   * query, so `<img src>` and `<a download>` work without a header. Ask again after a renewal.
+   */
+  attachmentUrl(id) {
+    return `${this.baseUrl}/v1/attachments/${encodeURIComponent(id)}?token=${encodeURIComponent(this.token)}`;
   }
 
   /** Messages as they stand now: `{ after_seq }` or `{ before_seq }`, and `limit`. */
@@ -790,6 +820,16 @@ export class ChorusClient {
   createGroup(id, members, title) {
     return this.request("POST", "/v1/conversations", { id, members, title });
   }
+}
+
+/** The JSON answer of an HTTP response, or a `ChorusError` with its code when it failed. */
+async function answerOf(response) {
+  const answer = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const error = answer.error ?? {};
+    throw new ChorusError(error.code ?? "unavailable", error.message ?? `HTTP ${response.status}`, response.status);
+  }
+  return answer;
 }
 
 /** `POST /v1/dev/token` (embedded dev mode only). */

@@ -1,6 +1,7 @@
 // Unit tests of the client library (node --test web/): seq tracking, gap filling, sync after a
 // reconnect, backoff, resends with the same client message id, token renewal and expiry
-// (close 4001), and the paged conversation list (`next`). The WebSocket, fetch and the
+// (close 4001), the paged conversation list (`next`), and attachments (upload, send, download
+// URL). The WebSocket, fetch and the
 // timers are fakes driven by the test, so every step is explicit and nothing waits on a clock.
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -72,6 +73,33 @@ class FakeServer {
     this.conversationsPage = Infinity;
     /** when set, `(after) => body` answers `GET /v1/conversations` instead (a misbehaving server) */
     this.conversationsAnswer = null;
+    /** attachment id → `{ asked, bytes, type }`: asked for, then put (`bytes`) */
+    this.files = new Map();
+    /** when set, `{ status, code, message }` refuses every `POST /v1/attachments` */
+    this.attachmentRefusal = null;
+  }
+
+  /** `POST /v1/attachments` (an upload asked for) and `PUT /v1/attachments/{id}` (its bytes). */
+  async attachment(init, pathname) {
+    const answer = (status, body) => ({ ok: status < 300, status, json: async () => body });
+    if (init.method === "POST") {
+      assert.equal(init.headers["content-type"], "application/json");
+      const asked = JSON.parse(init.body);
+      if (this.attachmentRefusal) {
+        const { status, code, message } = this.attachmentRefusal;
+        return answer(status, { error: { code, message } });
+      }
+      const id = String(this.files.size + 1).padStart(32, "0");
+      this.files.set(id, { asked, bytes: null, type: null });
+      return answer(201, { id, upload_url: `/v1/attachments/${id}`, method: "PUT", expires_at: 1 });
+    }
+    assert.equal(init.method, "PUT");
+    const file = this.files.get(pathname.split("/")[3]);
+    if (!file) return answer(404, { error: { code: "not_found", message: "no such upload" } });
+    file.bytes = new Uint8Array(await new Response(init.body).arrayBuffer());
+    file.type = init.headers["content-type"];
+    if (file.bytes.length !== file.asked.size) return answer(400, { error: { code: "bad_request", message: "short upload" } });
+    return answer(200, { id: pathname.split("/")[3], name: file.asked.name, size: file.asked.size, type: file.asked.type });
   }
 
   append(conversation, count) {
@@ -86,6 +114,7 @@ class FakeServer {
     this.requests.push(`${init.method} ${pathname}${searchParams.size ? `?${searchParams}` : ""}`);
     assert.equal(init.headers.authorization, `Bearer ${this.token}`);
     let body;
+    if (pathname.startsWith("/v1/attachments")) return this.attachment(init, pathname);
     if (pathname === "/v1/conversations" && this.conversationsAnswer) {
       // a client that loops on this server fails here instead of spinning forever
       assert.ok(this.requests.length <= 100, "the client keeps asking for conversations");
@@ -637,4 +666,85 @@ test("paging the conversation list stops after maxConversationPages pages", { ti
   assert.equal(server.requests.length, 3);
   assert.deepEqual(errors.map((error) => error.code), ["incomplete"]);
   assert.match(errors[0].message, /after 3 pages/);
+});
+
+/** A client whose reads go to the search nodes, with the origin of every HTTP request logged. */
+function splitSetup() {
+  const server = new FakeServer();
+  const origins = [];
+  const client = new ChorusClient({
+    baseUrl: "http://ingest.test",
+    readUrl: "http://search.test",
+    token: "T",
+    WebSocketImpl: fakeWebSocket(server),
+    fetchImpl: (url, init) => {
+      origins.push(`${init.method} ${new URL(url).origin}`);
+      return server.fetch(url, init);
+    },
+    timers: new FakeTimers(),
+    random: () => 1,
+  });
+  return { server, client, origins };
+}
+
+test("a file is uploaded in two steps on the serving node, and a send carries its id", async () => {
+  const { server, client, origins } = splitSetup();
+  client.start();
+  await welcome(server);
+  const bytes = new Uint8Array([0x89, 0x50, 0x4e, 0x47, 1, 2, 3]);
+  const file = new File([bytes], "猫.png", { type: "image/png" });
+  const id = await client.uploadAttachment("dm:alice:bob", file);
+  assert.match(id, /^[0-9a-f]{32}$/);
+  assert.deepEqual(server.requests, ["GET /v1/conversations", "POST /v1/attachments", `PUT /v1/attachments/${id}`]);
+  assert.deepEqual(origins.slice(1), ["POST http://ingest.test", "PUT http://ingest.test"], "uploads go to the serving node, not the read URL");
+  const stored = server.files.get(id);
+  assert.deepEqual(stored.asked, { conversation: "dm:alice:bob", name: "猫.png", size: 7, type: "image/png" });
+  assert.deepEqual([...stored.bytes], [...bytes], "the bytes are put as they are");
+  assert.equal(stored.type, "image/png");
+
+  const { id: clientId } = client.send("dm:alice:bob", "", undefined, { attachment: id });
+  const withText = client.send("dm:alice:bob", "look", undefined, { attachment: id, replyTo: 3 });
+  assert.deepEqual(server.socket.sent, [
+    { type: "send", id: clientId, conversation: "dm:alice:bob", text: "", attachment: id },
+    { type: "send", id: withText.id, conversation: "dm:alice:bob", text: "look", reply_to: 3, attachment: id },
+  ]);
+  client.send("dm:alice:bob", "no file");
+  assert.equal(server.socket.sent.at(-1).attachment, undefined, "a plain send carries no attachment");
+});
+
+test("a file without a type is uploaded as application/octet-stream", async () => {
+  const { server, client } = splitSetup();
+  const id = await client.uploadAttachment("g:team", new Blob(["hello"]));
+  assert.deepEqual(server.files.get(id).asked, { conversation: "g:team", name: "file", size: 5, type: "application/octet-stream" });
+  assert.equal(server.files.get(id).type, "application/octet-stream");
+});
+
+test("a refused upload rejects with the server's code and message, and puts no bytes", async () => {
+  const { server, client } = splitSetup();
+  server.attachmentRefusal = { status: 415, code: "unsupported_type", message: "text/html files are not accepted here" };
+  const page = new File(["<p>hi</p>"], "page.html", { type: "text/html" });
+  await assert.rejects(client.uploadAttachment("dm:alice:bob", page), { code: "unsupported_type", status: 415, message: "text/html files are not accepted here" });
+  server.attachmentRefusal = { status: 413, code: "too_large", message: "the file is 9 bytes, the limit is 4" };
+  await assert.rejects(client.uploadAttachment("dm:alice:bob", page), { code: "too_large", status: 413 });
+  assert.deepEqual(server.requests, ["POST /v1/attachments", "POST /v1/attachments"], "nothing is put after a refusal");
+  assert.equal(server.files.size, 0);
+});
+
+test("a failed put rejects with its code", async () => {
+  const { server, client } = splitSetup();
+  // a file that claims more bytes than it has: the server refuses the short upload
+  class Shrunk extends Blob {
+    get size() {
+      return 10;
+    }
+  }
+  await assert.rejects(client.uploadAttachment("g:team", new Shrunk(["short"], { type: "text/plain" })), { code: "bad_request", status: 400 });
+  assert.deepEqual(server.requests.map((request) => request.split(" ")[0]), ["POST", "PUT"]);
+});
+
+test("the download URL is on the serving node and carries the current token", async () => {
+  const { client } = splitSetup();
+  assert.equal(client.attachmentUrl("0123abcd"), "http://ingest.test/v1/attachments/0123abcd?token=T");
+  client.token = "a.b+c/d=";
+  assert.equal(client.attachmentUrl("0123abcd"), "http://ingest.test/v1/attachments/0123abcd?token=a.b%2Bc%2Fd%3D", "a renewed token is used, escaped");
 });

@@ -2,11 +2,13 @@
 //! carries the file, and the other member downloads it; non-members, oversized files, refused
 //! types, short or long uploads and files borrowed from others are refused with clear errors;
 //! forwarding copies the file for the target conversation. Once on the embedded default (local
-//! files) and once on a real S3-compatible server (`scripts/services/s3`).
+//! files) and once on a real S3-compatible server (`scripts/services/s3`); and across two
+//! distributed ingest nodes sharing that store (uploaded through one, downloaded through the
+//! other), beside one with no store, which refuses attachments as `unavailable`.
 
 use std::sync::Arc;
 
-use chorus_tests::{Client, TestServer, metric, metrics_text, token};
+use chorus_tests::{ChildServer, Client, TestServer, metric, metrics_text, token};
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde_json::{Value, json};
 
@@ -378,4 +380,114 @@ async fn members_upload_send_and_download_on_an_s3_server() -> anyhow::Result<()
             .build()?,
     );
     upload_send_download(&server, store).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_ingest_nodes_share_the_s3_store() -> anyhow::Result<()> {
+    let Some(services) = chorus_tests::distributed_services() else {
+        return Ok(());
+    };
+    let Some(s3) = chorus_tests::s3_service() else {
+        return Ok(());
+    };
+    let run = format!("files{}", std::process::id());
+    let role = |name: &str| {
+        vec![
+            name.to_owned(),
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ]
+    };
+    let with_store = |node: &str| {
+        let mut environment = chorus_tests::role_environment(&services, &run, node);
+        environment.extend([
+            ("CHORUS_ATTACHMENTS_STORE", format!("s3://{}", s3.bucket)),
+            ("CHORUS_ATTACHMENTS_S3_ENDPOINT", s3.endpoint.clone()),
+            (
+                "CHORUS_ATTACHMENTS_S3_ACCESS_KEY_ID",
+                s3.access_key_id.clone(),
+            ),
+            (
+                "CHORUS_ATTACHMENTS_S3_SECRET_ACCESS_KEY",
+                s3.secret_access_key.clone(),
+            ),
+        ]);
+        environment
+    };
+    let _router = ChildServer::spawn(
+        &role("router"),
+        &chorus_tests::role_environment(&services, &run, "router"),
+    )
+    .await?;
+    let east = ChildServer::spawn(&role("ingest"), &with_store("ingest-a")).await?;
+    let west = ChildServer::spawn(&role("ingest"), &with_store("ingest-b")).await?;
+    let bare = ChildServer::spawn(
+        &role("ingest"),
+        &chorus_tests::role_environment(&services, &run, "ingest-c"),
+    )
+    .await?;
+
+    let alice = format!("{run}alice");
+    let bob = format!("{run}bob");
+    let conversation = format!("dm:{alice}:{bob}");
+    let mut alice_client = Client::connect(&east.ws_url(), &alice, None).await?;
+    let mut bob_client = Client::connect(&west.ws_url(), &bob, None).await?;
+    let picture = file_bytes(300_000);
+    let through_east = Http {
+        base: east.url.clone(),
+        http: reqwest::Client::new(),
+    };
+    let id = through_east
+        .upload(
+            &alice,
+            &conversation,
+            "map.png",
+            "image/png",
+            picture.clone(),
+        )
+        .await?;
+    let ack = answer(
+        &mut alice_client,
+        json!({"type": "send", "id": "s1", "conversation": conversation, "text": "the map", "attachment": id}),
+    )
+    .await?;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let event = bob_client
+        .expect(|frame| frame["type"] == "event" && frame["seq"] == ack["seq"])
+        .await?;
+    assert_eq!(event["attachment"]["id"], json!(id));
+    let through_west = Http {
+        base: west.url.clone(),
+        http: reqwest::Client::new(),
+    };
+    let (status, _, bytes) = through_west.download(&bob, &id).await?;
+    assert_eq!(
+        status, 200,
+        "the other node serves the file from the shared store"
+    );
+    assert!(bytes == picture);
+
+    // a distributed node with no shared store refuses, clearly, rather than keep files alone
+    let through_bare = Http {
+        base: bare.url.clone(),
+        http: reqwest::Client::new(),
+    };
+    let (status, refused) = through_bare
+        .ask(
+            &alice,
+            json!({"conversation": conversation, "name": "a.png", "size": 10, "type": "image/png"}),
+        )
+        .await?;
+    assert_eq!(
+        (status, &refused["error"]["code"]),
+        (503, &json!("unavailable"))
+    );
+    let mut on_bare = Client::connect(&bare.ws_url(), &alice, None).await?;
+    let refused = answer(
+        &mut on_bare,
+        json!({"type": "send", "id": "s2", "conversation": conversation, "text": "", "attachment": id}),
+    )
+    .await?;
+    assert_eq!(refused["code"], "unavailable", "{refused}");
+    Ok(())
 }

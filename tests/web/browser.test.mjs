@@ -7,7 +7,8 @@
 // and comes back to every message in order (filled from /events); edits, recalls, typing, read
 // marks, a group with history loaded by scrolling back, mutes, blocks, pins, a reply with a
 // mention and a forward, reactions, a message lifetime, group roles and a rename, leaving a
-// group, and a Chinese search. Every wait is for
+// group, a Chinese search, and files (an image shown inline, a download link, a refused type).
+// Every wait is for
 // a condition in the page (playwright's waiting locators and waitForFunction), never a sleep.
 // Screenshots are saved in the artifact directory. Exit code 0 when every step passed.
 import { mkdirSync } from "node:fs";
@@ -22,6 +23,8 @@ if (!url || !artifacts) {
 mkdirSync(artifacts, { recursive: true });
 const WAIT_MS = 15_000;
 const DM = "dm:alice:bob";
+/** A valid 2×2 RGB PNG (red and blue pixels). */
+const PNG = Buffer.from("iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAEklEQVR4nGP4z8DA0PCfAUIBACFyBP1TVaZ3AAAAAElFTkSuQmCC", "base64");
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM_PATH ?? "/usr/bin/chromium",
@@ -80,6 +83,21 @@ async function expectMessages(who, expected) {
 async function send(who, text) {
   await who.page.fill("#message-input", text);
   await who.page.click("#send");
+}
+
+/** Waits until the open conversation shows the image `name`, loaded (its natural width > 0). */
+async function expectImageLoaded(who, name, selector = "#messages li.message") {
+  try {
+    // every render draws the messages again: each try looks the image up afresh
+    await who.page.waitForFunction(
+      ([within, alt]) => [...document.querySelectorAll(`${within} .attachment img`)].some((image) => image.alt === alt && image.complete && image.naturalWidth > 0),
+      [selector, name],
+      { timeout: WAIT_MS },
+    );
+  } catch (error) {
+    const images = await who.page.$$eval("#messages img", (found) => found.map((image) => ({ alt: image.alt, src: image.src, complete: image.complete, width: image.naturalWidth })));
+    throw new Error(`${who.user}: image ${name} did not load; images: ${JSON.stringify(images)}\n${error.message}`);
+  }
 }
 
 /** Sends from the UI and waits for the ack (the message has its seq, nothing is pending). */
@@ -330,6 +348,53 @@ try {
     await alice.page.locator("#leave-group").click();
     const dialog = await refused;
     if (!dialog.message().includes("(forbidden)")) throw new Error(`unexpected: ${dialog.message()}`);
+  });
+
+  await step("alice sends bob an image and a text file: bob sees the image loaded from the download route and downloads the file; an HTML file is refused", async () => {
+    await conversationItem(alice, DM).click();
+    await conversationItem(bob, DM).click();
+    const shownBefore = await bob.page.locator("#messages li.message").count();
+    // the image alone (a message without text), chosen through the attach button
+    const chooser = alice.page.waitForEvent("filechooser");
+    await alice.page.click("#attach");
+    await (await chooser).setFiles({ name: "dot.png", mimeType: "image/png", buffer: PNG });
+    await alice.page.locator('#messages li.message.mine:not(.pending) .attachment img[alt="dot.png"]').waitFor({ state: "attached" });
+    await expectImageLoaded(alice, "dot.png", "#messages li.message.mine:not(.pending)");
+    await bob.page.locator('#messages li.message .attachment img[alt="dot.png"]').waitFor({ state: "attached" });
+    await expectImageLoaded(bob, "dot.png");
+    const imageMessage = bob.page.locator("#messages li.message", { has: bob.page.locator('img[alt="dot.png"]') });
+    const [text, src] = await imageMessage.evaluate((item) => [item.querySelector(".text").textContent, item.querySelector("img").getAttribute("src")]);
+    if (text !== "") throw new Error(`the image message has text ${JSON.stringify(text)}`);
+    if (!/\/v1\/attachments\/[0-9a-f]{32}\?token=/.test(src)) throw new Error(`unexpected image source ${src}`);
+    if ((await bob.page.locator("#messages li.message").count()) !== shownBefore + 1) throw new Error("the image should be one new message");
+
+    // a text file with the text typed in the composer: a download link with its name and size
+    const notes = "chorus notes: 北京\n";
+    await alice.page.fill("#message-input", "the notes");
+    await alice.page.setInputFiles("#attach-input", { name: "notes.txt", mimeType: "text/plain", buffer: Buffer.from(notes) });
+    const fileMessage = bob.page.locator("#messages li.message", { hasText: "the notes" });
+    const link = fileMessage.locator(".attachment-file a", { hasText: "notes.txt" });
+    await link.waitFor();
+    await fileMessage.locator(".attachment-file .size", { hasText: `${Buffer.byteLength(notes)} B` }).waitFor();
+    if ((await fileMessage.locator("img").count()) !== 0) throw new Error("a text file is shown as an image");
+    if ((await alice.page.inputValue("#message-input")) !== "") throw new Error("the composer keeps the text sent with the file");
+    const downloading = bob.page.waitForEvent("download");
+    await link.click();
+    const download = await downloading;
+    if (download.suggestedFilename() !== "notes.txt") throw new Error(`downloaded as ${download.suggestedFilename()}`);
+    const chunks = [];
+    for await (const chunk of await download.createReadStream()) chunks.push(chunk);
+    if (Buffer.concat(chunks).toString() !== notes) throw new Error(`downloaded ${JSON.stringify(Buffer.concat(chunks).toString())}`);
+
+    // a type the node does not take: refused before any byte is sent, the way refusals show
+    const refused = alice.page.waitForEvent("dialog");
+    await alice.page.fill("#message-input", "a page");
+    await alice.page.setInputFiles("#attach-input", { name: "page.html", mimeType: "text/html", buffer: Buffer.from("<p>hi</p>") });
+    const dialog = await refused;
+    if (!dialog.message().includes("(unsupported_type)")) throw new Error(`unexpected refusal: ${dialog.message()}`);
+    if ((await alice.page.inputValue("#message-input")) !== "a page") throw new Error("the text typed is lost after a refused file");
+    await alice.page.fill("#message-input", "");
+    if ((await alice.page.locator("#messages li.message.pending").count()) !== 0) throw new Error("a refused file left a pending message");
   });
 
   for (const who of [alice, bob]) {

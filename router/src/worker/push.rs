@@ -209,6 +209,29 @@ mod tests {
                 .map(|text| text.chars().count()),
             Some(PREVIEW_CHARS)
         );
+        assert!(notification.get("attachment").is_none());
+        // a file goes with its details, so a push can say "sent a photo"
+        let picture = decided(
+            &mut state,
+            "alice",
+            EventBody::MessageSent(Message {
+                attachment: Some(Box::new(chorus_schemas::Attachment {
+                    id: "0".repeat(32),
+                    name: "cat.png".into(),
+                    size: 70_000,
+                    content_type: "image/png".into(),
+                })),
+                ..Message::default()
+            }),
+        );
+        let picture = super::candidate(&state, &picture).expect("candidate");
+        let record = &super::records(&context, &members, &picture, Some(&online))[0];
+        let notification: Value = serde_json::from_slice(&record.value)?;
+        assert_eq!(
+            notification["attachment"],
+            serde_json::json!({"id": "0".repeat(32), "name": "cat.png", "size": 70_000, "type": "image/png"})
+        );
+        assert_eq!(notification["text"], "");
         Ok(())
     }
 

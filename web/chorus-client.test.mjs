@@ -441,20 +441,7 @@ test("paused (offline) it does not reconnect until resumed", async () => {
 });
 
 test("reads go to the read URL (search nodes), the socket and writes to the serving node", async () => {
-  const server = new FakeServer();
-  const origins = [];
-  const client = new ChorusClient({
-    baseUrl: "http://ingest.test",
-    readUrl: "http://search.test/",
-    token: "T",
-    WebSocketImpl: fakeWebSocket(server),
-    fetchImpl: (url, init) => {
-      origins.push(`${init.method} ${new URL(url).origin}`);
-      return server.fetch(url, init);
-    },
-    timers: new FakeTimers(),
-    random: () => 1,
-  });
+  const { server, client, origins } = splitSetup("http://search.test/");
   client.start();
   assert.equal(server.socket.url, "ws://ingest.test/v1/ws?token=T");
   await welcome(server);
@@ -669,12 +656,12 @@ test("paging the conversation list stops after maxConversationPages pages", { ti
 });
 
 /** A client whose reads go to the search nodes, with the origin of every HTTP request logged. */
-function splitSetup() {
+function splitSetup(readUrl = "http://search.test") {
   const server = new FakeServer();
   const origins = [];
   const client = new ChorusClient({
     baseUrl: "http://ingest.test",
-    readUrl: "http://search.test",
+    readUrl,
     token: "T",
     WebSocketImpl: fakeWebSocket(server),
     fetchImpl: (url, init) => {

@@ -205,23 +205,7 @@ fn messages_written_before_replies_decode_as_plain_messages() {
         include_str!("../avro/history/timeline_event.v4.avsc"),
         include_str!("../avro/history/timeline_event.v5.avsc"),
     ] {
-        let (schema, record) = record_of(
-            timeline_json,
-            Value::Record(vec![
-                ("conversation".into(), Value::String("g:team".into())),
-                ("seq".into(), Value::Union(1, Box::new(Value::Long(7)))),
-                ("event_id".into(), Value::String("e7".into())),
-                ("sender".into(), Value::String("bob".into())),
-                ("ts_ms".into(), Value::Long(3000)),
-                ("origin_cluster".into(), Value::String("east".into())),
-                (
-                    "client_msg_id".into(),
-                    Value::Union(0, Box::new(Value::Null)),
-                ),
-                ("ingress_offset".into(), Value::Long(41)),
-                ("body".into(), message_v1()),
-            ]),
-        );
+        let (schema, record) = record_of(timeline_json, sequenced_message(7, message_v1()));
         assert!(SchemaCompatibility::can_read(&schema, TIMELINE.current).is_ok());
         assert_eq!(
             decode_timeline(&record).unwrap().body,
@@ -294,37 +278,24 @@ fn envelopes_written_before_attachments_decode_with_the_current_schemas() {
 fn messages_written_before_attachments_keep_their_fields() {
     let (_, record) = record_of(
         include_str!("../avro/history/timeline_event.v9.avsc"),
-        Value::Record(vec![
-            ("conversation".into(), Value::String("g:team".into())),
-            ("seq".into(), Value::Union(1, Box::new(Value::Long(5)))),
-            ("event_id".into(), Value::String("e11".into())),
-            ("sender".into(), Value::String("bob".into())),
-            ("ts_ms".into(), Value::Long(3000)),
-            ("origin_cluster".into(), Value::String("east".into())),
-            (
-                "client_msg_id".into(),
-                Value::Union(0, Box::new(Value::Null)),
+        sequenced_message(
+            5,
+            Value::Union(
+                0,
+                Box::new(Value::Record(vec![
+                    ("text".into(), Value::String("@carol see 3".into())),
+                    ("reply_to".into(), Value::Union(1, Box::new(Value::Long(3)))),
+                    (
+                        "forwarded_from".into(),
+                        Value::Union(0, Box::new(Value::Null)),
+                    ),
+                    (
+                        "mentions".into(),
+                        Value::Array(vec![Value::String("carol".into())]),
+                    ),
+                ])),
             ),
-            ("ingress_offset".into(), Value::Long(41)),
-            (
-                "body".into(),
-                Value::Union(
-                    0,
-                    Box::new(Value::Record(vec![
-                        ("text".into(), Value::String("@carol see 3".into())),
-                        ("reply_to".into(), Value::Union(1, Box::new(Value::Long(3)))),
-                        (
-                            "forwarded_from".into(),
-                            Value::Union(0, Box::new(Value::Null)),
-                        ),
-                        (
-                            "mentions".into(),
-                            Value::Array(vec![Value::String("carol".into())]),
-                        ),
-                    ])),
-                ),
-            ),
-        ]),
+        ),
     );
     let event = decode_timeline(&record).unwrap();
     assert_eq!(
@@ -337,4 +308,22 @@ fn messages_written_before_attachments_keep_their_fields() {
             attachment: None,
         })
     );
+}
+
+/// A timeline envelope of seq `seq` in `g:team` from bob, with `body` (a message body union).
+fn sequenced_message(seq: i64, body: Value) -> Value {
+    Value::Record(vec![
+        ("conversation".into(), Value::String("g:team".into())),
+        ("seq".into(), Value::Union(1, Box::new(Value::Long(seq)))),
+        ("event_id".into(), Value::String(format!("e{seq}"))),
+        ("sender".into(), Value::String("bob".into())),
+        ("ts_ms".into(), Value::Long(3000)),
+        ("origin_cluster".into(), Value::String("east".into())),
+        (
+            "client_msg_id".into(),
+            Value::Union(0, Box::new(Value::Null)),
+        ),
+        ("ingress_offset".into(), Value::Long(41)),
+        ("body".into(), body),
+    ])
 }

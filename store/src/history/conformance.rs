@@ -36,6 +36,9 @@ pub use roles::*;
 /// More than any check stores, so that "everything" reads are never truncated.
 const READ_ALL: usize = 1_000;
 
+/// The names of the suite's checks, in the order [`run_all`] runs them.
+pub const CHECKS: &[&str] = crate::history_conformance!(@checks names {});
+
 /// Runs every check, each on a fresh store made by `new_store`, in the order of the list in
 /// [`history_conformance!`](crate::history_conformance).
 pub async fn run_all<NewStore, StoreFuture>(mut new_store: NewStore) -> Result<(), HistoryError>
@@ -74,7 +77,7 @@ macro_rules! history_conformance {
     // The one list of the suite's checks, in the order `run_all` runs them; hands it to the
     // arm named by `$arm`.
     (@checks $arm:ident { $($context:tt)* }) => {
-        $crate::history_conformance!(@$arm { $($context)* } [
+        $crate::history_conformance! { @$arm { $($context)* } [
             apply_is_atomic_with_position_and_idempotent,
             events_are_the_sequenced_timeline_in_order,
             messages_reflect_edits_and_recalls,
@@ -96,7 +99,7 @@ macro_rules! history_conformance {
             conversation_pages_skip_conversations_left,
             group_membership_follows_member_events,
             direct_conversations_have_exactly_their_two_members,
-        ]);
+        ] }
     };
     (@tests $context:tt [$($check:ident),* $(,)?]) => {
         $(
@@ -115,6 +118,9 @@ macro_rules! history_conformance {
             .await
             .expect("store error");
         }
+    };
+    (@names {} [$($check:ident),* $(,)?]) => {
+        &[$(stringify!($check)),*]
     };
     (@run_all { $new_store:ident } [$($check:ident),* $(,)?]) => {
         $(

@@ -22,6 +22,8 @@
 //! outbox is freed) and presence (its device slot), then closes the socket and gives back its
 //! connection permit.
 
+mod writer;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -31,14 +33,13 @@ use chorus_core::auth_limit::{CredentialKind, RequestOrigin, authenticate};
 use chorus_core::error::{ApiError, ErrorCode};
 use chorus_core::http::{bearer_token, error_response};
 use chorus_core::ids::{Conversation, validate_user};
-use chorus_core::metrics::Metrics;
 use chorus_core::presence::Delivery;
 use chorus_core::protocol::inbound::{ClientFrame, parse_client_frame};
 use chorus_core::protocol::outbound::typing_json;
 use chorus_core::validate::validate_ingress;
 use chorus_schemas::{EventBody, IngressEvent};
+use futures_util::StreamExt;
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
 use governor::DefaultDirectRateLimiter;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
@@ -49,13 +50,12 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use warp::reply::Response;
 
 use crate::Ingest;
-use crate::hub::{SessionRegistration, SlowFlag};
+use crate::hub::SessionRegistration;
+use writer::{SocketWriter, WriteFailure};
 
 /// Close code for a frame over `limits.max_frame_bytes`.
 const CLOSE_TOO_BIG: u16 = 1009;
@@ -221,79 +221,13 @@ struct Session {
 }
 
 /// Why a session ends with a close frame: its code and reason.
-type Closing = (u16, &'static str);
+pub(super) type Closing = (u16, &'static str);
 
 /// The slow-consumer close.
 const SLOW_CONSUMER: Closing = (
     CLOSE_TRY_AGAIN,
     "slow consumer: reconnect and fill the gap from history",
 );
-
-/// Why a write to the socket did not complete.
-enum WriteFailure {
-    /// The connection is broken or closed: nothing more can be written.
-    Broken,
-    /// The client is not reading: the write outlasted `limits.session_write_timeout_ms`, or the
-    /// outbox overflowed while it was pending.
-    Stalled,
-}
-
-/// The sending half of a session's socket. Every write is bounded by
-/// `limits.session_write_timeout_ms` and gives up as soon as the hub flags the session as a slow
-/// consumer, so a client that stops reading never holds its session open.
-struct SocketWriter {
-    sink: SplitSink<Socket, Message>,
-    /// `limits.session_write_timeout_ms`.
-    write_timeout: Duration,
-    /// Raised by the hub when the outbox overflows.
-    slow: Arc<SlowFlag>,
-    /// Counts writes that timed out (`rejections_total{reason="session_write_timeout"}`).
-    metrics: Arc<Metrics>,
-}
-
-impl SocketWriter {
-    async fn write(&mut self, message: Message) -> Result<(), WriteFailure> {
-        tokio::select! {
-            written = tokio::time::timeout(self.write_timeout, self.sink.send(message)) => {
-                match written {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(error)) => {
-                        tracing::debug!(%error, "websocket write failed");
-                        Err(WriteFailure::Broken)
-                    }
-                    Err(_) => {
-                        tracing::debug!("websocket write timed out: the client does not read");
-                        self.metrics.reject("session_write_timeout");
-                        Err(WriteFailure::Stalled)
-                    }
-                }
-            }
-            _ = self.slow.raised() => Err(WriteFailure::Stalled),
-        }
-    }
-
-    /// Sends the close frame, if any, and flushes, within one write timeout; a client that does
-    /// not read by then is dropped without it.
-    async fn close(&mut self, closing: Option<Closing>) {
-        let sink = &mut self.sink;
-        let close = async move {
-            if let Some((code, reason)) = closing {
-                let frame = CloseFrame {
-                    code: CloseCode::from(code),
-                    reason: reason.into(),
-                };
-                sink.send(Message::Close(Some(frame))).await?;
-            }
-            sink.close().await
-        };
-        if tokio::time::timeout(self.write_timeout, close)
-            .await
-            .is_err()
-        {
-            tracing::debug!("close frame not written in time; dropping the connection");
-        }
-    }
-}
 
 /// The close for a read error and the reason it is counted under: a protocol violation gets
 /// its code (RFC 6455 §7.4.1) before the connection closes; a broken connection just ends.
@@ -386,7 +320,7 @@ impl Session {
         &mut self,
         mut registration: SessionRegistration,
         socket_in: &mut SplitStream<Socket>,
-        writer: &mut SocketWriter,
+        writer: &mut SocketWriter<SplitSink<Socket, Message>>,
         ping_interval: Duration,
         idle_timeout: Duration,
     ) -> Option<Closing> {
@@ -410,7 +344,7 @@ impl Session {
             tokio::select! {
                 outgoing = registration.outbox.recv() => {
                     let frame = outgoing?; // the hub let go of the session
-                    if let Err(failure) = writer.write(Message::text(&*frame)).await {
+                    if let Err(failure) = writer.write_queued(frame, &mut registration.outbox).await {
                         return stalled(failure);
                     }
                 }

@@ -18,24 +18,26 @@
 //!   the client already has, or one it learns of by the hole before the next; it fills from
 //!   `/events`. Both are counted in `chorus_deliveries_dropped_total{reason}`.
 
+mod outbox;
+
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use chorus_core::metrics::Metrics;
 use chorus_core::presence::{Delivery, DeliverySink, Frame, Sequencing};
 use chorus_core::protocol::outbound::EventOutcome;
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::oneshot;
+
+pub use outbox::Outbox;
+use outbox::Pushed;
 
 /// A local session as the hub sees it.
 struct SessionSlot {
     /// The session id (unique per node).
     id: Arc<str>,
-    /// Frames for the session's socket.
-    outbox: mpsc::Sender<Frame>,
-    /// Set when the outbox overflowed; the session task then closes the socket.
-    slow: Arc<SlowFlag>,
+    /// Frames for the session's socket; when it overflows, the session task closes the socket.
+    outbox: Arc<Outbox>,
     /// The highest seq handed to this session per conversation; held while pushing an event.
     sent: Mutex<SentSeqs>,
 }
@@ -83,35 +85,15 @@ impl OwnerEpochs {
     }
 }
 
-/// Raised by the hub when a session's outbox is full.
-#[derive(Default)]
-pub struct SlowFlag {
-    /// Whether the session overflowed.
-    raised: AtomicBool,
-    /// Wakes the session task.
-    notify: Notify,
-}
-
-impl SlowFlag {
-    fn raise(&self) {
-        if !self.raised.swap(true, Ordering::AcqRel) {
-            self.notify.notify_one();
-        }
-    }
-
-    /// Resolves once the flag is raised.
-    pub async fn raised(&self) {
-        if self.raised.load(Ordering::Acquire) {
-            return;
-        }
-        self.notify.notified().await;
-    }
-}
-
 /// What a session task gets when it registers.
 pub struct SessionRegistration {
-    pub outbox: mpsc::Receiver<Frame>,
-    pub slow: Arc<SlowFlag>,
+    pub outbox: Arc<Outbox>,
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.outbox.close();
+    }
 }
 
 pub struct Hub {
@@ -141,25 +123,21 @@ impl Hub {
     }
 
     pub fn register(&self, user: &str, session: Arc<str>) -> SessionRegistration {
-        let (sender, receiver) = mpsc::channel(self.outbox_frames);
-        let slow = Arc::new(SlowFlag::default());
+        let outbox = Outbox::new(self.outbox_frames);
         let slot = SessionSlot {
             id: session.clone(),
-            outbox: sender,
-            slow: slow.clone(),
+            outbox: outbox.clone(),
             sent: Mutex::new(SentSeqs::default()),
         };
+        // most users have one session here: room for one, not the four a first push makes
         self.sessions
             .write()
             .entry(user.to_owned())
-            .or_default()
+            .or_insert_with(|| Vec::with_capacity(1))
             .push(slot);
         self.session_users.write().insert(session, user.to_owned());
         self.metrics.connections.inc();
-        SessionRegistration {
-            outbox: receiver,
-            slow,
-        }
+        SessionRegistration { outbox }
     }
 
     pub fn unregister(&self, user: &str, session: &str) {
@@ -220,13 +198,10 @@ impl Hub {
     }
 
     fn push(&self, slot: &SessionSlot, frame: &Frame) {
-        match slot.outbox.try_send(frame.clone()) {
-            Ok(()) => self.metrics.deliveries.inc(),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.metrics.reject("slow_consumer");
-                slot.slow.raise();
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        match slot.outbox.push(frame.clone()) {
+            Pushed::Queued => self.metrics.deliveries.inc(),
+            Pushed::Full => self.metrics.reject("slow_consumer"),
+            Pushed::Closed => {}
         }
     }
 }
@@ -306,8 +281,8 @@ mod tests {
     #[tokio::test]
     async fn delivers_to_every_session_of_each_user_and_flags_slow_ones() {
         let hub = Hub::new(2, Arc::new(Metrics::new()));
-        let mut phone = hub.register("bob", "s1".into());
-        let mut laptop = hub.register("bob", "s2".into());
+        let phone = hub.register("bob", "s1".into());
+        let laptop = hub.register("bob", "s2".into());
         let frame: Frame = "{}".into();
         hub.deliver(Delivery::ToUsers {
             users: vec!["bob".into()],
@@ -322,7 +297,7 @@ mod tests {
                 outcome: acked(),
             });
         }
-        phone.slow.raised().await; // the third frame overflowed the outbox of 2
+        phone.outbox.overflowed().await; // the third frame overflowed the outbox of 2
         hub.unregister("bob", "s1");
         hub.unregister("bob", "s2");
         assert_eq!(hub.session_count(), 0);
@@ -387,9 +362,9 @@ mod tests {
         }
     }
 
-    fn drain(registration: &mut SessionRegistration) -> Vec<String> {
+    fn drain(registration: &SessionRegistration) -> Vec<String> {
         let mut frames = Vec::new();
-        while let Ok(frame) = registration.outbox.try_recv() {
+        while let Some(frame) = registration.outbox.try_recv() {
             frames.push(frame.to_string());
         }
         frames
@@ -399,8 +374,8 @@ mod tests {
     fn a_resumed_router_cannot_put_stale_events_on_a_connection() {
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::new(64, metrics.clone());
-        let mut alice = hub.register("alice", "s1".into());
-        let mut bob = hub.register("bob", "s2".into());
+        let alice = hub.register("alice", "s1".into());
+        let bob = hub.register("bob", "s2".into());
         // the first owner (epoch 10) delivers 1 and 2, then is paused with 3 and 4 unsent
         hub.deliver(event(10, "dm:alice:bob", 1));
         hub.deliver(event(10, "dm:alice:bob", 2));
@@ -442,10 +417,10 @@ mod tests {
         ]
         .map(str::to_owned)
         .to_vec();
-        assert_eq!(drain(&mut alice), expected);
+        assert_eq!(drain(&alice), expected);
         let mut bob_expected = expected.clone();
         bob_expected.push("read@40".into());
-        assert_eq!(drain(&mut bob), bob_expected);
+        assert_eq!(drain(&bob), bob_expected);
         assert_eq!(
             metrics
                 .deliveries_dropped
@@ -462,8 +437,8 @@ mod tests {
             "the successor's 2 on both connections"
         );
         // a connection opened later starts its own order
-        let mut later = hub.register("alice", "s3".into());
+        let later = hub.register("alice", "s3".into());
         hub.deliver(event(40, "dm:alice:bob", 7));
-        assert_eq!(drain(&mut later), vec!["dm:alice:bob#7@40".to_owned()]);
+        assert_eq!(drain(&later), vec!["dm:alice:bob#7@40".to_owned()]);
     }
 }

@@ -72,8 +72,9 @@ const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 /// Close code for a client that sent nothing, not even a pong, for `limits.idle_timeout_ms`.
 const CLOSE_IDLE: u16 = 4002;
 
-/// First allocation of a connection's read buffer (it grows for large frames).
-const READ_BUFFER_BYTES: usize = 2 * 1024;
+/// First allocation of a connection's read buffer (it grows for large frames, and keeps what it
+/// grew to): a typical client frame fits.
+const READ_BUFFER_BYTES: usize = 512;
 /// Bytes written before a flush.
 const WRITE_BUFFER_BYTES: usize = 4 * 1024;
 
@@ -285,7 +286,7 @@ async fn run_session(
     let mut writer = SocketWriter {
         sink,
         write_timeout: Duration::from_millis(limits.session_write_timeout_ms),
-        slow: registration.slow.clone(),
+        outbox: registration.outbox.clone(),
         metrics: ingest.metrics.clone(),
     };
     let ping_interval = Duration::from_millis(limits.ping_interval_ms);
@@ -318,7 +319,7 @@ impl Session {
     /// client (4002). Returns the close to send, if any. The outbox is dropped on return.
     async fn run(
         &mut self,
-        mut registration: SessionRegistration,
+        registration: SessionRegistration,
         socket_in: &mut SplitStream<Socket>,
         writer: &mut SocketWriter<SplitSink<Socket, Message>>,
         ping_interval: Duration,
@@ -344,7 +345,7 @@ impl Session {
             tokio::select! {
                 outgoing = registration.outbox.recv() => {
                     let frame = outgoing?; // the hub let go of the session
-                    if let Err(failure) = writer.write_queued(frame, &mut registration.outbox).await {
+                    if let Err(failure) = writer.write_queued(frame, &registration.outbox).await {
                         return stalled(failure);
                     }
                 }
@@ -366,7 +367,10 @@ impl Session {
                             self.ingest.metrics.reject("bad_request");
                             Some(ApiError::new(ErrorCode::BadRequest, "frames are json text, not binary").ws_frame(None))
                         }
-                        Message::Text(text) => self.handle(text.as_str()).await,
+                        // boxed: handling a frame (a send waits for the log, a forward for the
+                        // history) holds far more state than waiting does, and an unboxed
+                        // future would make every idle session's task that large
+                        Message::Text(text) => Box::pin(self.handle(text.as_str())).await,
                         // pings are answered by the library; pongs only count as a sign of life
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
                     };
@@ -403,7 +407,7 @@ impl Session {
                     self.ingest.metrics.reject("token_expired");
                     return Some((CLOSE_TOKEN_EXPIRED, "token expired: renew it with an auth frame or reconnect"));
                 }
-                _ = registration.slow.raised() => return Some(SLOW_CONSUMER),
+                _ = registration.outbox.overflowed() => return Some(SLOW_CONSUMER),
                 _ = shutdown.cancelled() => return Some((CLOSE_GOING_AWAY, "node shutting down")),
             }
         }

@@ -7,14 +7,13 @@ use std::time::Duration;
 use chorus_core::metrics::Metrics;
 use chorus_core::presence::Frame;
 use futures_util::{Sink, SinkExt};
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::Closing;
-use crate::hub::SlowFlag;
+use crate::hub::Outbox;
 
 /// Most frames written in one go: after that many the session reads its client again before it
 /// takes more from its outbox.
@@ -36,8 +35,8 @@ pub(super) struct SocketWriter<S> {
     pub(super) sink: S,
     /// `limits.session_write_timeout_ms`.
     pub(super) write_timeout: Duration,
-    /// Raised by the hub when the outbox overflows.
-    pub(super) slow: Arc<SlowFlag>,
+    /// The session's outbox, to notice when it overflows.
+    pub(super) outbox: Arc<Outbox>,
     /// Counts writes that timed out (`rejections_total{reason="session_write_timeout"}`).
     pub(super) metrics: Arc<Metrics>,
 }
@@ -51,7 +50,7 @@ where
         let sink = &mut self.sink;
         Self::bounded(
             self.write_timeout,
-            &self.slow,
+            &self.outbox,
             &self.metrics,
             sink.send(message),
         )
@@ -66,7 +65,7 @@ where
     pub(super) async fn write_queued(
         &mut self,
         first: Frame,
-        outbox: &mut mpsc::Receiver<Frame>,
+        outbox: &Outbox,
     ) -> Result<usize, WriteFailure> {
         let sink = &mut self.sink;
         let mut written = 0;
@@ -74,20 +73,22 @@ where
             sink.feed(Message::text(&*first)).await?;
             written += 1;
             while written < COALESCE_FRAMES {
-                let Ok(frame) = outbox.try_recv() else { break };
+                let Some(frame) = outbox.try_recv() else {
+                    break;
+                };
                 sink.feed(Message::text(&*frame)).await?;
                 written += 1;
             }
             sink.flush().await
         };
-        Self::bounded(self.write_timeout, &self.slow, &self.metrics, burst).await?;
+        Self::bounded(self.write_timeout, &self.outbox, &self.metrics, burst).await?;
         Ok(written)
     }
 
     /// `write` within the write timeout, abandoned if the session becomes a slow consumer.
     async fn bounded(
         write_timeout: Duration,
-        slow: &SlowFlag,
+        outbox: &Outbox,
         metrics: &Metrics,
         write: impl std::future::Future<Output = Result<(), WsError>>,
     ) -> Result<(), WriteFailure> {
@@ -106,7 +107,7 @@ where
                     }
                 }
             }
-            _ = slow.raised() => Err(WriteFailure::Stalled),
+            _ = outbox.overflowed() => Err(WriteFailure::Stalled),
         }
     }
 
@@ -207,16 +208,16 @@ mod tests {
         let mut writer = SocketWriter {
             sink: socket,
             write_timeout: Duration::from_secs(5),
-            slow: Arc::new(SlowFlag::default()),
+            outbox: Outbox::new(200),
             metrics: Arc::new(Metrics::new()),
         };
-        let (sender, mut outbox) = mpsc::channel(200);
+        let outbox = writer.outbox.clone();
         let frame = |n: usize| -> Frame {
             format!(r#"{{"type":"event","conversation":"g:team","seq":{n},"text":"message {n}"}}"#)
                 .into()
         };
         for n in 2..=100 {
-            sender.try_send(frame(n)).expect("room");
+            outbox.push(frame(n));
         }
 
         let mut total = 0;
@@ -227,7 +228,7 @@ mod tests {
                 outbox.recv().await.expect("queued")
             };
             let written = writer
-                .write_queued(first, &mut outbox)
+                .write_queued(first, &outbox)
                 .await
                 .unwrap_or_else(|_| panic!("the write failed"));
             assert!(written <= COALESCE_FRAMES);
@@ -248,7 +249,7 @@ mod tests {
         // a lone frame still goes out at once
         let before = writes.load(Ordering::SeqCst);
         writer
-            .write_queued(frame(101), &mut outbox)
+            .write_queued(frame(101), &outbox)
             .await
             .unwrap_or_else(|_| panic!("the write failed"));
         assert_eq!(writes.load(Ordering::SeqCst), before + 1);

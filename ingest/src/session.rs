@@ -325,12 +325,15 @@ impl Session {
         ping_interval: Duration,
         idle_timeout: Duration,
     ) -> Option<Closing> {
-        let welcome = json!({"type": "welcome", "user": self.user, "session": &*self.id});
+        // only its text outlives this line: a `Value` kept in scope would stay in every idle
+        // session's task for its whole life
+        let welcome =
+            json!({"type": "welcome", "user": self.user, "session": &*self.id}).to_string();
         let stalled = |failure: WriteFailure| match failure {
             WriteFailure::Broken => None,
             WriteFailure::Stalled => Some(SLOW_CONSUMER),
         };
-        if let Err(failure) = writer.write(Message::text(welcome.to_string())).await {
+        if let Err(failure) = writer.write(Message::text(welcome)).await {
             return stalled(failure);
         }
         let shutdown = self.ingest.shutdown.clone();
@@ -345,7 +348,8 @@ impl Session {
             tokio::select! {
                 outgoing = registration.outbox.recv() => {
                     let frame = outgoing?; // the hub let go of the session
-                    if let Err(failure) = writer.write_queued(frame, &registration.outbox).await {
+                    // writes are boxed too: an idle session's task stays the size of waiting
+                    if let Err(failure) = Box::pin(writer.write_queued(frame, &registration.outbox)).await {
                         return stalled(failure);
                     }
                 }
@@ -375,7 +379,7 @@ impl Session {
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
                     };
                     if let Some(reply) = reply
-                        && let Err(failure) = writer.write(Message::text(reply.to_string())).await
+                        && let Err(failure) = Box::pin(writer.write(Message::text(reply.to_string()))).await
                     {
                         return stalled(failure);
                     }
@@ -391,7 +395,7 @@ impl Session {
                         continue;
                     }
                     ping_due.as_mut().reset(now + ping_interval);
-                    if let Err(failure) = writer.write(Message::Ping(Default::default())).await {
+                    if let Err(failure) = Box::pin(writer.write(Message::Ping(Default::default()))).await {
                         return stalled(failure);
                     }
                 }

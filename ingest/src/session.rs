@@ -338,12 +338,18 @@ impl Session {
         }
         let shutdown = self.ingest.shutdown.clone();
         let mut last_heard = Instant::now();
-        // both deadlines are moved lazily: when one fires, it checks `last_heard`
-        let ping_due = tokio::time::sleep_until(last_heard + ping_interval);
-        let idle_due = tokio::time::sleep_until(last_heard + idle_timeout);
+        let mut last_ping = last_heard;
+        // one timer for the three deadlines (the next ping, the idle close, the token's
+        // expiry), armed at the earliest and moved lazily: when it fires, each is checked
+        // against `last_heard`, the last ping and the token in force
+        let next_wake = |last_heard: Instant, last_ping: Instant, token_expires_at: u64| {
+            (last_heard.max(last_ping) + ping_interval)
+                .min(last_heard + idle_timeout)
+                .min(instant_at_unix_seconds(token_expires_at))
+        };
         let mut armed_expiry = self.token_expires_at;
-        let token_expiry = tokio::time::sleep_until(instant_at_unix_seconds(armed_expiry));
-        tokio::pin!(ping_due, idle_due, token_expiry);
+        let wake = tokio::time::sleep_until(next_wake(last_heard, last_ping, armed_expiry));
+        tokio::pin!(wake);
         loop {
             tokio::select! {
                 outgoing = registration.outbox.recv() => {
@@ -384,32 +390,30 @@ impl Session {
                         return stalled(failure);
                     }
                     if self.token_expires_at != armed_expiry {
+                        // a renewed token may expire earlier or later: arm for it now
                         armed_expiry = self.token_expires_at;
-                        token_expiry.as_mut().reset(instant_at_unix_seconds(armed_expiry));
+                        wake.as_mut().reset(next_wake(last_heard, last_ping, armed_expiry));
                     }
                 }
-                _ = &mut ping_due => {
+                _ = &mut wake => {
                     let now = Instant::now();
-                    if now < last_heard + ping_interval {
-                        ping_due.as_mut().reset(last_heard + ping_interval);
-                        continue;
+                    // on the wall clock, as the token's `exp` is (an `Instant` made from it
+                    // now would always lie a little ahead of `now`)
+                    if unix_millis() >= (armed_expiry as i64).saturating_mul(1000) {
+                        self.ingest.metrics.reject("token_expired");
+                        return Some((CLOSE_TOKEN_EXPIRED, "token expired: renew it with an auth frame or reconnect"));
                     }
-                    ping_due.as_mut().reset(now + ping_interval);
-                    if let Err(failure) = Box::pin(writer.write(Message::Ping(Default::default()))).await {
-                        return stalled(failure);
+                    if now >= last_heard + idle_timeout {
+                        self.ingest.metrics.reject("idle_timeout");
+                        return Some((CLOSE_IDLE, "no frame or pong within limits.idle_timeout_ms"));
                     }
-                }
-                _ = &mut idle_due => {
-                    if Instant::now() < last_heard + idle_timeout {
-                        idle_due.as_mut().reset(last_heard + idle_timeout);
-                        continue;
+                    if now >= last_heard.max(last_ping) + ping_interval {
+                        last_ping = now;
+                        if let Err(failure) = Box::pin(writer.write(Message::Ping(Default::default()))).await {
+                            return stalled(failure);
+                        }
                     }
-                    self.ingest.metrics.reject("idle_timeout");
-                    return Some((CLOSE_IDLE, "no frame or pong within limits.idle_timeout_ms"));
-                }
-                _ = &mut token_expiry => {
-                    self.ingest.metrics.reject("token_expired");
-                    return Some((CLOSE_TOKEN_EXPIRED, "token expired: renew it with an auth frame or reconnect"));
+                    wake.as_mut().reset(next_wake(last_heard, last_ping, armed_expiry));
                 }
                 _ = registration.outbox.overflowed() => return Some(SLOW_CONSUMER),
                 _ = shutdown.cancelled() => return Some((CLOSE_GOING_AWAY, "node shutting down")),

@@ -134,11 +134,28 @@ pub trait NodeBus: Send + Sync + 'static {
     }
 }
 
+/// A user's sessions in [`LocalPresence`]: (session, node) pairs.
+type LocalSessions = Vec<(Box<str>, Arc<str>)>;
+
 /// In-process presence: a map guarded by a lock. The embedded default's adapter.
 #[derive(Default)]
 pub struct LocalPresence {
-    /// user → (session → node).
-    sessions: RwLock<HashMap<String, HashMap<String, String>>>,
+    /// user → their (session, node) pairs: a short list (a user has a few devices), cheaper
+    /// per idle session than a map of its own.
+    sessions: RwLock<HashMap<String, LocalSessions>>,
+    /// The nodes' names, each kept once however many sessions it holds.
+    nodes: RwLock<HashSet<Arc<str>>>,
+}
+
+impl LocalPresence {
+    fn node_name(&self, node: &str) -> Arc<str> {
+        if let Some(known) = self.nodes.read().get(node) {
+            return known.clone();
+        }
+        let name: Arc<str> = node.into();
+        self.nodes.write().insert(name.clone());
+        name
+    }
 }
 
 #[async_trait]
@@ -149,18 +166,25 @@ impl Presence for LocalPresence {
         session: &str,
         node: &str,
     ) -> Result<(), PresenceError> {
-        self.sessions
-            .write()
+        let node = self.node_name(node);
+        let mut sessions = self.sessions.write();
+        let user_sessions = sessions
             .entry(user.to_owned())
-            .or_default()
-            .insert(session.to_owned(), node.to_owned());
+            .or_insert_with(|| Vec::with_capacity(1));
+        match user_sessions
+            .iter_mut()
+            .find(|(known, _)| &**known == session)
+        {
+            Some(entry) => entry.1 = node,
+            None => user_sessions.push((session.into(), node)),
+        }
         Ok(())
     }
 
     async fn session_closed(&self, user: &str, session: &str) -> Result<(), PresenceError> {
         let mut sessions = self.sessions.write();
         if let Some(user_sessions) = sessions.get_mut(user) {
-            user_sessions.remove(session);
+            user_sessions.retain(|(known, _)| &**known != session);
             if user_sessions.is_empty() {
                 sessions.remove(user);
             }
@@ -169,7 +193,7 @@ impl Presence for LocalPresence {
     }
 
     async fn session_count(&self, user: &str) -> Result<usize, PresenceError> {
-        Ok(self.sessions.read().get(user).map_or(0, HashMap::len))
+        Ok(self.sessions.read().get(user).map_or(0, Vec::len))
     }
 
     async fn nodes_of(
@@ -182,9 +206,12 @@ impl Presence for LocalPresence {
             let Some(user_sessions) = sessions.get(user) else {
                 continue;
             };
-            let nodes: HashSet<&String> = user_sessions.values().collect();
+            let nodes: HashSet<&str> = user_sessions.iter().map(|(_, node)| &**node).collect();
             for node in nodes {
-                by_node.entry(node.clone()).or_default().push(user.clone());
+                by_node
+                    .entry(node.to_owned())
+                    .or_default()
+                    .push(user.clone());
             }
         }
         Ok(by_node)

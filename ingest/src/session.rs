@@ -74,7 +74,7 @@ const CLOSE_IDLE: u16 = 4002;
 
 /// First allocation of a connection's read buffer (it grows for large frames, and keeps what it
 /// grew to): a typical client frame fits.
-const READ_BUFFER_BYTES: usize = 512;
+const READ_BUFFER_BYTES: usize = 256;
 /// Bytes written before a flush.
 const WRITE_BUFFER_BYTES: usize = 4 * 1024;
 

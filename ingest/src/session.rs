@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use chorus_core::auth::{Claims, unix_millis};
+use chorus_core::auth::unix_millis;
 use chorus_core::auth_limit::{CredentialKind, RequestOrigin, authenticate};
 use chorus_core::error::{ApiError, ErrorCode};
 use chorus_core::http::{bearer_token, error_response};
@@ -166,21 +166,18 @@ pub(crate) async fn upgrade(
             .write_buffer_size(WRITE_BUFFER_BYTES)
             .max_frame_size(Some(max_frame))
             .max_message_size(Some(max_frame));
-        let session_ingest = ingest.clone();
-        ingest.sessions.spawn(async move {
-            match upgraded.await {
-                Ok(upgraded) => {
-                    let socket = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        Some(config),
-                    )
-                    .await;
-                    run_session(session_ingest, claims, socket, permit, session_origin).await;
-                }
-                Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
-            }
-        });
+        // everything the session starts from in one box: a task's first arguments keep their
+        // room in it for its whole life
+        ingest.sessions.spawn(run_session(Box::new(SessionStart {
+            ingest: ingest.clone(),
+            user: claims.sub,
+            device: claims.device,
+            token_expires_at: claims.exp,
+            upgraded,
+            config,
+            permit,
+            origin: session_origin,
+        })));
         let mut response = warp::Reply::into_response(warp::reply::with_status(
             warp::reply(),
             warp::http::StatusCode::SWITCHING_PROTOCOLS,
@@ -253,15 +250,42 @@ fn instant_at_unix_seconds(unix_seconds: u64) -> Instant {
     Instant::now() + Duration::from_millis(remaining_millis.max(0) as u64)
 }
 
-async fn run_session(
+/// What a session starts from: the upgrade under way and what the handshake established.
+struct SessionStart {
     ingest: Arc<Ingest>,
-    claims: Claims,
-    socket: Socket,
+    user: String,
+    device: Option<String>,
+    token_expires_at: u64,
+    upgraded: hyper::upgrade::OnUpgrade,
+    config: WebSocketConfig,
     permit: OwnedSemaphorePermit,
     origin: Option<RequestOrigin>,
-) {
+}
+
+async fn run_session(start: Box<SessionStart>) {
+    let SessionStart {
+        ingest,
+        user,
+        device,
+        token_expires_at,
+        upgraded,
+        config,
+        permit,
+        origin,
+    } = *start;
+    let upgraded = match upgraded.await {
+        Ok(upgraded) => upgraded,
+        Err(error) => {
+            tracing::debug!(%error, "websocket upgrade failed");
+            return;
+        }
+    };
+    // split at once: the stream itself lives in the halves' shared allocation, not in this task
+    let (sink, mut socket_in) =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+            .await
+            .split();
     let session_id: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
-    let user = claims.sub;
     let registration = ingest.hub.register(&user, session_id.clone());
     if let Err(error) = ingest
         .presence
@@ -272,17 +296,16 @@ async fn run_session(
         ingest.presence_stale.store(true, Ordering::Release);
         tracing::warn!(%error, user, "presence unavailable; live delivery to this session may lag");
     }
-    tracing::debug!(user, session = %session_id, device = ?claims.device, "session opened");
+    tracing::debug!(user, session = %session_id, ?device, "session opened");
     let mut session = Session {
         limiter: ingest.connection_limiter(),
         ingest: ingest.clone(),
         user: user.clone(),
         id: session_id.clone(),
-        token_expires_at: claims.exp,
+        token_expires_at,
         origin,
     };
     let limits = &ingest.config.limits;
-    let (sink, mut socket_in) = socket.split();
     let mut writer = SocketWriter {
         sink,
         write_timeout: Duration::from_millis(limits.session_write_timeout_ms),
@@ -333,7 +356,7 @@ impl Session {
             WriteFailure::Broken => None,
             WriteFailure::Stalled => Some(SLOW_CONSUMER),
         };
-        if let Err(failure) = writer.write(Message::text(welcome)).await {
+        if let Err(failure) = Box::pin(writer.write(Message::text(welcome))).await {
             return stalled(failure);
         }
         let shutdown = self.ingest.shutdown.clone();

@@ -2,7 +2,7 @@
 //!
 //! The upgrade is done here rather than by warp, to give each connection small buffers: the
 //! library default reserves 128 KiB of read buffer per connection up front, which alone would be
-//! sixteen times the memory budget of an idle session. Reads start with `READ_BUFFER_BYTES` and
+//! thirty-two times the 4 KiB budget of an idle session. Reads start with `READ_BUFFER_BYTES` and
 //! grow only for connections that send large frames.
 //!
 //! Before the upgrade: the token is checked (401), the node's connection limit (503) and the

@@ -296,15 +296,28 @@ impl Device {
         }
     }
 
-    /// Reads what arrives within `patience`.
+    /// Reads what arrives within `patience`. A closed connection is dropped and opened again
+    /// (as a real client reconnects); the call always takes its `patience`, so a listener whose
+    /// node is gone waits instead of spinning.
     async fn drain(&mut self, patience: Duration) {
         let until = tokio::time::Instant::now() + patience;
+        if self.client.is_none() {
+            match Client::connect(&self.url, &self.user, None).await {
+                Ok(client) => self.client = Some(client),
+                Err(error) => eprintln!("{}: reconnect failed: {error:#}", self.user),
+            }
+        }
         while let Some(client) = self.client.as_mut() {
             match client.next_frame(until).await {
                 Ok(Some(frame)) => self.record(&frame),
-                Ok(None) | Err(_) => return,
+                Ok(None) => return,
+                Err(error) => {
+                    eprintln!("{}: connection lost: {error:#}", self.user);
+                    self.client = None;
+                }
             }
         }
+        tokio::time::sleep_until(until).await;
     }
 }
 

@@ -14,6 +14,7 @@ use chorus_clickhouse::ClickHouseHistory;
 use chorus_core::data_layout::DataLayout;
 use chorus_core::error::{ApiError, ErrorCode};
 use chorus_core::metrics::Metrics;
+use chorus_projector::replay::ReplayError;
 use chorus_projector::supervisor::LiveReplayError;
 use chorus_projector::{Projection, ProjectorHandle, ReplayReport};
 use warp::Filter;
@@ -75,6 +76,10 @@ pub(crate) fn admin_replay(api_key: Arc<str>, projector: ProjectorHandle) -> Rou
                                 .map_err(|error| match error {
                                     LiveReplayError::NotRunning | LiveReplayError::Stopped => {
                                         ApiError::new(ErrorCode::Unavailable, error.to_string())
+                                    }
+                                    // asked for what this node does not keep
+                                    LiveReplayError::Failed(ReplayError::Refused(_)) => {
+                                        ApiError::new(ErrorCode::BadRequest, error.to_string())
                                     }
                                     LiveReplayError::Failed(_) => {
                                         ApiError::new(ErrorCode::Internal, error.to_string())

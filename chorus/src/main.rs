@@ -80,7 +80,8 @@ enum Command {
         data_dir: Option<PathBuf>,
     },
     /// Rebuilds projections from the log (by itself when the server is stopped, or by asking
-    /// the node running on the data directory).
+    /// the node running on the data directory). With `[clickhouse] url`, rebuilds the shared
+    /// history from Kafka into a fresh database and switches every node over while they serve.
     Replay {
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -369,6 +370,20 @@ async fn main() -> anyhow::Result<()> {
             let reports = if layout.in_use() {
                 println!("the data directory is in use: asking the running node to rebuild");
                 ask_running_node_to_replay(&layout, &config.auth.api_key, projection).await?
+            } else if !config.clickhouse.url.is_empty() {
+                // the history is shared in ClickHouse; each search node keeps its own index
+                anyhow::ensure!(
+                    projection != Projection::Search,
+                    "with [clickhouse] url, each search node keeps its own index: rebuild it with \
+                     POST /v1/admin/replay on that node"
+                );
+                if projection == Projection::All {
+                    println!(
+                        "rebuilding the shared history; each search node rebuilds its own index \
+                         (POST /v1/admin/replay on it)"
+                    );
+                }
+                vec![roles::replay_shared_history(&config).await?]
             } else {
                 replay(&ProjectorSettings::from_config(&config), projection, true).await?
             };

@@ -26,6 +26,7 @@ fn metrics() {}
 #[utoipa::path(post, path = "/v1/admin/replay", tag = "operations",
     request_body(content = Object, description = "`{\"projection\":\"history\"|\"search\"|\"all\"}`"),
     responses((status = 200, description = "`{\"reports\":[{\"projection\",\"records\",\"seconds\"}]}`"),
+              (status = 400, description = "the node does not keep that projection (a search node and the history in ClickHouse)"),
               (status = 401)),
     security(("api_key" = [])))]
 fn admin_replay() {}

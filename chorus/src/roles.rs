@@ -56,10 +56,12 @@ use chorus_core::swap::Swap;
 use chorus_ingest::membership::{Membership, MembershipError, StoredMessage};
 use chorus_ingest::{Ingest, IngestDependencies};
 use chorus_kafka::{KafkaLog, KafkaLogConfig};
-use chorus_log::EventLog;
-use chorus_projector::{Projections, ProjectorSettings};
+use chorus_log::{EventLog, Offset, PartitionId};
+use chorus_projector::{Projections, ProjectorSettings, ReplaceableHistory, ReplayReport};
 use chorus_redis::{RedisBus, RedisConfig, RedisPresence, RedisShared};
 use chorus_router::RouterContext;
+use chorus_schemas::TimelineEvent;
+use chorus_store::{HistoryError, HistoryStore};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use warp::Filter;
@@ -216,6 +218,63 @@ fn open_clickhouse(
         async move { history.ping().await.map_err(|error| error.to_string()) }
     });
     Some(history)
+}
+
+/// The shared history as the projector's replays see it ([`chorus_projector::shared_replay`]):
+/// rebuilt in the database beside it and swapped in.
+struct SharedClickHouse(Arc<ClickHouseHistory>);
+
+#[async_trait]
+impl ReplaceableHistory for SharedClickHouse {
+    fn live(&self) -> Arc<dyn HistoryStore> {
+        self.0.clone()
+    }
+
+    async fn fresh_beside(&self) -> Result<Arc<dyn HistoryStore>, HistoryError> {
+        Ok(Arc::new(self.0.rebuild_beside().await?))
+    }
+
+    async fn swap_in(&self) -> Result<(), HistoryError> {
+        self.0.swap_in_rebuilt().await
+    }
+
+    async fn drop_replaced(&self) -> Result<(), HistoryError> {
+        self.0.drop_rebuild().await
+    }
+
+    async fn fill(
+        &self,
+        partition: PartitionId,
+        records: &[(Offset, TimelineEvent)],
+    ) -> Result<(), HistoryError> {
+        self.0.insert_records(partition, records).await
+    }
+}
+
+/// `chorus replay --projection history` with `[clickhouse] url`: rebuilds the shared history
+/// from `timeline` on Kafka into a fresh database and switches every node over to it while
+/// they serve (see [`chorus_projector::shared_replay`]). Needs no running node of its own.
+pub async fn replay_shared_history(config: &ChorusConfig) -> anyhow::Result<ReplayReport> {
+    let log = kafka_log(config)?;
+    let history = ClickHouseHistory::open(
+        &ClickHouseConfig::from_section(&config.clickhouse),
+        Arc::new(Metrics::new()),
+    )
+    .await
+    .context("opening the shared history in ClickHouse")?;
+    let topic = config.topics().timeline;
+    log.ensure_topic(&topic)
+        .await
+        .with_context(|| format!("reading topic {topic}"))?;
+    let report = chorus_projector::replay_shared_history(
+        log,
+        &topic,
+        &SharedClickHouse(Arc::new(history)),
+        config.projector.batch_records,
+        true,
+    )
+    .await?;
+    Ok(report)
 }
 
 /// Presence and the node bus in Redis. Does not wait for Redis: its state is probed in the
@@ -572,9 +631,13 @@ async fn start_role(
             // with ClickHouse, the projector writes the shared history; search nodes index
             let settings = ProjectorSettings::from_config(&config);
             let projections = match open_clickhouse(&config, &metrics, &mut probes) {
-                Some(history) => {
-                    Projections::shared(settings, log, metrics.clone(), history, (true, false))?
-                }
+                Some(history) => Projections::shared(
+                    settings,
+                    log,
+                    metrics.clone(),
+                    Arc::new(SharedClickHouse(history)),
+                    (true, false),
+                )?,
                 None => Projections::open(settings, log, metrics.clone())?,
             };
             let admin = supervise_projector(&config, projections, &tasks);
@@ -598,7 +661,7 @@ async fn start_role(
                         settings,
                         log,
                         metrics.clone(),
-                        history,
+                        Arc::new(SharedClickHouse(history)),
                         (false, true),
                     )?;
                     let follower = projections.follow_shared_history(tasks.token(Stage::Pipeline));

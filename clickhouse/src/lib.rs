@@ -26,6 +26,10 @@
 //!   `members`), then stores the new position (never backwards). A crash between the row
 //!   inserts and the position insert replays the batch on restart, which replaces rows with
 //!   themselves: resume is exact.
+//! - **Replay** (`chorus_projector::shared_replay`): [`ClickHouseHistory::rebuild_beside`] opens
+//!   a fresh history in `<database>_rebuild`; [`ClickHouseHistory::swap_in_rebuilt`] exchanges
+//!   its tables with the live ones (`EXCHANGE TABLES`, each atomic); [`ClickHouseHistory::
+//!   drop_rebuild`] drops what was replaced.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -54,7 +58,7 @@ mod rows;
 pub use analytics::{Analytics, DayCount, KeyCount};
 use guard::{Guard, Through};
 use membership_window::{MembershipChange, MembershipWindow};
-use migrations::Schema;
+use migrations::{Schema, quote_identifier};
 use rows::{EVENT_COLUMNS, EventRow, MemberRow, PositionRow, membership_changes};
 
 /// Where the history lives.
@@ -102,7 +106,14 @@ impl ClickHouseConfig {
 pub struct ClickHouseHistory {
     client: Client,
     guard: Guard,
+    /// Where it lives, for the rebuild beside it ([`Self::rebuild_beside`]).
+    config: ClickHouseConfig,
+    metrics: Arc<Metrics>,
 }
+
+/// The history's tables, in the order a replay swaps them in: the data first, then the
+/// positions that describe it (a reader that sees the rebuilt positions sees the rebuilt rows).
+const TABLES: [&str; 4] = ["events", "members", "positions", "schema_migrations"];
 
 impl ClickHouseHistory {
     /// Connects, creates the database if needed and applies pending migrations: fails when
@@ -132,12 +143,93 @@ impl ClickHouseHistory {
                 "clickhouse",
                 config.breaker_failures,
                 config.breaker_open_for,
-                metrics,
+                metrics.clone(),
             ),
             timeout: config.request_timeout,
             schema: Schema::new(server, client.clone(), config.database.clone()),
         };
-        ClickHouseHistory { client, guard }
+        ClickHouseHistory {
+            client,
+            guard,
+            config: config.clone(),
+            metrics,
+        }
+    }
+
+    /// The database a replay rebuilds this history into: `<database>_rebuild`, beside it.
+    fn rebuild_database(&self) -> String {
+        format!("{}_rebuild", self.config.database)
+    }
+
+    /// A fresh, empty history in the rebuild database beside this one, with the schema in
+    /// place: what an earlier rebuild left there (one that failed, or the history it replaced)
+    /// is dropped first.
+    pub async fn rebuild_beside(&self) -> Result<ClickHouseHistory, HistoryError> {
+        self.drop_rebuild().await?;
+        let config = ClickHouseConfig {
+            database: self.rebuild_database(),
+            ..self.config.clone()
+        };
+        ClickHouseHistory::open(&config, self.metrics.clone()).await
+    }
+
+    /// Puts the history rebuilt beside this one ([`Self::rebuild_beside`]) in its place, table
+    /// by table with `EXCHANGE TABLES` (each swap atomic: a query reads the old table or the new
+    /// one, never neither); what was live until now is left in the rebuild database. Every
+    /// reader and projector of this database uses the rebuilt tables from its next query: they
+    /// name tables, not their contents.
+    pub async fn swap_in_rebuilt(&self) -> Result<(), HistoryError> {
+        let rebuilt = quote_identifier(&self.rebuild_database());
+        let live = quote_identifier(&self.config.database);
+        for table in TABLES {
+            self.client
+                .query(&format!(
+                    "EXCHANGE TABLES {live}.{table} AND {rebuilt}.{table}"
+                ))
+                .execute()
+                .through(&self.guard)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Inserts the rows of `records` (of `partition`) whatever the stored position, which it
+    /// leaves as it is: a record inserted again replaces itself (rows are keyed by their log
+    /// position). [`HistoryStore::apply`] inserts what is at or above the position this way;
+    /// a replay fills in what the history it switched in may lack (see
+    /// `chorus_projector::shared_replay`).
+    pub async fn insert_records<'a>(
+        &self,
+        partition: PartitionId,
+        records: impl IntoIterator<Item = &'a (Offset, TimelineEvent)>,
+    ) -> Result<(), HistoryError> {
+        let mut events = Vec::new();
+        let mut members = Vec::new();
+        for (offset, event) in records {
+            events.push(EventRow::from_event(partition, *offset, event));
+            members.extend(
+                membership_changes(event)
+                    .into_iter()
+                    .map(|(user, present)| MemberRow {
+                        user,
+                        conversation: event.conversation.clone(),
+                        seq: event.seq.unwrap_or(0),
+                        present: u8::from(present),
+                    }),
+            );
+        }
+        self.insert_rows("events", &events).await?;
+        self.insert_rows("members", &members).await
+    }
+
+    /// Drops the rebuild database: after [`Self::swap_in_rebuilt`], the history it replaced.
+    pub async fn drop_rebuild(&self) -> Result<(), HistoryError> {
+        let rebuilt = quote_identifier(&self.rebuild_database());
+        self.client
+            .query(&format!("DROP DATABASE IF EXISTS {rebuilt}"))
+            .execute()
+            .through(&self.guard)
+            .await
     }
 
     /// Whether ClickHouse answers and the schema is in place (applying it if it is not yet).
@@ -451,27 +543,8 @@ impl HistoryStore for ClickHouseHistory {
         let Some(pending) = records_to_apply(position, records, next_offset) else {
             return Ok(());
         };
-        let events: Vec<EventRow> = pending
-            .records
-            .iter()
-            .map(|(offset, event)| EventRow::from_event(partition, *offset, event))
-            .collect();
-        let members: Vec<MemberRow> = pending
-            .records
-            .iter()
-            .flat_map(|(_, event)| {
-                membership_changes(event)
-                    .into_iter()
-                    .map(|(user, present)| MemberRow {
-                        user,
-                        conversation: event.conversation.clone(),
-                        seq: event.seq.unwrap_or(0),
-                        present: u8::from(present),
-                    })
-            })
-            .collect();
-        self.insert_rows("events", &events).await?;
-        self.insert_rows("members", &members).await?;
+        self.insert_records(partition, pending.records.iter().copied())
+            .await?;
         self.insert_rows(
             "positions",
             &[PositionRow {

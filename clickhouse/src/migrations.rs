@@ -159,7 +159,7 @@ fn statements(sql: &str) -> Vec<String> {
 }
 
 /// Backquotes an identifier for DDL (database names come from configuration).
-fn quote_identifier(name: &str) -> String {
+pub(crate) fn quote_identifier(name: &str) -> String {
     format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
 }
 

@@ -9,12 +9,15 @@
 //!   live replays between runs, asked for through a [`ProjectorHandle`].
 //! - [`replay`]: rebuilding a projection from the log into a fresh store beside the live one,
 //!   and installing it (`chorus replay`, and live replays).
+//! - [`shared_replay`]: the same for a history shared by many nodes (ClickHouse), switched in
+//!   while they read and project it.
 //!
 //! The projector reads its own slice of the configuration ([`ProjectorSettings`]) and depends on
 //! the log and store ports, never on another stage.
 
 pub mod replay;
 pub mod run;
+pub mod shared_replay;
 pub mod sinks;
 pub mod supervisor;
 
@@ -27,6 +30,7 @@ use chorus_store::{HistoryError, SearchError};
 
 pub use replay::{Projection, ReplayReport, rebuild, topic_size};
 pub use run::{ProjectionRun, ProjectorContext, ProjectorSettings, run};
+pub use shared_replay::{ReplaceableHistory, replay_shared_history};
 pub use sinks::{HistorySink, SearchSink};
 pub use supervisor::{Projections, ProjectorHandle};
 

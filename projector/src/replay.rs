@@ -182,7 +182,15 @@ pub(crate) async fn rebuild_fresh(
         started: Instant::now(),
     };
     let total = topic_size(log.as_ref(), timeline).await?;
-    let bar = if show_progress {
+    let bar = progress_bar(kind.name(), total, show_progress);
+    catch_up(settings, log, &mut rebuilt, |done| bar.set_position(done)).await?;
+    bar.finish();
+    Ok(rebuilt)
+}
+
+/// A replay's progress on the terminal (`show`), out of `total` timeline records.
+pub(crate) fn progress_bar(name: &'static str, total: u64, show: bool) -> ProgressBar {
+    let bar = if show {
         ProgressBar::new(total)
     } else {
         ProgressBar::hidden()
@@ -194,10 +202,8 @@ pub(crate) async fn rebuild_fresh(
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
-    bar.set_prefix(kind.name());
-    catch_up(settings, log, &mut rebuilt, |done| bar.set_position(done)).await?;
-    bar.finish();
-    Ok(rebuilt)
+    bar.set_prefix(name);
+    bar
 }
 
 /// Applies what the log gained since the rebuilt store's position.

@@ -257,6 +257,9 @@ struct Runner {
     catching_up: bool,
     /// When the lag gauges were last updated.
     lag_updated: Option<Instant>,
+    /// A shared sink's position per partition as this node last stored it (or found it when
+    /// the partition was assigned): see [`Runner::store_went_back`].
+    stored: BTreeMap<PartitionId, Offset>,
 }
 
 impl Runner {
@@ -291,6 +294,36 @@ impl Runner {
             .max(1)
     }
 
+    /// Whether a shared sink's store holds a lower position for `partition` than this node
+    /// stored there. Positions only move forward in one store, so the store was replaced by a
+    /// replay's rebuild ([`crate::shared_replay`]), which may lack what this node wrote into the
+    /// old one since the rebuild's last catch-up: the consumer goes back to the rebuilt store's
+    /// position and that stretch is read and applied again (applying a record twice changes
+    /// nothing). Costs a position read per partition and flush, on shared sinks only.
+    async fn store_went_back(&mut self, partition: PartitionId) -> Result<bool, ProjectorError> {
+        if !self.projection.shared {
+            return Ok(false);
+        }
+        let Some(&stored_here) = self.stored.get(&partition) else {
+            return Ok(false);
+        };
+        let sink = self.projection.sink.clone();
+        let stored = position_with_retry(sink.as_ref(), partition, &self.stop).await?;
+        if stored >= stored_here {
+            return Ok(false);
+        }
+        tracing::warn!(
+            sink = sink.name(),
+            partition,
+            stored,
+            stored_here,
+            "the shared store was replaced by a replay; reading again from its position"
+        );
+        self.consumer.seek(partition, stored)?;
+        self.stored.insert(partition, stored);
+        Ok(true)
+    }
+
     /// Idle, with nothing pending for a partition, everything below the consumer's position is
     /// in the projection (what lies past the last record is Kafka transaction markers): publish
     /// that to readers waiting for it. A shared sink also stores it (see
@@ -304,9 +337,13 @@ impl Runner {
                 continue;
             };
             if self.projection.shared && position > self.projection.progress.position(partition) {
+                if self.store_went_back(partition).await? {
+                    continue;
+                }
                 let sink = self.projection.sink.clone();
                 apply_with_retry(sink.as_ref(), partition, Vec::new(), position, &self.stop)
                     .await?;
+                self.stored.insert(partition, position);
             }
             self.projection.progress.advance(partition, position);
         }
@@ -324,6 +361,9 @@ impl Runner {
             let Some(after_last) = records.last().map(|record| record.offset + 1) else {
                 continue;
             };
+            if self.store_went_back(partition).await? {
+                continue; // its records are read again from the store's position
+            }
             // everything below the consumer's position is applied now, or is no record (Kafka
             // transaction markers): store that, so positions reach the log's end
             let next_offset = self
@@ -351,6 +391,9 @@ impl Runner {
             self.lag_updated = Some(Instant::now());
         }
         for (partition, next_offset) in applied {
+            if self.projection.shared {
+                self.stored.insert(partition, next_offset);
+            }
             let label = partition.to_string();
             self.metrics
                 .projector_position
@@ -397,6 +440,7 @@ async fn run_projection(
         commits: CommitThrottle::new(Duration::from_secs(1)),
         catching_up: false,
         lag_updated: None,
+        stored: BTreeMap::new(),
     };
     loop {
         let wait = match runner.pending_since {
@@ -427,6 +471,7 @@ async fn run_projection(
                     )
                     .await?;
                     runner.consumer.seek(partition, position)?;
+                    runner.stored.insert(partition, position);
                     runner.projection.progress.advance(partition, position);
                     tracing::debug!(
                         sink = name,

@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::ProjectorError;
 use crate::replay::{self, Kind, Projection, ReplayError, ReplayReport};
 use crate::run::{ProjectionRun, ProjectorContext, ProjectorSettings};
+use crate::shared_replay::{self, ReplaceableHistory};
 use crate::sinks::{HistorySink, SearchSink};
 
 /// How often a node that reads a history another node projects publishes its stored positions.
@@ -70,6 +71,9 @@ pub struct Projections {
     pub search_progress: Arc<ProjectionProgress>,
     /// The history lives in ClickHouse, shared by every node (`[clickhouse] url`).
     pub history_shared: bool,
+    /// The shared history, which a live replay on a node that projects it rebuilds and swaps in
+    /// ([`crate::shared_replay`]).
+    pub shared_history: Option<Arc<dyn ReplaceableHistory>>,
     /// Whether this node projects the history, and the search index.
     pub run_history: bool,
     pub run_search: bool,
@@ -143,7 +147,7 @@ impl Projections {
         let layout = settings.layout();
         create_data_directory(&settings)?;
         let history: Arc<dyn HistoryStore> = EmbeddedHistory::open(&layout.history())?;
-        Self::assemble(settings, log, metrics, history, false, (true, true))
+        Self::assemble(settings, log, metrics, history, None, (true, true))
     }
 
     /// Projections around a history shared with other nodes (ClickHouse); `runs` says which of
@@ -153,11 +157,11 @@ impl Projections {
         settings: ProjectorSettings,
         log: Arc<dyn EventLog>,
         metrics: Arc<Metrics>,
-        history: Arc<dyn HistoryStore>,
+        history: Arc<dyn ReplaceableHistory>,
         runs: (bool, bool),
     ) -> Result<Self, OpenProjectionsError> {
         create_data_directory(&settings)?;
-        Self::assemble(settings, log, metrics, history, true, runs)
+        Self::assemble(settings, log, metrics, history.live(), Some(history), runs)
     }
 
     fn assemble(
@@ -165,7 +169,7 @@ impl Projections {
         log: Arc<dyn EventLog>,
         metrics: Arc<Metrics>,
         history: Arc<dyn HistoryStore>,
-        history_shared: bool,
+        shared_history: Option<Arc<dyn ReplaceableHistory>>,
         (run_history, run_search): (bool, bool),
     ) -> Result<Self, OpenProjectionsError> {
         let partitions = settings.partitions;
@@ -178,7 +182,8 @@ impl Projections {
             index: Arc::new(Swap::new(index)),
             history_progress: Arc::new(ProjectionProgress::new(partitions)),
             search_progress: Arc::new(ProjectionProgress::new(partitions)),
-            history_shared,
+            history_shared: shared_history.is_some(),
+            shared_history,
             run_history,
             run_search,
         })
@@ -279,10 +284,28 @@ impl Projections {
     ) -> Result<Vec<ReplayReport>, ReplayError> {
         let refused = |reason: &str| Err(ReplayError::Refused(reason.to_owned()));
         let mut kinds: Vec<Kind> = projection.kinds().to_vec();
+        let mut reports = Vec::new();
+        if let Some(shared) = &self.shared_history
+            && self.run_history
+            && kinds.contains(&Kind::History)
+        {
+            // the shared history is switched in while the projector runs (it notices the switch)
+            reports.push(
+                shared_replay::replay_shared_history(
+                    self.log.clone(),
+                    &self.settings.timeline_topic,
+                    shared.as_ref(),
+                    self.settings.projector.batch_records,
+                    false,
+                )
+                .await?,
+            );
+            kinds.retain(|kind| *kind != Kind::History);
+        }
         if self.history_shared || !self.run_history {
-            if projection == Projection::History {
+            if projection == Projection::History && reports.is_empty() {
                 return refused(
-                    "this node does not keep a history of its own (it is in ClickHouse): replay `search`",
+                    "this node does not project the shared history (ClickHouse): replay it on a projector node or with `chorus replay`, or replay `search` here",
                 );
             }
             kinds.retain(|kind| *kind != Kind::History);
@@ -294,6 +317,9 @@ impl Projections {
             kinds.retain(|kind| *kind != Kind::Search);
         }
         if kinds.is_empty() {
+            if !reports.is_empty() {
+                return Ok(reports);
+            }
             return refused("this node keeps nothing to rebuild");
         }
         let mut rebuilt = Vec::new();
@@ -305,7 +331,6 @@ impl Projections {
             *projector = self.start_projector(tracker);
             return Err(error.into());
         }
-        let mut reports = Vec::new();
         let outcome = async {
             let layout = self.settings.layout();
             for mut store in rebuilt {

@@ -6,6 +6,9 @@
 //! them to a database of this run. It is killed with `kill -9` while it is part way, started
 //! again, and left to finish. The same `timeline` is then rebuilt into an embedded (redb) store
 //! in-process, and every read the history port offers is compared between the two.
+//!
+//! The same set-up, with a search node reading, then rebuilds a damaged history with `chorus
+//! replay --projection history` while events keep coming (see the second test).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +23,10 @@ use chorus_schemas::{EventBody, IngressEvent, encode_ingress};
 use chorus_store::EmbeddedHistory;
 use chorus_store::history::{HistoryStore, MessagePage};
 use chorus_tests::{
-    ChildServer, distributed_services, metric, metrics_text, role_arguments, role_environment,
+    API_KEY, Api, ChildServer, chorus_binary, distributed_services, metric, metrics_text,
+    role_arguments, role_environment,
 };
+use serde_json::json;
 
 const CONVERSATIONS: usize = 20;
 const EVENTS_PER_CONVERSATION: u64 = 500;
@@ -205,6 +210,254 @@ async fn a_projector_killed_mid_run_leaves_clickhouse_equal_to_the_embedded_stor
     }
     for partition in 0..PARTITIONS {
         assert!(store.position(partition).await? >= reference.position(partition).await?);
+    }
+    Ok(())
+}
+
+/// Runs one statement on ClickHouse's HTTP interface and returns its answer.
+async fn clickhouse_query(url: &str, statement: &str) -> anyhow::Result<String> {
+    let response = reqwest::Client::new()
+        .post(url)
+        .body(statement.to_owned())
+        .send()
+        .await?;
+    let status = response.status();
+    let text = response.text().await?;
+    ensure!(status.is_success(), "{statement}: {status} {text}");
+    Ok(text)
+}
+
+/// Waits until the router sequenced `total` events and `store` holds every partition to the
+/// timeline's end.
+async fn projected_to_the_end(
+    log: &Arc<dyn EventLog>,
+    timeline: &str,
+    store: &ClickHouseHistory,
+    total: u64,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let mut done = true;
+        let mut sequenced = 0;
+        for partition in 0..PARTITIONS {
+            let end = log.end_offset(timeline, partition).await?;
+            sequenced += end;
+            done &= store.position(partition).await? >= end;
+        }
+        if done && sequenced >= total {
+            return Ok(());
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "not all {total} events reached ClickHouse ({sequenced} timeline offsets)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `chorus replay --projection history` on a history in ClickHouse while a search node reads
+/// it and a projector keeps projecting what a producer keeps sending: the history is rebuilt
+/// into a fresh database, caught up and switched in. Every read during the replay succeeds with
+/// the whole conversation, the damaged live history comes back whole, no event is missing or
+/// duplicated, and the replaced database is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_history_is_replayed_into_a_fresh_database_while_it_serves() -> anyhow::Result<()>
+{
+    let Some(services) = distributed_services() else {
+        return Ok(());
+    };
+    let clickhouse = std::env::var("CHORUS_CLICKHOUSE_URL")
+        .context("CHORUS_CLICKHOUSE_URL: scripts/test starts ClickHouse")?;
+    let run = format!("y{}", std::process::id());
+    let database = format!("chorus_{run}");
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("chorus.toml");
+    // the projector inserts often, so that it very likely writes into the live history between
+    // the rebuild's last pass and the switch: the stretch the switch must not lose
+    std::fs::write(
+        &config,
+        format!(
+            "[log]\npartitions = {PARTITIONS}\n[projector]\nbatch_records = 200\n\
+             [clickhouse]\ninsert_interval_ms = 10\n"
+        ),
+    )?;
+    let arguments = |role: &str| role_arguments(&config, role, 0, &dir.path().join(role));
+    let environment = |node: &str| {
+        let mut environment = role_environment(&services, &run, node);
+        environment.push(("CHORUS_CLICKHOUSE_URL", clickhouse.clone()));
+        environment.push(("CHORUS_CLICKHOUSE_DATABASE", database.clone()));
+        environment
+    };
+    let _router = ChildServer::spawn(&arguments("router"), &environment("r1")).await?;
+    let projector = ChildServer::spawn(&arguments("projector"), &environment("p1")).await?;
+    let search = ChildServer::spawn(&arguments("search"), &environment("s1")).await?;
+
+    let kafka_section = chorus_core::config::KafkaSection::default();
+    let log: Arc<dyn EventLog> = KafkaLog::new(KafkaLogConfig::new(
+        services.0.clone(),
+        PARTITIONS,
+        kafka_section.replication_factor,
+        kafka_section.session_timeout_ms,
+    ))?;
+    let ingress_topic = format!("{run}.ingress");
+    let timeline = format!("{run}.timeline");
+    log.ensure_topic(&ingress_topic).await?;
+    let conversation = |index: usize| format!("dm:{run}u{index}:{run}v{index}");
+    let first = 100;
+    for k in 1..=first {
+        let batch = (0..CONVERSATIONS)
+            .map(|index| ingress(&run, index, k))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        log.append(&ingress_topic, batch).await?;
+    }
+    let store = ClickHouseHistory::open(
+        &ClickHouseConfig::new(clickhouse.clone(), database.clone()),
+        Arc::new(Metrics::new()),
+    )
+    .await?;
+    projected_to_the_end(&log, &timeline, &store, CONVERSATIONS as u64 * first).await?;
+
+    // the live history loses conversation 0's events: what a replay is for
+    clickhouse_query(
+        &clickhouse,
+        &format!(
+            "ALTER TABLE {database}.events DELETE WHERE conversation = '{}' \
+             SETTINGS mutations_sync = 2",
+            conversation(0)
+        ),
+    )
+    .await?;
+    ensure!(store.events(&conversation(0), 0, 10_000).await?.is_empty());
+
+    // throughout the replay: a member of conversation 1 reads it on the search node, and the
+    // other conversations (2…) keep growing
+    let replaying = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reader = {
+        let (api, replaying) = (Api::new(&search.url), replaying.clone());
+        let (user, id) = (format!("{run}u1"), conversation(1));
+        tokio::spawn(async move {
+            let mut reads = 0u32;
+            let mut failures = Vec::new();
+            while replaying.load(std::sync::atomic::Ordering::Acquire) {
+                match api.events(&user, &id, 0).await {
+                    Ok(events) if events.len() as u64 == first => {}
+                    Ok(events) => failures.push(format!("{} events", events.len())),
+                    Err(error) => failures.push(format!("{error:#}")),
+                }
+                reads += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (reads, failures)
+        })
+    };
+    let producer = {
+        let (log, replaying, run, topic) = (
+            log.clone(),
+            replaying.clone(),
+            run.clone(),
+            ingress_topic.clone(),
+        );
+        tokio::spawn(async move {
+            let mut last = first;
+            while replaying.load(std::sync::atomic::Ordering::Acquire) {
+                last += 1;
+                let batch = (2..CONVERSATIONS)
+                    .map(|index| ingress(&run, index, last))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                log.append(&topic, batch).await?;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            anyhow::Ok(last)
+        })
+    };
+    let mut replay = tokio::process::Command::new(chorus_binary());
+    replay
+        .args(["--config", &config.display().to_string(), "replay"])
+        .args(["--projection", "history", "--data-dir"])
+        .arg(dir.path().join("replay"))
+        .envs(environment("replay"))
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(300), replay.output())
+        .await
+        .context("chorus replay did not finish within 300 s")??;
+    replaying.store(false, std::sync::atomic::Ordering::Release);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success(),
+        "chorus replay: {}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    ensure!(
+        stdout.contains("history: rebuilt from"),
+        "chorus replay says what it did: {stdout}"
+    );
+    let last = producer.await??;
+    let (reads, failures) = reader.await?;
+    ensure!(reads > 0, "the search node was read during the replay");
+    ensure!(
+        failures.is_empty(),
+        "every read during the replay succeeded with all {first} events: {failures:?}"
+    );
+    ensure!(last > first, "events kept coming during the replay");
+
+    // afterwards: the history equals the log, rebuilt in-process into the embedded store
+    // conversations 0 and 1 stopped at `first`, the others went on to `last`
+    let total = first * 2 + last * (CONVERSATIONS as u64 - 2);
+    projected_to_the_end(&log, &timeline, &store, total).await?;
+    let reference_dir = tempfile::tempdir()?;
+    let reference = EmbeddedHistory::open(&reference_dir.path().join("history.redb"))?;
+    let sink: Arc<dyn Sink> = Arc::new(HistorySink(reference.clone(), Duration::ZERO));
+    let rebuilt = chorus_projector::rebuild(log.clone(), &timeline, sink, 1000, |_| {}).await?;
+    assert_eq!(rebuilt, total, "every event is in the timeline once");
+    for index in 0..CONVERSATIONS {
+        let id = conversation(index);
+        let expected = if index < 2 { first } else { last };
+        let events = store.events(&id, 0, 10_000).await?;
+        assert_eq!(events.len() as u64, expected, "{id}: each event once");
+        assert_eq!(
+            events,
+            reference.events(&id, 0, 10_000).await?,
+            "{id}: events"
+        );
+        assert_eq!(
+            store.messages(&id, MessagePage::After(0), 10_000).await?,
+            reference
+                .messages(&id, MessagePage::After(0), 10_000)
+                .await?,
+            "{id}: messages with edits and recalls"
+        );
+        assert_eq!(store.members(&id).await?, reference.members(&id).await?);
+    }
+    let left = clickhouse_query(
+        &clickhouse,
+        &format!("SELECT count() FROM system.databases WHERE name = '{database}_rebuild'"),
+    )
+    .await?;
+    assert_eq!(left.trim(), "0", "the replaced history is dropped");
+
+    // the same through the projector node's admin route; a search node, which does not project
+    // the shared history, refuses
+    let replay = json!({"projection": "history"});
+    let (status, body) = Api::new(&projector.url)
+        .post(API_KEY, "/v1/admin/replay", &replay)
+        .await?;
+    ensure!(status == 200, "projector replay: {status} {body}");
+    ensure!(
+        body["reports"][0]["projection"] == "history",
+        "projector replay: {body}"
+    );
+    let (status, body) = Api::new(&search.url)
+        .post(API_KEY, "/v1/admin/replay", &replay)
+        .await?;
+    ensure!(status == 400, "a search node refuses: {status} {body}");
+    for index in [0, 2] {
+        let id = conversation(index);
+        assert_eq!(
+            store.events(&id, 0, 10_000).await?,
+            reference.events(&id, 0, 10_000).await?,
+            "{id}: events after the second replay"
+        );
     }
     Ok(())
 }

@@ -4,10 +4,10 @@
 # scripts/services unless CHORUS_KAFKA_BOOTSTRAP / CHORUS_REDIS_URL are set), prints each table
 # and writes the figures to bench-results/<mode>.json.
 #
-# The low-rate scenario also measures Centrifugo v6.9.1 in the same run (bench/centrifugo/): the
-# script installs it with `go install` into target/centrifugo/ (once; skipped when that binary is
-# there) unless CHORUS_BENCH_CENTRIFUGO names a binary already. Without `go` it says so and the
-# scenario measures Chorus alone.
+# The low-rate, idle and burst scenarios also measure Centrifugo v6.9.1 in the same run
+# (bench/centrifugo/): the script installs it with `go install` into target/centrifugo/ (once;
+# skipped when that binary is there) unless CHORUS_BENCH_CENTRIFUGO names a binary already.
+# Without `go` it says so and those scenarios measure Chorus alone.
 #
 #   bench/run.sh                 # both modes, full sizes
 #   bench/run.sh --quick         # a short smoke run
@@ -29,7 +29,7 @@ if [[ -z "${CHORUS_BENCH_CENTRIFUGO:-}" ]]; then
         -ldflags "-X github.com/centrifugal/centrifugo/v6/internal/build.Version=$centrifugo_version" \
         "github.com/centrifugal/centrifugo/v6@v$centrifugo_version"
     else
-      echo "go not found: the low-rate scenario runs without Centrifugo" >&2
+      echo "go not found: the Centrifugo comparisons are skipped" >&2
     fi
   fi
   if [[ -x "$centrifugo_dir/centrifugo" ]]; then

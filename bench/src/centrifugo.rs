@@ -1,27 +1,34 @@
-//! Centrifugo v6 (<https://centrifugal.dev>) measured with Chorus's own traffic client in the same
-//! run: the low-rate 1:1 scenario (`lowrate`, 20 pairs with one message in flight each by
-//! default) runs on Chorus and then on Centrifugo, and every Chorus figure is printed beside
-//! Centrifugo's, with their ratio.
+//! Centrifugo v6 (<https://centrifugal.dev>) measured with Chorus's own clients in the same run.
+//! Three scenarios run on Chorus and then on Centrifugo, every Chorus figure printed beside
+//! Centrifugo's with their ratio: the low-rate 1:1 scenario (`lowrate`, here: 20 pairs with one
+//! message in flight each by default), idle sessions (`idle`) and the sustained fan-out burst
+//! (`burst`). Centrifugo is a [`Target`] like Chorus's `Server`, so the same client code drives
+//! both.
 //!
-//! Both servers carry the same load: Centrifugo gets the same sessions and payload, open loop at
-//! the rate Chorus sustained (its closed-loop acked sends/s). Its latency is far below a session's
-//! period at that rate, so it too has about one message in flight per session; run closed loop,
-//! it would run several times faster on the same cores and spread its costs over more messages,
-//! and the CPU per message and the latencies would no longer compare like with like.
+//! In the low-rate scenario both servers carry the same load: Centrifugo gets the same sessions
+//! and payload, open loop at the rate Chorus sustained (its closed-loop acked sends/s). Its
+//! latency is far below a session's period at that rate, so it too has about one message in
+//! flight per session; run closed loop, it would run several times faster on the same cores and
+//! spread its costs over more messages, and the CPU per message and the latencies would no longer
+//! compare like with like. The idle and burst scenarios give both servers the same counts and
+//! rate by construction.
 //!
 //! Centrifugo is the binary given with `--centrifugo` or `CHORUS_BENCH_CENTRIFUGO` (`bench/run.sh`
-//! installs v6.9.1 with `go install`). Without one the scenario measures Chorus alone and says that
-//! Centrifugo was skipped. It runs as a child process on a free loopback port, with the committed
-//! `bench/centrifugo/config.json` (memory engine, no history, no presence: nothing persisted; the
-//! README beside it says what it does and does not do) and the JWT secret Chorus gets. Like
-//! Chorus's processes, it is killed when its handle is dropped, and its CPU time and writes are
-//! read from `/proc`.
+//! installs v6.9.1 with `go install`). Without one each scenario measures Chorus alone and says
+//! that Centrifugo was skipped. It runs as a child process on a free loopback port, with the
+//! committed `bench/centrifugo/config.json` (memory engine, no history, no presence: nothing
+//! persisted; the README beside it says what it does and does not do) and the JWT secret Chorus
+//! gets. Like Chorus's processes, it is killed when its handle is dropped, and its CPU time,
+//! writes and resident memory are read from `/proc`.
 //!
 //! Its client protocol is JSON, one command or reply per line of a WebSocket frame:
 //! - `connect` with the user's JWT (HS256, `sub` = the user; the token Chorus accepts);
-//! - `subscribe` to the user's own channel `personal:#<user>` (user-limited: only that user may);
-//! - `publish` to the peer's channel: its reply is the ack, and the `pub` push on the peer's
-//!   channel is the delivery;
+//! - `subscribe` to the user's own channel `personal:#<user>` (user-limited: only that user may),
+//!   and to the channel `group:<id>` of each group the user is a member of (Centrifugo has no
+//!   members: [`Target::create_group`] only records which sessions subscribe to it);
+//! - `publish` to the peer's channel, or to the group's: its reply is the ack, and the `pub` push
+//!   on the channel is the delivery (the sender, subscribed to its group, gets its own too, as on
+//!   Chorus, and it is not counted as one);
 //! - an empty reply `{}` is the server's ping, answered with an empty pong.
 
 use std::collections::HashMap;
@@ -33,6 +40,7 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt, TryStreamExt};
+use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
@@ -47,17 +55,19 @@ const CONFIG: &str = include_str!("../centrifugo/config.json");
 /// The environment variable that gives Centrifugo its HS256 secret.
 const SECRET_VARIABLE: &str = "CENTRIFUGO_CLIENT_TOKEN_HMAC_SECRET_KEY";
 /// What the table says when no binary was given.
-const SKIPPED: &str = "no Centrifugo binary (--centrifugo PATH or CHORUS_BENCH_CENTRIFUGO; \
-                       bench/run.sh installs v6.9.1)";
+pub const SKIPPED: &str = "no Centrifugo binary (--centrifugo PATH or CHORUS_BENCH_CENTRIFUGO; \
+                           bench/run.sh installs v6.9.1)";
 /// How long Centrifugo may take to accept connections.
 const START_PATIENCE: Duration = Duration::from_secs(60);
 /// How long a handshake command may wait for its reply.
 const REPLY_PATIENCE: Duration = Duration::from_secs(30);
 /// Sessions being opened at once.
 const CONCURRENCY: usize = 200;
-/// Command ids of a session's handshake; its publishes count up from `FIRST_PUBLISH`.
+/// Command ids of a session's handshake: the connect, then one per subscription from
+/// `FIRST_SUBSCRIBE`. Its publishes count up from `FIRST_PUBLISH`; they start once the handshake
+/// is answered, and an id need only be unique among the commands awaiting a reply.
 const CONNECT_ID: u32 = 1;
-const SUBSCRIBE_ID: u32 = 2;
+const FIRST_SUBSCRIBE: u32 = 2;
 const FIRST_PUBLISH: u32 = 3;
 
 /// Options of the low-rate comparison.
@@ -183,7 +193,7 @@ fn rows(chorus: &Outcome, centrifugo: Option<&Outcome>) -> Vec<Row> {
 }
 
 /// What `<binary> version` says, up to the Go version (`Centrifugo v6.9.1`).
-async fn version(binary: &Path) -> anyhow::Result<String> {
+pub async fn version(binary: &Path) -> anyhow::Result<String> {
     let output = tokio::time::timeout(
         Duration::from_secs(30),
         Command::new(binary)
@@ -211,8 +221,18 @@ fn personal_channel(user: &str) -> String {
     format!("personal:#{user}")
 }
 
-/// The channel session `index` sends to: its peer's (`index ^ 1`, as in Chorus's 1:1 traffic).
-fn peer_channel(index: usize, prefix: &str) -> String {
+/// The channel of group conversation `id` (its Chorus id: `g:<prefix><n>`; the namespace ends
+/// at the first colon, so the id may hold more).
+fn group_channel(id: &str) -> String {
+    format!("group:{id}")
+}
+
+/// The channel session `index` sends to: its peer's (`index ^ 1`, as in Chorus's 1:1 traffic),
+/// or its group's when sessions form groups of `group_size`.
+fn destination_channel(index: usize, group_size: usize, prefix: &str) -> String {
+    if group_size > 1 {
+        return group_channel(&traffic::conversation_of(index, group_size, prefix));
+    }
     personal_channel(&format!("{prefix}{}", index ^ 1))
 }
 
@@ -224,6 +244,9 @@ pub struct Centrifugo {
     pid: u32,
     /// Where it accepts WebSocket connections.
     addr: SocketAddr,
+    /// User → the group channels its sessions subscribe to besides its own, from
+    /// [`Target::create_group`].
+    groups: Mutex<HashMap<String, Vec<String>>>,
     /// Holds its configuration file; removed when the server is dropped.
     _work: tempfile::TempDir,
 }
@@ -281,6 +304,7 @@ impl Centrifugo {
             process,
             pid,
             addr,
+            groups: Mutex::new(HashMap::new()),
             _work: work,
         })
     }
@@ -302,17 +326,18 @@ impl Target for Centrifugo {
     }
 
     fn destination(&self, index: usize, group_size: usize, prefix: &str) -> anyhow::Result<String> {
-        anyhow::ensure!(
-            group_size <= 1,
-            "the Centrifugo comparison is 1:1 traffic only"
-        );
-        Ok(peer_channel(index, prefix))
+        Ok(destination_channel(index, group_size, prefix))
     }
 
-    async fn create_group(&self, id: &str, _members: &[String]) -> anyhow::Result<()> {
-        anyhow::bail!(
-            "Centrifugo has no group conversations (asked for {id}); the comparison is 1:1"
-        )
+    async fn create_group(&self, id: &str, members: &[String]) -> anyhow::Result<()> {
+        let mut groups = self.groups.lock();
+        for member in members {
+            groups
+                .entry(member.clone())
+                .or_default()
+                .push(group_channel(id));
+        }
+        Ok(())
     }
 
     async fn open_sessions(
@@ -329,7 +354,11 @@ impl Target for Centrifugo {
                 async move {
                     let user = format!("{prefix}{index}");
                     let source = sessions::source_address(index, source_addresses);
-                    let session = open(self.addr, url, &user, source)
+                    let mut channels = vec![personal_channel(&user)];
+                    if let Some(groups) = self.groups.lock().get(&user) {
+                        channels.extend(groups.iter().cloned());
+                    }
+                    let session = open(self.addr, url, &user, &channels, source)
                         .await
                         .with_context(|| format!("opening a Centrifugo session for {user}"))?;
                     progress.inc(1);
@@ -346,13 +375,19 @@ impl Target for Centrifugo {
     fn usage(&self) -> anyhow::Result<Usage> {
         Usage::of(&[self.pid])
     }
+
+    fn resident_bytes(&self) -> anyhow::Result<u64> {
+        Ok(chorus_process::usage::resident_bytes(self.pid)?)
+    }
 }
 
-/// Connects as `user` from `source` and subscribes to the user's channel.
+/// Connects as `user` from `source` and subscribes to `channels`, each subscription answered
+/// before the next is asked for.
 async fn open(
     server: SocketAddr,
     url: &str,
     user: &str,
+    channels: &[String],
     source: Ipv4Addr,
 ) -> anyhow::Result<Session> {
     let token = Server::authority().issue(user, None, 24 * 3600)?;
@@ -363,12 +398,9 @@ async fn open(
         json!({"connect": {"token": token, "name": "chorus-bench"}}),
     )
     .await?;
-    handshake(
-        &mut socket,
-        SUBSCRIBE_ID,
-        json!({"subscribe": {"channel": personal_channel(user)}}),
-    )
-    .await?;
+    for (id, channel) in (FIRST_SUBSCRIBE..).zip(channels) {
+        handshake(&mut socket, id, json!({"subscribe": {"channel": channel}})).await?;
+    }
     Ok(Session {
         socket,
         wire: Box::new(CentrifugoWire::default()),
@@ -515,10 +547,11 @@ mod tests {
     }
 
     #[test]
-    fn each_session_sends_to_its_peers_personal_channel() {
-        assert_eq!(peer_channel(0, "p"), "personal:#p1");
-        assert_eq!(peer_channel(1, "p"), "personal:#p0");
-        assert_eq!(peer_channel(7, "p"), "personal:#p6");
+    fn each_session_sends_to_its_peers_personal_channel_or_to_its_groups() {
+        assert_eq!(destination_channel(0, 0, "p"), "personal:#p1");
+        assert_eq!(destination_channel(1, 0, "p"), "personal:#p0");
+        assert_eq!(destination_channel(7, 0, "p"), "personal:#p6");
+        assert_eq!(destination_channel(7, 5, "p"), "group:g:p1");
     }
 
     #[test]

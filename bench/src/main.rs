@@ -7,13 +7,16 @@
 //! data directory, or with `--kafka BOOTSTRAP --redis URL` a router and an ingest node on that
 //! broker and redis-server (see `server`). Each scenario also runs on its own:
 //!
-//! - `idle`: server memory per idle authenticated session (`idle`);
+//! - `idle`: server memory per idle authenticated session (`idle`), with `--centrifugo PATH`
+//!   against Centrifugo's in the same run;
 //! - `dm`: 1:1 or group traffic, closed loop or at a target rate, ack and delivery latency
 //!   (`traffic`), with `--raw` the raw log baseline at as many sends outstanding;
 //! - `lowrate`: 1:1 traffic at a low rate (20 pairs, one message in flight each) on Chorus and,
 //!   with `--centrifugo PATH`, on Centrifugo in the same run, every figure against Centrifugo's
 //!   (`centrifugo`);
 //! - `fanout`: one message to a group with every member online (`fanout`);
+//! - `burst`: a sustained fan-out burst, one sender at a fixed rate to a group with every member
+//!   online, with `--centrifugo PATH` against Centrifugo in the same run (`burst`);
 //! - `projection`: projector, search and replay against raw Tantivy (`projection`);
 //! - `raw`: the raw log baseline alone (`raw`);
 //! - `relay`: the raw relay alone, the smallest program doing Chorus's hops on the same log,
@@ -27,6 +30,7 @@
 //!
 //! A tool, not a test: nothing asserts timings (the smoke test only checks that it runs).
 
+mod burst;
 mod centrifugo;
 mod fanout;
 mod hook;
@@ -62,8 +66,8 @@ struct Cli {
     /// Also write every figure as JSON to this file.
     #[arg(long, global = true)]
     json: Option<PathBuf>,
-    /// The Centrifugo binary the low-rate scenario also measures (`bench/run.sh` installs
-    /// v6.9.1); without it that comparison is skipped.
+    /// The Centrifugo binary the low-rate, idle and burst scenarios also measure (`bench/run.sh`
+    /// installs v6.9.1); without it those comparisons are skipped.
     #[arg(long, global = true, env = "CHORUS_BENCH_CENTRIFUGO")]
     centrifugo: Option<PathBuf>,
     #[command(subcommand)]
@@ -74,7 +78,8 @@ struct Cli {
 enum Scenario {
     /// Every scenario with its raw baseline, one table.
     Suite(SuiteArgs),
-    /// Idle sessions: server memory per authenticated session.
+    /// Idle sessions: server memory per authenticated session, with --centrifugo against
+    /// Centrifugo's in the same run.
     Idle(idle::Args),
     /// 1:1 or group traffic: throughput, ack and delivery latency.
     Dm {
@@ -91,6 +96,9 @@ enum Scenario {
     Lowrate(centrifugo::Args),
     /// One message to a large group with every member online.
     Fanout(fanout::Args),
+    /// A sustained fan-out burst: one sender at a fixed rate to a large group, every member
+    /// online; with --centrifugo on Centrifugo too, in the same run.
+    Burst(burst::Args),
     /// Projector and Tantivy indexing, search latency and replay, each against raw Tantivy.
     Projection(projection::Args),
     /// The raw log baseline alone: appends and reads of the log Chorus runs on.
@@ -123,6 +131,9 @@ struct SuiteArgs {
     /// Members of the fan-out group.
     #[arg(long, default_value_t = 10_000)]
     members: usize,
+    /// Members of the sustained fan-out burst's group.
+    #[arg(long, default_value_t = 5_000)]
+    burst_members: usize,
     /// Messages of the projection scenarios.
     #[arg(long, default_value_t = 1_000_000)]
     messages: u64,
@@ -236,12 +247,7 @@ async fn suite(
             .unwrap_or(vec![if quick { 200 } else { 10_000 }]),
         source_addresses: 8,
     };
-    let (json, rows) = idle::run(mode, &idle_args).await?;
-    reports.push(Report {
-        scenario: format!("idle ({})", mode.name()),
-        json,
-        rows,
-    });
+    reports.push(idle::run(mode, centrifugo, &idle_args).await?);
     // the highest sustained rate: closed loop with enough sends outstanding to saturate
     let saturate = traffic::Args {
         sessions: if quick { 20 } else { 200 },
@@ -293,6 +299,15 @@ async fn suite(
         json,
         rows,
     });
+    // messages at a fixed rate to a group, against Centrifugo when there is a binary
+    let burst_args = burst::Args {
+        members: if quick { 200 } else { args.burst_members },
+        rate: 20.0,
+        seconds: if quick { 2 } else { 15 },
+        payload: 100,
+        source_addresses: 8,
+    };
+    reports.push(burst::run(mode, centrifugo, &burst_args).await?);
     if !matches!(mode, Mode::Embedded) {
         // the projection scenarios run in-process on the embedded log: once, with that mode
         return Ok(reports);
@@ -319,14 +334,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let reports = match cli.scenario {
         Scenario::Suite(args) => suite(&mode, &args, cli.centrifugo.as_deref()).await?,
-        Scenario::Idle(args) => {
-            let (json, rows) = idle::run(&mode, &args).await?;
-            vec![Report {
-                scenario: format!("idle ({})", mode.name()),
-                json,
-                rows,
-            }]
-        }
+        Scenario::Idle(args) => vec![idle::run(&mode, cli.centrifugo.as_deref(), &args).await?],
         Scenario::Dm {
             traffic,
             raw,
@@ -352,6 +360,7 @@ async fn main() -> anyhow::Result<()> {
                 rows,
             }]
         }
+        Scenario::Burst(args) => vec![burst::run(&mode, cli.centrifugo.as_deref(), &args).await?],
         Scenario::Projection(args) => projection::run(&args).await?,
         Scenario::Relay(args) => {
             let outcome = relay::run(&mode, &args).await?;

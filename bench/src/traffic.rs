@@ -160,6 +160,8 @@ pub trait Target: Sync {
     ) -> anyhow::Result<Vec<Session>>;
     /// What the server's processes have used so far.
     fn usage(&self) -> anyhow::Result<Usage>;
+    /// Resident memory of the server's processes, in bytes.
+    fn resident_bytes(&self) -> anyhow::Result<u64>;
 }
 
 /// Chorus's frames: a `send` carries the client message id; the `ack` or `error` answering it
@@ -236,6 +238,10 @@ impl Target for Server {
     fn usage(&self) -> anyhow::Result<Usage> {
         Usage::of(&self.pids())
     }
+
+    fn resident_bytes(&self) -> anyhow::Result<u64> {
+        Server::resident_bytes(self)
+    }
 }
 
 /// What a traffic run measured.
@@ -304,7 +310,11 @@ async fn warm_up(
 }
 
 /// Sends the warm-up message `id` on `session` and waits (at most a minute) for its ack.
-async fn send_warm_up(session: &mut Session, destination: &str, id: &str) -> anyhow::Result<()> {
+pub async fn send_warm_up(
+    session: &mut Session,
+    destination: &str,
+    id: &str,
+) -> anyhow::Result<()> {
     let frame = session.wire.send(destination, id, "warm-up");
     session.socket.send(frame).await?;
     let mut answers = Vec::new();

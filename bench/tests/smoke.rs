@@ -1,8 +1,8 @@
 //! The load generator as a smoke check: `chorus-bench suite --quick` runs every scenario end to
-//! end against the `chorus` binary, on the embedded default and on the distributed roles. This
-//! asserts that the benchmark works and what it counts (every send answered, every fan-out
-//! delivery arrived), never how fast: the figures of a debug build on a shared machine mean
-//! nothing.
+//! end against the `chorus` binary, on the embedded default and on the distributed roles (and
+//! against Centrifugo where a run is given `CHORUS_BENCH_CENTRIFUGO`). This asserts that the
+//! benchmark works and what it counts (every send answered, every fan-out delivery arrived),
+//! never how fast: the figures of a debug build on a shared machine mean nothing.
 
 use std::path::Path;
 
@@ -63,6 +63,16 @@ fn check_common(reports: &[Value]) {
             .unwrap()
             > 0.0
     );
+    // Centrifugo's idle sessions, when the run was given a binary
+    if !idle["centrifugo"]["skipped"].is_string() {
+        assert!(
+            idle["centrifugo"]["runs"][0]["server_bytes_per_session"]
+                .as_f64()
+                .unwrap()
+                > 0.0,
+            "{idle}"
+        );
+    }
     for name in ["1:1 highest rate", "1:1 at half rate", "groups of 10"] {
         let traffic = &report(reports, name)["chorus"];
         assert!(traffic["acked"].as_u64().unwrap() > 0, "{name}: {traffic}");
@@ -119,6 +129,21 @@ fn check_common(reports: &[Value]) {
         (199 * 3) as f64,
         "every member got every round"
     );
+    // the burst: 20 messages a second for 2 s to 200 members, on Chorus and on Centrifugo when
+    // the run was given a binary
+    let burst = report(reports, "sustained fan-out burst");
+    for server in ["chorus", "centrifugo"] {
+        let outcome = &burst[server];
+        if server == "centrifugo" && outcome["skipped"].is_string() {
+            continue;
+        }
+        assert_eq!(
+            outcome["deliveries"].as_u64().unwrap(),
+            199 * 40,
+            "burst on {server}: every member got every message: {outcome}"
+        );
+        assert_eq!(outcome["missing_deliveries"], 0, "{outcome}");
+    }
 }
 
 #[test]

@@ -164,18 +164,7 @@ fn rows(chorus: &Outcome, centrifugo: Option<&Outcome>) -> Vec<Row> {
             ("machine CPU busy", outcome.machine_busy * 100.0, "%"),
         ]
     };
-    let baseline = centrifugo.map(figures);
-    figures(chorus)
-        .into_iter()
-        .enumerate()
-        .map(|(index, (metric, value, unit))| {
-            let row = Row::new(metric, value, unit);
-            match &baseline {
-                Some(baseline) => row.against(baseline[index].1),
-                None => row,
-            }
-        })
-        .collect()
+    report::rows_against(figures(chorus), centrifugo.map(figures))
 }
 
 /// The id of burst message `number`.

@@ -52,6 +52,25 @@ impl Row {
     }
 }
 
+/// Rows of `figures` (metric, value, unit), each against the figure at the same place of
+/// `baseline` when there is one.
+pub fn rows_against<const N: usize>(
+    figures: [(&'static str, f64, &'static str); N],
+    baseline: Option<[(&'static str, f64, &'static str); N]>,
+) -> Vec<Row> {
+    figures
+        .into_iter()
+        .enumerate()
+        .map(|(index, (metric, value, unit))| {
+            let row = Row::new(metric, value, unit);
+            match &baseline {
+                Some(baseline) => row.against(baseline[index].1),
+                None => row,
+            }
+        })
+        .collect()
+}
+
 /// Formats a figure for the table: thousands separated, at most two decimals for small values.
 pub fn figure(value: f64) -> String {
     if value.abs() >= 100.0 {

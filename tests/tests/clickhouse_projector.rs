@@ -77,51 +77,119 @@ async fn projected(projector: &ChildServer) -> anyhow::Result<f64> {
     ))
 }
 
+/// One test's cluster: its topic prefix and ClickHouse database, its config file, and its
+/// role processes' arguments and environment.
+struct Run {
+    services: (String, String),
+    clickhouse: String,
+    run: String,
+    database: String,
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+}
+
+impl Run {
+    /// A run named `tag` + the process id, with `extra` appended to its config; `None` where
+    /// the distributed services are missing outside CI.
+    fn new(tag: &str, extra: &str) -> anyhow::Result<Option<Run>> {
+        let Some(services) = distributed_services() else {
+            return Ok(None);
+        };
+        let clickhouse = std::env::var("CHORUS_CLICKHOUSE_URL")
+            .context("CHORUS_CLICKHOUSE_URL: scripts/test starts ClickHouse")?;
+        let run = format!("{tag}{}", std::process::id());
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("chorus.toml");
+        std::fs::write(
+            &config,
+            format!("[log]\npartitions = {PARTITIONS}\n[projector]\nbatch_records = 200\n{extra}"),
+        )?;
+        Ok(Some(Run {
+            services,
+            clickhouse,
+            database: format!("chorus_{run}"),
+            run,
+            dir,
+            config,
+        }))
+    }
+
+    fn arguments(&self, role: &str) -> Vec<String> {
+        role_arguments(&self.config, role, 0, &self.dir.path().join(role))
+    }
+
+    fn environment(&self, node: &str) -> Vec<(&'static str, String)> {
+        let mut environment = role_environment(&self.services, &self.run, node);
+        environment.push(("CHORUS_CLICKHOUSE_URL", self.clickhouse.clone()));
+        environment.push(("CHORUS_CLICKHOUSE_DATABASE", self.database.clone()));
+        environment
+    }
+
+    /// `chorus <role>` as node `node` of this run.
+    async fn spawn(&self, role: &str, node: &str) -> anyhow::Result<ChildServer> {
+        ChildServer::spawn(&self.arguments(role), &self.environment(node)).await
+    }
+
+    /// The run's Kafka log, with its `ingress` topic created.
+    async fn log(&self) -> anyhow::Result<Arc<dyn EventLog>> {
+        let kafka_section = chorus_core::config::KafkaSection::default();
+        let log: Arc<dyn EventLog> = KafkaLog::new(KafkaLogConfig::new(
+            self.services.0.clone(),
+            PARTITIONS,
+            kafka_section.replication_factor,
+            kafka_section.session_timeout_ms,
+        ))?;
+        log.ensure_topic(&self.ingress()).await?;
+        Ok(log)
+    }
+
+    fn ingress(&self) -> String {
+        format!("{}.ingress", self.run)
+    }
+
+    fn timeline(&self) -> String {
+        format!("{}.timeline", self.run)
+    }
+
+    /// Produces the events `ks` of every conversation, event by event.
+    async fn produce(
+        &self,
+        log: &Arc<dyn EventLog>,
+        ks: std::ops::RangeInclusive<u64>,
+    ) -> anyhow::Result<()> {
+        for k in ks {
+            let batch = (0..CONVERSATIONS)
+                .map(|conversation| ingress(&self.run, conversation, k))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            log.append(&self.ingress(), batch).await?;
+        }
+        Ok(())
+    }
+
+    /// The run's history in ClickHouse, as the tests read it.
+    async fn history(&self) -> anyhow::Result<ClickHouseHistory> {
+        Ok(ClickHouseHistory::open(
+            &ClickHouseConfig::new(self.clickhouse.clone(), self.database.clone()),
+            Arc::new(Metrics::new()),
+        )
+        .await?)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_projector_killed_mid_run_leaves_clickhouse_equal_to_the_embedded_store()
 -> anyhow::Result<()> {
-    let Some(services) = distributed_services() else {
+    let Some(cluster) = Run::new("h", "")? else {
         return Ok(());
     };
-    let clickhouse = std::env::var("CHORUS_CLICKHOUSE_URL")
-        .context("CHORUS_CLICKHOUSE_URL: scripts/test starts ClickHouse")?;
-    let run = format!("h{}", std::process::id());
-    let database = format!("chorus_{run}");
-    let dir = tempfile::tempdir()?;
-    let config = dir.path().join("chorus.toml");
-    std::fs::write(
-        &config,
-        format!("[log]\npartitions = {PARTITIONS}\n[projector]\nbatch_records = 200\n"),
-    )?;
-    let arguments = |role: &str| role_arguments(&config, role, 0, &dir.path().join(role));
-    let environment = |node: &str| {
-        let mut environment = role_environment(&services, &run, node);
-        environment.push(("CHORUS_CLICKHOUSE_URL", clickhouse.clone()));
-        environment.push(("CHORUS_CLICKHOUSE_DATABASE", database.clone()));
-        environment
-    };
-    let _router = ChildServer::spawn(&arguments("router"), &environment("r1")).await?;
-
-    let kafka_section = chorus_core::config::KafkaSection::default();
-    let kafka = KafkaLogConfig::new(
-        services.0.clone(),
-        PARTITIONS,
-        kafka_section.replication_factor,
-        kafka_section.session_timeout_ms,
-    );
-    let log: Arc<dyn EventLog> = KafkaLog::new(kafka)?;
-    let ingress_topic = format!("{run}.ingress");
-    let timeline = format!("{run}.timeline");
-    log.ensure_topic(&ingress_topic).await?;
-    for k in 1..=EVENTS_PER_CONVERSATION {
-        let batch = (0..CONVERSATIONS)
-            .map(|conversation| ingress(&run, conversation, k))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        log.append(&ingress_topic, batch).await?;
-    }
+    let run = &cluster.run;
+    let _router = cluster.spawn("router", "r1").await?;
+    let log = cluster.log().await?;
+    let timeline = cluster.timeline();
+    cluster.produce(&log, 1..=EVENTS_PER_CONVERSATION).await?;
     let total = CONVERSATIONS as u64 * EVENTS_PER_CONVERSATION;
 
-    let projector = ChildServer::spawn(&arguments("projector"), &environment("p1")).await?;
+    let projector = cluster.spawn("projector", "p1").await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let at_kill = loop {
         let position = projected(&projector).await?;
@@ -140,32 +208,11 @@ async fn a_projector_killed_mid_run_leaves_clickhouse_equal_to_the_embedded_stor
         "the projector was killed part way ({at_kill} of {total})"
     );
     eprintln!("projector killed at {at_kill} of {total} events");
-    let restarted = ChildServer::spawn(&arguments("projector"), &environment("p1")).await?;
+    let restarted = cluster.spawn("projector", "p1").await?;
 
     // wait until the router sequenced everything and the projector stored it all
-    let store = ClickHouseHistory::open(
-        &ClickHouseConfig::new(clickhouse.clone(), database.clone()),
-        Arc::new(Metrics::new()),
-    )
-    .await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    loop {
-        let mut done = true;
-        let mut sequenced = 0;
-        for partition in 0..PARTITIONS {
-            let end = log.end_offset(&timeline, partition).await?;
-            sequenced += end;
-            done &= store.position(partition).await? >= end && end > 0;
-        }
-        if done && sequenced >= total {
-            break;
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "not all {total} events reached ClickHouse ({sequenced} timeline offsets)"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let store = cluster.history().await?;
+    projected_to_the_end(&log, &timeline, &store, total).await?;
     ensure!(
         projected(&restarted).await? > 0.0,
         "the restarted projector worked"
@@ -263,63 +310,26 @@ async fn projected_to_the_end(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shared_history_is_replayed_into_a_fresh_database_while_it_serves() -> anyhow::Result<()>
 {
-    let Some(services) = distributed_services() else {
-        return Ok(());
-    };
-    let clickhouse = std::env::var("CHORUS_CLICKHOUSE_URL")
-        .context("CHORUS_CLICKHOUSE_URL: scripts/test starts ClickHouse")?;
-    let run = format!("y{}", std::process::id());
-    let database = format!("chorus_{run}");
-    let dir = tempfile::tempdir()?;
-    let config = dir.path().join("chorus.toml");
     // the projector inserts often, so that it very likely writes into the live history between
     // the rebuild's last pass and the switch: the stretch the switch must not lose
-    std::fs::write(
-        &config,
-        format!(
-            "[log]\npartitions = {PARTITIONS}\n[projector]\nbatch_records = 200\n\
-             [clickhouse]\ninsert_interval_ms = 10\n"
-        ),
-    )?;
-    let arguments = |role: &str| role_arguments(&config, role, 0, &dir.path().join(role));
-    let environment = |node: &str| {
-        let mut environment = role_environment(&services, &run, node);
-        environment.push(("CHORUS_CLICKHOUSE_URL", clickhouse.clone()));
-        environment.push(("CHORUS_CLICKHOUSE_DATABASE", database.clone()));
-        environment
+    let Some(cluster) = Run::new("y", "[clickhouse]\ninsert_interval_ms = 10\n")? else {
+        return Ok(());
     };
-    let _router = ChildServer::spawn(&arguments("router"), &environment("r1")).await?;
-    let projector = ChildServer::spawn(&arguments("projector"), &environment("p1")).await?;
-    let search = ChildServer::spawn(&arguments("search"), &environment("s1")).await?;
-
-    let kafka_section = chorus_core::config::KafkaSection::default();
-    let log: Arc<dyn EventLog> = KafkaLog::new(KafkaLogConfig::new(
-        services.0.clone(),
-        PARTITIONS,
-        kafka_section.replication_factor,
-        kafka_section.session_timeout_ms,
-    ))?;
-    let ingress_topic = format!("{run}.ingress");
-    let timeline = format!("{run}.timeline");
-    log.ensure_topic(&ingress_topic).await?;
+    let (run, database, clickhouse) = (&cluster.run, &cluster.database, &cluster.clickhouse);
+    let _router = cluster.spawn("router", "r1").await?;
+    let projector = cluster.spawn("projector", "p1").await?;
+    let search = cluster.spawn("search", "s1").await?;
+    let log = cluster.log().await?;
+    let (ingress_topic, timeline) = (cluster.ingress(), cluster.timeline());
     let conversation = |index: usize| format!("dm:{run}u{index}:{run}v{index}");
     let first = 100;
-    for k in 1..=first {
-        let batch = (0..CONVERSATIONS)
-            .map(|index| ingress(&run, index, k))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        log.append(&ingress_topic, batch).await?;
-    }
-    let store = ClickHouseHistory::open(
-        &ClickHouseConfig::new(clickhouse.clone(), database.clone()),
-        Arc::new(Metrics::new()),
-    )
-    .await?;
+    cluster.produce(&log, 1..=first).await?;
+    let store = cluster.history().await?;
     projected_to_the_end(&log, &timeline, &store, CONVERSATIONS as u64 * first).await?;
 
     // the live history loses conversation 0's events: what a replay is for
     clickhouse_query(
-        &clickhouse,
+        clickhouse,
         &format!(
             "ALTER TABLE {database}.events DELETE WHERE conversation = '{}' \
              SETTINGS mutations_sync = 2",
@@ -372,10 +382,10 @@ async fn the_shared_history_is_replayed_into_a_fresh_database_while_it_serves() 
     };
     let mut replay = tokio::process::Command::new(chorus_binary());
     replay
-        .args(["--config", &config.display().to_string(), "replay"])
+        .args(["--config", &cluster.config.display().to_string(), "replay"])
         .args(["--projection", "history", "--data-dir"])
-        .arg(dir.path().join("replay"))
-        .envs(environment("replay"))
+        .arg(cluster.dir.path().join("replay"))
+        .envs(cluster.environment("replay"))
         .kill_on_drop(true);
     let output = tokio::time::timeout(Duration::from_secs(300), replay.output())
         .await
@@ -430,7 +440,7 @@ async fn the_shared_history_is_replayed_into_a_fresh_database_while_it_serves() 
         assert_eq!(store.members(&id).await?, reference.members(&id).await?);
     }
     let left = clickhouse_query(
-        &clickhouse,
+        clickhouse,
         &format!("SELECT count() FROM system.databases WHERE name = '{database}_rebuild'"),
     )
     .await?;

@@ -25,6 +25,9 @@
 //!   and from a snapshot plus the tail (`recovery`).
 //! - `hook`: the before-send hook's cost on ack latency, the same traffic without and with an
 //!   allow-everything hook (`hook`);
+//! - `scale`: 20,000 to 100,000 sessions and more, past one process's file limit, over several
+//!   ingest nodes and several client processes (`chorus-bench hold`), with 1:1 traffic flowing
+//!   across the nodes: server bytes per session and deliveries per server CPU-second (`scale`);
 //! - `regions`: two regions linked by MirrorMaker 2, each with its own Kafka and Redis database: a
 //!   cross-region DM against a same-region DM in the same run, and the mirror lag (`regions`).
 //!
@@ -41,6 +44,7 @@ mod recovery;
 mod regions;
 mod relay;
 mod report;
+mod scale;
 mod server;
 mod sessions;
 mod traffic;
@@ -112,6 +116,12 @@ enum Scenario {
     /// Two regions linked by MirrorMaker 2: a cross-region DM against a same-region DM, and the
     /// mirror lag (its own Kafka and Redis flags; --kafka and --redis do not apply).
     Regions(regions::Args),
+    /// Sessions past one process's file limit: several ingest nodes and client processes, 1:1
+    /// traffic across the nodes; bytes per session and deliveries per CPU-second at each size.
+    Scale(scale::Args),
+    /// One client process of `scale`, started by the bench (not a scenario).
+    #[command(hide = true)]
+    Hold(scale::HoldArgs),
     /// The raw relay's process, started by the bench (not a scenario).
     #[command(hide = true)]
     RelayServe(relay::ServeArgs),
@@ -371,6 +381,8 @@ async fn main() -> anyhow::Result<()> {
             }]
         }
         Scenario::RelayServe(args) => return relay::serve(args).await,
+        Scenario::Scale(args) => vec![scale::run(&mode, &args).await?],
+        Scenario::Hold(args) => return scale::hold(args).await,
         Scenario::Recovery(args) => vec![recovery::run(&mode, &args).await?],
         Scenario::Regions(args) => regions::run(&args).await?,
         Scenario::Hook(args) => vec![hook::run(&mode, &args).await?],

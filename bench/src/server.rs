@@ -2,7 +2,8 @@
 //! `chorus-bench` (release build; `CHORUS_BIN` names another): `chorus serve` on a fresh data
 //! directory (embedded mode), or a router and an ingest node on a Kafka broker and a
 //! redis-server (distributed mode, fresh topic prefix per run), or those roles as one region of
-//! several ([`Region`], for `regions`). Child processes keep the server's
+//! several ([`Region`], for `regions`), or as many routers and ingest nodes as a [`Topology`] says
+//! (for `scale`, whose sessions pass one process's file limit). Child processes keep the server's
 //! memory and CPU apart from the clients', so the bench can report resident bytes per session and
 //! deliveries per CPU-second of Chorus alone. Launching (waiting at most a minute for each role's
 //! "listening" line, draining its output, killing it on drop) and the `/proc` readings are
@@ -51,6 +52,9 @@ pub struct Server {
     pub mode: Mode,
     /// Every Chorus process, killed on drop; their pids are what the bench measures.
     roles: Vec<ChildServer>,
+    /// How many of `roles`, the last ones, are nodes clients connect to (`chorus serve` or the
+    /// ingest nodes).
+    edges: usize,
     _work: tempfile::TempDir,
 }
 
@@ -64,6 +68,33 @@ pub struct Region {
     pub topic_prefix: String,
     /// TOML appended to the bench's config: the `[regions]` table with this region's peers.
     pub config: String,
+}
+
+/// How many of each distributed role a server runs (embedded mode always runs one `chorus
+/// serve`). Routers share the partitions (one consumer group); sessions go to any ingest node.
+#[derive(Clone, Copy, Debug)]
+pub struct Topology {
+    pub routers: usize,
+    pub ingest_nodes: usize,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Topology {
+            routers: 1,
+            ingest_nodes: 1,
+        }
+    }
+}
+
+/// The node id of the `index`th process of `role`: `<prefix><role>` for the first one (the
+/// name a one-of-each server has always used), `<prefix><role><index>` for the others.
+fn node_id(prefix: &str, role: &str, index: usize) -> String {
+    if index == 0 {
+        format!("{prefix}{role}")
+    } else {
+        format!("{prefix}{role}{index}")
+    }
 }
 
 /// The limits a bench run needs (everything else stays default).
@@ -80,12 +111,21 @@ idle_timeout_ms = 3600000
 
 impl Server {
     pub async fn start(mode: &Mode) -> anyhow::Result<Server> {
-        Self::launch(mode, None, "").await
+        Self::launch(mode, None, "", Topology::default()).await
+    }
+
+    /// As [`Server::start`], with `topology`'s routers and ingest nodes in distributed mode.
+    pub async fn start_topology(mode: &Mode, topology: Topology) -> anyhow::Result<Server> {
+        anyhow::ensure!(
+            topology.routers >= 1 && topology.ingest_nodes >= 1,
+            "a server needs at least one router and one ingest node"
+        );
+        Self::launch(mode, None, "", topology).await
     }
 
     /// As [`Server::start`], with `config` (TOML) appended to the bench's settings.
     pub async fn start_with_config(mode: &Mode, config: &str) -> anyhow::Result<Server> {
-        Self::launch(mode, None, config).await
+        Self::launch(mode, None, config, Topology::default()).await
     }
 
     /// The distributed roles of one region of several: as [`Server::start`], with the region's
@@ -95,10 +135,15 @@ impl Server {
             matches!(mode, Mode::Distributed { .. }),
             "a region runs the distributed roles"
         );
-        Self::launch(mode, Some(region), "").await
+        Self::launch(mode, Some(region), "", Topology::default()).await
     }
 
-    async fn launch(mode: &Mode, region: Option<&Region>, extra: &str) -> anyhow::Result<Server> {
+    async fn launch(
+        mode: &Mode,
+        region: Option<&Region>,
+        extra: &str,
+        topology: Topology,
+    ) -> anyhow::Result<Server> {
         let work = tempfile::tempdir()?;
         let config = work.path().join("chorus.toml");
         let mut file = std::fs::File::create(&config)?;
@@ -135,14 +180,19 @@ impl Server {
             command
         };
         let mut commands = Vec::new();
-        match mode {
+        let edges = match mode {
             Mode::Embedded => {
                 let mut serve = command(&["serve", "--listen", "127.0.0.1:0", "--data-dir"]);
                 serve.arg(work.path().join("data"));
                 commands.push(serve);
+                1
             }
             Mode::Distributed { bootstrap, redis } => {
-                for role in ["router", "ingest"] {
+                // the routers first, so the ingest nodes (the edges) are the last roles
+                let roles = std::iter::repeat_n("router", topology.routers)
+                    .enumerate()
+                    .chain(std::iter::repeat_n("ingest", topology.ingest_nodes).enumerate());
+                for (index, role) in roles {
                     let mut process = command(&[role, "--listen", "127.0.0.1:0"]);
                     process
                         .env("CHORUS_KAFKA_BOOTSTRAP", bootstrap)
@@ -151,14 +201,15 @@ impl Server {
                     match region {
                         Some(region) => process.env("CHORUS_CLUSTER", &region.cluster).env(
                             "CHORUS_NODE_ID",
-                            format!("{prefix}{}-{role}", region.cluster),
+                            node_id(&format!("{prefix}{}-", region.cluster), role, index),
                         ),
-                        None => process.env("CHORUS_NODE_ID", format!("{prefix}{role}")),
+                        None => process.env("CHORUS_NODE_ID", node_id(&prefix, role, index)),
                     };
                     commands.push(process);
                 }
+                topology.ingest_nodes
             }
-        }
+        };
         let mut roles = Vec::new();
         for command in commands {
             let role = ChildServer::spawn(command, chorus_process::LISTENING, START_PATIENCE)
@@ -179,6 +230,7 @@ impl Server {
             url,
             mode: mode.clone(),
             roles,
+            edges,
             _work: work,
         })
     }
@@ -191,6 +243,7 @@ impl Server {
             url: process.url.clone(),
             mode: mode.clone(),
             roles: vec![process],
+            edges: 1,
             _work: work,
         }
     }
@@ -198,6 +251,21 @@ impl Server {
     /// The node clients connect to: the last role started.
     fn front(&self) -> &ChildServer {
         self.roles.last().expect("a server runs at least one role")
+    }
+
+    /// The nodes clients connect to: `chorus serve`, or every ingest node.
+    pub fn edges(&self) -> &[ChildServer] {
+        &self.roles[self.roles.len() - self.edges..]
+    }
+
+    /// Resident memory of the nodes clients connect to ([`Server::edges`]), in bytes.
+    pub fn edge_resident_bytes(&self) -> anyhow::Result<u64> {
+        let bytes: Result<u64, _> = self
+            .edges()
+            .iter()
+            .map(|edge| chorus_process::usage::resident_bytes(edge.pid()))
+            .sum();
+        Ok(bytes?)
     }
 
     /// `ws://…/v1/ws`.

@@ -172,6 +172,13 @@ pub struct ChorusWire {
     me: String,
 }
 
+impl ChorusWire {
+    /// The wire of `me`'s session.
+    pub fn new(me: String) -> Self {
+        ChorusWire { me }
+    }
+}
+
 impl Wire for ChorusWire {
     fn send(&mut self, destination: &str, id: &str, text: &str) -> Message {
         Message::text(

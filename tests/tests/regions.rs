@@ -140,7 +140,25 @@ fn kill_9_mirrormaker() -> anyhow::Result<()> {
         .args(["-9", &pid.to_string()])
         .status()?;
     ensure!(status.success(), "kill -9 {pid}: {status}");
-    Ok(())
+    // gone, or a zombie its parent has not reaped yet (CI's init may be slow to): either way no
+    // longer mirroring; `start` must not take it for a running MirrorMaker
+    let stat = Path::new("/proc").join(pid.to_string()).join("stat");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = std::fs::read_to_string(&stat).ok().and_then(|stat| {
+            // after "pid (comm) ": the state letter
+            stat.rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next())
+        });
+        if matches!(state, None | Some('Z' | 'X')) {
+            return Ok(());
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "MirrorMaker (pid {pid}) still runs 30 s after kill -9"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// What one user's devices saw and were told.
@@ -827,5 +845,49 @@ async fn two_regions_serve_one_conversation_through_mirrormaker() -> anyhow::Res
             eprintln!("{region} router: {line}");
         }
     }
+    Ok(())
+}
+
+/// A `kill -9`ed MirrorMaker stays a zombie until its parent reaps it (CI's init may take
+/// seconds); `scripts/services/mirrormaker` must take it for gone, not for a running MirrorMaker
+/// (CI once failed when `start` "found" the killed one and watched it vanish).
+#[test]
+fn a_killed_mirrormaker_not_yet_reaped_is_not_taken_for_a_running_one() -> anyhow::Result<()> {
+    let Some((_, _)) = distributed_services() else {
+        return Ok(());
+    };
+    if west_kafka().is_none() {
+        return Ok(());
+    }
+    // a child that exits and is not waited for: a zombie while `zombie` lives
+    let mut zombie = std::process::Command::new("true").spawn()?;
+    let stat = Path::new("/proc")
+        .join(zombie.id().to_string())
+        .join("stat");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&stat)?.contains(") Z") {
+        ensure!(std::time::Instant::now() < deadline, "`true` did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let services = tempfile::tempdir()?;
+    std::fs::create_dir_all(services.path().join("mirrormaker"))?;
+    std::fs::write(
+        services.path().join("mirrormaker/mirrormaker.pid"),
+        zombie.id().to_string(),
+    )?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/services/mirrormaker");
+    let status = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("status")
+        .env("CHORUS_SERVICES_DIR", services.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()?;
+    zombie.wait()?;
+    ensure!(
+        !status.success(),
+        "`mirrormaker status` took the zombie pid {} for a running MirrorMaker",
+        zombie.id()
+    );
     Ok(())
 }

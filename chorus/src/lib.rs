@@ -5,6 +5,7 @@
 //!   embedded adapters are chosen there.
 //! - `roles.rs`: the distributed composition (`chorus ingest|router|projector|search`); the
 //!   distributed adapters are chosen there.
+//! - `search_shards.rs`: a search node as one shard of a replica set, its registry in Redis.
 //! - `admin.rs`: the operator's routes (`/health`, `/metrics`, `/v1/admin/replay`,
 //!   `/v1/admin/analytics`).
 //! - `health.rs`: what a role says about its dependencies.
@@ -15,6 +16,7 @@ pub mod health;
 mod lifecycle;
 pub mod openapi;
 pub mod roles;
+mod search_shards;
 pub mod serve;
 
 pub use serve::{Served, serve};

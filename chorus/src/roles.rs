@@ -18,7 +18,9 @@
 //!   barrier follows the positions the projector stores there) and keeps its own Tantivy index,
 //!   built from `timeline` (each search node is a replica consuming every partition); without
 //!   it, it also builds its own history store. `POST /v1/admin/replay` rebuilds its index (and
-//!   its own history, if it keeps one) while it serves.
+//!   its own history, if it keeps one) while it serves. With `[search] replica_set` it is one
+//!   shard of that set (`search_shards.rs`): it indexes the partitions the set's group gives it
+//!   and gathers queries from the other shards.
 //! - Ingest nodes check group membership for typing against the shared history when there is
 //!   one.
 //!
@@ -673,7 +675,27 @@ async fn start_role(
                 }
                 None => Projections::open(settings, log, metrics.clone())?,
             };
-            let api = search_api(&config, &projections, tokens);
+            // one shard of a replica set: the set's group splits the partitions
+            let (projections, shards) = if config.search.sharded() {
+                let shards = crate::search_shards::open(
+                    &config,
+                    addr,
+                    projections.search_progress.clone(),
+                    metrics.clone(),
+                )
+                .await?;
+                let announcer = shards.clone();
+                let stop = tasks.token(Stage::Edge).cancelled_owned();
+                tasks.spawn(Stage::Edge, "search shard", async move {
+                    announcer.announce(stop).await;
+                    Ok(())
+                });
+                let group = crate::search_shards::shard_group(&config);
+                (projections.search_shard_of(group), Some(shards))
+            } else {
+                (projections, None)
+            };
+            let api = search_api(&config, &projections, tokens, shards);
             let admin = supervise_projector(&config, projections, &tasks);
             let routes = operations(metrics.clone(), dependencies.clone())
                 .or(admin)

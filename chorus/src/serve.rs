@@ -150,6 +150,7 @@ pub(crate) fn search_api(
     config: &ChorusConfig,
     projections: &Projections,
     tokens: Arc<TokenAuthority>,
+    shards: Option<Arc<chorus_search::shards::Shards>>,
 ) -> Arc<SearchApi> {
     Arc::new(SearchApi {
         config: SearchApiConfig::from_config(config),
@@ -159,6 +160,7 @@ pub(crate) fn search_api(
         history_progress: projections.history_progress.clone(),
         search_progress: projections.search_progress.clone(),
         tokens,
+        shards,
     })
 }
 
@@ -248,7 +250,7 @@ pub async fn serve(config: ChorusConfig) -> anyhow::Result<Served> {
         tasks.token(Stage::Edge),
     )
     .await?;
-    let search_api = search_api(&config, &projections, tokens);
+    let search_api = search_api(&config, &projections, tokens, None);
 
     let router_context = RouterContext {
         config: Arc::new(config.router_config()),

@@ -16,10 +16,12 @@ mod attachments;
 mod hooks;
 mod push;
 mod regions;
+mod search;
 pub use attachments::AttachmentsSection;
 pub use hooks::{HookPolicy, HooksSection};
 pub use push::PushSection;
 pub use regions::RegionsSection;
+pub use search::SearchSection;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -49,6 +51,7 @@ pub struct ChorusConfig {
     pub hooks: HooksSection,
     pub push: PushSection,
     pub attachments: AttachmentsSection,
+    pub search: SearchSection,
 }
 
 /// The web client the ingest nodes serve at `/`.
@@ -355,6 +358,7 @@ impl Default for ChorusConfig {
             hooks: HooksSection::default(),
             push: PushSection::default(),
             attachments: AttachmentsSection::default(),
+            search: SearchSection::default(),
         }
     }
 }
@@ -475,6 +479,8 @@ impl ChorusConfig {
                 "CHORUS_WEB_READ_URL" => self.web.read_url = value.clone(),
                 "CHORUS_HOOKS_BEFORE_SEND_URL" => self.hooks.before_send_url = value.clone(),
                 "CHORUS_PUSH_WEBHOOK_URL" => self.push.webhook_url = value.clone(),
+                "CHORUS_SEARCH_REPLICA_SET" => self.search.replica_set = value.clone(),
+                "CHORUS_SEARCH_ADVERTISE_URL" => self.search.advertise_url = value.clone(),
                 "CHORUS_ATTACHMENTS_STORE" => self.attachments.store = value.clone(),
                 "CHORUS_ATTACHMENTS_S3_ENDPOINT" => self.attachments.s3_endpoint = value.clone(),
                 "CHORUS_ATTACHMENTS_S3_ACCESS_KEY_ID" => {
@@ -527,6 +533,7 @@ impl ChorusConfig {
         self.hooks.validate()?;
         self.push.validate()?;
         self.attachments.validate()?;
+        self.search.validate()?;
         if self.regions.enabled() && self.kafka.bootstrap.trim().is_empty() {
             return Err(invalid(
                 "regions.peers",

@@ -3,8 +3,13 @@
 //! The projector publishes, per projection and partition, the next timeline offset it will apply.
 //! A read that must see everything already in the log (history after an ack, gap filling) takes
 //! the log's end offsets first and then waits, bounded, until the projection has passed them.
+//! It also tells which partitions the projection holds now: all of them where a node projects
+//! every partition, its share where nodes split them (search shards).
 
+use std::collections::BTreeSet;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use tokio::sync::watch;
 
@@ -14,13 +19,34 @@ use chorus_log::{Offset, PartitionId};
 pub struct ProjectionProgress {
     /// Sender side per partition; the projector updates, readers subscribe.
     partitions: Vec<watch::Sender<Offset>>,
+    /// The partitions the projection's consumer holds now.
+    held: Mutex<BTreeSet<PartitionId>>,
 }
 
 impl ProjectionProgress {
     pub fn new(partitions: u32) -> Self {
         ProjectionProgress {
             partitions: (0..partitions).map(|_| watch::channel(0).0).collect(),
+            held: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// Called by the projector once `partitions` are assigned to it and it found their position.
+    pub fn hold(&self, partitions: &[PartitionId]) {
+        self.held.lock().extend(partitions);
+    }
+
+    /// Called by the projector once `partitions` were taken from it (their work finished).
+    pub fn release(&self, partitions: &[PartitionId]) {
+        let mut held = self.held.lock();
+        for partition in partitions {
+            held.remove(partition);
+        }
+    }
+
+    /// The partitions the projection holds now.
+    pub fn held(&self) -> BTreeSet<PartitionId> {
+        self.held.lock().clone()
     }
 
     /// Called by the projector after it has stored `next_offset` for `partition`.

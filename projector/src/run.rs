@@ -45,6 +45,10 @@ pub struct ProjectionRun {
     /// read barriers met. A local sink (embedded history, Tantivy) is projected by every node
     /// in a group of its own.
     pub shared: bool,
+    /// The (local) sink is one shard of a replica set: the set's nodes share this consumer
+    /// group, so each holds and applies only the partitions the group gives it
+    /// ([`ProjectionProgress::held`]). `None`: a local sink holds every partition.
+    pub shard_group: Option<String>,
 }
 
 /// What the projector reads of the node's configuration: its own slice, not the whole config.
@@ -120,9 +124,12 @@ pub async fn run(
         let metrics = context.metrics.clone();
         let topic = timeline.clone();
         let batch = settings.projector.batch_records;
-        // A local sink is every node's own (a group per node, every partition); a shared one is
-        // split over the nodes projecting into it.
-        let group = if projection.shared {
+        // A local sink is every node's own (a group per node, every partition), unless it is a
+        // shard of a replica set (the set's group splits the partitions); a shared one is split
+        // over the nodes projecting into it.
+        let group = if let Some(group) = &projection.shard_group {
+            group.clone()
+        } else if projection.shared {
             format!(
                 "{}chorus-projector-{}",
                 settings.topic_prefix,
@@ -473,6 +480,7 @@ async fn run_projection(
                     runner.consumer.seek(partition, position)?;
                     runner.stored.insert(partition, position);
                     runner.projection.progress.advance(partition, position);
+                    runner.projection.progress.hold(&[partition]);
                     tracing::debug!(
                         sink = name,
                         partition,
@@ -492,6 +500,7 @@ async fn run_projection(
             PollEvent::Revoked(partitions) => {
                 // finish the revoked partitions' work before they move (the others wait)
                 runner.flush().await?;
+                runner.projection.progress.release(&partitions);
                 let revoked = runner.commits.take(&partitions);
                 if !revoked.is_empty() {
                     let _ = runner.consumer.commit(&revoked).await;

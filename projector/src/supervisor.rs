@@ -77,6 +77,9 @@ pub struct Projections {
     /// Whether this node projects the history, and the search index.
     pub run_history: bool,
     pub run_search: bool,
+    /// The consumer group of this node's search replica set, when its index is one shard of
+    /// the set's ([`Projections::search_shard_of`]); `None`: it indexes every partition.
+    pub search_shard_group: Option<String>,
 }
 
 /// A live replay asked for through a [`ProjectorHandle`].
@@ -186,7 +189,17 @@ impl Projections {
             shared_history,
             run_history,
             run_search,
+            search_shard_group: None,
         })
+    }
+
+    /// Makes this node's search index one shard of a replica set: the set's nodes share the
+    /// consumer group `group` on `timeline`, and each indexes only the partitions the group
+    /// assigns it (read them from [`Projections::search_progress`]'s `held`). Its index stays
+    /// local, under the data directory, with each partition's position in its own commit.
+    pub fn search_shard_of(mut self, group: String) -> Self {
+        self.search_shard_group = Some(group);
+        self
     }
 
     /// Publishes the shared history's stored positions to this node's readers (its read
@@ -250,6 +263,7 @@ impl Projections {
                     )),
                     progress: self.history_progress.clone(),
                     shared: self.history_shared,
+                    shard_group: None,
                 }),
                 self.run_search.then(|| ProjectionRun {
                     sink: Arc::new(SearchSink(
@@ -258,6 +272,7 @@ impl Projections {
                     )),
                     progress: self.search_progress.clone(),
                     shared: false,
+                    shard_group: self.search_shard_group.clone(),
                 }),
             ]
             .into_iter()

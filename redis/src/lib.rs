@@ -9,6 +9,8 @@
 //!   publish nobody received (the node is gone, or still subscribing again after an outage) is
 //!   reported as unavailable, so the router sends it over the broadcast path instead.
 //!
+//! - `registry:<namespace>…`: entries with a TTL that nodes announce (search shards), see
+//!   [`Registry`];
 //! - `presence:epoch` / `presence:rebuilding`: detect a Redis that lost its data; for one
 //!   `rebuild_window` after, lookups report presence as unavailable so the router broadcasts while
 //!   nodes register their sessions again (see `RedisShared::rebuilding`).
@@ -37,6 +39,9 @@ use chorus_log::Unavailability;
 use futures_util::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+mod registry;
+pub use registry::Registry;
 
 /// How to reach Redis and how presence ages.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -40,6 +40,12 @@ struct Members {
 #[derive(Serialize, ToSchema)]
 struct Hits {
     hits: Vec<SearchHit>,
+    /// Some partitions the caller's conversations live in were not searched: the search shard
+    /// holding them did not answer in time (`missing_partitions` names them). Always `false`
+    /// on a node that is not a shard.
+    partial: bool,
+    /// Only when `partial`: the timeline partitions no shard answered for.
+    missing_partitions: Option<Vec<u32>>,
 }
 
 /// `{"error":{"code":"…","message":"…"}}`.

@@ -11,7 +11,9 @@
 //!   bounded grammar of `chorus_store::search_query` before anything is read, and one over
 //!   `limits.max_search_query_bytes`, `_depth` or `_clauses` answers `400 bad_request` naming
 //!   the bound; the scope (the caller's conversations, thousands of them or one) is a single
-//!   term-set filter per partition.
+//!   term-set filter per partition. Where search nodes are shards ([`shards`]), the partitions
+//!   are searched on the nodes holding them and the answer says `partial` when one did not
+//!   answer in time.
 //!
 //! Every read is scoped to the caller: a conversation the caller is not a member of answers 403,
 //! whether or not it exists (so non-members learn nothing about it), and search only ever looks
@@ -27,7 +29,7 @@
 //! The API reads only its slice of the configuration, [`SearchApiConfig`] (built by the
 //! composition with [`SearchApiConfig::from_config`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,13 +43,17 @@ use chorus_core::swap::Swap;
 use chorus_log::{EventLog, PartitionId, partition_for_key};
 use chorus_store::history::{MessagePage, MessageView};
 use chorus_store::search_index::parse_user_query;
-use chorus_store::{HistoryError, HistoryStore, SearchError, SearchIndex, SearchQueryLimits};
+use chorus_store::{
+    HistoryError, HistoryStore, SearchError, SearchIndex, SearchQueryLimits, merge_hits,
+};
 use serde::Deserialize;
 
 pub mod api_doc;
 mod scope;
+pub mod shards;
 use scope::Scope;
 use serde_json::json;
+use shards::{LocalShard, ShardAnswer, ShardRequest, Shards};
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
@@ -105,6 +111,9 @@ pub struct SearchApi {
     pub history_progress: Arc<ProjectionProgress>,
     pub search_progress: Arc<ProjectionProgress>,
     pub tokens: Arc<TokenAuthority>,
+    /// This node is one search shard of a replica set ([`shards`]): searches are gathered from
+    /// the nodes holding the partitions. `None`: it holds every partition.
+    pub shards: Option<Arc<Shards>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,9 +151,22 @@ impl SearchApi {
     }
 
     /// Waits until `progress` has applied everything the log had in `partitions` when called,
-    /// at most `projector.read_barrier_ms` in all.
+    /// at most `projector.read_barrier_ms` in all; past it, the read answers with what the
+    /// projection has.
     async fn barrier(&self, progress: &ProjectionProgress, partitions: &BTreeSet<PartitionId>) {
-        let deadline = tokio::time::Instant::now() + self.config.read_barrier;
+        self.barrier_within(progress, partitions, self.config.read_barrier)
+            .await;
+    }
+
+    /// [`SearchApi::barrier`], at most `limit` in all; returns the partitions still behind.
+    async fn barrier_within(
+        &self,
+        progress: &ProjectionProgress,
+        partitions: &BTreeSet<PartitionId>,
+        limit: Duration,
+    ) -> BTreeSet<PartitionId> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut behind = BTreeSet::new();
         for partition in partitions {
             let Ok(end) = self
                 .log
@@ -155,13 +177,11 @@ impl SearchApi {
             };
             let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
             if !progress.wait_for(*partition, end, limit).await {
-                tracing::debug!(
-                    partition,
-                    end,
-                    "projection behind the read barrier; answering with what it has"
-                );
+                tracing::debug!(partition, end, "projection behind the read barrier");
+                behind.insert(*partition);
             }
         }
+        behind
     }
 
     fn partition_of(&self, conversation: &str) -> PartitionId {
@@ -398,27 +418,138 @@ impl SearchApi {
                     .collect()
             }
         };
-        let conversations: Vec<String> = scopes.keys().cloned().collect();
-        let partitions: BTreeSet<PartitionId> = conversations
-            .iter()
-            .map(|conversation| self.partition_of(conversation))
-            .collect();
-        self.barrier(&self.search_progress, &partitions).await;
         let limit = query.limit.unwrap_or(20).clamp(1, MAX_HITS);
-        let index = self.index.get();
-        let mut hits = tokio::task::spawn_blocking(move || {
-            index.search_parsed(text_query.as_ref(), &conversations, limit)
-        })
-        .await
-        .map_err(|error| ApiError::new(ErrorCode::Internal, error.to_string()))?
-        .map_err(search_failure)?;
+        let mut by_partition: BTreeMap<PartitionId, Vec<String>> = BTreeMap::new();
+        for conversation in scopes.keys() {
+            by_partition
+                .entry(self.partition_of(conversation))
+                .or_default()
+                .push(conversation.clone());
+        }
+        let (mut hits, missing) = match &self.shards {
+            // each shard waits for its own read barrier
+            Some(shards) => {
+                let gathered = shards.gather(&query.q, by_partition, limit, self).await;
+                (merge_hits(gathered.hits, limit), gathered.missing)
+            }
+            None => {
+                let partitions: BTreeSet<PartitionId> = by_partition.keys().copied().collect();
+                self.barrier(&self.search_progress, &partitions).await;
+                let conversations: Vec<String> = scopes.keys().cloned().collect();
+                let index = self.index.get();
+                let hits = tokio::task::spawn_blocking(move || {
+                    index.search_parsed(text_query.as_ref(), &conversations, limit)
+                })
+                .await
+                .map_err(|error| ApiError::new(ErrorCode::Internal, error.to_string()))?
+                .map_err(search_failure)?;
+                (hits, BTreeSet::new())
+            }
+        };
         // the best hits the caller may read: up to a former member's removal, not expired
         hits.retain(|hit| {
             scopes
                 .get(&hit.conversation)
                 .is_some_and(|scope| scope.admits(hit.seq) && !scope.expired(hit.ts))
         });
-        Ok(json_response(200, &json!({"hits": hits})))
+        if missing.is_empty() {
+            return Ok(json_response(200, &json!({"hits": hits, "partial": false})));
+        }
+        // never silently short: the partitions no shard answered for
+        Ok(json_response(
+            200,
+            &json!({"hits": hits, "partial": true, "missing_partitions": missing}),
+        ))
+    }
+
+    /// This node's answer as a search shard: the best hits of the partitions asked that it
+    /// holds and that met its read barrier; the others named as not held, or behind (a
+    /// partition just assigned, still catching up), for the asking node to ask elsewhere or
+    /// report missing: a shard never answers short in silence.
+    pub async fn shard_search(&self, request: ShardRequest) -> Result<ShardAnswer, ApiError> {
+        let text_query =
+            parse_user_query(&request.q, &self.config.query_limits).map_err(search_failure)?;
+        let held = match &self.shards {
+            Some(shards) => shards.held(),
+            None => (0..self.partitions()).collect(),
+        };
+        let (mine, not_held): (BTreeMap<_, _>, BTreeMap<_, _>) = request
+            .partitions
+            .into_iter()
+            .partition(|(partition, _)| held.contains(partition));
+        let partitions: BTreeSet<PartitionId> = mine.keys().copied().collect();
+        let barrier = Duration::from_millis(request.barrier_ms).min(self.config.read_barrier);
+        let behind = self
+            .barrier_within(&self.search_progress, &partitions, barrier)
+            .await;
+        let conversations: Vec<String> = mine
+            .into_iter()
+            .filter(|(partition, _)| !behind.contains(partition))
+            .flat_map(|(_, conversations)| conversations)
+            .collect();
+        let limit = request.limit.clamp(1, MAX_HITS);
+        let index = self.index.get();
+        let hits = tokio::task::spawn_blocking(move || {
+            index.search_scored(text_query.as_ref(), &conversations, limit)
+        })
+        .await
+        .map_err(|error| ApiError::new(ErrorCode::Internal, error.to_string()))?
+        .map_err(search_failure)?;
+        Ok(ShardAnswer {
+            hits,
+            not_held: not_held.into_keys().collect(),
+            behind,
+        })
+    }
+
+    /// `GET /v1/admin/search/shards`: what this node holds (partitions, positions, documents)
+    /// and the registry as it reads it.
+    async fn shards_view(&self) -> Result<Response, ApiError> {
+        let Some(shards) = &self.shards else {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                "this node is not a search shard",
+            ));
+        };
+        let held = shards.held();
+        let index = self.index.get();
+        let positions = index.positions();
+        let documents = index.partition_documents();
+        let partitions: Vec<_> = held
+            .iter()
+            .map(|partition| {
+                json!({
+                    "partition": partition,
+                    "position": positions.get(*partition as usize),
+                    "documents": documents.get(*partition as usize),
+                })
+            })
+            .collect();
+        let registry = shards
+            .entries()
+            .await
+            .map_err(|error| ApiError::new(ErrorCode::Unavailable, error.to_string()))?;
+        Ok(json_response(
+            200,
+            &json!({
+                "replica_set": shards.settings().replica_set,
+                "node": shards.settings().node,
+                "url": shards.settings().url,
+                "held": partitions,
+                // every partition's: a shard holds documents of its own partitions only
+                "documents": index.document_count(),
+                "registry": registry.as_ref(),
+            }),
+        ))
+    }
+}
+
+#[async_trait::async_trait]
+impl LocalShard for SearchApi {
+    async fn search(&self, request: ShardRequest) -> Result<ShardAnswer, String> {
+        self.shard_search(request)
+            .await
+            .map_err(|error| error.to_string())
     }
 }
 
@@ -505,7 +636,7 @@ pub fn routes(api: Arc<SearchApi>) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(claims)
         .and(warp::query::<SearchQuery>())
-        .and(with_api)
+        .and(with_api.clone())
         .then(
             |claims: Result<Claims, ApiError>, query: SearchQuery, api: Arc<SearchApi>| async move {
                 respond(match claims {
@@ -514,12 +645,57 @@ pub fn routes(api: Arc<SearchApi>) -> BoxedFilter<(Response,)> {
                 })
             },
         );
-    list.or(conversation_reads)
+    let reads = list.or(conversation_reads).unify().or(search).unify();
+    let Some(key) = api
+        .shards
+        .as_ref()
+        .map(|shards| Arc::<str>::from(shards.settings().api_key.as_str()))
+    else {
+        return reads.boxed();
+    };
+    // a sharded node also answers the other shards, and says what it holds
+    let shard_search = warp::path!("v1" / "shards" / "search")
+        .and(warp::post())
+        .and(chorus_core::http::api_key(key.clone()))
+        .and(chorus_core::http::json_body::<ShardRequest>(
+            MAX_SHARD_REQUEST_BYTES,
+        ))
+        .and(with_api.clone())
+        .then(
+            |authorized: Result<(), ApiError>,
+             request: Result<ShardRequest, ApiError>,
+             api: Arc<SearchApi>| async move {
+                respond(match (authorized, request) {
+                    (Err(error), _) | (_, Err(error)) => Err(error),
+                    (Ok(()), Ok(request)) => api
+                        .shard_search(request)
+                        .await
+                        .map(|answer| json_response(200, &answer)),
+                })
+            },
+        );
+    let shards_view = warp::path!("v1" / "admin" / "search" / "shards")
+        .and(warp::get())
+        .and(chorus_core::http::api_key(key))
+        .and(with_api)
+        .then(
+            |authorized: Result<(), ApiError>, api: Arc<SearchApi>| async move {
+                respond(match authorized {
+                    Ok(()) => api.shards_view().await,
+                    Err(error) => Err(error),
+                })
+            },
+        );
+    reads
+        .or(shard_search)
         .unify()
-        .or(search)
+        .or(shards_view)
         .unify()
         .boxed()
 }
+
+/// Largest shard request: the conversations of a user in many conversations, by partition.
+const MAX_SHARD_REQUEST_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Percent-decodes a path segment (`dm%3Aalice%3Abob` → `dm:alice:bob`).
 fn decode_path(segment: &str) -> String {

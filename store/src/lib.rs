@@ -25,4 +25,6 @@ pub use history::{
     ConversationSummary, HistoryError, HistoryStore, MessagePage, MessageView, ReplyView,
     Unavailability,
 };
-pub use search_index::{SearchError, SearchHit, SearchIndex, SearchQueryLimits};
+pub use search_index::{
+    ScoredHit, SearchError, SearchHit, SearchIndex, SearchQueryLimits, merge_hits,
+};

@@ -58,7 +58,7 @@ use crate::search_query::build_user_query;
 use crate::tokenizer::{CHORUS_TOKENIZER_NAME, chorus_text_analyzer, register_chorus_tokenizer};
 
 /// One search result (`GET /v1/search`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct SearchHit {
     pub conversation: String,
     pub seq: u64,
@@ -165,12 +165,31 @@ enum PendingMessage {
     Recalled,
 }
 
-/// One hit with its score, before merging partitions.
-struct ScoredHit {
-    /// BM25 score within its partition.
-    score: f32,
+/// One hit with its score, before merging partitions (here, or across search shards, which
+/// send these to the node that asked).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct ScoredHit {
+    /// BM25 score within its partition: a partition's statistics are the same whichever node
+    /// holds it, so hits of partitions searched on different nodes merge as if on one.
+    pub score: f32,
     /// The hit as returned.
-    hit: SearchHit,
+    pub hit: SearchHit,
+}
+
+/// The best `limit` of `hits` (from any partitions), best first, in one stable order: score,
+/// then newer, then conversation id, then higher seq. The one merge rule, whether the partitions
+/// were searched here or on several search shards.
+pub fn merge_hits(mut hits: Vec<ScoredHit>, limit: usize) -> Vec<SearchHit> {
+    hits.sort_by(|left, right| {
+        right
+            .score
+            .total_cmp(&left.score)
+            .then_with(|| right.hit.ts.cmp(&left.hit.ts))
+            .then_with(|| left.hit.conversation.cmp(&right.hit.conversation))
+            .then_with(|| right.hit.seq.cmp(&left.hit.seq))
+    });
+    hits.truncate(limit);
+    hits.into_iter().map(|scored| scored.hit).collect()
 }
 
 /// The search index of all partitions. Send + Sync: share it as `Arc<SearchIndex>`.
@@ -230,10 +249,15 @@ impl SearchIndex {
 
     /// The number of searchable documents (live messages) over all partitions.
     pub fn document_count(&self) -> u64 {
+        self.partition_documents().iter().sum()
+    }
+
+    /// The number of searchable documents of each partition, by partition id.
+    pub fn partition_documents(&self) -> Vec<u64> {
         self.partitions
             .iter()
             .map(|index| index.reader.searcher().num_docs())
-            .sum()
+            .collect()
     }
 
     /// Applies `records` of `partition` (skipping offsets below its position) and commits them
@@ -433,6 +457,19 @@ impl SearchIndex {
         conversations: &[String],
         limit: usize,
     ) -> Result<Vec<SearchHit>, SearchError> {
+        let hits = self.search_scored(text_query, conversations, limit)?;
+        Ok(merge_hits(hits, limit.min(MAX_SEARCH_HITS)))
+    }
+
+    /// The best `limit` (at most [`MAX_SEARCH_HITS`]) matches of `text_query` in each partition
+    /// holding some of `conversations`, with their scores, unmerged: merge them with
+    /// [`merge_hits`], here or on the node that asked this one. Blocking.
+    pub fn search_scored(
+        &self,
+        text_query: &dyn Query,
+        conversations: &[String],
+        limit: usize,
+    ) -> Result<Vec<ScoredHit>, SearchError> {
         if conversations.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
@@ -456,16 +493,7 @@ impl SearchIndex {
                 limit,
             )?);
         }
-        scored_hits.sort_by(|left, right| {
-            right
-                .score
-                .total_cmp(&left.score)
-                .then_with(|| right.hit.ts.cmp(&left.hit.ts))
-                .then_with(|| left.hit.conversation.cmp(&right.hit.conversation))
-                .then_with(|| right.hit.seq.cmp(&left.hit.seq))
-        });
-        scored_hits.truncate(limit);
-        Ok(scored_hits.into_iter().map(|scored| scored.hit).collect())
+        Ok(scored_hits)
     }
 
     /// The best `limit` matches of `text_query` among `conversations` of one partition.

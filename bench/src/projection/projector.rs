@@ -195,6 +195,7 @@ pub(super) async fn project(
                 sink: sink.clone(),
                 progress: progress.clone(),
                 shared: false,
+                shard_group: None,
             })
             .collect(),
         metrics: Arc::new(Metrics::new()),

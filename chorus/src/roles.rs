@@ -691,7 +691,8 @@ async fn start_role(
                     Ok(())
                 });
                 let group = crate::search_shards::shard_group(&config);
-                (projections.search_shard_of(group), Some(shards))
+                let source = Arc::new(crate::search_shards::PeerCopies(shards.clone()));
+                (projections.search_shard_of(group, source), Some(shards))
             } else {
                 (projections, None)
             };

@@ -10,8 +10,11 @@ use async_trait::async_trait;
 use chorus_core::config::ChorusConfig;
 use chorus_core::metrics::Metrics;
 use chorus_core::progress::ProjectionProgress;
+use chorus_log::{Offset, PartitionId};
+use chorus_projector::PartitionSource;
 use chorus_redis::{RedisConfig, RedisShared, Registry};
 use chorus_search::shards::{RegistryError, ShardEntry, ShardRegistry, ShardSettings, Shards};
+use chorus_store::SearchIndex;
 
 /// The shard registry in Redis: `registry:<prefix>search-shards`, one member per node
 /// (`<replica_set>.<node_id>`), its entry as JSON.
@@ -58,6 +61,22 @@ impl ShardRegistry for RedisShardRegistry {
     }
 }
 
+/// The shards as the projector's [`PartitionSource`]: a partition assigned to this node is
+/// copied from the peer furthest ahead.
+pub(crate) struct PeerCopies(pub Arc<Shards>);
+
+#[async_trait]
+impl PartitionSource for PeerCopies {
+    async fn copy_if_ahead(
+        &self,
+        index: Arc<SearchIndex>,
+        partition: PartitionId,
+        position: Offset,
+    ) -> Result<Option<Offset>, String> {
+        self.0.copy_if_ahead(index, partition, position).await
+    }
+}
+
 /// The consumer group the nodes of this node's replica set share on `timeline`.
 pub(crate) fn shard_group(config: &ChorusConfig) -> String {
     format!(
@@ -91,6 +110,8 @@ pub(crate) async fn open(
         timeout: Duration::from_millis(config.search.shard_timeout_ms),
         ttl: Duration::from_millis(config.search.registry_ttl_ms),
         api_key: config.auth.api_key.clone(),
+        copy_min_records: config.search.copy_min_records,
+        copy_timeout: Duration::from_millis(config.search.copy_timeout_ms),
     };
     Ok(Shards::new(
         settings,

@@ -31,7 +31,7 @@ use chorus_store::{HistoryError, SearchError};
 pub use replay::{Projection, ReplayReport, rebuild, topic_size};
 pub use run::{ProjectionRun, ProjectorContext, ProjectorSettings, run};
 pub use shared_replay::{ReplaceableHistory, replay_shared_history};
-pub use sinks::{HistorySink, SearchSink};
+pub use sinks::{HistorySink, PartitionSource, PeerCopiedSearchSink, SearchSink};
 pub use supervisor::{Projections, ProjectorHandle};
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +79,10 @@ pub trait Sink: Send + Sync + 'static {
     fn apply_interval(&self) -> Duration {
         Duration::ZERO
     }
+    /// Called when `partition` is assigned, before its position is read: a sink may bring its
+    /// output of it up to date another way first (a search shard copies a peer's index of it,
+    /// [`sinks::PeerCopiedSearchSink`]). It never fails the projection.
+    async fn prepare(&self, _partition: PartitionId) {}
     /// Applies records (all below `next_offset`) and stores `next_offset`, atomically.
     async fn apply(
         &self,

@@ -471,6 +471,7 @@ async fn run_projection(
         match polled {
             PollEvent::Assigned(partitions) => {
                 for partition in partitions {
+                    runner.projection.sink.prepare(partition).await;
                     let position = position_with_retry(
                         runner.projection.sink.as_ref(),
                         partition,

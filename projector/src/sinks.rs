@@ -1,5 +1,6 @@
 //! The two projections a node keeps: the history ([`HistorySink`], any `HistoryStore`: redb or
-//! ClickHouse) and the full-text index ([`SearchSink`], Tantivy). Each stores its per-partition
+//! ClickHouse) and the full-text index ([`SearchSink`], Tantivy; [`PeerCopiedSearchSink`] on a
+//! search shard, which copies a newly assigned partition from a peer). Each stores its per-partition
 //! position in the same atomic step as its output (the store's transaction, the commit payload).
 
 use std::sync::Arc;
@@ -93,5 +94,73 @@ impl Sink for SearchSink {
                 sink: "search",
                 source,
             })
+    }
+}
+
+/// Where a search partition's index can be copied from instead of indexed from the log: a peer
+/// holding it (the search shards of a replica set; the port of [`PeerCopiedSearchSink`]).
+#[async_trait]
+pub trait PartitionSource: Send + Sync + 'static {
+    /// Installs a copy of `partition` into `index` when a peer holds it well ahead of
+    /// `position` (this node's), and returns the copy's position; `None` when none is.
+    async fn copy_if_ahead(
+        &self,
+        index: Arc<SearchIndex>,
+        partition: PartitionId,
+        position: Offset,
+    ) -> Result<Option<Offset>, String>;
+}
+
+/// The search projection of a node that is one shard of a replica set: a partition assigned
+/// to it is first copied from a peer that holds it well ahead (Tantivy segments and the
+/// position of their commit), then indexed from that position on; without such a peer, or if
+/// the copy fails, it is indexed from its own position, as [`SearchSink`] does.
+pub struct PeerCopiedSearchSink {
+    pub sink: SearchSink,
+    pub source: Arc<dyn PartitionSource>,
+}
+
+#[async_trait]
+impl Sink for PeerCopiedSearchSink {
+    fn name(&self) -> &'static str {
+        self.sink.name()
+    }
+
+    fn apply_interval(&self) -> Duration {
+        self.sink.apply_interval()
+    }
+
+    async fn prepare(&self, partition: PartitionId) {
+        let index = self.sink.0.clone();
+        let Ok(position) = index.position(partition) else {
+            return;
+        };
+        match self.source.copy_if_ahead(index, partition, position).await {
+            Ok(Some(copied)) => {
+                tracing::info!(
+                    partition,
+                    from = position,
+                    to = copied,
+                    "search partition copied from a peer"
+                );
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(partition, %error, "copying the search partition from a peer failed; indexing it from the log");
+            }
+        }
+    }
+
+    async fn position(&self, partition: PartitionId) -> Result<Offset, ProjectorError> {
+        self.sink.position(partition).await
+    }
+
+    async fn apply(
+        &self,
+        partition: PartitionId,
+        records: Vec<(Offset, TimelineEvent)>,
+        next_offset: Offset,
+    ) -> Result<(), ProjectorError> {
+        self.sink.apply(partition, records, next_offset).await
     }
 }

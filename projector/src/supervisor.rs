@@ -29,7 +29,7 @@ use crate::ProjectorError;
 use crate::replay::{self, Kind, Projection, ReplayError, ReplayReport};
 use crate::run::{ProjectionRun, ProjectorContext, ProjectorSettings};
 use crate::shared_replay::{self, ReplaceableHistory};
-use crate::sinks::{HistorySink, SearchSink};
+use crate::sinks::{HistorySink, PartitionSource, PeerCopiedSearchSink, SearchSink};
 
 /// How often a node that reads a history another node projects publishes its stored positions.
 const SHARED_HISTORY_FOLLOW_INTERVAL: Duration = Duration::from_millis(100);
@@ -80,6 +80,8 @@ pub struct Projections {
     /// The consumer group of this node's search replica set, when its index is one shard of
     /// the set's ([`Projections::search_shard_of`]); `None`: it indexes every partition.
     pub search_shard_group: Option<String>,
+    /// Where a shard copies a newly assigned partition from (its peers).
+    pub search_source: Option<Arc<dyn PartitionSource>>,
 }
 
 /// A live replay asked for through a [`ProjectorHandle`].
@@ -190,15 +192,18 @@ impl Projections {
             run_history,
             run_search,
             search_shard_group: None,
+            search_source: None,
         })
     }
 
     /// Makes this node's search index one shard of a replica set: the set's nodes share the
     /// consumer group `group` on `timeline`, and each indexes only the partitions the group
     /// assigns it (read them from [`Projections::search_progress`]'s `held`). Its index stays
-    /// local, under the data directory, with each partition's position in its own commit.
-    pub fn search_shard_of(mut self, group: String) -> Self {
+    /// local, under the data directory, with each partition's position in its own commit; a
+    /// partition assigned to it is first copied from `source` when a peer holds it well ahead.
+    pub fn search_shard_of(mut self, group: String, source: Arc<dyn PartitionSource>) -> Self {
         self.search_shard_group = Some(group);
+        self.search_source = Some(source);
         self
     }
 
@@ -266,10 +271,17 @@ impl Projections {
                     shard_group: None,
                 }),
                 self.run_search.then(|| ProjectionRun {
-                    sink: Arc::new(SearchSink(
-                        self.index.get(),
-                        self.settings.search_commit_interval(),
-                    )),
+                    sink: {
+                        let sink =
+                            SearchSink(self.index.get(), self.settings.search_commit_interval());
+                        match &self.search_source {
+                            Some(source) => Arc::new(PeerCopiedSearchSink {
+                                sink,
+                                source: source.clone(),
+                            }) as Arc<dyn crate::Sink>,
+                            None => Arc::new(sink),
+                        }
+                    },
                     progress: self.search_progress.clone(),
                     shared: false,
                     shard_group: self.search_shard_group.clone(),

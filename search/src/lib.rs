@@ -50,6 +50,7 @@ use serde::Deserialize;
 
 pub mod api_doc;
 mod scope;
+mod shard_routes;
 pub mod shards;
 use scope::Scope;
 use serde_json::json;
@@ -501,47 +502,6 @@ impl SearchApi {
             behind,
         })
     }
-
-    /// `GET /v1/admin/search/shards`: what this node holds (partitions, positions, documents)
-    /// and the registry as it reads it.
-    async fn shards_view(&self) -> Result<Response, ApiError> {
-        let Some(shards) = &self.shards else {
-            return Err(ApiError::new(
-                ErrorCode::NotFound,
-                "this node is not a search shard",
-            ));
-        };
-        let held = shards.held();
-        let index = self.index.get();
-        let positions = index.positions();
-        let documents = index.partition_documents();
-        let partitions: Vec<_> = held
-            .iter()
-            .map(|partition| {
-                json!({
-                    "partition": partition,
-                    "position": positions.get(*partition as usize),
-                    "documents": documents.get(*partition as usize),
-                })
-            })
-            .collect();
-        let registry = shards
-            .entries()
-            .await
-            .map_err(|error| ApiError::new(ErrorCode::Unavailable, error.to_string()))?;
-        Ok(json_response(
-            200,
-            &json!({
-                "replica_set": shards.settings().replica_set,
-                "node": shards.settings().node,
-                "url": shards.settings().url,
-                "held": partitions,
-                // every partition's: a shard holds documents of its own partitions only
-                "documents": index.document_count(),
-                "registry": registry.as_ref(),
-            }),
-        ))
-    }
 }
 
 #[async_trait::async_trait]
@@ -646,56 +606,19 @@ pub fn routes(api: Arc<SearchApi>) -> BoxedFilter<(Response,)> {
             },
         );
     let reads = list.or(conversation_reads).unify().or(search).unify();
-    let Some(key) = api
-        .shards
-        .as_ref()
-        .map(|shards| Arc::<str>::from(shards.settings().api_key.as_str()))
-    else {
-        return reads.boxed();
-    };
-    // a sharded node also answers the other shards, and says what it holds
-    let shard_search = warp::path!("v1" / "shards" / "search")
-        .and(warp::post())
-        .and(chorus_core::http::api_key(key.clone()))
-        .and(chorus_core::http::json_body::<ShardRequest>(
-            MAX_SHARD_REQUEST_BYTES,
-        ))
-        .and(with_api.clone())
-        .then(
-            |authorized: Result<(), ApiError>,
-             request: Result<ShardRequest, ApiError>,
-             api: Arc<SearchApi>| async move {
-                respond(match (authorized, request) {
-                    (Err(error), _) | (_, Err(error)) => Err(error),
-                    (Ok(()), Ok(request)) => api
-                        .shard_search(request)
-                        .await
-                        .map(|answer| json_response(200, &answer)),
-                })
-            },
-        );
-    let shards_view = warp::path!("v1" / "admin" / "search" / "shards")
-        .and(warp::get())
-        .and(chorus_core::http::api_key(key))
-        .and(with_api)
-        .then(
-            |authorized: Result<(), ApiError>, api: Arc<SearchApi>| async move {
-                respond(match authorized {
-                    Ok(()) => api.shards_view().await,
-                    Err(error) => Err(error),
-                })
-            },
-        );
-    reads
-        .or(shard_search)
-        .unify()
-        .or(shards_view)
-        .unify()
-        .boxed()
-}
 
-/// Largest shard request: the conversations of a user in many conversations, by partition.
-const MAX_SHARD_REQUEST_BYTES: u64 = 4 * 1024 * 1024;
+    match &api.shards {
+        // a sharded node also answers the other shards, and says what it holds
+        Some(shards) => {
+            let key = Arc::<str>::from(shards.settings().api_key.as_str());
+            reads
+                .or(shard_routes::routes(api.clone(), key))
+                .unify()
+                .boxed()
+        }
+        None => reads.boxed(),
+    }
+}
 
 /// Percent-decodes a path segment (`dm%3Aalice%3Abob` → `dm:alice:bob`).
 fn decode_path(segment: &str) -> String {

@@ -4,7 +4,8 @@
 //!
 //! - **Finding each other.** Every sharded node announces `{replica_set, node, url,
 //!   partitions}` in a [`ShardRegistry`] (Redis in the distributed roles, an entry with a TTL
-//!   renewed every third of it and whenever the partitions it holds change), and withdraws it
+//!   renewed every third of it, whenever the partitions it holds change, and every second while
+//!   their positions move), and withdraws it
 //!   when it stops. The partitions are what its search projection holds now
 //!   ([`ProjectionProgress::held`]), i.e. what the group assigned it.
 //! - **Choosing a replica.** For each partition a query needs: this node if it holds it (no
@@ -30,8 +31,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chorus_core::progress::ProjectionProgress;
-use chorus_log::PartitionId;
-use chorus_store::ScoredHit;
+use chorus_log::{Offset, PartitionId};
+use chorus_store::search_index::PartitionSnapshot;
+use chorus_store::{ScoredHit, SearchIndex};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +43,8 @@ pub const UNHEALTHY_FOR: Duration = Duration::from_secs(10);
 const REGISTRY_CACHE: Duration = Duration::from_millis(500);
 /// How often the announcer looks whether the held partitions changed.
 const HELD_CHECK: Duration = Duration::from_millis(200);
+/// How often at most positions alone are announced again.
+const POSITIONS_EVERY: Duration = Duration::from_secs(1);
 
 /// One search node as the registry knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +55,10 @@ pub struct ShardEntry {
     pub url: String,
     /// The partitions it holds (indexes, and answers for).
     pub partitions: BTreeSet<PartitionId>,
+    /// How far it had indexed each of them when it last announced (a node joining picks a
+    /// peer well ahead to copy a partition from).
+    #[serde(default)]
+    pub positions: BTreeMap<PartitionId, Offset>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +90,12 @@ pub struct ShardSettings {
     pub ttl: Duration,
     /// The key shards are called with (`auth.api_key`).
     pub api_key: String,
+    /// A partition assigned to this node is copied from a peer holding it at least this many
+    /// records ahead of the local index (`search.copy_min_records`).
+    pub copy_min_records: u64,
+    /// Longest a copy may take (`search.copy_timeout_ms`); past it the partition is indexed
+    /// from the log.
+    pub copy_timeout: Duration,
 }
 
 /// What the asking node sends a shard.
@@ -134,6 +148,25 @@ pub struct Shards {
     cache: tokio::sync::Mutex<Option<(Instant, Arc<Vec<ShardEntry>>)>>,
     /// Nodes (by url) that failed or timed out, until when they come last.
     unhealthy: Mutex<HashMap<String, Instant>>,
+    /// The last [`KEPT_COPIES`] partitions copied from peers, oldest first.
+    copies: Mutex<std::collections::VecDeque<CopiedPartition>>,
+}
+
+/// How many copies [`Shards::copies`] remembers.
+const KEPT_COPIES: usize = 64;
+
+/// A partition this node copied from a peer (`GET /v1/admin/search/shards` lists them).
+#[derive(Debug, Clone, Serialize)]
+pub struct CopiedPartition {
+    pub partition: PartitionId,
+    /// The peer's node id.
+    pub from: String,
+    /// This node's position before, and the copy's.
+    pub position_before: Offset,
+    pub position: Offset,
+    pub files: usize,
+    pub bytes: u64,
+    pub millis: u64,
 }
 
 impl Shards {
@@ -154,6 +187,7 @@ impl Shards {
             client,
             cache: tokio::sync::Mutex::new(None),
             unhealthy: Mutex::new(HashMap::new()),
+            copies: Mutex::new(std::collections::VecDeque::new()),
         }))
     }
 
@@ -163,11 +197,17 @@ impl Shards {
 
     /// This node's entry as it stands.
     pub fn own_entry(&self) -> ShardEntry {
+        let partitions = self.held.held();
+        let positions = partitions
+            .iter()
+            .map(|partition| (*partition, self.held.position(*partition)))
+            .collect();
         ShardEntry {
             replica_set: self.settings.replica_set.clone(),
             node: self.settings.node.clone(),
             url: self.settings.url.clone(),
-            partitions: self.held.held(),
+            partitions,
+            positions,
         }
     }
 
@@ -177,20 +217,23 @@ impl Shards {
     }
 
     /// Announces this node until `stop` resolves, then withdraws it: every third of the TTL,
-    /// and at once when its partitions change. A registry that fails is tried again at the
-    /// next turn (the entry lives a whole TTL).
+    /// at once when its partitions change, and at most every [`POSITIONS_EVERY`] when only
+    /// their positions moved. A registry that fails is tried again at the next turn (the entry
+    /// lives a whole TTL).
     pub async fn announce(self: Arc<Self>, stop: impl Future<Output = ()>) {
         let mut stop = std::pin::pin!(stop);
         let renew = self.settings.ttl / 3;
-        let mut announced: Option<(Instant, BTreeSet<PartitionId>)> = None;
+        let mut announced: Option<(Instant, ShardEntry)> = None;
         loop {
             let entry = self.own_entry();
-            let due = announced.as_ref().is_none_or(|(at, partitions)| {
-                at.elapsed() >= renew || *partitions != entry.partitions
+            let due = announced.as_ref().is_none_or(|(at, last)| {
+                at.elapsed() >= renew
+                    || last.partitions != entry.partitions
+                    || (last.positions != entry.positions && at.elapsed() >= POSITIONS_EVERY)
             });
             if due {
                 match self.registry.announce(&entry, self.settings.ttl).await {
-                    Ok(()) => announced = Some((Instant::now(), entry.partitions)),
+                    Ok(()) => announced = Some((Instant::now(), entry)),
                     Err(error) => tracing::warn!(%error, "announcing this search shard failed"),
                 }
             }
@@ -377,5 +420,192 @@ impl Shards {
             let timed_out = error.is_timeout();
             (error.to_string(), timed_out)
         })
+    }
+}
+
+impl Shards {
+    /// When a peer holds `partition` at least `copy_min_records` ahead of `position` (this
+    /// node's index of it), copies the peer's index of it into `index` (replacing the local
+    /// one) and returns the copy's position, from which the projection continues; `None` when
+    /// no peer is far enough ahead. Bounded by `copy_timeout`; a failed copy leaves the local
+    /// index as it was (the partition is then indexed from the log).
+    pub async fn copy_if_ahead(
+        &self,
+        index: Arc<SearchIndex>,
+        partition: PartitionId,
+        position: Offset,
+    ) -> Result<Option<Offset>, String> {
+        let entries = self.entries().await.map_err(|error| error.to_string())?;
+        // the peers far enough ahead, furthest first (healthy ones before the others)
+        let mut peers: Vec<(Offset, &ShardEntry)> = entries
+            .iter()
+            .filter(|entry| entry.url != self.settings.url)
+            .filter_map(|entry| {
+                let ahead = *entry.positions.get(&partition)?;
+                (entry.partitions.contains(&partition)
+                    && ahead >= position.saturating_add(self.settings.copy_min_records))
+                .then_some((ahead, entry))
+            })
+            .collect();
+        peers.sort_by_key(|(ahead, entry)| {
+            (self.is_unhealthy(&entry.url), std::cmp::Reverse(*ahead))
+        });
+        if peers.is_empty() {
+            tracing::debug!(partition, position, "no peer far enough ahead to copy from");
+            return Ok(None);
+        }
+        let deadline = Instant::now() + self.settings.copy_timeout;
+        let mut failures = Vec::new();
+        for (_, peer) in peers {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                failures.push(format!(
+                    "not copied within {:?}",
+                    self.settings.copy_timeout
+                ));
+                break;
+            }
+            match tokio::time::timeout(remaining, self.copy_from(&index, peer, partition, position))
+                .await
+            {
+                Ok(Ok(installed)) => return Ok(Some(installed)),
+                Ok(Err(error)) => failures.push(format!("{}: {error}", peer.node)),
+                Err(_) => failures.push(format!("{}: not copied in time", peer.node)),
+            }
+        }
+        Err(failures.join("; "))
+    }
+
+    /// Copies `partition` from `peer` into `index`; a copy that fails leaves nothing behind.
+    async fn copy_from(
+        &self,
+        index: &Arc<SearchIndex>,
+        peer: &ShardEntry,
+        partition: PartitionId,
+        position: Offset,
+    ) -> Result<Offset, String> {
+        let started = Instant::now();
+        let incoming = index.incoming_dir(partition).map_err(|e| e.to_string())?;
+        let installed = async {
+            let snapshot = self.fetch_copy(&peer.url, partition, &incoming).await?;
+            let (index, from) = (index.clone(), incoming.clone());
+            let installed =
+                tokio::task::spawn_blocking(move || index.install_partition(partition, &from))
+                    .await
+                    .map_err(|error| error.to_string())?
+                    .map_err(|error| error.to_string())?;
+            Ok::<_, String>((snapshot, installed))
+        }
+        .await;
+        let (snapshot, installed) = match installed {
+            Ok(done) => done,
+            Err(error) => {
+                let _ = tokio::fs::remove_dir_all(&incoming).await;
+                return Err(error);
+            }
+        };
+        let copied = CopiedPartition {
+            partition,
+            from: peer.node.clone(),
+            position_before: position,
+            position: installed,
+            files: snapshot.files.len(),
+            bytes: snapshot.files.iter().map(|file| file.bytes).sum(),
+            millis: started.elapsed().as_millis() as u64,
+        };
+        tracing::info!(?copied, "search partition copied from a peer");
+        let mut copies = self.copies.lock();
+        if copies.len() == KEPT_COPIES {
+            copies.pop_front();
+        }
+        copies.push_back(copied);
+        Ok(installed)
+    }
+
+    /// The partitions this node copied from peers lately, oldest first.
+    pub fn copies(&self) -> Vec<CopiedPartition> {
+        self.copies.lock().iter().cloned().collect()
+    }
+
+    /// Asks `url` for a snapshot of `partition` and downloads its files into `into`, a chunk at
+    /// a time; the peer's snapshot is dropped whatever happens.
+    async fn fetch_copy(
+        &self,
+        url: &str,
+        partition: PartitionId,
+        into: &std::path::Path,
+    ) -> Result<PartitionSnapshot, String> {
+        let response = self
+            .client
+            .post(format!("{url}/v1/shards/partitions/{partition}/snapshot"))
+            .bearer_auth(&self.settings.api_key)
+            .timeout(self.settings.timeout)
+            .send()
+            .await
+            .map_err(|error| error.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("snapshot refused: {}", response.status()));
+        }
+        let snapshot: PartitionSnapshot = response.json().await.map_err(|e| e.to_string())?;
+        let downloaded = self.download(url, &snapshot, into).await;
+        let _ = self
+            .client
+            .delete(format!("{url}/v1/shards/snapshots/{}", snapshot.id))
+            .bearer_auth(&self.settings.api_key)
+            .timeout(self.settings.timeout)
+            .send()
+            .await;
+        downloaded.map(|()| snapshot)
+    }
+
+    async fn download(
+        &self,
+        url: &str,
+        snapshot: &PartitionSnapshot,
+        into: &std::path::Path,
+    ) -> Result<(), String> {
+        use tokio::io::AsyncWriteExt;
+        for file in &snapshot.files {
+            let mut written = tokio::fs::File::create(into.join(&file.name))
+                .await
+                .map_err(|error| error.to_string())?;
+            let mut offset = 0;
+            while offset < file.bytes {
+                let chunk = self
+                    .client
+                    .get(format!(
+                        "{url}/v1/shards/snapshots/{}/{}?offset={offset}",
+                        snapshot.id, file.name
+                    ))
+                    .bearer_auth(&self.settings.api_key)
+                    .timeout(self.settings.timeout)
+                    .send()
+                    .await
+                    .map_err(|error| error.to_string())?;
+                if !chunk.status().is_success() {
+                    return Err(format!("{} answered {}", file.name, chunk.status()));
+                }
+                let bytes = chunk.bytes().await.map_err(|error| error.to_string())?;
+                if bytes.is_empty() {
+                    return Err(format!("{} ended at {offset} of {}", file.name, file.bytes));
+                }
+                written
+                    .write_all(&bytes)
+                    .await
+                    .map_err(|error| error.to_string())?;
+                offset += bytes.len() as u64;
+            }
+            written
+                .sync_all()
+                .await
+                .map_err(|error| error.to_string())?;
+            if offset != file.bytes {
+                return Err(format!(
+                    "{}: {offset} bytes, expected {}",
+                    file.name, file.bytes
+                ));
+            }
+        }
+        Ok(())
     }
 }

@@ -28,13 +28,13 @@
 //! blocking thread.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chorus_log::{Offset, PartitionId, partition_for_key};
 use chorus_schemas::{EventBody, TimelineEvent};
-use parking_lot::Mutex;
+use parking_lot::{ArcMutexGuard, Mutex, RawMutex, RwLock};
 use serde::Serialize;
 use tantivy::collector::TopDocs;
 use tantivy::directory::MmapDirectory;
@@ -50,6 +50,9 @@ use tantivy::snippet::SnippetGenerator;
 use tantivy::tokenizer::{TextAnalyzer, TokenizerManager};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term};
 use tracing::{debug, warn};
+
+mod copy;
+pub use copy::PartitionSnapshot;
 
 use crate::history::ErrorCause;
 use crate::position::records_to_apply;
@@ -144,7 +147,7 @@ struct PartitionIndex {
     /// Reloaded after every commit; searches and edit look-ups read through it.
     reader: IndexReader,
     /// The only writer; the lock makes each apply one batch-then-commit step.
-    writer: Mutex<IndexWriter>,
+    writer: Arc<Mutex<IndexWriter>>,
     /// The payload of the last commit, mirrored so `position` never waits for a running apply.
     position: AtomicU64,
 }
@@ -194,8 +197,13 @@ pub fn merge_hits(mut hits: Vec<ScoredHit>, limit: usize) -> Vec<SearchHit> {
 
 /// The search index of all partitions. Send + Sync: share it as `Arc<SearchIndex>`.
 pub struct SearchIndex {
-    /// Indexed by partition id.
-    partitions: Vec<PartitionIndex>,
+    /// Indexed by partition id; a slot is replaced when a copy of the partition is installed
+    /// ([`SearchIndex::install_partition`]).
+    partitions: Vec<RwLock<Arc<PartitionIndex>>>,
+    /// Where the partitions' directories are (`p<N>/`), and copies in transit.
+    dir: PathBuf,
+    /// How each partition is opened.
+    opener: PartitionOpener,
     /// The schema's fields (the same in every partition).
     fields: MessageFields,
     /// Analyses the words of user queries (cloned per search: analysing needs `&mut`).
@@ -214,21 +222,24 @@ impl SearchIndex {
         let (schema, fields) = MessageFields::build_schema();
         let tokenizer_manager = TokenizerManager::default();
         register_chorus_tokenizer(&tokenizer_manager);
-        let per_partition_budget =
-            (TOTAL_WRITER_MEMORY_BYTES / partitions as usize).max(MIN_WRITER_MEMORY_BYTES);
+        let opener = PartitionOpener {
+            schema,
+            tokenizer_manager,
+            writer_memory_bytes: (TOTAL_WRITER_MEMORY_BYTES / partitions as usize)
+                .max(MIN_WRITER_MEMORY_BYTES),
+        };
+        // copies that were in transit or served when the node stopped
+        copy::clear_transit(dir)?;
         let mut partition_indexes = Vec::with_capacity(partitions as usize);
         for partition in 0..partitions {
-            let partition_dir = dir.join(format!("p{partition}"));
-            partition_indexes.push(open_partition(
-                &partition_dir,
-                &schema,
-                &tokenizer_manager,
-                per_partition_budget,
-            )?);
+            let partition_dir = partition_dir(dir, partition);
+            partition_indexes.push(RwLock::new(Arc::new(opener.open(&partition_dir)?)));
         }
         debug!(dir = %dir.display(), partitions, "opened search index");
         Ok(Arc::new(SearchIndex {
             partitions: partition_indexes,
+            dir: dir.to_owned(),
+            opener,
             fields,
             query_analyzer: chorus_text_analyzer(),
         }))
@@ -243,7 +254,7 @@ impl SearchIndex {
     pub fn positions(&self) -> Vec<Offset> {
         self.partitions
             .iter()
-            .map(|index| index.position.load(Ordering::Acquire))
+            .map(|slot| slot.read().position.load(Ordering::Acquire))
             .collect()
     }
 
@@ -256,7 +267,7 @@ impl SearchIndex {
     pub fn partition_documents(&self) -> Vec<u64> {
         self.partitions
             .iter()
-            .map(|index| index.reader.searcher().num_docs())
+            .map(|slot| slot.read().reader.searcher().num_docs())
             .collect()
     }
 
@@ -268,8 +279,7 @@ impl SearchIndex {
         records: &[(Offset, TimelineEvent)],
         next_offset: Offset,
     ) -> Result<(), SearchError> {
-        let partition_index = self.partition(partition)?;
-        let mut writer = partition_index.writer.lock();
+        let (partition_index, mut writer) = self.partition_writer(partition)?;
         // read under the writer's lock, which every apply of this partition holds
         let position = partition_index.position.load(Ordering::Acquire);
         let Some(pending) = records_to_apply(position, records, next_offset) else {
@@ -567,7 +577,7 @@ impl SearchIndex {
         })
     }
 
-    fn partition(&self, partition: PartitionId) -> Result<&PartitionIndex, SearchError> {
+    fn slot(&self, partition: PartitionId) -> Result<&RwLock<Arc<PartitionIndex>>, SearchError> {
         self.partitions.get(partition as usize).ok_or_else(|| {
             SearchError::Index(
                 format!(
@@ -577,6 +587,50 @@ impl SearchIndex {
                 .into(),
             )
         })
+    }
+
+    /// The partition's index as it stands (a copy installed later replaces it in the slot).
+    fn partition(&self, partition: PartitionId) -> Result<Arc<PartitionIndex>, SearchError> {
+        Ok(self.slot(partition)?.read().clone())
+    }
+
+    /// The partition's index with its writer locked, the one in the slot once locked: an apply
+    /// that waited for the lock while a copy was installed writes into the copy, never into the
+    /// replaced index.
+    fn partition_writer(
+        &self,
+        partition: PartitionId,
+    ) -> Result<(Arc<PartitionIndex>, ArcMutexGuard<RawMutex, IndexWriter>), SearchError> {
+        loop {
+            let index = self.partition(partition)?;
+            let writer = index.writer.lock_arc();
+            if Arc::ptr_eq(&index, &self.partition(partition)?) {
+                return Ok((index, writer));
+            }
+        }
+    }
+}
+
+/// The directory of partition `partition`'s index under `dir`.
+fn partition_dir(dir: &Path, partition: PartitionId) -> PathBuf {
+    dir.join(format!("p{partition}"))
+}
+
+/// How a partition's index is opened: the same schema, analyzers and writer budget for all.
+struct PartitionOpener {
+    schema: Schema,
+    tokenizer_manager: TokenizerManager,
+    writer_memory_bytes: usize,
+}
+
+impl PartitionOpener {
+    fn open(&self, partition_dir: &Path) -> Result<PartitionIndex, SearchError> {
+        open_partition(
+            partition_dir,
+            &self.schema,
+            &self.tokenizer_manager,
+            self.writer_memory_bytes,
+        )
     }
 }
 
@@ -593,6 +647,15 @@ fn open_partition(
         SearchError::Index(format!("opening {}: {error}", partition_dir.display()).into())
     })?;
     let mut index = Index::open_or_create(directory, schema.clone())?;
+    if index.schema() != *schema {
+        return Err(SearchError::Index(
+            format!(
+                "{} holds an index of another schema",
+                partition_dir.display()
+            )
+            .into(),
+        ));
+    }
     index.set_tokenizers(tokenizer_manager.clone());
     let position = match index.load_metas()?.payload {
         Some(payload) => payload.parse::<Offset>().map_err(|error| {
@@ -618,7 +681,7 @@ fn open_partition(
         .try_into()?;
     Ok(PartitionIndex {
         reader,
-        writer: Mutex::new(writer),
+        writer: Arc::new(Mutex::new(writer)),
         position: AtomicU64::new(position),
     })
 }

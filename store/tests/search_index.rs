@@ -1,13 +1,14 @@
 //! The search index: multilingual matching, edits and recalls, scoping, replays and positions.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chorus_log::partition_for_key;
 use chorus_schemas::{EventBody, TimelineEvent};
 use chorus_store::search_index::{
-    MAX_SEARCH_HITS, SearchError, SearchHit, SearchIndex, SearchQueryLimits, parse_user_query,
+    MAX_SEARCH_HITS, PartitionSnapshot, SearchError, SearchHit, SearchIndex, SearchQueryLimits,
+    parse_user_query,
 };
 use tempfile::TempDir;
 
@@ -414,6 +415,106 @@ fn positions_and_documents_survive_reopening() {
             .len(),
         2
     );
+}
+
+/// Copies snapshot `snapshot` of `from` into `to`'s incoming directory, a chunk at a time, as a
+/// peer fetches it.
+fn copy_snapshot(from: &SearchIndex, to: &SearchIndex, snapshot: &PartitionSnapshot) -> PathBuf {
+    let incoming = to.incoming_dir(snapshot.partition).unwrap();
+    for file in &snapshot.files {
+        let mut bytes = Vec::new();
+        loop {
+            let chunk = from
+                .read_snapshot(&snapshot.id, &file.name, bytes.len() as u64, 7)
+                .unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+            bytes.extend(chunk);
+        }
+        assert_eq!(bytes.len() as u64, file.bytes, "{}", file.name);
+        std::fs::write(incoming.join(&file.name), bytes).unwrap();
+    }
+    incoming
+}
+
+#[test]
+fn a_partition_copied_from_a_peer_answers_the_same_and_continues_from_its_position() {
+    let mut peer = Fixture::new(2);
+    let conversation = "g:copied";
+    let partition = peer.partition_of(conversation);
+    for seq in 1..=30 {
+        peer.apply(vec![sent(
+            conversation,
+            seq,
+            "alice",
+            &format!("copied note {seq}"),
+        )]);
+    }
+    // an edit and a recall, so the copy carries deletes
+    peer.apply(vec![
+        edited(conversation, 31, "alice", 3, "rewritten words"),
+        recalled(conversation, 32, "alice", 4),
+    ]);
+    let snapshot = peer.index.snapshot_partition(partition).unwrap();
+    assert_eq!(snapshot.position, peer.index.position(partition).unwrap());
+    // the peer goes on indexing meanwhile: the snapshot stays as of its commit
+    peer.apply(vec![sent(conversation, 33, "alice", "copied note after")]);
+
+    let mut replica = Fixture::new(2);
+    let incoming = copy_snapshot(&peer.index, &replica.index, &snapshot);
+    peer.index.drop_snapshot(&snapshot.id).unwrap();
+    let position = replica
+        .index
+        .install_partition(partition, &incoming)
+        .unwrap();
+    assert_eq!(position, snapshot.position);
+    assert_eq!(
+        replica.index.position(partition).unwrap(),
+        snapshot.position
+    );
+    let expected: Vec<(String, u64)> = (1..=30)
+        .rev()
+        .filter(|seq| *seq != 3 && *seq != 4)
+        .map(|seq| hit(conversation, seq))
+        .collect();
+    let mut found = replica.found("copied", &[conversation]);
+    found.sort_by_key(|hit| std::cmp::Reverse(hit.1));
+    assert_eq!(found, expected);
+    assert_eq!(
+        replica.found("rewritten", &[conversation]),
+        vec![hit(conversation, 3)]
+    );
+
+    // the replica continues from the copy's position: the record after it, and nothing twice
+    replica.next_offsets[partition as usize] = snapshot.position;
+    replica.apply(vec![sent(conversation, 33, "alice", "copied note after")]);
+    assert_eq!(
+        replica.found("after", &[conversation]),
+        vec![hit(conversation, 33)]
+    );
+    assert_eq!(replica.index.document_count(), peer.index.document_count());
+
+    // and it survives reopening, with nothing in transit left behind
+    let Fixture {
+        directory, index, ..
+    } = replica;
+    drop(index);
+    let reopened = reopen(directory.path(), 2);
+    assert_eq!(reopened.position(partition).unwrap(), snapshot.position + 1);
+    assert!(!directory.path().join(".incoming").exists());
+}
+
+#[test]
+fn a_copy_that_is_not_an_index_is_refused_and_the_partition_keeps_its_own() {
+    let mut fixture = Fixture::new(1);
+    fixture.apply(vec![sent("g:kept", 1, "alice", "kept words")]);
+    let incoming = fixture.index.incoming_dir(0).unwrap();
+    std::fs::write(incoming.join("meta.json"), b"{not json").unwrap();
+    assert!(fixture.index.install_partition(0, &incoming).is_err());
+    assert_eq!(fixture.found("kept", &["g:kept"]), vec![hit("g:kept", 1)]);
+    fixture.apply(vec![sent("g:kept", 2, "alice", "kept again")]);
+    assert_eq!(fixture.found("again", &["g:kept"]), vec![hit("g:kept", 2)]);
 }
 
 fn reopen(path: &Path, partitions: u32) -> Arc<SearchIndex> {

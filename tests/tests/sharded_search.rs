@@ -98,7 +98,7 @@ async fn search_shards_split_the_partitions_and_a_query_gathers_them() -> anyhow
         &config,
         format!(
             "[log]\npartitions = {PARTITIONS}\n[kafka]\nsession_timeout_ms = 45000\n\
-             [search]\nshard_timeout_ms = 1500\nregistry_ttl_ms = 60000\n"
+             [search]\nshard_timeout_ms = 1500\nregistry_ttl_ms = 60000\ncopy_min_records = 1\n"
         ),
     )?;
     let arguments = |role: &str, node: &str| {
@@ -275,6 +275,80 @@ async fn search_shards_split_the_partitions_and_a_query_gathers_them() -> anyhow
     assert_eq!(recovered["partial"], false, "{recovered}");
     assert_eq!(hit_keys(&recovered), hit_keys(&from_b1));
     signal(&a2, "CONT")?;
+
+    // a new node of set b: the group gives it some of b1's partitions, which it copies from a
+    // peer (Tantivy segments and the position of their commit) instead of indexing them from
+    // the log, and goes on indexing from that position
+    let b2 = ChildServer::spawn(&arguments("search", "b2"), &environment("b2", "b")).await?;
+    let (_, b2_view) = settled("set b split with its new node", async || {
+        let (_, answer) = Api::new(&b2.url).get(&alice, query).await?;
+        if hit_keys(&answer).len() != CONVERSATIONS {
+            return Ok(None);
+        }
+        split(&b1, &b2).await
+    })
+    .await?;
+    let copies = b2_view["copies"].as_array().cloned().unwrap_or_default();
+    let copied: BTreeSet<u64> = copies
+        .iter()
+        .filter_map(|copy| copy["partition"].as_u64())
+        .collect();
+    assert_eq!(
+        copied,
+        held(&b2_view),
+        "every partition it took over was copied: {b2_view}"
+    );
+    for copy in &copies {
+        assert_eq!(copy["position_before"], 0, "{copy}");
+        assert!(copy["position"].as_u64() > Some(0), "{copy}");
+    }
+    let (_, from_b2) = Api::new(&b2.url).get(&alice, query).await?;
+    assert_eq!(from_b2["partial"], false, "{from_b2}");
+    assert_eq!(hit_keys(&from_b2), hit_keys(&from_b1));
+    // a message sent now, into a conversation b2 holds, is indexed by b2 from the copy's position
+    let conversation = conversations
+        .iter()
+        .find(|conversation| {
+            copied.contains(&u64::from(chorus_log::partition_for_key(
+                conversation.as_bytes(),
+                PARTITIONS,
+            )))
+        })
+        .context("b2 holds some conversation")?;
+    let results = Api::new(&ingest.url)
+        .business(
+            json!([{"type": "send", "id": "after-copy", "conversation": conversation,
+            "sender": alice, "text": "aftercopy words"}]),
+        )
+        .await?;
+    ensure!(results[0]["seq"] == 2, "{results:?}");
+    let after = format!("/v1/search?q=aftercopy&conversation={conversation}");
+    let (_, found) = Api::new(&b2.url).get(&alice, &after).await?;
+    assert_eq!(
+        hit_keys(&found),
+        vec![(conversation.clone(), 2)],
+        "indexed after the copy: {found}"
+    );
+    let b2_documents = shard_view(&b2).await?["held"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|partition| partition["documents"].as_u64().unwrap_or_default())
+        .sum::<u64>();
+    let held_conversations = conversations
+        .iter()
+        .filter(|conversation| {
+            held(&b2_view).contains(&u64::from(chorus_log::partition_for_key(
+                conversation.as_bytes(),
+                PARTITIONS,
+            )))
+        })
+        .count() as u64;
+    assert_eq!(
+        b2_documents,
+        held_conversations + 1,
+        "each message once: the copy's, then what came after"
+    );
 
     // the shard route is the cluster's own: without the key it answers 401
     let refused = reqwest::Client::new()

@@ -23,6 +23,12 @@ pub struct SearchSection {
     /// How long a node's entry in the shard registry (Redis) lives without being renewed; it is
     /// renewed every third of it and whenever the node's partitions change.
     pub registry_ttl_ms: u64,
+    /// A partition assigned to this node is copied from a peer holding it at least this many
+    /// records ahead of the local index (Tantivy segments and their position), instead of
+    /// being indexed from the log.
+    pub copy_min_records: u64,
+    /// Longest such a copy may take; past it the partition is indexed from the log.
+    pub copy_timeout_ms: u64,
 }
 
 impl Default for SearchSection {
@@ -32,6 +38,8 @@ impl Default for SearchSection {
             advertise_url: String::new(),
             shard_timeout_ms: 3_000,
             registry_ttl_ms: 6_000,
+            copy_min_records: 100_000,
+            copy_timeout_ms: 120_000,
         }
     }
 }
@@ -61,6 +69,9 @@ impl SearchSection {
         }
         if self.shard_timeout_ms < 10 {
             return Err(invalid("search.shard_timeout_ms", "must be at least 10"));
+        }
+        if self.copy_timeout_ms < 100 {
+            return Err(invalid("search.copy_timeout_ms", "must be at least 100"));
         }
         if self.registry_ttl_ms < 300 {
             return Err(invalid("search.registry_ttl_ms", "must be at least 300"));

@@ -767,6 +767,38 @@ impl HistoryStore for ClickHouseHistory {
         self.conversation_summaries(user, joined).await
     }
 
+    /// Membership and the conversations' latest `retention` events: two queries, no counts.
+    async fn searchable_conversations(
+        &self,
+        user: &str,
+    ) -> Result<Vec<(String, Option<u64>)>, HistoryError> {
+        let joined = self.joined_conversations(user).await?;
+        if joined.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ttls: HashMap<String, u64> = self
+            .client
+            .query(
+                "SELECT conversation, argMax(ttl_seconds, seq) FROM events \
+                 WHERE kind = 'retention' AND conversation IN (SELECT conversation FROM members \
+                 WHERE user = ? GROUP BY conversation HAVING argMax(present, seq) = 1) \
+                 GROUP BY conversation",
+            )
+            .bind(user)
+            .fetch_all::<(String, u64)>()
+            .through(&self.guard)
+            .await?
+            .into_iter()
+            .collect();
+        Ok(joined
+            .into_iter()
+            .map(|conversation| {
+                let ttl = ttls.get(&conversation).copied().filter(|ttl| *ttl > 0);
+                (conversation, ttl)
+            })
+            .collect())
+    }
+
     async fn is_member(&self, conversation: &str, user: &str) -> Result<bool, HistoryError> {
         Ok(!self
             .member_state(conversation, Some(user))

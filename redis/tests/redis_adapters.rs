@@ -296,3 +296,43 @@ async fn the_breaker_opens_during_an_outage_and_closes_after_it() {
     );
     restarted.stop().await;
 }
+
+#[tokio::test]
+async fn registry_entries_live_while_announced_and_go_when_withdrawn_or_expired() {
+    let Some(url) = redis_url() else { return };
+    let registry = chorus_redis::Registry::new(shared(&url, |_| {}).await, unique_prefix());
+    registry
+        .announce("a.s1", "one", Duration::from_secs(60))
+        .await
+        .unwrap();
+    registry
+        .announce("a.s2", "two", Duration::from_millis(300))
+        .await
+        .unwrap();
+    let mut entries = registry.entries().await.unwrap();
+    entries.sort();
+    assert_eq!(
+        entries,
+        vec![
+            ("a.s1".to_owned(), "one".to_owned()),
+            ("a.s2".to_owned(), "two".to_owned())
+        ]
+    );
+    // announcing again replaces the value
+    registry
+        .announce("a.s1", "one again", Duration::from_secs(60))
+        .await
+        .unwrap();
+    // a member that stops announcing is gone once its TTL passed
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let entries = registry.entries().await.unwrap();
+        if entries == vec![("a.s1".to_owned(), "one again".to_owned())] {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{entries:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    registry.withdraw("a.s1").await.unwrap();
+    assert!(registry.entries().await.unwrap().is_empty());
+}

@@ -167,22 +167,26 @@ impl SearchApi {
         limit: Duration,
     ) -> BTreeSet<PartitionId> {
         let deadline = tokio::time::Instant::now() + limit;
-        let mut behind = BTreeSet::new();
-        for partition in partitions {
-            let Ok(end) = self
+        // every partition's end offset asked at once: one broker round trip of waiting, not
+        // one per partition
+        let waits = partitions.iter().map(|partition| async move {
+            let end = self
                 .log
                 .end_offset(&self.config.timeline_topic, *partition)
                 .await
-            else {
-                continue;
-            };
+                .ok()?;
             let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if !progress.wait_for(*partition, end, limit).await {
-                tracing::debug!(partition, end, "projection behind the read barrier");
-                behind.insert(*partition);
+            if progress.wait_for(*partition, end, limit).await {
+                return None;
             }
-        }
-        behind
+            tracing::debug!(partition, end, "projection behind the read barrier");
+            Some(*partition)
+        });
+        futures_util::future::join_all(waits)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     fn partition_of(&self, conversation: &str) -> PartitionId {
@@ -408,13 +412,13 @@ impl SearchApi {
                 self.barrier(&self.history_progress, &all).await;
                 self.history
                     .get()
-                    .conversations(&claims.sub)
+                    .searchable_conversations(&claims.sub)
                     .await
                     .map_err(unavailable)?
                     .into_iter()
-                    .map(|summary| {
-                        let ttl = summary.message_ttl_s.or(self.config.message_ttl_s);
-                        (summary.id, Scope::ALL.with_retention(ttl))
+                    .map(|(conversation, ttl)| {
+                        let ttl = ttl.or(self.config.message_ttl_s);
+                        (conversation, Scope::ALL.with_retention(ttl))
                     })
                     .collect()
             }

@@ -692,6 +692,15 @@ impl HistoryStore for EmbeddedHistory {
             .await
     }
 
+    async fn searchable_conversations(
+        &self,
+        user: &str,
+    ) -> Result<Vec<(String, Option<u64>)>, HistoryError> {
+        let user = user.to_owned();
+        self.run_blocking(move |database| read_searchable_conversations(database, &user))
+            .await
+    }
+
     async fn conversations_page(
         &self,
         user: &str,

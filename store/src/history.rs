@@ -332,6 +332,22 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// The conversations `user` is a member of, with last seq and the user's read cursor.
     async fn conversations(&self, user: &str) -> Result<Vec<ConversationSummary>, HistoryError>;
 
+    /// The conversations `user` is a member of, each with how long its messages live (`None`:
+    /// no time-to-live of its own), sorted by id: what a search over all of them is scoped to.
+    /// The same list as [`HistoryStore::conversations`] without its counts, which cost a read
+    /// of every unread message; the default reads that list, adapters override it.
+    async fn searchable_conversations(
+        &self,
+        user: &str,
+    ) -> Result<Vec<(String, Option<u64>)>, HistoryError> {
+        Ok(self
+            .conversations(user)
+            .await?
+            .into_iter()
+            .map(|summary| (summary.id, summary.message_ttl_s))
+            .collect())
+    }
+
     /// One page of [`HistoryStore::conversations`]: at most `limit` entries with an id greater
     /// than `after` (from the first when `None`), sorted by id. The default reads the whole list
     /// and cuts it; adapters that can seek to the cursor override it.

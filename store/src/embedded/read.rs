@@ -138,6 +138,33 @@ pub(super) fn read_conversations(
     Ok(summaries)
 }
 
+/// The user's conversations with their time-to-live: the membership index and each
+/// conversation's own record, no message read.
+pub(super) fn read_searchable_conversations(
+    database: &Database,
+    user: &str,
+) -> Result<Vec<(String, Option<u64>)>, EmbeddedError> {
+    let transaction = database.begin_read()?;
+    let user_conversations = transaction.open_table(USER_CONVERSATIONS)?;
+    let conversations = transaction.open_table(CONVERSATIONS)?;
+    let mut found = Vec::new();
+    for entry in user_conversations.range((user, "")..)? {
+        let (key, _) = entry?;
+        let (member, conversation) = key.value();
+        if member != user {
+            break;
+        }
+        let ttl = match conversations.get(conversation)? {
+            Some(bytes) => {
+                serde_json::from_slice::<StoredConversation>(bytes.value())?.message_ttl_s
+            }
+            None => None,
+        };
+        found.push((conversation.to_owned(), ttl));
+    }
+    Ok(found)
+}
+
 pub(super) fn read_pins(
     database: &Database,
     conversation: &str,

@@ -140,6 +140,14 @@ pub async fn former_members_keep_their_removal_seq(
                 .all(|summary| summary.id != "g:f"),
             "{user} no longer lists it"
         );
+        assert!(
+            store
+                .searchable_conversations(user)
+                .await?
+                .iter()
+                .all(|(id, _)| id != "g:f"),
+            "{user} no longer searches it"
+        );
     }
     assert_eq!(store.members("g:f").await?, Vec::<String>::new());
     assert_eq!(store.roster("g:f").await?, Vec::new());
@@ -151,10 +159,18 @@ pub async fn former_members_keep_their_removal_seq(
 pub async fn retention_is_the_latest_setting(store: &dyn HistoryStore) -> Result<(), HistoryError> {
     let ttl_of_list = async |user: &str| -> Result<Option<u64>, HistoryError> {
         let list = store.conversations(user).await?;
-        Ok(list
+        let ttl = list
             .iter()
             .find(|summary| summary.id == "dm:alice:bob")
-            .and_then(|summary| summary.message_ttl_s))
+            .and_then(|summary| summary.message_ttl_s);
+        // the search scope's list says the same
+        let searchable = store.searchable_conversations(user).await?;
+        let listed: Vec<(String, Option<u64>)> = list
+            .into_iter()
+            .map(|summary| (summary.id, summary.message_ttl_s))
+            .collect();
+        assert_eq!(searchable, listed, "searchable_conversations of {user}");
+        Ok(ttl)
     };
     let mut timeline = TimelineWriter::new();
     timeline.push("dm:alice:bob", "alice", sent("hi"));

@@ -28,6 +28,9 @@
 //! - `scale`: 20,000 to 100,000 sessions and more, past one process's file limit, over several
 //!   ingest nodes and several client processes (`chorus-bench hold`), with 1:1 traffic flowing
 //!   across the nodes: server bytes per session and deliveries per server CPU-second (`scale`);
+//! - `search-shards`: query throughput and latency of `/v1/search` on 1, 2, 3 … search nodes of
+//!   one replica set (sharded search), and on one unsharded node, against raw Tantivy over the
+//!   same documents at the same concurrency (`search_shards`);
 //! - `regions`: two regions linked by MirrorMaker 2, each with its own Kafka and Redis database: a
 //!   cross-region DM against a same-region DM in the same run, and the mirror lag (`regions`).
 //!
@@ -45,6 +48,7 @@ mod regions;
 mod relay;
 mod report;
 mod scale;
+mod search_shards;
 mod server;
 mod sessions;
 mod traffic;
@@ -119,6 +123,9 @@ enum Scenario {
     /// Sessions past one process's file limit: several ingest nodes and client processes, 1:1
     /// traffic across the nodes; bytes per session and deliveries per CPU-second at each size.
     Scale(scale::Args),
+    /// Sharded search: query throughput and p50/p99 on 1, 2, 3 … search nodes of one replica
+    /// set, the same corpus and queries, against raw Tantivy at the same concurrency.
+    SearchShards(search_shards::Args),
     /// One client process of `scale`, started by the bench (not a scenario).
     #[command(hide = true)]
     Hold(scale::HoldArgs),
@@ -382,6 +389,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::RelayServe(args) => return relay::serve(args).await,
         Scenario::Scale(args) => vec![scale::run(&mode, &args).await?],
+        Scenario::SearchShards(args) => vec![search_shards::run(&mode, &args).await?],
         Scenario::Hold(args) => return scale::hold(args).await,
         Scenario::Recovery(args) => vec![recovery::run(&mode, &args).await?],
         Scenario::Regions(args) => regions::run(&args).await?,

@@ -48,12 +48,12 @@
 //! [`raw_tantivy`] the raw Tantivy index of the baseline; [`search`] and [`replay`] the last two
 //! scenarios.
 
-mod corpus;
+pub(crate) mod corpus;
 mod projector;
-mod raw_tantivy;
+pub(crate) mod raw_tantivy;
 mod replay;
 mod search;
-mod timeline;
+pub(crate) mod timeline;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -314,7 +314,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Report>> {
 }
 /// Loads the analyzer's dictionary (jieba's, on first use) before anything is timed, so neither
 /// side of a comparison pays for it.
-fn warm_up_analyzer() {
+pub(crate) fn warm_up_analyzer() {
     let mut analyzer = chorus_store::tokenizer::chorus_text_analyzer();
     let mut stream = analyzer.token_stream("我们明天在北京大学开会 会議 회의 meeting");
     while stream.advance() {}

@@ -22,15 +22,15 @@ use crate::report::{self, Report, Row};
 const APPEND_BATCH: usize = 4096;
 
 /// The timeline as written, and what the other scenarios need to know about it.
-pub(super) struct Timeline {
+pub(crate) struct Timeline {
     /// Records appended (group creations and messages).
-    pub(super) events: u64,
-    pub(super) messages: u64,
+    pub(crate) events: u64,
+    pub(crate) messages: u64,
     groups: u64,
     /// End offset of every partition of `timeline` once written.
-    pub(super) ends: Vec<Offset>,
+    pub(crate) ends: Vec<Offset>,
     /// The message documents, for the raw baseline.
-    pub(super) documents: Vec<RawDocument>,
+    pub(crate) documents: Vec<RawDocument>,
     /// Messages by language: English, Chinese, Japanese, Korean.
     by_language: [u64; 4],
     /// Bytes of message text.
@@ -40,7 +40,7 @@ pub(super) struct Timeline {
     /// Bytes of Avro-encoded records.
     record_bytes: u64,
     /// Generating, sequencing, encoding and appending, together.
-    seconds: f64,
+    pub(crate) seconds: f64,
 }
 
 impl Timeline {
@@ -76,7 +76,7 @@ impl Timeline {
 }
 
 /// Sequences the corpus as the router would and appends it to `timeline`.
-pub(super) async fn write_timeline(
+pub(crate) async fn write_timeline(
     corpus: &Corpus,
     config: &ChorusConfig,
     log: &Arc<dyn EventLog>,

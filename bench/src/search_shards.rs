@@ -49,7 +49,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::process::Command;
 
-use crate::projection::corpus::{Corpus, CorpusSpec, SEARCHER};
+use crate::projection::corpus::{Corpus, CorpusArgs, SEARCHER};
 use crate::projection::raw_tantivy::{self, RawIndex, RawOptions};
 use crate::projection::timeline::write_timeline;
 use crate::report::{self, Report, Row};
@@ -65,28 +65,8 @@ const SETTLE_NOTICE: Duration = Duration::from_secs(15);
 /// Options of the sharded search scenario.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// Messages in the timeline.
-    #[arg(long, default_value_t = 1_000_000)]
-    pub messages: u64,
-    /// Conversations [default: 10,000, or a tenth of --messages when that is smaller, and more
-    /// than --searcher-conversations].
-    #[arg(long)]
-    pub conversations: Option<u32>,
-    /// Users [default: half the conversations, at least 200].
-    #[arg(long)]
-    pub users: Option<u32>,
-    /// Share of the conversations that are groups.
-    #[arg(long, default_value_t = 0.3)]
-    pub group_share: f64,
-    /// Share of the messages in Chinese, Japanese or Korean.
-    #[arg(long, default_value_t = 0.3)]
-    pub cjk_share: f64,
-    /// Conversations of the user whose searches are measured.
-    #[arg(long, default_value_t = 100)]
-    pub searcher_conversations: u32,
-    /// Seed of the corpus and the queries.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub corpus: CorpusArgs,
     /// Partitions of the run's topics (`[log] partitions`).
     #[arg(long, default_value_t = 6)]
     pub partitions: u32,
@@ -111,22 +91,6 @@ pub struct Args {
     /// Longest wait for a set of nodes to index everything.
     #[arg(long, default_value_t = 1_800)]
     pub settle_seconds: u64,
-}
-
-impl Args {
-    fn conversations(&self) -> u32 {
-        let scaled = u32::try_from(self.messages / 10).unwrap_or(u32::MAX);
-        self.conversations.unwrap_or_else(|| {
-            scaled
-                .min(10_000)
-                .max(self.searcher_conversations.saturating_mul(2))
-        })
-    }
-
-    fn users(&self) -> u32 {
-        self.users
-            .unwrap_or_else(|| (self.conversations() / 2).max(200))
-    }
 }
 
 /// What the search nodes of every run share.
@@ -202,22 +166,13 @@ pub async fn run(mode: &Mode, args: &Args) -> anyhow::Result<Report> {
     config.log.partitions = Some(args.partitions);
     config.log.topic_prefix = prefix.clone();
     config.validate()?;
-    let corpus = Corpus::plan(&CorpusSpec {
-        messages: args.messages,
-        conversations: args.conversations(),
-        users: args.users(),
-        group_share: args.group_share,
-        cjk_share: args.cjk_share,
-        searcher_conversations: args.searcher_conversations,
-        seed: args.seed,
-        origin_cluster: config.cluster.clone(),
-    })?;
+    let corpus = Corpus::plan(&args.corpus.spec(&config.cluster))?;
     crate::projection::warm_up_analyzer();
 
     // 1. the timeline, once
     eprintln!(
         "search-shards: writing {} messages to {prefix}timeline",
-        args.messages
+        args.corpus.messages
     );
     let log: Arc<dyn EventLog> = chorus_kafka::KafkaLog::new(chorus_kafka::KafkaLogConfig::new(
         bootstrap.clone(),

@@ -40,7 +40,7 @@ use chorus_core::http::{json_response, respond, user_claims};
 use chorus_core::ids::Conversation;
 use chorus_core::progress::ProjectionProgress;
 use chorus_core::swap::Swap;
-use chorus_log::{EventLog, PartitionId, partition_for_key};
+use chorus_log::{EventLog, Offset, PartitionId, partition_for_key};
 use chorus_store::history::{MessagePage, MessageView};
 use chorus_store::search_index::parse_user_query;
 use chorus_store::{
@@ -154,29 +154,53 @@ impl SearchApi {
     /// Waits until `progress` has applied everything the log had in `partitions` when called,
     /// at most `projector.read_barrier_ms` in all; past it, the read answers with what the
     /// projection has.
-    async fn barrier(&self, progress: &ProjectionProgress, partitions: &BTreeSet<PartitionId>) {
-        self.barrier_within(progress, partitions, self.config.read_barrier)
-            .await;
-    }
-
-    /// [`SearchApi::barrier`], at most `limit` in all; returns the partitions still behind.
-    async fn barrier_within(
+    /// Returns the end offsets it waited for: a second projection read in the same request
+    /// may wait for the same ones ([`SearchApi::wait_for_ends`]), since whatever was
+    /// acknowledged before the request lies below them.
+    async fn barrier(
         &self,
         progress: &ProjectionProgress,
         partitions: &BTreeSet<PartitionId>,
-        limit: Duration,
-    ) -> BTreeSet<PartitionId> {
-        let deadline = tokio::time::Instant::now() + limit;
-        // every partition's end offset asked at once: one broker round trip of waiting, not
-        // one per partition
-        let waits = partitions.iter().map(|partition| async move {
+    ) -> BTreeMap<PartitionId, Offset> {
+        let ends = self.end_offsets(partitions).await;
+        self.wait_for_ends(progress, &ends, self.config.read_barrier)
+            .await;
+        ends
+    }
+
+    /// The log's end offset of each of `partitions` (those the log answered for), all asked at
+    /// once: one broker round trip, not one per partition.
+    async fn end_offsets(
+        &self,
+        partitions: &BTreeSet<PartitionId>,
+    ) -> BTreeMap<PartitionId, Offset> {
+        let asked = partitions.iter().map(|partition| async move {
             let end = self
                 .log
                 .end_offset(&self.config.timeline_topic, *partition)
                 .await
                 .ok()?;
+            Some((*partition, end))
+        });
+        futures_util::future::join_all(asked)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Waits, at most `limit` in all, until `progress` has applied each partition up to its
+    /// offset in `ends`; returns the partitions still behind.
+    async fn wait_for_ends(
+        &self,
+        progress: &ProjectionProgress,
+        ends: &BTreeMap<PartitionId, Offset>,
+        limit: Duration,
+    ) -> BTreeSet<PartitionId> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let waits = ends.iter().map(|(partition, end)| async move {
             let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if progress.wait_for(*partition, end, limit).await {
+            if progress.wait_for(*partition, *end, limit).await {
                 return None;
             }
             tracing::debug!(partition, end, "projection behind the read barrier");
@@ -402,15 +426,20 @@ impl SearchApi {
         let text_query =
             parse_user_query(&query.q, &self.config.query_limits).map_err(search_failure)?;
         // the scope of each conversation searched: membership, and when its messages expire
-        let scopes: HashMap<String, Scope> = match &query.conversation {
+        let (scopes, ends): (HashMap<String, Scope>, _) = match &query.conversation {
             Some(conversation) => {
-                let scope = self.consistent_authorize(&claims.sub, conversation).await?;
-                HashMap::from([(conversation.clone(), scope)])
+                let partition = self.partition_of(conversation);
+                let ends = self
+                    .barrier(&self.history_progress, &BTreeSet::from([partition]))
+                    .await;
+                let scope = self.authorize(&claims.sub, conversation).await?;
+                (HashMap::from([(conversation.clone(), scope)]), ends)
             }
             None => {
                 let all: BTreeSet<PartitionId> = (0..self.partitions()).collect();
-                self.barrier(&self.history_progress, &all).await;
-                self.history
+                let ends = self.barrier(&self.history_progress, &all).await;
+                let scopes = self
+                    .history
                     .get()
                     .searchable_conversations(&claims.sub)
                     .await
@@ -420,9 +449,11 @@ impl SearchApi {
                         let ttl = ttl.or(self.config.message_ttl_s);
                         (conversation, Scope::ALL.with_retention(ttl))
                     })
-                    .collect()
+                    .collect();
+                (scopes, ends)
             }
         };
+
         let limit = query.limit.unwrap_or(20).clamp(1, MAX_HITS);
         let mut by_partition: BTreeMap<PartitionId, Vec<String>> = BTreeMap::new();
         for conversation in scopes.keys() {
@@ -431,15 +462,22 @@ impl SearchApi {
                 .or_default()
                 .push(conversation.clone());
         }
+        // the search index waits for the same end offsets the history did
+        let ends: BTreeMap<PartitionId, Offset> = ends
+            .into_iter()
+            .filter(|(partition, _)| by_partition.contains_key(partition))
+            .collect();
         let (mut hits, missing) = match &self.shards {
             // each shard waits for its own read barrier
             Some(shards) => {
-                let gathered = shards.gather(&query.q, by_partition, limit, self).await;
+                let gathered = shards
+                    .gather(&query.q, by_partition, &ends, limit, self)
+                    .await;
                 (merge_hits(gathered.hits, limit), gathered.missing)
             }
             None => {
-                let partitions: BTreeSet<PartitionId> = by_partition.keys().copied().collect();
-                self.barrier(&self.search_progress, &partitions).await;
+                self.wait_for_ends(&self.search_progress, &ends, self.config.read_barrier)
+                    .await;
                 let conversations: Vec<String> = scopes.keys().cloned().collect();
                 let index = self.index.get();
                 let hits = tokio::task::spawn_blocking(move || {
@@ -482,10 +520,20 @@ impl SearchApi {
             .partitions
             .into_iter()
             .partition(|(partition, _)| held.contains(partition));
-        let partitions: BTreeSet<PartitionId> = mine.keys().copied().collect();
+        // the end offsets the asking node read for this request, else read here
+        let unknown: BTreeSet<PartitionId> = mine
+            .keys()
+            .filter(|partition| !request.ends.contains_key(partition))
+            .copied()
+            .collect();
+        let mut ends = self.end_offsets(&unknown).await;
+        ends.extend(
+            mine.keys()
+                .filter_map(|partition| Some((*partition, *request.ends.get(partition)?))),
+        );
         let barrier = Duration::from_millis(request.barrier_ms).min(self.config.read_barrier);
         let behind = self
-            .barrier_within(&self.search_progress, &partitions, barrier)
+            .wait_for_ends(&self.search_progress, &ends, barrier)
             .await;
         let conversations: Vec<String> = mine
             .into_iter()

@@ -108,6 +108,11 @@ pub struct ShardRequest {
     pub limit: usize,
     /// Longest the shard waits for its read barrier.
     pub barrier_ms: u64,
+    /// The log's end offsets the asking node read for this request (its history's barrier):
+    /// the shard's barrier waits for them instead of asking the log again. A partition missing
+    /// here is asked of the log.
+    #[serde(default)]
+    pub ends: BTreeMap<PartitionId, Offset>,
 }
 
 /// What a shard answers.
@@ -306,6 +311,7 @@ impl Shards {
         &self,
         q: &str,
         mut partitions: BTreeMap<PartitionId, Vec<String>>,
+        ends: &BTreeMap<PartitionId, Offset>,
         limit: usize,
         local: &dyn LocalShard,
     ) -> Gathered {
@@ -342,11 +348,16 @@ impl Shards {
                 }
             }
             let calls = by_node.into_iter().map(|(url, asked_partitions)| {
+                let ends = asked_partitions
+                    .keys()
+                    .filter_map(|partition| Some((*partition, *ends.get(partition)?)))
+                    .collect();
                 let request = ShardRequest {
                     q: q.to_owned(),
                     partitions: asked_partitions,
                     limit,
                     barrier_ms: (self.settings.timeout / 2).as_millis() as u64,
+                    ends,
                 };
                 async move {
                     let remaining = deadline.saturating_duration_since(Instant::now());
@@ -469,8 +480,14 @@ impl Shards {
                 .await
             {
                 Ok(Ok(installed)) => return Ok(Some(installed)),
-                Ok(Err(error)) => failures.push(format!("{}: {error}", peer.node)),
-                Err(_) => failures.push(format!("{}: not copied in time", peer.node)),
+                Ok(Err(error)) => {
+                    self.mark_unhealthy(&peer.url);
+                    failures.push(format!("{}: {error}", peer.node));
+                }
+                Err(_) => {
+                    self.mark_unhealthy(&peer.url);
+                    failures.push(format!("{}: not copied in time", peer.node));
+                }
             }
         }
         Err(failures.join("; "))

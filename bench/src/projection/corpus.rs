@@ -35,6 +35,63 @@ const SMALLEST_GROUP: usize = 3;
 /// … to this.
 const LARGEST_GROUP: usize = 50;
 
+/// The corpus options of the scenarios that build one (`projection`, `search-shards`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct CorpusArgs {
+    /// Messages in the timeline.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub messages: u64,
+    /// Conversations (direct and group) the messages go to [default: 10,000, or a tenth of
+    /// --messages when that is smaller, and more than --searcher-conversations].
+    #[arg(long)]
+    pub conversations: Option<u32>,
+    /// Users [default: half the conversations, at least 200].
+    #[arg(long)]
+    pub users: Option<u32>,
+    /// Share of the conversations that are groups.
+    #[arg(long, default_value_t = 0.3)]
+    pub group_share: f64,
+    /// Share of the messages in Chinese, Japanese or Korean.
+    #[arg(long, default_value_t = 0.3)]
+    pub cjk_share: f64,
+    /// Conversations of the user whose searches are measured.
+    #[arg(long, default_value_t = 100)]
+    pub searcher_conversations: u32,
+    /// Seed of the corpus and the queries.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+impl CorpusArgs {
+    fn conversations(&self) -> u32 {
+        let scaled = u32::try_from(self.messages / 10).unwrap_or(u32::MAX);
+        self.conversations.unwrap_or_else(|| {
+            scaled
+                .min(10_000)
+                .max(self.searcher_conversations.saturating_mul(2))
+        })
+    }
+
+    fn users(&self) -> u32 {
+        self.users
+            .unwrap_or_else(|| (self.conversations() / 2).max(200))
+    }
+
+    /// The corpus these options ask for, its events stamped with `origin_cluster`.
+    pub fn spec(&self, origin_cluster: &str) -> CorpusSpec {
+        CorpusSpec {
+            messages: self.messages,
+            conversations: self.conversations(),
+            users: self.users(),
+            group_share: self.group_share,
+            cjk_share: self.cjk_share,
+            searcher_conversations: self.searcher_conversations,
+            seed: self.seed,
+            origin_cluster: origin_cluster.to_owned(),
+        }
+    }
+}
+
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct CorpusSpec {

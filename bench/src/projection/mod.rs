@@ -79,34 +79,14 @@ use timeline::write_timeline;
 /// Options of the projection scenarios.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// Messages in the timeline the projections are built from.
-    #[arg(long, default_value_t = 1_000_000)]
-    pub messages: u64,
-    /// Conversations (direct and group) the messages go to [default: 10,000, or a tenth of
-    /// --messages when that is smaller, and more than --searcher-conversations].
-    #[arg(long)]
-    pub conversations: Option<u32>,
-    /// Users [default: half the conversations, at least 200].
-    #[arg(long)]
-    pub users: Option<u32>,
-    /// Share of the conversations that are groups.
-    #[arg(long, default_value_t = 0.3)]
-    pub group_share: f64,
-    /// Share of the messages in Chinese, Japanese or Korean.
-    #[arg(long, default_value_t = 0.3)]
-    pub cjk_share: f64,
-    /// Conversations of the user whose searches are measured.
-    #[arg(long, default_value_t = 100)]
-    pub searcher_conversations: u32,
+    #[command(flatten)]
+    pub corpus: corpus::CorpusArgs,
     /// Search queries measured, each against Chorus and raw Tantivy.
     #[arg(long, default_value_t = 2_000)]
     pub queries: usize,
     /// Hits per search (the search API's default).
     #[arg(long, default_value_t = 20)]
     pub hits: usize,
-    /// Seed of the corpus and the queries.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
     /// Timeline partitions (one history/search position each) [default: `log.partitions`'
     /// embedded default].
     #[arg(long)]
@@ -136,31 +116,8 @@ pub struct Args {
 }
 
 impl Args {
-    fn conversations(&self) -> u32 {
-        let scaled = u32::try_from(self.messages / 10).unwrap_or(u32::MAX);
-        self.conversations.unwrap_or_else(|| {
-            scaled
-                .min(10_000)
-                .max(self.searcher_conversations.saturating_mul(2))
-        })
-    }
-
-    fn users(&self) -> u32 {
-        self.users
-            .unwrap_or_else(|| (self.conversations() / 2).max(200))
-    }
-
     fn spec(&self, config: &ChorusConfig) -> CorpusSpec {
-        CorpusSpec {
-            messages: self.messages,
-            conversations: self.conversations(),
-            users: self.users(),
-            group_share: self.group_share,
-            cjk_share: self.cjk_share,
-            searcher_conversations: self.searcher_conversations,
-            seed: self.seed,
-            origin_cluster: config.cluster.clone(),
-        }
+        self.corpus.spec(&config.cluster)
     }
 
     /// The config of a node on `data_dir`: Chorus's defaults and this run's overrides.
@@ -338,11 +295,11 @@ mod tests {
     #[test]
     fn sizes_scale_down_with_the_messages() {
         let small = Command::parse_from(["projection", "--messages", "2000"]).args;
-        assert_eq!(small.conversations(), 200);
-        assert_eq!(small.users(), 200);
+        let spec = small.corpus.spec("c");
+        assert_eq!((spec.conversations, spec.users), (200, 200));
         let default = Command::parse_from(["projection"]).args;
-        assert_eq!(default.conversations(), 10_000);
-        assert_eq!(default.users(), 5_000);
+        let spec = default.corpus.spec("c");
+        assert_eq!((spec.conversations, spec.users), (10_000, 5_000));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,10 +29,10 @@ pub(super) async fn search_latency(
     let listed = history.conversations(SEARCHER).await?;
     let scope: Arc<Vec<String>> = Arc::new(listed.into_iter().map(|summary| summary.id).collect());
     anyhow::ensure!(
-        scope.len() == args.searcher_conversations as usize,
+        scope.len() == args.corpus.searcher_conversations as usize,
         "{SEARCHER} is in {} conversations, not {}",
         scope.len(),
-        args.searcher_conversations
+        args.corpus.searcher_conversations
     );
     let warmup = (args.queries / 10).min(MAX_WARMUP_QUERIES);
     let queries = corpus.queries(warmup + args.queries);

@@ -453,7 +453,6 @@ impl SearchApi {
                 (scopes, ends)
             }
         };
-
         let limit = query.limit.unwrap_or(20).clamp(1, MAX_HITS);
         let mut by_partition: BTreeMap<PartitionId, Vec<String>> = BTreeMap::new();
         for conversation in scopes.keys() {
@@ -468,7 +467,7 @@ impl SearchApi {
             .filter(|(partition, _)| by_partition.contains_key(partition))
             .collect();
         let (mut hits, missing) = match &self.shards {
-            // each shard waits for its own read barrier
+            // each shard waits for these end offsets in its own index
             Some(shards) => {
                 let gathered = shards
                     .gather(&query.q, by_partition, &ends, limit, self)

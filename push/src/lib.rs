@@ -10,8 +10,11 @@
 //!   between that answer and the commit right after it (the `id`s let the webhook drop it);
 //! - a failed call (no answer within `push.timeout_ms`, a non-2xx) is tried again after a wait
 //!   that doubles from `push.backoff_initial_ms` up to `push.backoff_max_ms`; after
-//!   `push.max_attempts` calls, or at once when the webhook refuses the batch itself (a 4xx
-//!   other than 408 and 429), the batch goes to `notifications-dead-letter` with its reason;
+//!   `push.max_attempts` calls the batch goes to `notifications-dead-letter` with its reason;
+//! - a batch the webhook refuses itself (a 4xx other than 408 and 429) is split in halves, each
+//!   handed over again, until what is refused is one notification: only that one is
+//!   dead-lettered, at once (a refused notification costs about 2·log2(`push.batch_records`)
+//!   calls, and its batch-mates are delivered);
 //! - after `push.breaker_failures` failures in a row the webhook's breaker opens: no call for
 //!   `push.breaker_open_ms` (consumption waits; that wait is not an attempt), then one call
 //!   tries it.
@@ -61,6 +64,9 @@ impl CallError {
 /// What became of one batch.
 enum HandOver {
     Delivered,
+    /// The webhook refused the batch itself: one of its notifications, or all.
+    Refused(String),
+    /// Every attempt failed.
     DeadLetter(String),
     /// The node is stopping: nothing is committed, the next owner delivers the batch.
     Stopped,
@@ -152,34 +158,53 @@ impl Pusher {
         shutdown: &CancellationToken,
     ) -> Result<bool, PushError> {
         for batch in records.chunks(self.settings.push.batch_records) {
-            match self.hand_over(batch, shutdown).await {
-                HandOver::Stopped => return Ok(false),
-                HandOver::Delivered => {}
-                HandOver::DeadLetter(reason) => {
-                    let dead: Vec<NewRecord> = batch
-                        .iter()
-                        .map(|record| {
-                            NewRecord::new(record.key.clone(), record.value.clone())
-                                .with_header("reason", reason.as_str())
-                                .with_header("source_partition", record.partition.to_string())
-                                .with_header("source_offset", record.offset.to_string())
-                        })
-                        .collect();
-                    self.log
-                        .append(&self.settings.topics.notifications_dead_letter, dead)
-                        .await?;
-                    self.count("dead_lettered", batch.len());
+            // a refused batch is split in halves until the refused notifications are alone:
+            // the rest are delivered; parts are settled in the batch's order, so committing
+            // each part's offsets never passes a record not yet settled
+            let mut parts = vec![batch];
+            while let Some(part) = parts.pop() {
+                let reason = match self.hand_over(part, shutdown).await {
+                    HandOver::Stopped => return Ok(false),
+                    HandOver::Delivered => None,
+                    HandOver::Refused(_) if part.len() > 1 => {
+                        let (first, second) = part.split_at(part.len() / 2);
+                        parts.push(second);
+                        parts.push(first);
+                        continue;
+                    }
+                    HandOver::Refused(reason) | HandOver::DeadLetter(reason) => Some(reason),
+                };
+                if let Some(reason) = reason {
+                    self.dead_letter(part, &reason).await?;
                 }
+                let mut next: BTreeMap<PartitionId, u64> = BTreeMap::new();
+                for record in part {
+                    let offset = next.entry(record.partition).or_default();
+                    *offset = (*offset).max(record.offset + 1);
+                }
+                let offsets: Vec<(PartitionId, u64)> = next.into_iter().collect();
+                consumer.commit(&offsets).await?;
             }
-            let mut next: BTreeMap<PartitionId, u64> = BTreeMap::new();
-            for record in batch {
-                let offset = next.entry(record.partition).or_default();
-                *offset = (*offset).max(record.offset + 1);
-            }
-            let offsets: Vec<(PartitionId, u64)> = next.into_iter().collect();
-            consumer.commit(&offsets).await?;
         }
         Ok(true)
+    }
+
+    /// Writes `records` to `notifications-dead-letter` with the reason and where they were.
+    async fn dead_letter(&self, records: &[Record], reason: &str) -> Result<(), PushError> {
+        let dead: Vec<NewRecord> = records
+            .iter()
+            .map(|record| {
+                NewRecord::new(record.key.clone(), record.value.clone())
+                    .with_header("reason", reason)
+                    .with_header("source_partition", record.partition.to_string())
+                    .with_header("source_offset", record.offset.to_string())
+            })
+            .collect();
+        self.log
+            .append(&self.settings.topics.notifications_dead_letter, dead)
+            .await?;
+        self.count("dead_lettered", records.len());
+        Ok(())
     }
 
     /// Calls the webhook until it accepts the batch, refuses it, or the attempts run out.
@@ -206,7 +231,11 @@ impl Pusher {
                 Err(BreakerError::Open(_)) => Duration::from_millis(push.breaker_open_ms),
                 Err(BreakerError::Inner(error)) => {
                     attempts += 1;
-                    if error.is_refusal() || attempts >= push.max_attempts {
+                    if error.is_refusal() {
+                        tracing::warn!(%error, records = batch.len(), "notifications refused");
+                        return HandOver::Refused(format!("{error} (refused)"));
+                    }
+                    if attempts >= push.max_attempts {
                         tracing::warn!(%error, attempts, "notifications dead-lettered");
                         return HandOver::DeadLetter(format!("{error} (after {attempts} calls)"));
                     }

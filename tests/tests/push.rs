@@ -1,6 +1,6 @@
 //! Offline push: routers write a notification for each member a message finds offline (not
 //! muted), and the push stage delivers them to a real HTTP webhook in this test, retrying and
-//! dead-lettering what keeps failing; a push process killed with `kill -9` (`chorus serve`, and
+//! dead-lettering what keeps failing or, alone, what it refuses; a push process killed with `kill -9` (`chorus serve`, and
 //! the push role on Kafka) loses nothing and repeats nothing the webhook acknowledged.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,11 +15,14 @@ use tokio::sync::mpsc;
 use warp::Filter;
 
 /// A business system's push webhook: acknowledges batches (recording every notification it
-/// acknowledged), except that it answers 500 to a batch holding a text with `[fail]`, and, when
-/// `hold` is set, keeps its `hold`th call unanswered and reports it on `held`.
+/// acknowledged), except that it answers 503 to every batch while `down`, 500 to a batch holding
+/// a text with `[fail]` and 400 to one holding `[refuse]` (recording its size), and, when `hold`
+/// is set, keeps its `hold`th call unanswered and reports it on `held`.
 #[derive(Default)]
 struct Webhook {
     acknowledged: Mutex<Vec<Value>>,
+    down: Mutex<bool>,
+    refused_batch_sizes: Mutex<Vec<usize>>,
     calls: Mutex<usize>,
     hold: Mutex<Option<usize>>,
     held: Mutex<Option<mpsc::UnboundedSender<()>>>,
@@ -50,11 +53,20 @@ async fn start_webhook() -> anyhow::Result<(Arc<Webhook>, String)> {
                     .as_array()
                     .cloned()
                     .unwrap_or_default();
-                if notifications
-                    .iter()
-                    .any(|n| n["text"].as_str().unwrap_or_default().contains("[fail]"))
-                {
+                let holds = |mark: &str| {
+                    notifications
+                        .iter()
+                        .any(|n| n["text"].as_str().unwrap_or_default().contains(mark))
+                };
+                if *state.down.lock() {
+                    return warp::http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                if holds("[fail]") {
                     return warp::http::StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                if holds("[refuse]") {
+                    state.refused_batch_sizes.lock().push(notifications.len());
+                    return warp::http::StatusCode::BAD_REQUEST;
                 }
                 state.acknowledged.lock().extend(notifications);
                 warp::http::StatusCode::OK
@@ -269,6 +281,71 @@ async fn offline_members_get_notifications_the_webhook_receives() -> anyhow::Res
             "chorus_notifications_total",
             &[("outcome", "appended")]
         ) >= 3.0
+    );
+    server.served.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_notification_is_dead_lettered_alone_and_its_batch_mates_are_delivered()
+-> anyhow::Result<()> {
+    let (webhook, url) = start_webhook().await?;
+    // down while the messages are sent, so that they wait for it in as few batches as possible
+    *webhook.down.lock() = true;
+    let server = TestServer::start_with(|config| {
+        config.push.notifications = true;
+        config.push.webhook_url = url;
+        config.push.batch_records = 16;
+        config.push.max_attempts = 1_000;
+        config.push.backoff_initial_ms = 20;
+        config.push.backoff_max_ms = 40;
+        config.push.breaker_failures = 1_000;
+    })
+    .await?;
+    let log = server.served.log();
+    let mut alice = Client::connect(&server.ws_url(), "alice", None).await?;
+    let texts: Vec<String> = (0..9)
+        .map(|n| match n {
+            6 => format!("message {n} [refuse]"),
+            _ => format!("message {n}"),
+        })
+        .collect();
+    let mut ids = BTreeMap::new();
+    for (n, text) in texts.iter().enumerate() {
+        let ack = alice
+            .send_message(&format!("m{n}"), "dm:alice:frank", text)
+            .await?;
+        let event_id = ack["event_id"].as_str().unwrap_or_default();
+        ids.insert(text.clone(), format!("{event_id}:frank"));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while records(&log, "notifications").await?.len() < texts.len() {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "not all written");
+        tokio::time::sleep(Duration::from_millis(20)).await; // polls what the router writes
+    }
+    *webhook.down.lock() = false;
+    let refused = &ids["message 6 [refuse]"];
+    let delivered: BTreeSet<String> = ids.values().filter(|id| *id != refused).cloned().collect();
+    webhook
+        .acknowledged_exactly(&delivered, Duration::from_secs(20))
+        .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let dead = loop {
+        let dead = records(&log, "notifications-dead-letter").await?;
+        if !dead.is_empty() {
+            break dead;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "never dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await; // polls what the push task writes
+    };
+    let dead_ids: Vec<&Value> = dead.iter().map(|(_, n)| &n["id"]).collect();
+    assert_eq!(dead_ids, vec![&json!(refused)], "only the refused one");
+    let sizes = webhook.refused_batch_sizes.lock().clone();
+    assert!(
+        sizes.iter().any(|size| *size > 1) && sizes.last() == Some(&1),
+        "a refused batch was split down to the refused notification: {sizes:?}"
     );
     server.served.shutdown().await
 }

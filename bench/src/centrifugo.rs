@@ -1,9 +1,10 @@
 //! Centrifugo v6 (<https://centrifugal.dev>) measured with Chorus's own clients in the same run.
-//! Three scenarios run on Chorus and then on Centrifugo, every Chorus figure printed beside
+//! Four scenarios run on Chorus and then on Centrifugo, every Chorus figure printed beside
 //! Centrifugo's with their ratio: the low-rate 1:1 scenario (`lowrate`, here: 20 pairs with one
-//! message in flight each by default), idle sessions (`idle`) and the sustained fan-out burst
-//! (`burst`). Centrifugo is a [`Target`] like Chorus's `Server`, so the same client code drives
-//! both.
+//! message in flight each by default), idle sessions (`idle`), the sustained fan-out burst
+//! (`burst`) and sessions over several nodes (`scale`, which starts several Centrifugo nodes on a
+//! Redis engine with [`Centrifugo::start_with_config`]). Centrifugo is a [`Target`] like Chorus's
+//! `Server`, so the same client code drives both.
 //!
 //! In the low-rate scenario both servers carry the same load: Centrifugo gets the same sessions
 //! and payload, open loop at the rate Chorus sustained (its closed-loop acked sends/s). Its
@@ -51,7 +52,7 @@ use crate::sessions::{self, Socket};
 use crate::traffic::{self, Answer, Outcome, Session, Target, Usage, Wire};
 
 /// The committed configuration (see `bench/centrifugo/README.md`).
-const CONFIG: &str = include_str!("../centrifugo/config.json");
+pub const CONFIG: &str = include_str!("../centrifugo/config.json");
 /// The environment variable that gives Centrifugo its HS256 secret.
 const SECRET_VARIABLE: &str = "CENTRIFUGO_CLIENT_TOKEN_HMAC_SECRET_KEY";
 /// What the table says when no binary was given.
@@ -206,7 +207,7 @@ pub async fn version(binary: &Path) -> anyhow::Result<String> {
 }
 
 /// The user-limited channel only `user` may subscribe to.
-fn personal_channel(user: &str) -> String {
+pub fn personal_channel(user: &str) -> String {
     format!("personal:#{user}")
 }
 
@@ -244,11 +245,17 @@ impl Centrifugo {
     /// Starts `binary` with the committed configuration on a free loopback port and waits until
     /// the port accepts connections.
     pub async fn start(binary: &Path) -> anyhow::Result<Centrifugo> {
+        Self::start_with_config(binary, CONFIG).await
+    }
+
+    /// As [`Centrifugo::start`], with `config` (JSON, the whole configuration) instead of the
+    /// committed one, written to a file of this node's own.
+    pub async fn start_with_config(binary: &Path, config: &str) -> anyhow::Result<Centrifugo> {
         // it runs in its own directory, where a relative path would no longer lead
         let binary = std::path::absolute(binary)?;
         let work = tempfile::tempdir()?;
-        let config = work.path().join("config.json");
-        std::fs::write(&config, CONFIG)?;
+        let config_file = work.path().join("config.json");
+        std::fs::write(&config_file, config)?;
         // a port the kernel just gave out and took back: free unless another process grabs it
         // in the moment before Centrifugo binds it (Centrifugo then exits and the run fails)
         let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
@@ -257,7 +264,7 @@ impl Centrifugo {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let mut process = Command::new(&binary)
             .arg("--config")
-            .arg(&config)
+            .arg(&config_file)
             .args(["--http_server.address", "127.0.0.1", "--http_server.port"])
             .arg(port.to_string())
             .env(SECRET_VARIABLE, JWT_SECRET)
@@ -299,7 +306,17 @@ impl Centrifugo {
     }
 
     fn ws_url(&self) -> String {
-        format!("ws://{}/connection/websocket", self.addr)
+        ws_url(self.addr)
+    }
+
+    /// Where it accepts WebSocket connections.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its pid, for the `/proc` readings.
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     /// `kill -9`, then waits until the process is gone.
@@ -370,9 +387,14 @@ impl Target for Centrifugo {
     }
 }
 
+/// The WebSocket endpoint of a Centrifugo listening on `addr`.
+pub fn ws_url(addr: SocketAddr) -> String {
+    format!("ws://{addr}/connection/websocket")
+}
+
 /// Connects as `user` from `source` and subscribes to `channels`, each subscription answered
 /// before the next is asked for.
-async fn open(
+pub async fn open(
     server: SocketAddr,
     url: &str,
     user: &str,

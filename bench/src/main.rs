@@ -27,7 +27,8 @@
 //!   allow-everything hook (`hook`);
 //! - `scale`: 20,000 to 100,000 sessions and more, past one process's file limit, over several
 //!   ingest nodes and several client processes (`chorus-bench hold`), with 1:1 traffic flowing
-//!   across the nodes: server bytes per session and deliveries per server CPU-second (`scale`);
+//!   across the nodes: server bytes per session and deliveries per server CPU-second (`scale`),
+//!   with `--centrifugo PATH` against as many Centrifugo nodes sharing a Redis engine;
 //! - `search-shards`: query throughput and latency of `/v1/search` on 1, 2, 3 … search nodes of
 //!   one replica set (sharded search), and on one unsharded node, against raw Tantivy over the
 //!   same documents at the same concurrency (`search_shards`);
@@ -74,8 +75,8 @@ struct Cli {
     /// Also write every figure as JSON to this file.
     #[arg(long, global = true)]
     json: Option<PathBuf>,
-    /// The Centrifugo binary the low-rate, idle and burst scenarios also measure (`bench/run.sh`
-    /// installs v6.9.1); without it those comparisons are skipped.
+    /// The Centrifugo binary the low-rate, idle, burst and scale scenarios also measure
+    /// (`bench/run.sh` installs v6.9.1); without it those comparisons are skipped.
     #[arg(long, global = true, env = "CHORUS_BENCH_CENTRIFUGO")]
     centrifugo: Option<PathBuf>,
     #[command(subcommand)]
@@ -121,7 +122,8 @@ enum Scenario {
     /// mirror lag (its own Kafka and Redis flags; --kafka and --redis do not apply).
     Regions(regions::Args),
     /// Sessions past one process's file limit: several ingest nodes and client processes, 1:1
-    /// traffic across the nodes; bytes per session and deliveries per CPU-second at each size.
+    /// traffic across the nodes; bytes per session and deliveries per CPU-second at each size;
+    /// with --centrifugo on as many Centrifugo nodes too, in the same run.
     Scale(scale::Args),
     /// Sharded search: query throughput and p50/p99 on 1, 2, 3 … search nodes of one replica
     /// set, the same corpus and queries, against raw Tantivy at the same concurrency.
@@ -388,7 +390,7 @@ async fn main() -> anyhow::Result<()> {
             }]
         }
         Scenario::RelayServe(args) => return relay::serve(args).await,
-        Scenario::Scale(args) => vec![scale::run(&mode, &args).await?],
+        Scenario::Scale(args) => vec![scale::run(&mode, cli.centrifugo.as_deref(), &args).await?],
         Scenario::SearchShards(args) => vec![search_shards::run(&mode, &args).await?],
         Scenario::Hold(args) => return scale::hold(args).await,
         Scenario::Recovery(args) => vec![recovery::run(&mode, &args).await?],

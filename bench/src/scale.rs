@@ -5,34 +5,41 @@
 //! ingest node keeps a tenth of its own in reserve). The client processes are this executable
 //! again (`chorus-bench hold`, hidden), driven over their stdin and stdout.
 //!
+//! With a Centrifugo binary (`--centrifugo`), each size then runs again on as many Centrifugo
+//! nodes sharing a Redis engine (`cluster`), with the same client processes, counts, opening
+//! limit, source addresses and traffic; every figure is reported beside Chorus's with the ratio.
+//! Without one, the report says Centrifugo was skipped.
+//!
 //! Layout of one size of `total` sessions, user `<prefix><g>` for `g` in `0..total`:
-//! - session `g` connects to ingest node `g % nodes` from source address 127.0.0.(2 + g % a)
+//! - session `g` connects to node `g % nodes` from source address 127.0.0.(2 + g % a)
 //!   (`sessions::source_address`), so the sessions spread evenly over the nodes and the addresses;
 //! - client process `c` holds the contiguous range `c·total/clients .. (c+1)·total/clients`;
 //! - one session in `--sender-every` sends (those with `g % sender_every == 0`, but the last), 1:1
-//!   to user `g + 1`, which sits on the next ingest node: every message crosses nodes (Kafka,
-//!   a router, the Redis bus to the recipient's node), and every recipient has one sender.
+//!   to user `g + 1`, which sits on the next node: every message crosses nodes (on Chorus Kafka,
+//!   a router, the Redis bus to the recipient's node; on Centrifugo Redis PUB/SUB), and every
+//!   recipient has one sender.
 //!
-//! What one size measures:
-//! 1. one warm-up session per ingest node (so state built once per node is not counted per
-//!    session), then the resident memory of the ingest nodes (and of every Chorus process, and
-//!    Redis's `used_memory`, which holds the presence);
+//! What one size measures, on each server:
+//! 1. one warm-up session per node (so state built once per node is not counted per session),
+//!    then the resident memory of the nodes (and of every server process, and Redis's
+//!    `used_memory`: Chorus's presence, Centrifugo's channel subscriptions);
 //! 2. every client process opens its sessions, each with its user's token, each open once its
-//!    `welcome` arrived, and says it is ready: the connect time, and memory again; the growth over
-//!    the sessions is the server's bytes per session;
-//! 3. the Chorus processes' CPU over five seconds with every session open and no traffic (what
+//!    `welcome` arrived (on Centrifugo: once its connect and its subscribe are answered), and says
+//!    it is ready: the connect time, and memory again; the growth over the sessions is the
+//!    server's bytes per session;
+//! 3. the server processes' CPU over five seconds with every session open and no traffic (what
 //!    holding the sessions costs: pings, timers, presence refreshes);
-//! 4. at least 20 s after the roles started (the routers' rebalance is over), every sender sends
-//!    one unrecorded message and the bench waits until each is acked and
-//!    delivered (every partition has a router, every conversation is known);
+//! 4. on Chorus at least 20 s after the roles started (the routers' rebalance is over), every
+//!    sender sends one unrecorded message and the bench waits until each is acked and delivered
+//!    (every partition has a router, every conversation is known);
 //! 5. traffic: every sender sends its share of `--rate` messages per second for `--seconds`,
 //!    open loop (message `k` of a sender is due at `start + offset + k · period`, and its id
 //!    carries its due time, so the recipient's process measures delivery latency from it with the
 //!    same clock), while every session keeps reading. The window runs from the first send until
-//!    every message is acked and delivered; the Chorus processes' CPU time (routers and ingest
-//!    nodes, from `/proc`) over it gives deliveries per server CPU-second. Kafka's, Redis's and
-//!    the clients' CPU is not counted, though they share the machine ("machine CPU busy" says how
-//!    busy it was).
+//!    every message is acked and delivered; the server processes' CPU time (Chorus's routers and
+//!    ingest nodes, or Centrifugo's nodes, from `/proc`) over it gives deliveries per server
+//!    CPU-second. Kafka's, Redis's and the clients' CPU is not counted, though they share the
+//!    machine ("machine CPU busy" says how busy it was).
 //!
 //! Every delivery is accounted: a client process counts each message once per recipient (a
 //! second copy is a duplicate), and a message missing at the end of the drain, a refused send or a
@@ -40,6 +47,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,13 +63,18 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::report::{self, Report, Row, micros_histogram};
+use crate::centrifugo;
+use crate::report::{self, Report, micros_histogram};
 use crate::server::{Mode, Server, Topology};
 use crate::sessions;
-use crate::traffic::{Answer, ChorusWire, Wire};
+use crate::traffic::{Answer, ChorusWire};
 
+mod cluster;
+mod figures;
 mod hold;
 
+use cluster::{CentrifugoNodes, ChorusRoles, Cluster, Kind};
+use figures::Summary;
 pub use hold::{HoldArgs, hold};
 
 /// How long a client process may take to open its sessions.
@@ -114,6 +127,11 @@ pub struct Args {
     /// timeout), and presence writes time out in Redis.
     #[arg(long, default_value_t = 400)]
     pub opening: usize,
+    /// The Redis Centrifugo's nodes share as their engine (with `--centrifugo`), a `redis://`
+    /// URL; by default the bench's `--redis` (the run's keys and channels get a prefix of their
+    /// own either way).
+    #[arg(long)]
+    pub centrifugo_redis: Option<String>,
 }
 
 /// Who sends to whom in a run of `total` sessions.
@@ -178,37 +196,106 @@ impl Ids<'_> {
     }
 }
 
-/// Every size, each on fresh Chorus processes.
-pub async fn run(mode: &Mode, args: &Args) -> anyhow::Result<Report> {
-    anyhow::ensure!(
-        matches!(mode, Mode::Distributed { .. }),
-        "scale runs the distributed roles: give --kafka and --redis"
-    );
+/// What one size is: its processes, its senders and their schedule.
+#[derive(Clone, Copy, Debug)]
+struct Size {
+    layout: Layout,
+    clients: usize,
+    senders: usize,
+    /// Messages each sender sends.
+    messages: usize,
+    /// Time between two sends of a sender.
+    period: Duration,
+}
+
+impl Size {
+    fn of(args: &Args, total: usize) -> Size {
+        let layout = Layout {
+            total,
+            nodes: total.div_ceil(args.per_node),
+            sender_every: args.sender_every,
+        };
+        let senders = layout.senders();
+        // each sender's share of the rate, and enough messages to fill the window
+        Size {
+            layout,
+            clients: total.div_ceil(args.per_client),
+            senders,
+            messages: ((args.seconds as f64 * args.rate / senders as f64).round() as usize).max(1),
+            period: Duration::from_secs_f64(senders as f64 / args.rate),
+        }
+    }
+
+    /// Deliveries the traffic makes (warm-up apart).
+    fn expected(&self) -> u64 {
+        (self.senders * self.messages) as u64
+    }
+}
+
+/// Every size, each on fresh Chorus processes, then on fresh Centrifugo nodes when a binary is
+/// given.
+pub async fn run(mode: &Mode, centrifugo: Option<&Path>, args: &Args) -> anyhow::Result<Report> {
+    let Mode::Distributed { redis, .. } = mode else {
+        anyhow::bail!("scale runs the distributed roles: give --kafka and --redis");
+    };
     anyhow::ensure!(args.sender_every >= 2, "--sender-every is at least 2");
     anyhow::ensure!(args.rate > 0.0, "--rate is positive");
     anyhow::ensure!(
         args.per_node >= 1 && args.per_client >= 1 && args.routers >= 1,
         "--per-node, --per-client and --routers are at least 1"
     );
-    let (mut runs, mut rows) = (Vec::new(), Vec::new());
+    let version = match centrifugo {
+        Some(binary) => Some(centrifugo::version(binary).await?),
+        None => None,
+    };
+    let centrifugo_redis = args.centrifugo_redis.as_deref().unwrap_or(redis);
+    let (mut runs, mut centrifugo_runs, mut rows) = (Vec::new(), Vec::new(), Vec::new());
     for &total in &args.sessions {
         anyhow::ensure!(
             total > args.sender_every,
             "{total} sessions: too few to send"
         );
-        let (json, size_rows) = measure(mode, args, total)
+        let size = Size::of(args, total);
+        let chorus = measure_chorus(mode, redis, args, size)
             .await
-            .with_context(|| format!("{total} sessions"))?;
-        runs.push(json);
-        rows.extend(size_rows);
+            .with_context(|| format!("{total} sessions on Chorus"))?;
+        // on stderr at once, so a failure on Centrifugo does not lose them
+        eprintln!("scale: {total} sessions on Chorus: {}", chorus.json);
+        let baseline = match centrifugo {
+            Some(binary) => {
+                let baseline = measure_centrifugo(binary, centrifugo_redis, args, size)
+                    .await
+                    .with_context(|| format!("{total} sessions on Centrifugo"))?;
+                eprintln!("scale: {total} sessions on Centrifugo: {}", baseline.json);
+                Some(baseline)
+            }
+            None => None,
+        };
+        rows.extend(figures::rows(&size, &chorus, baseline.as_ref()));
+        runs.push(chorus.json);
+        centrifugo_runs.extend(baseline.map(|baseline| baseline.json));
     }
+    let scenario = format!(
+        "sessions across processes, 1:1 at {} msg/s ({})",
+        report::figure(args.rate),
+        mode.name()
+    );
+    let mut json = json!({"mode": mode.name(), "runs": runs});
+    let scenario = match version {
+        Some(version) => {
+            json["centrifugo"] = json!({"version": version, "redis": centrifugo_redis,
+                                        "runs": centrifugo_runs});
+            format!("{scenario} vs {version}")
+        }
+        None => {
+            eprintln!("scale: Centrifugo skipped, {}", centrifugo::SKIPPED);
+            json["centrifugo"] = json!({"skipped": centrifugo::SKIPPED});
+            format!("{scenario}, Centrifugo skipped")
+        }
+    };
     Ok(Report {
-        scenario: format!(
-            "sessions across processes, 1:1 at {} msg/s ({})",
-            report::figure(args.rate),
-            mode.name()
-        ),
-        json: json!({"mode": mode.name(), "runs": runs}),
+        scenario,
+        json,
         rows,
     })
 }
@@ -347,25 +434,27 @@ async fn wait_until(
     }
 }
 
-/// Resident memory of every ingest node, every Chorus process, and Redis's `used_memory`.
+/// Resident memory of the nodes clients connect to, of every server process, and Redis's
+/// `used_memory`.
 struct Memory {
-    ingest: u64,
-    chorus: u64,
+    nodes: u64,
+    all: u64,
     redis: Option<u64>,
 }
 
 impl Memory {
-    async fn of(server: &Server, redis_url: &str) -> anyhow::Result<Memory> {
+    async fn of(cluster: &dyn Cluster) -> anyhow::Result<Memory> {
         Ok(Memory {
-            ingest: server.edge_resident_bytes()?,
-            chorus: server.resident_bytes()?,
-            redis: redis_used_memory(redis_url).await.ok(),
+            nodes: cluster.node_resident_bytes()?,
+            all: cluster.resident_bytes()?,
+            redis: redis_used_memory(cluster.redis_url()).await.ok(),
         })
     }
 }
 
 /// Redis's `used_memory` (`INFO memory`), read with the protocol's inline form: Redis keeps the
-/// distributed roles' presence, a per-session cost outside the Chorus processes.
+/// distributed roles' presence (and Centrifugo's channel subscriptions), a per-session cost
+/// outside the server processes.
 async fn redis_used_memory(url: &str) -> anyhow::Result<u64> {
     let address = url
         .strip_prefix("redis://")
@@ -395,28 +484,20 @@ async fn redis_used_memory(url: &str) -> anyhow::Result<u64> {
     }
 }
 
-/// One size on fresh Chorus processes.
-async fn measure(mode: &Mode, args: &Args, total: usize) -> anyhow::Result<(Value, Vec<Row>)> {
-    let Mode::Distributed { redis, .. } = mode else {
-        anyhow::bail!("scale runs the distributed roles");
-    };
-    let nodes = total.div_ceil(args.per_node);
-    let clients = total.div_ceil(args.per_client);
-    let layout = Layout {
-        total,
-        nodes,
-        sender_every: args.sender_every,
-    };
-    let senders = layout.senders();
-    // each sender's share of the rate, and enough messages to fill the window
-    let period = Duration::from_secs_f64(senders as f64 / args.rate);
-    let messages = ((args.seconds as f64 * args.rate / senders as f64).round() as usize).max(1);
-    let expected = (senders * messages) as u64;
+/// One size on fresh Chorus processes: the distributed roles on the bench's Kafka and Redis.
+async fn measure_chorus(
+    mode: &Mode,
+    redis: &str,
+    args: &Args,
+    size: Size,
+) -> anyhow::Result<Summary> {
+    let (total, nodes) = (size.layout.total, size.layout.nodes);
     eprintln!(
-        "scale: {total} sessions on {nodes} ingest nodes and {} routers, {clients} client \
-         processes; {senders} senders × {messages} messages",
-        args.routers
+        "scale: {total} sessions on {nodes} ingest nodes and {} routers, {} client processes; \
+         {} senders × {} messages",
+        args.routers, size.clients, size.senders, size.messages
     );
+    let load_before = figures::load_average();
     let server = Server::start_topology(
         mode,
         Topology {
@@ -425,117 +506,49 @@ async fn measure(mode: &Mode, args: &Args, total: usize) -> anyhow::Result<(Valu
         },
     )
     .await?;
-    let outcome = measure_on(&server, args, layout, redis, (messages, period)).await;
-    server.stop().await;
-    let measured = outcome?;
-    let per_session = |before: u64, after: u64| after.saturating_sub(before) as f64 / total as f64;
-    let ingest_per_session = per_session(measured.before.ingest, measured.after.ingest);
-    let chorus_per_session = per_session(measured.before.chorus, measured.after.chorus);
-    let redis_per_session = match (measured.before.redis, measured.after.redis) {
-        (Some(before), Some(after)) => Some(per_session(before, after)),
-        _ => None,
+    let cluster = ChorusRoles {
+        server: &server,
+        redis,
     };
-    let counts = measured.counts;
-    let missing = expected.saturating_sub(counts.delivered);
-    let unacked = expected.saturating_sub(counts.acked);
-    let deliveries_per_cpu_second = counts.delivered as f64 / measured.cpu_seconds.max(0.01);
-    let deliveries_per_second = counts.delivered as f64 / measured.window_seconds.max(0.001);
-    let json = json!({
-        "sessions": total, "ingest_nodes": nodes, "routers": args.routers,
-        "client_processes": clients, "source_addresses": args.source_addresses,
-        "opening_at_once": args.opening,
-        "connect_seconds": measured.connect_seconds,
-        "idle_server_cpu_seconds_per_second": measured.idle_cpu,
-        "ingest_rss_before_bytes": measured.before.ingest,
-        "ingest_rss_after_bytes": measured.after.ingest,
-        "chorus_rss_before_bytes": measured.before.chorus,
-        "chorus_rss_after_bytes": measured.after.chorus,
-        "redis_used_memory_before_bytes": measured.before.redis,
-        "redis_used_memory_after_bytes": measured.after.redis,
-        "ingest_bytes_per_session": ingest_per_session,
-        "chorus_bytes_per_session": chorus_per_session,
-        "redis_bytes_per_session": redis_per_session,
-        "client_bytes_per_session": measured.client_bytes as f64 / total as f64,
-        "senders": senders, "messages_per_sender": messages, "rate": args.rate,
-        "seconds": args.seconds, "payload_bytes": args.payload,
-        "expected_deliveries": expected, "counts": counts.to_json(),
-        "missing_deliveries": missing, "missing_acks": unacked,
-        "errors": measured.errors,
-        "window_seconds": measured.window_seconds,
-        "server_cpu_seconds": measured.cpu_seconds,
-        "deliveries_per_cpu_second": deliveries_per_cpu_second,
-        "deliveries_per_second": deliveries_per_second,
-        "delivery_latency": report::summary(&measured.latency),
-        "ack_latency": report::summary(&measured.ack_latency),
-        "machine_cpu_busy": measured.machine_busy,
-    });
-    anyhow::ensure!(
-        missing == 0 && unacked == 0 && measured.errors.is_empty(),
-        "{missing} of {expected} deliveries missing, {unacked} acks missing, errors {:?}: {json}",
-        measured.errors
+    let outcome = measure_on(&cluster, args, size).await;
+    server.stop().await;
+    let extra = json!({"ingest_nodes": nodes, "routers": args.routers});
+    Summary::of(
+        outcome?,
+        args,
+        &size,
+        (load_before, figures::load_average()),
+        extra,
+    )
+}
+
+/// One size on fresh Centrifugo nodes, as many as Chorus's ingest nodes, sharing the Redis engine
+/// at `redis`.
+async fn measure_centrifugo(
+    binary: &Path,
+    redis: &str,
+    args: &Args,
+    size: Size,
+) -> anyhow::Result<Summary> {
+    let (total, nodes) = (size.layout.total, size.layout.nodes);
+    eprintln!(
+        "scale: {total} sessions on {nodes} Centrifugo nodes, {} client processes; {} senders × \
+         {} messages",
+        size.clients, size.senders, size.messages
     );
-    let size = report::figure(total as f64);
-    let mut rows = vec![
-        Row::new(format!("{size}: ingest nodes"), nodes as f64, ""),
-        Row::new(format!("{size}: client processes"), clients as f64, ""),
-        Row::new(
-            format!("{size}: ingest bytes/session"),
-            ingest_per_session,
-            "B",
-        ),
-        Row::new(
-            format!("{size}: all Chorus bytes/session"),
-            chorus_per_session,
-            "B",
-        ),
-    ];
-    if let Some(redis_per_session) = redis_per_session {
-        rows.push(Row::new(
-            format!("{size}: Redis bytes/session"),
-            redis_per_session,
-            "B",
-        ));
-    }
-    rows.extend([
-        Row::new(
-            format!("{size}: connect time"),
-            measured.connect_seconds,
-            "s",
-        ),
-        Row::new(
-            format!("{size}: server CPU, sessions idle"),
-            measured.idle_cpu * 100.0,
-            "% of a core",
-        ),
-        Row::new(
-            format!("{size}: deliveries per server CPU-second"),
-            deliveries_per_cpu_second,
-            "/s",
-        ),
-        Row::new(
-            format!("{size}: deliveries per second"),
-            deliveries_per_second,
-            "/s",
-        ),
-        Row::new(
-            format!("{size}: delivery p50"),
-            report::millis(&measured.latency, 0.5),
-            "ms",
-        ),
-        Row::new(
-            format!("{size}: delivery p99"),
-            report::millis(&measured.latency, 0.99),
-            "ms",
-        ),
-        // the run fails before this when one is missing: the row says none was
-        Row::new(format!("{size}: missing deliveries"), missing as f64, ""),
-        Row::new(
-            format!("{size}: machine CPU busy"),
-            measured.machine_busy * 100.0,
-            "%",
-        ),
-    ]);
-    Ok((json, rows))
+    let load_before = figures::load_average();
+    let prefix = format!("chorus-bench-{}", crate::unix_micros());
+    let cluster = CentrifugoNodes::start(binary, nodes, redis, &prefix).await?;
+    let outcome = measure_on(&cluster, args, size).await;
+    cluster.stop().await;
+    let extra = json!({"centrifugo_nodes": nodes, "redis_prefix": prefix});
+    Summary::of(
+        outcome?,
+        args,
+        &size,
+        (load_before, figures::load_average()),
+        extra,
+    )
 }
 
 /// What one size measured, before it is reported.
@@ -545,42 +558,35 @@ struct Measured {
     /// Resident memory of every client process once its sessions were open.
     client_bytes: u64,
     connect_seconds: f64,
-    /// CPU-seconds per second of every Chorus process with the sessions open, before traffic.
+    /// CPU-seconds per second of every server process with the sessions open, before traffic.
     idle_cpu: f64,
     counts: Counts,
     errors: HashMap<String, u64>,
     /// From the first send until every message was acked and delivered (or the drain gave up).
     window_seconds: f64,
-    /// CPU time of every Chorus process over the window.
+    /// CPU time of every server process over the window.
     cpu_seconds: f64,
     machine_busy: f64,
     latency: Histogram<u64>,
     ack_latency: Histogram<u64>,
 }
 
-/// Steps 1 to 5 of one size (module doc) on `server`.
-async fn measure_on(
-    server: &Server,
-    args: &Args,
-    layout: Layout,
-    redis_url: &str,
-    (messages, period): (usize, Duration),
-) -> anyhow::Result<Measured> {
-    let settled = Instant::now() + ROUTERS_SETTLE;
+/// Steps 1 to 5 of one size (module doc) on `cluster`.
+async fn measure_on(cluster: &dyn Cluster, args: &Args, size: Size) -> anyhow::Result<Measured> {
+    let settled = Instant::now() + cluster.settle();
+    let (layout, clients) = (size.layout, size.clients);
+    let (messages, period) = (size.messages, size.period);
+    let kind = cluster.kind();
     let prefix = format!("s{}x", crate::unix_micros() % 1_000_000);
-    let nodes: Vec<SocketAddr> = server
-        .edges()
-        .iter()
-        .map(|edge| edge.addr())
-        .collect::<Result<_, _>>()?;
+    let nodes = cluster.nodes()?;
+    anyhow::ensure!(nodes.len() == layout.nodes, "{} nodes running", nodes.len());
     let mut warm_up = Vec::new();
-    for (index, edge) in server.edges().iter().enumerate() {
+    for (index, node) in nodes.iter().enumerate() {
         let source = sessions::source_address(index, args.source_addresses);
         let user = format!("{prefix}warm{index}");
-        warm_up.push(sessions::open(nodes[index], &edge.ws_url(), &user, source).await?);
+        warm_up.push(kind.open(*node, &user, source).await?);
     }
-    let before = Memory::of(server, redis_url).await?;
-    let clients = layout.total.div_ceil(args.per_client);
+    let before = Memory::of(cluster).await?;
     let started = Instant::now();
     let mut holders = Vec::with_capacity(clients);
     for client in 0..clients {
@@ -588,6 +594,7 @@ async fn measure_on(
         let until = (client + 1) * layout.total / clients;
         let nodes: Vec<String> = nodes.iter().map(SocketAddr::to_string).collect();
         let hold = [
+            ("--server", kind.flag().to_owned()),
             ("--nodes", nodes.join(",")),
             ("--prefix", prefix.clone()),
             ("--from", from.to_string()),
@@ -620,16 +627,16 @@ async fn measure_on(
     progress.finish_and_clear();
     let ready = ready?;
     let connect_seconds = started.elapsed().as_secs_f64();
-    let after = Memory::of(server, redis_url).await?;
+    let after = Memory::of(cluster).await?;
     let client_bytes = ready
         .iter()
         .map(|ready| ready["resident_bytes"].as_u64().unwrap_or_default())
         .sum();
-    let idle_cpu_before = server.cpu_seconds()?;
+    let idle_cpu_before = cluster.cpu_seconds()?;
     tokio::time::sleep(IDLE_WINDOW).await;
-    let idle_cpu = (server.cpu_seconds()? - idle_cpu_before) / IDLE_WINDOW.as_secs_f64();
+    let idle_cpu = (cluster.cpu_seconds()? - idle_cpu_before) / IDLE_WINDOW.as_secs_f64();
     tokio::time::sleep_until(settled.into()).await;
-    let senders = layout.senders() as u64;
+    let senders = size.senders as u64;
     for holder in &mut holders {
         holder.tell("warm").await?;
     }
@@ -643,8 +650,8 @@ async fn measure_on(
         warmed.warm_acked,
         warmed.warm_delivered
     );
-    let expected = senders * messages as u64;
-    let cpu_before = server.cpu_seconds()?;
+    let expected = size.expected();
+    let cpu_before = cluster.cpu_seconds()?;
     let machine_before = crate::server::machine_cpu_seconds()?;
     let go = Instant::now();
     for holder in &mut holders {
@@ -659,7 +666,7 @@ async fn measure_on(
     })
     .await?;
     let window_seconds = go.elapsed().as_secs_f64();
-    let cpu_seconds = server.cpu_seconds()? - cpu_before;
+    let cpu_seconds = cluster.cpu_seconds()? - cpu_before;
     let machine_after = crate::server::machine_cpu_seconds()?;
     progress.finish_and_clear();
     let machine_busy =

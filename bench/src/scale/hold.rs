@@ -3,11 +3,15 @@
 //! module's docs for the layout and what is measured).
 
 use super::*;
+use crate::traffic::Session;
 
 /// Options of one client process (`chorus-bench hold`, started by `scale`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct HoldArgs {
-    /// The ingest nodes, in order: session `g` connects to node `g % nodes`.
+    /// The server the nodes run: how a session opens and where it sends.
+    #[arg(long, value_enum, default_value = "chorus")]
+    pub server: Kind,
+    /// The nodes, in order: session `g` connects to node `g % nodes`.
     #[arg(long, value_delimiter = ',', required = true)]
     pub nodes: Vec<SocketAddr>,
     /// User prefix of the run.
@@ -107,14 +111,14 @@ struct Plan {
 /// One session of a client process: reads every frame until the process ends, counting what
 /// arrives and answering what the protocol wants answered; a sender also sends its plan.
 async fn hold_session(
-    socket: sessions::Socket,
-    mut wire: ChorusWire,
+    session: Session,
     prefix: Arc<str>,
     plan: Option<Plan>,
     mut phase: watch::Receiver<Phase>,
     tally: Arc<Tally>,
 ) {
     let ids = Ids { prefix: &prefix };
+    let Session { socket, mut wire } = session;
     let (mut sink, mut stream) = socket.split();
     let mut received: Vec<bool> = Vec::new();
     let mut answers = Vec::new();
@@ -233,11 +237,7 @@ pub async fn hold(args: HoldArgs) -> anyhow::Result<()> {
         sender_every: args.sender_every,
     };
     let prefix: Arc<str> = args.prefix.clone().into();
-    let ws_urls: Vec<String> = args
-        .nodes
-        .iter()
-        .map(|node| format!("ws://{node}/v1/ws"))
-        .collect();
+    let kind = args.server;
     let text: Arc<str> = "x".repeat(args.payload).into();
     let period = Duration::from_micros(args.period_micros);
     let senders = layout.senders();
@@ -245,20 +245,16 @@ pub async fn hold(args: HoldArgs) -> anyhow::Result<()> {
     let (phase, _) = watch::channel(Phase::Idle);
     let opened = futures_util::stream::iter(args.from..args.from + args.count)
         .map(|index| {
-            let (prefix, ws_urls, args, tally) = (&prefix, &ws_urls, &args, &tally);
+            let (prefix, args, tally) = (&prefix, &args, &tally);
             let (phase, text) = (phase.subscribe(), text.clone());
             async move {
                 let node = layout.node_of(index);
                 let user = format!("{prefix}{index}");
                 let source = sessions::source_address(index, args.source_addresses);
-                let socket =
-                    sessions::open(args.nodes[node], &ws_urls[node], &user, source).await?;
+                let session = kind.open(args.nodes[node], &user, source).await?;
                 let plan = layout.is_sender(index).then(|| Plan {
                     index,
-                    destination: chorus_core::ids::Conversation::direct(
-                        &user,
-                        &format!("{prefix}{}", index + 1),
-                    ),
+                    destination: kind.destination(&user, &format!("{prefix}{}", index + 1)),
                     ordinal: index / args.sender_every,
                     senders,
                     messages: args.messages,
@@ -266,8 +262,7 @@ pub async fn hold(args: HoldArgs) -> anyhow::Result<()> {
                     text,
                 });
                 tokio::spawn(hold_session(
-                    socket,
-                    ChorusWire::new(user),
+                    session,
                     prefix.clone(),
                     plan,
                     phase,

@@ -11,7 +11,7 @@
 //!   bounded grammar of `chorus_store::search_query` before anything is read, and one over
 //!   `limits.max_search_query_bytes`, `_depth` or `_clauses` answers `400 bad_request` naming
 //!   the bound; the scope (the caller's conversations, thousands of them or one) is a single
-//!   term-set filter per partition. Where search nodes are shards ([`shards`]), the partitions
+//!   filter per partition. Where search nodes are shards ([`shards`]), the partitions
 //!   are searched on the nodes holding them and the answer says `partial` when one did not
 //!   answer in time.
 //!

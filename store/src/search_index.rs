@@ -20,9 +20,9 @@
 //! - user queries are parsed by [`parse_user_query`] (the bounded grammar of
 //!   [`crate::search_query`]), never by Tantivy's recursive query parser;
 //! - search results only ever come from the conversations the caller passed in; the scope is one
-//!   term-set filter per partition (cost linear in the number of conversations, no clause per
-//!   conversation), scoring nothing, so a user in thousands of conversations is served by the
-//!   same query shape as a user in one.
+//!   filter per partition ([`scope_filter`]: one dictionary lookup per conversation, no clause
+//!   per conversation), scoring nothing, so a user in thousands of conversations is served by
+//!   the same query shape as a user in one.
 //!
 //! [`SearchIndex::apply`] and [`SearchIndex::search`] block (disk I/O, CPU): run them on a
 //! blocking thread.
@@ -39,9 +39,7 @@ use serde::Serialize;
 use tantivy::collector::TopDocs;
 use tantivy::directory::MmapDirectory;
 use tantivy::indexer::IndexWriterOptions;
-use tantivy::query::{
-    BooleanQuery, ConstScoreQuery, EmptyQuery, Occur, Query, TermQuery, TermSetQuery,
-};
+use tantivy::query::{BooleanQuery, EmptyQuery, Occur, Query, TermQuery};
 use tantivy::schema::{
     Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions,
     Value,
@@ -52,7 +50,9 @@ use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDo
 use tracing::{debug, warn};
 
 mod copy;
+mod scope_filter;
 pub use copy::PartitionSnapshot;
+use scope_filter::ConversationFilter;
 
 use crate::history::ErrorCause;
 use crate::position::records_to_apply;
@@ -179,18 +179,21 @@ pub struct ScoredHit {
     pub hit: SearchHit,
 }
 
-/// The best `limit` of `hits` (from any partitions), best first, in one stable order: score,
-/// then newer, then conversation id, then higher seq. The one merge rule, whether the partitions
-/// were searched here or on several search shards.
+/// The one order of search hits, best first: score, then newer, then conversation id, then
+/// higher seq (a message's key, so no two hits tie).
+fn merge_order(left: &ScoredHit, right: &ScoredHit) -> std::cmp::Ordering {
+    right
+        .score
+        .total_cmp(&left.score)
+        .then_with(|| right.hit.ts.cmp(&left.hit.ts))
+        .then_with(|| left.hit.conversation.cmp(&right.hit.conversation))
+        .then_with(|| right.hit.seq.cmp(&left.hit.seq))
+}
+
+/// The best `limit` of `hits` (from any partitions), best first, in [`merge_order`]. The one
+/// merge rule, whether the partitions were searched here or on several search shards.
 pub fn merge_hits(mut hits: Vec<ScoredHit>, limit: usize) -> Vec<SearchHit> {
-    hits.sort_by(|left, right| {
-        right
-            .score
-            .total_cmp(&left.score)
-            .then_with(|| right.hit.ts.cmp(&left.hit.ts))
-            .then_with(|| left.hit.conversation.cmp(&right.hit.conversation))
-            .then_with(|| right.hit.seq.cmp(&left.hit.seq))
-    });
+    hits.sort_by(merge_order);
     hits.truncate(limit);
     hits.into_iter().map(|scored| scored.hit).collect()
 }
@@ -471,9 +474,10 @@ impl SearchIndex {
         Ok(merge_hits(hits, limit.min(MAX_SEARCH_HITS)))
     }
 
-    /// The best `limit` (at most [`MAX_SEARCH_HITS`]) matches of `text_query` in each partition
-    /// holding some of `conversations`, with their scores, unmerged: merge them with
-    /// [`merge_hits`], here or on the node that asked this one. Blocking.
+    /// The best `limit` (at most [`MAX_SEARCH_HITS`]) matches of `text_query` in
+    /// `conversations`, with their scores, best first in the merge order: merge them with
+    /// [`merge_hits`], here or on the node that asked this one (the best of several nodes are
+    /// among the union of each node's best). Only those get a snippet. Blocking.
     pub fn search_scored(
         &self,
         text_query: &dyn Query,
@@ -493,15 +497,56 @@ impl SearchIndex {
                 .or_default()
                 .push(conversation);
         }
-        let mut scored_hits = Vec::new();
+        let mut searchers = Vec::new();
+        let mut matches = Vec::new();
         for (partition, partition_conversations) in conversations_by_partition {
             let searcher = self.partition(partition)?.reader.searcher();
-            scored_hits.extend(self.search_partition(
-                &searcher,
-                text_query,
-                &partition_conversations,
-                limit,
-            )?);
+            let top_documents =
+                self.search_partition(&searcher, text_query, &partition_conversations, limit)?;
+            if !top_documents.is_empty() {
+                matches.extend(
+                    top_documents
+                        .into_iter()
+                        .map(|(score, address)| (searchers.len(), score, address)),
+                );
+                searchers.push(searcher);
+            }
+        }
+        // Only matches scoring at least the `limit`-th best score can be among the best; ties
+        // at that score are settled by the merge order, which needs their documents.
+        if matches.len() > limit {
+            let mut scores: Vec<f32> = matches.iter().map(|(_, score, _)| *score).collect();
+            let (_, cutoff, _) =
+                scores.select_nth_unstable_by(limit - 1, |left, right| right.total_cmp(left));
+            let cutoff = *cutoff;
+            matches.retain(|(_, score, _)| score.total_cmp(&cutoff).is_ge());
+        }
+        let mut found = Vec::with_capacity(matches.len());
+        for (searcher_index, score, address) in matches {
+            let document: TantivyDocument = searchers[searcher_index].doc(address)?;
+            let hit = self.hit_from_document(&document)?;
+            found.push((searcher_index, document, ScoredHit { score, hit }));
+        }
+        found.sort_by(|left, right| merge_order(&left.2, &right.2));
+        found.truncate(limit);
+        // a snippet generator per partition that has a hit to show
+        let mut snippet_generators: HashMap<usize, SnippetGenerator> = HashMap::new();
+        let mut scored_hits = Vec::with_capacity(found.len());
+        for (searcher_index, document, mut scored) in found {
+            let snippet_generator = match snippet_generators.entry(searcher_index) {
+                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    let mut generator = SnippetGenerator::create(
+                        &searchers[searcher_index],
+                        text_query,
+                        self.fields.text,
+                    )?;
+                    generator.set_max_num_chars(SNIPPET_MAX_CHARS);
+                    entry.insert(generator)
+                }
+            };
+            scored.hit.snippet = self.snippet(&document, snippet_generator);
+            scored_hits.push(scored);
         }
         Ok(scored_hits)
     }
@@ -513,39 +558,31 @@ impl SearchIndex {
         text_query: &dyn Query,
         conversations: &[&str],
         limit: usize,
-    ) -> Result<Vec<ScoredHit>, SearchError> {
-        let conversation_terms = conversations
-            .iter()
-            .map(|conversation| Term::from_field_text(self.fields.conversation, conversation));
-        // one term set, scoring 0: the scope filters and leaves the ranking to the text
+    ) -> Result<Vec<(f32, tantivy::DocAddress)>, SearchError> {
         let conversation_filter =
-            ConstScoreQuery::new(Box::new(TermSetQuery::new(conversation_terms)), 0.0);
+            ConversationFilter::new(self.fields.conversation, conversations.iter().copied());
         let scoped_query = BooleanQuery::new(vec![
             (Occur::Must, text_query.box_clone()),
             (Occur::Must, Box::new(conversation_filter)),
         ]);
-        let top_documents =
-            searcher.search(&scoped_query, &TopDocs::with_limit(limit).order_by_score())?;
-        if top_documents.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut snippet_generator =
-            SnippetGenerator::create(searcher, text_query, self.fields.text)?;
-        snippet_generator.set_max_num_chars(SNIPPET_MAX_CHARS);
-        let mut hits = Vec::with_capacity(top_documents.len());
-        for (score, address) in top_documents {
-            let document: TantivyDocument = searcher.doc(address)?;
-            let hit = self.hit_from_document(&document, &snippet_generator)?;
-            hits.push(ScoredHit { score, hit });
-        }
-        Ok(hits)
+        Ok(searcher.search(&scoped_query, &TopDocs::with_limit(limit).order_by_score())?)
     }
 
-    fn hit_from_document(
-        &self,
-        document: &TantivyDocument,
-        snippet_generator: &SnippetGenerator,
-    ) -> Result<SearchHit, SearchError> {
+    /// A hit's snippet: the text around the query's words, highlighted, or the text's start.
+    fn snippet(&self, document: &TantivyDocument, snippet_generator: &SnippetGenerator) -> String {
+        let snippet = snippet_generator.snippet_from_doc(document);
+        if snippet.is_empty() {
+            let text = document
+                .get_first(self.fields.text)
+                .and_then(|value| value.as_str());
+            plain_snippet(text.unwrap_or_default())
+        } else {
+            snippet.to_html()
+        }
+    }
+
+    /// A hit's stored fields, without its snippet yet.
+    fn hit_from_document(&self, document: &TantivyDocument) -> Result<SearchHit, SearchError> {
         let text_of = |field: Field| document.get_first(field).and_then(|value| value.as_str());
         let conversation = text_of(self.fields.conversation);
         let sender = text_of(self.fields.sender);
@@ -562,18 +599,12 @@ impl SearchIndex {
                 "a message document lacks a stored field".into(),
             ));
         };
-        let snippet = snippet_generator.snippet_from_doc(document);
-        let snippet = if snippet.is_empty() {
-            plain_snippet(text_of(self.fields.text).unwrap_or_default())
-        } else {
-            snippet.to_html()
-        };
         Ok(SearchHit {
             conversation: conversation.to_owned(),
             seq,
             sender: sender.to_owned(),
             ts,
-            snippet,
+            snippet: String::new(),
         })
     }
 

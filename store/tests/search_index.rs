@@ -339,6 +339,39 @@ fn the_limit_applies_after_merging_partitions() {
 }
 
 #[test]
+fn every_limit_gives_the_head_of_one_ranking_each_hit_with_its_snippet() {
+    // equal texts tie on score across partitions; the other texts score apart
+    let mut fixture = Fixture::new(4);
+    let mut events = Vec::new();
+    for index in 0..8 {
+        let conversation = format!("g:{index}");
+        events.push(sent(&conversation, 1, "alice", "budget review"));
+        events.push(sent(
+            &conversation,
+            2,
+            "bob",
+            "the budget and the budget plan",
+        ));
+        events.push(sent(
+            &conversation,
+            3,
+            "carol",
+            &format!("budget notes {index}"),
+        ));
+    }
+    fixture.apply(events);
+    let all: Vec<String> = (0..8).map(|index| format!("g:{index}")).collect();
+    let ranking = fixture.index.search("budget", &all, 100).unwrap();
+    assert_eq!(ranking.len(), 24);
+    for limit in 1..=24 {
+        let head = fixture.index.search("budget", &all, limit).unwrap();
+        assert_eq!(head, ranking[..limit], "the best {limit}");
+    }
+    for hit in &ranking {
+        assert!(hit.snippet.contains("<b>budget</b>"), "{hit:?}");
+    }
+}
+#[test]
 fn replaying_batches_changes_nothing() {
     let mut fixture = Fixture::new(2);
     let batches = fixture.apply(vec![

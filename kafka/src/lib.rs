@@ -196,6 +196,14 @@ impl EventLog for KafkaLog {
         self.inner.end_offset(topic, partition).await
     }
 
+    async fn end_offsets(
+        &self,
+        topic: &str,
+        partitions: &[PartitionId],
+    ) -> std::collections::BTreeMap<PartitionId, Offset> {
+        self.inner.end_offsets(topic, partitions).await
+    }
+
     async fn committed(
         &self,
         group: &str,

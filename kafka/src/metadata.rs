@@ -5,10 +5,12 @@
 //! first append or read after `ensure_topic` does not race leader election; requests that fail
 //! while leadership settles are retried within [`REQUEST_TIMEOUT`].
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chorus_log::{LogError, Offset, PartitionId, TopicSettings};
+use rdkafka::TopicPartitionList;
 use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::Consumer as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -145,6 +147,57 @@ impl Inner {
                 Err(error) => return Err(backend(error)),
             }
         }
+    }
+
+    /// The LSO of each of `partitions` in one `ListOffsets` request per leader (the latest
+    /// offset of a `read_committed` client); a partition that request did not answer is asked
+    /// on its own, as [`Inner::end_offset`] does, and left out if that fails too.
+    pub(crate) async fn end_offsets(
+        self: &Arc<Self>,
+        topic: &str,
+        partitions: &[PartitionId],
+    ) -> BTreeMap<PartitionId, Offset> {
+        let Ok(count) = self.partition_count(topic).await else {
+            return BTreeMap::new();
+        };
+        let asked: Vec<PartitionId> = partitions
+            .iter()
+            .copied()
+            .filter(|partition| *partition < count)
+            .collect();
+        let inner = Arc::clone(self);
+        let name = topic.to_owned();
+        let request = asked.clone();
+        let answered = tokio::task::spawn_blocking(move || {
+            let mut latest = TopicPartitionList::new();
+            for partition in &request {
+                // the latest offset is asked as the "timestamp" -1
+                latest
+                    .add_partition_offset(&name, *partition as i32, rdkafka::Offset::End)
+                    .ok()?;
+            }
+            inner.meta.offsets_for_times(latest, REQUEST_TIMEOUT).ok()
+        })
+        .await
+        .ok()
+        .flatten();
+        let mut ends = BTreeMap::new();
+        if let Some(answered) = answered {
+            for element in answered.elements() {
+                if let (Ok(()), rdkafka::Offset::Offset(end)) = (element.error(), element.offset())
+                {
+                    ends.insert(element.partition() as PartitionId, end.max(0) as Offset);
+                }
+            }
+        }
+        for partition in asked {
+            if !ends.contains_key(&partition)
+                && let Ok(end) = self.end_offset(topic, partition).await
+            {
+                ends.insert(partition, end);
+            }
+        }
+        ends
     }
 
     /// The topic's partition count, or `BadPartition` when `partition` is not below it.

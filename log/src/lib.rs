@@ -304,6 +304,25 @@ pub trait EventLog: Send + Sync + 'static {
     /// The offset the next appended record of this partition will have (one past the last).
     async fn end_offset(&self, topic: &str, partition: PartitionId) -> Result<Offset, LogError>;
 
+    /// [`EventLog::end_offset`] of each of `partitions`, asked all at once where the backend can
+    /// (Kafka: one request per leader, not two per partition). A partition that could not be
+    /// answered for is left out: the caller treats its end as unknown.
+    async fn end_offsets(
+        &self,
+        topic: &str,
+        partitions: &[PartitionId],
+    ) -> std::collections::BTreeMap<PartitionId, Offset> {
+        let asked = partitions.iter().map(|partition| async move {
+            let end = self.end_offset(topic, *partition).await.ok()?;
+            Some((*partition, end))
+        });
+        futures_util::future::join_all(asked)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
     /// The group's committed offset for a partition, if any.
     async fn committed(
         &self,

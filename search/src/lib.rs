@@ -174,19 +174,13 @@ impl SearchApi {
         &self,
         partitions: &BTreeSet<PartitionId>,
     ) -> BTreeMap<PartitionId, Offset> {
-        let asked = partitions.iter().map(|partition| async move {
-            let end = self
-                .log
-                .end_offset(&self.config.timeline_topic, *partition)
-                .await
-                .ok()?;
-            Some((*partition, end))
-        });
-        futures_util::future::join_all(asked)
+        if partitions.is_empty() {
+            return BTreeMap::new();
+        }
+        let partitions: Vec<PartitionId> = partitions.iter().copied().collect();
+        self.log
+            .end_offsets(&self.config.timeline_topic, &partitions)
             .await
-            .into_iter()
-            .flatten()
-            .collect()
     }
 
     /// Waits, at most `limit` in all, until `progress` has applied each partition up to its

@@ -44,7 +44,7 @@ pub use self::groups::{
 };
 pub use self::records::{
     append_then_read_in_order, append_to_explicit_partition, concurrent_appenders_lose_nothing,
-    durable_across_reopen, end_offset_moves_past_appended,
+    durable_across_reopen, end_offset_moves_past_appended, end_offsets_agree_with_end_offset,
     read_from_offset_and_wait_for_new_records, read_range_stops_at_the_end,
     same_key_same_partition, unknown_topic_and_bad_partition_are_errors,
 };
@@ -116,6 +116,7 @@ macro_rules! event_log_conformance {
             unknown_topic_and_bad_partition_are_errors,
             read_from_offset_and_wait_for_new_records,
             end_offset_moves_past_appended,
+            end_offsets_agree_with_end_offset,
             durable_across_reopen,
             group_members_split_partitions_exclusively,
             member_leaving_hands_partitions_over,

@@ -322,6 +322,35 @@ pub async fn read_from_offset_and_wait_for_new_records(harness: &Harness) {
     assert!(read[0].offset >= end);
 }
 
+/// `end_offsets` of several partitions at once agrees with `end_offset` of each, and leaves out
+/// a partition the topic does not have.
+pub async fn end_offsets_agree_with_end_offset(harness: &Harness) {
+    let log = (harness.open)().await;
+    let topic = new_topic(harness, &log, "end-offsets").await;
+    let partitions = log.partition_count(&topic).await.expect("partition_count");
+    for partition in 0..partitions {
+        let records = (0..=partition % 3)
+            .map(|index| NewRecord::new("k", vec![index as u8]))
+            .collect();
+        log.append_to(&topic, partition, records)
+            .await
+            .expect("append_to");
+    }
+    let mut asked: Vec<PartitionId> = (0..partitions).collect();
+    asked.push(partitions);
+    let ends = log.end_offsets(&topic, &asked).await;
+    let mut each = BTreeMap::new();
+    for partition in 0..partitions {
+        let end = log.end_offset(&topic, partition).await.expect("end_offset");
+        assert!(end > 0, "partition {partition} holds records");
+        each.insert(partition, end);
+    }
+    assert_eq!(
+        ends, each,
+        "one answer per existing partition, as end_offset gives"
+    );
+}
+
 /// `end_offset` is past every acknowledged record and nothing is readable at it.
 pub async fn end_offset_moves_past_appended(harness: &Harness) {
     let log = (harness.open)().await;

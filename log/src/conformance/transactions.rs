@@ -144,6 +144,19 @@ pub async fn a_transaction_commits_records_and_offsets_together(harness: &Harnes
     for offsets in returned.values() {
         assert_strictly_increasing(offsets, "offsets of transactional records of one partition");
     }
+    let output_partitions: Vec<PartitionId> = expected.keys().copied().collect();
+    let ends = log.end_offsets(&output, &output_partitions).await;
+    for partition in &output_partitions {
+        let end = log
+            .end_offset(&output, *partition)
+            .await
+            .expect("end_offset");
+        assert_eq!(
+            ends.get(partition),
+            Some(&end),
+            "end_offsets of committed transactions, partition {partition}"
+        );
+    }
     for (partition, records) in &expected {
         let read = read_exactly(&log, &output, *partition, 0, records.len()).await;
         let ranged = read_range_to_end(&log, &output, *partition).await;

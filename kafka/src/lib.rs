@@ -80,6 +80,9 @@ struct Inner {
     readers: Mutex<Vec<Arc<StreamConsumer<ReaderContext>>>>,
     /// The per-process dummy group of plain readers (never commits).
     reader_group: String,
+    /// Partitions whose end [`EventLog::end_offsets`] had to ask on their own, the one request
+    /// for all of them having failed or left them out ([`KafkaLog::end_offsets_asked_alone`]).
+    end_offsets_alone: std::sync::atomic::AtomicU64,
 }
 
 /// A failed rdkafka call, its error kept as the source.
@@ -118,6 +121,7 @@ impl KafkaLog {
                 partitions: Mutex::new(HashMap::new()),
                 readers: Mutex::new(Vec::new()),
                 reader_group,
+                end_offsets_alone: std::sync::atomic::AtomicU64::new(0),
             }),
         }))
     }
@@ -125,6 +129,15 @@ impl KafkaLog {
     /// The configuration this log was created with.
     pub fn config(&self) -> &KafkaLogConfig {
         &self.inner.config
+    }
+
+    /// How many partitions [`EventLog::end_offsets`] has asked on their own so far (two
+    /// requests each) because the one request for all of them failed or left them out: zero
+    /// while the batched path works.
+    pub fn end_offsets_asked_alone(&self) -> u64 {
+        self.inner
+            .end_offsets_alone
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -190,10 +190,17 @@ impl Inner {
                 }
             }
         }
-        for partition in asked {
-            if !ends.contains_key(&partition)
-                && let Ok(end) = self.end_offset(topic, partition).await
-            {
+        let alone: Vec<PartitionId> = asked
+            .into_iter()
+            .filter(|partition| !ends.contains_key(partition))
+            .collect();
+        if !alone.is_empty() {
+            tracing::debug!(topic, ?alone, "end offsets asked partition by partition");
+            self.end_offsets_alone
+                .fetch_add(alone.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        for partition in alone {
+            if let Ok(end) = self.end_offset(topic, partition).await {
                 ends.insert(partition, end);
             }
         }

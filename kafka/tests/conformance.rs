@@ -238,3 +238,52 @@ async fn revoked_partitions_can_be_committed_before_the_next_poll() {
         "after the next poll the partition is no longer this member's"
     );
 }
+
+/// Adapter-specific: `end_offsets` asks every partition in one request (per leader), not each
+/// on its own, and agrees with `end_offset` of each. The conformance check
+/// `end_offsets_agree_with_end_offset` would pass on the partition-by-partition fallback too;
+/// this one fails if the one request stops answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn end_offsets_asks_every_partition_in_one_request() {
+    use chorus_log::NewRecord;
+
+    let Some(bootstrap) = common::bootstrap("end_offsets_asks_every_partition_in_one_request")
+    else {
+        return;
+    };
+    let prefix = harness(bootstrap.clone(), "end-offsets-batched").topic_prefix;
+    let config = KafkaLogConfig {
+        bootstrap,
+        partitions: 4,
+        replication_factor: 1,
+        client_id: "chorus-conformance".to_owned(),
+        session_timeout_ms: 6000,
+        extra: Vec::new(),
+    };
+    let log = KafkaLog::new(config).expect("create the Kafka log");
+    let topic = format!("{prefix}-topic");
+    let partitions = log.ensure_topic(&topic).await.expect("ensure_topic");
+    for partition in 0..partitions {
+        let records = (0..=partition)
+            .map(|index| NewRecord::new("k", vec![index as u8]))
+            .collect();
+        log.append_to(&topic, partition, records)
+            .await
+            .expect("append_to");
+    }
+    let asked: Vec<u32> = (0..partitions).collect();
+    let ends = log.end_offsets(&topic, &asked).await;
+    assert_eq!(
+        log.end_offsets_asked_alone(),
+        0,
+        "every partition answered by the one request"
+    );
+    for partition in 0..partitions {
+        let end = log.end_offset(&topic, partition).await.expect("end_offset");
+        assert_eq!(ends.get(&partition), Some(&end), "partition {partition}");
+        assert!(
+            end > u64::from(partition),
+            "partition {partition} holds its records"
+        );
+    }
+}

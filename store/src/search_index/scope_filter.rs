@@ -2,8 +2,8 @@
 //!
 //! Each conversation is looked up in the segment's term dictionary and its postings set bits in
 //! one bitset, scoring nothing. Tantivy's `TermSetQuery` does the same from an automaton it
-//! builds for every search: its builder's zeroed registry and the walk of the dictionary cost
-//! more than the search itself for a user in a hundred conversations (profiled, see
+//! builds for every search: its builder's zeroed registry and the walk of the dictionary took
+//! about a third of a query's CPU for a user in a hundred conversations (profiled, see
 //! docs/BENCHMARKS.md). Here the cost is one dictionary lookup per conversation and segment,
 //! plus its postings: linear in the conversations, no clause per conversation.
 

@@ -466,7 +466,17 @@ impl SearchApi {
                 let gathered = shards
                     .gather(&query.q, by_partition, &ends, limit, self)
                     .await;
-                (merge_hits(gathered.hits, limit), gathered.missing)
+                // the snippets of the winners only
+                let mut winners = merge_hits(gathered.hits, limit);
+                let index = self.index.get();
+                let hits = tokio::task::spawn_blocking(move || {
+                    index.fill_snippets(&mut winners, &gathered.snippet_terms);
+                    winners
+                })
+                .await
+                .map_err(|error| ApiError::new(ErrorCode::Internal, error.to_string()))?;
+                let hits = hits.into_iter().map(|scored| scored.hit).collect();
+                (hits, gathered.missing)
             }
             None => {
                 self.wait_for_ends(&self.search_progress, &ends, self.config.read_barrier)
@@ -535,14 +545,22 @@ impl SearchApi {
             .collect();
         let limit = request.limit.clamp(1, MAX_HITS);
         let index = self.index.get();
-        let hits = tokio::task::spawn_blocking(move || {
-            index.search_scored(text_query.as_ref(), &conversations, limit)
+        let texts = request.texts;
+        let matches = tokio::task::spawn_blocking(move || {
+            let mut matches = index.matches(text_query.as_ref(), &conversations, limit)?;
+            if !texts {
+                // an asking node of an earlier version takes snippets
+                index.fill_snippets(&mut matches.hits, &matches.snippet_terms);
+                matches.snippet_terms.clear();
+            }
+            Ok(matches)
         })
         .await
         .map_err(|error| ApiError::new(ErrorCode::Internal, error.to_string()))?
         .map_err(search_failure)?;
         Ok(ShardAnswer {
-            hits,
+            hits: matches.hits,
+            snippet_terms: matches.snippet_terms,
             not_held: not_held.into_keys().collect(),
             behind,
         })

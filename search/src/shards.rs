@@ -18,7 +18,9 @@
 //!   with their BM25 scores, which come
 //!   from each partition's own statistics, so the asking node merges them
 //!   ([`chorus_store::merge_hits`]: score, then newer, conversation, seq) exactly as one node
-//!   holding every partition would. A partition no shard answered for in time is reported
+//!   holding every partition would. Shards answer texts, not snippets, with the snippet
+//!   weights of their partitions: the asking node makes the snippets of the merged winners
+//!   only, as that one node would. A partition no shard answered for in time is reported
 //!   missing and the answer says `partial`: never silently short.
 //!
 //! Shards are called at `POST /v1/shards/search` with the business API key (a secret the nodes
@@ -33,7 +35,7 @@ use async_trait::async_trait;
 use chorus_core::progress::ProjectionProgress;
 use chorus_log::{Offset, PartitionId};
 use chorus_store::search_index::PartitionSnapshot;
-use chorus_store::{ScoredHit, SearchIndex};
+use chorus_store::{ScoredHit, SearchIndex, SnippetTerms};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -113,13 +115,22 @@ pub struct ShardRequest {
     /// here is asked of the log.
     #[serde(default)]
     pub ends: BTreeMap<PartitionId, Offset>,
+    /// The asking node makes the snippets of the hits that win the merge: answer each hit's
+    /// text and the snippet weights of its partition instead of a snippet. Unset (a node of an
+    /// earlier version asking): answer snippets.
+    #[serde(default)]
+    pub texts: bool,
 }
 
 /// What a shard answers.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct ShardAnswer {
-    /// Its best hits over the partitions it holds, unmerged, with their scores.
+    /// Its best hits over the partitions it holds, with their scores, and their texts when
+    /// asked for ([`ShardRequest::texts`]), else their snippets.
     pub hits: Vec<ScoredHit>,
+    /// The snippet weights of the partitions of `hits` (with texts).
+    #[serde(default)]
+    pub snippet_terms: BTreeMap<PartitionId, SnippetTerms>,
     /// Partitions asked of it that it does not hold (any more): ask another node.
     pub not_held: BTreeSet<PartitionId>,
     /// Partitions it holds but whose index did not reach the log's end within the barrier (just
@@ -132,6 +143,8 @@ pub struct ShardAnswer {
 #[derive(Debug, Default)]
 pub struct Gathered {
     pub hits: Vec<ScoredHit>,
+    /// The snippet weights of the partitions of `hits`.
+    pub snippet_terms: BTreeMap<PartitionId, SnippetTerms>,
     /// Partitions no shard answered for in time.
     pub missing: BTreeSet<PartitionId>,
 }
@@ -358,6 +371,7 @@ impl Shards {
                     limit,
                     barrier_ms: (self.settings.timeout / 2).as_millis() as u64,
                     ends,
+                    texts: true,
                 };
                 async move {
                     let remaining = deadline.saturating_duration_since(Instant::now());
@@ -382,6 +396,7 @@ impl Shards {
                 match answer {
                     Ok(answer) => {
                         gathered.hits.extend(answer.hits);
+                        gathered.snippet_terms.extend(answer.snippet_terms);
                         for partition in answer.not_held.into_iter().chain(answer.behind) {
                             if let Some(conversations) = request.partitions.get(&partition) {
                                 partitions.insert(partition, conversations.clone());

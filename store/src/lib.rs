@@ -26,5 +26,6 @@ pub use history::{
     Unavailability,
 };
 pub use search_index::{
-    ScoredHit, SearchError, SearchHit, SearchIndex, SearchQueryLimits, merge_hits,
+    Matches, ScoredHit, SearchError, SearchHit, SearchIndex, SearchQueryLimits, SnippetTerms,
+    merge_hits,
 };

@@ -175,8 +175,27 @@ pub struct ScoredHit {
     /// BM25 score within its partition: a partition's statistics are the same whichever node
     /// holds it, so hits of partitions searched on different nodes merge as if on one.
     pub score: f32,
-    /// The hit as returned.
+    /// The hit as returned; its snippet is made once the hits are merged
+    /// ([`SearchIndex::fill_snippets`]).
     pub hit: SearchHit,
+    /// The message's text, from which its snippet is made; empty once it is.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub text: String,
+}
+
+/// The weights a partition's snippets are made with: each term of the query and
+/// `1 / (1 + its document frequency in the partition)`, as Tantivy's `SnippetGenerator::create`
+/// weighs them (they choose the fragment shown of a long text).
+pub type SnippetTerms = BTreeMap<String, f32>;
+
+/// The best matches of a search of some partitions, merged, before their snippets: what a
+/// search shard answers, so that only the hits that win the merge of every shard's get one.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Matches {
+    /// At most the `limit` asked, best first in the merge order, each with its text.
+    pub hits: Vec<ScoredHit>,
+    /// The snippet weights of each partition with a hit here.
+    pub snippet_terms: BTreeMap<PartitionId, SnippetTerms>,
 }
 
 /// The one order of search hits, best first: score, then newer, then conversation id, then
@@ -192,10 +211,10 @@ fn merge_order(left: &ScoredHit, right: &ScoredHit) -> std::cmp::Ordering {
 
 /// The best `limit` of `hits` (from any partitions), best first, in [`merge_order`]. The one
 /// merge rule, whether the partitions were searched here or on several search shards.
-pub fn merge_hits(mut hits: Vec<ScoredHit>, limit: usize) -> Vec<SearchHit> {
+pub fn merge_hits(mut hits: Vec<ScoredHit>, limit: usize) -> Vec<ScoredHit> {
     hits.sort_by(merge_order);
     hits.truncate(limit);
-    hits.into_iter().map(|scored| scored.hit).collect()
+    hits
 }
 
 /// The search index of all partitions. Send + Sync: share it as `Arc<SearchIndex>`.
@@ -463,29 +482,31 @@ impl SearchIndex {
     }
 
     /// The best `limit` (at most [`MAX_SEARCH_HITS`]) messages matching `text_query` (from
-    /// [`parse_user_query`]) in `conversations`, best first. Blocking.
+    /// [`parse_user_query`]) in `conversations`, best first, with their snippets. Blocking.
     pub fn search_parsed(
         &self,
         text_query: &dyn Query,
         conversations: &[String],
         limit: usize,
     ) -> Result<Vec<SearchHit>, SearchError> {
-        let hits = self.search_scored(text_query, conversations, limit)?;
-        Ok(merge_hits(hits, limit.min(MAX_SEARCH_HITS)))
+        let mut matches = self.matches(text_query, conversations, limit)?;
+        self.fill_snippets(&mut matches.hits, &matches.snippet_terms);
+        Ok(matches.hits.into_iter().map(|scored| scored.hit).collect())
     }
 
     /// The best `limit` (at most [`MAX_SEARCH_HITS`]) matches of `text_query` in
-    /// `conversations`, with their scores, best first in the merge order: merge them with
-    /// [`merge_hits`], here or on the node that asked this one (the best of several nodes are
-    /// among the union of each node's best). Only those get a snippet. Blocking.
-    pub fn search_scored(
+    /// `conversations`, with their scores and texts, best first in the merge order, and the
+    /// snippet weights of their partitions: merge them with [`merge_hits`], here or on the node
+    /// that asked this one (the best of several nodes are among the union of each node's
+    /// best), then [`SearchIndex::fill_snippets`] the winners only. Blocking.
+    pub fn matches(
         &self,
         text_query: &dyn Query,
         conversations: &[String],
         limit: usize,
-    ) -> Result<Vec<ScoredHit>, SearchError> {
+    ) -> Result<Matches, SearchError> {
         if conversations.is_empty() || limit == 0 {
-            return Ok(Vec::new());
+            return Ok(Matches::default());
         }
         let limit = limit.min(MAX_SEARCH_HITS);
         let partition_count = self.partitions.len() as u32;
@@ -509,7 +530,7 @@ impl SearchIndex {
                         .into_iter()
                         .map(|(score, address)| (searchers.len(), score, address)),
                 );
-                searchers.push(searcher);
+                searchers.push((partition, searcher));
             }
         }
         // Only matches scoring at least the `limit`-th best score can be among the best; ties
@@ -523,32 +544,83 @@ impl SearchIndex {
         }
         let mut found = Vec::with_capacity(matches.len());
         for (searcher_index, score, address) in matches {
-            let document: TantivyDocument = searchers[searcher_index].doc(address)?;
+            let document: TantivyDocument = searchers[searcher_index].1.doc(address)?;
             let hit = self.hit_from_document(&document)?;
-            found.push((searcher_index, document, ScoredHit { score, hit }));
+            let text = document
+                .get_first(self.fields.text)
+                .and_then(|value| value.as_str())
+                .unwrap_or_default()
+                .to_owned();
+            found.push((searcher_index, ScoredHit { score, hit, text }));
         }
-        found.sort_by(|left, right| merge_order(&left.2, &right.2));
+        found.sort_by(|left, right| merge_order(&left.1, &right.1));
         found.truncate(limit);
-        // a snippet generator per partition that has a hit to show
-        let mut snippet_generators: HashMap<usize, SnippetGenerator> = HashMap::new();
-        let mut scored_hits = Vec::with_capacity(found.len());
-        for (searcher_index, document, mut scored) in found {
-            let snippet_generator = match snippet_generators.entry(searcher_index) {
-                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-                std::collections::hash_map::Entry::Vacant(entry) => {
-                    let mut generator = SnippetGenerator::create(
-                        &searchers[searcher_index],
-                        text_query,
-                        self.fields.text,
-                    )?;
-                    generator.set_max_num_chars(SNIPPET_MAX_CHARS);
-                    entry.insert(generator)
-                }
-            };
-            scored.hit.snippet = self.snippet(&document, snippet_generator);
-            scored_hits.push(scored);
+        // the snippet weights of each partition that has a hit to show
+        let mut snippet_terms = BTreeMap::new();
+        for (searcher_index, _) in &found {
+            let (partition, searcher) = &searchers[*searcher_index];
+            if !snippet_terms.contains_key(partition) {
+                snippet_terms.insert(*partition, self.snippet_terms(searcher, text_query)?);
+            }
         }
-        Ok(scored_hits)
+        Ok(Matches {
+            hits: found.into_iter().map(|(_, scored)| scored).collect(),
+            snippet_terms,
+        })
+    }
+
+    /// The snippet weights of the query's terms in one partition (as
+    /// `SnippetGenerator::create` computes them).
+    fn snippet_terms(
+        &self,
+        searcher: &Searcher,
+        text_query: &dyn Query,
+    ) -> Result<SnippetTerms, SearchError> {
+        let mut terms = std::collections::BTreeSet::new();
+        text_query.query_terms(&mut |term, _| {
+            if term.field() == self.fields.text {
+                terms.insert(term.clone());
+            }
+        });
+        let mut weights = SnippetTerms::new();
+        for term in terms {
+            let Some(text) = term.value().as_str().map(str::to_owned) else {
+                continue;
+            };
+            let frequency = searcher.doc_freq(&term)?;
+            if frequency > 0 {
+                weights.insert(text, 1.0 / (1.0 + frequency as f32));
+            }
+        }
+        Ok(weights)
+    }
+
+    /// Makes the snippet of each hit that has none yet, from its text and the weights of its
+    /// partition in `snippet_terms` (hits of a partition missing there are shown plain), and
+    /// drops the texts. The hits of shards that made their own snippets keep them.
+    pub fn fill_snippets(
+        &self,
+        hits: &mut [ScoredHit],
+        snippet_terms: &BTreeMap<PartitionId, SnippetTerms>,
+    ) {
+        let partition_count = self.partitions.len() as u32;
+        let mut generators: HashMap<PartitionId, SnippetGenerator> = HashMap::new();
+        for scored in hits {
+            let text = std::mem::take(&mut scored.text);
+            if !scored.hit.snippet.is_empty() {
+                continue;
+            }
+            let partition = partition_for_key(scored.hit.conversation.as_bytes(), partition_count);
+            let generator = generators.entry(partition).or_insert_with(|| {
+                SnippetGenerator::new(
+                    snippet_terms.get(&partition).cloned().unwrap_or_default(),
+                    chorus_text_analyzer(),
+                    self.fields.text,
+                    SNIPPET_MAX_CHARS,
+                )
+            });
+            scored.hit.snippet = snippet(&text, generator);
+        }
     }
 
     /// The best `limit` matches of `text_query` among `conversations` of one partition.
@@ -566,19 +638,6 @@ impl SearchIndex {
             (Occur::Must, Box::new(conversation_filter)),
         ]);
         Ok(searcher.search(&scoped_query, &TopDocs::with_limit(limit).order_by_score())?)
-    }
-
-    /// A hit's snippet: the text around the query's words, highlighted, or the text's start.
-    fn snippet(&self, document: &TantivyDocument, snippet_generator: &SnippetGenerator) -> String {
-        let snippet = snippet_generator.snippet_from_doc(document);
-        if snippet.is_empty() {
-            let text = document
-                .get_first(self.fields.text)
-                .and_then(|value| value.as_str());
-            plain_snippet(text.unwrap_or_default())
-        } else {
-            snippet.to_html()
-        }
     }
 
     /// A hit's stored fields, without its snippet yet.
@@ -738,6 +797,17 @@ pub fn parse_user_query(
     let (_, fields) = MessageFields::build_schema();
     let parsed = build_user_query(text, limits, fields.text, &mut chorus_text_analyzer())?;
     Ok(parsed.unwrap_or_else(|| Box::new(EmptyQuery)))
+}
+
+/// A hit's snippet: the text around the query's words, highlighted, or the text's start.
+fn snippet(text: &str, generator: &SnippetGenerator) -> String {
+    // as `SnippetGenerator::snippet_from_doc` reads a document's one text
+    let snippet = generator.snippet(text.trim());
+    if snippet.is_empty() {
+        plain_snippet(text)
+    } else {
+        snippet.to_html()
+    }
 }
 
 /// A snippet without highlights: the start of the text, escaped like highlighted snippets.

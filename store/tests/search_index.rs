@@ -7,8 +7,8 @@ use std::sync::Arc;
 use chorus_log::partition_for_key;
 use chorus_schemas::{EventBody, TimelineEvent};
 use chorus_store::search_index::{
-    MAX_SEARCH_HITS, PartitionSnapshot, SearchError, SearchHit, SearchIndex, SearchQueryLimits,
-    parse_user_query,
+    MAX_SEARCH_HITS, Matches, PartitionSnapshot, SearchError, SearchHit, SearchIndex,
+    SearchQueryLimits, merge_hits, parse_user_query,
 };
 use tempfile::TempDir;
 
@@ -371,6 +371,80 @@ fn every_limit_gives_the_head_of_one_ranking_each_hit_with_its_snippet() {
         assert!(hit.snippet.contains("<b>budget</b>"), "{hit:?}");
     }
 }
+#[test]
+fn hits_merged_from_shards_get_the_snippets_one_index_gives() {
+    // long texts: the query's two words far apart, so the weights of each partition choose
+    // which one the snippet shows: "review" is the rarer word in even partitions, "budget" in
+    // odd ones
+    let mut fixture = Fixture::new(4);
+    let filler = "lorem ipsum dolor sit amet ".repeat(8);
+    let mut events = Vec::new();
+    let all: Vec<String> = (0..8).map(|index| format!("g:{index}")).collect();
+    for (index, conversation) in all.iter().enumerate() {
+        events.push(sent(
+            conversation,
+            1,
+            "alice",
+            &format!("budget {filler} review {index}"),
+        ));
+        let common = match partition_for_key(conversation.as_bytes(), fixture.partitions) % 2 {
+            0 => "budget again",
+            _ => "review again",
+        };
+        for seq in 2..8 {
+            events.push(sent(conversation, seq, "bob", common));
+        }
+    }
+    fixture.apply(events);
+    let query = parse_user_query("budget review", &SearchQueryLimits::default()).unwrap();
+    let one_index = fixture
+        .index
+        .search_parsed(query.as_ref(), &all, 10)
+        .unwrap();
+    let long: Vec<&SearchHit> = one_index.iter().filter(|hit| hit.seq == 1).collect();
+    assert!(
+        long.iter()
+            .any(|hit| hit.snippet.starts_with("<b>budget</b>")),
+        "{long:?}"
+    );
+    assert!(
+        long.iter()
+            .any(|hit| !hit.snippet.contains("<b>budget</b>")),
+        "{long:?}"
+    );
+    // two shards, each searching the conversations of its partitions, answering over the wire
+    let shard_of =
+        |conversation: &String| partition_for_key(conversation.as_bytes(), fixture.partitions) % 2;
+    let mut gathered = Vec::new();
+    let mut snippet_terms = BTreeMap::new();
+    for shard in 0..2 {
+        let mine: Vec<String> = all
+            .iter()
+            .filter(|conversation| shard_of(conversation) == shard)
+            .cloned()
+            .collect();
+        let matches = fixture.index.matches(query.as_ref(), &mine, 10).unwrap();
+        assert!(
+            matches
+                .hits
+                .iter()
+                .all(|scored| scored.hit.snippet.is_empty())
+        );
+        let wire: Matches =
+            serde_json::from_str(&serde_json::to_string(&matches).unwrap()).unwrap();
+        gathered.extend(wire.hits);
+        snippet_terms.extend(wire.snippet_terms);
+    }
+    let mut winners = merge_hits(gathered, 10);
+    fixture.index.fill_snippets(&mut winners, &snippet_terms);
+    assert!(winners.iter().all(|scored| scored.text.is_empty()));
+    let merged: Vec<SearchHit> = winners.into_iter().map(|scored| scored.hit).collect();
+    assert_eq!(
+        merged, one_index,
+        "the same hits, in the same order, with the same snippets"
+    );
+}
+
 #[test]
 fn replaying_batches_changes_nothing() {
     let mut fixture = Fixture::new(2);

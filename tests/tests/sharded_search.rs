@@ -228,6 +228,72 @@ async fn search_shards_split_the_partitions_and_a_query_gathers_them() -> anyhow
         hit_keys(&from_b1),
         "hits gathered from two shards merge by score as one index orders them"
     );
+    assert_eq!(
+        from_a1["hits"], from_b1["hits"],
+        "the asking node makes the winners' snippets as one index makes them"
+    );
+    assert!(
+        from_a1["hits"][0]["snippet"]
+            .as_str()
+            .is_some_and(|snippet| snippet.contains("<b>needle</b>")),
+        "{from_a1}"
+    );
+    // a shard answers texts and snippet weights to a node that asks for them, snippets to one
+    // of an earlier version (which does not)
+    let (a1_partition, a1_conversations): (u64, Vec<&String>) = held(&a1_view)
+        .into_iter()
+        .map(|partition| {
+            let theirs = conversations
+                .iter()
+                .filter(|conversation| {
+                    u64::from(chorus_log::partition_for_key(
+                        conversation.as_bytes(),
+                        PARTITIONS,
+                    )) == partition
+                })
+                .collect();
+            (partition, theirs)
+        })
+        .next()
+        .context("a1 holds a partition")?;
+    for texts in [None, Some(true)] {
+        let mut request = json!({"q": "shardword needle", "limit": 100, "barrier_ms": 1000,
+            "partitions": {a1_partition.to_string(): a1_conversations}});
+        if let Some(texts) = texts {
+            request["texts"] = json!(texts);
+        }
+        let answer: Value = reqwest::Client::new()
+            .post(format!("{}/v1/shards/search", a1.url))
+            .bearer_auth(API_KEY)
+            .json(&request)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let hits = answer["hits"].as_array().cloned().unwrap_or_default();
+        assert_eq!(hits.len(), a1_conversations.len(), "{answer}");
+        for hit in &hits {
+            let (snippet, text) = (&hit["hit"]["snippet"], &hit["text"]);
+            match texts {
+                None => {
+                    assert!(snippet.as_str().is_some_and(|s| s.contains("<b>")), "{hit}");
+                    assert!(text.is_null(), "{hit}");
+                }
+                Some(_) => {
+                    assert_eq!(snippet, "", "{hit}");
+                    assert!(text.as_str().is_some_and(|t| t.contains("needle")), "{hit}");
+                }
+            }
+        }
+        assert_eq!(
+            answer["snippet_terms"]
+                .as_object()
+                .is_some_and(|terms| terms.contains_key(&a1_partition.to_string())),
+            texts.is_some(),
+            "{answer}"
+        );
+    }
     let mut by_id = hit_keys(&from_b1);
     by_id.sort();
     assert_ne!(

@@ -39,6 +39,7 @@
 
 mod burst;
 mod centrifugo;
+mod cpu_quota;
 mod fanout;
 mod hook;
 mod idle;

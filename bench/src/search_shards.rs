@@ -28,6 +28,11 @@
 //!    indexes every partition itself and answers from its own index (no scatter-gather), the
 //!    same way.
 //!
+//! With `--node-cpu C`, each search node is given C cores' worth of CPU time once it settled
+//! ([`crate::cpu_quota`]), and raw Tantivy the same while it is queried (the bench process on
+//! that budget): nodes of one size each, as on machines of their own, so that S shards have S
+//! times the CPU of one, which two shared cores cannot give them otherwise.
+//!
 //! Every run answers the same queries, so the hit counts are compared with raw Tantivy's query
 //! by query (`queries_with_equal_hit_counts`). Everything shares the machine: the bench's HTTP
 //! client, the search processes, Kafka and Redis; "machine CPU busy" says how busy it was and
@@ -49,6 +54,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::process::Command;
 
+use crate::cpu_quota::CpuQuota;
 use crate::projection::corpus::{Corpus, CorpusArgs, SEARCHER};
 use crate::projection::raw_tantivy::{self, RawIndex, RawOptions};
 use crate::projection::timeline::write_timeline;
@@ -91,6 +97,12 @@ pub struct Args {
     /// Longest wait for a set of nodes to index everything.
     #[arg(long, default_value_t = 1_800)]
     pub settle_seconds: u64,
+    /// Each search node, and raw Tantivy, gets this many cores' worth of CPU time while
+    /// queried ([`crate::cpu_quota`]), as nodes of their own of that size would: shards then
+    /// add CPU as nodes do, instead of sharing the machine's cores. Unset: everything shares
+    /// the machine.
+    #[arg(long)]
+    pub node_cpu: Option<f64>,
 }
 
 /// What the search nodes of every run share.
@@ -140,6 +152,8 @@ struct NodesRun {
     /// Partitions each node held.
     held: Vec<Vec<u64>>,
     resident_bytes: u64,
+    /// Per node on a CPU budget (`--node-cpu`): times held back, and seconds in all.
+    throttled: Vec<(u64, f64)>,
 }
 
 /// Every shard count, the unsharded node and the raw baseline, one report.
@@ -262,10 +276,21 @@ pub async fn run(mode: &Mode, args: &Args) -> anyhow::Result<Report> {
         "search-shards: raw Tantivy, {} queries at {}",
         args.queries, args.concurrency
     );
+    // raw Tantivy runs in this process: on one node's budget, the whole process gets it
+    let raw_quota = match args.node_cpu {
+        Some(cores) => {
+            let quota = CpuQuota::new(&format!("{}raw", context.prefix), cores)?;
+            quota.add(std::process::id())?;
+            Some(quota)
+        }
+        None => None,
+    };
     closed_loop(&warmup_queries, args.concurrency, raw_call.clone()).await?;
     let raw_cpu_before = cpu_seconds(std::process::id())?;
     let raw = closed_loop(&measured_queries, args.concurrency, raw_call).await?;
     let raw_cpu_seconds = cpu_seconds(std::process::id())? - raw_cpu_before;
+    let raw_throttled = raw_quota.as_ref().map(CpuQuota::throttled).transpose()?;
+    drop(raw_quota);
     drop(raw_index);
 
     // 3. and 4. the search nodes
@@ -314,6 +339,7 @@ pub async fn run(mode: &Mode, args: &Args) -> anyhow::Result<Report> {
         &timeline_json(&timeline, &corpus, &context),
         &raw,
         raw_cpu_seconds,
+        raw_throttled,
         raw_indexing_json(&raw_indexing),
         &runs,
         measured_queries.as_ref(),
@@ -372,6 +398,20 @@ async fn measure_nodes(
             .sum::<anyhow::Result<f64>>()
     };
     let settle_cpu_seconds = servers_cpu()?;
+    // each node on a budget of its own from here (settling is not measured)
+    let quotas = match args.node_cpu {
+        Some(cores) => pids
+            .iter()
+            .enumerate()
+            .map(|(index, pid)| {
+                let set = replica_set.as_deref().unwrap_or("all");
+                let quota = CpuQuota::new(&format!("{}{set}-{index}", context.prefix), cores)?;
+                quota.add(*pid)?;
+                Ok(quota)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        None => Vec::new(),
+    };
     eprintln!("search-shards: {label}: settled in {settle_seconds:.0} s, querying");
     let urls: Arc<Vec<String>> = Arc::new(nodes.iter().map(|node| node.url.clone()).collect());
     let call = {
@@ -410,6 +450,10 @@ async fn measure_nodes(
             .iter()
             .map(|pid| chorus_process::usage::resident_bytes(*pid))
             .sum::<Result<u64, _>>()?;
+        let throttled = quotas
+            .iter()
+            .map(CpuQuota::throttled)
+            .collect::<anyhow::Result<Vec<_>>>()?;
         anyhow::Ok(NodesRun {
             label: label.to_owned(),
             nodes: count,
@@ -422,12 +466,14 @@ async fn measure_nodes(
             machine_busy: (busy_after - busy_before) / (total_after - total_before).max(1e-9),
             held,
             resident_bytes,
+            throttled,
         })
     }
     .await;
     for node in nodes {
         let _ = node.kill().await;
     }
+    drop(quotas);
     // the set's registry entries expire with their TTL; the next set has another name
     outcome
 }
@@ -711,6 +757,7 @@ fn build_report(
     timeline: &Value,
     raw: &Measured,
     raw_cpu_seconds: f64,
+    raw_throttled: Option<(u64, f64)>,
     raw_indexing: Value,
     runs: &[NodesRun],
     queries: &[String],
@@ -779,6 +826,9 @@ fn build_report(
             "settle_server_cpu_seconds": run.settle_cpu_seconds,
             "mean_hits": measured.hits.iter().sum::<usize>() as f64 / measured.hits.len().max(1) as f64,
             "queries_with_equal_hit_counts": agreeing,
+            "throttled_per_node": run.throttled.iter()
+                .map(|(times, seconds)| json!({"times": times, "seconds": seconds}))
+                .collect::<Vec<_>>(),
         }));
     }
     Report {
@@ -795,7 +845,9 @@ fn build_report(
                 "latency": report::summary(&raw.micros),
                 "cpu_seconds_per_1000_queries": per_thousand(raw_cpu_seconds, raw),
                 "mean_hits": raw.hits.iter().sum::<usize>() as f64 / raw.hits.len().max(1) as f64,
+                "throttled": raw_throttled.map(|(times, seconds)| json!({"times": times, "seconds": seconds})),
             },
+            "node_cpu_cores": args.node_cpu,
             "runs": json_runs,
             "note": "closed loop at `concurrency`; chorus: GET /v1/search as the searcher (conversation list from the node's own history, scatter-gather over POST /v1/shards/search when sharded), query i to node i % nodes; raw: one Tantivy index in the bench process, same query, hits and snippets, each on a blocking thread; server CPU: the search processes' user+system time over the recorded queries",
         }),

@@ -59,7 +59,9 @@ use crate::projection::corpus::{Corpus, CorpusArgs, SEARCHER};
 use crate::projection::raw_tantivy::{self, RawIndex, RawOptions};
 use crate::projection::timeline::write_timeline;
 use crate::report::{self, Report, Row};
-use crate::server::{API_KEY, JWT_SECRET, Mode, Server, cpu_seconds, machine_cpu_seconds};
+use crate::server::{
+    API_KEY, JWT_SECRET, Mode, Server, cpu_seconds, machine_cpu_seconds, machine_stolen_seconds,
+};
 
 /// How long a search node may take to say it listens.
 const START_PATIENCE: Duration = Duration::from_secs(60);
@@ -149,6 +151,9 @@ struct NodesRun {
     bench_cpu_seconds: f64,
     /// Share of the machine's CPU busy over the recorded queries.
     machine_busy: f64,
+    /// Share of the machine's CPU time stolen by the host over the recorded queries (counted in
+    /// `machine_busy` too).
+    machine_stolen: f64,
     /// Partitions each node held.
     held: Vec<Vec<u64>>,
     resident_bytes: u64,
@@ -442,10 +447,12 @@ async fn measure_nodes(
         let cpu_before = servers_cpu()?;
         let bench_before = cpu_seconds(std::process::id())?;
         let (busy_before, total_before) = machine_cpu_seconds()?;
+        let stolen_before = machine_stolen_seconds()?;
         let measured = closed_loop(measured_queries, args.concurrency, call).await?;
         let server_cpu_seconds = servers_cpu()? - cpu_before;
         let bench_cpu_seconds = cpu_seconds(std::process::id())? - bench_before;
         let (busy_after, total_after) = machine_cpu_seconds()?;
+        let stolen = machine_stolen_seconds()? - stolen_before;
         let resident_bytes = pids
             .iter()
             .map(|pid| chorus_process::usage::resident_bytes(*pid))
@@ -464,6 +471,7 @@ async fn measure_nodes(
             server_cpu_seconds,
             bench_cpu_seconds,
             machine_busy: (busy_after - busy_before) / (total_after - total_before).max(1e-9),
+            machine_stolen: stolen / (total_after - total_before).max(1e-9),
             held,
             resident_bytes,
             throttled,
@@ -802,6 +810,11 @@ fn build_report(
             per_thousand(run.server_cpu_seconds, measured),
             "CPU-s",
         ));
+        rows.push(Row::new(
+            format!("{}: machine CPU stolen by the host", run.label),
+            run.machine_stolen * 100.0,
+            "%",
+        ));
         let agreeing = measured
             .hits
             .iter()
@@ -821,6 +834,7 @@ fn build_report(
             "server_cpu_seconds_per_1000_queries": per_thousand(run.server_cpu_seconds, measured),
             "bench_cpu_seconds_per_1000_queries": per_thousand(run.bench_cpu_seconds, measured),
             "machine_cpu_busy": run.machine_busy,
+            "machine_cpu_stolen": run.machine_stolen,
             "server_resident_bytes": run.resident_bytes,
             "settle_seconds": run.settle_seconds,
             "settle_server_cpu_seconds": run.settle_cpu_seconds,

@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chorus_core::auth::TokenAuthority;
 use chorus_process::ChildServer;
-pub use chorus_process::usage::{cpu_seconds, machine_cpu_seconds};
+pub use chorus_process::usage::{cpu_seconds, machine_cpu_seconds, machine_stolen_seconds};
 use tokio::process::Command;
 
 pub const JWT_SECRET: &str = "chorus-bench-secret-0123456789";

@@ -110,20 +110,25 @@ pub fn written(pid: u32) -> Result<Written, UsageError> {
     })
 }
 
-/// CPU time of the whole machine so far, in seconds: (busy, total) over every core
-/// (`/proc/stat`), so a run can report how much of the machine was busy.
-pub fn machine_cpu_seconds() -> Result<(f64, f64), UsageError> {
+/// The machine's CPU ticks so far, every core summed (`/proc/stat`'s `cpu` line: user, nice,
+/// system, idle, iowait, irq, softirq, steal, …).
+fn machine_ticks() -> Result<Vec<u64>, UsageError> {
     let path = "/proc/stat";
     let stat = read(path)?;
     let line = stat.lines().next().ok_or_else(|| UsageError::Missing {
         path: path.to_owned(),
         field: "cpu line",
     })?;
-    let ticks: Vec<u64> = line
-        .split_whitespace()
+    line.split_whitespace()
         .skip(1)
         .map(|field| number(path, "cpu ticks", Some(field)))
-        .collect::<Result<_, _>>()?;
+        .collect()
+}
+
+/// CPU time of the whole machine so far, in seconds: (busy, total) over every core
+/// (`/proc/stat`), so a run can report how much of the machine was busy.
+pub fn machine_cpu_seconds() -> Result<(f64, f64), UsageError> {
+    let ticks = machine_ticks()?;
     let total: u64 = ticks.iter().sum();
     // idle and iowait
     let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
@@ -131,6 +136,13 @@ pub fn machine_cpu_seconds() -> Result<(f64, f64), UsageError> {
         (total - idle) as f64 / TICKS_PER_SECOND,
         total as f64 / TICKS_PER_SECOND,
     ))
+}
+
+/// CPU time the hypervisor gave other guests while this machine's cores wanted to run, so far,
+/// in seconds (`/proc/stat`'s steal): on a shared host, the share of a run's machine time
+/// stolen says how far its timings are from a quiet machine's.
+pub fn machine_stolen_seconds() -> Result<f64, UsageError> {
+    Ok(machine_ticks()?.get(7).copied().unwrap_or(0) as f64 / TICKS_PER_SECOND)
 }
 
 #[cfg(test)]

@@ -63,6 +63,9 @@ use warp::reply::Response;
 const MAX_PAGE: usize = 1000;
 /// Largest number of search hits.
 const MAX_HITS: usize = 100;
+/// The longest text a shard answers with a hit for the asking node to make its snippet from;
+/// a longer one (up to `limits.max_text_bytes`) is answered as its snippet, made by the shard.
+const SHIPPED_TEXT_BYTES: usize = 1024;
 
 /// The configuration the search/history API reads: its slice of [`ChorusConfig`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -553,6 +556,8 @@ impl SearchApi {
                 index.fill_snippets(&mut matches.hits, &matches.snippet_terms);
                 matches.snippet_terms.clear();
             }
+            // an answer carries at most `limit` × SHIPPED_TEXT_BYTES of text
+            index.fill_long_snippets(&mut matches, SHIPPED_TEXT_BYTES);
             Ok(matches)
         })
         .await

@@ -569,6 +569,17 @@ impl SearchIndex {
         })
     }
 
+    /// Makes here the snippets of the hits whose text is longer than `max_text_bytes` (and
+    /// drops those texts): a search shard answers a long message as its snippet, so an answer
+    /// is bounded by `limit × max_text_bytes` of text whatever the messages' size.
+    pub fn fill_long_snippets(&self, matches: &mut Matches, max_text_bytes: usize) {
+        for hit in &mut matches.hits {
+            if hit.text.len() > max_text_bytes {
+                self.fill_snippets(std::slice::from_mut(hit), &matches.snippet_terms);
+            }
+        }
+    }
+
     /// The snippet weights of the query's terms in one partition (as
     /// `SnippetGenerator::create` computes them).
     fn snippet_terms(

@@ -423,13 +423,23 @@ fn hits_merged_from_shards_get_the_snippets_one_index_gives() {
             .filter(|conversation| shard_of(conversation) == shard)
             .cloned()
             .collect();
-        let matches = fixture.index.matches(query.as_ref(), &mine, 10).unwrap();
+        let mut matches = fixture.index.matches(query.as_ref(), &mine, 10).unwrap();
         assert!(
             matches
                 .hits
                 .iter()
                 .all(|scored| scored.hit.snippet.is_empty())
         );
+        if shard == 1 {
+            // this shard answers its long texts as snippets (bounding its answer)
+            fixture.index.fill_long_snippets(&mut matches, 100);
+            assert!(matches.hits.iter().any(|scored| scored.hit.seq == 1));
+            for scored in &matches.hits {
+                let long = scored.hit.seq == 1;
+                assert_eq!(scored.text.is_empty(), long, "{scored:?}");
+                assert_eq!(!scored.hit.snippet.is_empty(), long, "{scored:?}");
+            }
+        }
         let wire: Matches =
             serde_json::from_str(&serde_json::to_string(&matches).unwrap()).unwrap();
         gathered.extend(wire.hits);

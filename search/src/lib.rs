@@ -551,13 +551,14 @@ impl SearchApi {
         let texts = request.texts;
         let matches = tokio::task::spawn_blocking(move || {
             let mut matches = index.matches(text_query.as_ref(), &conversations, limit)?;
-            if !texts {
+            if texts {
+                // an answer carries at most `limit` × SHIPPED_TEXT_BYTES of text
+                index.fill_long_snippets(&mut matches, SHIPPED_TEXT_BYTES);
+            } else {
                 // an asking node of an earlier version takes snippets
                 index.fill_snippets(&mut matches.hits, &matches.snippet_terms);
                 matches.snippet_terms.clear();
             }
-            // an answer carries at most `limit` × SHIPPED_TEXT_BYTES of text
-            index.fill_long_snippets(&mut matches, SHIPPED_TEXT_BYTES);
             Ok(matches)
         })
         .await

@@ -256,21 +256,24 @@ async fn search_shards_split_the_partitions_and_a_query_gathers_them() -> anyhow
         })
         .next()
         .context("a1 holds a partition")?;
+    let ask_a1 = async |request: &Value| -> anyhow::Result<Value> {
+        Ok(reqwest::Client::new()
+            .post(format!("{}/v1/shards/search", a1.url))
+            .bearer_auth(API_KEY)
+            .json(request)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    };
     for texts in [None, Some(true)] {
         let mut request = json!({"q": "shardword needle", "limit": 100, "barrier_ms": 1000,
             "partitions": {a1_partition.to_string(): a1_conversations}});
         if let Some(texts) = texts {
             request["texts"] = json!(texts);
         }
-        let answer: Value = reqwest::Client::new()
-            .post(format!("{}/v1/shards/search", a1.url))
-            .bearer_auth(API_KEY)
-            .json(&request)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let answer = ask_a1(&request).await?;
         let hits = answer["hits"].as_array().cloned().unwrap_or_default();
         assert_eq!(hits.len(), a1_conversations.len(), "{answer}");
         for hit in &hits {
@@ -414,6 +417,44 @@ async fn search_shards_split_the_partitions_and_a_query_gathers_them() -> anyhow
         b2_documents,
         held_conversations + 1,
         "each message once: the copy's, then what came after"
+    );
+
+    // a shard answers a text over 1 KiB as its snippet, made by the shard (an answer stays
+    // bounded): a long message between two other users, in a conversation of a1's partition
+    // (last: it changes that partition's statistics, so the rankings compared above)
+    let long_conversation = (0..)
+        .map(|index| format!("dm:{run}long{index}a:{run}long{index}b"))
+        .find(|conversation| {
+            u64::from(chorus_log::partition_for_key(
+                conversation.as_bytes(),
+                PARTITIONS,
+            )) == a1_partition
+        })
+        .context("a conversation of a1's partition")?;
+    let long_text = format!("longword {}", "filler words ".repeat(120));
+    let results = Api::new(&ingest.url)
+        .business(
+            json!([{"type": "send", "id": "long", "conversation": long_conversation,
+            "sender": long_conversation.split(':').nth(1), "text": long_text}]),
+        )
+        .await?;
+    ensure!(results[0]["seq"] == 1, "{results:?}");
+    let request = json!({"q": "longword", "limit": 10, "barrier_ms": 1000, "texts": true,
+        "partitions": {a1_partition.to_string(): [long_conversation]}});
+    let long_hit = settled("a1 indexed the long message", async || {
+        let answer = ask_a1(&request).await?;
+        Ok(answer["hits"]
+            .as_array()
+            .and_then(|hits| hits.first())
+            .cloned())
+    })
+    .await?;
+    assert!(long_hit["text"].is_null(), "{long_hit}");
+    assert!(
+        long_hit["hit"]["snippet"]
+            .as_str()
+            .is_some_and(|snippet| snippet.contains("<b>longword</b>") && snippet.len() < 1024),
+        "{long_hit}"
     );
 
     // the shard route is the cluster's own: without the key it answers 401

@@ -240,9 +240,10 @@ async fn silent_clients_are_pinged_then_closed_and_give_back_their_device_slot()
     .await?;
     // a client that answers pings (the library does, while it reads) stays
     let mut alive = Client::connect(&server.ws_url(), "alice", None).await?;
-    // a client that vanished: never answers, never sends
-    let mut silent = RawClient::connect(&server, &token("bob", None)).await?;
+    // a client that vanished: never answers, never sends; the server last heard from it during
+    // the handshake, so its idle time is counted from before the connect returns
     let started = tokio::time::Instant::now();
+    let mut silent = RawClient::connect(&server, &token("bob", None)).await?;
     let mut pings = 0;
     // meanwhile the answering client reads (and so answers pings) for several idle timeouts
     let (silent_closed, nothing) = tokio::join!(

@@ -48,11 +48,36 @@ impl OwnRedis {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; good enough for a test's own server).
+/// A free TCP port on 127.0.0.1 for a test's own server, taken below the kernel's ephemeral range
+/// (`ip_local_port_range`): a test often names the port long before its server binds it (a node
+/// configured for a ClickHouse that starts later), and every server that binds port 0 meanwhile
+/// is given a port from that range; CI once saw one take the port first.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.max(10_001));
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.subsec_nanos())
+        .unwrap_or(0);
+    let start = std::process::id()
+        .wrapping_mul(7919)
+        .wrapping_add(nanos)
+        .wrapping_add(
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .wrapping_mul(104_729),
+        );
+    let span = u32::from(high - low);
+    for step in 0..span {
+        let port = low + ((start.wrapping_add(step) % span) as u16);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port between {low} and {high}")
 }
 
 /// The ClickHouse test harness (`scripts/services/clickhouse_http.py`, the real engine through

@@ -16,7 +16,9 @@
 // - a send, edit or recall stays in the outbox until its ack arrives; it is sent again, with the
 //   same client message id (so the server acks it once and never stores it twice), after a
 //   reconnect, after no answer within `ackTimeoutMs`, or after `unavailable`/`rate_limited`;
-// - a lost connection is retried with exponential backoff (with jitter), reset by `welcome`;
+// - a lost connection is retried with exponential backoff (with jitter), reset by `welcome`; a
+//   close with 1012 (the node is restarting and has written the acks it owed) reconnects at once,
+//   without backoff: the load balancer sends the new connection to another node;
 // - with a token provider (`renewToken`), a session outlives its token: some margin before the
 //   token's `exp` (10 % of its lifetime, at most 60 s, at least 5 s) a new token is fetched, sent on
 //   the live session as an `auth` frame and used for every later connection and HTTP request; a
@@ -31,6 +33,8 @@ const RETRYABLE_CODES = new Set(["unavailable", "rate_limited"]);
 export const FILL_PAGE = 1000;
 /** WebSocket close code: the session's token expired (docs/protocol.md). */
 export const CLOSE_TOKEN_EXPIRED = 4001;
+/** WebSocket close code: the node is restarting; reconnect at once (docs/protocol.md). */
+export const CLOSE_SERVICE_RESTART = 1012;
 /** What the application is told when the token expired and there is no way to renew it. */
 const EXPIRED_MESSAGE = "token expired, sign in again";
 /** The longest delay a timer takes (2^31 - 1 ms); a renewal further off is taken earlier. */
@@ -425,7 +429,8 @@ export class ChorusClient {
 
   /**
    * The connection is gone: after 4001 (token expired) renew and reconnect at once, or stop
-   * without a provider; otherwise retry after the backoff delay.
+   * without a provider; after 1012 (the node is restarting) reconnect at once; otherwise retry
+   * after the backoff delay.
    */
   lost(code) {
     for (const entry of this.outbox.values()) this.clearAckTimer(entry);
@@ -438,6 +443,13 @@ export class ChorusClient {
       return;
     }
     this.setState("closed");
+    if (code === CLOSE_SERVICE_RESTART) {
+      // the session had its welcome, which reset the backoff; a failed attempt backs off
+      this.cancelReconnect();
+      this.reconnects += 1;
+      this.connect();
+      return;
+    }
     this.retryLater();
   }
 

@@ -304,6 +304,20 @@ test("after a lost connection it reconnects with backoff and fills what it misse
   assert.equal(timers.delays.at(-1), 100, "welcome resets the backoff");
 });
 
+test("close 1012 (the node is restarting) reconnects at once and resends what is unacknowledged", async () => {
+  const { server, timers, client } = setup();
+  client.start();
+  await welcome(server);
+  const { id } = client.send("dm:alice:bob", "hi");
+  server.socket.closeWith(1012);
+  assert.equal(server.sockets.length, 2, "reconnected without waiting for a timer");
+  assert.ok(!timers.delays.includes(100), "no backoff delay was taken");
+  await welcome(server);
+  assert.deepEqual(server.socket.sent.map((frame) => frame.id), [id], "resent on the new connection with the same id");
+  server.socket.drop(); // a failure after it backs off as usual
+  assert.equal(timers.delays.at(-1), 100);
+});
+
 test("the backoff is capped", () => {
   const { client } = setup();
   assert.equal(client.backoffDelay(0), 100);

@@ -32,6 +32,18 @@ pub(crate) fn operations(metrics: Arc<Metrics>, dependencies: Arc<Dependencies>)
         let (code, body) = reported.health();
         chorus_core::http::json_response(code, &body)
     });
+    let readiness = dependencies.clone();
+    let ready = warp::path!("health" / "ready")
+        .and(warp::get())
+        .map(move || {
+            let (code, body) = readiness.ready();
+            chorus_core::http::json_response(code, &body)
+        });
+    // the process answers: that is all liveness says (see `crate::health`)
+    let live = warp::path!("health" / "live")
+        .and(warp::get())
+        .map(|| chorus_core::http::json_response(200, &serde_json::json!({"status": "alive"})));
+    let health = health.or(ready).unify().or(live).unify();
     let metrics_route = warp::path!("metrics").and(warp::get()).map(move || {
         let mut body = metrics.render();
         body.push_str(&dependencies.render());

@@ -25,11 +25,25 @@
 //!   acknowledge, deliver or project anything without the log, so readiness probes should take
 //!   it out until the dependency answers again (the next successful probe says `ok`).
 //!
+//! - 503 `{"status":"draining", …}`: the node is stopping (SIGTERM): it accepts nothing new and
+//!   is handing its sessions over (they close with 1012, reconnect now).
+//!
 //! with `"dependencies": {"<name>": {"state": "up"|"down"|"waiting", "required": bool,
-//! "error": "<last failure>"}}`. `chorus serve` has no outside dependency: always 200 `ok`.
+//! "error": "<last failure>"}}`. `chorus serve` has no outside dependency: 200 `ok` until it
+//! drains.
+//!
+//! For orchestrators (the Kubernetes manifests in `deploy/k8s` use them):
+//! - `GET /health/ready` answers 200 only while the node can accept and acknowledge: its role's
+//!   own routes serve (not only `/health` while it waits for Kafka), every required dependency
+//!   answers, and it is not draining; 503 otherwise, with the `/health` body. A degraded node
+//!   (Redis or ClickHouse down) is ready: it accepts and acknowledges in its degraded mode.
+//! - `GET /health/live` answers 200 whenever the process answers at all, draining included:
+//!   nothing a restart would fix is reported there (a node whose task failed exits by itself),
+//!   so an outage of a dependency never gets nodes killed.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use prometheus::{Encoder, IntGaugeVec, Opts, Registry};
@@ -70,9 +84,17 @@ struct Dependency {
     error: Option<String>,
 }
 
+/// Where a node is in its life, for readiness: [`SERVING`] from when its role's own routes
+/// serve until it starts [`DRAINING`].
+const STARTING: u8 = 0;
+const SERVING: u8 = 1;
+const DRAINING: u8 = 2;
+
 /// The dependencies of one node and their states.
 pub struct Dependencies {
     entries: Mutex<BTreeMap<&'static str, Dependency>>,
+    /// [`STARTING`], [`SERVING`] or [`DRAINING`].
+    phase: AtomicU8,
     /// Renders `chorus_dependency_up`.
     registry: Registry,
     /// 1 while a dependency answers, 0 otherwise.
@@ -96,6 +118,7 @@ impl Default for Dependencies {
             .expect("names are unique");
         Dependencies {
             entries: Mutex::new(BTreeMap::new()),
+            phase: AtomicU8::new(STARTING),
             registry,
             up,
         }
@@ -152,6 +175,34 @@ impl Dependencies {
         }
     }
 
+    /// The node's role serves its own routes (it can accept, once its required dependencies
+    /// answer).
+    pub fn serving(&self) {
+        let _ = self
+            .phase
+            .compare_exchange(STARTING, SERVING, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The node is stopping: not ready from now on.
+    pub fn draining(&self) {
+        self.phase.store(DRAINING, Ordering::Release);
+    }
+
+    /// The `/health/ready` answer: (status code, the `/health` body). See the module docs.
+    pub fn ready(&self) -> (u16, serde_json::Value) {
+        let (code, body) = self.health();
+        let serving = self.phase.load(Ordering::Acquire) == SERVING;
+        match (code, serving) {
+            (200, true) => (200, body),
+            (200, false) => {
+                let mut body = body;
+                body["status"] = json!("starting");
+                (503, body)
+            }
+            _ => (503, body),
+        }
+    }
+
     /// The state of `name`, if declared.
     pub fn state(&self, name: &str) -> Option<DependencyState> {
         self.lock().get(name).map(|dependency| dependency.state)
@@ -169,7 +220,9 @@ impl Dependencies {
         let degraded = entries
             .values()
             .any(|dependency| dependency.state != DependencyState::Up);
+        let draining = self.phase.load(Ordering::Acquire) == DRAINING;
         let (code, status) = match (starting, unavailable, degraded) {
+            _ if draining => (503, "draining"),
             (true, _, _) => (503, "starting"),
             (false, true, _) => (503, "unavailable"),
             (false, false, true) => (200, "degraded"),
@@ -288,5 +341,39 @@ mod tests {
                 .render()
                 .contains("chorus_dependency_up{dependency=\"kafka\"} 1")
         );
+    }
+
+    #[test]
+    fn ready_only_while_serving_with_every_required_dependency_and_not_draining() {
+        let dependencies = Dependencies::default();
+        dependencies.declare("kafka", true);
+        dependencies.declare("redis", false);
+        let ready = || {
+            let (code, body) = dependencies.ready();
+            (code, body["status"].as_str().unwrap_or_default().to_owned())
+        };
+        assert_eq!(ready(), (503, "starting".into()), "kafka not reached yet");
+        dependencies.report("kafka", Ok(()));
+        assert_eq!(
+            ready(),
+            (503, "starting".into()),
+            "kafka answers, but only /health serves until the role's routes do"
+        );
+        dependencies.serving();
+        assert_eq!(
+            ready(),
+            (200, "degraded".into()),
+            "degraded (redis down) still accepts and acknowledges"
+        );
+        dependencies.report("kafka", Err("probe timed out".into()));
+        assert_eq!(ready(), (503, "unavailable".into()));
+        dependencies.report("kafka", Ok(()));
+        dependencies.report("redis", Ok(()));
+        assert_eq!(ready(), (200, "ok".into()));
+        dependencies.draining();
+        assert_eq!(ready(), (503, "draining".into()));
+        assert_eq!(dependencies.health().0, 503, "/health says so too");
+        dependencies.serving();
+        assert_eq!(ready(), (503, "draining".into()), "a drain is not undone");
     }
 }

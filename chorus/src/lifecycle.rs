@@ -5,8 +5,8 @@
 //!
 //! 1. **edge**: the HTTP server and the WebSocket sessions (and what keeps the edge's presence
 //!    and broadcast tail). Its token is cancelled first: the server stops accepting, open HTTP
-//!    connections finish their request in flight, sessions close with 1001; the phase is awaited
-//!    until every one of them ended.
+//!    connections finish their request in flight, sessions write the acks they owe and close
+//!    with 1012 (reconnect now); the phase is awaited until every one of them ended.
 //! 2. **pipeline**: the router, the projector (under its supervisor), the shared-history
 //!    follower and the dependency probes. Cancelled once the edge is down; each finishes its
 //!    batch in flight, and the phase is awaited.

@@ -101,6 +101,10 @@ pub struct RunningRole {
     pub addr: std::net::SocketAddr,
     /// The role's tasks, by shutdown phase.
     tasks: NodeTasks,
+    /// Says `draining` (not ready) from the start of the shutdown.
+    dependencies: Arc<Dependencies>,
+    /// `http.shutdown_grace_ms`: the longest the shutdown may take.
+    grace: Duration,
 }
 
 impl RunningRole {
@@ -110,8 +114,21 @@ impl RunningRole {
     }
 
     /// Stops the role's tasks in order and waits for every one of them.
+    /// The node says not ready at once, and stops within `http.shutdown_grace_ms`: the edge
+    /// hands its sessions over (see `chorus_ingest::session`), then the pipeline stops (routers
+    /// and projectors commit and leave their consumer groups, so the partitions move at once);
+    /// past the grace period the tasks still running are abandoned with an error.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        match self.tasks.shutdown().await.into_iter().next() {
+        self.dependencies.draining();
+        let stopped = tokio::time::timeout(self.grace, self.tasks.shutdown())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the node did not stop within http.shutdown_grace_ms ({:?})",
+                    self.grace
+                )
+            })?;
+        match stopped.into_iter().next() {
             Some((name, error)) => Err(error.context(name)),
             None => Ok(()),
         }
@@ -738,6 +755,12 @@ async fn start_role(
         }
     }
     probes.spawn(&tasks);
+    dependencies.serving();
     tracing::info!(role = role_name, %addr, "role started");
-    Ok(RunningRole { addr, tasks })
+    Ok(RunningRole {
+        addr,
+        tasks,
+        dependencies,
+        grace: Duration::from_millis(config.http.shutdown_grace_ms),
+    })
 }

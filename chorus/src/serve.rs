@@ -5,7 +5,7 @@
 //! distributed ones in `roles.rs`).
 //!
 //! Shutdown is ordered ([`Served::shutdown`], see `lifecycle.rs`): stop accepting connections
-//! and close sessions (1001), and wait until they have; then stop the router and the projector
+//! and close sessions (1012, after the acks they owe), and wait until they have; then stop the router and the projector
 //! (each finishes its batch in flight) and wait for them; then close the log.
 
 use std::fs::File;
@@ -35,6 +35,7 @@ use chorus_store::history::{MessagePage, expired_before};
 use warp::Filter;
 
 use crate::admin::{Routes, admin_replay, operations};
+use crate::health::Dependencies;
 use crate::lifecycle::{NodeTasks, Stage};
 
 /// Membership (typing) and messages (forwarding) for the ingest stage, read from the
@@ -188,6 +189,10 @@ pub struct Served {
     pub metrics: Arc<Metrics>,
     /// The HTTP server and sessions, the router and the projector, by shutdown phase.
     tasks: NodeTasks,
+    /// Says `draining` (not ready) from the start of the shutdown.
+    health: Arc<Dependencies>,
+    /// `http.shutdown_grace_ms`: the longest the roles may take to stop.
+    grace: Duration,
     /// The embedded log, closed last.
     log: Arc<EmbeddedLog>,
     /// Where the running node's URL is recorded (removed on shutdown).
@@ -278,7 +283,8 @@ pub async fn serve(config: ChorusConfig) -> anyhow::Result<Served> {
     });
     let admin = supervise_projector(&config, projections, &tasks);
     // everything runs in this process: no outside dependency to report
-    let routes = operations(metrics.clone(), Arc::default())
+    let health: Arc<Dependencies> = Arc::default();
+    let routes = operations(metrics.clone(), health.clone())
         .or(admin)
         .unify()
         .or(chorus_ingest::routes(ingest.clone()))
@@ -300,6 +306,7 @@ pub async fn serve(config: ChorusConfig) -> anyhow::Result<Served> {
         ingest.sessions_closed().await;
         Ok(())
     });
+    health.serving();
     let running_file = layout.running_file();
     std::fs::write(
         &running_file,
@@ -310,6 +317,8 @@ pub async fn serve(config: ChorusConfig) -> anyhow::Result<Served> {
         api_key: config.auth.api_key.clone(),
         metrics,
         tasks,
+        health,
+        grace: Duration::from_millis(config.http.shutdown_grace_ms),
         log: embedded_log,
         running_file,
         _lock: lock,
@@ -332,9 +341,21 @@ impl Served {
     }
 
     /// Stops every role in order (sessions, then router and projector) and closes the log.
+    /// The roles get `http.shutdown_grace_ms`; the log is closed after them in any case.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.health.draining();
         let mut first_error = None;
-        for (name, error) in self.tasks.shutdown().await {
+        let failures = match tokio::time::timeout(self.grace, self.tasks.shutdown()).await {
+            Ok(failures) => failures,
+            Err(_) => vec![(
+                "all",
+                anyhow::anyhow!(
+                    "the roles did not stop within http.shutdown_grace_ms ({:?})",
+                    self.grace
+                ),
+            )],
+        };
+        for (name, error) in failures {
             tracing::error!(role = name, %error, "role failed during shutdown");
             first_error.get_or_insert(error);
         }

@@ -91,6 +91,11 @@ pub struct HttpSection {
     pub auth_failures_per_minute: u32,
     /// Source addresses whose failures are remembered (bounds the limiter's memory).
     pub auth_failure_addresses: usize,
+    /// How long a node takes at most to stop on SIGTERM (or Ctrl-C): it says not ready and stops
+    /// accepting at once; each WebSocket session writes the acks it owes for at most half of
+    /// this, then closes with 1012 (reconnect now); the node exits within it. Keep it below
+    /// the orchestrator's own (Kubernetes' `terminationGracePeriodSeconds`, 30 s by default).
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for HttpSection {
@@ -102,6 +107,7 @@ impl Default for HttpSection {
             auth_failure_burst: 20,
             auth_failures_per_minute: 10,
             auth_failure_addresses: 100_000,
+            shutdown_grace_ms: 20_000,
         }
     }
 }
@@ -127,6 +133,7 @@ impl HttpSection {
                 "http.auth_failure_addresses",
                 self.auth_failure_addresses as u64,
             ),
+            ("http.shutdown_grace_ms", self.shutdown_grace_ms),
         ];
         match positive.iter().find(|(_, value)| *value == 0) {
             Some((key, _)) => Err(invalid(key, "must be greater than 0")),

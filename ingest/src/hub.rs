@@ -198,7 +198,11 @@ impl Hub {
     }
 
     fn push(&self, slot: &SessionSlot, frame: &Frame) {
-        match slot.outbox.push(frame.clone()) {
+        self.count(slot.outbox.push(frame.clone()));
+    }
+
+    fn count(&self, pushed: Pushed) {
+        match pushed {
             Pushed::Queued => self.metrics.deliveries.inc(),
             Pushed::Full => self.metrics.reject("slow_consumer"),
             Pushed::Closed => {}
@@ -258,7 +262,12 @@ impl DeliverySink for Hub {
                     .find(|slot| *slot.id == *session);
                 if let Some(slot) = slot {
                     let frame: Frame = outcome.frame().to_string().into();
-                    self.push(slot, &frame);
+                    // the session owes an outcome for each event it appended with a client id
+                    let pushed = match outcome.client_msg_id() {
+                        Some(_) => slot.outbox.push_outcome(frame),
+                        None => slot.outbox.push(frame),
+                    };
+                    self.count(pushed);
                 }
             }
         }

@@ -73,7 +73,7 @@ pub struct Ingest {
     user_limiter: DefaultKeyedRateLimiter<String>,
     /// Requests per second for the whole node.
     node_limiter: DefaultDirectRateLimiter,
-    /// Cancelled when the node shuts down; sessions close with 1001.
+    /// Cancelled when the node shuts down; sessions write the acks they owe and close with 1012.
     shutdown: CancellationToken,
     /// The WebSocket sessions' tasks (see [`Ingest::sessions_closed`]).
     sessions: TaskTracker,
@@ -165,7 +165,7 @@ impl Ingest {
     }
 
     /// Resolves once every WebSocket session of this node has ended: after shutdown, once each
-    /// closed with 1001. Sessions (and the limiter janitor) are tasks of the node's own tracker,
+    /// closed with 1012. Sessions (and the limiter janitor) are tasks of the node's own tracker,
     /// never detached.
     pub async fn sessions_closed(&self) {
         self.sessions.close();

@@ -6,7 +6,7 @@
 //! upgrades of `/v1/ws` are handled here (see `session.rs` for why not by warp); every other
 //! request goes to the warp routes the binary composed. An upgraded session keeps its
 //! connection permit. On shutdown the server stops accepting, asks open HTTP connections to
-//! finish their request in flight and close, and sessions close with 1001 through the ingest
+//! finish their request in flight and close, and sessions close with 1012 through the ingest
 //! node's own shutdown signal.
 
 use std::sync::Arc;
@@ -38,7 +38,7 @@ impl Handler for Edge {
 }
 
 /// Serves `listener` until `shutdown` is cancelled; returns once every HTTP connection closed.
-/// Sessions close (1001) through the ingest node's own token; await them with
+/// Sessions close (1012) through the ingest node's own token; await them with
 /// [`Ingest::sessions_closed`].
 pub async fn serve(
     listener: TcpListener,

@@ -7,8 +7,8 @@
 //!
 //! Before the upgrade: the token is checked (401), the node's connection limit (503) and the
 //! user's session limit (429). After it: a `welcome` frame, then one loop that reads client
-//! frames, writes frames from the session's outbox, and closes on shutdown (1001), on a slow
-//! consumer (1013), on an oversized frame (1009), on a protocol violation (1002; 1007 for text
+//! frames, writes frames from the session's outbox, and closes when the node stops (1012, after
+//! writing the outcomes it owes, see [`Session::drain`]), on a slow consumer (1013), on an oversized frame (1009), on a protocol violation (1002; 1007 for text
 //! that is not UTF-8), when the token expires (4001) or when the client was silent for
 //! `limits.idle_timeout_ms` (4002; a silent client is pinged every `limits.ping_interval_ms`).
 //! Client frames are handled in order, each `send` appended to `ingress` before the next frame
@@ -61,8 +61,9 @@ use writer::{SocketWriter, WriteFailure};
 const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code for a slow consumer: reconnect and fill the gap.
 const CLOSE_TRY_AGAIN: u16 = 1013;
-/// Close code on node shutdown.
-const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code when the node stops (a rolling restart): "service restart", reconnect at once, to
+/// any node, without backoff.
+const CLOSE_SERVICE_RESTART: u16 = 1012;
 /// Close code for a WebSocket protocol violation (unmasked, reserved bits, bad opcode, …).
 const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 /// Close code for a text frame that is not UTF-8.
@@ -216,6 +217,8 @@ struct Session {
     /// Where the connection came from: a failed renewal counts against its address's budget of
     /// failed authentications, as a failed upgrade does (`core::auth_limit`).
     origin: Option<RequestOrigin>,
+    /// The session's outbox, which counts the outcomes it owes its client.
+    outbox: Arc<crate::hub::Outbox>,
 }
 
 /// Why a session ends with a close frame: its code and reason.
@@ -304,6 +307,7 @@ async fn run_session(start: Box<SessionStart>) {
         id: session_id.clone(),
         token_expires_at,
         origin,
+        outbox: registration.outbox.clone(),
     };
     let limits = &ingest.config.limits;
     let mut writer = SocketWriter {
@@ -337,7 +341,7 @@ async fn run_session(start: Box<SessionStart>) {
 
 impl Session {
     /// The session's loop: reads client frames, writes frames from the outbox, pings a silent
-    /// client, and ends on a close, a broken connection, shutdown (1001), a slow consumer
+    /// client, and ends on a close, a broken connection, the node stopping (1012), a slow consumer
     /// (1013), a protocol violation (1002, 1007, 1009), an expired token (4001) or a silent
     /// client (4002). Returns the close to send, if any. The outbox is dropped on return.
     async fn run(
@@ -439,9 +443,49 @@ impl Session {
                     wake.as_mut().reset(next_wake(last_heard, last_ping, armed_expiry));
                 }
                 _ = registration.outbox.overflowed() => return Some(SLOW_CONSUMER),
-                _ = shutdown.cancelled() => return Some((CLOSE_GOING_AWAY, "node shutting down")),
+                _ = shutdown.cancelled() => return Box::pin(Self::drain(&registration, writer, self.ingest.config.http.shutdown_grace_ms / 2)).await,
             }
         }
+    }
+
+    /// The node is stopping (SIGTERM; its server no longer accepts): the session reads no more
+    /// client frames, writes the outcomes it owes its client — events it appended before, whose
+    /// ack is on its way — for at most `limit_ms`, then what else is queued, and closes with
+    /// 1012 so that the client reconnects at once, to another node. An ack that does not come in
+    /// time is not lost: the event is durable, and the client's resend with the same id after its
+    /// reconnect is answered with the original outcome.
+    async fn drain(
+        registration: &SessionRegistration,
+        writer: &mut SocketWriter<SplitSink<Socket, Message>>,
+        limit_ms: u64,
+    ) -> Option<Closing> {
+        let outbox = &registration.outbox;
+        let stalled = |failure: WriteFailure| match failure {
+            WriteFailure::Broken => None,
+            WriteFailure::Stalled => Some(SLOW_CONSUMER),
+        };
+        let deadline = Instant::now() + Duration::from_millis(limit_ms);
+        while outbox.owed() > 0 {
+            tokio::select! {
+                outgoing = outbox.recv() => {
+                    let frame = outgoing?;
+                    if let Err(failure) = writer.write_queued(frame, outbox).await {
+                        return stalled(failure);
+                    }
+                }
+                _ = outbox.overflowed() => return Some(SLOW_CONSUMER),
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        while let Some(frame) = outbox.try_recv() {
+            if let Err(failure) = writer.write_queued(frame, outbox).await {
+                return stalled(failure);
+            }
+        }
+        Some((
+            CLOSE_SERVICE_RESTART,
+            "node restarting: reconnect now, to any node",
+        ))
     }
 
     /// Handles one client frame; returns a frame to send back at once, if any.
@@ -691,7 +735,16 @@ impl Session {
             // a replaced text meets the same limits
             validate_ingress(&event, &self.ingest.config.limits)?;
         }
-        self.ingest.append(std::slice::from_ref(&event)).await
+        // owed from before the append: the router's outcome may arrive before the append returns
+        let owes = event.client_msg_id.is_some();
+        if owes {
+            self.outbox.owe_outcome();
+        }
+        let appended = self.ingest.append(std::slice::from_ref(&event)).await;
+        if owes && appended.is_err() {
+            self.outbox.forgo_outcome();
+        }
+        appended
     }
 
     /// The members of a conversation: a direct one's from its id, a group's from the membership

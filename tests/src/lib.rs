@@ -30,7 +30,7 @@ pub use api::{Api, metric, metrics_text, url_encode};
 pub use child_server::{ChildServer, chorus_binary, role_arguments, role_environment};
 pub use credentials::{API_KEY, JWT_SECRET, token};
 pub use in_process::{TestServer, generous_limits, test_config};
-pub use participant::{ACK_PATIENCE, Participant, SEND_DEADLINE};
+pub use participant::{ACK_PATIENCE, CLOSE_SERVICE_RESTART, Participant, SEND_DEADLINE};
 pub use services::{
     OwnClickHouse, OwnRedis, S3Service, clickhouse_service, distributed_services, free_port,
     s3_service,

@@ -3,6 +3,9 @@
 //! acknowledged, a lost connection is reopened with backoff, and every `event` received live is
 //! recorded, so a test can tell live deliveries from gap fills. A send gives up only after
 //! [`SEND_DEADLINE`], and only a refusal other than `unavailable` or `rate_limited` fails it.
+//! How each connection ended and every `error` frame are recorded too, so a test can tell what
+//! the user saw; after a close with 1012 (the node restarts) it reconnects at once, as the web
+//! client does.
 
 use std::time::Duration;
 
@@ -28,7 +31,16 @@ pub struct Participant {
     pub reconnects: usize,
     /// Sends repeated after a lost connection or a missing ack.
     pub resends: usize,
+    /// How each lost connection ended: the server's close code, `None` without a close frame.
+    pub closes: Vec<Option<u16>>,
+    /// Connection attempts that failed.
+    pub failed_connects: usize,
+    /// Every `error` frame received.
+    pub errors: Vec<Value>,
 }
+
+/// The close of a node that restarts: reconnect at once (docs/protocol.md).
+pub const CLOSE_SERVICE_RESTART: u16 = 1012;
 
 /// How long a participant waits for an ack before resending (longer than a router takeover:
 /// the consumer group's session timeout plus recovery).
@@ -46,6 +58,9 @@ impl Participant {
             acked: Default::default(),
             reconnects: 0,
             resends: 0,
+            closes: Vec::new(),
+            failed_connects: 0,
+            errors: Vec::new(),
         }
     }
 
@@ -69,8 +84,11 @@ impl Participant {
                     self.user
                 );
             }
+            let restarted = self.closes.last() == Some(&Some(CLOSE_SERVICE_RESTART));
             if attempt > 0 {
                 self.resends += 1;
+            }
+            if attempt > 0 && !(restarted && self.client.is_none()) {
                 // a client's retry backoff; the condition (an ack) is awaited below
                 tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(10)))).await;
             }
@@ -82,14 +100,17 @@ impl Participant {
                         self.client = Some(client);
                         self.reconnects += 1;
                     }
-                    Err(_) => continue,
+                    Err(_) => {
+                        self.failed_connects += 1;
+                        continue;
+                    }
                 }
             }
             let Some(client) = self.client.as_mut() else {
                 continue;
             };
             if client.send_json(frame.clone()).await.is_err() {
-                self.client = None;
+                self.lost();
                 continue;
             }
             match self.await_outcome(id, ACK_PATIENCE).await {
@@ -98,7 +119,7 @@ impl Participant {
                     return Ok(seq);
                 }
                 Outcome::Retry => {}
-                Outcome::Lost => self.client = None,
+                Outcome::Lost => self.lost(),
                 Outcome::Refused(error) => bail!("{}: {id} refused: {error}", self.user),
             }
         }
@@ -156,14 +177,23 @@ impl Participant {
                     };
                 }
                 Some("error") if frame["id"] == id => {
+                    self.errors.push(frame.clone());
                     let code = frame["code"].as_str().unwrap_or_default();
                     if code == "unavailable" || code == "rate_limited" {
                         return Outcome::Retry;
                     }
                     return Outcome::Refused(frame.to_string());
                 }
+                Some("error") => self.errors.push(frame),
                 _ => {}
             }
+        }
+    }
+
+    /// The connection is gone: records how it ended.
+    fn lost(&mut self) {
+        if let Some(client) = self.client.take() {
+            self.closes.push(client.closed_with);
         }
     }
 
@@ -173,8 +203,10 @@ impl Participant {
         while let Some(client) = self.client.as_mut() {
             match client.next_frame(until).await {
                 Ok(Some(frame)) if frame["type"] == "event" => self.record(&frame),
+                Ok(Some(frame)) if frame["type"] == "error" => self.errors.push(frame),
                 Ok(Some(_)) => {}
-                Ok(None) | Err(_) => return,
+                Ok(None) => return,
+                Err(_) => return self.lost(),
             }
         }
     }

@@ -20,6 +20,8 @@ pub struct Client {
     stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// Frames read while looking for another one, in arrival order.
     backlog: Vec<Value>,
+    /// The code of the server's close frame, once one was read.
+    pub closed_with: Option<u16>,
 }
 
 impl Client {
@@ -33,6 +35,7 @@ impl Client {
             session: String::new(),
             stream,
             backlog: Vec::new(),
+            closed_with: None,
         };
         let welcome = client.expect(|frame| frame["type"] == "welcome").await?;
         assert_eq!(welcome["user"], user);
@@ -107,6 +110,7 @@ impl Client {
             let message = message?;
             let Message::Text(text) = message else {
                 if let Message::Close(close) = message {
+                    self.closed_with = close.as_ref().map(|close| u16::from(close.code));
                     bail!("{}: closed by server: {close:?}", self.user);
                 }
                 continue;
@@ -155,7 +159,10 @@ impl Client {
             };
             match message {
                 Message::Text(text) => return Ok(Some(serde_json::from_str(&text)?)),
-                Message::Close(close) => bail!("{}: closed by server: {close:?}", self.user),
+                Message::Close(close) => {
+                    self.closed_with = close.as_ref().map(|close| u16::from(close.code));
+                    bail!("{}: closed by server: {close:?}", self.user)
+                }
                 _ => {}
             }
         }

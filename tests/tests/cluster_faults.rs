@@ -8,6 +8,12 @@
 //!   restarted. Clients behave as real ones: resend with the same id until acked, reconnect, fill
 //!   gaps from `/events`. Afterwards every acknowledged message is in history and in `timeline`
 //!   exactly once, seqs are contiguous, and every member got every event live or by gap fill.
+//! - A rolling restart: three ingest nodes are stopped with SIGTERM and started again one after
+//!   the other while five users send 2,000 messages. Before each stop the "load balancer" (the
+//!   test) sends that node's users elsewhere, as one does once `/health/ready` says no; the node
+//!   writes the acks it owes, closes every session with 1012 and exits within its grace period.
+//!   Every message is acked once and in history once, every user reconnected at once and saw no
+//!   error and no close but 1012, and every member has every event, live or filled.
 //! - Redis is stopped mid-run and started again empty: acks and events keep flowing over the
 //!   broadcast path, targeted delivery resumes once the ingest nodes registered their sessions
 //!   again, nothing acknowledged is lost, and `/metrics` shows the breaker's transitions.
@@ -112,6 +118,76 @@ fn check_history(conversation: &str, events: &[Value]) -> anyhow::Result<BTreeMa
         }
     }
     Ok(ids)
+}
+
+/// Checks that every participant has every event of its conversations (`conversations`: the
+/// group, which every user is in, then the direct one of the first two users, each with its
+/// last seq): received live, or filled from the hole on through the history API as a client
+/// does; and that live delivery carried most of them (gap filling tops it up, it does not carry
+/// it). Returns a line per participant and conversation.
+async fn every_member_has_every_event(
+    api: &Api,
+    participants: &mut [Participant],
+    users: &[String],
+    conversations: &[(String, u64); 2],
+) -> anyhow::Result<Vec<String>> {
+    let mut report = Vec::new();
+    for participant in participants.iter_mut() {
+        participant.drain(Duration::from_millis(500)).await;
+        let index = users
+            .iter()
+            .position(|u| *u == participant.user)
+            .unwrap_or(0);
+        let member_of = if index < 2 {
+            &conversations[..]
+        } else {
+            &conversations[..1]
+        };
+        for (conversation, last) in member_of {
+            let (conversation, last) = (conversation.as_str(), *last);
+            let live = participant
+                .live
+                .get(conversation)
+                .cloned()
+                .unwrap_or_default();
+            let mut have = live.clone();
+            let mut after = 0;
+            // gap filling as a client does: from each hole on, through the history API
+            for seq in 1..=last {
+                if have.contains(&seq) || seq <= after {
+                    continue;
+                }
+                for event in api.events(&participant.user, conversation, seq - 1).await? {
+                    if let Some(filled) = event["seq"].as_u64() {
+                        have.insert(filled);
+                        after = after.max(filled);
+                    }
+                }
+            }
+            ensure!(
+                live.len() as u64 * 2 > last,
+                "{} got only {} of {last} events of {conversation} live",
+                participant.user,
+                live.len()
+            );
+            let expected: BTreeSet<u64> = (1..=last).collect();
+            ensure!(
+                have == expected,
+                "{} lacks events of {conversation}: has {} of {last}",
+                participant.user,
+                have.len()
+            );
+            report.push(format!(
+                "{} {conversation}: {} live, {} filled; {} reconnects, {} resends",
+                participant.user,
+                live.len(),
+                last as usize - live.len(),
+                participant.reconnects,
+                participant.resends
+            ));
+        }
+    }
+    Ok(report)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -265,63 +341,12 @@ async fn kill_9_of_a_router_and_an_ingest_node_loses_and_duplicates_nothing() ->
     assert_eq!(sequenced[&group].len(), 1601);
 
     // every member got every event: live, or by filling the gap from /events
-    let mut report = Vec::new();
-    for mut participant in participants {
-        participant.drain(Duration::from_millis(500)).await;
-        let index = users
-            .iter()
-            .position(|u| *u == participant.user)
-            .unwrap_or(0);
-        let mut member_of = vec![(group.clone(), group_history.len() as u64)];
-        if index < 2 {
-            member_of.push((dm.clone(), dm_history.len() as u64));
-        }
-        for (conversation, last) in member_of {
-            let live = participant
-                .live
-                .get(&conversation)
-                .cloned()
-                .unwrap_or_default();
-            let mut have = live.clone();
-            let mut after = 0;
-            // gap filling as a client does: from each hole on, through the history API
-            for seq in 1..=last {
-                if have.contains(&seq) || seq <= after {
-                    continue;
-                }
-                for event in api
-                    .events(&participant.user, &conversation, seq - 1)
-                    .await?
-                {
-                    if let Some(filled) = event["seq"].as_u64() {
-                        have.insert(filled);
-                        after = after.max(filled);
-                    }
-                }
-            }
-            // live delivery works through the faults: gap filling tops it up, it does not carry it
-            assert!(
-                live.len() as u64 * 2 > last,
-                "{} got only {} of {last} events of {conversation} live",
-                participant.user,
-                live.len()
-            );
-            let expected: BTreeSet<u64> = (1..=last).collect();
-            assert_eq!(
-                have, expected,
-                "{} has every event of {conversation}",
-                participant.user
-            );
-            report.push(format!(
-                "{} {conversation}: {} live, {} filled; {} reconnects, {} resends",
-                participant.user,
-                live.len(),
-                last as usize - live.len(),
-                participant.reconnects,
-                participant.resends
-            ));
-        }
-    }
+    let conversations = [
+        (group.clone(), group_history.len() as u64),
+        (dm.clone(), dm_history.len() as u64),
+    ];
+    let report =
+        every_member_has_every_event(&api, &mut participants, &users, &conversations).await?;
     eprintln!("{}", report.join("\n"));
 
     // the history the search node served is ClickHouse's, written by the projector role
@@ -352,6 +377,188 @@ async fn kill_9_of_a_router_and_an_ingest_node_loses_and_duplicates_nothing() ->
         0.0,
         "the search node projects no history of its own"
     );
+    Ok(())
+}
+
+/// `GET /health/ready` of a node: its status code.
+async fn readiness(node: &ChildServer) -> anyhow::Result<u16> {
+    let response = reqwest::get(format!("{}/health/ready", node.url)).await?;
+    Ok(response.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_of_every_ingest_node_loses_nothing_and_shows_only_the_restart_close()
+-> anyhow::Result<()> {
+    let Some(services) = distributed_services() else {
+        return Ok(());
+    };
+    let cluster = Cluster::new(
+        services,
+        format!("rr{}", std::process::id()),
+        // rates high enough that no send is refused: any error frame fails the test
+        "[kafka]\nsession_timeout_ms = 6000\n[log]\npartitions = 4\n[http]\nshutdown_grace_ms = 10000\n\
+         [limits]\nmessages_per_second = 1000\nmessage_burst = 1000\n\
+         user_messages_per_second = 1000\nuser_message_burst = 1000\n",
+    )?;
+    let _router = cluster.spawn("router", "r1", None).await?;
+    let mut nodes = Vec::new();
+    for name in ["n1", "n2", "n3"] {
+        nodes.push(Some(cluster.spawn("ingest", name, None).await?));
+    }
+    let _projector = cluster.spawn("projector", "p1", None).await?;
+    let search = cluster.spawn("search", "s1", None).await?;
+    let ws_url = |nodes: &[Option<ChildServer>], index: usize| {
+        nodes[index]
+            .as_ref()
+            .map(|node| node.ws_url())
+            .unwrap_or_default()
+    };
+
+    let names = ["alice", "bob", "carol", "dave", "erin"];
+    let users: Vec<String> = names.iter().map(|name| cluster.user(name)).collect();
+    let group = format!("g:{}", cluster.run);
+    let dm = direct(&users[0], &users[1]);
+    let first_node = nodes[0].as_ref().context("n1")?;
+    let created = Api::new(&first_node.url)
+        .business(
+            json!([{"type": "create_group", "id": "g", "conversation": group,
+                          "members": users, "title": "Rolling"}]),
+        )
+        .await?;
+    ensure!(created[0]["seq"] == 1, "group created: {created:?}");
+
+    // each user's own "load balancer" entry: which node it (re)connects to
+    let mut routes: Vec<(usize, Arc<Mutex<String>>)> = Vec::new();
+    let (progress, watch_progress) = watch::channel(0usize);
+    let progress = Arc::new(progress);
+    let mut talkers = Vec::new();
+    for (index, user) in users.iter().enumerate() {
+        let node = index % 3;
+        let route = Arc::new(Mutex::new(ws_url(&nodes, node)));
+        routes.push((node, route.clone()));
+        let mut participant = Participant::new(user, route);
+        participant.connect().await?;
+        let plan: Vec<(String, String)> = (0..400)
+            .map(|n| {
+                let to_dm = index < 2 && n % 2 == 0;
+                let conversation = if to_dm { dm.clone() } else { group.clone() };
+                (format!("{}-{n}", names[index]), conversation)
+            })
+            .collect();
+        let progress = progress.clone();
+        talkers.push(tokio::spawn(async move {
+            for (id, conversation) in plan {
+                participant
+                    .send(&id, &conversation, &format!("message {id}"))
+                    .await?;
+                progress.send_modify(|acked| *acked += 1);
+            }
+            Ok::<_, anyhow::Error>(participant)
+        }));
+    }
+
+    let started = std::time::Instant::now();
+    for (index, name) in ["n1", "n2", "n3"].into_iter().enumerate() {
+        let acked = 300 + 450 * index;
+        let mut watch = watch_progress.clone();
+        tokio::time::timeout(Duration::from_secs(180), watch.wait_for(|n| *n >= acked))
+            .await
+            .with_context(|| format!("the stream stalled before {acked} acks"))??;
+        // the load balancer takes the node out, then the orchestrator stops it
+        let next = (index + 1) % 3;
+        for (node, route) in routes.iter_mut() {
+            if *node == index {
+                *node = next;
+                *route.lock() = ws_url(&nodes, next);
+            }
+        }
+        let mut stopping = nodes[index].take().context("running")?;
+        let port = port_of(&stopping)?;
+        let pid = stopping.child.id().context("the node runs")?;
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        ensure!(status.success(), "kill -TERM {pid}");
+        // within its grace period (10 s) and a margin for the process to go
+        let exited = tokio::time::timeout(Duration::from_secs(15), stopping.child.wait())
+            .await
+            .with_context(|| format!("{name} did not exit within its grace period"))??;
+        ensure!(
+            exited.success(),
+            "{name} exited cleanly on SIGTERM: {exited}"
+        );
+        eprintln!(
+            "{name} stopped after {} acks, {:?} in",
+            *watch_progress.borrow(),
+            started.elapsed()
+        );
+        let restarted = cluster.spawn("ingest", name, Some(port)).await?;
+        ensure!(
+            readiness(&restarted).await? == 200,
+            "{name} is ready once it listens"
+        );
+        nodes[index] = Some(restarted);
+    }
+
+    let mut participants = Vec::new();
+    for talker in talkers {
+        participants.push(talker.await??);
+    }
+    eprintln!("all acked after {:?}", started.elapsed());
+    let acked_total: usize = participants.iter().map(|p| p.acked.len()).sum();
+    assert_eq!(acked_total, 2000, "every message was acknowledged");
+
+    let api = Api::new(&search.url);
+    let dm_history = history(&api, &users[0], &dm).await?;
+    let group_history = history(&api, &users[0], &group).await?;
+    let mut in_history = check_history(&dm, &dm_history)?;
+    in_history.extend(check_history(&group, &group_history)?);
+    for participant in &participants {
+        for (id, seq) in &participant.acked {
+            assert_eq!(
+                in_history.get(id),
+                Some(seq),
+                "{id} acked with seq {seq} is in history once, at that seq"
+            );
+        }
+    }
+    assert_eq!(dm_history.len(), 400, "400 direct messages, nothing more");
+    assert_eq!(group_history.len(), 1 + 1600);
+
+    let conversations = [
+        (group.clone(), group_history.len() as u64),
+        (dm.clone(), dm_history.len() as u64),
+    ];
+    let report =
+        every_member_has_every_event(&api, &mut participants, &users, &conversations).await?;
+    eprintln!("{}", report.join("\n"));
+    for participant in &participants {
+        assert!(
+            participant.reconnects >= 1,
+            "{} reconnected after its node stopped",
+            participant.user
+        );
+        assert!(
+            participant
+                .closes
+                .iter()
+                .all(|close| *close == Some(chorus_tests::CLOSE_SERVICE_RESTART)),
+            "{} saw only the restart close: {:?}",
+            participant.user,
+            participant.closes
+        );
+        assert_eq!(
+            participant.failed_connects, 0,
+            "{} reconnected at the first attempt",
+            participant.user
+        );
+        assert!(
+            participant.errors.is_empty(),
+            "{} saw no error: {:?}",
+            participant.user,
+            participant.errors
+        );
+    }
     Ok(())
 }
 

@@ -1,12 +1,13 @@
 //! The WebSocket session facing hostile or vanished clients (issue 11): keepalive (4002), token
 //! lifetime and renewal (4001, `auth` frames, `nbf`/`iat`, the maximum lifetime), close codes
-//! for protocol violations (1002, 1007), and ids with control or bidi characters.
+//! for protocol violations (1002, 1007), ids with control or bidi characters, and the close of a
+//! stopping node (1012, after the acks the session owes).
 
 use std::time::Duration;
 
 use chorus_core::auth::unix_seconds;
 use chorus_core::config::ChorusConfig;
-use chorus_tests::{Client, JWT_SECRET, TestServer, WAIT, token};
+use chorus_tests::{Client, JWT_SECRET, TestServer, WAIT, generous_limits, token};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -594,4 +595,61 @@ async fn failed_renewals_spend_the_address_budget_of_failed_authentications() ->
         "and so is a new connection from the address"
     );
     server.served.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_writes_every_ack_it_owes_then_closes_with_1012() -> anyhow::Result<()> {
+    let TestServer {
+        served, data_dir, ..
+    } = TestServer::start_with(generous_limits).await?;
+    let mut alice = Client::connect(&format!("ws://{}/v1/ws", served.addr), "alice", None).await?;
+    // sends in flight, not waiting for their acks: when the node stops, some are appended and
+    // their acks still on their way
+    let sent = 300;
+    for n in 0..sent {
+        alice
+            .send_json(json!({"type": "send", "id": format!("m{n}"),
+                              "conversation": "dm:alice:bob", "text": format!("message {n}")}))
+            .await?;
+    }
+    alice.outcome("m0").await?;
+    let stopping = tokio::spawn(served.shutdown());
+    let mut acked = std::collections::BTreeSet::from(["m0".to_owned()]);
+    let until = tokio::time::Instant::now() + WAIT;
+    loop {
+        match alice.next_frame(until).await {
+            Ok(Some(frame)) if frame["type"] == "ack" => {
+                acked.insert(frame["id"].as_str().unwrap_or_default().to_owned());
+            }
+            Ok(Some(frame)) => anyhow::ensure!(frame["type"] != "error", "{frame}"),
+            Ok(None) => anyhow::bail!("the stopping node did not close the session"),
+            Err(_) => break,
+        }
+    }
+    assert_eq!(
+        alice.closed_with,
+        Some(1012),
+        "closed with 1012, reconnect now"
+    );
+    tokio::time::timeout(WAIT, stopping).await???;
+
+    // what the log holds: every event the node appended got its ack before the close
+    let again = TestServer::serve_in(data_dir.path(), generous_limits).await?;
+    let api = chorus_tests::Api::new(&again.url());
+    let stored: std::collections::BTreeSet<String> = api
+        .events("alice", "dm:alice:bob", 0)
+        .await?
+        .iter()
+        .filter_map(|event| event["client_msg_id"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        stored.len() < sent,
+        "the node stopped reading before the last send"
+    );
+    assert_eq!(
+        stored, acked,
+        "each appended event was acknowledged before the close, and only those"
+    );
+    again.shutdown().await?;
+    Ok(())
 }

@@ -39,6 +39,15 @@ pub enum EventOutcome {
 }
 
 impl EventOutcome {
+    /// The client's id of the event this is the outcome of.
+    pub fn client_msg_id(&self) -> Option<&str> {
+        match self {
+            EventOutcome::Acked { client_msg_id, .. }
+            | EventOutcome::Failed { client_msg_id, .. }
+            | EventOutcome::Accepted { client_msg_id, .. } => client_msg_id.as_deref(),
+        }
+    }
+
     /// The WebSocket frame: `ack`, or `error` echoing the client's id.
     pub fn frame(&self) -> Value {
         match self {

@@ -2,7 +2,8 @@
 //!
 //! A queue under a lock and two wake-ups, rather than a channel: an idle session holds none of a
 //! channel's preallocated blocks (an empty queue owns no memory), and the hub's overflow signal
-//! lives beside the frames it is about.
+//! lives beside the frames it is about, as does the count of outcomes (acks, errors) the session
+//! still owes its client, which a stopping node waits for before it closes the session.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -38,6 +39,8 @@ struct State {
     frames: VecDeque<Frame>,
     slow: bool,
     closed: bool,
+    /// Events the session appended whose outcome has not been pushed yet.
+    owed: usize,
 }
 
 impl Outbox {
@@ -47,6 +50,7 @@ impl Outbox {
                 frames: VecDeque::new(),
                 slow: false,
                 closed: false,
+                owed: 0,
             }),
             arrived: Notify::new(),
             overflowed: Notify::new(),
@@ -72,6 +76,33 @@ impl Outbox {
         drop(state);
         self.arrived.notify_one();
         Pushed::Queued
+    }
+
+    /// Counts an outcome (`ack` or `error`) the session will owe its client: called before the
+    /// event is appended, as the outcome may come back before the append returns.
+    pub fn owe_outcome(&self) {
+        self.state.lock().owed += 1;
+    }
+
+    /// The append failed: the client got its error at once and no outcome will come.
+    pub fn forgo_outcome(&self) {
+        let mut state = self.state.lock();
+        state.owed = state.owed.saturating_sub(1);
+    }
+
+    /// Queues the outcome of an event the session appended (see [`Outbox::push`]); it is no
+    /// longer owed, whether it was queued or lost to an overflow.
+    pub(crate) fn push_outcome(&self, frame: Frame) -> Pushed {
+        {
+            let mut state = self.state.lock();
+            state.owed = state.owed.saturating_sub(1);
+        }
+        self.push(frame)
+    }
+
+    /// Outcomes the session owes its client that have not reached the outbox.
+    pub fn owed(&self) -> usize {
+        self.state.lock().owed
     }
 
     /// The next frame, if one is queued.

@@ -287,6 +287,42 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_outcome_for_a_client_id_settles_what_the_session_owes() {
+        let hub = Hub::new(4, Arc::new(Metrics::new()));
+        let alice = hub.register("alice", "s1".into());
+        alice.outbox.owe_outcome();
+        alice.outbox.owe_outcome();
+        // a refused read mark has no client id: it was never owed
+        hub.deliver(Delivery::ToSession {
+            session: "s1".into(),
+            outcome: EventOutcome::Failed {
+                client_msg_id: None,
+                error: chorus_core::error::ApiError::new(
+                    chorus_core::error::ErrorCode::BadRequest,
+                    "seq beyond the last",
+                ),
+            },
+        });
+        assert_eq!(alice.outbox.owed(), 2);
+        hub.deliver(Delivery::ToSession {
+            session: "s1".into(),
+            outcome: acked(),
+        });
+        assert_eq!(alice.outbox.owed(), 1);
+        // the other append failed: its error went back at once
+        alice.outbox.forgo_outcome();
+        assert_eq!(alice.outbox.owed(), 0);
+        assert_eq!(
+            alice.outbox.try_recv().map(|f| f.contains("error")),
+            Some(true)
+        );
+        assert_eq!(
+            alice.outbox.try_recv().map(|f| f.contains("\"ack\"")),
+            Some(true)
+        );
+    }
+
     #[tokio::test]
     async fn delivers_to_every_session_of_each_user_and_flags_slow_ones() {
         let hub = Hub::new(2, Arc::new(Metrics::new()));

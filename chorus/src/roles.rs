@@ -168,6 +168,7 @@ fn kafka_log(config: &ChorusConfig) -> anyhow::Result<Arc<dyn EventLog>> {
         config.kafka.session_timeout_ms,
     );
     kafka.client_id = format!("chorus-{}", config.node_id);
+    kafka.extra = config.kafka.client.pairs();
     Ok(KafkaLog::new(kafka)?)
 }
 

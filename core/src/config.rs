@@ -14,11 +14,13 @@ use serde::Deserialize;
 
 mod attachments;
 mod hooks;
+mod kafka_client;
 mod push;
 mod regions;
 mod search;
 pub use attachments::AttachmentsSection;
 pub use hooks::{HookPolicy, HooksSection};
+pub use kafka_client::{KafkaClientProperties, RESERVED_PROPERTIES, is_secret_property};
 pub use push::PushSection;
 pub use regions::RegionsSection;
 pub use search::SearchSection;
@@ -158,6 +160,9 @@ pub struct KafkaSection {
     /// hour is ample for any node that lags, and keeps a Redis outage's broadcast traffic from
     /// filling the broker's disks.
     pub deliveries_retention_ms: u64,
+    /// `[kafka.client]`: librdkafka properties of every Kafka client (SASL, TLS, …); values
+    /// may be `"${env:CHORUS_…}"`; secrets are redacted in `Debug` (`config/kafka_client.rs`).
+    pub client: KafkaClientProperties,
 }
 
 impl Default for KafkaSection {
@@ -167,6 +172,7 @@ impl Default for KafkaSection {
             replication_factor: 1,
             session_timeout_ms: 10_000,
             deliveries_retention_ms: 3_600_000,
+            client: KafkaClientProperties::default(),
         }
     }
 }
@@ -463,8 +469,10 @@ impl ChorusConfig {
     /// `CHORUS_HOOKS_BEFORE_SEND_URL`, `CHORUS_PUSH_NOTIFICATIONS`, `CHORUS_PUSH_WEBHOOK_URL`,
     /// `CHORUS_REGIONS_PEERS`, `CHORUS_REGIONS_DEFAULT_HOME`, `CHORUS_ATTACHMENTS_STORE`,
     /// `CHORUS_ATTACHMENTS_S3_ENDPOINT`, `CHORUS_ATTACHMENTS_S3_ACCESS_KEY_ID`,
-    /// `CHORUS_ATTACHMENTS_S3_SECRET_ACCESS_KEY`.
+    /// `CHORUS_ATTACHMENTS_S3_SECRET_ACCESS_KEY`; and `"${env:CHORUS_…}"` values of
+    /// `[kafka.client]`, then `CHORUS_KAFKA_SASL_PASSWORD` (its `sasl.password`).
     pub fn apply_env(&mut self, environment: &HashMap<String, String>) -> Result<(), ConfigError> {
+        self.kafka.client.apply_env(environment)?;
         for (name, value) in environment {
             match name.as_str() {
                 "CHORUS_LISTEN" => {
@@ -541,6 +549,7 @@ impl ChorusConfig {
         self.push.validate()?;
         self.attachments.validate()?;
         self.search.validate()?;
+        self.kafka.client.validate()?;
         if self.regions.enabled() && self.kafka.bootstrap.trim().is_empty() {
             return Err(invalid(
                 "regions.peers",

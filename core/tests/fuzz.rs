@@ -4,8 +4,9 @@
 //! - `fuzz_config_loader`: TOML text built from the keys and values of
 //!   `deploy/chorus.example.toml` (so new keys are fuzzed as soon as they are documented), with
 //!   arbitrary numbers, strings and stray tokens, then `CHORUS_…` overrides (names taken from
-//!   `apply_env`'s own source), then `validate`. Guarantee: each step returns `Ok` or a
-//!   `ConfigError` naming a file or a key, never panics (overflow checks are on in tests).
+//!   `apply_env`'s own source and `config/kafka_client.rs`), then `validate`. Guarantee: each
+//!   step returns `Ok` or a `ConfigError` naming a file or a key, never panics (overflow checks
+//!   are on in tests).
 //!
 //! Under `cargo test` the target runs a bounded number of random inputs (seconds); the long
 //! run is described in docs/FUZZING.md.
@@ -53,9 +54,14 @@ static DICTIONARY: LazyLock<ConfigDictionary> = LazyLock::new(|| {
         let value = rest.split(" #").next().unwrap_or("").trim().to_owned();
         keys.push((section.clone(), key.to_owned(), value));
     }
-    let source = include_str!("../src/config.rs");
-    let mut environment_names: Vec<String> = source
-        .split('"')
+    // `apply_env` and the `[kafka.client]` overrides it calls
+    let sources = [
+        include_str!("../src/config.rs"),
+        include_str!("../src/config/kafka_client.rs"),
+    ];
+    let mut environment_names: Vec<String> = sources
+        .iter()
+        .flat_map(|source| source.split('"'))
         .filter(|piece| {
             piece.starts_with("CHORUS_")
                 && piece

@@ -3,6 +3,7 @@
 //! settings that carry the adapter's guarantees (`acks=all` and idempotence, `read_committed`,
 //! manual commits, `cooperative-sticky`, transactions) are read in one place.
 
+use std::fmt;
 use std::time::Duration;
 
 use chorus_log::StartFrom;
@@ -17,8 +18,9 @@ pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// abort it by taking its transactional id, so it is kept short.
 const GROUP_TRANSACTION_TIMEOUT_MS: &str = "10000";
 
-/// Connection and topic settings of a [`KafkaLog`](crate::KafkaLog).
-#[derive(Debug, Clone)]
+/// Connection and topic settings of a [`KafkaLog`](crate::KafkaLog). Its `Debug` shows the
+/// names of the `extra` settings, never their values (they carry passwords and keys).
+#[derive(Clone)]
 pub struct KafkaLogConfig {
     /// `bootstrap.servers`, e.g. `127.0.0.1:19092`.
     pub bootstrap: String,
@@ -30,8 +32,25 @@ pub struct KafkaLogConfig {
     pub client_id: String,
     /// `session.timeout.ms` of group consumers (heartbeats every sixth of it).
     pub session_timeout_ms: u32,
-    /// Extra librdkafka settings applied to every client (last wins).
+    /// Extra librdkafka settings applied to every client (last wins among them; the settings
+    /// of a client's role, below, win over them): security (`security.protocol`, `sasl.*`,
+    /// `ssl.*`) and tuning, from `[kafka.client]`, which refuses the names this file sets.
     pub extra: Vec<(String, String)>,
+}
+
+impl fmt::Debug for KafkaLogConfig {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let extra_names: Vec<&str> = self.extra.iter().map(|(key, _)| key.as_str()).collect();
+        formatter
+            .debug_struct("KafkaLogConfig")
+            .field("bootstrap", &self.bootstrap)
+            .field("partitions", &self.partitions)
+            .field("replication_factor", &self.replication_factor)
+            .field("client_id", &self.client_id)
+            .field("session_timeout_ms", &self.session_timeout_ms)
+            .field("extra_names", &extra_names)
+            .finish()
+    }
 }
 
 impl KafkaLogConfig {

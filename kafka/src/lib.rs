@@ -58,6 +58,7 @@ use rdkafka::producer::{FutureProducer, Producer};
 
 pub use self::config::KafkaLogConfig;
 pub use self::group::KafkaConsumer;
+use self::metadata::MetaContext;
 use self::read::ReaderContext;
 
 /// The Kafka event log. Cheap to share behind an `Arc`.
@@ -72,8 +73,9 @@ struct Inner {
     producer: FutureProducer,
     /// Topic creation.
     admin: AdminClient<DefaultClientContext>,
-    /// A group-less consumer for metadata and watermark queries.
-    meta: BaseConsumer,
+    /// A group-less consumer for metadata and watermark queries; its context keeps why the last
+    /// broker connection failed, for the errors of metadata requests.
+    meta: BaseConsumer<MetaContext>,
     /// Partition counts of topics found ready.
     partitions: Mutex<HashMap<String, u32>>,
     /// Plain readers kept for reuse (`read.rs`).
@@ -110,7 +112,10 @@ impl KafkaLog {
         let producer: FutureProducer = config.producer_config().create().map_err(backend)?;
         let admin: AdminClient<DefaultClientContext> =
             config.admin_config().create().map_err(backend)?;
-        let meta: BaseConsumer = config.metadata_config().create().map_err(backend)?;
+        let meta: BaseConsumer<MetaContext> = config
+            .metadata_config()
+            .create_with_context(MetaContext::default())
+            .map_err(backend)?;
         let reader_group = format!("{}-reader-{}", config.client_id, unique_suffix());
         Ok(Arc::new(KafkaLog {
             inner: Arc::new(Inner {

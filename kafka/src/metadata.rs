@@ -3,16 +3,20 @@
 //! read_committed high watermark that is [`EventLog::end_offset`](chorus_log::EventLog::end_offset).
 //! A topic counts as ready only once every partition's leader answers offset requests, so the
 //! first append or read after `ensure_topic` does not race leader election; requests that fail
-//! while leadership settles are retried within [`REQUEST_TIMEOUT`].
+//! while leadership settles are retried within [`REQUEST_TIMEOUT`]. A metadata request that
+//! fails says why a broker connection last failed, if one did ([`MetaContext`]): refused SASL
+//! credentials or an untrusted certificate show up in the error, not only in the log.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chorus_log::{LogError, Offset, PartitionId, TopicSettings};
+use parking_lot::Mutex;
 use rdkafka::TopicPartitionList;
 use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
-use rdkafka::consumer::Consumer as _;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{Consumer as _, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::types::RDKafkaRespErr;
 
@@ -32,7 +36,16 @@ impl Inner {
             let metadata = inner
                 .meta
                 .fetch_metadata(Some(&topic), REQUEST_TIMEOUT)
-                .map_err(backend)?;
+                .map_err(|error| {
+                    inner.serve_meta_events();
+                    match inner.meta.context().recent_connection_failure() {
+                        Some(failure) => LogError::backend_failure_while(
+                            format!("metadata of {topic} (the client's last error: {failure})"),
+                            error,
+                        ),
+                        None => backend(error),
+                    }
+                })?;
             let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
                 return Ok(None);
             };
@@ -304,4 +317,58 @@ fn is_retriable(error: &KafkaError) -> bool {
                 | RDKafkaErrorCode::UnknownLeaderEpoch
         )
     )
+}
+
+/// How long a broker connection failure explains a failed metadata request: one request's time
+/// and some, so a failure long since healed is not blamed.
+const CONNECTION_FAILURE_RELEVANCE: Duration = Duration::from_secs(30);
+
+/// Most events one [`Inner::serve_meta_events`] takes off the metadata client's queue.
+const META_EVENTS_PER_SERVE: usize = 1024;
+
+/// The context of the metadata client, the first client every operation asks (partition
+/// counts): it keeps the reason of librdkafka's last client error, why a broker connection
+/// failed (`SASL authentication error: …`, `SSL handshake failed: … certificate verify failed`,
+/// `Connection refused`; not the "all brokers are down" that sums them up), which the failed
+/// request itself does not carry (it only times out or
+/// says "broker transport failure"). librdkafka puts such errors (and its log lines) on the
+/// client's main queue, which [`Inner::serve_meta_events`] serves.
+#[derive(Default)]
+pub(crate) struct MetaContext {
+    /// When the last client error came, and its reason.
+    last_connection_failure: Mutex<Option<(Instant, String)>>,
+}
+
+impl MetaContext {
+    /// The reason of a client error that came within [`CONNECTION_FAILURE_RELEVANCE`], if one did.
+    fn recent_connection_failure(&self) -> Option<String> {
+        self.last_connection_failure
+            .lock()
+            .as_ref()
+            .filter(|(when, _)| when.elapsed() < CONNECTION_FAILURE_RELEVANCE)
+            .map(|(_, reason)| reason.clone())
+    }
+}
+
+impl ClientContext for MetaContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::error!(%error, reason, "librdkafka metadata client error");
+        // "n/m brokers are down" sums failures up; the failure itself came before it
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::AllBrokersDown) {
+            *self.last_connection_failure.lock() = Some((Instant::now(), reason.to_owned()));
+        }
+    }
+}
+
+impl ConsumerContext for MetaContext {}
+
+impl Inner {
+    /// Serves what waits on the metadata client's queue (its errors reach [`MetaContext`], its
+    /// log lines the log), without waiting; nothing else polls that group-less client.
+    fn serve_meta_events(&self) {
+        for _ in 0..META_EVENTS_PER_SERVE {
+            // error events come back as `Err` after the context saw them; nothing else arrives
+            let _ = self.meta.poll(Duration::ZERO);
+        }
+    }
 }

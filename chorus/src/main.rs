@@ -414,18 +414,22 @@ async fn run_role(
         }
     })?;
     prepare_secrets(&mut config)?;
+    let scheme = config.http.scheme();
     let starting = roles::bind(role, config).await?;
     // `/health` answers 503 `starting` until Kafka answers and the role's own routes serve;
     // "is listening on" keeps meaning ready
     println!(
-        "Chorus {role:?} is starting on http://{} (waiting for kafka; /health and /metrics answer meanwhile)",
+        "Chorus {role:?} is starting on {scheme}://{} (waiting for kafka; /health and /metrics answer meanwhile)",
         starting.addr
     );
     let mut running = tokio::select! {
         _ = shutdown_signal() => return Ok(()),
         running = starting.start() => running?,
     };
-    println!("Chorus {role:?} is listening on http://{}", running.addr);
+    println!(
+        "Chorus {role:?} is listening on {scheme}://{}",
+        running.addr
+    );
     let outcome = tokio::select! {
         _ = shutdown_signal() => Ok(()),
         (task, error) = running.failed() => Err(anyhow::anyhow!("{task} stopped: {error:#}")),

@@ -220,24 +220,25 @@ async fn wait_for_topics(
 
 /// The shared history in ClickHouse, when `[clickhouse] url` is set. Does not wait for
 /// ClickHouse: its state is probed in the background (`clickhouse` in `/health`), and the
-/// first probe or call that finds it answering applies the schema.
+/// first probe or call that finds it answering applies the schema. Fails only on a
+/// `clickhouse.ca_file` that cannot be used.
 fn open_clickhouse(
     config: &ChorusConfig,
     metrics: &Arc<Metrics>,
     probes: &mut Probes,
-) -> Option<Arc<ClickHouseHistory>> {
+) -> anyhow::Result<Option<Arc<ClickHouseHistory>>> {
     let section = &config.clickhouse;
     if section.url.is_empty() {
-        return None;
+        return Ok(None);
     }
     let clickhouse = ClickHouseConfig::from_section(section);
-    let history = Arc::new(ClickHouseHistory::connect(&clickhouse, metrics.clone()));
+    let history = Arc::new(ClickHouseHistory::connect(&clickhouse, metrics.clone())?);
     let probed = history.clone();
     probes.add("clickhouse", move || {
         let history = probed.clone();
         async move { history.ping().await.map_err(|error| error.to_string()) }
     });
-    Some(history)
+    Ok(Some(history))
 }
 
 /// The shared history as the projector's replays see it ([`chorus_projector::shared_replay`]):
@@ -444,6 +445,8 @@ pub async fn bind(role: Role, mut config: ChorusConfig) -> anyhow::Result<Starti
     let metrics = Arc::new(Metrics::new());
     let dependencies = Arc::new(Dependencies::default());
     dependencies.declare("kafka", true);
+    // an unusable certificate stops the start here, with its reason
+    chorus_core::tls::acceptor(&config.http).context("[http] tls_cert_file, tls_key_file")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -591,7 +594,7 @@ async fn start_role(
             .await?;
             // group typing checks membership in the shared history when there is one
             let membership: Arc<dyn Membership> =
-                match open_clickhouse(&config, &metrics, &mut probes) {
+                match open_clickhouse(&config, &metrics, &mut probes)? {
                     Some(history) => {
                         let history: Arc<dyn chorus_store::HistoryStore> = history;
                         Arc::new(HistoryMembership::new(
@@ -650,7 +653,7 @@ async fn start_role(
         Role::Projector => {
             // with ClickHouse, the projector writes the shared history; search nodes index
             let settings = ProjectorSettings::from_config(&config);
-            let projections = match open_clickhouse(&config, &metrics, &mut probes) {
+            let projections = match open_clickhouse(&config, &metrics, &mut probes)? {
                 Some(history) => Projections::shared(
                     settings,
                     log,
@@ -671,7 +674,7 @@ async fn start_role(
         }
         Role::Search => {
             // with ClickHouse, a search node reads the shared history and keeps its own index
-            let clickhouse = open_clickhouse(&config, &metrics, &mut probes);
+            let clickhouse = open_clickhouse(&config, &metrics, &mut probes)?;
             let analytics =
                 analytics_route(config.auth.api_key.as_str().into(), clickhouse.clone());
             let settings = ProjectorSettings::from_config(&config);

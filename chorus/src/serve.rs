@@ -183,6 +183,8 @@ pub(crate) fn supervise_projector(
 pub struct Served {
     /// The address it listens on (useful with port 0).
     pub addr: SocketAddr,
+    /// `http`, or `https` with `[http]` TLS.
+    scheme: &'static str,
     /// The business API key in force.
     pub api_key: String,
     /// Metrics, for tests and the binary.
@@ -296,6 +298,8 @@ pub async fn serve(config: ChorusConfig) -> anyhow::Result<Served> {
         .with(warp::trace::request())
         .map(warp::Reply::into_response)
         .boxed();
+    // an unusable certificate stops the start here, with its reason
+    chorus_core::tls::acceptor(&config.http).context("[http] tls_cert_file, tls_key_file")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -310,10 +314,11 @@ pub async fn serve(config: ChorusConfig) -> anyhow::Result<Served> {
     let running_file = layout.running_file();
     std::fs::write(
         &running_file,
-        serde_json::json!({"url": format!("http://{addr}")}).to_string(),
+        serde_json::json!({"url": format!("{}://{addr}", config.http.scheme())}).to_string(),
     )?;
     Ok(Served {
         addr,
+        scheme: config.http.scheme(),
         api_key: config.auth.api_key.clone(),
         metrics,
         tasks,
@@ -327,7 +332,7 @@ pub async fn serve(config: ChorusConfig) -> anyhow::Result<Served> {
 
 impl Served {
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// The event log this node runs on.

@@ -54,6 +54,7 @@ mod guard;
 mod membership_window;
 mod migrations;
 mod rows;
+mod transport;
 
 pub use analytics::{Analytics, DayCount, KeyCount};
 use guard::{Guard, Through};
@@ -62,12 +63,15 @@ use migrations::{Schema, quote_identifier};
 use rows::{EVENT_COLUMNS, EventRow, MemberRow, PositionRow, membership_changes};
 
 /// Where the history lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ClickHouseConfig {
-    /// `http://host:8123`.
+    /// `http://host:8123`, or `https://host:8443`.
     pub url: String,
     pub user: String,
     pub password: String,
+    /// A PEM CA bundle that alone is trusted for `https://` (a private CA); empty: the
+    /// system's roots.
+    pub ca_file: String,
     pub database: String,
     /// Longest one call may take before it counts as a failure.
     pub request_timeout: Duration,
@@ -77,6 +81,19 @@ pub struct ClickHouseConfig {
     pub breaker_open_for: Duration,
 }
 
+impl std::fmt::Debug for ClickHouseConfig {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("ClickHouseConfig")
+            .field("url", &self.url)
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .field("ca_file", &self.ca_file)
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ClickHouseConfig {
     /// ClickHouse as configured in `[clickhouse]` (whose defaults are written once, in
     /// `chorus_core::config`).
@@ -84,6 +101,7 @@ impl ClickHouseConfig {
         ClickHouseConfig {
             user: section.user.clone(),
             password: section.password.clone(),
+            ca_file: section.ca_file.clone(),
             ..ClickHouseConfig::new(section.url.clone(), section.database.clone())
         }
     }
@@ -94,6 +112,7 @@ impl ClickHouseConfig {
             url: url.into(),
             user: String::new(),
             password: String::new(),
+            ca_file: String::new(),
             database: database.into(),
             request_timeout: Duration::from_secs(10),
             breaker_failures: 3,
@@ -122,21 +141,19 @@ impl ClickHouseHistory {
         config: &ClickHouseConfig,
         metrics: Arc<Metrics>,
     ) -> Result<ClickHouseHistory, HistoryError> {
-        let history = Self::connect(config, metrics);
+        let history = Self::connect(config, metrics)?;
         history.guard.schema.ensure(&history.guard).await?;
         Ok(history)
     }
 
     /// Prepares the client without waiting for ClickHouse: the first call that finds it
     /// answering creates the database and applies pending migrations (see the module docs).
-    pub fn connect(config: &ClickHouseConfig, metrics: Arc<Metrics>) -> ClickHouseHistory {
-        let mut server = Client::default().with_url(&config.url);
-        if !config.user.is_empty() {
-            server = server.with_user(&config.user);
-        }
-        if !config.password.is_empty() {
-            server = server.with_password(&config.password);
-        }
+    /// Fails only on a `ca_file` that cannot be used.
+    pub fn connect(
+        config: &ClickHouseConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<ClickHouseHistory, HistoryError> {
+        let server = transport::server(config)?;
         let client = server.clone().with_database(&config.database);
         let guard = Guard {
             breaker: Breaker::new(
@@ -148,12 +165,12 @@ impl ClickHouseHistory {
             timeout: config.request_timeout,
             schema: Schema::new(server, client.clone(), config.database.clone()),
         };
-        ClickHouseHistory {
+        Ok(ClickHouseHistory {
             client,
             guard,
             config: config.clone(),
             metrics,
-        }
+        })
     }
 
     /// The database a replay rebuilds this history into: `<database>_rebuild`, beside it.

@@ -14,12 +14,14 @@ use serde::Deserialize;
 
 mod attachments;
 mod hooks;
+mod http;
 mod kafka_client;
 mod push;
 mod regions;
 mod search;
 pub use attachments::AttachmentsSection;
 pub use hooks::{HookPolicy, HooksSection};
+pub use http::HttpSection;
 pub use kafka_client::{KafkaClientProperties, RESERVED_PROPERTIES, is_secret_property};
 pub use push::PushSection;
 pub use regions::RegionsSection;
@@ -67,83 +69,6 @@ pub struct WebSection {
     pub read_url: String,
 }
 
-/// The HTTP listener of every role (`core::serve`): how long a client may take to send a
-/// request, how many connections a node keeps open, and how fast failed authentication may be
-/// retried from one address.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpSection {
-    /// Longest wait for a request's complete line and headers, counted from when the connection
-    /// starts waiting for it: a new connection, and an idle keep-alive connection between
-    /// requests (so this is also the keep-alive idle timeout). Past it the connection is closed.
-    pub header_read_timeout_ms: u64,
-    /// Longest time to receive a request's body once its headers arrived; past it the request
-    /// is answered `408 request_timeout` and the connection closed.
-    pub body_read_timeout_ms: u64,
-    /// Open TCP connections per node, HTTP and WebSocket together; lowered to fit the process's
-    /// file limit (keeping a tenth of it, at least 128, for the node's other files). At the cap,
-    /// the connection that waited longest for its client (sending its headers or its body, or
-    /// idle between requests) is closed to make room; with none waiting, the new one gets 503
-    /// and is closed.
-    pub max_open_connections: usize,
-    /// Failed authentications (bad token, bad API key) one source address (IPv4, or IPv6 /64)
-    /// may make in a burst before its attempts are refused with `429 rate_limited`.
-    pub auth_failure_burst: u32,
-    /// How fast that budget refills, in failures per minute.
-    pub auth_failures_per_minute: u32,
-    /// Source addresses whose failures are remembered (bounds the limiter's memory).
-    pub auth_failure_addresses: usize,
-    /// How long a node takes at most to stop on SIGTERM (or Ctrl-C): it says not ready and stops
-    /// accepting at once; each WebSocket session writes the acks it owes for at most half of
-    /// this, then closes with 1012 (reconnect now); the node exits within it. Keep it below
-    /// the orchestrator's own (Kubernetes' `terminationGracePeriodSeconds`, 30 s by default).
-    pub shutdown_grace_ms: u64,
-}
-
-impl Default for HttpSection {
-    fn default() -> Self {
-        HttpSection {
-            header_read_timeout_ms: 10_000,
-            body_read_timeout_ms: 30_000,
-            max_open_connections: 210_000,
-            auth_failure_burst: 20,
-            auth_failures_per_minute: 10,
-            auth_failure_addresses: 100_000,
-            shutdown_grace_ms: 20_000,
-        }
-    }
-}
-
-impl HttpSection {
-    fn validate(&self) -> Result<(), ConfigError> {
-        let positive = [
-            ("http.header_read_timeout_ms", self.header_read_timeout_ms),
-            ("http.body_read_timeout_ms", self.body_read_timeout_ms),
-            (
-                "http.max_open_connections",
-                self.max_open_connections as u64,
-            ),
-            (
-                "http.auth_failure_burst",
-                u64::from(self.auth_failure_burst),
-            ),
-            (
-                "http.auth_failures_per_minute",
-                u64::from(self.auth_failures_per_minute),
-            ),
-            (
-                "http.auth_failure_addresses",
-                self.auth_failure_addresses as u64,
-            ),
-            ("http.shutdown_grace_ms", self.shutdown_grace_ms),
-        ];
-        match positive.iter().find(|(_, value)| *value == 0) {
-            Some((key, _)) => Err(invalid(key, "must be greater than 0")),
-            None => Ok(()),
-        }
-    }
-}
-
 /// The distributed event log. An empty `bootstrap` means the embedded log (`chorus serve`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -186,6 +111,9 @@ pub struct ClickHouseSection {
     pub url: String,
     pub user: String,
     pub password: String,
+    /// A PEM CA bundle trusted, alone, for an `https://` url (a private CA); empty: the
+    /// system's roots.
+    pub ca_file: String,
     pub database: String,
     /// The projector batches history inserts by time (this long at most) as well as by size
     /// (`projector.batch_records`): ClickHouse prefers fewer, larger inserts.
@@ -198,6 +126,7 @@ impl Default for ClickHouseSection {
             url: String::new(),
             user: String::new(),
             password: String::new(),
+            ca_file: String::new(),
             database: "chorus".into(),
             insert_interval_ms: 250,
         }

@@ -19,4 +19,5 @@ pub mod progress;
 pub mod protocol;
 pub mod serve;
 pub mod swap;
+pub mod tls;
 pub mod validate;

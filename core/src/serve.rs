@@ -17,10 +17,14 @@
 //!   (every connection is running a handler or is a WebSocket session), the new connection is
 //!   answered 503 and closed at once;
 //! - every request carries its [`RequestOrigin`] (peer address and the node's failed-auth
-//!   limiter, `core::auth_limit`) in its extensions.
+//!   limiter, `core::auth_limit`) in its extensions;
+//! - with `http.tls_cert_file` set, every connection is TLS (`core::tls`): its handshake must
+//!   complete within `http.header_read_timeout_ms`, and it counts as waiting for its client
+//!   meanwhile (closed to make room at the cap, or at shutdown).
 //!
 //! Counted in `/metrics`: `chorus_http_connections_open`, `chorus_http_connections_rejected_total`,
-//! `chorus_http_connections_evicted_total`, `chorus_http_timeouts_total{phase}`.
+//! `chorus_http_connections_evicted_total`, `chorus_http_timeouts_total{phase}` (`header`,
+//! `body`, `tls`: a handshake not done in time).
 //!
 //! On shutdown (its `CancellationToken` cancelled) the loop stops accepting, asks open
 //! connections to finish the request in flight and close, and returns once they have: every
@@ -394,6 +398,8 @@ struct Shared<H> {
     limiter: Arc<AuthFailureLimiter>,
     /// Connections without a request in progress.
     waiting: Arc<WaitingConnections>,
+    /// TLS for every connection, when `[http]` names a certificate.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Serves `routes` on `listener` until `shutdown` is cancelled (the roles without WebSocket).
@@ -410,6 +416,8 @@ pub async fn serve_routes(
 
 /// Serves `listener` with `handler` until `shutdown` is cancelled, then returns once every
 /// connection finished its request in flight and closed (upgraded connections have left it).
+/// With a certificate in `[http]` that cannot be loaded it serves nothing and returns at once,
+/// having logged why (compositions check it first with [`crate::tls::acceptor`]).
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     settings: &HttpSection,
@@ -417,6 +425,13 @@ pub async fn serve<H: Handler>(
     handler: H,
     shutdown: CancellationToken,
 ) {
+    let tls = match crate::tls::acceptor(settings) {
+        Ok(tls) => tls,
+        Err(error) => {
+            tracing::error!(%error, "TLS certificate unusable; not serving");
+            return;
+        }
+    };
     let connections = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(connection_capacity(
         settings.max_open_connections,
@@ -427,6 +442,7 @@ pub async fn serve<H: Handler>(
         limiter: Arc::new(AuthFailureLimiter::new(settings, metrics.clone())),
         metrics,
         waiting: Arc::new(WaitingConnections::default()),
+        tls,
     });
     loop {
         let accepted = tokio::select! {
@@ -523,6 +539,40 @@ async fn serve_connection<H: Handler>(
 ) {
     let ticket = Arc::new(WaitTicket::new(shared.waiting.clone()));
     ticket.waiting();
+    let Some(tls) = shared.tls.clone() else {
+        return serve_http(shared, stream, peer, shutdown, ticket).await;
+    };
+    // the handshake is the client's to complete, like its headers: bounded, and evictable
+    let evict = ticket.evict.clone();
+    let handshake = tokio::time::timeout(shared.header_read_timeout, tls.accept(stream));
+    let stream = tokio::select! {
+        handshake = handshake => match handshake {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, %peer, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                shared.metrics.http_timeouts.with_label_values(&["tls"]).inc();
+                return;
+            }
+        },
+        _ = evict.notified() => return,
+        _ = shutdown.cancelled() => return,
+    };
+    serve_http(shared, stream, peer, shutdown, ticket).await
+}
+
+/// HTTP/1.1 on an accepted connection (plain or TLS).
+async fn serve_http<H: Handler, S>(
+    shared: Arc<Shared<H>>,
+    stream: S,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+    ticket: Arc<WaitTicket>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let evict = ticket.evict.clone();
     let origin = RequestOrigin::new(peer, shared.limiter.clone());
     let service_shared = shared.clone();

@@ -25,7 +25,13 @@ Implemented:
     (echoed in ``X-ClickHouse-Query-Id``), ``param_<name>`` (server-side query parameters).
     Any other parameter that names a ClickHouse setting is applied with ``SET`` for this one
     request and reset afterwards; the rest (``session_id``, ``wait_end_of_query``, ``compress``,
-    ``readonly``, ``role``, unknown names, ...) are ignored. Authentication is not checked.
+    ``readonly``, ``role``, unknown names, ...) are ignored.
+  * Authentication, with ``--user NAME --password SECRET``: a query (not ``/ping``) must carry
+    that user and password as ClickHouse takes them (``X-ClickHouse-User``/``X-ClickHouse-Key``
+    headers, which the Rust crate sends; ``user``/``password`` URL parameters; or HTTP basic
+    auth), else it is refused as ClickHouse refuses it: 401, ``X-ClickHouse-Exception-Code: 516``
+    (AUTHENTICATION_FAILED). Without ``--user`` anything is accepted.
+  * HTTPS, with ``--tls-cert FILE --tls-key FILE`` (PEM): every connection is TLS.
   * Responses: 200 with the result bytes in the requested format (empty for DDL and INSERT),
     ``X-ClickHouse-Format``, ``X-ClickHouse-Query-Id`` and ``X-ClickHouse-Summary`` headers.
     Errors: 500, ``X-ClickHouse-Exception-Code: <code>`` (from the message's ``Code: N``,
@@ -37,6 +43,7 @@ request bodies), compressed responses, external tables, progress headers, mid-st
 exceptions (results are materialised before the response starts).
 
 Usage: python3 scripts/services/clickhouse_http.py --port 18123 --data DIR
+       [--user NAME --password SECRET] [--tls-cert FILE --tls-key FILE]
 DIR keeps the chdb database, so tables survive a restart. Binds 127.0.0.1 only and prints
 ``listening on 127.0.0.1:<port>`` once it accepts connections.
 """
@@ -44,11 +51,13 @@ DIR keeps the chdb database, so tables survive a restart. Binds 127.0.0.1 only a
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
 import shutil
 import signal
+import ssl
 import sys
 import tempfile
 import threading
@@ -439,6 +448,17 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "chorus-clickhouse-http"
     engine: Engine  # set on the class by main()
+    user: str | None = None  # --user: the one user a query must name (with its password)
+    password: str | None = None
+
+    def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(10)
+            try:
+                self.request.do_handshake()
+            finally:
+                self.request.settimeout(None)
+        super().setup()
 
     def do_HEAD(self) -> None:
         self.do_GET(head=True)
@@ -467,6 +487,19 @@ class Handler(BaseHTTPRequestHandler):
         params = dict(parse_qsl(url.query, keep_blank_values=True))
         query_id = params.get("query_id") or str(uuid.uuid4())
         headers = {"X-ClickHouse-Query-Id": query_id}
+        if not self.authenticated(params):
+            try:
+                self.read_body()
+            except (QueryError, ConnectionError, ValueError):
+                self.close_connection = True
+            headers["X-ClickHouse-Exception-Code"] = "516"
+            headers["Content-Type"] = "text/plain; charset=UTF-8"
+            message = (
+                "Code: 516. DB::Exception: Authentication failed: password is incorrect, "
+                "or there is no user with such name. (AUTHENTICATION_FAILED)\n"
+            )
+            self.respond(401, message.encode("utf-8"), headers)
+            return
         try:
             body = self.read_body()
             content_type = self.headers.get("Content-Type", "")
@@ -497,6 +530,21 @@ class Handler(BaseHTTPRequestHandler):
             headers["Content-Type"] = "text/plain; charset=UTF-8"
         headers["X-ClickHouse-Summary"] = json.dumps(result.summary, separators=(",", ":"))
         self.respond(200, result.body, headers)
+
+    def authenticated(self, params: dict[str, str]) -> bool:
+        """Whether the request names the configured user and password (always, without one)."""
+        if self.user is None:
+            return True
+        user = self.headers.get("X-ClickHouse-User") or params.get("user")
+        password = self.headers.get("X-ClickHouse-Key") or params.get("password")
+        authorization = self.headers.get("Authorization", "")
+        if user is None and authorization.lower().startswith("basic "):
+            try:
+                decoded = base64.b64decode(authorization[6:].strip()).decode("utf-8")
+                user, _, password = decoded.partition(":")
+            except ValueError:
+                return False
+        return user == self.user and password == self.password
 
     def read_body(self) -> bytes:
         if self.command in ("GET", "HEAD"):
@@ -556,12 +604,20 @@ def main() -> int:
         "--data", required=True, help="directory of the chdb database (kept across restarts)"
     )
     parser.add_argument("--quiet", action="store_true", help="do not log every request")
+    parser.add_argument("--user", help="the user every query must name (ClickHouse's headers)")
+    parser.add_argument("--password", default="", help="that user's password")
+    parser.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
     args = parser.parse_args()
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
 
     os.makedirs(args.data, exist_ok=True)
     upload_dir = os.path.join(tempfile.gettempdir(), f"chorus-clickhouse-http-{args.port}")
     engine = Engine(os.path.abspath(args.data), upload_dir)
     Handler.engine = engine
+    Handler.user = args.user
+    Handler.password = args.password
     if args.quiet:
         Handler.log_request = lambda self, code="-", size="-": None  # type: ignore[method-assign]
     try:
@@ -571,6 +627,14 @@ def main() -> int:
         engine.close()
         return 1
     server.daemon_threads = True
+    if args.tls_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        # the handshake is done in each connection's own thread (Handler.setup), not in the
+        # accept loop, so a client that stalls it holds up only itself
+        server.socket = context.wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=False
+        )
 
     def shut_down(signum, _frame) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()

@@ -89,6 +89,16 @@ pub struct OwnClickHouse {
 
 impl OwnClickHouse {
     pub async fn start(port: u16, data: &Path) -> anyhow::Result<OwnClickHouse> {
+        Self::start_with(port, data, &[]).await
+    }
+
+    /// The harness with more of its options: `--user`/`--password` (the credentials every query
+    /// must carry), `--tls-cert`/`--tls-key` (HTTPS).
+    pub async fn start_with(
+        port: u16,
+        data: &Path,
+        options: &[String],
+    ) -> anyhow::Result<OwnClickHouse> {
         let script = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../scripts/services/clickhouse_http.py"
@@ -98,6 +108,7 @@ impl OwnClickHouse {
             .arg(script)
             .args(["--port", &port.to_string(), "--data"])
             .arg(data)
+            .args(options)
             .stderr(Stdio::null());
         let harness = chorus_process::ChildServer::spawn(command, "listening on ", WAIT * 4)
             .await

@@ -32,8 +32,8 @@ pub use credentials::{API_KEY, JWT_SECRET, token};
 pub use in_process::{TestServer, generous_limits, test_config};
 pub use participant::{ACK_PATIENCE, CLOSE_SERVICE_RESTART, Participant, SEND_DEADLINE};
 pub use services::{
-    OwnClickHouse, OwnRedis, S3Service, clickhouse_service, distributed_services, free_port,
-    s3_service,
+    OwnClickHouse, OwnRedis, S3Service, SecuredKafka, clickhouse_service, distributed_services,
+    free_port, s3_service, secured_kafka,
 };
 pub use slow_client::{
     PROMPT_ANSWER, health_status, open_partial_requests, partial_head_closed_after,

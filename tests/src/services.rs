@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use tokio::net::TcpStream;
 
 pub use chorus_process::services::{
-    S3Service, clickhouse_service, distributed_services, s3_service,
+    S3Service, SecuredKafka, clickhouse_service, distributed_services, s3_service, secured_kafka,
 };
 
 use crate::WAIT;

@@ -41,6 +41,8 @@ struct Cluster {
     run: String,
     config: std::path::PathBuf,
     dir: tempfile::TempDir,
+    /// More environment for every role (secrets of secured services).
+    environment: Vec<(&'static str, String)>,
 }
 
 impl Cluster {
@@ -56,6 +58,7 @@ impl Cluster {
             run,
             config,
             dir,
+            environment: Vec::new(),
         })
     }
 
@@ -76,6 +79,7 @@ impl Cluster {
         // history in ClickHouse, a database per run
         environment.push(("CHORUS_CLICKHOUSE_URL", self.clickhouse.clone()));
         environment.push(("CHORUS_CLICKHOUSE_DATABASE", format!("chorus_{}", self.run)));
+        environment.extend(self.environment.iter().cloned());
         ChildServer::spawn(&arguments, &environment)
             .await
             .with_context(|| format!("starting {role} {node}"))
@@ -202,6 +206,48 @@ async fn kill_9_of_a_router_and_an_ingest_node_loses_and_duplicates_nothing() ->
         format!("x{}", std::process::id()),
         "[kafka]\nsession_timeout_ms = 6000\n[log]\npartitions = 4\n",
     )?;
+    kill_9_scenario(cluster, &bootstrap, None).await
+}
+
+/// The same run on secured services, as production has them: Kafka through its SASL_SSL
+/// listener (SCRAM-SHA-512, the broker's certificate checked against the test broker's CA, the
+/// password from the environment), through `[kafka.client]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_sasl_ssl_kafka_kill_9_of_a_router_and_an_ingest_node_loses_and_duplicates_nothing()
+-> anyhow::Result<()> {
+    let Some((plain_bootstrap, redis)) = distributed_services() else {
+        return Ok(());
+    };
+    let Some(kafka) = chorus_tests::secured_kafka() else {
+        return Ok(());
+    };
+    let config = format!(
+        "[kafka]\nsession_timeout_ms = 6000\n[log]\npartitions = 4\n\
+         [kafka.client]\n\"security.protocol\" = \"SASL_SSL\"\n\
+         \"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\"sasl.username\" = \"{}\"\n\
+         \"ssl.ca.location\" = \"{}\"\n",
+        kafka.user, kafka.ca_file
+    );
+    let mut cluster = Cluster::new(
+        (kafka.bootstrap.clone(), redis),
+        format!("xs{}", std::process::id()),
+        &config,
+    )?;
+    cluster
+        .environment
+        .push(("CHORUS_KAFKA_SASL_PASSWORD", kafka.password.clone()));
+    kill_9_scenario(cluster, &plain_bootstrap, None).await
+}
+
+/// Something a run does to its services after its first 1,000 acks (a Redis failover).
+type MidRun = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
+
+/// The kill -9 run on `cluster` (see the module docs); `bootstrap` reads `timeline` back.
+async fn kill_9_scenario(
+    cluster: Cluster,
+    bootstrap: &str,
+    mid_run: Option<MidRun>,
+) -> anyhow::Result<()> {
     let first_router = cluster.spawn("router", "r1", None).await?;
     let _second_router = cluster.spawn("router", "r2", None).await?;
     let node_one = cluster.spawn("ingest", "n1", None).await?;
@@ -280,6 +326,10 @@ async fn kill_9_of_a_router_and_an_ingest_node_loses_and_duplicates_nothing() ->
     let _restarted_router = cluster.spawn("router", "r1", None).await?;
     reached(&watch_progress, 1000).await?;
     eprintln!("1000 acked after {:?}", started.elapsed());
+    if let Some(mid_run) = mid_run {
+        mid_run.await?;
+        eprintln!("mid-run fault done after {:?}", started.elapsed());
+    }
     node_two.kill().await?;
     let restarted_node = cluster.spawn("ingest", "n2", Some(node_two_port)).await?;
     *url_two.lock() = restarted_node.ws_url();
@@ -317,7 +367,7 @@ async fn kill_9_of_a_router_and_an_ingest_node_loses_and_duplicates_nothing() ->
     // timeline: the same, read straight from Kafka with read_committed
     let conversations: BTreeSet<String> = [dm.clone(), group.clone()].into();
     let topic = format!("{}.timeline", cluster.run);
-    let sequenced = timeline(&bootstrap, &topic, &conversations).await?;
+    let sequenced = timeline(bootstrap, &topic, &conversations).await?;
     for (conversation, events) in &sequenced {
         let seqs: Vec<u64> = events.iter().map(|(seq, _)| *seq).collect();
         let expected: Vec<u64> = (1..=events.len() as u64).collect();

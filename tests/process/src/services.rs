@@ -84,3 +84,39 @@ impl S3Service {
         })
     }
 }
+
+/// The test broker's SASL_SSL listener and its credentials, which `scripts/services/kafka` makes
+/// and `scripts/test` exports (`CHORUS_KAFKA_SASL_SSL`, `…_CA`, `…_USER`, `…_PASSWORD`). Without
+/// them a test is skipped with a notice, except in CI (`CI=true`), where that is a failure.
+pub fn secured_kafka() -> Option<SecuredKafka> {
+    let variable = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+    match (
+        variable("CHORUS_KAFKA_SASL_SSL"),
+        variable("CHORUS_KAFKA_SASL_SSL_CA"),
+        variable("CHORUS_KAFKA_SASL_SSL_USER"),
+        variable("CHORUS_KAFKA_SASL_SSL_PASSWORD"),
+    ) {
+        (Some(bootstrap), Some(ca_file), Some(user), Some(password)) => Some(SecuredKafka {
+            bootstrap,
+            ca_file,
+            user,
+            password,
+        }),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CHORUS_KAFKA_SASL_SSL… must be set in CI (scripts/services/kafka makes them)")
+        }
+        _ => {
+            eprintln!("skipped: CHORUS_KAFKA_SASL_SSL… are not set (run ./scripts/test)");
+            None
+        }
+    }
+}
+
+/// A SASL_SSL listener: its address, the CA of its certificate, a SCRAM user.
+#[derive(Clone)]
+pub struct SecuredKafka {
+    pub bootstrap: String,
+    pub ca_file: String,
+    pub user: String,
+    pub password: String,
+}

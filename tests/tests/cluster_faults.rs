@@ -8,8 +8,8 @@
 //!   restarted. Clients behave as real ones: resend with the same id until acked, reconnect, fill
 //!   gaps from `/events`. Afterwards every acknowledged message is in history and in `timeline`
 //!   exactly once, seqs are contiguous, and every member got every event live or by gap fill.
-//! - A rolling restart: three ingest nodes are stopped with SIGTERM and started again one after
-//!   the other while five users send 2,000 messages. Before each stop the "load balancer" (the
+//! - A rolling restart: three ingest nodes, then one of two routers, are stopped with SIGTERM and
+//!   started again one after the other while five users send 2,000 messages. Before each stop the "load balancer" (the
 //!   test) sends that node's users elsewhere, as one does once `/health/ready` says no; the node
 //!   writes the acks it owes, closes every session with 1012 and exits within its grace period.
 //!   Every message is acked once and in history once, every user reconnected at once and saw no
@@ -430,6 +430,24 @@ async fn kill_9_scenario(
     Ok(())
 }
 
+/// SIGTERM to a role; it must exit cleanly within its grace period (`http.shutdown_grace_ms`,
+/// 10 s in these runs) and a margin for the process to go.
+async fn terminate(server: &mut ChildServer, name: &str) -> anyhow::Result<()> {
+    let pid = server.child.id().context("the role runs")?;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    ensure!(status.success(), "kill -TERM {pid}");
+    let exited = tokio::time::timeout(Duration::from_secs(15), server.child.wait())
+        .await
+        .with_context(|| format!("{name} did not exit within its grace period"))??;
+    ensure!(
+        exited.success(),
+        "{name} exited cleanly on SIGTERM: {exited}"
+    );
+    Ok(())
+}
+
 /// `GET /health/ready` of a node: its status code.
 async fn readiness(node: &ChildServer) -> anyhow::Result<u16> {
     let response = reqwest::get(format!("{}/health/ready", node.url)).await?;
@@ -437,7 +455,7 @@ async fn readiness(node: &ChildServer) -> anyhow::Result<u16> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_rolling_restart_of_every_ingest_node_loses_nothing_and_shows_only_the_restart_close()
+async fn a_rolling_restart_of_every_ingest_node_and_a_router_loses_nothing_and_shows_only_the_restart_close()
 -> anyhow::Result<()> {
     let Some(services) = distributed_services() else {
         return Ok(());
@@ -450,7 +468,8 @@ async fn a_rolling_restart_of_every_ingest_node_loses_nothing_and_shows_only_the
          [limits]\nmessages_per_second = 1000\nmessage_burst = 1000\n\
          user_messages_per_second = 1000\nuser_message_burst = 1000\n",
     )?;
-    let _router = cluster.spawn("router", "r1", None).await?;
+    let mut first_router = cluster.spawn("router", "r1", None).await?;
+    let _second_router = cluster.spawn("router", "r2", None).await?;
     let mut nodes = Vec::new();
     for name in ["n1", "n2", "n3"] {
         nodes.push(Some(cluster.spawn("ingest", name, None).await?));
@@ -524,19 +543,7 @@ async fn a_rolling_restart_of_every_ingest_node_loses_nothing_and_shows_only_the
         }
         let mut stopping = nodes[index].take().context("running")?;
         let port = port_of(&stopping)?;
-        let pid = stopping.child.id().context("the node runs")?;
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()?;
-        ensure!(status.success(), "kill -TERM {pid}");
-        // within its grace period (10 s) and a margin for the process to go
-        let exited = tokio::time::timeout(Duration::from_secs(15), stopping.child.wait())
-            .await
-            .with_context(|| format!("{name} did not exit within its grace period"))??;
-        ensure!(
-            exited.success(),
-            "{name} exited cleanly on SIGTERM: {exited}"
-        );
+        terminate(&mut stopping, name).await?;
         eprintln!(
             "{name} stopped after {} acks, {:?} in",
             *watch_progress.borrow(),
@@ -549,6 +556,13 @@ async fn a_rolling_restart_of_every_ingest_node_loses_nothing_and_shows_only_the
         );
         nodes[index] = Some(restarted);
     }
+    // a router rolled too: it commits and leaves its group, the other takes its partitions
+    let mut watch = watch_progress.clone();
+    tokio::time::timeout(Duration::from_secs(180), watch.wait_for(|n| *n >= 1500))
+        .await
+        .context("the stream stalled before 1500 acks")??;
+    terminate(&mut first_router, "r1").await?;
+    let _restarted_router = cluster.spawn("router", "r1", None).await?;
 
     let mut participants = Vec::new();
     for talker in talkers {

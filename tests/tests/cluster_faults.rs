@@ -124,6 +124,103 @@ fn check_history(conversation: &str, events: &[Value]) -> anyhow::Result<BTreeMa
     Ok(ids)
 }
 
+/// The users of a run, in order.
+const NAMES: [&str; 5] = ["alice", "bob", "carol", "dave", "erin"];
+
+/// The five users of a run (named after [`NAMES`] under the run's prefix), their group, created
+/// through `node`'s business API (its seq 1), and the direct conversation of the first two.
+async fn users_and_conversations(
+    cluster: &Cluster,
+    node: &ChildServer,
+) -> anyhow::Result<(Vec<String>, String, String)> {
+    let users: Vec<String> = NAMES.iter().map(|name| cluster.user(name)).collect();
+    let group = format!("g:{}", cluster.run);
+    let dm = direct(&users[0], &users[1]);
+    let created = Api::new(&node.url)
+        .business(
+            json!([{"type": "create_group", "id": "g", "conversation": group,
+                          "members": users, "title": "Faults"}]),
+        )
+        .await?;
+    ensure!(created[0]["seq"] == 1, "group created: {created:?}");
+    Ok((users, group, dm))
+}
+
+/// A user's 400 messages, sent one after the other as a real client does (resent under the
+/// same id until acked): the first two users (alice, bob) half to their direct conversation and
+/// half to the group, the others to the group. Each ack moves `progress`.
+fn talk(
+    mut participant: Participant,
+    index: usize,
+    dm: &str,
+    group: &str,
+    progress: &Arc<watch::Sender<usize>>,
+) -> tokio::task::JoinHandle<anyhow::Result<Participant>> {
+    let plan: Vec<(String, String)> = (0..400)
+        .map(|n| {
+            let to_dm = index < 2 && n % 2 == 0;
+            let conversation = if to_dm { dm } else { group };
+            (format!("{}-{n}", NAMES[index]), conversation.to_owned())
+        })
+        .collect();
+    let progress = progress.clone();
+    tokio::spawn(async move {
+        for (id, conversation) in plan {
+            participant
+                .send(&id, &conversation, &format!("message {id}"))
+                .await?;
+            progress.send_modify(|acked| *acked += 1);
+        }
+        Ok(participant)
+    })
+}
+
+/// The end of a run of [`talk`]s: 2,000 acks, and history (read from `api` as the first user)
+/// holds each acknowledged message exactly once at its acked seq, with contiguous seqs: 400
+/// direct messages, and the group's creation and 1,600 messages. Returns the participants,
+/// client message id → seq, and both histories.
+async fn every_ack_in_history_once(
+    talkers: Vec<tokio::task::JoinHandle<anyhow::Result<Participant>>>,
+    api: &Api,
+    users: &[String],
+    dm: &str,
+    group: &str,
+) -> anyhow::Result<(
+    Vec<Participant>,
+    BTreeMap<String, u64>,
+    Vec<Value>,
+    Vec<Value>,
+)> {
+    let mut participants = Vec::new();
+    for talker in talkers {
+        participants.push(talker.await??);
+    }
+    let acked_total: usize = participants.iter().map(|p| p.acked.len()).sum();
+    ensure!(
+        acked_total == 2000,
+        "every message was acknowledged: {acked_total}"
+    );
+    let dm_history = history(api, &users[0], dm).await?;
+    let group_history = history(api, &users[0], group).await?;
+    let mut in_history = check_history(dm, &dm_history)?;
+    in_history.extend(check_history(group, &group_history)?);
+    for participant in &participants {
+        for (id, seq) in &participant.acked {
+            ensure!(
+                in_history.get(id) == Some(seq),
+                "{id} acked with seq {seq} is in history once, at that seq"
+            );
+        }
+    }
+    ensure!(dm_history.len() == 400, "400 direct messages, nothing more");
+    ensure!(
+        group_history.len() == 1 + 1600,
+        "the creation and 1,600 group messages: {}",
+        group_history.len()
+    );
+    Ok((participants, in_history, dm_history, group_history))
+}
+
 /// Checks that every participant has every event of its conversations (`conversations`: the
 /// group, which every user is in, then the direct one of the first two users, each with its
 /// last seq): received live, or filled from the hole on through the history API as a client
@@ -256,17 +353,7 @@ async fn kill_9_scenario(
     let search = cluster.spawn("search", "s1", None).await?;
     let node_two_port = port_of(&node_two)?;
 
-    let names = ["alice", "bob", "carol", "dave", "erin"];
-    let users: Vec<String> = names.iter().map(|name| cluster.user(name)).collect();
-    let group = format!("g:{}", cluster.run);
-    let dm = direct(&users[0], &users[1]);
-    let created = Api::new(&node_one.url)
-        .business(
-            json!([{"type": "create_group", "id": "g", "conversation": group,
-                          "members": users, "title": "Faults"}]),
-        )
-        .await?;
-    ensure!(created[0]["seq"] == 1, "group created: {created:?}");
+    let (users, group, dm) = users_and_conversations(&cluster, &node_one).await?;
 
     // alice and carol on node 1; bob, dave and erin on node 2
     let url_one = Arc::new(Mutex::new(node_one.ws_url()));
@@ -283,24 +370,7 @@ async fn kill_9_scenario(
         };
         let mut participant = Participant::new(user, node.clone());
         participant.connect().await?;
-        // 400 messages each: alice and bob half 1:1, half in the group
-        let plan: Vec<(String, String)> = (0..400)
-            .map(|n| {
-                let to_dm = index < 2 && n % 2 == 0;
-                let conversation = if to_dm { dm.clone() } else { group.clone() };
-                (format!("{}-{n}", names[index]), conversation)
-            })
-            .collect();
-        let progress = progress.clone();
-        talkers.push(tokio::spawn(async move {
-            for (id, conversation) in plan {
-                participant
-                    .send(&id, &conversation, &format!("message {id}"))
-                    .await?;
-                progress.send_modify(|acked| *acked += 1);
-            }
-            Ok::<_, anyhow::Error>(participant)
-        }));
+        talkers.push(talk(participant, index, &dm, &group, &progress));
     }
 
     let reached = |watch: &watch::Receiver<usize>, count: usize| {
@@ -334,35 +404,10 @@ async fn kill_9_scenario(
     let restarted_node = cluster.spawn("ingest", "n2", Some(node_two_port)).await?;
     *url_two.lock() = restarted_node.ws_url();
 
-    let mut participants = Vec::new();
-    for talker in talkers {
-        participants.push(talker.await??);
-    }
-    eprintln!("all acked after {:?}", started.elapsed());
-    let acked_total: usize = participants.iter().map(|p| p.acked.len()).sum();
-    assert_eq!(acked_total, 2000, "every message was acknowledged");
-
-    // history: contiguous seqs, every acknowledged message exactly once at its acked seq
     let api = Api::new(&search.url);
-    let dm_history = history(&api, &users[0], &dm).await?;
-    let group_history = history(&api, &users[0], &group).await?;
-    let mut in_history = check_history(&dm, &dm_history)?;
-    in_history.extend(check_history(&group, &group_history)?);
-    for participant in &participants {
-        for (id, seq) in &participant.acked {
-            assert_eq!(
-                in_history.get(id),
-                Some(seq),
-                "{id} acked with seq {seq} is in history once, at that seq"
-            );
-        }
-    }
-    assert_eq!(dm_history.len(), 400, "400 direct messages, nothing more");
-    assert_eq!(
-        group_history.len(),
-        1 + 1600,
-        "the creation and 1,600 group messages"
-    );
+    let (mut participants, in_history, dm_history, group_history) =
+        every_ack_in_history_once(talkers, &api, &users, &dm, &group).await?;
+    eprintln!("all acked after {:?}", started.elapsed());
 
     // timeline: the same, read straight from Kafka with read_committed
     let conversations: BTreeSet<String> = [dm.clone(), group.clone()].into();
@@ -483,18 +528,8 @@ async fn a_rolling_restart_of_every_ingest_node_and_a_router_loses_nothing_and_s
             .unwrap_or_default()
     };
 
-    let names = ["alice", "bob", "carol", "dave", "erin"];
-    let users: Vec<String> = names.iter().map(|name| cluster.user(name)).collect();
-    let group = format!("g:{}", cluster.run);
-    let dm = direct(&users[0], &users[1]);
-    let first_node = nodes[0].as_ref().context("n1")?;
-    let created = Api::new(&first_node.url)
-        .business(
-            json!([{"type": "create_group", "id": "g", "conversation": group,
-                          "members": users, "title": "Rolling"}]),
-        )
-        .await?;
-    ensure!(created[0]["seq"] == 1, "group created: {created:?}");
+    let (users, group, dm) =
+        users_and_conversations(&cluster, nodes[0].as_ref().context("n1")?).await?;
 
     // each user's own "load balancer" entry: which node it (re)connects to
     let mut routes: Vec<(usize, Arc<Mutex<String>>)> = Vec::new();
@@ -507,23 +542,7 @@ async fn a_rolling_restart_of_every_ingest_node_and_a_router_loses_nothing_and_s
         routes.push((node, route.clone()));
         let mut participant = Participant::new(user, route);
         participant.connect().await?;
-        let plan: Vec<(String, String)> = (0..400)
-            .map(|n| {
-                let to_dm = index < 2 && n % 2 == 0;
-                let conversation = if to_dm { dm.clone() } else { group.clone() };
-                (format!("{}-{n}", names[index]), conversation)
-            })
-            .collect();
-        let progress = progress.clone();
-        talkers.push(tokio::spawn(async move {
-            for (id, conversation) in plan {
-                participant
-                    .send(&id, &conversation, &format!("message {id}"))
-                    .await?;
-                progress.send_modify(|acked| *acked += 1);
-            }
-            Ok::<_, anyhow::Error>(participant)
-        }));
+        talkers.push(talk(participant, index, &dm, &group, &progress));
     }
 
     let started = std::time::Instant::now();
@@ -564,30 +583,10 @@ async fn a_rolling_restart_of_every_ingest_node_and_a_router_loses_nothing_and_s
     terminate(&mut first_router, "r1").await?;
     let _restarted_router = cluster.spawn("router", "r1", None).await?;
 
-    let mut participants = Vec::new();
-    for talker in talkers {
-        participants.push(talker.await??);
-    }
-    eprintln!("all acked after {:?}", started.elapsed());
-    let acked_total: usize = participants.iter().map(|p| p.acked.len()).sum();
-    assert_eq!(acked_total, 2000, "every message was acknowledged");
-
     let api = Api::new(&search.url);
-    let dm_history = history(&api, &users[0], &dm).await?;
-    let group_history = history(&api, &users[0], &group).await?;
-    let mut in_history = check_history(&dm, &dm_history)?;
-    in_history.extend(check_history(&group, &group_history)?);
-    for participant in &participants {
-        for (id, seq) in &participant.acked {
-            assert_eq!(
-                in_history.get(id),
-                Some(seq),
-                "{id} acked with seq {seq} is in history once, at that seq"
-            );
-        }
-    }
-    assert_eq!(dm_history.len(), 400, "400 direct messages, nothing more");
-    assert_eq!(group_history.len(), 1 + 1600);
+    let (mut participants, _, dm_history, group_history) =
+        every_ack_in_history_once(talkers, &api, &users, &dm, &group).await?;
+    eprintln!("all acked after {:?}", started.elapsed());
 
     let conversations = [
         (group.clone(), group_history.len() as u64),

@@ -17,6 +17,7 @@ mod hooks;
 mod http;
 mod kafka_client;
 mod push;
+mod redis;
 mod regions;
 mod search;
 pub use attachments::AttachmentsSection;
@@ -24,6 +25,7 @@ pub use hooks::{HookPolicy, HooksSection};
 pub use http::HttpSection;
 pub use kafka_client::{KafkaClientProperties, RESERVED_PROPERTIES, is_secret_property};
 pub use push::PushSection;
+pub use redis::{RedisSection, redacted_url};
 pub use regions::RegionsSection;
 pub use search::SearchSection;
 
@@ -129,29 +131,6 @@ impl Default for ClickHouseSection {
             ca_file: String::new(),
             database: "chorus".into(),
             insert_interval_ms: 250,
-        }
-    }
-}
-
-/// Distributed presence and node-to-node delivery. An empty `url` means in-process.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RedisSection {
-    /// `redis://host:port/db`.
-    pub url: String,
-    /// How often an ingest node refreshes its liveness (and notices that presence lost its
-    /// sessions, e.g. after a Redis restart, and registers them again).
-    pub heartbeat_ms: u64,
-    /// How long a node counts as alive after its last heartbeat; its sessions are ignored after.
-    pub node_ttl_ms: u64,
-}
-
-impl Default for RedisSection {
-    fn default() -> Self {
-        RedisSection {
-            url: String::new(),
-            heartbeat_ms: 5_000,
-            node_ttl_ms: 15_000,
         }
     }
 }
@@ -393,7 +372,8 @@ impl ChorusConfig {
     /// Applies `CHORUS_…` overrides from `environment`. Recognised: `CHORUS_LISTEN`,
     /// `CHORUS_DATA_DIR`, `CHORUS_NODE_ID`, `CHORUS_CLUSTER`, `CHORUS_PARTITIONS`,
     /// `CHORUS_TOPIC_PREFIX`, `CHORUS_JWT_SECRET`, `CHORUS_API_KEY`, `CHORUS_DEV_MODE`,
-    /// `CHORUS_KAFKA_BOOTSTRAP`, `CHORUS_REDIS_URL`, `CHORUS_CLICKHOUSE_URL`,
+    /// `CHORUS_KAFKA_BOOTSTRAP`, `CHORUS_REDIS_URL`, `CHORUS_REDIS_PASSWORD`, `CHORUS_REDIS_CLUSTER`,
+    /// `CHORUS_CLICKHOUSE_URL`,
     /// `CHORUS_CLICKHOUSE_DATABASE`, `CHORUS_CLICKHOUSE_PASSWORD`, `CHORUS_WEB_READ_URL`,
     /// `CHORUS_HOOKS_BEFORE_SEND_URL`, `CHORUS_PUSH_NOTIFICATIONS`, `CHORUS_PUSH_WEBHOOK_URL`,
     /// `CHORUS_REGIONS_PEERS`, `CHORUS_REGIONS_DEFAULT_HOME`, `CHORUS_ATTACHMENTS_STORE`,
@@ -402,6 +382,7 @@ impl ChorusConfig {
     /// `[kafka.client]`, then `CHORUS_KAFKA_SASL_PASSWORD` (its `sasl.password`).
     pub fn apply_env(&mut self, environment: &HashMap<String, String>) -> Result<(), ConfigError> {
         self.kafka.client.apply_env(environment)?;
+        self.redis.apply_env(environment)?;
         for (name, value) in environment {
             match name.as_str() {
                 "CHORUS_LISTEN" => {
@@ -478,6 +459,7 @@ impl ChorusConfig {
         self.push.validate()?;
         self.attachments.validate()?;
         self.search.validate()?;
+        self.redis.validate()?;
         self.kafka.client.validate()?;
         if self.regions.enabled() && self.kafka.bootstrap.trim().is_empty() {
             return Err(invalid(

@@ -1,6 +1,7 @@
-//! Redis adapters of the presence and node-to-node delivery ports.
+//! Redis adapters of the presence and node-to-node delivery ports, on one Redis server or on a
+//! Redis Cluster (`[redis] cluster = true`).
 //!
-//! Keys (all under `key_prefix`, default `chorus:`):
+//! Keys (all under `key_prefix`, default `chorus:`, which must not hold `{`):
 //! - `sessions:<user>`: hash session id → node id, one field per open session;
 //! - `node:<node>`: the node's liveness, refreshed by [`Presence::heartbeat`] with a TTL
 //!   (`node_ttl`); a node that dies stops refreshing it, and once it expires the node's sessions
@@ -8,12 +9,28 @@
 //! - channel `deliver:<node>`: deliveries for that node, JSON-encoded [`Delivery`] values. A
 //!   publish nobody received (the node is gone, or still subscribing again after an outage) is
 //!   reported as unavailable, so the router sends it over the broadcast path instead.
-//!
 //! - `registry:<namespace>…`: entries with a TTL that nodes announce (search shards), see
 //!   [`Registry`];
 //! - `presence:epoch` / `presence:rebuilding`: detect a Redis that lost its data; for one
 //!   `rebuild_window` after, lookups report presence as unavailable so the router broadcasts while
 //!   nodes register their sessions again (see `RedisShared::rebuilding`).
+//!
+//! On a Redis Cluster, where a command may only name keys of one slot, the rules are:
+//! - the per-cluster keys (`node:`, `presence:`, `registry:`) carry the hash tag `{meta}` right
+//!   after the prefix (`chorus:{meta}:node:<node>`), so they share one slot and are read together
+//!   (`MGET` of nodes, the epoch and its window, a registry's set and members); they are few and
+//!   small;
+//! - `sessions:<user>` hashes per user, so presence spreads over the cluster; commands naming
+//!   several users (or a user and a node) are sent concurrently, one per key, not as one
+//!   pipeline; on one server the same commands share the multiplexed connection;
+//! - the delivery channel is a sharded channel (`SSUBSCRIBE`/`SPUBLISH`, Redis 7), held on the
+//!   master of its slot and following the slot when a replica takes over or the slot moves
+//!   (`sharded`); `SPUBLISH` counts the receivers like `PUBLISH`. On one server the channel is a
+//!   plain one (`SUBSCRIBE`/`PUBLISH`), and keys carry no hash tag.
+//!
+//! Credentials and TLS: `redis://user:password@host` names an ACL user, `rediss://` connects with
+//! TLS (servers checked against `tls_ca_file`, else the system's roots); a configured `password`
+//! (`CHORUS_REDIS_PASSWORD`) replaces the URLs'. Passwords never appear in logs or `Debug`.
 //!
 //! Every command goes through one circuit breaker ([`chorus_core::breaker::Breaker`], named
 //! `redis`): while Redis fails, calls fail fast with [`PresenceError::Unavailable`] and callers
@@ -27,27 +44,37 @@
 //! Redis comes back, without a restart. [`RedisShared::ping`] tells whether Redis answers now.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chorus_core::breaker::{Breaker, BreakerError};
-use chorus_core::config::RedisSection;
+use chorus_core::config::{RedisSection, redacted_url};
 use chorus_core::metrics::Metrics;
 use chorus_core::presence::{Delivery, DeliverySink, NodeBus, Presence, PresenceError};
 use chorus_log::Unavailability;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+mod connection;
 mod registry;
+mod sharded;
+use connection::{Commands, Endpoints};
 pub use registry::Registry;
 
 /// How to reach Redis and how presence ages.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisConfig {
-    /// `redis://127.0.0.1:6379/0`.
+    /// `redis://127.0.0.1:6379/0`; with `cluster`, seed nodes, comma-separated.
     pub url: String,
+    /// A Redis Cluster (see the crate's docs for the keys and channels).
+    pub cluster: bool,
+    /// Replaces the password of the URLs when not empty.
+    pub password: String,
+    /// PEM roots that `rediss://` servers are checked against; `None`: the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
     /// Prefix of every key and channel.
     pub key_prefix: String,
     /// How long a node counts as alive after its last heartbeat.
@@ -76,6 +103,10 @@ impl RedisConfig {
         let node_ttl = Duration::from_millis(section.node_ttl_ms);
         RedisConfig {
             url: section.url.clone(),
+            cluster: section.cluster,
+            password: section.password.clone(),
+            tls_ca_file: (!section.tls_ca_file.is_empty())
+                .then(|| PathBuf::from(&section.tls_ca_file)),
             key_prefix: "chorus:".into(),
             node_ttl,
             // by one node_ttl after Redis lost its data, every live node has re-registered its
@@ -87,8 +118,30 @@ impl RedisConfig {
     }
 }
 
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("RedisConfig")
+            .field("url", &redacted_url(&self.url))
+            .field("cluster", &self.cluster)
+            .field(
+                "password",
+                &(!self.password.is_empty()).then_some("<redacted>"),
+            )
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("key_prefix", &self.key_prefix)
+            .field("node_ttl", &self.node_ttl)
+            .field("rebuild_window", &self.rebuild_window)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Longest wait for one connection to Redis (commands and subscriptions).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait for one answer.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most commands in flight for one lookup of many users (one command per user's key).
+const LOOKUP_CONCURRENCY: usize = 64;
 /// Longest pause between two subscription attempts while Redis is unreachable.
 const MAX_SUBSCRIBE_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -102,9 +155,9 @@ fn unavailable(error: impl std::error::Error + Send + Sync + 'static) -> Presenc
 pub struct RedisShared {
     config: RedisConfig,
     /// For the subscriptions (one connection each).
-    client: redis::Client,
-    /// Multiplexed, reconnecting connection for commands.
-    commands: ConnectionManager,
+    endpoints: Endpoints,
+    /// Multiplexed, reconnecting connection for commands (to the server, or to the cluster).
+    commands: Commands,
     /// Guards every command.
     breaker: Breaker,
 }
@@ -117,14 +170,8 @@ impl RedisShared {
         config: RedisConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, PresenceError> {
-        let client = redis::Client::open(config.url.as_str()).map_err(unavailable)?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let commands = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
-            .map_err(unavailable)?;
+        let endpoints = Endpoints::from_config(&config).map_err(unavailable)?;
+        let commands = Commands::new(&endpoints, config.cluster).map_err(unavailable)?;
         let breaker = Breaker::new(
             "redis",
             config.breaker_failures,
@@ -133,10 +180,15 @@ impl RedisShared {
         );
         Ok(Arc::new(RedisShared {
             config,
-            client,
+            endpoints,
             commands,
             breaker,
         }))
+    }
+
+    /// The prefix of every key and channel.
+    pub fn key_prefix(&self) -> &str {
+        &self.config.key_prefix
     }
 
     /// `PING` through the breaker: whether Redis answers now.
@@ -147,10 +199,11 @@ impl RedisShared {
             .map(drop)
     }
 
-    /// A pub/sub connection subscribed to `channel`, bounded in time.
+    /// A pub/sub connection subscribed to `channel` (one server), bounded in time.
     async fn subscribe(&self, channel: &str) -> Result<redis::aio::PubSub, PresenceError> {
         let attempt = async {
-            let mut pubsub = self.client.get_async_pubsub().await?;
+            let client = self.endpoints.client(self.endpoints.nodes[0].clone())?;
+            let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(channel).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
@@ -161,8 +214,20 @@ impl RedisShared {
         }
     }
 
+    /// A key (or channel) of its own slot: `sessions:<user>`, `deliver:<node>`.
     fn key(&self, parts: &[&str]) -> String {
         let mut key = self.config.key_prefix.clone();
+        key.push_str(&parts.join(":"));
+        key
+    }
+
+    /// A per-cluster key (`node:`, `presence:`, `registry:`): on a cluster, in the `{meta}`
+    /// slot with the others.
+    fn meta_key(&self, parts: &[&str]) -> String {
+        let mut key = self.config.key_prefix.clone();
+        if self.commands.is_cluster() {
+            key.push_str("{meta}:");
+        }
         key.push_str(&parts.join(":"));
         key
     }
@@ -190,8 +255,8 @@ impl RedisShared {
         if self.config.rebuild_window.is_zero() {
             return Ok(false);
         }
-        let epoch = self.key(&["presence", "epoch"]);
-        let window = self.key(&["presence", "rebuilding"]);
+        let epoch = self.meta_key(&["presence", "epoch"]);
+        let window = self.meta_key(&["presence", "rebuilding"]);
         let mut connection = self.commands.clone();
         let (created, open): (Option<String>, bool) = self
             .guarded(
@@ -226,7 +291,7 @@ impl RedisShared {
         let ordered: Vec<&String> = nodes.iter().collect();
         let keys: Vec<String> = ordered
             .iter()
-            .map(|node| self.key(&["node", node]))
+            .map(|node| self.meta_key(&["node", node]))
             .collect();
         let mut connection = self.commands.clone();
         let flags: Vec<Option<String>> = self.guarded(connection.mget(keys)).await?;
@@ -238,18 +303,25 @@ impl RedisShared {
             .collect())
     }
 
-    /// Sessions per user: (user, session, node).
+    /// Sessions per user: (user, session, node). One `HGETALL` per user, at most
+    /// [`LOOKUP_CONCURRENCY`] in flight.
     async fn sessions_of(
         &self,
         users: &[String],
     ) -> Result<Vec<(String, String, String)>, PresenceError> {
-        let mut pipeline = redis::pipe();
-        for user in users {
-            pipeline.hgetall(self.key(&["sessions", user]));
-        }
-        let mut connection = self.commands.clone();
-        let maps: Vec<HashMap<String, String>> =
-            self.guarded(pipeline.query_async(&mut connection)).await?;
+        let keys: Vec<String> = users
+            .iter()
+            .map(|user| self.key(&["sessions", user]))
+            .collect();
+        let commands = self.commands.clone();
+        let lookups = futures_util::stream::iter(keys)
+            .map(move |key| {
+                let mut connection = commands.clone();
+                async move { connection.hgetall::<_, HashMap<String, String>>(key).await }
+            })
+            .buffered(LOOKUP_CONCURRENCY)
+            .try_collect::<Vec<_>>();
+        let maps = self.guarded(lookups).await?;
         Ok(users
             .iter()
             .zip(maps)
@@ -266,17 +338,19 @@ impl RedisShared {
         if dead.is_empty() {
             return;
         }
-        let mut pipeline = redis::pipe();
-        for (user, session) in dead {
-            pipeline
-                .hdel(self.key(&["sessions", user]), session)
-                .ignore();
-        }
-        let mut connection = self.commands.clone();
-        if let Err(error) = self
-            .guarded(pipeline.query_async::<()>(&mut connection))
-            .await
-        {
+        let fields: Vec<(String, String)> = dead
+            .iter()
+            .map(|(user, session)| (self.key(&["sessions", user]), session.clone()))
+            .collect();
+        let commands = self.commands.clone();
+        let removals = futures_util::stream::iter(fields)
+            .map(move |(key, session)| {
+                let mut connection = commands.clone();
+                async move { connection.hdel::<_, _, ()>(key, session).await }
+            })
+            .buffer_unordered(LOOKUP_CONCURRENCY)
+            .try_collect::<Vec<()>>();
+        if let Err(error) = self.guarded(removals).await {
             tracing::debug!(%error, "could not drop sessions of dead nodes");
         }
     }
@@ -313,17 +387,15 @@ impl Presence for RedisPresence {
         node: &str,
     ) -> Result<(), PresenceError> {
         let shared = &self.0;
-        let mut connection = shared.commands.clone();
         let ttl = shared.config.node_ttl.as_secs().max(1);
-        let mut pipeline = redis::pipe();
-        pipeline
-            .hset(shared.key(&["sessions", user]), session, node)
-            .ignore()
-            .set_ex(shared.key(&["node", node]), 1, ttl)
-            .ignore();
-        shared
-            .guarded(pipeline.query_async::<()>(&mut connection))
-            .await
+        // two slots on a cluster: two commands, sent together
+        let mut sessions = shared.commands.clone();
+        let mut liveness = shared.commands.clone();
+        let both = futures_util::future::try_join(
+            sessions.hset::<_, _, _, ()>(shared.key(&["sessions", user]), session, node),
+            liveness.set_ex::<_, _, ()>(shared.meta_key(&["node", node]), 1, ttl),
+        );
+        shared.guarded(both).await.map(drop)
     }
 
     async fn session_closed(&self, user: &str, session: &str) -> Result<(), PresenceError> {
@@ -367,7 +439,7 @@ impl Presence for RedisPresence {
         let ttl = shared.config.node_ttl.as_secs().max(1);
         let mut command = redis::cmd("SET");
         command
-            .arg(shared.key(&["node", node]))
+            .arg(shared.meta_key(&["node", node]))
             .arg(1)
             .arg("EX")
             .arg(ttl)
@@ -377,17 +449,14 @@ impl Presence for RedisPresence {
     }
 }
 
-/// Node-to-node delivery over Redis pub/sub, a channel per node.
+/// Node-to-node delivery over Redis pub/sub, a channel per node (a sharded channel on a
+/// cluster).
 pub struct RedisBus(pub Arc<RedisShared>);
 
-#[async_trait]
-impl NodeBus for RedisBus {
-    /// Subscribes to the node's channel. When Redis does not answer, the node keeps starting:
-    /// the subscription is tried again in the background (with backoff) until it holds, and
-    /// until then the router finds nobody on the channel and takes the broadcast path.
-    async fn attach(&self, node: &str, sink: Arc<dyn DeliverySink>) -> Result<(), PresenceError> {
+impl RedisBus {
+    /// One server: `SUBSCRIBE`, resubscribing after a lost connection.
+    async fn attach_channel(&self, channel: String, sink: Arc<dyn DeliverySink>) {
         let shared = self.0.clone();
-        let channel = shared.key(&["deliver", node]);
         let first = match shared.subscribe(&channel).await {
             Ok(pubsub) => Some(pubsub),
             Err(error) => {
@@ -424,28 +493,128 @@ impl NodeBus for RedisBus {
                 tracing::warn!(channel, "delivery subscription lost; resubscribing");
             }
         });
+    }
+
+    /// A cluster: `SSUBSCRIBE` on the slot's master, following the slot (`sharded`).
+    async fn attach_sharded_channel(&self, channel: String, sink: Arc<dyn DeliverySink>) {
+        let shared = self.0.clone();
+        let first = match sharded::ShardedSubscription::open(
+            &shared.endpoints,
+            &channel,
+            sink.clone(),
+            None,
+        )
+        .await
+        {
+            Ok(subscription) => Some(subscription),
+            Err(error) => {
+                tracing::warn!(channel, %error, "redis cluster unavailable: subscribing in the background, deliveries take the broadcast path until then");
+                None
+            }
+        };
+        tokio::spawn(async move {
+            let mut subscribed = first;
+            let mut last_owner = None;
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let subscription = match subscribed.take() {
+                    Some(subscription) => subscription,
+                    None => loop {
+                        match sharded::ShardedSubscription::open(
+                            &shared.endpoints,
+                            &channel,
+                            sink.clone(),
+                            last_owner.as_ref(),
+                        )
+                        .await
+                        {
+                            Ok(fresh) => {
+                                tracing::info!(channel, node = %format!("{}:{}", fresh.owner.0, fresh.owner.1), "delivery subscription in place");
+                                break fresh;
+                            }
+                            Err(_) => {
+                                tokio::time::sleep(backoff).await;
+                                backoff = (backoff * 2).min(MAX_SUBSCRIBE_BACKOFF);
+                            }
+                        }
+                    },
+                };
+                backoff = Duration::from_millis(100);
+                last_owner = Some(subscription.owner.clone());
+                subscription.held().await;
+                tracing::warn!(
+                    channel,
+                    "delivery subscription lost; subscribing on the slot's owner"
+                );
+            }
+        });
+    }
+
+    /// `SPUBLISH` on a cluster, `PUBLISH` on one server.
+    fn publish_command(&self) -> &'static str {
+        if self.0.commands.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+}
+
+#[async_trait]
+impl NodeBus for RedisBus {
+    /// Subscribes to the node's channel. When Redis does not answer, the node keeps starting:
+    /// the subscription is tried again in the background (with backoff) until it holds, and
+    /// until then the router finds nobody on the channel and takes the broadcast path.
+    async fn attach(&self, node: &str, sink: Arc<dyn DeliverySink>) -> Result<(), PresenceError> {
+        let channel = self.0.key(&["deliver", node]);
+        if self.0.commands.is_cluster() {
+            self.attach_sharded_channel(channel, sink).await;
+        } else {
+            self.attach_channel(channel, sink).await;
+        }
         Ok(())
     }
 
-    /// One pipelined round trip of PUBLISHes; a delivery fails when nobody received it, all
-    /// of them when the pipeline fails.
+    /// A delivery fails when nobody received it, all of them when Redis fails. One pipelined
+    /// round trip of `PUBLISH`es on one server; on a cluster one `SPUBLISH` per channel (each
+    /// its own slot), sent together.
     async fn send_many(&self, deliveries: Vec<(String, Delivery)>) -> Vec<(String, Delivery)> {
         if deliveries.is_empty() {
             return deliveries;
         }
         let shared = &self.0;
-        let mut pipeline = redis::pipe();
+        let mut publishes = Vec::with_capacity(deliveries.len());
         for (node, delivery) in &deliveries {
             match serde_json::to_string(delivery) {
-                Ok(payload) => pipeline.publish(shared.key(&["deliver", node]), payload),
+                Ok(payload) => {
+                    let mut command = redis::cmd(self.publish_command());
+                    command.arg(shared.key(&["deliver", node])).arg(payload);
+                    publishes.push(command);
+                }
                 Err(_) => return deliveries,
             };
         }
-        let mut connection = shared.commands.clone();
-        match shared
-            .guarded(pipeline.query_async::<Vec<i64>>(&mut connection))
-            .await
-        {
+        let receivers = if shared.commands.is_cluster() {
+            let commands = shared.commands.clone();
+            let sends = futures_util::stream::iter(publishes)
+                .map(move |command| {
+                    let mut connection = commands.clone();
+                    async move { command.query_async::<i64>(&mut connection).await }
+                })
+                .buffered(LOOKUP_CONCURRENCY)
+                .try_collect::<Vec<i64>>();
+            shared.guarded(sends).await
+        } else {
+            let mut pipeline = redis::pipe();
+            for command in publishes {
+                pipeline.add_command(command);
+            }
+            let mut connection = shared.commands.clone();
+            shared
+                .guarded(pipeline.query_async::<Vec<i64>>(&mut connection))
+                .await
+        };
+        match receivers {
             Ok(receivers) if receivers.len() == deliveries.len() => deliveries
                 .into_iter()
                 .zip(receivers)
@@ -463,7 +632,12 @@ impl NodeBus for RedisBus {
         let payload = serde_json::to_string(&delivery).map_err(unavailable)?;
         let mut connection = shared.commands.clone();
         let receivers: i64 = shared
-            .guarded(connection.publish(shared.key(&["deliver", node]), payload))
+            .guarded(
+                redis::cmd(self.publish_command())
+                    .arg(shared.key(&["deliver", node]))
+                    .arg(payload)
+                    .query_async(&mut connection),
+            )
             .await?;
         if receivers == 0 {
             return Err(PresenceError::Unavailable(
@@ -471,5 +645,20 @@ impl NodeBus for RedisBus {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RedisConfig;
+
+    #[test]
+    fn passwords_never_show_in_debug_output() {
+        let mut config =
+            RedisConfig::new("redis://chorus:s3cret@h1:6379,redis://chorus:s3cret@h2:6379");
+        config.password = "other-s3cret".into();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("redis://chorus:***@h1:6379"), "{shown}");
     }
 }

@@ -5,7 +5,9 @@
 //! Keys (under the key prefix): `registry:<namespace>` is a set naming the members,
 //! `registry:<namespace>:<member>` holds each member's value with a TTL. A member that stops
 //! announcing disappears when its key expires; [`Registry::entries`] removes it from the set
-//! when it meets it. Every command goes through the shared breaker.
+//! when it meets it. On a Redis Cluster these keys are in the `{meta}` slot (the crate's docs),
+//! so the set and its members are written and read together. Every command goes through the
+//! shared breaker.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,11 +32,11 @@ impl Registry {
     }
 
     fn members_key(&self) -> String {
-        self.shared.key(&["registry", &self.namespace])
+        self.shared.meta_key(&["registry", &self.namespace])
     }
 
     fn member_key(&self, member: &str) -> String {
-        self.shared.key(&["registry", &self.namespace, member])
+        self.shared.meta_key(&["registry", &self.namespace, member])
     }
 
     /// Sets `member`'s value for `ttl` (renew it before then).

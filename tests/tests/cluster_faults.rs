@@ -8,12 +8,16 @@
 //!   restarted. Clients behave as real ones: resend with the same id until acked, reconnect, fill
 //!   gaps from `/events`. Afterwards every acknowledged message is in history and in `timeline`
 //!   exactly once, seqs are contiguous, and every member got every event live or by gap fill.
-//! - A rolling restart: three ingest nodes, then one of two routers, are stopped with SIGTERM and
-//!   started again one after the other while five users send 2,000 messages. Before each stop the "load balancer" (the
-//!   test) sends that node's users elsewhere, as one does once `/health/ready` says no; the node
+//! - A rolling restart: three ingest nodes, then one of two routers, are stopped with SIGTERM
+//!   and started again one after the other while five users send 2,000 messages. Before each
+//!   stop the "load balancer" (the test) sends that node's users elsewhere, as one does once
+//!   `/health/ready` says no; the node
 //!   writes the acks it owes, closes every session with 1012 and exits within its grace period.
 //!   Every message is acked once and in history once, every user reconnected at once and saw no
 //!   error and no close but 1012, and every member has every event, live or filled.
+//! - The kill -9 run again on SASL_SSL Kafka and a three-master Redis Cluster, whose master of an
+//!   ingest node's delivery channel is `kill -9`ed mid-run (a replica takes over; the killed
+//!   server rejoins as a replica).
 //! - Redis is stopped mid-run and started again empty: acks and events keep flowing over the
 //!   broadcast path, targeted delivery resumes once the ingest nodes registered their sessions
 //!   again, nothing acknowledged is lost, and `/metrics` shows the breaker's transitions.
@@ -308,15 +312,24 @@ async fn kill_9_of_a_router_and_an_ingest_node_loses_and_duplicates_nothing() ->
 
 /// The same run on secured services, as production has them: Kafka through its SASL_SSL
 /// listener (SCRAM-SHA-512, the broker's certificate checked against the test broker's CA, the
-/// password from the environment), through `[kafka.client]`.
+/// password from the environment), through `[kafka.client]`; presence and the node bus on a
+/// Redis Cluster of three masters (and their replicas) as its ACL user, and mid-run the master
+/// that holds the delivery channel of ingest node n1 is `kill -9`ed: its replica takes over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn on_sasl_ssl_kafka_kill_9_of_a_router_and_an_ingest_node_loses_and_duplicates_nothing()
+async fn on_sasl_ssl_kafka_and_a_redis_cluster_kill_9_and_a_master_failover_lose_nothing()
 -> anyhow::Result<()> {
-    let Some((plain_bootstrap, redis)) = distributed_services() else {
+    let Some((plain_bootstrap, _)) = distributed_services() else {
         return Ok(());
     };
     let Some(kafka) = chorus_tests::secured_kafka() else {
         return Ok(());
+    };
+    let redis = match std::env::var("CHORUS_REDIS_CLUSTER_URL") {
+        Ok(url) => url,
+        Err(_) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CHORUS_REDIS_CLUSTER_URL must be set in CI (scripts/services/redis-cluster)")
+        }
+        Err(_) => return Ok(()),
     };
     let config = format!(
         "[kafka]\nsession_timeout_ms = 6000\n[log]\npartitions = 4\n\
@@ -326,14 +339,125 @@ async fn on_sasl_ssl_kafka_kill_9_of_a_router_and_an_ingest_node_loses_and_dupli
         kafka.user, kafka.ca_file
     );
     let mut cluster = Cluster::new(
-        (kafka.bootstrap.clone(), redis),
+        (kafka.bootstrap.clone(), redis.clone()),
         format!("xs{}", std::process::id()),
         &config,
     )?;
-    cluster
-        .environment
-        .push(("CHORUS_KAFKA_SASL_PASSWORD", kafka.password.clone()));
-    kill_9_scenario(cluster, &plain_bootstrap, None).await
+    cluster.environment.extend([
+        ("CHORUS_KAFKA_SASL_PASSWORD", kafka.password.clone()),
+        ("CHORUS_REDIS_CLUSTER", "true".to_owned()),
+    ]);
+    let channel = format!("chorus:deliver:{}-n1", cluster.run);
+    let failover = Box::pin(fail_over_the_master_of(redis, channel));
+    kill_9_scenario(cluster, &plain_bootstrap, Some(failover)).await
+}
+
+/// `redis-cli` against one node of the test Redis Cluster, as the user of `url` (its first
+/// node: `redis://user:password@host:port`).
+fn redis_cli(url: &str, port: u16, arguments: &[&str]) -> anyhow::Result<String> {
+    let credentials = url
+        .split(',')
+        .next()
+        .and_then(|node| node.strip_prefix("redis://"))
+        .and_then(|node| node.split_once('@'))
+        .map(|(credentials, _)| credentials)
+        .context("the cluster URL names its ACL user")?;
+    let (user, password) = credentials.split_once(':').context("user:password")?;
+    let output = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "--user", user, "--pass", password])
+        .arg("--no-auth-warning")
+        .args(arguments)
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "redis-cli {arguments:?}: {output:?}"
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The port of the master that owns `slot`, as `CLUSTER NODES` at `asked` says.
+fn master_of_slot(url: &str, asked: u16, slot: u16) -> anyhow::Result<Option<u16>> {
+    let nodes = redis_cli(url, asked, &["CLUSTER", "NODES"])?;
+    for line in nodes.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+            continue;
+        }
+        let owns = fields[8..].iter().any(|range| {
+            let (start, end) = range.split_once('-').unwrap_or((range, range));
+            matches!((start.parse::<u16>(), end.parse::<u16>()),
+                (Ok(start), Ok(end)) if (start..=end).contains(&slot))
+        });
+        if owns {
+            let address = fields[1].split('@').next().unwrap_or_default();
+            return Ok(address
+                .rsplit(':')
+                .next()
+                .and_then(|port| port.parse().ok()));
+        }
+    }
+    Ok(None)
+}
+
+/// `kill -9` of the master that holds `key`'s slot; waits (bounded) until a replica owns the
+/// slot, then starts the killed server again from its config file and waits until every node
+/// says `cluster_state:ok`, so the cluster is left as it was found.
+async fn fail_over_the_master_of(url: String, key: String) -> anyhow::Result<()> {
+    let ports: Vec<u16> = url
+        .split(',')
+        .filter_map(|node| node.rsplit(':').next()?.trim_end_matches('/').parse().ok())
+        .collect();
+    let seed = ports[0];
+    let slot: u16 = redis_cli(&url, seed, &["CLUSTER", "KEYSLOT", &key])?
+        .trim()
+        .parse()?;
+    let victim = master_of_slot(&url, seed, slot)?.context("a master owns the slot")?;
+    let info = redis_cli(&url, victim, &["INFO", "server"])?;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}:")))
+            .map(|value| value.trim().to_owned())
+            .context(name.to_owned())
+    };
+    let (pid, config_file) = (field("process_id")?, field("config_file")?);
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .status()?;
+    ensure!(killed.success(), "kill -9 {pid}");
+    let witness = ports
+        .iter()
+        .copied()
+        .find(|port| *port != victim)
+        .context("another node")?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while master_of_slot(&url, witness, slot)?.is_none_or(|master| master == victim) {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no replica took over slot {slot} within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("redis master {victim} killed; a replica owns slot {slot}");
+    let restarted = std::process::Command::new("redis-server")
+        .arg(&config_file)
+        .status()?;
+    ensure!(restarted.success(), "redis-server {config_file}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut healthy = true;
+        for port in &ports {
+            let state = redis_cli(&url, *port, &["CLUSTER", "INFO"]).unwrap_or_default();
+            healthy &= state.contains("cluster_state:ok");
+        }
+        if healthy {
+            return Ok(());
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the Redis Cluster did not heal within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Something a run does to its services after its first 1,000 acks (a Redis failover).

@@ -100,7 +100,7 @@ pub(crate) async fn open(
     let redis = RedisShared::connect(RedisConfig::from_section(&config.redis), metrics).await?;
     let registry = Registry::new(redis, format!("{}search-shards", config.log.topic_prefix));
     let url = match config.search.advertise_url.as_str() {
-        "" => format!("http://{addr}"),
+        "" => format!("{}://{addr}", config.http.scheme()),
         url => url.trim_end_matches('/').to_owned(),
     };
     let settings = ShardSettings {

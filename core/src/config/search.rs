@@ -14,7 +14,9 @@ pub struct SearchSection {
     /// and answers from its own index alone (unsharded).
     pub replica_set: String,
     /// Where the other search nodes reach this one (`http://host:port`). Empty:
-    /// `http://<listen>`, which only works where `listen` names a reachable address.
+    /// `http://<listen>` (`https://` with `[http]` TLS; the other nodes must then trust its
+    /// certificate through the system's roots), which only works where `listen` names a
+    /// reachable address.
     pub advertise_url: String,
     /// Longest a query waits for one shard's answer; the shard spends at most half of it
     /// waiting for its read barrier. A shard that does not answer in time makes the answer

@@ -38,6 +38,14 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+/// How long a history read of a run waits for the projection to apply what the log held when it
+/// was asked (`projector.read_barrier_ms`, 3 s by default; past it a read answers with what the
+/// projection has). A run's checks read history right after the last ack, while the suite's
+/// other runs load the one ClickHouse harness; CI once saw the projector more than 3 s behind
+/// there, and the read left out the last acked messages. The checks are about what was stored,
+/// not how fast, so they wait for the projection itself.
+const READ_BARRIER_MS: u64 = 30_000;
+
 /// A run's processes share one config file and one topic prefix.
 struct Cluster {
     services: (String, String),
@@ -50,10 +58,15 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// `config_toml` must not have a `[projector]` table: the run's reads wait for the history
+    /// projection up to [`READ_BARRIER_MS`], appended here.
     fn new(services: (String, String), run: String, config_toml: &str) -> anyhow::Result<Cluster> {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("chorus.toml");
-        std::fs::write(&config, config_toml)?;
+        std::fs::write(
+            &config,
+            format!("{config_toml}\n[projector]\nread_barrier_ms = {READ_BARRIER_MS}\n"),
+        )?;
         let clickhouse = std::env::var("CHORUS_CLICKHOUSE_URL")
             .context("CHORUS_CLICKHOUSE_URL: scripts/test starts ClickHouse")?;
         Ok(Cluster {

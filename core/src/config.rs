@@ -17,6 +17,7 @@ mod hooks;
 mod http;
 mod kafka_client;
 mod push;
+mod redaction;
 mod redis;
 mod regions;
 mod search;
@@ -25,7 +26,8 @@ pub use hooks::{HookPolicy, HooksSection};
 pub use http::HttpSection;
 pub use kafka_client::{KafkaClientProperties, RESERVED_PROPERTIES, is_secret_property};
 pub use push::PushSection;
-pub use redis::{RedisSection, redacted_url};
+pub use redaction::{redacted, redacted_url};
+pub use redis::RedisSection;
 pub use regions::RegionsSection;
 pub use search::SearchSection;
 
@@ -106,7 +108,7 @@ impl Default for KafkaSection {
 
 /// History in ClickHouse (distributed roles). An empty `url` means each node keeps its own
 /// embedded history store.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClickHouseSection {
     /// `http://host:8123` (the HTTP interface).
@@ -135,6 +137,20 @@ impl Default for ClickHouseSection {
     }
 }
 
+impl std::fmt::Debug for ClickHouseSection {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("ClickHouseSection")
+            .field("url", &redacted_url(&self.url))
+            .field("user", &self.user)
+            .field("password", &redacted(&self.password))
+            .field("ca_file", &self.ca_file)
+            .field("database", &self.database)
+            .field("insert_interval_ms", &self.insert_interval_ms)
+            .finish()
+    }
+}
+
 /// Partitions per topic of the embedded log when `log.partitions` is unset.
 pub const EMBEDDED_PARTITIONS: u32 = 8;
 /// Partitions per topic on Kafka when `log.partitions` is unset.
@@ -150,7 +166,7 @@ pub struct LogSection {
     pub topic_prefix: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSection {
     /// HS256 secret for user tokens. In dev mode, if empty, one is generated and kept in the data
@@ -163,6 +179,18 @@ pub struct AuthSection {
     /// Longest lifetime a user token may have (`exp - iat`, or `exp - now` without `iat`);
     /// longer-lived tokens are refused. At least `token_ttl_secs`.
     pub max_token_lifetime_secs: u64,
+}
+
+impl std::fmt::Debug for AuthSection {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("AuthSection")
+            .field("jwt_secret", &redacted(&self.jwt_secret))
+            .field("api_key", &redacted(&self.api_key))
+            .field("token_ttl_secs", &self.token_ttl_secs)
+            .field("max_token_lifetime_secs", &self.max_token_lifetime_secs)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -51,7 +51,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chorus_core::breaker::{Breaker, BreakerError};
-use chorus_core::config::{RedisSection, redacted_url};
+use chorus_core::config::{RedisSection, redacted, redacted_url};
 use chorus_core::metrics::Metrics;
 use chorus_core::presence::{Delivery, DeliverySink, NodeBus, Presence, PresenceError};
 use chorus_log::Unavailability;
@@ -124,10 +124,7 @@ impl fmt::Debug for RedisConfig {
             .debug_struct("RedisConfig")
             .field("url", &redacted_url(&self.url))
             .field("cluster", &self.cluster)
-            .field(
-                "password",
-                &(!self.password.is_empty()).then_some("<redacted>"),
-            )
+            .field("password", &redacted(&self.password))
             .field("tls_ca_file", &self.tls_ca_file)
             .field("key_prefix", &self.key_prefix)
             .field("node_ttl", &self.node_ttl)

@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, invalid};
+use super::{ConfigError, invalid, redacted};
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AttachmentsSection {
     /// Where the files are kept:
@@ -30,6 +30,26 @@ pub struct AttachmentsSection {
     pub upload_expiry_secs: u64,
     /// Uploads one node receives at once; past it `unavailable` (retry).
     pub max_concurrent_uploads: usize,
+}
+
+impl std::fmt::Debug for AttachmentsSection {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("AttachmentsSection")
+            .field("store", &self.store)
+            .field("s3_endpoint", &self.s3_endpoint)
+            .field("s3_region", &self.s3_region)
+            .field("s3_access_key_id", &self.s3_access_key_id)
+            .field(
+                "s3_secret_access_key",
+                &redacted(&self.s3_secret_access_key),
+            )
+            .field("max_bytes", &self.max_bytes)
+            .field("types", &self.types)
+            .field("upload_expiry_secs", &self.upload_expiry_secs)
+            .field("max_concurrent_uploads", &self.max_concurrent_uploads)
+            .finish()
+    }
 }
 
 impl Default for AttachmentsSection {

@@ -10,7 +10,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use super::{ConfigError, invalid};
+use super::{ConfigError, invalid, redacted, redacted_url};
 
 /// Distributed presence and node-to-node delivery. An empty `url` means in-process.
 #[derive(Clone, PartialEq, Deserialize)]
@@ -55,14 +55,7 @@ impl fmt::Debug for RedisSection {
             .debug_struct("RedisSection")
             .field("url", &redacted_url(&self.url))
             .field("cluster", &self.cluster)
-            .field(
-                "password",
-                &if self.password.is_empty() {
-                    ""
-                } else {
-                    "<redacted>"
-                },
-            )
+            .field("password", &redacted(&self.password))
             .field("tls_ca_file", &self.tls_ca_file)
             .field("heartbeat_ms", &self.heartbeat_ms)
             .field("node_ttl_ms", &self.node_ttl_ms)
@@ -129,26 +122,6 @@ impl RedisSection {
         }
         Ok(())
     }
-}
-
-/// `url` (one URL or a comma-separated list) with the password of each URL replaced by `***`:
-/// what logs and `Debug` show.
-pub fn redacted_url(url: &str) -> String {
-    url.split(',')
-        .map(|node| {
-            let Some((scheme, rest)) = node.split_once("://") else {
-                return node.to_owned();
-            };
-            let Some((user_info, address)) = rest.rsplit_once('@') else {
-                return node.to_owned();
-            };
-            match user_info.split_once(':') {
-                Some((user, _password)) => format!("{scheme}://{user}:***@{address}"),
-                None => node.to_owned(),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 #[cfg(test)]

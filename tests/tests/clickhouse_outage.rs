@@ -120,6 +120,31 @@ async fn an_outage_fails_fast_loses_nothing_and_heals() {
     );
 }
 
+/// The conversation's history once it holds at least `count` events: the projector catches up
+/// at its own pace (a read waits for it only `projector.read_barrier_ms`, and answers 503 while
+/// the engine is away), so the test waits for the condition, at most a minute.
+async fn stored(
+    api: &chorus_tests::Api,
+    user: &str,
+    conversation: &str,
+    count: usize,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let path = format!("/v1/conversations/{conversation}/events?after_seq=0&limit=1000");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = api.get(user, &path).await?;
+        let events = body["events"].as_array().cloned().unwrap_or_default();
+        if status == 200 && events.len() >= count {
+            return Ok(events);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "history did not catch up to {count} events: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The distributed roles with history in a ClickHouse engine that goes away mid-run and comes
 /// back: sends keep being acknowledged (ClickHouse is not on the ack path), history reads answer
 /// 503 `unavailable` promptly instead of hanging, the projector holds its position and catches up,
@@ -158,7 +183,8 @@ async fn an_engine_outage_mid_run_loses_no_acknowledged_event() -> anyhow::Resul
             .send(&format!("before-{index}"), &conversation, "before")
             .await?;
     }
-    assert_eq!(api.events(&alice_id, &conversation, 0).await?.len(), 20);
+    let before = stored(&api, &alice_id, &conversation, 20).await?;
+    assert_eq!(before.len(), 20, "the 20 acked before the outage, once");
 
     engine.stop().await?;
     for index in 0..20 {
@@ -183,24 +209,7 @@ async fn an_engine_outage_mid_run_loses_no_acknowledged_event() -> anyhow::Resul
             .send(&format!("after-{index}"), &conversation, "after")
             .await?;
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let history = loop {
-        let (status, body) = api
-            .get(
-                &alice_id,
-                &path.replace("after_seq=0", "after_seq=0&limit=1000"),
-            )
-            .await?;
-        let events = body["events"].as_array().cloned().unwrap_or_default();
-        if status == 200 && events.len() >= alice.acked.len() {
-            break events;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "history did not catch up: {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let history = stored(&api, &alice_id, &conversation, alice.acked.len()).await?;
     assert_eq!(history.len(), 45, "every acknowledged message, once");
     for event in &history {
         let id = event["client_msg_id"].as_str().unwrap_or_default();

@@ -195,19 +195,14 @@ fn talk(
 /// The end of a run of [`talk`]s: 2,000 acks, and history (read from `api` as the first user)
 /// holds each acknowledged message exactly once at its acked seq, with contiguous seqs: 400
 /// direct messages, and the group's creation and 1,600 messages. Returns the participants,
-/// client message id → seq, and both histories.
+/// client message id → seq, and the run's conversations for [`every_member_has_every_event`].
 async fn every_ack_in_history_once(
     talkers: Vec<tokio::task::JoinHandle<anyhow::Result<Participant>>>,
     api: &Api,
     users: &[String],
     dm: &str,
     group: &str,
-) -> anyhow::Result<(
-    Vec<Participant>,
-    BTreeMap<String, u64>,
-    Vec<Value>,
-    Vec<Value>,
-)> {
+) -> anyhow::Result<(Vec<Participant>, BTreeMap<String, u64>, [(String, u64); 2])> {
     let mut participants = Vec::new();
     for talker in talkers {
         participants.push(talker.await??);
@@ -235,7 +230,11 @@ async fn every_ack_in_history_once(
         "the creation and 1,600 group messages: {}",
         group_history.len()
     );
-    Ok((participants, in_history, dm_history, group_history))
+    let conversations = [
+        (group.to_owned(), group_history.len() as u64),
+        (dm.to_owned(), dm_history.len() as u64),
+    ];
+    Ok((participants, in_history, conversations))
 }
 
 /// Checks that every participant has every event of its conversations (`conversations`: the
@@ -542,14 +541,14 @@ async fn kill_9_scenario(
     *url_two.lock() = restarted_node.ws_url();
 
     let api = Api::new(&search.url);
-    let (mut participants, in_history, dm_history, group_history) =
+    let (mut participants, in_history, conversations) =
         every_ack_in_history_once(talkers, &api, &users, &dm, &group).await?;
     eprintln!("all acked after {:?}", started.elapsed());
 
     // timeline: the same, read straight from Kafka with read_committed
-    let conversations: BTreeSet<String> = [dm.clone(), group.clone()].into();
+    let sequenced_conversations: BTreeSet<String> = [dm.clone(), group.clone()].into();
     let topic = format!("{}.timeline", cluster.run);
-    let sequenced = timeline(bootstrap, &topic, &conversations).await?;
+    let sequenced = timeline(bootstrap, &topic, &sequenced_conversations).await?;
     for (conversation, events) in &sequenced {
         let seqs: Vec<u64> = events.iter().map(|(seq, _)| *seq).collect();
         let expected: Vec<u64> = (1..=events.len() as u64).collect();
@@ -573,10 +572,6 @@ async fn kill_9_scenario(
     assert_eq!(sequenced[&group].len(), 1601);
 
     // every member got every event: live, or by filling the gap from /events
-    let conversations = [
-        (group.clone(), group_history.len() as u64),
-        (dm.clone(), dm_history.len() as u64),
-    ];
     let report =
         every_member_has_every_event(&api, &mut participants, &users, &conversations).await?;
     eprintln!("{}", report.join("\n"));
@@ -721,14 +716,10 @@ async fn a_rolling_restart_of_every_ingest_node_and_a_router_loses_nothing_and_s
     let _restarted_router = cluster.spawn("router", "r1", None).await?;
 
     let api = Api::new(&search.url);
-    let (mut participants, _, dm_history, group_history) =
+    let (mut participants, _, conversations) =
         every_ack_in_history_once(talkers, &api, &users, &dm, &group).await?;
     eprintln!("all acked after {:?}", started.elapsed());
 
-    let conversations = [
-        (group.clone(), group_history.len() as u64),
-        (dm.clone(), dm_history.len() as u64),
-    ];
     let report =
         every_member_has_every_event(&api, &mut participants, &users, &conversations).await?;
     eprintln!("{}", report.join("\n"));

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use async_trait::async_trait;
 use chorus_core::config::ChorusConfig;
 use chorus_core::metrics::Metrics;
@@ -112,10 +113,27 @@ pub(crate) async fn open(
         api_key: config.auth.api_key.clone(),
         copy_min_records: config.search.copy_min_records,
         copy_timeout: Duration::from_millis(config.search.copy_timeout_ms),
+        peer_roots: peer_roots(&config.search.peer_ca_file)?,
     };
     Ok(Shards::new(
         settings,
         Arc::new(RedisShardRegistry(registry)),
         held,
     )?)
+}
+
+/// The certificates of `search.peer_ca_file` (none when it is empty).
+fn peer_roots(path: &str) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    if path.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pem =
+        std::fs::read(path).with_context(|| format!("search.peer_ca_file: cannot read {path}"))?;
+    let roots = reqwest::Certificate::from_pem_bundle(&pem)
+        .with_context(|| format!("search.peer_ca_file: {path} is not a PEM bundle"))?;
+    anyhow::ensure!(
+        !roots.is_empty(),
+        "search.peer_ca_file: {path} holds no certificate"
+    );
+    Ok(roots)
 }

@@ -98,6 +98,9 @@ pub struct ShardSettings {
     /// Longest a copy may take (`search.copy_timeout_ms`); past it the partition is indexed
     /// from the log.
     pub copy_timeout: Duration,
+    /// The roots trusted, alone, for peers' `https://` (`search.peer_ca_file`); empty: the
+    /// system's roots.
+    pub peer_roots: Vec<reqwest::Certificate>,
 }
 
 /// What the asking node sends a shard.
@@ -193,11 +196,14 @@ impl Shards {
         registry: Arc<dyn ShardRegistry>,
         held: Arc<ProjectionProgress>,
     ) -> Result<Arc<Self>, reqwest::Error> {
-        let client = reqwest::Client::builder()
+        let mut client = reqwest::Client::builder()
             .connect_timeout(settings.timeout)
             .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(32)
-            .build()?;
+            .pool_max_idle_per_host(32);
+        if !settings.peer_roots.is_empty() {
+            client = client.tls_certs_only(settings.peer_roots.clone());
+        }
+        let client = client.build()?;
         Ok(Arc::new(Shards {
             settings,
             registry,

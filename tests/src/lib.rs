@@ -24,6 +24,7 @@ mod in_process;
 mod participant;
 mod services;
 mod slow_client;
+pub mod tls;
 mod websocket;
 
 pub use api::{Api, metric, metrics_text, url_encode};

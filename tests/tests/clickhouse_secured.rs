@@ -10,31 +10,8 @@ use chorus_clickhouse::{ClickHouseConfig, ClickHouseHistory};
 use chorus_core::metrics::Metrics;
 use chorus_schemas::{EventBody, TimelineEvent};
 use chorus_store::HistoryStore;
+use chorus_tests::tls::certificate_files;
 use chorus_tests::{OwnClickHouse, clickhouse_service, free_port};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-
-/// A CA and a server certificate it signed for 127.0.0.1, written as PEM files in `dir`:
-/// (CA file, certificate file, key file).
-fn certificates(dir: &std::path::Path) -> anyhow::Result<[String; 3]> {
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let authority = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
-    let key = KeyPair::generate()?;
-    let server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?
-        .signed_by(&key, &authority)?;
-    let files = [
-        ("ca.pem", authority.pem()),
-        ("cert.pem", server.pem()),
-        ("key.pem", key.serialize_pem()),
-    ];
-    let mut paths = Vec::new();
-    for (name, pem) in files {
-        let path = dir.join(name);
-        std::fs::write(&path, pem)?;
-        paths.push(path.display().to_string());
-    }
-    Ok([paths[0].clone(), paths[1].clone(), paths[2].clone()])
-}
 
 fn message(seq: u64, text: &str) -> TimelineEvent {
     TimelineEvent {
@@ -56,7 +33,7 @@ async fn history_over_https_with_credentials_and_refusals_that_say_why() -> anyh
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let [ca_file, cert_file, key_file] = certificates(dir.path())?;
+    let [ca_file, cert_file, key_file] = certificate_files(dir.path())?;
     let port = free_port()?;
     let options = [
         "--user",

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
+use chorus_tests::tls::{authority, server_certificate};
 use chorus_tests::{TestServer, WAIT, token};
 use futures_util::{SinkExt, StreamExt};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,30 +18,6 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-
-/// The test's certificate authority.
-fn authority() -> anyhow::Result<CertifiedIssuer<'static, KeyPair>> {
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "Chorus test CA");
-    Ok(CertifiedIssuer::self_signed(params, KeyPair::generate()?)?)
-}
-
-/// A server certificate for `localhost` signed by `authority`: (chain PEM, key PEM, leaf DER).
-fn server_certificate(
-    authority: &CertifiedIssuer<'static, KeyPair>,
-) -> anyhow::Result<(String, String, CertificateDer<'static>)> {
-    let key = KeyPair::generate()?;
-    let params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
-    let certificate = params.signed_by(&key, authority)?;
-    Ok((
-        certificate.pem(),
-        key.serialize_pem(),
-        certificate.der().clone(),
-    ))
-}
 
 /// A TLS connection to the node that trusts only `authority`.
 async fn tls_connect(

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
+use chorus_tests::tls::certificate_files;
 use chorus_tests::{API_KEY, Api, ChildServer, distributed_services, role_environment};
 use serde_json::{Value, json};
 
@@ -30,7 +31,12 @@ fn signal(server: &ChildServer, name: &str) -> anyhow::Result<()> {
 
 /// `GET /v1/admin/search/shards` of a node.
 async fn shard_view(node: &ChildServer) -> anyhow::Result<Value> {
-    let response = reqwest::Client::new()
+    shard_view_with(&reqwest::Client::new(), node).await
+}
+
+/// [`shard_view`] through `client` (one that trusts the node's certificate).
+async fn shard_view_with(client: &reqwest::Client, node: &ChildServer) -> anyhow::Result<Value> {
+    let response = client
         .get(format!("{}/v1/admin/search/shards", node.url))
         .bearer_auth(API_KEY)
         .send()
@@ -83,6 +89,49 @@ async fn settled<T>(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// One message from `<run>alice` in each of [`CONVERSATIONS`] direct conversations (covering
+/// every partition), each holding the word searched for, sent through `ingest`'s business API:
+/// (alice, the conversations).
+async fn one_message_per_conversation(
+    ingest: &ChildServer,
+    run: &str,
+) -> anyhow::Result<(String, Vec<String>)> {
+    let alice = format!("{run}alice");
+    let mut conversations = Vec::new();
+    for index in 0..CONVERSATIONS {
+        let other = format!("{run}u{index:02}");
+        let conversation = if alice < other {
+            format!("dm:{alice}:{other}")
+        } else {
+            format!("dm:{other}:{alice}")
+        };
+        let text = format!(
+            "shardword {} message {index}",
+            "needle ".repeat(1 + index % 5)
+        );
+        let results = Api::new(&ingest.url)
+            .business(json!([{"type": "send", "id": format!("m{index}"),
+                "conversation": conversation, "sender": alice, "text": text}]))
+            .await?;
+        ensure!(results[0]["seq"] == 1, "{results:?}");
+        conversations.push(conversation);
+    }
+    let partitions: BTreeSet<u64> = conversations
+        .iter()
+        .map(|conversation| {
+            u64::from(chorus_log::partition_for_key(
+                conversation.as_bytes(),
+                PARTITIONS,
+            ))
+        })
+        .collect();
+    ensure!(
+        partitions.len() == PARTITIONS as usize,
+        "the conversations cover every partition: {partitions:?}"
+    );
+    Ok((alice, conversations))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,39 +193,7 @@ async fn search_shards_split_the_partitions_and_a_query_gathers_them() -> anyhow
     .await?;
 
     // one message per conversation, every one holding the word searched for
-    let alice = format!("{run}alice");
-    let mut conversations = Vec::new();
-    for index in 0..CONVERSATIONS {
-        let other = format!("{run}u{index:02}");
-        let conversation = if alice < other {
-            format!("dm:{alice}:{other}")
-        } else {
-            format!("dm:{other}:{alice}")
-        };
-        let text = format!(
-            "shardword {} message {index}",
-            "needle ".repeat(1 + index % 5)
-        );
-        let results = Api::new(&ingest.url)
-            .business(json!([{"type": "send", "id": format!("m{index}"),
-                "conversation": conversation, "sender": alice, "text": text}]))
-            .await?;
-        ensure!(results[0]["seq"] == 1, "{results:?}");
-        conversations.push(conversation);
-    }
-    let partitions: BTreeSet<u64> = conversations
-        .iter()
-        .map(|conversation| {
-            u64::from(chorus_log::partition_for_key(
-                conversation.as_bytes(),
-                PARTITIONS,
-            ))
-        })
-        .collect();
-    ensure!(
-        partitions.len() == PARTITIONS as usize,
-        "the conversations cover every partition: {partitions:?}"
-    );
+    let (alice, conversations) = one_message_per_conversation(&ingest, &run).await?;
     let query = "/v1/search?q=shardword%20needle&limit=100";
 
     // … and each indexed only its own
@@ -464,5 +481,89 @@ async fn search_shards_split_the_partitions_and_a_query_gathers_them() -> anyhow
         .send()
         .await?;
     assert_eq!(refused.status(), 401);
+    Ok(())
+}
+
+/// Search nodes serving `[http]` TLS with certificates of a private CA (made by the test) ask
+/// each other over `https://`, trusting that CA through `search.peer_ca_file`: a query on either
+/// node of the set gathers every partition, nothing partial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_shards_ask_each_other_over_https_with_a_private_ca() -> anyhow::Result<()> {
+    let Some(services) = distributed_services() else {
+        return Ok(());
+    };
+    let run = format!("st{}", std::process::id());
+    let data = tempfile::tempdir()?;
+    let [ca_file, cert_file, key_file] = certificate_files(data.path())?;
+    let plain = data.path().join("plain.toml");
+    std::fs::write(&plain, format!("[log]\npartitions = {PARTITIONS}\n"))?;
+    let secured = data.path().join("tls.toml");
+    std::fs::write(
+        &secured,
+        format!(
+            "[log]\npartitions = {PARTITIONS}\n\
+             [http]\ntls_cert_file = \"{cert_file}\"\ntls_key_file = \"{key_file}\"\n\
+             [search]\nreplica_set = \"a\"\npeer_ca_file = \"{ca_file}\"\n"
+        ),
+    )?;
+    let spawn = async |config: &std::path::Path, role: &str, node: &str| {
+        let arguments = chorus_tests::role_arguments(config, role, 0, &data.path().join(node));
+        ChildServer::spawn(&arguments, &role_environment(&services, &run, node)).await
+    };
+    let _router = spawn(&plain, "router", "router").await?;
+    let ingest = spawn(&plain, "ingest", "ingest").await?;
+    let a1 = spawn(&secured, "search", "a1").await?;
+    let a2 = spawn(&secured, "search", "a2").await?;
+    ensure!(a1.url.starts_with("https://"), "{}", a1.url);
+    // the test trusts the same CA, and only it
+    let client = reqwest::Client::builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&std::fs::read(
+            &ca_file,
+        )?)?)
+        .build()?;
+
+    let (alice, _) = one_message_per_conversation(&ingest, &run).await?;
+    let token = chorus_tests::token(&alice, None);
+    let search = async |node: &ChildServer| -> anyhow::Result<Value> {
+        let response = client
+            .get(format!(
+                "{}/v1/search?q=shardword%20needle&limit=100",
+                node.url
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await?;
+        ensure!(response.status() == 200, "search: {}", response.status());
+        Ok(response.json().await?)
+    };
+    let (one, two) = settled(
+        "the set split the partitions and indexed them",
+        async || {
+            let (one, two) = (
+                shard_view_with(&client, &a1).await?,
+                shard_view_with(&client, &a2).await?,
+            );
+            let split = !held(&one).is_empty()
+                && !held(&two).is_empty()
+                && held(&one).is_disjoint(&held(&two))
+                && held(&one).len() + held(&two).len() == PARTITIONS as usize;
+            let indexed = hit_keys(&search(&a1).await?).len() == CONVERSATIONS;
+            Ok((split && indexed).then_some((one, two)))
+        },
+    )
+    .await?;
+    for entry in [&one, &two] {
+        assert!(
+            entry["url"]
+                .as_str()
+                .is_some_and(|url| url.starts_with("https://")),
+            "a shard advertises https: {entry}"
+        );
+    }
+    for node in [&a1, &a2] {
+        let answer = search(node).await?;
+        assert_eq!(answer["partial"], false, "{answer}");
+        assert_eq!(hit_keys(&answer).len(), CONVERSATIONS, "{answer}");
+    }
     Ok(())
 }

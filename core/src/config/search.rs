@@ -13,11 +13,13 @@ pub struct SearchSection {
     /// (several sets: several copies to choose from). Empty: the node indexes every partition
     /// and answers from its own index alone (unsharded).
     pub replica_set: String,
-    /// Where the other search nodes reach this one (`http://host:port`). Empty:
-    /// `http://<listen>` (`https://` with `[http]` TLS; the other nodes must then trust its
-    /// certificate through the system's roots), which only works where `listen` names a
-    /// reachable address.
+    /// Where the other search nodes reach this one (`http://host:port`, or `https://` when it
+    /// serves `[http]` TLS). Empty: `http://<listen>` (`https://` with `[http]` TLS), which only
+    /// works where `listen` names a reachable address.
     pub advertise_url: String,
+    /// A PEM CA bundle trusted, alone, for calls to other search nodes over `https://` (their
+    /// certificates signed by a private CA); empty: the system's roots.
+    pub peer_ca_file: String,
     /// Longest a query waits for one shard's answer; the shard spends at most half of it
     /// waiting for its read barrier. A shard that does not answer in time makes the answer
     /// `partial`.
@@ -38,6 +40,7 @@ impl Default for SearchSection {
         SearchSection {
             replica_set: String::new(),
             advertise_url: String::new(),
+            peer_ca_file: String::new(),
             shard_timeout_ms: 3_000,
             registry_ttl_ms: 6_000,
             copy_min_records: 100_000,
@@ -63,10 +66,13 @@ impl SearchSection {
                 "use ascii letters, digits, '-' and '_'",
             ));
         }
-        if !self.advertise_url.is_empty() && !self.advertise_url.starts_with("http://") {
+        if !self.advertise_url.is_empty()
+            && !self.advertise_url.starts_with("http://")
+            && !self.advertise_url.starts_with("https://")
+        {
             return Err(invalid(
                 "search.advertise_url",
-                "must be an http:// URL (or empty: http://<listen>)",
+                "must be an http:// or https:// URL (or empty: the listen address)",
             ));
         }
         if self.shard_timeout_ms < 10 {
@@ -79,5 +85,25 @@ impl SearchSection {
             return Err(invalid("search.registry_ttl_ms", "must be at least 300"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SearchSection;
+
+    #[test]
+    fn a_node_serving_tls_may_advertise_https() {
+        let with = |url: &str| SearchSection {
+            advertise_url: url.to_owned(),
+            ..SearchSection::default()
+        };
+        assert!(with("https://search-1.internal:8443").validate().is_ok());
+        assert!(with("http://search-1.internal:8080").validate().is_ok());
+        let refused = with("search-1.internal:8080").validate().unwrap_err();
+        assert!(
+            refused.to_string().contains("search.advertise_url"),
+            "{refused}"
+        );
     }
 }

@@ -8,8 +8,9 @@
 //!   restarted. Clients behave as real ones: resend with the same id until acked, reconnect, fill
 //!   gaps from `/events`. Afterwards every acknowledged message is in history and in `timeline`
 //!   exactly once, seqs are contiguous, and every member got every event live or by gap fill.
-//! - A rolling restart: three ingest nodes, then one of two routers, are stopped with SIGTERM
-//!   and started again one after the other while five users send 2,000 messages. Before each
+//! - A rolling restart: three ingest nodes, then one of two routers, then one of two projectors,
+//!   are stopped with SIGTERM and started again one after the other while five users send 2,000
+//!   messages. Before each
 //!   stop the "load balancer" (the test) sends that node's users elsewhere, as one does once
 //!   `/health/ready` says no; the node
 //!   writes the acks it owes, closes every session with 1012 and exits within its grace period.
@@ -632,7 +633,7 @@ async fn readiness(node: &ChildServer) -> anyhow::Result<u16> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_rolling_restart_of_every_ingest_node_and_a_router_loses_nothing_and_shows_only_the_restart_close()
+async fn a_rolling_restart_of_every_ingest_node_a_router_and_a_projector_loses_nothing_and_shows_only_the_restart_close()
 -> anyhow::Result<()> {
     let Some(services) = distributed_services() else {
         return Ok(());
@@ -651,7 +652,9 @@ async fn a_rolling_restart_of_every_ingest_node_and_a_router_loses_nothing_and_s
     for name in ["n1", "n2", "n3"] {
         nodes.push(Some(cluster.spawn("ingest", name, None).await?));
     }
-    let _projector = cluster.spawn("projector", "p1", None).await?;
+    // two projectors share the history's partitions (and its ClickHouse database)
+    let mut first_projector = cluster.spawn("projector", "p1", None).await?;
+    let _second_projector = cluster.spawn("projector", "p2", None).await?;
     let search = cluster.spawn("search", "s1", None).await?;
     let ws_url = |nodes: &[Option<ChildServer>], index: usize| {
         nodes[index]
@@ -714,6 +717,14 @@ async fn a_rolling_restart_of_every_ingest_node_and_a_router_loses_nothing_and_s
         .context("the stream stalled before 1500 acks")??;
     terminate(&mut first_router, "r1").await?;
     let _restarted_router = cluster.spawn("router", "r1", None).await?;
+    // and a projector: it stores its position with what it wrote and leaves the group; the
+    // other projector continues from there (history is checked below: each ack exactly once)
+    let mut watch = watch_progress.clone();
+    tokio::time::timeout(Duration::from_secs(180), watch.wait_for(|n| *n >= 1750))
+        .await
+        .context("the stream stalled before 1750 acks")??;
+    terminate(&mut first_projector, "p1").await?;
+    let _restarted_projector = cluster.spawn("projector", "p1", None).await?;
 
     let api = Api::new(&search.url);
     let (mut participants, _, conversations) =

@@ -510,28 +510,15 @@ async fn kill_9_scenario(
         talkers.push(talk(participant, index, &dm, &group, &progress));
     }
 
-    let reached = |watch: &watch::Receiver<usize>, count: usize| {
-        let mut watch = watch.clone();
-        async move {
-            tokio::time::timeout(
-                Duration::from_secs(180),
-                watch.wait_for(|acked| *acked >= count),
-            )
-            .await
-            .with_context(|| format!("the stream stalled before {count} acks"))?
-            .map(|_| ())
-            .context("progress channel")
-        }
-    };
     let started = std::time::Instant::now();
-    reached(&watch_progress, 400).await?;
+    acks_reach(&watch_progress, 400).await?;
     eprintln!("400 acked after {:?}", started.elapsed());
     first_router.kill().await?;
     // the other router takes the partitions over (after the session timeout) and the stream goes on
-    reached(&watch_progress, 800).await?;
+    acks_reach(&watch_progress, 800).await?;
     eprintln!("800 acked after {:?}", started.elapsed());
     let _restarted_router = cluster.spawn("router", "r1", None).await?;
-    reached(&watch_progress, 1000).await?;
+    acks_reach(&watch_progress, 1000).await?;
     eprintln!("1000 acked after {:?}", started.elapsed());
     if let Some(mid_run) = mid_run {
         mid_run.await?;
@@ -626,6 +613,15 @@ async fn terminate(server: &mut ChildServer, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits until the run's talkers counted `acked` acks, at most three minutes.
+async fn acks_reach(progress: &watch::Receiver<usize>, acked: usize) -> anyhow::Result<()> {
+    let mut progress = progress.clone();
+    tokio::time::timeout(Duration::from_secs(180), progress.wait_for(|n| *n >= acked))
+        .await
+        .with_context(|| format!("the stream stalled before {acked} acks"))??;
+    Ok(())
+}
+
 /// `GET /health/ready` of a node: its status code.
 async fn readiness(node: &ChildServer) -> anyhow::Result<u16> {
     let response = reqwest::get(format!("{}/health/ready", node.url)).await?;
@@ -683,10 +679,7 @@ async fn a_rolling_restart_of_every_ingest_node_a_router_and_a_projector_loses_n
     let started = std::time::Instant::now();
     for (index, name) in ["n1", "n2", "n3"].into_iter().enumerate() {
         let acked = 300 + 450 * index;
-        let mut watch = watch_progress.clone();
-        tokio::time::timeout(Duration::from_secs(180), watch.wait_for(|n| *n >= acked))
-            .await
-            .with_context(|| format!("the stream stalled before {acked} acks"))??;
+        acks_reach(&watch_progress, acked).await?;
         // the load balancer takes the node out, then the orchestrator stops it
         let next = (index + 1) % 3;
         for (node, route) in routes.iter_mut() {
@@ -711,18 +704,12 @@ async fn a_rolling_restart_of_every_ingest_node_a_router_and_a_projector_loses_n
         nodes[index] = Some(restarted);
     }
     // a router rolled too: it commits and leaves its group, the other takes its partitions
-    let mut watch = watch_progress.clone();
-    tokio::time::timeout(Duration::from_secs(180), watch.wait_for(|n| *n >= 1500))
-        .await
-        .context("the stream stalled before 1500 acks")??;
+    acks_reach(&watch_progress, 1500).await?;
     terminate(&mut first_router, "r1").await?;
     let _restarted_router = cluster.spawn("router", "r1", None).await?;
     // and a projector: it stores its position with what it wrote and leaves the group; the
     // other projector continues from there (history is checked below: each ack exactly once)
-    let mut watch = watch_progress.clone();
-    tokio::time::timeout(Duration::from_secs(180), watch.wait_for(|n| *n >= 1750))
-        .await
-        .context("the stream stalled before 1750 acks")??;
+    acks_reach(&watch_progress, 1750).await?;
     terminate(&mut first_projector, "p1").await?;
     let _restarted_projector = cluster.spawn("projector", "p1", None).await?;
 

@@ -58,6 +58,15 @@ fn held(view: &Value) -> BTreeSet<u64> {
         .collect()
 }
 
+/// Whether two nodes' shard views split every partition between them, each holding some.
+fn split_between(one: &Value, two: &Value) -> bool {
+    let (held_one, held_two) = (held(one), held(two));
+    !held_one.is_empty()
+        && !held_two.is_empty()
+        && held_one.is_disjoint(&held_two)
+        && held_one.len() + held_two.len() == PARTITIONS as usize
+}
+
 /// `(conversation, seq)` of each hit, in order.
 fn hit_keys(answer: &Value) -> Vec<(String, u64)> {
     answer["hits"]
@@ -180,12 +189,7 @@ async fn search_shards_split_the_partitions_and_a_query_gathers_them() -> anyhow
     let split =
         async |a1: &ChildServer, a2: &ChildServer| -> anyhow::Result<Option<(Value, Value)>> {
             let (one, two) = (shard_view(a1).await?, shard_view(a2).await?);
-            let (held_one, held_two) = (held(&one), held(&two));
-            let split = !held_one.is_empty()
-                && !held_two.is_empty()
-                && held_one.is_disjoint(&held_two)
-                && held_one.len() + held_two.len() == PARTITIONS as usize;
-            Ok(split.then_some((one, two)))
+            Ok(split_between(&one, &two).then_some((one, two)))
         };
     settled("replica set a split the partitions", async || {
         split(&a1, &a2).await
@@ -543,12 +547,8 @@ async fn search_shards_ask_each_other_over_https_with_a_private_ca() -> anyhow::
                 shard_view_with(&client, &a1).await?,
                 shard_view_with(&client, &a2).await?,
             );
-            let split = !held(&one).is_empty()
-                && !held(&two).is_empty()
-                && held(&one).is_disjoint(&held(&two))
-                && held(&one).len() + held(&two).len() == PARTITIONS as usize;
             let indexed = hit_keys(&search(&a1).await?).len() == CONVERSATIONS;
-            Ok((split && indexed).then_some((one, two)))
+            Ok((split_between(&one, &two) && indexed).then_some((one, two)))
         },
     )
     .await?;
